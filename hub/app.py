@@ -1,0 +1,41 @@
+"""create_app(): the FastAPI application (FHIR API, HL7 over HTTP, operator API), its lifespan and its
+exception handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from hub import __version__
+from hub.config import Settings, get_settings
+from hub.errors import HubError
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    app = FastAPI(title="hub", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+
+    @app.exception_handler(HubError)
+    async def _hub_error(request: Request, exc: HubError) -> Response:
+        from hub.fhir.outcome import operation_outcome
+
+        return Response(
+            operation_outcome("error", exc.code, exc.message),
+            status_code=exc.http_status,
+            media_type="application/fhir+json",
+        )
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

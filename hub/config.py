@@ -1,0 +1,74 @@
+"""Settings from the environment (prefix ``HUB_``); nothing else in the hub reads ``os.environ``."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore")
+
+    var_dir: Path = Path("var")
+    database_url: str = ""  # empty: SQLite file under var_dir
+    broker_url: str | None = None  # set: Celery; unset: in-process worker threads
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = 2575
+    mllp_max_frame_bytes: int = 10 * 1024 * 1024
+    mllp_idle_timeout_s: float = 300.0
+    mllp_tls_cert: Path | None = None
+    mllp_tls_key: Path | None = None
+    mllp_tls_client_ca: Path | None = None  # set: client certificates are required
+
+    # None: open while every listener is bound to loopback, closed otherwise.
+    open_registration: bool | None = None
+
+    # Group commit of accepted messages: wait at most this long for company, take at most this many.
+    commit_window_ms: float = 2.0
+    commit_max_batch: int = 500
+
+    worker_threads: int = 1
+    worker_batch: int = 50
+    sweep_interval_s: float = 30.0
+    sweep_after_s: float = 60.0
+
+    mappings_dir: Path = Path("mappings")
+    # HUB_VALIDATE=all|sample|off: check mapped resources against the FHIR R4B models at run time.
+    validate_mode: str = Field(default="off", validation_alias=AliasChoices("HUB_VALIDATE", "validate_mode"))
+    default_time_zone: str = "Asia/Jakarta"
+
+    token_ttl_s: int = 3600
+    log_level: str = "INFO"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.var_dir / 'hub.db').as_posix()}"
+
+    @property
+    def registration_open(self) -> bool:
+        if self.open_registration is not None:
+            return self.open_registration
+        return _is_loopback(self.http_host) and _is_loopback(self.mllp_host)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

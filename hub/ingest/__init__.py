@@ -1,0 +1,1 @@
+"""Intake: MLLP framing, HL7-over-HTTP, the accept service (store, then ACK) and ACK building."""

@@ -1,0 +1,1 @@
+"""The master patient index: pure scoring (match.py) and the service that resolves, links and merges."""

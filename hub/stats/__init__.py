@@ -1,0 +1,1 @@
+"""Ministry statistics: aggregates maintained as messages are processed."""

@@ -1,0 +1,1 @@
+"""Persistence: ORM models and the SQL that reads and writes them."""

@@ -1,0 +1,129 @@
+"""All ORM models. Tables are singular snake_case; the schema itself is owned by the Alembic migrations
+in ``migrations/`` (a test checks that these models and the migrations agree)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JSONVariant = JSON().with_variant(JSONB(), "postgresql")
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+class Sender(Base):
+    """A sending facility (MSH-4), registered by an operator or on first contact while registration is open."""
+
+    __tablename__ = "sender"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    facility: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    time_zone: Mapped[str] = mapped_column(String(64), default="Asia/Jakarta")
+    overlay: Mapped[str | None] = mapped_column(String(100))
+    http_secret_hash: Mapped[str | None] = mapped_column(String(200))
+    auto_registered: Mapped[bool] = mapped_column(Boolean, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InboundMessage(Base):
+    """One HL7 v2 message exactly as received, and what became of it."""
+
+    __tablename__ = "inbound_message"
+    __table_args__ = (
+        Index("ix_inbound_message_control", "facility", "control_id"),
+        Index("ix_inbound_message_state", "state", "id"),
+        Index("ix_inbound_message_patient", "patient_key", "id"),
+        Index("ix_inbound_message_received", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    sender_id: Mapped[int | None] = mapped_column(ForeignKey("sender.id"))
+    facility: Mapped[str] = mapped_column(String(200), default="")  # MSH-4 as sent ("" when unreadable)
+    control_id: Mapped[str] = mapped_column(String(200), default="")  # MSH-10
+    message_type: Mapped[str] = mapped_column(String(40), default="")  # MSH-9.1^MSH-9.2, e.g. ORU^R01
+    message_structure: Mapped[str] = mapped_column(String(40), default="")  # MSH-9.3 or derived
+    version: Mapped[str] = mapped_column(String(20), default="")  # MSH-12
+    content_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the raw bytes, for duplicates
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    transport: Mapped[str] = mapped_column(String(16), default="mllp")  # mllp | http | import
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # received -> processed | failed; rejected (AR, never processed); held (same control id, other content)
+    state: Mapped[str] = mapped_column(String(16), default="received")
+    ack_code: Mapped[str] = mapped_column(String(2), default="AA")
+    ack: Mapped[str | None] = mapped_column(Text)  # the ACK sent back, ER7
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_text: Mapped[str | None] = mapped_column(Text)
+    patient_key: Mapped[str | None] = mapped_column(String(250))  # orders one patient's messages
+    duplicate_count: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    processed_at: Mapped[datetime | None] = mapped_column()
+    unmapped: Mapped[Any | None] = mapped_column(JSONVariant)  # the unmapped report of the last processing
+
+
+class MessageResource(Base):
+    """Which FHIR resource versions a message produced (for the operator's view and for Provenance)."""
+
+    __tablename__ = "message_resource"
+
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("inbound_message.id", ondelete="CASCADE"), primary_key=True
+    )
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version_id: Mapped[int] = mapped_column(Integer)
+
+
+class Resource(Base):
+    """The current version of a FHIR resource, as the JSON bytes served on read."""
+
+    __tablename__ = "resource"
+    __table_args__ = (
+        Index("ix_resource_patient", "patient_id"),
+        Index("ix_resource_type_updated", "resource_type", "last_updated"),
+    )
+
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version_id: Mapped[int] = mapped_column(Integer, default=1)
+    last_updated: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    patient_id: Mapped[str | None] = mapped_column(String(64))  # the source Patient's compartment
+    content: Mapped[bytes] = mapped_column(LargeBinary)  # orjson bytes, with meta.versionId/lastUpdated
+
+
+class ResourceVersion(Base):
+    """Every version of every resource (history, vread)."""
+
+    __tablename__ = "resource_version"
+
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_updated: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    message_id: Mapped[int | None] = mapped_column(BigInteger)
+    content: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,0 +1,175 @@
+"""Writing and reading FHIR resources: the current row, a version row per change, and (through
+``search_index``) the search-index rows, all in the caller's transaction.
+
+Resources are plain dicts on the way in and JSON bytes at rest; the read path serves those bytes as
+they are. An upsert whose content equals the stored content (ignoring ``meta``) writes nothing, so a
+replay or a duplicate leaves no new version behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hub.errors import Gone, NotFound
+from hub.store.models import Resource, ResourceVersion
+
+# Called after every write with (session, resource_type, id, resource dict or None when deleted).
+# The search index registers itself here; keeping it a hook keeps this module free of index details.
+WriteHook = Callable[[Session, str, str, dict[str, Any] | None], None]
+_write_hooks: list[WriteHook] = []
+
+
+def register_write_hook(hook: WriteHook) -> None:
+    if hook not in _write_hooks:
+        _write_hooks.append(hook)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    resource_type: str
+    id: str
+    version_id: int
+    changed: bool
+
+
+def _strip_meta(resource: dict[str, Any]) -> dict[str, Any]:
+    body = dict(resource)
+    meta = dict(body.pop("meta", None) or {})
+    meta.pop("versionId", None)
+    meta.pop("lastUpdated", None)
+    if meta:
+        body["meta"] = meta
+    return body
+
+
+def _patient_of(resource: dict[str, Any]) -> str | None:
+    """The Patient compartment a resource belongs to (its own id for a Patient)."""
+    if resource.get("resourceType") == "Patient":
+        return str(resource["id"])
+    for key in ("subject", "patient", "beneficiary"):
+        ref = resource.get(key)
+        if isinstance(ref, dict):
+            target = ref.get("reference", "")
+            if isinstance(target, str) and target.startswith("Patient/"):
+                return target[8:]
+    return None
+
+
+def upsert(
+    session: Session,
+    resource: dict[str, Any],
+    *,
+    message_id: int | None = None,
+    now: datetime | None = None,
+) -> Written:
+    """Create or update ``resource`` (which carries ``resourceType`` and ``id``)."""
+    rtype = resource["resourceType"]
+    rid = str(resource["id"])
+    now = now or datetime.now(UTC)
+    body = _strip_meta(resource)
+    current = session.get(Resource, (rtype, rid))
+    if current is not None and not current.deleted:
+        old = _strip_meta(orjson.loads(current.content))
+        if old == body:
+            return Written(rtype, rid, current.version_id, False)
+    version = (current.version_id + 1) if current is not None else 1
+    meta = dict(body.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stored = {"resourceType": rtype, "id": rid, "meta": meta}
+    stored.update({k: v for k, v in body.items() if k not in ("resourceType", "id", "meta")})
+    content = orjson.dumps(stored)
+    patient_id = _patient_of(stored)
+    if current is None:
+        session.add(
+            Resource(
+                resource_type=rtype,
+                id=rid,
+                version_id=version,
+                last_updated=now,
+                deleted=False,
+                patient_id=patient_id,
+                content=content,
+            )
+        )
+    else:
+        current.version_id = version
+        current.last_updated = now
+        current.deleted = False
+        current.patient_id = patient_id
+        current.content = content
+    session.add(
+        ResourceVersion(
+            resource_type=rtype,
+            id=rid,
+            version_id=version,
+            last_updated=now,
+            deleted=False,
+            message_id=message_id,
+            content=content,
+        )
+    )
+    for hook in _write_hooks:
+        hook(session, rtype, rid, stored)
+    return Written(rtype, rid, version, True)
+
+
+def delete(session: Session, resource_type: str, rid: str, *, message_id: int | None = None) -> Written:
+    current = session.get(Resource, (resource_type, rid))
+    if current is None:
+        raise NotFound(f"{resource_type}/{rid} does not exist")
+    if current.deleted:
+        return Written(resource_type, rid, current.version_id, False)
+    now = datetime.now(UTC)
+    current.version_id += 1
+    current.deleted = True
+    current.last_updated = now
+    session.add(
+        ResourceVersion(
+            resource_type=resource_type,
+            id=rid,
+            version_id=current.version_id,
+            last_updated=now,
+            deleted=True,
+            message_id=message_id,
+            content=b"",
+        )
+    )
+    for hook in _write_hooks:
+        hook(session, resource_type, rid, None)
+    return Written(resource_type, rid, current.version_id, True)
+
+
+def read_bytes(session: Session, resource_type: str, rid: str) -> tuple[bytes, int, datetime]:
+    """The stored JSON of the current version, its version id and last update (404/410 as errors)."""
+    row = session.execute(
+        select(Resource.content, Resource.version_id, Resource.last_updated, Resource.deleted).where(
+            Resource.resource_type == resource_type, Resource.id == rid
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"{resource_type}/{rid} is not known")
+    if row.deleted:
+        raise Gone(f"{resource_type}/{rid} was deleted")
+    return row.content, row.version_id, row.last_updated
+
+
+def read(session: Session, resource_type: str, rid: str) -> dict[str, Any]:
+    return dict(orjson.loads(read_bytes(session, resource_type, rid)[0]))
+
+
+def read_many(session: Session, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Current, non-deleted resources for (type, id) keys, as dicts."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for rtype, rid in keys:
+        row = session.get(Resource, (rtype, rid))
+        if row is not None and not row.deleted:
+            out[(rtype, rid)] = orjson.loads(row.content)
+    return out

@@ -1,0 +1,1 @@
+"""Background work: the in-process worker and the Celery app."""
