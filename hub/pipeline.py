@@ -100,7 +100,7 @@ def _process_one(session: Session, row: InboundMessage) -> Outcome:
             message = hl7.parse(hl7.decode(row.raw, header))
             ctx = _sender_context(session, row)
             result = map_message(message, ctx)
-            resolve_identities(session, result.resources, ctx)
+            resolve_identities(session, result, ctx)
             session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
             now = datetime.now(UTC)
             for resource in result.resources:

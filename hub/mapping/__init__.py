@@ -29,6 +29,10 @@ class MappingResult:
     # Every segment and non-empty field the maps did not use: {"segment", "index", "field", "name", "value"}
     unmapped: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Identity instructions for the MPI, from ADT merge/link messages, e.g.
+    # {"type": "merge", "survivor": "<Patient id>", "retired": "<Patient id>"} (A40/A34),
+    # {"type": "change-identifier", ...} (A47), {"type": "unlink", "patients": [id, id]} (A37).
+    actions: list[dict[str, Any]] = field(default_factory=list)
 
 
 def map_message(message: Message, ctx: SenderContext) -> MappingResult:

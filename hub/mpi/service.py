@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy.orm import Session
 
-from hub.mapping import SenderContext
+from hub.mapping import MappingResult, SenderContext
 
 
-def resolve_identities(session: Session, resources: list[dict[str, Any]], ctx: SenderContext) -> None:
-    """Link every source Patient among ``resources`` to its golden Patient (in the caller's
-    transaction). Until the matching rules are in place no links are made."""
+def resolve_identities(session: Session, result: MappingResult, ctx: SenderContext) -> None:
+    """Link every source Patient among ``result.resources`` to its golden Patient and carry out
+    ``result.actions`` (merges, unlinks), in the caller's transaction, before the resources are stored.
+    Until the matching rules are in place no links are made."""
     return None
