@@ -19,7 +19,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
+        from hub.runtime import Runtime
+
+        runtime = Runtime(settings)
+        app.state.runtime = runtime
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
 
     app = FastAPI(title="hub", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
@@ -33,6 +41,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             status_code=exc.http_status,
             media_type="application/fhir+json",
         )
+
+    from hub.ingest.http import router as hl7_router
+    from hub.ingest.operator import router as operator_router
+
+    app.include_router(hl7_router)
+    app.include_router(operator_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -1,6 +1,12 @@
-"""The ``hub`` command line (Typer)."""
+"""The ``hub`` command line (Typer): serve, worker, send, import, replay, sender, db."""
 
 from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
 
 import typer
 
@@ -8,7 +14,16 @@ from hub.config import get_settings
 
 app = typer.Typer(help="The hub: HL7 v2 intake, FHIR R4 store and API.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+sender_app = typer.Typer(help="Sending facilities.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(sender_app, name="sender")
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @db_app.command("upgrade")
@@ -21,11 +36,268 @@ def db_upgrade(revision: str = typer.Argument("heads", help="Target revision (de
     typer.echo(f"database at {_safe_url(settings.sqlalchemy_url)} is up to date")
 
 
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="HTTP bind address (HUB_HTTP_HOST)"),
+    port: int = typer.Option(None, help="HTTP port (HUB_HTTP_PORT)"),
+) -> None:
+    """Run HTTP (FHIR API, HL7 over HTTP), the MLLP listener and, without a broker, the worker."""
+    import logging
 
-    return make_url(url).render_as_string(hide_password=True)
+    import uvicorn
+
+    from hub.app import create_app
+
+    settings = get_settings()
+    if host:
+        settings.http_host = host
+    if port:
+        settings.http_port = port
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    typer.echo(
+        f"hub: HTTP on {settings.http_host}:{settings.http_port}, MLLP on {settings.mllp_host}:{settings.mllp_port}, "
+        f"database {_safe_url(settings.sqlalchemy_url)}, "
+        f"{'Celery at ' + _safe_url(settings.broker_url) if settings.broker_url else 'in-process worker'}, "
+        f"registration {'open' if settings.registration_open else 'closed'}"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
+@app.command()
+def worker(concurrency: int = typer.Option(2, "--concurrency", "-c", help="worker processes")) -> None:
+    """Run a Celery worker that processes messages (needs HUB_BROKER_URL)."""
+    settings = get_settings()
+    if not settings.broker_url:
+        typer.echo(
+            "hub worker needs HUB_BROKER_URL (amqp://… or redis://…); without it `hub serve` processes",
+            err=True,
+        )
+        raise typer.Exit(2)
+    from hub.tasks.celery_app import make_celery
+
+    make_celery(settings.broker_url).worker_main(
+        ["worker", "--loglevel", settings.log_level, "--concurrency", str(concurrency), "--without-gossip"]
+    )
+
+
+def _read_messages(files: list[Path]) -> list[tuple[Path, bytes]]:
+    from hub.hl7 import split_messages
+
+    out: list[tuple[Path, bytes]] = []
+    for f in files:
+        try:
+            data = f.read_bytes()
+        except OSError as exc:
+            typer.echo(f"{f}: cannot read ({exc.strerror})", err=True)
+            raise typer.Exit(2) from exc
+        out.extend((f, m) for m in split_messages(data))
+    return out
+
+
+@app.command()
+def send(
+    files: list[Path] = typer.Argument(..., help="files of HL7 v2 messages (batches allowed)"),
+    host: str = typer.Option("127.0.0.1", help="MLLP host"),
+    port: int = typer.Option(None, help="MLLP port (default HUB_MLLP_PORT)"),
+    timeout: float = typer.Option(30.0, help="seconds to wait for each ACK"),
+) -> None:
+    """Send messages over MLLP and print each ACK."""
+    from hub.ingest.mllp import FrameDecoder, frame
+
+    port = port or get_settings().mllp_port
+    messages = _read_messages(files)
+    failures = 0
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        typer.echo(f"cannot connect to MLLP at {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from exc
+    with sock:
+        decoder = FrameDecoder()
+        for path, raw in messages:
+            sock.sendall(frame(raw))
+            acks: list[bytes] = []
+            while not acks:
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    typer.echo(f"{path}: no ACK within {timeout} s", err=True)
+                    raise typer.Exit(1) from None
+                if not data:
+                    typer.echo(f"{path}: connection closed by the hub before an ACK", err=True)
+                    raise typer.Exit(1)
+                acks = [a for a in decoder.feed(data) if isinstance(a, bytes)]
+            text = acks[0].decode("utf-8", errors="replace")
+            typer.echo(f"# {path}")
+            typer.echo(text.replace("\r", "\n").rstrip("\n"))
+            if "|AA|" not in text and "|CA|" not in text:
+                failures += 1
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command("import")
+def import_(
+    files: list[Path] = typer.Argument(..., help="files of HL7 v2 messages or HL7 batch files"),
+    process: bool = typer.Option(True, help="process the messages too (in-process worker or Celery)"),
+) -> None:
+    """Load files of messages (back-loading history): store each like any received message."""
+    from rich.progress import Progress
+
+    from hub.db import make_engine
+    from hub.ingest.service import Intake
+    from hub.tasks.worker import InProcessWorker
+
+    settings = get_settings()
+    engine = make_engine(settings.sqlalchemy_url)
+    messages = _read_messages(files)
+    worker_ = None
+    dispatch: Callable[[Sequence[int]], None] | None = None
+    if process and settings.broker_url:
+        from hub.tasks.celery_app import CeleryDispatcher
+
+        dispatch = CeleryDispatcher(settings.broker_url)
+    elif process:
+        worker_ = InProcessWorker(engine, settings.worker_threads, settings.worker_batch)
+        worker_.start()
+        dispatch = worker_.dispatch
+    intake = Intake(engine, settings, dispatch)
+    intake.start()
+    try:
+        with Progress(transient=not sys.stdout.isatty()) as progress:
+            task = progress.add_task("importing", total=len(messages))
+            futures = []
+            for _path, raw in messages:
+                futures.append(intake.submit(raw, "import"))
+            for fut in futures:
+                fut.result()
+                progress.advance(task)
+            intake.stop()
+            if worker_ is not None:
+                pt = progress.add_task("processing", total=None)
+                worker_.wait_idle(timeout=3600)
+                progress.update(pt, completed=1, total=1)
+    finally:
+        intake.stop()
+        if worker_ is not None:
+            worker_.stop()
+    s = intake.stats
+    typer.echo(
+        f"{len(messages)} messages: {s.accepted} accepted, {s.rejected} rejected, {s.duplicates} duplicates, "
+        f"{s.held} held (control id reused with other content)"
+    )
+
+
+@app.command()
+def replay(
+    state: str = typer.Option(None, help="replay messages in this state (failed, held, processed, received)"),
+    id: list[int] = typer.Option(None, "--id", help="replay this message (repeatable)"),
+    since: datetime = typer.Option(None, help="only messages received at or after this time"),
+    type: str = typer.Option(None, "--type", help="only this message type, e.g. ORU^R01"),
+    sender: str = typer.Option(None, help="only this sending facility"),
+    all_: bool = typer.Option(False, "--all", help="every processed or failed message (re-apply maps)"),
+) -> None:
+    """Process stored messages again from their raw bytes (deterministic ids make it an update)."""
+    from sqlalchemy import select
+
+    from hub.db import make_engine, session_scope
+    from hub.pipeline import process_batch
+    from hub.store.models import InboundMessage
+
+    if not (state or id or all_ or since or type or sender):
+        typer.echo("say what to replay: --state, --id, --since, --type, --sender or --all", err=True)
+        raise typer.Exit(2)
+    engine = make_engine(get_settings().sqlalchemy_url)
+    stmt = select(InboundMessage.id).order_by(InboundMessage.id)
+    if id:
+        stmt = stmt.where(InboundMessage.id.in_(id))
+    if state:
+        stmt = stmt.where(InboundMessage.state == state)
+    elif not id:
+        stmt = stmt.where(InboundMessage.state.in_(("processed", "failed")))
+    if since:
+        stmt = stmt.where(InboundMessage.received_at >= since)
+    if type:
+        stmt = stmt.where(InboundMessage.message_type == type)
+    if sender:
+        stmt = stmt.where(InboundMessage.facility == sender)
+    with session_scope(engine) as session:
+        ids = list(session.scalars(stmt))
+    counts: dict[str, int] = {}
+    for start in range(0, len(ids), 200):
+        with session_scope(engine) as session:
+            for outcome in process_batch(session, ids[start : start + 200], force=True):
+                counts[outcome.state] = counts.get(outcome.state, 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to do"
+    typer.echo(f"replayed {len(ids)} message(s): {summary}")
+    if counts.get("failed"):
+        raise typer.Exit(1)
+
+
+@sender_app.command("add")
+def sender_add(
+    facility: str = typer.Argument(..., help="sending facility as in MSH-4"),
+    name: str = typer.Option("", help="display name"),
+    time_zone: str = typer.Option(None, "--tz", help="IANA time zone for datetimes without offset"),
+    overlay: str = typer.Option(None, help="mapping overlay under mappings/senders/"),
+    secret: str = typer.Option(None, help="password for HL7 over HTTP (Basic auth, user = facility)"),
+) -> None:
+    """Register (or update) a sending facility."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from sqlalchemy import select
+
+    from hub.auth_secrets import hash_secret
+    from hub.db import make_engine, session_scope
+    from hub.store.models import Sender
+
+    settings = get_settings()
+    if time_zone:
+        try:
+            ZoneInfo(time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            typer.echo(f"unknown time zone {time_zone!r} (use an IANA name such as Asia/Jakarta)", err=True)
+            raise typer.Exit(2) from None
+    with session_scope(make_engine(settings.sqlalchemy_url)) as session:
+        sender = session.scalars(select(Sender).where(Sender.facility == facility)).first()
+        created = sender is None
+        if sender is None:
+            sender = Sender(facility=facility, time_zone=settings.default_time_zone)
+            session.add(sender)
+        sender.name = name or sender.name or facility
+        sender.auto_registered = False
+        sender.active = True
+        if time_zone:
+            sender.time_zone = time_zone
+        if overlay is not None:
+            sender.overlay = overlay or None
+        if secret:
+            sender.http_secret_hash = hash_secret(secret)
+    typer.echo(f"sender {facility} {'registered' if created else 'updated'}")
+
+
+@sender_app.command("list")
+def sender_list() -> None:
+    """List registered sending facilities."""
+    from sqlalchemy import select
+
+    from hub.db import make_engine, session_scope
+    from hub.store.models import Sender
+
+    with session_scope(make_engine(get_settings().sqlalchemy_url)) as session:
+        rows = session.scalars(select(Sender).order_by(Sender.facility)).all()
+        typer.echo(f"{'FACILITY':24} {'NAME':24} {'TIME ZONE':20} {'OVERLAY':12} ORIGIN")
+        for s in rows:
+            origin = "first contact" if s.auto_registered else "registered"
+            if not s.active:
+                origin += " (inactive)"
+            typer.echo(f"{s.facility:24} {s.name:24} {s.time_zone:20} {s.overlay or '-':12} {origin}")
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    mllp_enabled: bool = True  # `hub serve` runs the MLLP listener beside HTTP
     mllp_host: str = "127.0.0.1"
     mllp_port: int = 2575
     mllp_max_frame_bytes: int = 10 * 1024 * 1024
@@ -43,6 +44,7 @@ class Settings(BaseSettings):
     commit_window_ms: float = 2.0
     commit_max_batch: int = 500
 
+    worker_enabled: bool = True  # in-process worker threads when no broker is set
     worker_threads: int = 1
     worker_batch: int = 50
     sweep_interval_s: float = 30.0

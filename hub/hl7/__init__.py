@@ -4,6 +4,7 @@ This is the only package that imports hl7apy, and only for reference data (messa
 field names and datatypes); parsing on the hot path is our own tokenizer.
 """
 
+from hub.hl7._batch import split_messages
 from hub.hl7._escape import DEFAULT_ENCODING, Encoding, escape, unescape
 from hub.hl7._header import Header, HeaderError, decode, patient_key, peek_header, strip_bom
 from hub.hl7._message import EXPLICIT_NULL, Message, Segment, parse, parse_path, split_segments, value_at
@@ -22,6 +23,7 @@ __all__ = [
     "parse_path",
     "patient_key",
     "peek_header",
+    "split_messages",
     "split_segments",
     "strip_bom",
     "unescape",

@@ -50,6 +50,7 @@ def _version_module(version: str) -> ModuleType | None:
     return None
 
 
+@lru_cache(maxsize=1024)
 def structure_for(message_code: str, trigger_event: str, version: str = "2.5.1") -> str:
     """MSH-9.3 for a message that left it out (v2.3 senders mostly do)."""
     shared = _SHARED_STRUCTURES.get(message_code, {}).get(trigger_event)

@@ -1,0 +1,77 @@
+"""HL7 v2 over HTTP: ``POST /hl7/v2`` with the ER7 message as body; the ACK is the response body
+(200 for AA/AE and CA/CE, 400 for AR/CR, 503 when the store cannot commit: nothing was accepted).
+
+A sender registered with a password must authenticate with HTTP Basic (user = its MSH-4 facility);
+a wrong or missing password is answered 401 and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hub import hl7
+from hub.auth_secrets import check_secret
+from hub.ingest.service import Intake, StorageUnavailable
+from hub.store.models import Sender
+
+router = APIRouter(tags=["hl7"])
+
+HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
+_SECRET_TTL_S = 30.0
+_secret_cache: dict[str, tuple[float, str | None]] = {}
+
+
+def _sender_secret(request: Request, facility: str) -> str | None:
+    hit = _secret_cache.get(facility)
+    now = time.monotonic()
+    if hit is not None and now - hit[0] < _SECRET_TTL_S:
+        return hit[1]
+    with Session(request.app.state.runtime.read_engine) as session:
+        secret = session.scalar(select(Sender.http_secret_hash).where(Sender.facility == facility))
+    _secret_cache[facility] = (now, secret)
+    return secret
+
+
+def _basic_credentials(request: Request) -> tuple[str, str] | None:
+    auth = request.headers.get("authorization", "")
+    if not auth.lower().startswith("basic "):
+        return None
+    try:
+        user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return user, password
+
+
+@router.post("/hl7/v2", summary="Send one HL7 v2 message (ER7); the response body is its ACK")
+async def post_hl7(request: Request) -> Response:
+    intake: Intake = request.app.state.runtime.intake
+    body = await request.body()
+    try:
+        facility = hl7.peek_header(body).sending_facility
+    except hl7.HeaderError:
+        facility = ""
+    if facility:
+        stored = await asyncio.to_thread(_sender_secret, request, facility)
+        if stored is not None:
+            creds = _basic_credentials(request)
+            if creds is None or creds[0] != facility or not check_secret(creds[1], stored):
+                return Response(
+                    f"sender {facility} must authenticate (HTTP Basic, user = MSH-4)",
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Basic realm="hub HL7 v2"'},
+                )
+    try:
+        accepted = await asyncio.wrap_future(intake.submit(body, "http"))
+    except StorageUnavailable:
+        return Response("store unavailable; message not accepted, resend later", status_code=503)
+    status = 400 if accepted.code in ("AR", "CR") else 200
+    return Response(accepted.ack or "", status_code=status, media_type=HL7_MEDIA_TYPE)

@@ -1,0 +1,61 @@
+"""The running hub: intake (group commit), the processing dispatch (Celery or in-process worker), the
+sweeper and the MLLP listener, started and stopped together by the app's lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import Engine
+
+from hub.config import Settings
+from hub.db import make_engine
+from hub.ingest.listener import MLLPServer
+from hub.ingest.service import Intake
+from hub.tasks.worker import InProcessWorker, Sweeper
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings.sqlalchemy_url)
+        self.read_engine = make_engine(settings.sqlalchemy_url, read_only=True)
+        self.worker: InProcessWorker | None = None
+        self.dispatch: Callable[[Sequence[int]], None]
+        if settings.broker_url:
+            from hub.tasks.celery_app import CeleryDispatcher
+
+            self.dispatch = CeleryDispatcher(settings.broker_url)
+        elif settings.worker_enabled:
+            self.worker = InProcessWorker(self.engine, settings.worker_threads, settings.worker_batch)
+            self.dispatch = self.worker.dispatch
+        else:
+            self.dispatch = _nowhere
+        self.intake = Intake(self.engine, settings, self.dispatch)
+        self.sweeper = Sweeper(self.engine, self.dispatch, settings.sweep_interval_s, settings.sweep_after_s)
+        self.mllp: MLLPServer | None = MLLPServer(self.intake, settings) if settings.mllp_enabled else None
+
+    async def start(self) -> None:
+        self.intake.start()
+        if self.worker is not None:
+            self.worker.start()
+        if self.settings.broker_url or self.worker is not None:
+            self.sweeper.start()
+        if self.mllp is not None:
+            await self.mllp.start()
+
+    async def stop(self) -> None:
+        if self.mllp is not None:
+            await self.mllp.stop()
+        self.intake.stop()
+        self.sweeper.stop()
+        if self.worker is not None:
+            self.worker.stop()
+        self.engine.dispose()
+        self.read_engine.dispose()
+
+
+def _nowhere(ids: Sequence[int]) -> None:
+    """No broker and no worker: messages stay ``received`` until a worker runs."""

@@ -1,0 +1,138 @@
+"""The in-process worker (embedded default) and the sweeper.
+
+Worker threads take message ids from a local queue in batches and run the pipeline, one transaction per
+batch (``HUB_WORKER_BATCH``). The sweeper finds ``received`` messages that nobody processed (a task lost
+with a crashed broker or process) and dispatches them again; processing is idempotent on state, so a
+message dispatched twice is processed once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, select
+
+from hub.db import session_scope
+from hub.pipeline import process_batch
+from hub.store.models import InboundMessage
+
+log = logging.getLogger(__name__)
+
+
+class InProcessWorker:
+    def __init__(self, engine: Engine, threads: int = 1, batch: int = 50) -> None:
+        self.engine = engine
+        self.batch = max(1, batch)
+        self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"hub-worker-{n}", daemon=True)
+            for n in range(max(1, threads))
+        ]
+        self._idle = threading.Condition()
+        self._busy = 0
+        self.processed = 0
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def dispatch(self, ids: Sequence[int]) -> None:
+        for i in ids:
+            self._queue.put(i)
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until the queue is empty and no batch is running (tests, ``hub import``)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._queue.empty() and self._busy == 0, timeout=timeout)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            ids = [first]
+            stop = False
+            while len(ids) < self.batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                ids.append(nxt)
+            with self._idle:
+                self._busy += 1
+            try:
+                with session_scope(self.engine) as session:
+                    outcomes = process_batch(session, ids)
+                self.processed += len(outcomes)
+            except Exception:  # a broken batch stays 'received'; the sweeper brings it back
+                log.exception("worker batch of %d message(s) failed", len(ids))
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+            if stop:
+                return
+
+
+def pending_ids(engine: Engine, *, older_than_s: float = 0.0, limit: int = 10000) -> list[int]:
+    """Ids of ``received`` messages (optionally only those waiting longer than ``older_than_s``)."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+    with session_scope(engine) as session:
+        stmt = select(InboundMessage.id).where(InboundMessage.state == "received")
+        if older_than_s > 0:
+            stmt = stmt.where(InboundMessage.received_at < cutoff)
+        return list(session.scalars(stmt.order_by(InboundMessage.id).limit(limit)))
+
+
+class Sweeper:
+    """Re-dispatches messages left ``received``: once at start (recovery after a crash), then every
+    ``interval_s`` those older than ``after_s``."""
+
+    def __init__(
+        self, engine: Engine, dispatch: Callable[[Sequence[int]], None], interval_s: float, after_s: float
+    ) -> None:
+        self.engine = engine
+        self.dispatch = dispatch
+        self.interval_s = interval_s
+        self.after_s = after_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hub-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def sweep(self, older_than_s: float) -> int:
+        ids = pending_ids(self.engine, older_than_s=older_than_s)
+        if ids:
+            log.info("sweeper re-dispatching %d message(s)", len(ids))
+            self.dispatch(ids)
+        return len(ids)
+
+    def _run(self) -> None:
+        try:
+            self.sweep(0.0)
+        except Exception:
+            log.exception("initial sweep failed")
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sweep(self.after_s)
+            except Exception:
+                log.exception("sweep failed")

@@ -1,0 +1,67 @@
+"""HL7 v2 over HTTP and the operator's message API, through the ASGI app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from hub.app import create_app
+from hub.auth_secrets import hash_secret
+from hub.config import Settings
+from hub.hl7 import parse
+from hub.store.models import Sender
+from tests.builders import adt
+
+
+@pytest.fixture
+def client(engine: Engine, database_url: str, tmp_path: Path) -> Iterator[TestClient]:
+    settings = Settings(database_url=database_url, mllp_enabled=False, worker_enabled=False, var_dir=tmp_path)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def test_post_hl7_returns_ack(client: TestClient) -> None:
+    r = client.post("/hl7/v2", content=adt("H1").encode())
+    assert r.status_code == 200
+    assert parse(r.text).get("MSA-1") == "AA" and parse(r.text).get("MSA-2") == "H1"
+    r = client.post("/hl7/v2", content=b"garbage")
+    assert r.status_code == 400 and parse(r.text).get("MSA-1") == "AR"
+
+
+def test_operator_lists_and_inspects(client: TestClient) -> None:
+    client.post("/hl7/v2", content=adt("H2").encode())
+    client.post("/hl7/v2", content=b"MSH|bad")
+    listing = client.get("/hl7/messages", params={"state": "rejected"}).json()["messages"]
+    assert len(listing) == 1 and listing[0]["state"] == "rejected"
+    listing = client.get("/hl7/messages", params={"sender": "RSUD_SEHAT", "type": "ADT^A01"}).json()[
+        "messages"
+    ]
+    assert [m["control_id"] for m in listing] == ["H2"]
+    detail = client.get(f"/hl7/messages/{listing[0]['id']}").json()
+    assert detail["raw"].startswith("MSH|") and "MSA|AA|H2" in detail["ack"]
+    assert detail["state"] == "received" and detail["resources"] == []
+    assert client.get("/hl7/messages/999999").status_code == 404
+    bad = client.get("/hl7/messages", params={"state": "nonsense"})
+    assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
+
+
+def test_sender_with_password_must_authenticate(client: TestClient, engine: Engine) -> None:
+    with Session(engine) as s, s.begin():
+        s.add(
+            Sender(
+                facility="RS_PRIVATE",
+                name="x",
+                time_zone="Asia/Jakarta",
+                http_secret_hash=hash_secret("s3cret"),
+            )
+        )
+    body = adt("P1", facility="RS_PRIVATE").encode()
+    assert client.post("/hl7/v2", content=body).status_code == 401
+    assert client.post("/hl7/v2", content=body, auth=("RS_PRIVATE", "wrong")).status_code == 401
+    ok = client.post("/hl7/v2", content=body, auth=("RS_PRIVATE", "s3cret"))
+    assert ok.status_code == 200 and parse(ok.text).get("MSA-1") == "AA"

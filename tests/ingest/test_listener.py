@@ -1,0 +1,117 @@
+"""The MLLP listener over real sockets: framing in the wild, limits, timeouts, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from hub.config import Settings
+from hub.hl7 import parse
+from hub.ingest.listener import MLLPServer
+from hub.ingest.mllp import FrameDecoder, frame
+from hub.ingest.service import Intake
+from hub.store.models import InboundMessage
+from tests.builders import adt
+
+
+def _run(engine: Engine, body: Callable[[int], Awaitable[None]], **kw: object) -> Intake:
+    settings = Settings(mllp_port=0, **kw)  # type: ignore[arg-type]
+    intake = Intake(engine, settings)
+
+    async def main() -> None:
+        intake.start()
+        server = MLLPServer(intake, settings)
+        await server.start()
+        try:
+            await body(server.port)
+        finally:
+            await server.stop()
+            intake.stop()
+
+    asyncio.run(main())
+    return intake
+
+
+async def _read_acks(reader: asyncio.StreamReader, n: int, timeout: float = 10) -> list[str]:
+    dec = FrameDecoder()
+    acks: list[str] = []
+    while len(acks) < n:
+        data = await asyncio.wait_for(reader.read(65536), timeout)
+        if not data:
+            break
+        acks += [a.decode() for a in dec.feed(data) if isinstance(a, bytes)]
+    return acks
+
+
+def _count(engine: Engine) -> int:
+    with Session(engine) as s:
+        return int(s.scalar(select(func.count()).select_from(InboundMessage)) or 0)
+
+
+def test_several_frames_in_one_write_and_one_frame_in_many(engine: Engine) -> None:
+    async def body(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"noise" + frame(adt("A").encode()) + frame(adt("B", mrn="M2").encode()))
+        await writer.drain()
+        acks = await _read_acks(reader, 2)
+        assert [parse(a).get("MSA-2") for a in acks] == ["A", "B"]
+        payload = frame(adt("C", mrn="M3").encode())
+        for i in range(0, len(payload), 7):
+            writer.write(payload[i : i + 7])
+            await writer.drain()
+            await asyncio.sleep(0)
+        (ack,) = await _read_acks(reader, 1)
+        assert parse(ack).get("MSA-1") == "AA" and parse(ack).get("MSA-2") == "C"
+        writer.close()
+
+    _run(engine, body)
+    assert _count(engine) == 3
+
+
+def test_oversize_frame_is_answered_and_closed(engine: Engine) -> None:
+    async def body(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        big = adt("BIG").encode() + b"OBX|1|TX|X||" + b"x" * 5000 + b"\r"
+        writer.write(frame(big))
+        await writer.drain()
+        (ack,) = await _read_acks(reader, 1)
+        msg = parse(ack)
+        assert msg.get("MSA-1") == "AR" and msg.get("MSA-2") == "BIG"
+        assert "exceeds" in msg.get("ERR-8")
+        assert await asyncio.wait_for(reader.read(100), 5) == b""  # closed by the hub
+        writer.close()
+
+    _run(engine, body, mllp_max_frame_bytes=1024)
+    with Session(engine) as s:
+        row = s.scalars(select(InboundMessage)).one()
+        assert row.state == "rejected" and row.control_id == "BIG"
+
+
+def test_idle_connection_is_closed(engine: Engine) -> None:
+    async def body(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(100), 5) == b""
+        writer.close()
+
+    _run(engine, body, mllp_idle_timeout_s=0.2)
+
+
+def test_hundred_concurrent_connections(engine: Engine) -> None:
+    async def one(port: int, n: int) -> str:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(frame(adt(f"K{n}", mrn=f"P{n}").encode()))
+        await writer.drain()
+        (ack,) = await _read_acks(reader, 1, timeout=30)
+        writer.close()
+        return ack
+
+    async def body(port: int) -> None:
+        acks = await asyncio.gather(*(one(port, n) for n in range(100)))
+        assert sorted(parse(a).get("MSA-2") for a in acks) == sorted(f"K{n}" for n in range(100))
+        assert all(parse(a).get("MSA-1") == "AA" for a in acks)
+
+    _run(engine, body)
+    assert _count(engine) == 100

@@ -1,0 +1,141 @@
+"""Intake: store, then ACK; duplicates, conflicts, rejects and registration (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from hub.config import Settings
+from hub.hl7 import parse
+from hub.ingest.service import Accepted, Intake
+from hub.store.models import InboundMessage, Sender
+from tests.builders import adt, msh
+
+
+def _intake(engine: Engine, **kw: object) -> Intake:
+    return Intake(engine, Settings(**kw))  # type: ignore[arg-type]
+
+
+def _rows(engine: Engine) -> list[InboundMessage]:
+    with Session(engine) as s:
+        return list(s.scalars(select(InboundMessage).order_by(InboundMessage.id)))
+
+
+def test_accept_stores_then_acks_per_v251(engine: Engine) -> None:
+    dispatched: list[int] = []
+    intake = Intake(engine, Settings(), dispatched.extend)
+    res = intake.accept(adt("C1").encode())
+    assert res.code == "AA" and res.message_id is not None
+    rows = _rows(engine)
+    assert len(rows) == 1 and rows[0].state == "received"
+    assert rows[0].facility == "RSUD_SEHAT" and rows[0].control_id == "C1"
+    assert rows[0].message_type == "ADT^A01" and rows[0].message_structure == "ADT_A01"
+    assert rows[0].patient_key == "MRN0001^RSUD_SEHAT"
+    assert dispatched == [rows[0].id]
+    assert res.ack is not None
+    ack = parse(res.ack)
+    assert ack.get("MSH-3") == "HUB" and ack.get("MSH-4") == "KEMKES"  # swapped
+    assert ack.get("MSH-5") == "SIMRS" and ack.get("MSH-6") == "RSUD_SEHAT"
+    assert ack.get("MSH-9") == "ACK" and ack.get("MSH-9.2") == "A01" and ack.get("MSH-9.3") == "ACK"
+    assert ack.get("MSH-12") == "2.5.1"
+    assert ack.get("MSH-10") not in ("", "C1")
+    assert ack.get("MSA-1") == "AA" and ack.get("MSA-2") == "C1"
+    assert ack.first("ERR") is None
+    # The sender was registered on first contact (loopback default).
+    with Session(engine) as s:
+        sender = s.scalars(select(Sender)).one()
+        assert sender.facility == "RSUD_SEHAT" and sender.auto_registered
+
+
+def test_unreadable_header_is_rejected_and_kept(engine: Engine) -> None:
+    intake = _intake(engine)
+    raw = b"MSH|^~\\&|A|FAC|B|C|20260101||ADT^A01||P|2.5\rPID|1\r"  # no MSH-10
+    res = intake.accept(raw)
+    assert res.code == "AR" and res.ack is not None
+    ack = parse(res.ack)
+    assert ack.get("MSA-1") == "AR"
+    assert ack.get("ERR-2") == "MSH" and ack.get("ERR-2.3") == "10"
+    assert ack.get("ERR-3") == "101" and ack.get("ERR-3.3") == "HL70357"
+    assert ack.get("ERR-4") == "E"
+    (row,) = _rows(engine)
+    assert row.state == "rejected" and row.raw == raw and row.error_code == "hl7-101"
+    res2 = intake.accept(b"not hl7 at all")
+    assert res2.code == "AR"
+    assert len(_rows(engine)) == 2
+
+
+def test_duplicate_gets_original_ack_and_stores_nothing(engine: Engine) -> None:
+    dispatched: list[int] = []
+    intake = Intake(engine, Settings(), dispatched.extend)
+    first = intake.accept(adt("DUP1").encode())
+    again = intake.accept(adt("DUP1").encode())
+    assert again.duplicate and again.ack == first.ack and again.message_id == first.message_id
+    rows = _rows(engine)
+    assert len(rows) == 1 and rows[0].duplicate_count == 1
+    assert dispatched == [rows[0].id]
+
+
+def test_same_control_id_other_content_is_held(engine: Engine) -> None:
+    dispatched: list[int] = []
+    intake = Intake(engine, Settings(), dispatched.extend)
+    intake.accept(adt("C9", family="Santoso").encode())
+    res = intake.accept(adt("C9", family="Wijaya").encode())
+    assert res.code == "AE" and res.ack is not None
+    assert parse(res.ack).get("ERR-3") == "205"
+    rows = _rows(engine)
+    assert [r.state for r in rows] == ["received", "held"]
+    assert rows[1].error_code == "control-id-conflict"
+    assert dispatched == [rows[0].id]
+
+
+def test_enhanced_mode_commit_acks(engine: Engine) -> None:
+    intake = _intake(engine)
+    res = intake.accept(adt("E1", accept_ack="AL", app_ack="NE").encode())
+    assert res.code == "CA" and res.ack is not None and parse(res.ack).get("MSA-1") == "CA"
+    silent = intake.accept(adt("E2", accept_ack="NE", app_ack="AL").encode())
+    assert silent.code == "CA" and silent.ack is None
+    assert len(_rows(engine)) == 2
+
+
+def test_closed_registration_rejects_unknown_facility_but_keeps_it(engine: Engine) -> None:
+    intake = _intake(engine, open_registration=False)
+    res = intake.accept(adt("U1", facility="STRANGER").encode())
+    assert res.code == "AR" and res.ack is not None
+    ack = parse(res.ack)
+    assert ack.get("ERR-3") == "204" and "not registered" in ack.get("ERR-8")
+    (row,) = _rows(engine)
+    assert row.state == "rejected" and row.facility == "STRANGER"
+
+
+def test_registration_default_follows_binding() -> None:
+    assert Settings().registration_open
+    assert not Settings(http_host="0.0.0.0").registration_open
+    assert Settings(http_host="0.0.0.0", open_registration=True).registration_open
+
+
+def test_missing_structure_is_derived(engine: Engine) -> None:
+    intake = _intake(engine)
+    raw = (msh("S1", "ADT^A04", version="2.3") + "\rPID|1||X1^^^F^MR||Doe^J\r").encode()
+    assert intake.accept(raw).code == "AA"
+    assert _rows(engine)[0].message_structure == "ADT_A01"
+
+
+def test_group_commit_across_connections(engine: Engine) -> None:
+    dispatched: list[int] = []
+    intake = Intake(engine, Settings(commit_window_ms=20), dispatched.extend)
+    intake.start()
+    try:
+        futures: list[Future[Accepted]] = [
+            intake.submit(adt(f"G{i}", mrn=f"M{i}").encode()) for i in range(300)
+        ]
+        results = [f.result(timeout=30) for f in futures]
+    finally:
+        intake.stop()
+    assert all(r.code == "AA" for r in results)
+    assert len({r.message_id for r in results}) == 300
+    assert intake.stats.batches < 300  # several messages shared a commit
+    with Session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(InboundMessage)) == 300
+    assert sorted(dispatched) == sorted(r.message_id for r in results if r.message_id is not None)

@@ -1,0 +1,85 @@
+"""The pipeline: state transitions, errors kept as data, per-patient arrival order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from hub import pipeline
+from hub.config import Settings
+from hub.db import session_scope
+from hub.hl7 import Message
+from hub.ingest.service import Intake
+from hub.mapping import MappingResult, SenderContext
+from hub.store.models import InboundMessage, MessageResource
+from tests.builders import adt
+
+
+def _store(engine: Engine, *raws: str) -> list[int]:
+    intake = Intake(engine, Settings())
+    return [intake.accept(r.encode()).message_id for r in raws]  # type: ignore[misc]
+
+
+def test_unknown_message_type_fails_with_reason(engine: Engine) -> None:
+    (mid,) = _store(engine, adt("X1").replace("ADT^A01^ADT_A01", "ZZZ^Z99"))
+    with session_scope(engine) as s:
+        (outcome,) = pipeline.process_batch(s, [mid])
+    assert outcome.state == "failed" and outcome.error_code == "no-map"
+    with Session(engine) as s:
+        row = s.get(InboundMessage, mid)
+        assert row is not None and row.state == "failed" and "ZZZ^Z99" in (row.error_text or "")
+        assert row.attempts == 1
+
+
+def test_patient_order_and_idempotence(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    def fake_map(message: Message, ctx: SenderContext) -> MappingResult:
+        seen.append(message.get("MSH-10"))
+        pid = message.get("PID-3")
+        return MappingResult(resources=[{"resourceType": "Basic", "id": f"b-{pid}", "code": {"text": "x"}}])
+
+    monkeypatch.setattr(pipeline, "map_message", fake_map)
+    ids = _store(
+        engine,
+        adt("P1-A01", "A01", mrn="P1"),
+        adt("P2-A01", "A01", mrn="P2"),
+        adt("P1-A08", "A08", mrn="P1"),
+        adt("P1-A03", "A03", mrn="P1"),
+    )
+    # The A03 task arrives first: the earlier messages of patient P1 are applied before it, in order.
+    with session_scope(engine) as s:
+        pipeline.process_batch(s, [ids[3]])
+    assert seen == ["P1-A01", "P1-A08", "P1-A03"]
+    with session_scope(engine) as s:
+        outcomes = pipeline.process_batch(s, ids)  # redelivered tasks: only P2 is still pending
+    assert [o.message_id for o in outcomes] == [ids[1]]
+    assert seen[-1] == "P2-A01" and len(seen) == 4
+    with Session(engine) as s:
+        assert {r.state for r in s.scalars(select(InboundMessage))} == {"processed"}
+        assert len(s.scalars(select(MessageResource)).all()) == 4
+
+
+def test_failure_in_one_message_does_not_undo_its_neighbours(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def flaky_map(message: Message, ctx: SenderContext) -> MappingResult:
+        if message.get("MSH-10") == "BAD":
+            raise RuntimeError("boom")
+        res: list[dict[str, Any]] = [
+            {"resourceType": "Basic", "id": message.get("MSH-10"), "code": {"text": "x"}}
+        ]
+        return MappingResult(resources=res)
+
+    monkeypatch.setattr(pipeline, "map_message", flaky_map)
+    ids = _store(engine, adt("OK1", mrn="A"), adt("BAD", mrn="B"), adt("OK2", mrn="C"))
+    with session_scope(engine) as s:
+        outcomes = pipeline.process_batch(s, ids)
+    assert [o.state for o in outcomes] == ["processed", "failed", "processed"]
+    assert outcomes[1].error_code == "internal-error"
+    with session_scope(engine) as s:
+        again = pipeline.process_batch(s, [ids[1]], force=True)
+    assert again[0].state == "failed"
