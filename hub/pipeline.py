@@ -42,45 +42,58 @@ class Outcome:
 def process_batch(session: Session, ids: Iterable[int], *, force: bool = False) -> list[Outcome]:
     """Process messages by id. Without ``force`` only ``received`` ones are processed (a message taken
     twice, by a redelivered task or the sweeper, is processed once); with ``force`` (replay) failed,
-    held and processed ones are processed again."""
-    outcomes: list[Outcome] = []
-    done: set[int] = set()
-    for message_id in sorted(set(ids)):
-        if message_id in done:
-            continue
-        row = session.get(InboundMessage, message_id)
-        if row is None:
-            continue
-        if row.state != PENDING and not (force and row.state in REPLAYABLE):
-            continue
-        for earlier in _earlier_pending(session, row):
-            outcomes.append(_process_one(session, earlier))
-            done.add(earlier.id)
-        outcomes.append(_process_one(session, row))
-        done.add(message_id)
-    return outcomes
-
-
-def _earlier_pending(session: Session, row: InboundMessage) -> list[InboundMessage]:
-    if not row.patient_key:
+    held and processed ones are processed again. Earlier ``received`` messages of the same patients
+    are processed first, in arrival order."""
+    wanted = sorted(set(ids))
+    if not wanted:
         return []
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        # Serialises workers on one patient; released at commit. SQLite serialises all writers anyway.
-        key = zlib.crc32(f"{row.facility}|{row.patient_key}".encode())
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-    return list(
-        session.scalars(
-            select(InboundMessage)
-            .where(
-                InboundMessage.patient_key == row.patient_key,
-                InboundMessage.facility == row.facility,
-                InboundMessage.state == PENDING,
-                InboundMessage.id < row.id,
-            )
-            .order_by(InboundMessage.id)
+    states = (PENDING, *REPLAYABLE) if force else (PENDING,)
+    heads = session.execute(
+        select(InboundMessage.id, InboundMessage.facility, InboundMessage.patient_key).where(
+            InboundMessage.id.in_(wanted), InboundMessage.state.in_(states)
         )
-    )
+    ).all()
+    if not heads:
+        return []
+    patients = {(h.facility, h.patient_key) for h in heads if h.patient_key}
+    _lock_patients(session, patients)
+    # Load (again) after the locks: another worker may have processed some of these meanwhile.
+    targets = session.scalars(
+        select(InboundMessage)
+        .where(InboundMessage.id.in_([h.id for h in heads]), InboundMessage.state.in_(states))
+        .execution_options(populate_existing=True)
+    ).all()
+    todo = {r.id: r for r in targets}
+    if patients and todo:
+        for earlier in _earlier_pending(session, patients, max(todo)):
+            todo.setdefault(earlier.id, earlier)
+    return [_process_one(session, todo[i]) for i in sorted(todo)]
+
+
+def _lock_patients(session: Session, patients: set[tuple[str, str]]) -> None:
+    """Serialise workers per patient on PostgreSQL (transaction-scoped advisory locks, taken in one
+    global order so two workers never deadlock). SQLite serialises all writers anyway."""
+    if not patients or session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted({zlib.crc32(f"{f}|{k}".encode()) for f, k in patients})
+    for key in keys:
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def _earlier_pending(session: Session, patients: set[tuple[str, str]], below: int) -> list[InboundMessage]:
+    keys = sorted({k for _, k in patients})
+    facilities = {f for f, _ in patients}
+    rows = session.scalars(
+        select(InboundMessage)
+        .where(
+            InboundMessage.patient_key.in_(keys),
+            InboundMessage.state == PENDING,
+            InboundMessage.id < below,
+        )
+        .order_by(InboundMessage.id)
+        .execution_options(populate_existing=True)
+    ).all()
+    return [r for r in rows if r.facility in facilities and (r.facility, r.patient_key) in patients]
 
 
 def _sender_context(session: Session, row: InboundMessage) -> SenderContext:
