@@ -15,8 +15,9 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from hub import hl7
@@ -24,7 +25,7 @@ from hub.errors import HubError
 from hub.mapping import SenderContext, map_message
 from hub.mpi.service import resolve_identities
 from hub.store import resources as store
-from hub.store.models import InboundMessage, MessageResource, Sender
+from hub.store.models import InboundMessage, MessageResource, Resource, Sender
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ def _process_one(session: Session, row: InboundMessage) -> Outcome:
             resolve_identities(session, result, ctx)
             session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
             now = datetime.now(UTC)
+            _prefetch(session, result.resources)
             for resource in result.resources:
                 written = store.upsert(session, resource, message_id=row.id, now=now)
                 session.add(
@@ -139,6 +141,14 @@ def _process_one(session: Session, row: InboundMessage) -> Outcome:
         log.exception("message %s failed unexpectedly", row.id)
         return _fail(row, "internal-error", f"{type(exc).__name__}: {exc}")
     return Outcome(row.id, row.state)
+
+
+def _prefetch(session: Session, resources: list[dict[str, Any]]) -> None:
+    """Load the current rows of every resource about to be written in one query (upsert then finds
+    them in the session instead of asking one by one)."""
+    keys = [(r["resourceType"], str(r["id"])) for r in resources]
+    if len(keys) > 1:
+        session.scalars(select(Resource).where(tuple_(Resource.resource_type, Resource.id).in_(keys))).all()
 
 
 def _fail(row: InboundMessage, code: str, text_: str) -> Outcome:
