@@ -92,7 +92,9 @@ def should_validate(mode: str, key: str | int | None = None) -> bool:
     return False
 
 
-def validate_resources(resources: Iterable[dict[str, Any]], mode: str = "all", key: str | int | None = None) -> None:
+def validate_resources(
+    resources: Iterable[dict[str, Any]], mode: str = "all", key: str | int | None = None
+) -> None:
     """Raise :class:`InvalidResource` listing every problem when ``mode`` selects this message."""
     if not should_validate(mode, key):
         return

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from hub.hl7 import Message
 from hub.mapping._engine import finish, run
 from hub.mapping._ids import patient_id, resource_id
@@ -86,6 +85,3 @@ def map_message(message: Message, ctx: SenderContext) -> MappingResult:
     return MappingResult(
         resources=resources, unmapped=unmapped, warnings=rt.warnings, actions=actions, nulls=nulls
     )
-
-
-

@@ -15,18 +15,9 @@ from typing import Any
 from hub.errors import MappingError
 from hub.hl7 import EXPLICIT_NULL, Message, Segment, unescape
 from hub.hl7.reference import field_name
-from hub.mapping._functions import (
-    ACTIONS,
-    CONDITIONS,
-    DATATYPES,
-    ID_FUNCTIONS,
-    SEGMENT_FUNCTIONS,
-    TRANSFORMS,
-    Choice,
-    key_id,
-)
+from hub.mapping._functions import Choice, key_id
 from hub.mapping._ids import patient_id, resource_id
-from hub.mapping._time import TimeFormatError, to_instant
+from hub.mapping._time import TimeFormatError, to_datetime, to_instant
 
 Converter = Callable[[str, int, "Runtime", dict[str, Any]], Any]
 Step = tuple[str, str]  # (element name, "" | "[]" | "[x]")
@@ -237,7 +228,9 @@ class Runtime:
         self.pending_required: list[tuple[dict[str, Any], CompiledSegmentMap, int, int]] = []
         self.warnings: list[str] = []
         self._nearest: dict[tuple[int, str], int] = {}
-        self.facility_key = "".join(c if c.isalnum() or c in "-._" else "_" for c in ctx.facility) or "unknown"
+        self.facility_key = (
+            "".join(c if c.isalnum() or c in "-._" else "_" for c in ctx.facility) or "unknown"
+        )
         self.version = self.segments[0].get(12) if self.segments else ""
 
     # -- values --------------------------------------------------------------------------------------
@@ -281,8 +274,10 @@ class Runtime:
 
     def raw_at(self, ref: PathRef, index: int, mark: bool = True) -> tuple[str, int]:
         """The raw (escaped) field ``ref`` names, seen from segment ``index``, and that segment's index."""
-        i = index if 0 <= index < len(self.segments) and self.segments[index].name == ref.segment else (
-            self.nearest(index, ref.segment)
+        i = (
+            index
+            if 0 <= index < len(self.segments) and self.segments[index].name == ref.segment
+            else (self.nearest(index, ref.segment))
         )
         if i < 0:
             return "", -1
@@ -347,7 +342,9 @@ class Runtime:
 
 def _first_comp(seg: Segment, n: int) -> str:
     rep = seg.repetitions(n)[0] if seg.repetitions(n) else ""
-    return rep.split(seg.enc.component, 1)[0].split(seg.enc.subcomponent, 1)[0] if seg.enc.subcomponent else rep
+    return (
+        rep.split(seg.enc.component, 1)[0].split(seg.enc.subcomponent, 1)[0] if seg.enc.subcomponent else rep
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -367,17 +364,19 @@ def _check(
 def apply_field(f: CompiledField, rt: Runtime, index: int, res: dict[str, Any]) -> None:
     if f.value is not None:
         if f.when is None or _check(f.when, rt, index, ""):
-            set_value(res, f.steps, copy.deepcopy(f.value) if isinstance(f.value, dict | list) else f.value, f.with_)
+            set_value(
+                res, f.steps, copy.deepcopy(f.value) if isinstance(f.value, dict | list) else f.value, f.with_
+            )
         return
     if f.inputs:
         assert f.segment_fn is not None
         raws = [rt.raw_at(ref, index)[0] for ref in f.inputs]
         if f.when is not None and not _check(f.when, rt, index, ""):
             return
-        value = f.segment_fn(raws, index, rt, f.args)
-        if f.transform is not None and value is not None:
-            value = f.transform(value, rt, f.args)
-        set_value(res, f.steps, value, f.with_)
+        made = f.segment_fn(raws, index, rt, f.args)
+        if f.transform is not None and made is not None:
+            made = f.transform(made, rt, f.args)
+        set_value(res, f.steps, made, f.with_)
         return
     raw = ""
     src: PathRef | None = None
@@ -445,7 +444,10 @@ def _translate(rt: Runtime, name: str, value: Any, src: PathRef) -> Any:
         coding = dict(found) if isinstance(found, dict) else {"code": str(found)}
         if "system" not in coding and vocab.system:
             coding = {"system": vocab.system, **coding}
-        if any(c.get("system") == coding.get("system") and c.get("code") == coding.get("code") for c in value["coding"]):
+        if any(
+            c.get("system") == coding.get("system") and c.get("code") == coding.get("code")
+            for c in value["coding"]
+        ):
             return value
         return {**value, "coding": [coding, *value["coding"]]}
     return value
@@ -516,7 +518,9 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
         merge_into(target, res)
         return
     # No business identifier: stable for this message and this segment position.
-    rid = compute_id(smap, rt, index) or resource_id(smap.resource, *message_key(rt), rt.segments[index].name, str(index))
+    rid = compute_id(smap, rt, index) or resource_id(
+        smap.resource, *message_key(rt), rt.segments[index].name, str(index)
+    )
     key = f"{smap.resource}/{rid}"
     if key in rt.keys:
         # Two segments with the same business key in one message: keep both, keyed apart by position.
@@ -573,7 +577,11 @@ def resolve_references(rt: Runtime) -> None:
     for res, f, index, parent in rt.deferred:
         if f.ref is not None:
             seg_name = rt.maps.segment_of_map.get(f.ref, "")
-            at = parent if parent >= 0 and rt.segments[parent].name == seg_name else rt.nearest(index, seg_name)
+            at = (
+                parent
+                if parent >= 0 and rt.segments[parent].name == seg_name
+                else rt.nearest(index, seg_name)
+            )
             target = rt.made.get((f.ref, at))
             if target is None and at >= 0:
                 # The governing segment made nothing (e.g. a second PV1 in the group): any made by this map.
@@ -590,9 +598,8 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
     sending facility as agent, the message (control id) as source entity."""
     msh = rt.segments[0]
     control_id = msh.get(10)
-    for n in (3, 4, 7, 9, 10, 12):
-        if msh.raw(n):
-            rt.used[0].add(n)
+    # MSH routing/processing fields are consumed by intake (ACK, dispatch), the rest here.
+    rt.used[0].update((3, 4, 5, 6, 7, 9, 10, 11, 12, 15, 16, 18))
     targets = [{"reference": f"{r['resourceType']}/{r['id']}"} for r in rt.resources]
     targets += [{"reference": key} for key in rt.extra]
     recorded = ""
@@ -605,6 +612,17 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
         rt.warn("MSH-7 message date/time is missing; Provenance.recorded set to the epoch")
         recorded = "1970-01-01T00:00:00Z"
     app = msh.get(3)
+    occurred = ""
+    evn = rt.nearest(0, "EVN")
+    if evn >= 0:
+        seg = rt.segments[evn]
+        rt.used[evn].update(n for n in (1, 2, 6) if seg.raw(n))
+        when = seg.get(6) or seg.get(2)
+        if when:
+            try:
+                occurred = to_datetime(when, rt.zone)
+            except TimeFormatError as exc:
+                rt.warn(f"EVN: {exc}")
     out: dict[str, Any] = {
         "resourceType": "Provenance",
         "id": resource_id("Provenance", *message_key(rt)),
@@ -645,8 +663,8 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
             }
         ],
     }
-    if not targets:
-        del out["target"]
+    if occurred:
+        out = {**{k: out[k] for k in ("resourceType", "id", "target")}, "occurredDateTime": occurred, **out}
     return out
 
 
@@ -661,7 +679,7 @@ def unmapped_report(rt: Runtime) -> list[dict[str, Any]]:
             if not raw or n in used:
                 continue
             # Set IDs (SEG-1 of repeating segments) only number the segments; not data to map.
-            if n == 1 and raw.isdigit() and seg.name not in ("PID", "MSH", "EVN", "MRG"):
+            if n == 1 and raw.isdigit():
                 continue
             out.append(
                 {
@@ -720,30 +738,19 @@ def _preceding(rt: Runtime, index: int, name: str) -> int:
     return -1
 
 
-def finish(rt: Runtime, message_type: str, maps_actions: list[Callable[[Runtime], list[dict[str, Any]]]]) -> tuple[
-    list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]
-]:
+def finish(
+    rt: Runtime, message_type: str, maps_actions: list[Callable[[Runtime], list[dict[str, Any]]]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Resources (with the Provenance last), actions, the unmapped report and the explicit nulls."""
     actions: list[dict[str, Any]] = []
     for fn in maps_actions:
         actions.extend(fn(rt))
     resources = rt.resources + list(rt.extra.values())
-    resources.append(provenance(rt, message_type))
+    if resources:  # Provenance.target is 1..*: a message that made nothing (A47) has none
+        resources.append(provenance(rt, message_type))
     nulls = [
         {"resource": f"{res['resourceType']}/{res['id']}", "element": target, "path": path}
         for res, target, path in rt.nulls
         if res.get("id")
     ]
     return resources, actions, unmapped_report(rt), nulls
-
-
-def known_function(kind: str, name: str) -> bool:
-    table: dict[str, Any] = {
-        "datatype": DATATYPES,
-        "transform": TRANSFORMS,
-        "segment": SEGMENT_FUNCTIONS,
-        "condition": CONDITIONS,
-        "id": ID_FUNCTIONS,
-        "action": ACTIONS,
-    }[kind]
-    return name in table

@@ -140,7 +140,9 @@ def coding_system(rt: Runtime, name: str) -> str | None:
         return name
     if re.match(r"^(HL7)?\d{4}$", name):  # an HL7 table: v2-NNNN
         return "http://terminology.hl7.org/CodeSystem/v2-" + name[-4:]
-    return f"urn:hub:codesystem:{rt.text(name)}"
+    # L, 99zzz and other local names are the sender's own code systems.
+    local = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in rt.text(name))
+    return f"urn:hub:codesystem:{rt.facility_key}:{local}"
 
 
 def _coding(rt: Runtime, code: str, display: str, system: str) -> dict[str, Any] | None:
@@ -161,9 +163,9 @@ def dt_codeable_concept(raw: str, level: int, rt: Runtime, args: dict[str, Any])
     """CWE/CE/CNE: identifier, text, coding system and the alternate triplet; CWE-9 original text."""
     c = [rt.text(p).strip() for p in rt.parts(raw, level)]
     c += [""] * (9 - len(c))
-    codings = [
-        x for x in (_coding(rt, c[0], c[1], c[2]), _coding(rt, c[3], c[4], c[5])) if x is not None
-    ]
+    if c[0] and not c[2] and args.get("default_system"):
+        c[2] = str(args["default_system"])
+    codings = [x for x in (_coding(rt, c[0], c[1], c[2]), _coding(rt, c[3], c[4], c[5])) if x is not None]
     out: dict[str, Any] = {}
     if codings:
         out["coding"] = codings
@@ -274,8 +276,23 @@ def dt_ei(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     return out
 
 
-_TELECOM_SYSTEM = {"PH": "phone", "CP": "phone", "FX": "fax", "BP": "pager", "INTERNET": "email", "X.400": "email"}
-_TELECOM_USE = {"PRN": "home", "ORN": "home", "VHN": "home", "WPN": "work", "EMR": "home", "NET": "home", "PRS": "mobile"}
+_TELECOM_SYSTEM = {
+    "PH": "phone",
+    "CP": "phone",
+    "FX": "fax",
+    "BP": "pager",
+    "INTERNET": "email",
+    "X.400": "email",
+}
+_TELECOM_USE = {
+    "PRN": "home",
+    "ORN": "home",
+    "VHN": "home",
+    "WPN": "work",
+    "EMR": "home",
+    "NET": "home",
+    "PRS": "mobile",
+}
 
 
 @_datatype("ContactPoint")
@@ -489,7 +506,9 @@ def tf_codeable(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
         return value
     if isinstance(value, dict):
         return {"coding": [value]}
-    coding = {"code": str(value)} if not args.get("system") else {"system": args["system"], "code": str(value)}
+    coding = (
+        {"code": str(value)} if not args.get("system") else {"system": args["system"], "code": str(value)}
+    )
     return {"coding": [coding]}
 
 
@@ -503,6 +522,19 @@ def tf_concept_text(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
 def tf_constant(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
     """``args.value`` whenever the source is present (e.g. PV1-45 present → status finished)."""
     return args.get("value")
+
+
+@_transform("identifier")
+def tf_identifier(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A bare id (e.g. a Z-segment's NIK) as an Identifier of ``args.system`` and ``args.type``."""
+    out: dict[str, Any] = {}
+    if args.get("type"):
+        out["type"] = {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": args["type"]}]
+        }
+    out["system"] = args["system"]
+    out["value"] = str(value)
+    return out
 
 
 @_transform("as_list")
@@ -610,7 +642,7 @@ def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[st
     SN → Quantity/Range/Ratio, CWE → CodeableConcept, TX/FT/ST → string (repetitions are lines), TS →
     dateTime, ED/RP → Attachment (R4 has no valueAttachment: such values become extensions elsewhere,
     so they are returned for ``DocumentReference`` and as string otherwise)."""
-    vtype, value, units = (raws + ["", "", ""])[:3]
+    vtype, value, units = ([*raws, "", "", ""])[:3]
     vtype = rt.text(vtype).strip().upper()
     if not value:
         return None
@@ -623,14 +655,18 @@ def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[st
         if number is None:
             text = rt.text(value).strip()
             return Choice("String", text) if text else None
-        return Choice("Quantity", quantity(rt, number, units, 1))
+        return Choice("Quantity", quantity(rt, number, units.split(rt.enc.repetition)[0], 0))
     first = value.split(rt.enc.repetition)[0]
     if kind == "SN":
         sn = dt_sn(first, 0, rt, {})
         if isinstance(sn, Choice) and sn.type == "Quantity" and units:
-            q = quantity(rt, sn.value["value"], units, 1)
+            q = quantity(rt, sn.value["value"], units.split(rt.enc.repetition)[0], 0)
             if "comparator" in sn.value:
-                q = {"value": q["value"], "comparator": sn.value["comparator"], **{k: v for k, v in q.items() if k != "value"}}
+                q = {
+                    "value": q["value"],
+                    "comparator": sn.value["comparator"],
+                    **{k: v for k, v in q.items() if k != "value"},
+                }
             return Choice("Quantity", q)
         return sn
     if kind in ("Attachment", "AttachmentReference"):
@@ -647,11 +683,11 @@ def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[st
 @_segment_fn("quantity_with_units")
 def fn_quantity(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """A number field and its units field (RXA-6/RXA-7, RXE-3/RXE-5) → Quantity."""
-    value, units = (raws + ["", ""])[:2]
+    value, units = ([*raws, "", ""])[:2]
     number = decimal(rt.text(value.split(rt.enc.repetition)[0].split(rt.enc.component)[0]))
     if number is None:
         return None
-    return quantity(rt, number, units.split(rt.enc.repetition)[0], 1)
+    return quantity(rt, number, units.split(rt.enc.repetition)[0], 0)
 
 
 @_segment_fn("timing_period")
@@ -679,7 +715,7 @@ def fn_first_datetime(raws: list[str], index: int, rt: Runtime, args: dict[str, 
 def fn_document_content(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """MDM OBX-2/OBX-5 → Attachment: ED as it is; TX/FT/ST text base64-encoded as text/plain.
     Multiple OBX of a document are joined by the engine's ``join_text`` handling."""
-    vtype, value = (raws + ["", ""])[:2]
+    vtype, value = ([*raws, "", ""])[:2]
     vtype = rt.text(vtype).strip().upper()
     if not value:
         return None
@@ -733,7 +769,7 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
 def fn_reference_by_identifier(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """A Reference to the ``args.resource`` keyed like its own map keys it (EI value and namespace within
     the sender), e.g. TXA-13 parent document → DocumentReference."""
-    raw = (raws + [""])[0]
+    raw = ([*raws, ""])[0]
     if not raw or raw == '""':
         return None
     c = [rt.text(p).strip() for p in rt.parts(raw.split(rt.enc.repetition)[0], 0)] + [""]
@@ -834,7 +870,9 @@ def act_change_identifier(rt: Runtime) -> list[dict[str, Any]]:
         if pid < 0 or not value or old is None:
             rt.warn(f"MRG at segment {i} has no MRG-1 identifier; no change-identifier action")
             continue
-        new = dt_cx(rt.segments[pid].repetitions(3)[0], 0, rt, {}) if rt.segments[pid].repetitions(3) else None
+        new = (
+            dt_cx(rt.segments[pid].repetitions(3)[0], 0, rt, {}) if rt.segments[pid].repetitions(3) else None
+        )
         if new is None:
             continue
         out.append(

@@ -89,7 +89,9 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int:
         if isinstance(node, yaml.MappingNode):
             match = None
             for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode) and (k.value == key or (key == "with_" and k.value == "with")):
+                if isinstance(k, yaml.ScalarNode) and (
+                    k.value == key or (key == "with_" and k.value == "with")
+                ):
                     match = v
                     line = k.start_mark.line + 1
                     break
@@ -258,7 +260,11 @@ class _Compiler:
                 self.fault(path, f"unknown datatype function {dt.function!r}")
                 return None
             return DATATYPES[dt.function]
-        comps: list[tuple[int, int, tuple[tuple[str, str], ...], Converter | None, str | None, Any, Any, dict[str, Any]]] = []
+        comps: list[
+            tuple[
+                int, int, tuple[tuple[str, str], ...], Converter | None, str | None, Any, Any, dict[str, Any]
+            ]
+        ] = []
         for cm in dt.components:
             conv = self.converter(cm.datatype, path) if cm.datatype else None
             if cm.vocab and cm.vocab not in self.vocabs:
@@ -269,7 +275,16 @@ class _Compiler:
                 if transform is None:
                     self.fault(path, f"unknown transform {cm.function!r}")
             comps.append(
-                (cm.component or 0, cm.subcomponent or 0, parse_target(cm.target), conv, cm.vocab, transform, cm.value, cm.args)
+                (
+                    cm.component or 0,
+                    cm.subcomponent or 0,
+                    parse_target(cm.target),
+                    conv,
+                    cm.vocab,
+                    transform,
+                    cm.value,
+                    cm.args,
+                )
             )
         vocabs = self.vocabs
         resource = dt.resource
@@ -360,7 +375,9 @@ class _Compiler:
         cf.args = dict(f.args)
         cf.convert_args = dict(f.args)
         cf.when = self.condition(path, f.when)
-        cf.repeat = f.repeat if f.repeat is not None else "[]" in f.target.split(".")[0] or f.target.endswith("[]")
+        cf.repeat = (
+            f.repeat if f.repeat is not None else "[]" in f.target.split(".")[0] or f.target.endswith("[]")
+        )
         cf.with_ = f.with_
         if f.target.endswith("[x]") and not (f.datatype or f.paths or f.function):
             self.fault(path, f"{f.target}: a choice element needs a datatype or function that types it")
@@ -376,7 +393,9 @@ class _Compiler:
                     self.fault(path, f"unknown id function {r.function!r}")
             elif not r.keys:
                 self.fault(path, "an id rule needs keys or a function")
-            out.append(CompiledIdRule([parse_ref(k) for k in r.keys], [parse_ref(k) for k in r.extra], fn, r.scope))
+            out.append(
+                CompiledIdRule([parse_ref(k) for k in r.keys], [parse_ref(k) for k in r.extra], fn, r.scope)
+            )
         return out
 
     def segment_map(self, name: str) -> CompiledSegmentMap | None:
@@ -548,4 +567,3 @@ def check_all(root: Path) -> list[Problem]:
             _, more = compile_maps(root, odir.name)
             problems.extend(p for p in more if p not in problems)
     return problems
-

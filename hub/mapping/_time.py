@@ -92,6 +92,9 @@ def to_datetime(value: str, zone: str) -> str:
 def to_instant(value: str, zone: str) -> str:
     """FHIR ``instant``: a dateTime padded to the second (a bare date is midnight in the sender's zone)."""
     y, mo, d, h, mi, s, frac, off = split_ts(value)
-    return to_datetime(f"{y}{mo or '01'}{d or '01'}{h or '00'}{mi or '00'}{s or '00'}" + (
-        f".{frac}" if frac else ""
-    ) + (off or ""), zone)
+    return to_datetime(
+        f"{y}{mo or '01'}{d or '01'}{h or '00'}{mi or '00'}{s or '00'}"
+        + (f".{frac}" if frac else "")
+        + (off or ""),
+        zone,
+    )
