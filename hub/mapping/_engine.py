@@ -460,6 +460,8 @@ def compute_id(smap: CompiledSegmentMap, rt: Runtime, index: int) -> str | None:
             parts = rule.function(index, rt)
             if parts is None:
                 continue
+            if len(parts) == 1 and parts[0].startswith("="):  # an id the function computed itself
+                return parts[0][1:]
         else:
             values = [rt.value(k, index) for k in rule.keys]
             if not values or not all(values):

@@ -58,7 +58,8 @@ def dt_string(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
 def dt_text(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """FT/TX over every repetition: repetitions are lines; ``\\.br\\`` is unescaped after splitting."""
     lines = [rt.text(r) for r in raw.split(rt.enc.repetition)] if level == 0 else [rt.text(raw)]
-    text = "\n".join(lines).strip("\n")
+    # Trailing spaces are not significant in ST/TX/FT (v2.5.1 2A.3.70); leading ones are.
+    text = "\n".join(part.rstrip() for line in lines for part in line.split("\n")).strip("\n")
     return text if text.strip() else None
 
 
@@ -526,13 +527,14 @@ def tf_constant(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
 
 @_transform("identifier")
 def tf_identifier(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
-    """A bare id (e.g. a Z-segment's NIK) as an Identifier of ``args.system`` and ``args.type``."""
+    """A bare id (e.g. a Z-segment's NIK) as an Identifier of ``args.system`` (optional) and ``args.type``."""
     out: dict[str, Any] = {}
     if args.get("type"):
         out["type"] = {
             "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": args["type"]}]
         }
-    out["system"] = args["system"]
+    if args.get("system"):
+        out["system"] = args["system"]
     out["value"] = str(value)
     return out
 

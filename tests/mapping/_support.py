@@ -21,8 +21,13 @@ def map_text(text: str, facility: str = FACILITY, overlay: str | None = None, **
     return map_message(message, SenderContext(facility=facility, overlay=overlay, **ctx))  # type: ignore[arg-type]
 
 
+def read(path: Path) -> str:
+    """A fixture's text with its CR segment ends intact."""
+    return path.read_bytes().decode("utf-8")
+
+
 def map_file(path: Path, facility: str = FACILITY, overlay: str | None = None) -> MappingResult:
-    return map_text(path.read_text(encoding="utf-8"), facility, overlay)
+    return map_text(read(path), facility, overlay)
 
 
 def by_type(result: MappingResult, resource_type: str) -> list[dict[str, object]]:
