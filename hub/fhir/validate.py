@@ -25,6 +25,55 @@ _DATETIME_WITH_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?
 _HAS_OFFSET = re.compile(r"(Z|[+-]\d{2}:\d{2})$")
 
 
+_REQUEST = {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
+# Elements with a required binding that the fhir.resources models do not check (R4 value sets).
+REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
+    (rtype, key): frozenset(codes)
+    for rtype, key, codes in [
+        ("Patient", "gender", {"male", "female", "other", "unknown"}),
+        ("RelatedPerson", "gender", {"male", "female", "other", "unknown"}),
+        ("Encounter", "status", {"planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled", "entered-in-error", "unknown"}),
+        ("Observation", "status", {"registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"}),
+        ("DiagnosticReport", "status", {"registered", "partial", "preliminary", "final", "amended", "corrected", "appended", "cancelled", "entered-in-error", "unknown"}),
+        ("ServiceRequest", "status", _REQUEST),
+        ("ServiceRequest", "intent", {"proposal", "plan", "directive", "order", "original-order", "reflex-order", "filler-order", "instance-order", "option"}),
+        ("ServiceRequest", "priority", {"routine", "urgent", "asap", "stat"}),
+        ("MedicationRequest", "status", {"active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft", "unknown"}),
+        ("MedicationRequest", "intent", {"proposal", "plan", "order", "original-order", "reflex-order", "filler-order", "instance-order", "option"}),
+        ("MedicationDispense", "status", {"preparation", "in-progress", "cancelled", "on-hold", "completed", "entered-in-error", "stopped", "declined", "unknown"}),
+        ("Immunization", "status", {"completed", "entered-in-error", "not-done"}),
+        ("AllergyIntolerance", "criticality", {"low", "high", "unable-to-assess"}),
+        ("Procedure", "status", {"preparation", "in-progress", "not-done", "on-hold", "stopped", "completed", "entered-in-error", "unknown"}),
+        ("Coverage", "status", {"active", "cancelled", "draft", "entered-in-error"}),
+        ("Appointment", "status", {"proposed", "pending", "booked", "arrived", "fulfilled", "cancelled", "noshow", "entered-in-error", "checked-in", "waitlist"}),
+        ("DocumentReference", "status", {"current", "superseded", "entered-in-error"}),
+        ("DocumentReference", "docStatus", {"preliminary", "final", "amended", "entered-in-error"}),
+    ]
+}  # fmt: skip
+REQUIRED_NESTED: dict[tuple[str, str], frozenset[str]] = {
+    ("name", "use"): frozenset({"usual", "official", "temp", "nickname", "anonymous", "old", "maiden"}),
+    ("address", "use"): frozenset({"home", "work", "temp", "old", "billing"}),
+    ("telecom", "system"): frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"}),
+    ("telecom", "use"): frozenset({"home", "work", "temp", "old", "mobile"}),
+}
+
+
+def _binding_problems(resource: dict[str, Any], where: str, out: list[str]) -> None:
+    rtype = resource["resourceType"]
+    for key, value in resource.items():
+        allowed = REQUIRED_CODES.get((rtype, key))
+        if allowed is not None and value not in allowed:
+            out.append(f"{where}: {key}: {value!r} is not in the required value set")
+        if isinstance(value, list):
+            for item in value:
+                if not isinstance(item, dict):
+                    continue
+                for sub, sub_value in item.items():
+                    nested = REQUIRED_NESTED.get((key, sub))
+                    if nested is not None and sub_value not in nested:
+                        out.append(f"{where}: {key}.{sub}: {sub_value!r} is not in the required value set")
+
+
 class InvalidResource(MappingError):
     """A mapped resource is not valid FHIR R4: a map is wrong, so the message fails and stays replayable."""
 
@@ -66,6 +115,7 @@ def validate_resource(resource: dict[str, Any]) -> list[str]:
         return ["resourceType is missing"]
     where = f"{rtype}/{resource.get('id', '?')}"
     _shape_problems(resource, where, problems)
+    _binding_problems(resource, where, problems)
     try:
         model = _model(rtype)
     except (KeyError, ValueError, AttributeError, ImportError):

@@ -10,7 +10,7 @@ file without ``extends`` replaces or adds a map of that name; ``sender.yaml`` se
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -137,6 +137,8 @@ class SourceSet:
     datatypes: dict[str, tuple[Path, DatatypeMap]]
     vocab: dict[str, tuple[Path, Vocabulary]]
     sender: tuple[Path, SenderSettings] | None = None
+    # Stems of files that failed to read: references to them are not reported again.
+    broken: set[str] = field(default_factory=set)
 
 
 def read_dir(root: Path, problems: list[Problem]) -> SourceSet:
@@ -150,6 +152,8 @@ def read_dir(root: Path, problems: list[Problem]) -> SourceSet:
             parsed = read_file(path, model, problems)
             if parsed is not None:
                 table[path.stem] = (path, parsed)
+            else:
+                out.broken.add(path.stem)
     sender_file = root / "sender.yaml"
     if sender_file.is_file():
         parsed_sender = read_file(sender_file, SenderSettings, problems)
@@ -161,6 +165,7 @@ def read_dir(root: Path, problems: list[Problem]) -> SourceSet:
 def merge_overlay(base: SourceSet, overlay: SourceSet, problems: list[Problem]) -> SourceSet:
     out = SourceSet(dict(base.messages), dict(base.segments), dict(base.datatypes), dict(base.vocab))
     out.sender = overlay.sender
+    out.broken = base.broken | overlay.broken
     for name, (path, vocab) in overlay.vocab.items():
         if name in out.vocab and not vocab.replace:
             base_vocab = out.vocab[name][1]
@@ -231,7 +236,12 @@ class _Compiler:
         self._building: set[str] = set()
 
     def fault(self, path: Path, text: str) -> None:
-        self.problems.append(Problem(path, _find_line(path, text), text))
+        quoted = text.split("'")[1] if text.count("'") >= 2 else ""
+        if quoted and quoted in self.src.broken:
+            return  # the broken file itself is already reported
+        problem = Problem(path, _find_line(path, text), text)
+        if problem not in self.problems:
+            self.problems.append(problem)
 
     def converter(self, name: str, where: Path) -> Converter | None:
         if name in self.converters:

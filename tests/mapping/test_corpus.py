@@ -17,7 +17,11 @@ from hub.mapping import SenderContext, map_message
 
 
 def _messages(corpus: Path) -> list[Path]:
-    return sorted(p for p in corpus.rglob("*") if p.is_file() and p.suffix in (".hl7", ".txt") and p.stem.upper() not in ("LICENSE", "SOURCE"))
+    return sorted(
+        p
+        for p in corpus.rglob("*")
+        if p.is_file() and p.suffix in (".hl7", ".txt") and p.stem.upper() not in ("LICENSE", "SOURCE")
+    )
 
 
 def _map(path: Path) -> tuple[str, Any]:

@@ -4,8 +4,8 @@ the tokenizer and the text datatypes, CX systems, SN/NR/CQ, ED/RP attachments.""
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
-from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -53,7 +53,9 @@ def test_sender_zone_with_daylight_saving() -> None:
     assert to_datetime("20260115120000", "America/New_York") == "2026-01-15T12:00:00-05:00"
 
 
-@pytest.mark.parametrize("bad", ["", "20261301", "20260230", "2026110125", "abc", "2026110108301", "20261101083015+2500"])
+@pytest.mark.parametrize(
+    "bad", ["", "20261301", "20260230", "2026110125", "abc", "2026110108301", "20261101083015+2500"]
+)
 def test_invalid_ts_is_rejected(bad: str) -> None:
     with pytest.raises(TimeFormatError):
         to_datetime(bad, "Asia/Jakarta")
@@ -83,7 +85,12 @@ def test_ts_round_trip_property(
         value += f"{sign}{hh:02d}" if short_offset and mm == 0 else f"{sign}{hh:02d}{mm:02d}"
     out = to_datetime(value, "Asia/Jakarta")
     if precision <= 8:
-        assert out == "-".join(p for p in (digits[:4], digits[4:6], digits[6:8]) if p)[: {4: 4, 6: 7, 8: 10}[precision]]
+        assert (
+            out
+            == "-".join(p for p in (digits[:4], digits[4:6], digits[6:8]) if p)[
+                : {4: 4, 6: 7, 8: 10}[precision]
+            ]
+        )
         return
     parsed = datetime.fromisoformat(out)
     assert parsed.tzinfo is not None
@@ -93,11 +100,13 @@ def test_ts_round_trip_property(
         microsecond=(moment.microsecond // 100) * 100 if precision == 16 else 0,
     )
     # No offset sent: the sender's zone at that moment (Jakarta was +07:30 in the 1960s, for instance).
-    local = ZoneInfo("Asia/Jakarta").utcoffset(truncated.replace(minute=0 if precision < 12 else truncated.minute))
+    local = ZoneInfo("Asia/Jakarta").utcoffset(
+        truncated.replace(minute=0 if precision < 12 else truncated.minute)
+    )
     expected_offset = timedelta(minutes=offset_minutes) if offset_minutes is not None else local
     assert parsed.utcoffset() == expected_offset
     assert parsed.replace(tzinfo=None) == truncated
-    assert parsed.astimezone(timezone.utc) == truncated.replace(tzinfo=timezone(expected_offset)).astimezone(timezone.utc)
+    assert parsed.astimezone(UTC) == truncated.replace(tzinfo=timezone(expected_offset)).astimezone(UTC)
 
 
 @settings(deadline=None)
@@ -178,7 +187,13 @@ def test_xpn_xad_xtn() -> None:
     )
     (patient,) = by_type(map_text(text), "Patient")
     assert patient["name"] == [
-        {"family": "Putri", "given": ["Ayu", "Kartika"], "prefix": ["dr."], "suffix": ["Sp.A"], "use": "official"},
+        {
+            "family": "Putri",
+            "given": ["Ayu", "Kartika"],
+            "prefix": ["dr."],
+            "suffix": ["Sp.A"],
+            "use": "official",
+        },
         {"family": "Ayu", "use": "nickname"},
     ]
     assert patient["address"] == [

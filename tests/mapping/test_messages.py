@@ -93,7 +93,9 @@ def test_diagnostic_report_results_and_specimen_observations_are_kept_apart() ->
 
 
 def test_observation_values_by_type() -> None:
-    obs = {o["code"]["coding"][0]["code"]: o for o in by_type(map_file(HL7_DIR / "oru_r01.hl7"), "Observation")}
+    obs = {
+        o["code"]["coding"][0]["code"]: o for o in by_type(map_file(HL7_DIR / "oru_r01.hl7"), "Observation")
+    }
     assert obs["718-7"]["valueQuantity"] == {
         "value": 13.5,
         "unit": "gram per deciliter",
@@ -202,7 +204,11 @@ def test_overlay_time_zone_z_segment_and_local_codes() -> None:
     assert by_type(base, "Encounter")[0]["period"]["start"].endswith("+07:00")
     oru = map_file(folder / "oru_r01_local_codes.hl7", facility="RSUD_CONTOH", overlay="rsud_contoh")
     codes = {o["code"]["coding"][-1]["code"]: o["code"]["coding"] for o in by_type(oru, "Observation")}
-    assert codes["HB"][0] == {"system": "http://loinc.org", "code": "718-7", "display": "Hemoglobin [Mass/volume] in Blood"}
+    assert codes["HB"][0] == {
+        "system": "http://loinc.org",
+        "code": "718-7",
+        "display": "Hemoglobin [Mass/volume] in Blood",
+    }
     assert codes["HB"][1]["code"] == "HB"  # original kept beside the translation
     assert len(codes["XYZ"]) == 1  # unknown local code: kept as sent
 
