@@ -37,8 +37,21 @@ def parse_target(target: str) -> tuple[Step, ...]:
     return tuple(steps)
 
 
+_CONTAINERS = (str, dict, list)
+
+
 def is_empty(value: Any) -> bool:
-    return value is None or value == "" or value == {} or value == []
+    return value is None or (value.__class__ in _CONTAINERS and not value)
+
+
+def put(res: dict[str, Any], f: CompiledField, value: Any) -> None:
+    """``set_value`` with a fast path for one plain element (most targets)."""
+    key = f.simple
+    if key is not None and value.__class__ is not Choice and f.with_ is None:
+        if value is not None and (value.__class__ not in _CONTAINERS or value):
+            res[key] = value
+        return
+    set_value(res, f.steps, value, f.with_)
 
 
 _PY_CHOICE = {bool: "Boolean", int: "Integer", str: "String"}
@@ -135,6 +148,11 @@ class CompiledField:
     repeat: bool = False
     whole_field: bool = False
     with_: dict[str, Any] | None = None
+    # Field numbers on the map's own segment that feed this element: when all are empty it is skipped
+    # without further work (most fields of most segments are empty).
+    local_fields: tuple[int, ...] = ()
+    deferred: bool = False
+    simple: str | None = None  # the element name when the target is one plain element
 
 
 @dataclass(slots=True)
@@ -192,6 +210,7 @@ class Runtime:
 
     __slots__ = (
         "_nearest",
+        "_values",
         "children",
         "ctx",
         "deferred",
@@ -228,6 +247,7 @@ class Runtime:
         self.pending_required: list[tuple[dict[str, Any], CompiledSegmentMap, int, int]] = []
         self.warnings: list[str] = []
         self._nearest: dict[tuple[int, str], int] = {}
+        self._values: dict[tuple[int, str], str] = {}
         self.facility_key = (
             "".join(c if c.isalnum() or c in "-._" else "_" for c in ctx.facility) or "unknown"
         )
@@ -274,17 +294,21 @@ class Runtime:
 
     def raw_at(self, ref: PathRef, index: int, mark: bool = True) -> tuple[str, int]:
         """The raw (escaped) field ``ref`` names, seen from segment ``index``, and that segment's index."""
-        i = (
-            index
-            if 0 <= index < len(self.segments) and self.segments[index].name == ref.segment
-            else (self.nearest(index, ref.segment))
-        )
-        if i < 0:
-            return "", -1
-        seg = self.segments[i]
-        raw = seg.raw(ref.field) if not (seg.name == "MSH" and ref.field <= 2) else ""
+        segs = self.segments
+        if 0 <= index < len(segs) and segs[index].name == ref.segment:
+            i = index
+        else:
+            i = self.nearest(index, ref.segment)
+            if i < 0:
+                return "", -1
+        seg = segs[i]
+        fields = seg.fields
+        n = ref.field
+        if n >= len(fields) or (n <= 2 and seg.name == "MSH"):
+            return "", i
+        raw = fields[n]
         if raw and mark:
-            self.used[i].add(ref.field)
+            self.used[i].add(n)
         return raw, i
 
     def piece(self, rep: str, ref: PathRef) -> tuple[str, int]:
@@ -301,10 +325,19 @@ class Runtime:
         return (subs[ref.subcomponent - 1] if ref.subcomponent <= len(subs) else ""), 2
 
     def value(self, ref: PathRef, index: int, mark: bool = True) -> str:
-        """The unescaped first-repetition value at ``ref``."""
-        raw, _ = self.raw_at(ref, index, mark)
+        """The unescaped first-repetition value at ``ref`` (cached per segment: ids and conditions
+        read the same OBR/PID values for every OBX)."""
+        raw, i = self.raw_at(ref, index, mark)
         if not raw:
             return ""
+        key = (i, ref.text)
+        found = self._values.get(key)
+        if found is None:
+            found = self._value_of(raw, ref)
+            self._values[key] = found
+        return found
+
+    def _value_of(self, raw: str, ref: PathRef) -> str:
         rep = raw.split(self.enc.repetition, 1)[0]
         piece, level = self.piece(rep, ref)
         if level < 2 and ref.component:
@@ -376,7 +409,7 @@ def apply_field(f: CompiledField, rt: Runtime, index: int, res: dict[str, Any]) 
         made = f.segment_fn(raws, index, rt, f.args)
         if f.transform is not None and made is not None:
             made = f.transform(made, rt, f.args)
-        set_value(res, f.steps, made, f.with_)
+        put(res, f, made)
         return
     raw = ""
     src: PathRef | None = None
@@ -419,7 +452,7 @@ def apply_field(f: CompiledField, rt: Runtime, index: int, res: dict[str, Any]) 
                 continue
         if f.transform is not None:
             value = f.transform(value, rt, f.args)
-        set_value(res, f.steps, value, f.with_)
+        put(res, f, value)
 
 
 def _translate(rt: Runtime, name: str, value: Any, src: PathRef) -> Any:
@@ -506,11 +539,21 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
         return
     res: dict[str, Any] = {"resourceType": smap.resource, "id": ""}
     deferred: list[CompiledField] = []
+    seg_fields = rt.segments[index].fields
+    n_fields = len(seg_fields)
     for f in smap.fields:
-        if f.ref is not None or f.children is not None:
+        if f.deferred:
             deferred.append(f)
-        else:
-            apply_field(f, rt, index, res)
+            continue
+        local = f.local_fields
+        if local:
+            if len(local) == 1:
+                n = local[0]
+                if n >= n_fields or not seg_fields[n]:
+                    continue
+            elif not any(n < n_fields and seg_fields[n] for n in local):
+                continue
+        apply_field(f, rt, index, res)
     if smap.merge_into is not None:
         seg_name = rt.maps.segment_of_map.get(smap.merge_into, "")
         target = rt.made.get((smap.merge_into, rt.nearest(index, seg_name)))

@@ -393,6 +393,15 @@ class _Compiler:
             self.fault(path, f"{f.target}: a choice element needs a datatype or function that types it")
         return cf
 
+    @staticmethod
+    def _locals(cf: CompiledField, segment: str) -> None:
+        cf.deferred = cf.ref is not None or cf.children is not None
+        if len(cf.steps) == 1 and cf.steps[0][1] == "":
+            cf.simple = cf.steps[0][0]
+        refs = cf.sources or cf.inputs
+        if cf.value is None and refs and all(r.segment == segment for r in refs):
+            cf.local_fields = tuple(r.field for r in refs)
+
     def id_rules(self, path: Path, rules: list[IdRule]) -> list[CompiledIdRule]:
         out = []
         for r in rules:
@@ -417,11 +426,14 @@ class _Compiler:
         path, sm = found
         if sm.merge_into and sm.merge_into not in self.src.segments:
             self.fault(path, f"merge_into names unknown map {sm.merge_into!r}")
+        fields = [self.field(path, f) for f in sm.fields]
+        for cf in fields:
+            self._locals(cf, sm.segment)
         compiled = CompiledSegmentMap(
             name=name,
             segment=sm.segment,
             resource=sm.resource,
-            fields=[self.field(path, f) for f in sm.fields],
+            fields=fields,
             id_rules=self.id_rules(path, sm.id),
             required=list(sm.required),
             merge_into=sm.merge_into,
@@ -545,7 +557,7 @@ def compile_maps(root: Path, overlay: str | None = None) -> tuple[CompiledMaps, 
 
 def load_maps(root: Path, overlay: str | None = None) -> CompiledMaps:
     """The compiled maps for ``overlay`` (cached); raises :class:`MappingFileError` on a faulty file."""
-    key = (str(root.resolve()), overlay)
+    key = (str(root), overlay)
     found = _cache.get(key)
     if found is not None:
         return found

@@ -72,12 +72,14 @@ def split_ts(value: str) -> tuple[str, ...]:
     return parts
 
 
+@lru_cache(maxsize=8192)
 def to_date(value: str) -> str:
     """FHIR ``date`` (YYYY, YYYY-MM or YYYY-MM-DD); any time and offset are dropped."""
     y, mo, d, *_ = split_ts(value)
     return "-".join(p for p in (y, mo, d) if p)
 
 
+@lru_cache(maxsize=8192)  # a message repeats its timestamps (OBR-7 in every OBX); a feed repeats minutes
 def to_datetime(value: str, zone: str) -> str:
     """FHIR ``dateTime``. Date-only precisions stay dates (FHIR allows no offset there); a value with
     a time gets seconds (FHIR requires them) and an offset: its own, else the sender's zone's."""
@@ -89,6 +91,7 @@ def to_datetime(value: str, zone: str) -> str:
     return f"{y}-{mo}-{d}T{time}{offset}"
 
 
+@lru_cache(maxsize=8192)
 def to_instant(value: str, zone: str) -> str:
     """FHIR ``instant``: a dateTime padded to the second (a bare date is midnight in the sender's zone)."""
     y, mo, d, h, mi, s, frac, off = split_ts(value)
