@@ -366,6 +366,12 @@ class Runtime:
         value, authority = self.patient_key_at(index)
         return patient_id(self.ctx.facility, value, authority)
 
+    def observation_key(self, index: int) -> tuple[str, ...]:
+        """The id key of the Observation the OBX at ``index`` makes (for resources derived from it)."""
+        smap = self.maps.segment_maps.get("OBX.Observation")
+        rid = compute_id(smap, self, index) if smap is not None else None
+        return (rid,) if rid else (*message_key(self), str(index))
+
     # -- resources from datatypes --------------------------------------------------------------------
     def add_extra(self, resource: dict[str, Any]) -> None:
         key = f"{resource['resourceType']}/{resource['id']}"

@@ -642,8 +642,7 @@ _CHOICE_TYPE = {
 def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """OBX-5 as value[x] by OBX-2 (V2-to-FHIR IG OBX[Observation]): NM with OBX-6 units → Quantity,
     SN → Quantity/Range/Ratio, CWE → CodeableConcept, TX/FT/ST → string (repetitions are lines), TS →
-    dateTime, ED/RP → Attachment (R4 has no valueAttachment: such values become extensions elsewhere,
-    so they are returned for ``DocumentReference`` and as string otherwise)."""
+    dateTime. ED/RP have no value[x] in R4: :func:`fn_observation_attachment` keeps them."""
     vtype, value, units = ([*raws, "", "", ""])[:3]
     vtype = rt.text(vtype).strip().upper()
     if not value:
@@ -672,14 +671,39 @@ def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[st
             return Choice("Quantity", q)
         return sn
     if kind in ("Attachment", "AttachmentReference"):
-        att = DATATYPES[kind](first, 0, rt, {})
-        return Choice("Attachment", att) if att else None
+        return None  # R4 has no Observation.valueAttachment: see observation_attachment
     converted = DATATYPES[kind](first, 0, rt, {})
     if converted is None:
         return None
     if isinstance(converted, Choice):
         return converted
     return Choice(_CHOICE_TYPE[kind], converted)
+
+
+@_segment_fn("observation_attachment")
+def fn_observation_attachment(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-5 of type ED/RP (a PDF report, an image link): R4 Observation has no valueAttachment, so the
+    attachment becomes a DocumentReference of the patient, and the Observation is derived from it."""
+    vtype, value, code = ([*raws, "", "", ""])[:3]
+    vtype = rt.text(vtype).strip().upper()
+    if vtype not in ("ED", "RP") or not value or value == '""':
+        return None
+    first = value.split(rt.enc.repetition)[0]
+    attachment = dt_ed(first, 0, rt, {}) if vtype == "ED" else dt_rp(first, 0, rt, {})
+    if not attachment:
+        return None
+    doc: dict[str, Any] = {"resourceType": "DocumentReference", "id": ""}
+    doc["status"] = "current"
+    concept = dt_codeable_concept(code, 0, rt, {}) if code else None
+    if concept:
+        doc["type"] = concept
+    patient = rt.patient_key_at(index)
+    if patient[0]:
+        doc["subject"] = {"reference": f"Patient/{rt.patient_id_at(index)}"}
+    doc["content"] = [{"attachment": attachment}]
+    doc["id"] = resource_id("DocumentReference", rt.ctx.facility, "OBX", *rt.observation_key(index))
+    rt.add_extra(doc)
+    return {"reference": f"DocumentReference/{doc['id']}"}
 
 
 @_segment_fn("quantity_with_units")

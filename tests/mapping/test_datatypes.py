@@ -211,3 +211,17 @@ def test_xpn_xad_xtn() -> None:
         {"system": "phone", "value": "(31) 7654321 ext. 12", "use": "home"},
         {"system": "email", "value": "ayu@example.id", "use": "home"},
     ]
+
+
+def test_oru_ed_result_becomes_a_document_the_observation_derives_from() -> None:
+    payload = base64.b64encode(b"%PDF-1.4 synthetic report").decode()
+    text = MSH + PID + OBR + f"OBX|1|ED|11502-2^Laboratory report^LN||^AP^PDF^Base64^{payload}||||||F\r"
+    result = map_text(text)
+    (observation,) = by_type(result, "Observation")
+    (document,) = by_type(result, "DocumentReference")
+    assert "valueAttachment" not in observation  # not an R4 element
+    assert observation["derivedFrom"] == [{"reference": f"DocumentReference/{document['id']}"}]
+    assert document["content"] == [{"attachment": {"contentType": "application/pdf", "data": payload}}]
+    assert document["subject"] == observation["subject"]
+    again = by_type(map_text(text.replace("|C1|", "|C2|")), "DocumentReference")[0]
+    assert again["id"] == document["id"]  # keyed like its Observation, not by the message
