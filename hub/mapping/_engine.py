@@ -153,6 +153,7 @@ class CompiledField:
     local_fields: tuple[int, ...] = ()
     deferred: bool = False
     simple: str | None = None  # the element name when the target is one plain element
+    run: Callable[[Runtime, int, dict[str, Any]], None] | None = None  # see specialize()
 
 
 @dataclass(slots=True)
@@ -461,6 +462,67 @@ def apply_field(f: CompiledField, rt: Runtime, index: int, res: dict[str, Any]) 
         put(res, f, value)
 
 
+def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[str, Any]], None] | None:
+    """A closure for the two commonest shapes (a constant; one field of the map's own segment, first
+    repetition, no condition) that skips the generic dispatch of :func:`apply_field`. None: use it."""
+    if f.value is not None and f.when is None and f.simple is not None and f.with_ is None:
+        key, constant = f.simple, f.value
+        if isinstance(constant, dict | list):
+            return None
+
+        def run_constant(rt: Runtime, index: int, res: dict[str, Any]) -> None:
+            res[key] = constant
+
+        return run_constant
+    if not (
+        len(f.sources) == 1
+        and f.local_fields
+        and segment != "MSH"
+        and not f.repeat
+        and not f.whole_field
+        and f.when is None
+    ):
+        return None
+    src = f.sources[0]
+    n, target = src.field, f.target
+    convert, convert_args, vocab, transform, args = f.convert, f.convert_args, f.vocab, f.transform, f.args
+
+    def run_local(rt: Runtime, index: int, res: dict[str, Any]) -> None:
+        # build() has checked that the field exists and is not empty.
+        raw = rt.segments[index].fields[n]
+        rt.used[index].add(n)
+        if raw == EXPLICIT_NULL:
+            rt.nulls.append((res, target, src.text))
+            return
+        sep = rt.enc.repetition
+        rep = raw.split(sep, 1)[0] if sep in raw else raw
+        if not rep or rep == EXPLICIT_NULL:
+            return
+        piece, level = rt.piece(rep, src) if src.component else (rep, 0)
+        if not piece:
+            return
+        value: Any
+        if convert is None:
+            if level < 2:
+                piece = rt.parts(piece, level)[0]
+                if level == 0 and rt.enc.subcomponent:
+                    piece = piece.split(rt.enc.subcomponent, 1)[0]
+            value = rt.text(piece).strip() or None
+        else:
+            value = convert(piece, level, rt, convert_args)
+        if value is None:
+            return
+        if vocab is not None:
+            value = _translate(rt, vocab, value, src)
+            if value is None:
+                return
+        if transform is not None:
+            value = transform(value, rt, args)
+        put(res, f, value)
+
+    return run_local
+
+
 def _translate(rt: Runtime, name: str, value: Any, src: PathRef) -> Any:
     """A code through a vocabulary: a code element gets the translated code (or the default); a
     CodeableConcept gets the translated coding first and keeps the sender's original coding beside it."""
@@ -559,7 +621,10 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
                     continue
             elif not any(n < n_fields and seg_fields[n] for n in local):
                 continue
-        apply_field(f, rt, index, res)
+        if f.run is not None:
+            f.run(rt, index, res)
+        else:
+            apply_field(f, rt, index, res)
     if smap.merge_into is not None:
         seg_name = rt.maps.segment_of_map.get(smap.merge_into, "")
         target = rt.made.get((smap.merge_into, rt.nearest(index, seg_name)))
@@ -755,38 +820,29 @@ def run(message: Message, ctx: Any, maps: CompiledMaps) -> tuple[Runtime, str]:
         known = ", ".join(sorted(maps.messages)) if len(maps.messages) < 80 else f"{len(maps.messages)} types"
         raise MappingError(f"no map for message type {message_type} (maps exist for: {known})", code="no-map")
     rt = Runtime(message, ctx, maps, maps.time_zone or ctx.time_zone)
-    first_seen: set[str] = set()
+    last_seen: dict[str, int] = {}  # the latest segment of each name before the current one
     by_segment = mm.by_segment
     for i, seg in enumerate(rt.segments):
-        entries = by_segment.get(seg.name)
-        if not entries:
-            continue
-        is_first = seg.name not in first_seen
-        first_seen.add(seg.name)
-        for entry in entries:
-            if entry.first and not is_first:
-                continue
-            parent = -1
-            if entry.anchors:
-                best = -1
-                for anchor in entry.anchors:
-                    j = _preceding(rt, i, anchor)
-                    if j > best:
-                        best = j
-                parent = best
-                if entry.parent is not None and (parent < 0 or rt.segments[parent].name != entry.parent):
+        name = seg.name
+        entries = by_segment.get(name)
+        if entries:
+            is_first = name not in last_seen
+            for entry in entries:
+                if entry.first and not is_first:
                     continue
-            build(entry, rt, i, parent)
+                parent = -1
+                if entry.anchors:
+                    for anchor in entry.anchors:
+                        j = last_seen.get(anchor, -1)
+                        if j > parent:
+                            parent = j
+                    if entry.parent is not None and (parent < 0 or rt.segments[parent].name != entry.parent):
+                        continue
+                build(entry, rt, i, parent)
+        last_seen[name] = i
     resolve_references(rt)
     drop_incomplete(rt)
     return rt, message_type
-
-
-def _preceding(rt: Runtime, index: int, name: str) -> int:
-    for i in range(index - 1, -1, -1):
-        if rt.segments[i].name == name:
-            return i
-    return -1
 
 
 def finish(

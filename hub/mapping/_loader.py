@@ -31,6 +31,7 @@ from hub.mapping._engine import (
     parse_ref,
     parse_target,
     set_value,
+    specialize,
 )
 from hub.mapping._functions import (
     ACTIONS,
@@ -429,6 +430,7 @@ class _Compiler:
         fields = [self.field(path, f) for f in sm.fields]
         for cf in fields:
             self._locals(cf, sm.segment)
+            cf.run = specialize(cf, sm.segment)
         compiled = CompiledSegmentMap(
             name=name,
             segment=sm.segment,
