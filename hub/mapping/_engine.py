@@ -211,6 +211,7 @@ class Runtime:
 
     __slots__ = (
         "_nearest",
+        "_patient_ids",
         "_values",
         "children",
         "ctx",
@@ -249,6 +250,7 @@ class Runtime:
         self.warnings: list[str] = []
         self._nearest: dict[tuple[int, str], int] = {}
         self._values: dict[tuple[int, str], str] = {}
+        self._patient_ids: dict[int, str] = {}
         self.facility_key = (
             "".join(c if c.isalnum() or c in "-._" else "_" for c in ctx.facility) or "unknown"
         )
@@ -364,8 +366,12 @@ class Runtime:
         return "", ""
 
     def patient_id_at(self, index: int) -> str:
-        value, authority = self.patient_key_at(index)
-        return patient_id(self.ctx.facility, value, authority)
+        pid = index if self.segments[index].name == "PID" else self.nearest(index, "PID")
+        found = self._patient_ids.get(pid)
+        if found is None:
+            value, authority = self.patient_key_at(index)
+            found = self._patient_ids[pid] = patient_id(self.ctx.facility, value, authority)
+        return found
 
     def observation_key(self, index: int) -> tuple[str, ...]:
         """The id key of the Observation the OBX at ``index`` makes (for resources derived from it)."""
@@ -698,10 +704,8 @@ def resolve_references(rt: Runtime) -> None:
                 if parent >= 0 and rt.segments[parent].name == seg_name
                 else rt.nearest(index, seg_name)
             )
+            # Only the governing segment's resource: never another patient's or another order's.
             target = rt.made.get((f.ref, at))
-            if target is None and at >= 0:
-                # The governing segment made nothing (e.g. a second PV1 in the group): any made by this map.
-                target = next((r for (m, _), r in rt.made.items() if m == f.ref), None)
             if target is not None:
                 set_value(res, f.steps, {"reference": f"{target['resourceType']}/{target['id']}"}, f.with_)
         elif f.children is not None:
@@ -790,6 +794,7 @@ def unmapped_report(rt: Runtime) -> list[dict[str, Any]]:
         used = rt.used[i]
         fields = seg.fields
         start = 3 if seg.name in ("MSH", "FHS", "BHS") else 1
+        before = len(out)
         for n in range(start, len(fields)):
             raw = fields[n]
             if not raw or n in used:
@@ -806,6 +811,9 @@ def unmapped_report(rt: Runtime) -> list[dict[str, Any]]:
                     "value": raw if len(raw) <= UNMAPPED_VALUE_MAX else raw[:UNMAPPED_VALUE_MAX] + "…",
                 }
             )
+        if len(out) == before and not used and not any(fields[start:]):
+            # A segment with no data at all (e.g. a bare "ZXX") is still a segment no map used.
+            out.append({"segment": seg.name, "index": i, "field": 0, "name": "", "value": ""})
     return out
 
 

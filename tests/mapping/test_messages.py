@@ -220,3 +220,19 @@ def test_sender_time_zone_is_used_when_no_offset_is_sent() -> None:
     assert encounter["period"]["start"] == "2026-11-01T08:00:00+09:00"
     # MSH-7 carried its own offset: kept as sent.
     assert by_type(result, "Provenance")[0]["recorded"] == "2026-11-01T08:30:00+07:00"
+
+
+def test_an_oru_with_two_patients_links_each_result_to_its_own_patient() -> None:
+    text = read(HL7_DIR / "oru_r01_reordered.hl7")
+    second = (
+        "PID|1||RM009876^^^RSUD_SEHAT^MR||Lestari^Dewi||19920302|F\r"
+        "OBR|1|PO-9^SIMRS|LAB-9^LIS|24323-8^Comprehensive metabolic panel^LN|||20261101070000\r"
+        "OBX|1|NM|718-7^Hemoglobin^LN||11.2|g/dL^^UCUM|||||F\r"
+    )
+    result = map_text(text + second)
+    patients = {p["identifier"][0]["value"]: p["id"] for p in by_type(result, "Patient")}
+    assert set(patients) == {"RM001234", "RM009876"}
+    hb = [o for o in by_type(result, "Observation") if o["code"]["coding"][0]["code"] == "718-7"]
+    assert sorted(o["subject"]["reference"] for o in hb) == sorted(f"Patient/{i}" for i in patients.values())
+    reports = by_type(result, "DiagnosticReport")
+    assert {r["subject"]["reference"] for r in reports} == {f"Patient/{i}" for i in patients.values()}
