@@ -34,6 +34,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             media_type="application/fhir+json",
         )
 
+    from hub.fhir_api.routers import public as fhir_public
+    from hub.fhir_api.routers import router as fhir_router
+
+    app.include_router(fhir_public)
+    app.include_router(fhir_router)
+
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
