@@ -89,6 +89,16 @@ def metadata(request: Request) -> Response:
     return _fhir(capability_statement(_base(request)))
 
 
+@router.get("/_history")
+def history_system(
+    request: Request,
+    principal: Principal = Depends(require_principal),
+    session: Session = Depends(read_session),
+) -> Response:
+    principal.require("*", "r")
+    return _history(request, session, "_history", None, None)
+
+
 # --- search -------------------------------------------------------------------------------------------
 
 
@@ -203,16 +213,6 @@ def _history(
             next_url=_next_url(base, path, params, cursor),
         )
     )
-
-
-@router.get("/_history")
-def history_system(
-    request: Request,
-    principal: Principal = Depends(require_principal),
-    session: Session = Depends(read_session),
-) -> Response:
-    principal.require("*", "r")
-    return _history(request, session, "_history", None, None)
 
 
 @router.get("/{resource_type}/_history")

@@ -53,3 +53,18 @@ def put(engine: Engine) -> Callable[..., None]:
                 resources.upsert(session, item)
 
     return store
+
+
+def match_ids(bundle: dict[str, Any]) -> list[str]:
+    """Ids of the entries a searchset Bundle returned as matches, in order."""
+    return [
+        e["resource"]["id"] for e in bundle.get("entry", []) if e.get("search", {}).get("mode") == "match"
+    ]
+
+
+def included_keys(bundle: dict[str, Any]) -> set[str]:
+    return {
+        f"{e['resource']['resourceType']}/{e['resource']['id']}"
+        for e in bundle.get("entry", [])
+        if e.get("search", {}).get("mode") == "include"
+    }
