@@ -256,12 +256,12 @@ def load(engine: Engine, items: Iterator[dict[str, Any]], batch: int = 2000) -> 
                     row["resource_type"] = res["resourceType"]
                     row["resource_id"] = res["id"]
                     index_rows[kind].append(row)
+        tables = [(Resource.__table__, res_rows), (ResourceVersion.__table__, ver_rows)]
+        tables += [(model.__table__, index_rows[kind]) for kind, model in INDEX_MODELS.items()]
         with engine.begin() as conn:
-            conn.execute(insert(Resource.__table__), res_rows)
-            conn.execute(insert(ResourceVersion.__table__), ver_rows)
-            for kind, model in INDEX_MODELS.items():
-                if index_rows[kind]:
-                    conn.execute(insert(model.__table__), index_rows[kind])
+            for table, rows in tables:
+                if rows:
+                    _bulk_insert(conn, table, rows)
         buf.clear()
 
     for item in items:
@@ -277,6 +277,18 @@ def load(engine: Engine, items: Iterator[dict[str, Any]], batch: int = 2000) -> 
         if engine.dialect.name == "postgresql":
             conn.execute(text("ANALYZE"))
     return total
+
+
+def _bulk_insert(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
+    """COPY on PostgreSQL (an order of magnitude faster than INSERT for a million rows), INSERT elsewhere."""
+    if conn.dialect.name != "postgresql":
+        conn.execute(insert(table), rows)
+        return
+    columns = [c.name for c in table.columns if c.name in rows[0]]
+    cursor = conn.connection.dbapi_connection.cursor()
+    with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([row[c] for c in columns])
 
 
 # --- measuring ----------------------------------------------------------------------------------------

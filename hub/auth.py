@@ -131,8 +131,9 @@ def decode_token(settings: Settings, token: str) -> Principal:
     return Principal(str(claims["sub"]), str(role), tuple(str(scope).split()))
 
 
-def require_principal(request: Request) -> Principal:
-    """The FastAPI dependency guarding every route but ``/fhir/metadata`` and health checks."""
+async def require_principal(request: Request) -> Principal:
+    """The FastAPI dependency guarding every route but ``/fhir/metadata`` and health checks (async: it
+    does no I/O once the key is cached, so it costs no thread-pool hop)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -93,10 +93,6 @@ def capability_statement(base: str) -> bytes:
                 },
                 "resource": resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
-                "searchParam": [
-                    {"name": "_count", "type": "number"},
-                    {"name": "_sort", "type": "string"},
-                ],
                 "operation": [
                     {
                         "name": "everything",

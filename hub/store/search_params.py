@@ -597,15 +597,76 @@ def parse_reference(ref: str, declared_type: str | None = None) -> tuple[str, st
     return declared_type or "", ref
 
 
+Segment = tuple[str, bool, tuple[str, str] | None]  # (name or choice prefix, is choice, list filter)
+
+
+def _compile(path: str) -> tuple[Segment, ...]:
+    out: list[Segment] = []
+    for segment in path.split("."):
+        wanted: tuple[str, str] | None = None
+        m = _FILTER.match(segment)
+        if m:
+            segment, wanted = m.group(1), (m.group(2), m.group(3))
+        choice = segment.endswith("[x]")
+        out.append((segment[:-3] if choice else segment, choice, wanted))
+    return tuple(out)
+
+
+_PLANS: dict[str, list[tuple[SearchParam, list[tuple[Segment, ...]]]]] = {}
+
+
+def _plan(resource_type: str) -> list[tuple[SearchParam, list[tuple[Segment, ...]]]]:
+    """The indexed parameters of a type with their paths parsed once."""
+    plan = _PLANS.get(resource_type)
+    if plan is None:
+        plan = [
+            (p, [_compile(path) for path in p.paths])
+            for p in params_of(resource_type).values()
+            if p.type not in (SPECIAL, COMPOSITE)
+        ]
+        _PLANS[resource_type] = plan
+    return plan
+
+
+def _walk_compiled(resource: dict[str, Any], path: tuple[Segment, ...]) -> list[Any]:
+    current: list[Any] = [resource]
+    for name, choice, wanted in path:
+        nxt: list[Any] = []
+        for node in current:
+            if not isinstance(node, dict):
+                continue
+            if choice:
+                values = [
+                    v
+                    for k, v in node.items()
+                    if k.startswith(name) and k[len(name) : len(name) + 1].isupper()
+                ]
+            elif name in node:
+                values = [node[name]]
+            else:
+                continue
+            for value in values:
+                for item in value if isinstance(value, list) else (value,):
+                    if wanted is not None and not (
+                        isinstance(item, dict) and item.get(wanted[0]) == wanted[1]
+                    ):
+                        continue
+                    nxt.append(item)
+        if not nxt:
+            return nxt
+        current = nxt
+    return current
+
+
 def extract(resource: dict[str, Any]) -> Extracted:
     out = Extracted()
-    rtype = resource.get("resourceType", "")
-    for param in params_of(rtype).values():
-        if param.type in (SPECIAL, COMPOSITE):
-            continue
+    for param, paths in _plan(resource.get("resourceType", "")):
         seen: set[tuple[Any, ...]] = set()
-        for path in param.paths:
-            for value in walk(resource, path):
+        for path in paths:
+            head, choice, _ = path[0]
+            if not choice and head not in resource:
+                continue
+            for value in _walk_compiled(resource, path):
                 for row in _rows(param, value):
                     key = tuple(row.values())
                     if key not in seen:
