@@ -75,7 +75,8 @@ def capability_statement(base: str) -> bytes:
                     ":missing on every type; composite parameters; _has (one level); _include and "
                     "_revinclude with :iterate; _sort, _count, _summary (true, text, data, count), "
                     "_elements, _total. Paging links are keyset cursors. Unknown parameters are ignored "
-                    "and reported unless Prefer: handling=strict."
+                    "and reported unless Prefer: handling=strict. Patient compartment search: "
+                    "Patient/{id}/{type}; on a golden Patient it covers every linked source."
                 ),
                 "security": {
                     "cors": False,

@@ -24,7 +24,7 @@ from hub.fhir_api.capability import capability_statement
 from hub.fhir_api.outcome import warnings_outcome
 from hub.fhir_api.sessions import read_session, write_session
 from hub.store import resources as store
-from hub.store.search_params import date_range
+from hub.store.search_params import date_range, params_of
 
 FHIR_JSON = bundles.FHIR_JSON
 
@@ -257,6 +257,24 @@ def vread(
         entry.content,
         headers={"ETag": f'W/"{entry.version_id}"', "Last-Modified": _http_date(entry.last_updated)},
     )
+
+
+@router.get("/Patient/{patient_id}/{resource_type}")
+def search_compartment(
+    patient_id: str,
+    resource_type: str,
+    request: Request,
+    principal: Principal = Depends(require_principal),
+    session: Session = Depends(read_session),
+) -> Response:
+    """Patient compartment search (``Patient/{id}/Observation?code=…``): the type search with
+    ``patient={id}``, so a golden Patient covers its linked sources here too."""
+    fhir_search.check_type(resource_type)
+    principal.require(resource_type, "s")
+    if "patient" not in params_of(resource_type) or params_of(resource_type)["patient"].type != "reference":
+        raise BadRequest(f"{resource_type} has no patient search parameter (not in the Patient compartment)")
+    params = [("patient", f"Patient/{patient_id}"), *request.query_params.multi_items()]
+    return _fhir(run_search(session, request, resource_type, params))
 
 
 # --- read ---------------------------------------------------------------------------------------------

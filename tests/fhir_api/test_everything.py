@@ -100,3 +100,15 @@ def test_everything_errors(client: TestClient, auth: dict[str, str], engine: Eng
         resources.delete(session, "Patient", "stranger")
     assert client.get("/fhir/Patient/stranger/$everything", headers=auth).status_code == 410
     assert client.get("/fhir/Patient/gold/$everything?start=yesterday", headers=auth).status_code == 400
+
+
+@pytest.mark.usefixtures("golden")
+def test_compartment_search(client: TestClient, auth: dict[str, str]) -> None:
+    r = client.get("/fhir/Patient/gold/Observation?date=ge2024-07-08&_count=50", headers=auth)
+    assert r.status_code == 200
+    ids = sorted(e["resource"]["id"] for e in r.json()["entry"])
+    assert ids == ["obsB07", "obsB08"]
+    r = client.get("/fhir/Patient/gold/Condition", headers=auth)
+    assert [e["resource"]["id"] for e in r.json()["entry"]] == ["condB"]
+    assert client.get("/fhir/Patient/gold/Practitioner", headers=auth).status_code == 400
+    assert client.get("/fhir/Patient/gold/_history", headers=auth).status_code == 200
