@@ -283,14 +283,16 @@ def criterion(
 def _special(param: SearchParam, values: list[str], id_col: Any) -> Any:
     if param.name == "_id":
         return id_col.in_(values)
-    # _lastUpdated: the resource row's own instant (only meaningful on the main query)
+    # _lastUpdated: the instant of the resource row whose id is id_col (main query, chain or _has)
+    column = id_col.__clause_element__() if hasattr(id_col, "__clause_element__") else id_col
+    last_updated = column.table.c.last_updated
     conds = []
     for v in values:
         prefix, value = _prefix(v)
         rng = date_range(value)
         if rng is None:
             raise BadRequest(f"_lastUpdated value {v!r} is not a date")
-        conds.append(_date_compare(prefix, rng, R.last_updated, R.last_updated))
+        conds.append(_date_compare(prefix, rng, last_updated, last_updated))
     return or_(*conds)
 
 
@@ -461,10 +463,11 @@ def _chain(session: Session, rtype: str, param: SearchParam, modifier: str, chai
         cparam = params_of(target).get(cname)
         if cparam is None:
             continue
-        inner = select(R.id).where(
-            R.resource_type == target,
-            R.deleted.is_(False),
-            criterion(session, target, cparam, cmod, raw, R.id),
+        chained = Resource.__table__.alias("chained")
+        inner = select(chained.c.id).where(
+            chained.c.resource_type == target,
+            chained.c.deleted.is_(False),
+            criterion(session, target, cparam, cmod, raw, chained.c.id),
         )
         if target == "Patient":
             # Resolve now so a golden Patient found by the chain brings its linked sources along.

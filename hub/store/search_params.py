@@ -404,6 +404,19 @@ _DEFINITIONS: dict[str, tuple[SearchParam, ...]] = {
         _p("organization", REFERENCE, "managingOrganization", "Organization"),
         _p("partof", REFERENCE, "partOf", "Location"),
     ),
+    "RiskAssessment": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("method", TOKEN, "method"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("encounter", REFERENCE, "encounter", "Encounter"),
+        _p("date", DATE, "occurrence[x]"),
+        _p("condition", REFERENCE, "condition"),
+        _p("performer", REFERENCE, "performer"),
+        _p("probability", NUMBER, "prediction.probability[x]"),
+        _p("risk", TOKEN, "prediction.qualitativeRisk"),
+    ),
     "Provenance": (
         _p("target", REFERENCE, "target"),
         _p("patient", REFERENCE, "target", _PAT),
@@ -464,6 +477,7 @@ CLINICAL_DATE: dict[str, str] = {
     "Appointment": "date",
     "Provenance": "recorded",
     "AuditEvent": "date",
+    "RiskAssessment": "date",
 }
 
 

@@ -157,6 +157,9 @@ def test_last_updated_and_id(search: Search) -> None:
     assert search("/fhir/Patient?_id=srcA,other") == ["other", "srcA"]
     assert search("/fhir/Patient?_lastUpdated=gt2000-01-01") == ["gold", "other", "srcA", "srcB"]
     assert search("/fhir/Patient?_lastUpdated=lt2000-01-01") == []
+    assert search("/fhir/Observation?patient._lastUpdated=gt2000-01-01&code=8462-4") == ["obsA2"]
+    assert search("/fhir/Observation?patient._id=srcB") == ["obsB1", "obsB2"]
+    assert search("/fhir/Patient?_has:Observation:patient:_lastUpdated=lt2000-01-01") == []
 
 
 @pytest.mark.usefixtures("clinic")
@@ -294,7 +297,7 @@ def test_sort(client: TestClient, auth: dict[str, str]) -> None:
 def test_paging_is_stable_while_data_is_added(
     client: TestClient, auth: dict[str, str], put: Callable[..., None]
 ) -> None:
-    for sort in ("", "&_sort=-date", "&_sort=value-quantity"):
+    for sort in ("", "&_sort=-date", "&_sort=value-quantity", "&_sort=-_lastUpdated"):
         url: str | None = f"/fhir/Observation?_count=2{sort}"
         seen: list[str] = []
         added = 0
@@ -367,3 +370,22 @@ def test_unknown_parameters_and_errors(client: TestClient, auth: dict[str, str])
         assert r.status_code == 400, bad
         assert r.json()["resourceType"] == "OperationOutcome"
     assert client.get("/fhir/Observation?_cursor=!!!", headers=auth).status_code == 400
+
+
+def test_number(search: Search, put: Callable[..., None]) -> None:
+    def risk(rid: str, probability: float) -> dict[str, Any]:
+        return {
+            "resourceType": "RiskAssessment",
+            "id": rid,
+            "status": "final",
+            "subject": {"reference": "Patient/p1"},
+            "prediction": [{"probabilityDecimal": probability}],
+        }
+
+    put(b.patient("p1"), risk("r1", 0.25), risk("r2", 0.8), risk("r3", 0.805))
+    assert search("/fhir/RiskAssessment?probability=0.8") == ["r2", "r3"]  # 0.8 means [0.75, 0.85)
+    assert search("/fhir/RiskAssessment?probability=0.80") == ["r2"]  # [0.795, 0.805)
+    assert search("/fhir/RiskAssessment?probability=gt0.5") == ["r2", "r3"]
+    assert search("/fhir/RiskAssessment?probability=le0.25") == ["r1"]
+    assert search("/fhir/RiskAssessment?probability=ne0.25&patient=p1") == ["r2", "r3"]
+    assert search("/fhir/RiskAssessment?probability:missing=false") == ["r1", "r2", "r3"]
