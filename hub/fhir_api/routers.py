@@ -400,7 +400,14 @@ def update(
     targets: list[str] = []
     now = datetime.now(UTC)
     result = writes.update(
-        session, resource_type, rid, body, if_match=request.headers.get("if-match"), now=now, targets=targets
+        session,
+        resource_type,
+        rid,
+        body,
+        if_match=request.headers.get("if-match"),
+        now=now,
+        targets=targets,
+        facility=writes.identity_facility(principal),
     )
     writes.record_provenance(session, principal, targets, now)
     return _written(request, result)
@@ -422,7 +429,15 @@ def conditional_update(
     body = _json_body(raw)
     targets: list[str] = []
     now = datetime.now(UTC)
-    result = writes.conditional_update(session, resource_type, criteria, body, now=now, targets=targets)
+    result = writes.conditional_update(
+        session,
+        resource_type,
+        criteria,
+        body,
+        now=now,
+        targets=targets,
+        facility=writes.identity_facility(principal),
+    )
     writes.record_provenance(session, principal, targets, now)
     return _written(request, result)
 

@@ -67,7 +67,24 @@ def _result(session: Session, status: int, rtype: str, rid: str) -> WriteResult:
     return WriteResult(status, rtype, rid, version, last_updated, content)
 
 
-def _put(session: Session, resource: dict[str, Any], now: datetime, targets: list[str]) -> WriteResult:
+def link_identity(session: Session, resource: dict[str, Any], facility: str) -> None:
+    """Hand a source Patient to the MPI before it is stored, as the HL7 v2 pipeline does: the MPI sets
+    its ``link`` to the golden record (and writes the golden Patient) in this transaction."""
+    from hub.mapping import MappingResult, SenderContext
+    from hub.mpi import service as mpi
+
+    mpi.resolve_identities(session, MappingResult(resources=[resource]), SenderContext(facility=facility))
+
+
+def _put(
+    session: Session,
+    resource: dict[str, Any],
+    now: datetime,
+    targets: list[str],
+    facility: str | None = None,
+) -> WriteResult:
+    if facility is not None and resource.get("resourceType") == "Patient":
+        link_identity(session, resource, facility)
     written = store.upsert(session, resource, now=now)
     if written.changed:
         targets.append(f"{written.resource_type}/{written.id}/_history/{written.version_id}")
@@ -82,6 +99,7 @@ def create(
     if_none_exist: str | None = None,
     now: datetime | None = None,
     targets: list[str] | None = None,
+    facility: str | None = None,
 ) -> WriteResult:
     resource = dict(_check_body(resource_type, body))
     targets = targets if targets is not None else []
@@ -92,7 +110,7 @@ def create(
         if found:
             return _result(session, 200, resource_type, found[0])
     resource["id"] = new_id(resource)
-    return _put(session, resource, now or datetime.now(UTC), targets)
+    return _put(session, resource, now or datetime.now(UTC), targets, facility)
 
 
 def update(
@@ -104,6 +122,7 @@ def update(
     if_match: str | None = None,
     now: datetime | None = None,
     targets: list[str] | None = None,
+    facility: str | None = None,
 ) -> WriteResult:
     resource = _check_body(resource_type, body)
     _check_id(rid)
@@ -116,7 +135,7 @@ def update(
             raise PreconditionFailed(f"{resource_type}/{rid} does not exist (If-Match {if_match})") from exc
         if if_match.strip().removeprefix("W/").strip('"') != str(version):
             raise PreconditionFailed(f"{resource_type}/{rid} is at version {version}, not {if_match}")
-    return _put(session, resource, now or datetime.now(UTC), targets if targets is not None else [])
+    return _put(session, resource, now or datetime.now(UTC), targets if targets is not None else [], facility)
 
 
 def conditional_update(
@@ -127,6 +146,7 @@ def conditional_update(
     *,
     now: datetime | None = None,
     targets: list[str] | None = None,
+    facility: str | None = None,
 ) -> WriteResult:
     resource = dict(_check_body(resource_type, body))
     found = find_ids(session, resource_type, criteria)
@@ -140,11 +160,16 @@ def conditional_update(
         resource["id"] = found[0]
     else:
         resource["id"] = _check_id(str(resource.get("id") or new_id(resource)))
-    return _put(session, resource, now or datetime.now(UTC), targets if targets is not None else [])
+    return _put(session, resource, now or datetime.now(UTC), targets if targets is not None else [], facility)
 
 
 def delete(session: Session, resource_type: str, rid: str) -> None:
     store.delete(session, resource_type, rid)
+
+
+def identity_facility(principal: Principal) -> str:
+    """The MPI's "sender" of a FHIR-native write: the token's subject (a hospital's client id)."""
+    return f"fhir:{principal.subject}"
 
 
 def record_provenance(session: Session, principal: Principal, targets: list[str], now: datetime) -> None:
@@ -265,6 +290,7 @@ def _apply(
     base: str,
     read_entry: Callable[[Session, str], tuple[int, bytes]],
 ) -> bytes:
+    facility = identity_facility(principal)
     req = entry.get("request") or {}
     method, url = req.get("method"), str(req.get("url") or "")
     path, _, query = url.partition("?")
@@ -288,19 +314,34 @@ def _apply(
         if "_assigned" in entry:
             res = dict(_check_body(rtype, resource))
             res["id"] = entry["_assigned"]
-            result = _put(session, res, now, targets)
+            result = _put(session, res, now, targets, facility)
         else:
             result = create(
-                session, rtype, resource, if_none_exist=req.get("ifNoneExist"), now=now, targets=targets
+                session,
+                rtype,
+                resource,
+                if_none_exist=req.get("ifNoneExist"),
+                now=now,
+                targets=targets,
+                facility=facility,
             )
     elif method == "PUT":
         principal.require(rtype, "u")
         if len(parts) == 2:
             result = update(
-                session, rtype, parts[1], resource, if_match=req.get("ifMatch"), now=now, targets=targets
+                session,
+                rtype,
+                parts[1],
+                resource,
+                if_match=req.get("ifMatch"),
+                now=now,
+                targets=targets,
+                facility=facility,
             )
         elif query:
-            result = conditional_update(session, rtype, parse_qsl(query), resource, now=now, targets=targets)
+            result = conditional_update(
+                session, rtype, parse_qsl(query), resource, now=now, targets=targets, facility=facility
+            )
         else:
             raise BadRequest("PUT needs Type/id or Type?criteria")
     else:

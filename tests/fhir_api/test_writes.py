@@ -173,3 +173,30 @@ def test_transaction_is_all_or_nothing(
         == 400
     )
     assert client.post("/fhir", json=bundle, headers=auth).status_code == 403
+
+
+def test_patients_written_over_fhir_go_to_the_mpi(
+    client: TestClient, sender: dict[str, str], auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every Patient a sender writes passes through hub.mpi.service.resolve_identities before it is
+    stored, with the sender's token subject as its facility, like an HL7 v2 source Patient."""
+    from hub.mpi import service as mpi
+
+    seen: list[tuple[str, str]] = []
+
+    def fake_resolve(session: Any, result: Any, ctx: Any) -> None:
+        for res in result.resources:
+            seen.append((res["id"], ctx.facility))
+            res["link"] = [{"type": "refer", "other": {"reference": "Patient/golden-1"}}]
+
+    monkeypatch.setattr(mpi, "resolve_identities", fake_resolve)
+    client.put("/fhir/Patient/s1", json=b.patient("s1"), headers=sender)
+    bundle = _transaction(
+        "transaction", [{"resource": b.patient("s2"), "request": {"method": "PUT", "url": "Patient/s2"}}]
+    )
+    client.post("/fhir", json=bundle, headers=sender)
+    client.put("/fhir/Observation/o1", json=b.observation("o1", "s1"), headers=sender)
+    assert [sid for sid, _ in seen] == ["s1", "s2"]
+    assert all(facility.startswith("fhir:sender-") for _, facility in seen)
+    stored = client.get("/fhir/Patient/s2", headers=auth).json()
+    assert stored["link"][0]["other"]["reference"] == "Patient/golden-1"
