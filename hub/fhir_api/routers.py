@@ -380,6 +380,7 @@ def create(
         if_none_exist=request.headers.get("if-none-exist"),
         now=now,
         targets=targets,
+        facility=writes.identity_facility(principal),
     )
     writes.record_provenance(session, principal, targets, now)
     return _written(request, result)

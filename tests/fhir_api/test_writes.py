@@ -196,7 +196,9 @@ def test_patients_written_over_fhir_go_to_the_mpi(
     )
     client.post("/fhir", json=bundle, headers=sender)
     client.put("/fhir/Observation/o1", json=b.observation("o1", "s1"), headers=sender)
-    assert [sid for sid, _ in seen] == ["s1", "s2"]
+    created = client.post("/fhir/Patient", json=_new_patient("M-1"), headers=sender).json()
+    client.put(f"/fhir/Patient?identifier={b.MRN}|M-2", json=_new_patient("M-2"), headers=sender)
+    assert [sid for sid, _ in seen][:3] == ["s1", "s2", created["id"]] and len(seen) == 4
     assert all(facility.startswith("fhir:sender-") for _, facility in seen)
     stored = client.get("/fhir/Patient/s2", headers=auth).json()
     assert stored["link"][0]["other"]["reference"] == "Patient/golden-1"
