@@ -202,3 +202,22 @@ def test_patients_written_over_fhir_go_to_the_mpi(
     assert all(facility.startswith("fhir:sender-") for _, facility in seen)
     stored = client.get("/fhir/Patient/s2", headers=auth).json()
     assert stored["link"][0]["other"]["reference"] == "Patient/golden-1"
+
+
+def test_invalid_resources_are_422(
+    client: TestClient, sender: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes run the FHIR validator (hub.fhir.validate) and answer 422 with its problems."""
+    import types
+
+    import hub.fhir
+
+    fake = types.ModuleType("hub.fhir.validate")
+    fake.validate_resource = lambda r: (
+        [] if r.get("gender") in ("male", "female") else ["gender: not in value set"]
+    )  # type: ignore[attr-defined]
+    monkeypatch.setattr(hub.fhir, "validate", fake, raising=False)
+    monkeypatch.setitem(__import__("sys").modules, "hub.fhir.validate", fake)
+    assert client.put("/fhir/Patient/v1", json=b.patient("v1"), headers=sender).status_code == 201
+    r = client.put("/fhir/Patient/v2", json=b.patient("v2", gender="robot"), headers=sender)
+    assert r.status_code == 422 and "gender" in r.json()["issue"][0]["diagnostics"]
