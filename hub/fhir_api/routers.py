@@ -103,11 +103,17 @@ def history_system(
 
 
 def run_search(
-    session: Session, request: Request, resource_type: str, params: list[tuple[str, str]]
+    session: Session,
+    request: Request,
+    principal: Principal,
+    resource_type: str,
+    params: list[tuple[str, str]],
 ) -> bytes:
     fhir_search.check_type(resource_type)
     q = fhir_search.parse_query(session, resource_type, params, strict=_strict(request))
     page = fhir_search.search(session, q)
+    # _include/_revinclude bring only the types the token may read.
+    page.included = [row for row in page.included if principal.allows(row.resource_type, "r")]
     base = _base(request)
     self_url = f"{base}/{resource_type}" + (f"?{urlencode(params)}" if params else "")
     return bundles.searchset(
@@ -131,7 +137,9 @@ def search_type(
     session: Session = Depends(read_session),
 ) -> Response:
     principal.require(resource_type, "s")
-    return _fhir(run_search(session, request, resource_type, list(request.query_params.multi_items())))
+    return _fhir(
+        run_search(session, request, principal, resource_type, list(request.query_params.multi_items()))
+    )
 
 
 @router.post("/{resource_type}/_search")
@@ -147,7 +155,7 @@ def search_post(
     if body and not ctype.startswith("application/x-www-form-urlencoded"):
         raise BadRequest("POST _search takes application/x-www-form-urlencoded parameters")
     params = list(request.query_params.multi_items()) + parse_qsl(body.decode(), keep_blank_values=True)
-    return _fhir(run_search(session, request, resource_type, params))
+    return _fhir(run_search(session, request, principal, resource_type, params))
 
 
 # --- $everything --------------------------------------------------------------------------------------
@@ -173,6 +181,8 @@ def patient_everything(
         end=_instant("end", qp.get("end"), upper=True),
     )
     page = fhir_search.everything(session, eq)
+    page.matches = [row for row in page.matches if principal.allows(row.resource_type, "r")]
+    page.included = [row for row in page.included if principal.allows(row.resource_type, "r")]
     base = _base(request)
     params = list(qp.multi_items())
     path = f"Patient/{patient_id}/$everything"
@@ -274,7 +284,7 @@ def search_compartment(
     if "patient" not in params_of(resource_type) or params_of(resource_type)["patient"].type != "reference":
         raise BadRequest(f"{resource_type} has no patient search parameter (not in the Patient compartment)")
     params = [("patient", f"Patient/{patient_id}"), *request.query_params.multi_items()]
-    return _fhir(run_search(session, request, resource_type, params))
+    return _fhir(run_search(session, request, principal, resource_type, params))
 
 
 # --- read ---------------------------------------------------------------------------------------------
@@ -335,13 +345,13 @@ def _written(request: Request, result: writes.WriteResult) -> Response:
     return _fhir(result.content, result.status, headers)
 
 
-def _read_entry(request: Request) -> Any:
+def _read_entry(request: Request, principal: Principal) -> Any:
     def read_entry(session: Session, url: str) -> tuple[int, bytes]:
         path, _, query = url.partition("?")
         parts = [p for p in path.split("/") if p]
         if len(parts) == 2:
             return 200, store.read_bytes(session, parts[0], parts[1])[0]
-        return 200, run_search(session, request, parts[0], parse_qsl(query))
+        return 200, run_search(session, request, principal, parts[0], parse_qsl(query))
 
     return read_entry
 
@@ -355,7 +365,7 @@ def transaction(
 ) -> Response:
     body = _json_body(raw)
     out = writes.process_bundle(
-        session, principal, body, base=_base(request), read_entry=_read_entry(request)
+        session, principal, body, base=_base(request), read_entry=_read_entry(request, principal)
     )
     return _fhir(out)
 

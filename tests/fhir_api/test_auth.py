@@ -64,3 +64,18 @@ def test_hub_token_cli(settings: Settings, monkeypatch: Any) -> None:
     assert (settings.var_dir / "jwt-signing.key").stat().st_mode & 0o077 == 0
     bad = CliRunner().invoke(cli_app, ["token", "--role", "nobody"])
     assert bad.exit_code != 0
+
+
+def test_scopes_limit_included_types(
+    client: TestClient, settings: Settings, put: Callable[..., None]
+) -> None:
+    put(b.patient("p1"), b.observation("o1", "p1"), b.practitioner("dr1"))
+    narrow = issue_token(settings, "clinician", scopes=["user/Observation.rs", "user/Patient.r"])
+    headers = {"Authorization": f"Bearer {narrow}"}
+    r = client.get("/fhir/Observation?_id=o1&_include=*", headers=headers)
+    kinds = {e["resource"]["resourceType"] for e in r.json()["entry"]}
+    assert kinds == {"Observation", "Patient"}  # no Practitioner: the token may not read them
+    assert client.get("/fhir/Practitioner/dr1", headers=headers).status_code == 403
+    assert client.get("/fhir/Patient?_id=p1", headers=headers).status_code == 403  # read, not search
+    everything = client.get("/fhir/Patient/p1/$everything", headers=headers).json()
+    assert {e["resource"]["resourceType"] for e in everything["entry"]} == {"Patient", "Observation"}

@@ -86,3 +86,15 @@ def test_vread_and_history(
     system = client.get("/fhir/_history", headers=auth).json()
     deletions = [e for e in system["entry"] if e["request"]["method"] == "DELETE"]
     assert len(deletions) == 1 and "resource" not in deletions[0]
+
+
+def test_history_since(client: TestClient, auth: dict[str, str], put: Callable[..., None]) -> None:
+    put(b.patient("p1"))
+    stamp = client.get("/fhir/Patient/p1", headers=auth).json()["meta"]["lastUpdated"]
+    put(b.patient("p1", family="Kedua"), b.patient("p2"))
+    page = client.get(f"/fhir/Patient/_history?_since={stamp}", headers=auth).json()
+    got = sorted((e["resource"]["id"], e["resource"]["meta"]["versionId"]) for e in page["entry"])
+    assert got == [("p1", "1"), ("p1", "2"), ("p2", "1")]
+    later = client.get("/fhir/Patient/p1/_history?_since=2999-01-01", headers=auth).json()
+    assert "entry" not in later
+    assert client.get("/fhir/Patient/_history?_since=soon", headers=auth).status_code == 400
