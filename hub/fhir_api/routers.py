@@ -22,7 +22,7 @@ from hub.fhir_api import search as fhir_search
 from hub.fhir_api import writes
 from hub.fhir_api.capability import capability_statement
 from hub.fhir_api.outcome import warnings_outcome
-from hub.fhir_api.sessions import read_session, write_session
+from hub.fhir_api.sessions import read_scope, read_session, write_session
 from hub.store import resources as store
 from hub.store.search_params import date_range, params_of
 
@@ -312,11 +312,11 @@ def read(
     rid: str,
     request: Request,
     principal: Principal = Depends(require_principal),
-    session: Session = Depends(read_session),
 ) -> Response:
     fhir_search.check_type(resource_type)
     principal.require(resource_type, "r")
-    content, version_id, last_updated = store.read_bytes(session, resource_type, rid)
+    with read_scope(request) as session:
+        content, version_id, last_updated = store.read_bytes(session, resource_type, rid)
     headers = {"ETag": f'W/"{version_id}"', "Last-Modified": _http_date(last_updated)}
     if _not_modified(request, version_id, last_updated):
         return Response(status_code=304, headers=headers)

@@ -5,6 +5,7 @@ it has started, else from ``hub.db``'s cached engines for the app's settings."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import Request
@@ -32,6 +33,18 @@ def write_session(request: Request) -> Iterator[Session]:
         session.rollback()
         raise
     finally:
+        session.close()
+
+
+@contextmanager
+def read_scope(request: Request) -> Iterator[Session]:
+    """``read_session`` as a context manager, for the hot read route: opened and closed in the route's
+    own worker thread instead of two extra thread-pool hops of a generator dependency."""
+    session = Session(bind=_engines(request)[1])
+    try:
+        yield session
+    finally:
+        session.rollback()
         session.close()
 
 
