@@ -48,6 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(hl7_router)
     app.include_router(operator_router)
 
+    from hub.fhir_api.routers import public as fhir_public
+    from hub.fhir_api.routers import router as fhir_router
+
+    app.include_router(fhir_public)
+    app.include_router(fhir_router)
+
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}

@@ -394,5 +394,20 @@ def mappings_try(
             raise typer.Exit(2)
 
 
+@app.command("token")
+def token(
+    role: str = typer.Option(..., "--role", help="sender, clinician, ministry, steward or admin"),
+    subject: str = typer.Option(None, "--subject", help="the sub claim (default: role plus a random suffix)"),
+    scope: list[str] = typer.Option(None, "--scope", help="SMART v2 scope (repeatable; default: the role's)"),
+    ttl: int = typer.Option(None, "--ttl", help="lifetime in seconds (default: HUB_TOKEN_TTL_S)"),
+) -> None:
+    """Print a signed bearer token for the FHIR API."""
+    from hub.auth import ROLES, issue_token
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}", param_hint="--role")
+    typer.echo(issue_token(get_settings(), role, subject=subject, scopes=scope or None, ttl_s=ttl))
+
+
 def main() -> None:
     app()

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -127,3 +128,140 @@ class ResourceVersion(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     message_id: Mapped[int | None] = mapped_column(BigInteger)
     content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Search index (issue 4). One table per FHIR search parameter type; one row per extracted value. Rows are
+# rewritten in the resource's own transaction by hub.store.search_index (a write hook of resources.upsert).
+# Every table is keyed for lookup by (resource_type, param, value…) and for rewriting by (resource_type,
+# resource_id). Strings are stored normalised (lower case, accents removed) beside the exact form.
+# ---------------------------------------------------------------------------------------------------------
+
+
+class SearchToken(Base):
+    """token parameters: Coding, CodeableConcept, Identifier, ContactPoint, code, boolean."""
+
+    __tablename__ = "search_token"
+    __table_args__ = (
+        Index("ix_search_token_value", "resource_type", "param", "code", "system", "resource_id"),
+        Index("ix_search_token_resource", "resource_type", "resource_id"),
+    )
+
+    row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    system: Mapped[str] = mapped_column(String(255), default="")  # "" when the value has no system
+    code: Mapped[str] = mapped_column(String(255))
+    text: Mapped[str] = mapped_column(String(255), default="")  # display / CodeableConcept.text, normalised
+
+
+class SearchString(Base):
+    """string parameters (HumanName and Address parts, plain strings)."""
+
+    __tablename__ = "search_string"
+    __table_args__ = (
+        Index("ix_search_string_value", "resource_type", "param", "value", "resource_id"),
+        Index("ix_search_string_resource", "resource_type", "resource_id"),
+    )
+
+    row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    value: Mapped[str] = mapped_column(String(255))  # normalised: lower case, no accents
+    exact: Mapped[str] = mapped_column(String(255))  # as written
+
+
+class SearchDate(Base):
+    """date parameters as closed ranges [low, high] in UTC (a date at day precision spans the day)."""
+
+    __tablename__ = "search_date"
+    __table_args__ = (
+        Index("ix_search_date_value", "resource_type", "param", "low", "high", "resource_id"),
+        Index("ix_search_date_resource", "resource_type", "resource_id"),
+    )
+
+    row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    low: Mapped[datetime] = mapped_column()
+    high: Mapped[datetime] = mapped_column()
+
+
+class SearchReference(Base):
+    """reference parameters; ``target_type``/``target_id`` for relative references, ``url`` otherwise."""
+
+    __tablename__ = "search_reference"
+    __table_args__ = (
+        Index(
+            "ix_search_reference_target", "target_type", "target_id", "param", "resource_type", "resource_id"
+        ),
+        Index("ix_search_reference_resource", "resource_type", "resource_id"),
+    )
+
+    row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(64), default="")
+    target_id: Mapped[str] = mapped_column(String(255))  # the id, or the whole reference when not relative
+
+
+class SearchQuantity(Base):
+    """quantity parameters: value with its UCUM (or other) system and code; ``unit`` as written."""
+
+    __tablename__ = "search_quantity"
+    __table_args__ = (
+        Index("ix_search_quantity_value", "resource_type", "param", "value", "resource_id"),
+        Index("ix_search_quantity_resource", "resource_type", "resource_id"),
+    )
+
+    row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Double)
+    system: Mapped[str] = mapped_column(String(255), default="")
+    code: Mapped[str] = mapped_column(String(64), default="")
+    unit: Mapped[str] = mapped_column(String(64), default="")
+
+
+class SearchNumber(Base):
+    """number parameters."""
+
+    __tablename__ = "search_number"
+    __table_args__ = (
+        Index("ix_search_number_value", "resource_type", "param", "value", "resource_id"),
+        Index("ix_search_number_resource", "resource_type", "resource_id"),
+    )
+
+    row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Double)
+
+
+class SearchUri(Base):
+    """uri parameters (profiles, attachment URLs, canonical references)."""
+
+    __tablename__ = "search_uri"
+    __table_args__ = (
+        Index("ix_search_uri_value", "resource_type", "param", "value", "resource_id"),
+        Index("ix_search_uri_resource", "resource_type", "resource_id"),
+    )
+
+    row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    value: Mapped[str] = mapped_column(String(255))
+
+
+# $everything pages a patient compartment in (resource_type, id) order straight off this index.
+Index("ix_resource_compartment", Resource.patient_id, Resource.resource_type, Resource.id)
+# ---------------------------------------------------------------------------------------------------------
+# end of the search index section
+# ---------------------------------------------------------------------------------------------------------
