@@ -141,3 +141,15 @@ async def require_principal(request: Request) -> Principal:
     principal = decode_token(request.app.state.settings, token.strip())
     request.state.principal = principal
     return principal
+
+
+def require_role(*roles: str) -> Any:
+    """A dependency admitting only principals of ``roles`` (e.g. the operator API: admin)."""
+
+    async def dependency(request: Request) -> Principal:
+        principal = await require_principal(request)
+        if principal.role not in roles:
+            raise Forbidden(f"role {principal.role} may not use this endpoint (needs {' or '.join(roles)})")
+        return principal
+
+    return dependency

@@ -11,11 +11,12 @@ from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hub.deps import read_session
+from hub.auth import require_role
 from hub.errors import BadRequest, NotFound
+from hub.fhir_api.sessions import read_session
 from hub.store.models import InboundMessage, MessageResource
 
-router = APIRouter(prefix="/hl7/messages", tags=["operator"])
+router = APIRouter(prefix="/hl7/messages", tags=["operator"], dependencies=[Depends(require_role("admin"))])
 
 STATES = ("received", "processed", "failed", "rejected", "held")
 
