@@ -359,10 +359,11 @@ class Runtime:
             return "", ""
         seg = self.segments[pid]
         for n in (3, 2, 4):
-            value = self.text(seg.get(n, 1) if self.enc.escape not in seg.raw(n) else _first_comp(seg, n))
-            if value.strip() and value != EXPLICIT_NULL:
+            value = seg.get(n, 1).strip()  # first repetition, CX-1 (unescaped)
+            if value and seg.raw(n) != EXPLICIT_NULL:
+                # The assigning authority is CX-4.1 (namespace id), else CX-4.2 (universal id).
                 authority = seg.get(n, 4) or seg.get(n, 4, 2)
-                return value.strip(), authority.strip()
+                return value, authority.strip()
         return "", ""
 
     def patient_id_at(self, index: int) -> str:
@@ -384,16 +385,6 @@ class Runtime:
         key = f"{resource['resourceType']}/{resource['id']}"
         if key not in self.extra:
             self.extra[key] = resource
-
-
-def _first_comp(seg: Segment, n: int) -> str:
-    rep = seg.repetitions(n)[0] if seg.repetitions(n) else ""
-    return (
-        rep.split(seg.enc.component, 1)[0].split(seg.enc.subcomponent, 1)[0] if seg.enc.subcomponent else rep
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
 
 
 def _check(
