@@ -566,6 +566,8 @@ def load_maps(root: Path, overlay: str | None = None) -> CompiledMaps:
     with _lock:
         found = _cache.get(key)
         if found is None:
+            if not (root / "messages").is_dir():
+                raise MappingFileError([Problem(root, 0, "no mappings here (configure HUB_MAPPINGS_DIR)")])
             found, problems = compile_maps(root, overlay)
             if problems:
                 raise MappingFileError(problems)

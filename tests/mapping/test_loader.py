@@ -71,3 +71,10 @@ def test_overlay_merges_without_forking_the_base(maps_copy: Path) -> None:
     assert len(overlay.segment_maps["OBX.Observation"].fields) == len(
         base.segment_maps["OBX.Observation"].fields
     )
+
+
+def test_a_missing_mappings_directory_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(MappingFileError) as err:
+        load_maps(tmp_path / "nowhere")
+    assert "HUB_MAPPINGS_DIR" in err.value.message
+    assert [p.message for p in check_mappings(tmp_path / "nowhere")] == ["mappings directory does not exist"]
