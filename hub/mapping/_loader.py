@@ -54,6 +54,7 @@ from hub.mapping._schema import (
 )
 
 M = TypeVar("M", bound=BaseModel)
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built with it
 
 KINDS: dict[str, type[BaseModel]] = {
     "messages": MessageMap,
@@ -110,8 +111,7 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int:
 def read_file(path: Path, model: type[M], problems: list[Problem]) -> M | None:
     try:
         text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SafeLoader)
     except (OSError, yaml.YAMLError) as exc:
         mark = getattr(exc, "problem_mark", None)
         problems.append(Problem(path, (mark.line + 1) if mark else 0, f"cannot read: {exc}"))
@@ -122,6 +122,7 @@ def read_file(path: Path, model: type[M], problems: list[Problem]) -> M | None:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
+        node = yaml.compose(text)  # only now: line numbers for the report
         for err in exc.errors():
             loc = tuple(err["loc"])
             where = ".".join(str(x) for x in loc) or "(file)"
