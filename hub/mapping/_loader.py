@@ -332,6 +332,16 @@ class _Compiler:
                         continue
                 if transform is not None:
                     value = transform(value, rt, fargs)
+                if len(steps) == 1 and value.__class__ is str:  # most components: one plain element
+                    key, kind = steps[0]
+                    if kind == "":
+                        out[key] = value
+                        continue
+                    if kind == "[]":
+                        items = out.setdefault(key, [])
+                        if value not in items:
+                            items.append(value)
+                        continue
                 set_value(out, steps, value, None)
             if not out:
                 return None
