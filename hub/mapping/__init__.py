@@ -14,7 +14,7 @@ from typing import Any
 from hub.hl7 import Message
 from hub.mapping._engine import finish, run
 from hub.mapping._ids import patient_id, resource_id
-from hub.mapping._loader import MappingFileError, Problem, check_all, clear_cache, load_maps
+from hub.mapping._loader import MappingFileError, Problem, check_all, clear_cache, load_maps, stale_problems
 
 __all__ = [
     "MappingFileError",
@@ -82,6 +82,10 @@ def map_message(message: Message, ctx: SenderContext) -> MappingResult:
     rt, message_type = run(message, ctx, maps)
     mm = maps.messages[message_type]
     resources, actions, unmapped, nulls = finish(rt, message_type, mm.actions)
+    warnings = rt.warnings
+    stale = stale_problems(_mappings_dir, ctx.overlay)
+    if stale:
+        warnings.append(f"edited mapping files are faulty, the last good maps were used: {stale[0]}")
     return MappingResult(
-        resources=resources, unmapped=unmapped, warnings=rt.warnings, actions=actions, nulls=nulls
+        resources=resources, unmapped=unmapped, warnings=warnings, actions=actions, nulls=nulls
     )

@@ -359,10 +359,11 @@ class Runtime:
             return "", ""
         seg = self.segments[pid]
         for n in (3, 2, 4):
-            value = self.text(seg.get(n, 1) if self.enc.escape not in seg.raw(n) else _first_comp(seg, n))
-            if value.strip() and value != EXPLICIT_NULL:
+            value = seg.get(n, 1).strip()  # first repetition, CX-1 (unescaped)
+            if value and seg.raw(n) != EXPLICIT_NULL:
+                # The assigning authority is CX-4.1 (namespace id), else CX-4.2 (universal id).
                 authority = seg.get(n, 4) or seg.get(n, 4, 2)
-                return value.strip(), authority.strip()
+                return value, authority.strip()
         return "", ""
 
     def patient_id_at(self, index: int) -> str:
@@ -384,16 +385,6 @@ class Runtime:
         key = f"{resource['resourceType']}/{resource['id']}"
         if key not in self.extra:
             self.extra[key] = resource
-
-
-def _first_comp(seg: Segment, n: int) -> str:
-    rep = seg.repetitions(n)[0] if seg.repetitions(n) else ""
-    return (
-        rep.split(seg.enc.component, 1)[0].split(seg.enc.subcomponent, 1)[0] if seg.enc.subcomponent else rep
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
 
 
 def _check(
@@ -480,22 +471,42 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
             res[key] = constant
 
         return run_constant
-    if not (
-        len(f.sources) == 1
-        and f.local_fields
-        and segment != "MSH"
-        and not f.repeat
-        and not f.whole_field
-        and f.when is None
-    ):
+    if segment == "MSH" or f.when is not None:
+        return None
+    if f.inputs and f.segment_fn is not None and all(r.segment == segment for r in f.inputs):
+        numbers = tuple(r.field for r in f.inputs)
+        segment_fn, fn_args, fn_transform = f.segment_fn, f.args, f.transform
+
+        def run_inputs(rt: Runtime, index: int, res: dict[str, Any]) -> None:
+            fields = rt.segments[index].fields
+            count = len(fields)
+            used = rt.used[index]
+            raws = []
+            for n in numbers:
+                raw = fields[n] if n < count else ""
+                if raw:
+                    used.add(n)
+                raws.append(raw)
+            made = segment_fn(raws, index, rt, fn_args)
+            if fn_transform is not None and made is not None:
+                made = fn_transform(made, rt, fn_args)
+            put(res, f, made)
+
+        return run_inputs
+    if not (f.sources and f.sources[0].segment == segment and not f.repeat and not f.whole_field):
         return None
     src = f.sources[0]
     n, target = src.field, f.target
+    has_fallback = len(f.sources) > 1
     convert, convert_args, vocab, transform, args = f.convert, f.convert_args, f.vocab, f.transform, f.args
 
     def run_local(rt: Runtime, index: int, res: dict[str, Any]) -> None:
-        # build() has checked that the field exists and is not empty.
-        raw = rt.segments[index].fields[n]
+        fields = rt.segments[index].fields
+        raw = fields[n] if n < len(fields) else ""
+        if not raw:
+            if has_fallback:  # e.g. OBX-3 empty: the generic path tries OBR-4
+                apply_field(f, rt, index, res)
+            return
         rt.used[index].add(n)
         if raw == EXPLICIT_NULL:
             rt.nulls.append((res, target, src.text))

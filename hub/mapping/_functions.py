@@ -729,9 +729,10 @@ def fn_timing_period(raws: list[str], index: int, rt: Runtime, args: dict[str, A
 
 @_segment_fn("first_datetime")
 def fn_first_datetime(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
-    """The first of several TS fields that is present, as dateTime."""
+    """The first of several TS fields that is present, as dateTime (``args.instant``: as instant)."""
+    convert = dt_instant if args.get("instant") else dt_datetime
     for raw in raws:
-        value = dt_datetime(raw, 0, rt, {}) if raw and raw != '""' else None
+        value = convert(raw, 0, rt, {}) if raw and raw != '""' else None
         if value:
             return value
     return None

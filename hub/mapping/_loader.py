@@ -9,7 +9,9 @@ file without ``extends`` replaces or adds a map of that name; ``sender.yaml`` se
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,6 +56,7 @@ from hub.mapping._schema import (
 )
 
 M = TypeVar("M", bound=BaseModel)
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built with it
 
 KINDS: dict[str, type[BaseModel]] = {
     "messages": MessageMap,
@@ -110,8 +113,7 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int:
 def read_file(path: Path, model: type[M], problems: list[Problem]) -> M | None:
     try:
         text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SafeLoader)
     except (OSError, yaml.YAMLError) as exc:
         mark = getattr(exc, "problem_mark", None)
         problems.append(Problem(path, (mark.line + 1) if mark else 0, f"cannot read: {exc}"))
@@ -122,6 +124,7 @@ def read_file(path: Path, model: type[M], problems: list[Problem]) -> M | None:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
+        node = yaml.compose(text)  # only now: line numbers for the report
         for err in exc.errors():
             loc = tuple(err["loc"])
             where = ".".join(str(x) for x in loc) or "(file)"
@@ -331,6 +334,16 @@ class _Compiler:
                         continue
                 if transform is not None:
                     value = transform(value, rt, fargs)
+                if len(steps) == 1 and value.__class__ is str:  # most components: one plain element
+                    key, kind = steps[0]
+                    if kind == "":
+                        out[key] = value
+                        continue
+                    if kind == "[]":
+                        items = out.setdefault(key, [])
+                        if value not in items:
+                            items.append(value)
+                        continue
                 set_value(out, steps, value, None)
             if not out:
                 return None
@@ -536,7 +549,33 @@ def _display(body: dict[str, Any]) -> str:
 
 
 _lock = threading.Lock()
-_cache: dict[tuple[str, str | None], CompiledMaps] = {}
+RECHECK_SECONDS = 5.0  # how often a running worker looks for edited mapping files
+
+
+@dataclass(slots=True)
+class _Loaded:
+    maps: CompiledMaps
+    signature: tuple[int, int]
+    checked_at: float
+    stale_problems: list[Problem] = field(default_factory=list)
+
+
+_cache: dict[tuple[str, str | None], _Loaded] = {}
+
+
+def _signature(root: Path) -> tuple[int, int]:
+    """(number of YAML files, newest modification time) under ``root``: changes when a map is edited."""
+    count, newest = 0, 0
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.name.endswith(".yaml"):
+                    count += 1
+                    newest = max(newest, entry.stat().st_mtime_ns)
+    return count, newest
 
 
 def load_sources(root: Path, overlay: str | None, problems: list[Problem]) -> SourceSet:
@@ -558,19 +597,40 @@ def compile_maps(root: Path, overlay: str | None = None) -> tuple[CompiledMaps, 
 
 
 def load_maps(root: Path, overlay: str | None = None) -> CompiledMaps:
-    """The compiled maps for ``overlay`` (cached); raises :class:`MappingFileError` on a faulty file."""
+    """The compiled maps for ``overlay``, cached and re-read when the files change (checked every
+    few seconds), so an analyst's corrected map is used by running workers without a restart. Raises
+    :class:`MappingFileError` when the files are faulty and no earlier good version was loaded; after
+    a good load, a faulty edit keeps the last good maps (see :func:`stale_problems`)."""
     key = (str(root), overlay)
-    found = _cache.get(key)
-    if found is not None:
-        return found
+    loaded = _cache.get(key)
+    now = time.monotonic()
+    if loaded is not None and now - loaded.checked_at < RECHECK_SECONDS:
+        return loaded.maps
     with _lock:
-        found = _cache.get(key)
-        if found is None:
-            found, problems = compile_maps(root, overlay)
-            if problems:
+        loaded = _cache.get(key)
+        if loaded is not None and now - loaded.checked_at < RECHECK_SECONDS:
+            return loaded.maps
+        if not (root / "messages").is_dir():
+            raise MappingFileError([Problem(root, 0, "no mappings here (configure HUB_MAPPINGS_DIR)")])
+        signature = _signature(root)
+        if loaded is not None and loaded.signature == signature:
+            loaded.checked_at = now
+            return loaded.maps
+        compiled, problems = compile_maps(root, overlay)
+        if problems:
+            if loaded is None:
                 raise MappingFileError(problems)
-            _cache[key] = found
-    return found
+            loaded.stale_problems = problems  # keep serving the last good maps
+            loaded.signature, loaded.checked_at = signature, now
+            return loaded.maps
+        _cache[key] = _Loaded(compiled, signature, now)
+        return compiled
+
+
+def stale_problems(root: Path, overlay: str | None = None) -> list[Problem]:
+    """Faults of edited files that are not in use because the last good maps are kept."""
+    loaded = _cache.get((str(root), overlay))
+    return list(loaded.stale_problems) if loaded is not None else []
 
 
 def clear_cache() -> None:

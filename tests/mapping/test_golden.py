@@ -19,17 +19,20 @@ BASE = sorted(p for p in HL7_DIR.glob("*.hl7"))
 OVERLAY = sorted(p for p in (HL7_DIR / "senders").glob("*/*.hl7"))
 
 
-def _case(path: Path) -> tuple[Path, str | None, str]:
+# Overlay fixtures live in fixtures/hl7/senders/<overlay>/ and come from that hospital.
+FACILITY_OF_OVERLAY = {"rsud_contoh": "RSUD_CONTOH"}
+
+
+def _context(path: Path) -> tuple[str, str | None]:
     rel = path.relative_to(HL7_DIR)
     if rel.parts[0] == "senders":
-        return path, rel.parts[1], f"{rel.parts[1]}-FACILITY"
-    return path, None, "RSUD_SEHAT"
+        return FACILITY_OF_OVERLAY[rel.parts[1]], rel.parts[1]
+    return "RSUD_SEHAT", None
 
 
 @pytest.mark.parametrize("path", BASE + OVERLAY, ids=lambda p: str(p.relative_to(HL7_DIR)))
 def test_fixture_matches_golden_output(path: Path) -> None:
-    _, overlay, _ = _case(path)
-    facility = "RSUD_CONTOH" if overlay == "rsud_contoh" else "RSUD_SEHAT"
+    facility, overlay = _context(path)
     result = map_file(path, facility=facility, overlay=overlay)
     actual = {
         "resources": result.resources,
@@ -48,8 +51,8 @@ def test_fixture_matches_golden_output(path: Path) -> None:
 
 @pytest.mark.parametrize("path", BASE + OVERLAY, ids=lambda p: str(p.relative_to(HL7_DIR)))
 def test_fixture_resources_are_valid_fhir_r4(path: Path) -> None:
-    _, overlay, _ = _case(path)
-    result = map_file(path, facility="RSUD_CONTOH" if overlay else "RSUD_SEHAT", overlay=overlay)
+    facility, overlay = _context(path)
+    result = map_file(path, facility=facility, overlay=overlay)
     assert result.resources or result.actions
     problems = [p for resource in result.resources for p in validate_resource(resource)]
     assert problems == []

@@ -71,3 +71,31 @@ def test_overlay_merges_without_forking_the_base(maps_copy: Path) -> None:
     assert len(overlay.segment_maps["OBX.Observation"].fields) == len(
         base.segment_maps["OBX.Observation"].fields
     )
+
+
+def test_a_missing_mappings_directory_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(MappingFileError) as err:
+        load_maps(tmp_path / "nowhere")
+    assert "HUB_MAPPINGS_DIR" in err.value.message
+    assert [p.message for p in check_mappings(tmp_path / "nowhere")] == ["mappings directory does not exist"]
+
+
+def test_edited_maps_are_picked_up_and_a_broken_edit_keeps_the_last_good_ones(
+    maps_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from hub.mapping import _loader
+
+    monkeypatch.setattr(_loader, "RECHECK_SECONDS", 0.0)
+    first = load_maps(maps_copy)
+    assert load_maps(maps_copy) is first  # unchanged files: the same compiled maps
+    vocab = maps_copy / "vocab" / "administrative-gender.yaml"
+    vocab.write_text(vocab.read_text().replace("F: female", "F: female, W: female"))
+    os.utime(vocab, ns=(10**19, 10**19))
+    second = load_maps(maps_copy)
+    assert second is not first and second.vocabs["administrative-gender"].get("W") == "female"
+    vocab.write_text("vocab: administrative-gender\ncodes: [not, a, table]\n")
+    os.utime(vocab, ns=(2 * 10**19, 2 * 10**19))
+    assert load_maps(maps_copy) is second
+    assert [p.file for p in _loader.stale_problems(maps_copy)] == [vocab]

@@ -236,3 +236,9 @@ def test_an_oru_with_two_patients_links_each_result_to_its_own_patient() -> None
     assert sorted(o["subject"]["reference"] for o in hb) == sorted(f"Patient/{i}" for i in patients.values())
     reports = by_type(result, "DiagnosticReport")
     assert {r["subject"]["reference"] for r in reports} == {f"Patient/{i}" for i in patients.values()}
+
+
+def test_document_date_is_an_instant_even_from_a_bare_date() -> None:
+    text = read(HL7_DIR / "mdm_t02.hl7").replace("|20261105110000|", "|20261105|", 1)
+    (doc,) = by_type(map_text(text), "DocumentReference")
+    assert doc["date"] == "2026-11-05T00:00:00+07:00"
