@@ -311,9 +311,9 @@ def mappings_check(
     ),
 ) -> None:
     """Validate every mapping file, the base and every sender overlay; exit 1 naming file and line."""
-    from hub.mapping import check_mappings
+    from hub.mapping import check_mappings, mappings_dir
 
-    root = directory or get_settings().mappings_dir
+    root = directory or get_settings().mappings_dir or mappings_dir()
     problems = check_mappings(root)
     for problem in problems:
         typer.echo(str(problem), err=True)
@@ -343,7 +343,8 @@ def mappings_try(
     from hub.mapping import SenderContext, configure, map_message
 
     settings = get_settings()
-    configure(settings.mappings_dir)
+    if settings.mappings_dir:
+        configure(settings.mappings_dir)
     raw = file.read_bytes()
     try:
         header = hl7.peek_header(raw)

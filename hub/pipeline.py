@@ -21,7 +21,9 @@ from sqlalchemy import delete, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from hub import hl7
+from hub.config import get_settings
 from hub.errors import HubError
+from hub.fhir.validate import validate_resources
 from hub.mapping import SenderContext, map_message
 from hub.mpi.service import resolve_identities
 from hub.store import resources as store
@@ -114,6 +116,8 @@ def _process_one(session: Session, row: InboundMessage) -> Outcome:
             message = hl7.parse(hl7.decode(row.raw, header))
             ctx = _sender_context(session, row)
             result = map_message(message, ctx)
+            # HUB_VALIDATE: the R4B models check all, a sample, or none of the mapped messages.
+            validate_resources(result.resources, get_settings().validate_mode, key=row.id)
             resolve_identities(session, result, ctx)
             session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
             now = datetime.now(UTC)

@@ -17,6 +17,11 @@ PROCESS_TASK = "hub.process_message"
 def make_celery(broker_url: str | None = None) -> Celery:
     url = broker_url or get_settings().broker_url
     app = Celery("hub", broker=url, set_as_current=False)
+    maps = get_settings().mappings_dir
+    if maps is not None:
+        from hub.mapping import configure
+
+        configure(maps)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
