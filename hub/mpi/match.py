@@ -208,8 +208,6 @@ _COMMON_TOKENS: Final = frozenset(
         "ratna",
     ]
 )
-# Old (pre-1972) spelling still found in registers: Soekarno = Sukarno, Djoko = Joko, Tjahjo = Cahyo.
-_OLD_SPELLING: Final = (("oe", "u"), ("dj", "j"), ("tj", "c"), ("nj", "ny"), ("sj", "sy"), ("ch", "kh"))
 
 _DEFAULT_PLACEHOLDERS: Final = (
     r"^(bayi|by)\b",  # newborn registered under the mother's name: "Bayi Ny. Sari", "By. Ny. Sari"
@@ -286,8 +284,11 @@ def _canonical_token(token: str) -> str:
     token = _CANONICAL.get(token, token)
     if token in _CANONICAL.values():
         return token
-    for old, new in _OLD_SPELLING:
-        token = token.replace(old, new)
+    if any(marker in token for marker in ("oe", "dj", "tj")):
+        # Old spelling: its j is today's y, its dj today's j (Tjahjono = Cahyono, Djoko = Joko).
+        token = token.replace("dj", "J").replace("tj", "c").replace("nj", "ny").replace("sj", "sy")
+        token = token.replace("j", "y").replace("J", "j").replace("oe", "u")
+    token = token.replace("ch", "kh")
     return re.sub(r"(.)\1+", r"\1", token)  # doubled letters: Muhammmad, Anggi/Angi
 
 

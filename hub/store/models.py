@@ -163,9 +163,7 @@ class MpiBlock(Base):
     __table_args__ = (Index("ix_mpi_block_source", "source_id"),)
 
     key: Mapped[str] = mapped_column(String(250), primary_key=True)
-    source_id: Mapped[str] = mapped_column(
-        ForeignKey("mpi_source.id", ondelete="CASCADE"), primary_key=True
-    )
+    source_id: Mapped[str] = mapped_column(ForeignKey("mpi_source.id", ondelete="CASCADE"), primary_key=True)
 
 
 class MpiReview(Base):
