@@ -229,7 +229,14 @@ class MatchConfig:
     weights: dict[str, dict[str, float]] = field(
         default_factory=lambda: {
             "name": {"exact": 9.0, "close": 7.0, "fuzzy": 3.5, "partial": 1.5, "disagree": -6.0},
-            "birthDate": {"exact": 8.0, "transposed": 4.5, "typo": 3.5, "year": -2.0, "disagree": -7.0},
+            "birthDate": {
+                "exact": 8.0,
+                "transposed": 4.5,
+                "typo": 3.5,
+                "part": 1.0,  # two of year, month, day agree; the third is simply different
+                "year": 0.5,
+                "disagree": -7.0,
+            },
             "gender": {"agree": 0.5, "disagree": -4.0},
             "locality": {"district": 3.0, "city": 2.0, "province": 0.3, "disagree": -1.0},
             "postalCode": {"agree": 2.5, "disagree": -1.0},
@@ -576,7 +583,13 @@ def _compare_names(a: tuple[str, ...], b: tuple[str, ...]) -> str | None:
         # unless all it shares is a name everybody has.
         rare_shared = [t for t in shorter if t not in _COMMON_TOKENS and len(t) > 1]
         return "fuzzy" if rare_shared and len(shorter) >= 2 else ("partial" if rare_shared else "disagree")
-    if token_set_ratio(sa, sb) >= 90 and any(t not in _COMMON_TOKENS for t in set(a) & set(b)):
+    # One rare token shared (the family name of a sibling, or one name of a person known by another):
+    # partial evidence, which alone never carries an automatic link.
+    if any(
+        t not in _COMMON_TOKENS and len(t) > 2 and JaroWinkler.normalized_similarity(t, u) >= 0.92
+        for t in a
+        for u in b
+    ):
         return "partial"
     return "disagree"
 
@@ -601,7 +614,7 @@ def _compare_dates(a: tuple[int, int, int] | None, b: tuple[int, int, int] | Non
         sa, sb = f"{diff_a:02d}", f"{diff_b:02d}"
         if Levenshtein.distance(sa, sb) == 1 or sa == sb[::-1]:
             return "typo"
-        return "typo" if abs(diff_a - diff_b) <= 1 else "disagree"
+        return "typo" if abs(diff_a - diff_b) <= 1 else "part"
     return "disagree"
 
 
@@ -709,8 +722,16 @@ def compare(a: Features, b: Features, config: MatchConfig | None = None) -> Matc
             return result("possible", "nik-differs")
         if demographic < config.min_demographic_weight:
             return result("possible", "identifier-only")
-        if by_field.get("name") == "disagree" or by_field.get("birthDate") in ("disagree", None):
-            # Without a name and a birth date that agree at least in part no record is auto-linked.
+        strong_name = by_field.get("name") in ("exact", "close", "fuzzy")
+        strong_date = by_field.get("birthDate") in ("exact", "transposed", "typo")
+        strong_id = by_field.get("identifier") == "agree"
+        if not (strong_name and strong_date) and not (
+            strong_id and (by_field.get("name") != "disagree" or strong_date)
+        ):
+            # Without a name and a birth date that agree, only another agreeing person identifier (BPJS,
+            # passport) links automatically, and only beside the name or the birth date: twins share a
+            # birth date and an address, a father and his namesake son a name and an address, but
+            # neither a BPJS number.
             return result("possible", "weak-demographics")
         return result("match", "score")
     if total >= config.possible_threshold:
