@@ -12,9 +12,12 @@ person identifiers other than the NIK (BPJS, passport) are strong evidence but n
 
 from __future__ import annotations
 
+import math
+import random
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 import jellyfish
@@ -31,8 +34,10 @@ __all__ = [
     "Outcome",
     "blocking_keys",
     "compare",
+    "estimate_weights",
     "features",
     "is_placeholder",
+    "levels",
     "name_tokens",
     "normalise_phone",
     "parse_nik",
@@ -225,6 +230,9 @@ class MatchConfig:
     possible_threshold: float = 8.0
     # A match needs this much weight from demographics alone: identifiers never carry a match by themselves.
     min_demographic_weight: float = 8.0
+    # The twin/namesake gate: without a name and a birth date that both agree, an automatic link needs an
+    # agreeing BPJS/passport too. Off: the score alone decides (pure Fellegi–Sunter).
+    twin_gate: bool = True
     placeholders: tuple[str, ...] = _DEFAULT_PLACEHOLDERS
     weights: dict[str, dict[str, float]] = field(
         default_factory=lambda: {
@@ -657,10 +665,9 @@ def _one_swap(a: str, b: str) -> bool:
 _DEMOGRAPHIC: Final = frozenset({"name", "birthDate", "gender", "locality", "postalCode", "line", "telecom"})
 
 
-def compare(a: Features, b: Features, config: MatchConfig | None = None) -> MatchResult:
-    """Score two patients and decide: match (auto-link), possible (review) or no-match."""
-    config = config or MatchConfig()
-    levels: list[tuple[str, str | None]] = [
+def levels(a: Features, b: Features) -> list[tuple[str, str | None]]:
+    """The agreement level of each compared field (None: missing on one side)."""
+    out: list[tuple[str, str | None]] = [
         ("name", _compare_names(a.tokens, b.tokens)),
         ("birthDate", _compare_dates(a.birth_date, b.birth_date)),
         (
@@ -683,17 +690,25 @@ def compare(a: Features, b: Features, config: MatchConfig | None = None) -> Matc
     id_levels = [_compare_ids(v, b.person_ids[s]) for s, v in a.person_ids.items() if s in b.person_ids]
     if id_levels:
         best = "agree" if "agree" in id_levels else ("close" if "close" in id_levels else "disagree")
-        levels.append(("identifier", best))
+        out.append(("identifier", best))
     nik_level: str | None = None
     if a.nik is not None and b.nik is not None:
         nik_level = _compare_ids(a.nik.nik, b.nik.nik)
     elif a.nik_raw and b.nik_raw and a.nik_raw == b.nik_raw:
         nik_level = "close"  # the same invalid NIK: some evidence, never deterministic
     if nik_level is not None:
-        levels.append(("nik", nik_level))
+        out.append(("nik", nik_level))
 
+    return out
+
+
+def compare(a: Features, b: Features, config: MatchConfig | None = None) -> MatchResult:
+    """Score two patients and decide: match (auto-link), possible (review) or no-match."""
+    config = config or MatchConfig()
+    levels_ = levels(a, b)
+    nik_level = dict(levels_).get("nik")
     comparisons = tuple(
-        Comparison(f, lvl or "missing", config.weight(f, lvl) if lvl else 0.0) for f, lvl in levels
+        Comparison(f, lvl or "missing", config.weight(f, lvl) if lvl else 0.0) for f, lvl in levels_
     )
     total = round(sum(c.weight for c in comparisons), 3)
     demographic = sum(c.weight for c in comparisons if c.field in _DEMOGRAPHIC)
@@ -725,8 +740,10 @@ def compare(a: Features, b: Features, config: MatchConfig | None = None) -> Matc
         strong_name = by_field.get("name") in ("exact", "close", "fuzzy")
         strong_date = by_field.get("birthDate") in ("exact", "transposed", "typo")
         strong_id = by_field.get("identifier") == "agree"
-        if not (strong_name and strong_date) and not (
-            strong_id and (by_field.get("name") != "disagree" or strong_date)
+        if (
+            config.twin_gate
+            and not (strong_name and strong_date)
+            and not (strong_id and (by_field.get("name") != "disagree" or strong_date))
         ):
             # Without a name and a birth date that agree, only another agreeing person identifier (BPJS,
             # passport) links automatically, and only beside the name or the birth date: twins share a
@@ -737,3 +754,57 @@ def compare(a: Features, b: Features, config: MatchConfig | None = None) -> Matc
     if total >= config.possible_threshold:
         return result("possible", "score")
     return result("no-match", "score")
+
+
+def estimate_weights(
+    records: Sequence[Features],
+    candidate_pairs: Iterable[tuple[int, int]],
+    config: MatchConfig | None = None,
+    *,
+    random_pairs: int = 50_000,
+    seed: int = 0,
+) -> MatchConfig:
+    """Fellegi–Sunter weights estimated from a deployment's own unlabelled records, in the manner of
+    Splink: u (how often a level occurs between different people) from random pairs; m (how often among
+    the same person) from candidate pairs that agree on independent anchors — the person identifiers for
+    the demographic fields, name and birth date for the identifiers. Each weight is log2(m/u), smoothed and
+    clipped to ±15; levels never seen keep the configured weight. Thresholds and rules are unchanged."""
+    config = config or MatchConfig()
+    rng = random.Random(seed)
+    n = len(records)
+    u_counts: dict[str, dict[str, int]] = {}
+    u_total: dict[str, int] = {}
+    for _ in range(random_pairs if n > 1 else 0):
+        i, j = rng.randrange(n), rng.randrange(n)
+        if i == j:
+            continue
+        for f, lvl in levels(records[i], records[j]):
+            if lvl is not None:
+                u_counts.setdefault(f, {}).setdefault(lvl, 0)
+                u_counts[f][lvl] += 1
+                u_total[f] = u_total.get(f, 0) + 1
+    m_counts: dict[str, dict[str, int]] = {}
+    m_total: dict[str, int] = {}
+    for i, j in candidate_pairs:
+        lv = dict(levels(records[i], records[j]))
+        by_id = lv.get("identifier") == "agree" or lv.get("nik") == "agree"
+        by_demo = lv.get("name") == "exact" and lv.get("birthDate") == "exact"
+        for f, lvl in lv.items():
+            if lvl is None:
+                continue
+            if by_demo if f in ("identifier", "nik") else by_id:
+                m_counts.setdefault(f, {}).setdefault(lvl, 0)
+                m_counts[f][lvl] += 1
+                m_total[f] = m_total.get(f, 0) + 1
+    weights = {f: dict(lv) for f, lv in config.weights.items()}
+    for f, field_weights in weights.items():
+        if m_total.get(f, 0) < 30 or u_total.get(f, 0) < 30:
+            continue  # too little evidence for this field: keep the configured weights
+        k = len(field_weights)
+        for lvl in field_weights:
+            if not m_counts.get(f, {}).get(lvl) and not u_counts.get(f, {}).get(lvl):
+                continue  # a level this data never shows: keep its configured weight
+            m = (m_counts.get(f, {}).get(lvl, 0) + 0.5) / (m_total[f] + 0.5 * k)
+            u = (u_counts.get(f, {}).get(lvl, 0) + 0.5) / (u_total[f] + 0.5 * k)
+            field_weights[lvl] = round(max(-15.0, min(15.0, math.log2(m / u))), 2)
+    return replace(config, weights=weights)
