@@ -10,6 +10,7 @@ from hub.mpi.match import (
     MatchConfig,
     blocking_keys,
     compare,
+    estimate_weights,
     features,
     is_placeholder,
     name_tokens,
@@ -200,3 +201,54 @@ def test_probability_and_fields_report() -> None:
     result = score(a, b)
     assert "gender" in result.fields()["disagree"] and "name" in result.fields()["agree"]
     assert 0.0 < result.probability() < 1.0
+
+
+def test_estimate_weights_learns_from_unlabelled_pairs() -> None:
+    people = [
+        patient(
+            "RSA",
+            str(i),
+            f"Orang{chr(97 + i % 26)}{chr(97 + i // 26)} Santoso",
+            f"19{50 + i % 40}-0{1 + i % 9}-1{i % 9}",
+            "male" if i % 2 else "female",
+            bpjs=f"{1000000 + i}",
+            district="317101" if i % 3 else "337401",
+        )
+        for i in range(120)
+    ]
+    dups = [dict(p, id=p["id"] + "-dup") for p in people[:60]]
+    records = [features(p) for p in people + dups]
+    pairs = [(120 + i, i) for i in range(60)]
+    trained = estimate_weights(records, pairs, random_pairs=5000, seed=1)
+    # Agreement on a birth date is rarer among random pairs than agreement on the shared family name
+    # district, so it weighs more; disagreement weighs less than zero.
+    assert trained.weights["birthDate"]["exact"] > trained.weights["locality"]["district"] > 0
+    assert trained.weights["identifier"]["agree"] > 0 > trained.weights["birthDate"]["disagree"]
+    assert trained.match_threshold == MatchConfig().match_threshold
+
+
+def test_twin_gate() -> None:
+    one = patient(
+        "RSA",
+        "1",
+        "Hasan Basri",
+        "2001-06-01",
+        "male",
+        district="317101",
+        phone="081211112222",
+        line="Jl. Melati 3",
+    )
+    two = patient(
+        "RSB",
+        "2",
+        "Husein Basri",
+        "2001-06-01",
+        "male",
+        district="317101",
+        phone="081211112222",
+        line="Jl. Melati 3",
+    )
+    gated = score(one, two)
+    assert gated.outcome != "match"
+    loud = MatchConfig(twin_gate=False, weights={**MatchConfig().weights, "name": {"partial": 4.0}})
+    assert compare(features(one), features(two), loud).outcome == "match"
