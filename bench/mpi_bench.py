@@ -478,9 +478,19 @@ def run_indonesian(n: int = 2000, *, url: str | None = None, seed: int = 5) -> d
 
     records = generate_indonesian(n, seed=seed)
     tmp = None
+    server = None
     if url is None:
         tmp = tempfile.TemporaryDirectory()
         url = f"sqlite:///{Path(tmp.name) / 'bench.db'}"
+    elif url.startswith("postgresql"):
+        # A throw-away database on that server, so the bench never touches a database in use.
+        from sqlalchemy import create_engine, text
+
+        server = create_engine(url, isolation_level="AUTOCOMMIT")
+        name = f"mpi_bench_{uuid.uuid4().hex[:10]}"
+        with server.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = url.rsplit("/", 1)[0] + "/" + name
     upgrade(url)
     engine = make_engine(url)
     person_of: dict[str, str] = {}
@@ -508,6 +518,12 @@ def run_indonesian(n: int = 2000, *, url: str | None = None, seed: int = 5) -> d
     engine.dispose()
     if tmp is not None:
         tmp.cleanup()
+    if server is not None:
+        from sqlalchemy import text
+
+        with server.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+        server.dispose()
     by_person: dict[str, list[str]] = defaultdict(list)
     for sid, person in person_of.items():
         by_person[person].append(sid)
@@ -541,7 +557,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-febrl4", action="store_true")
     parser.add_argument("--indonesian", type=int, default=1000, help="people to generate (0: skip)")
-    parser.add_argument("--url", help="database URL for the Indonesian run (default: a temporary SQLite)")
+    parser.add_argument(
+        "--url",
+        help="database for the Indonesian run (default: a temporary SQLite file; a PostgreSQL URL names the "
+        "server, on which a temporary database is created and dropped)",
+    )
     args = parser.parse_args(argv)
     import json
 

@@ -166,8 +166,7 @@ def _resolve_one(
                 return {old, best.golden_id}
             _queue_reviews(session, sid, [c for c in candidates if c.golden_id != row.golden_id])
         return {row.golden_id}
-    session.flush()
-    candidates = find_candidates(session, feats, settings, exclude_source=sid)
+    candidates = find_candidates(session, feats, settings, exclude_source=sid, known=False)
     matches = [c for c in candidates if c.result.outcome == "match"]
     if matches:
         best = matches[0]
@@ -229,6 +228,7 @@ def find_candidates(
     settings: MpiSettings = DEFAULT_SETTINGS,
     *,
     exclude_source: str | None = None,
+    known: bool = True,
 ) -> list[Candidate]:
     """Golden records that ``feats`` may belong to, best first (matches before possibles, then weight);
     certain no-matches are left out. Candidates come from the blocking keys; each golden record is scored
@@ -244,7 +244,8 @@ def find_candidates(
     if exclude_source is not None:
         stmt = stmt.where(MpiSource.id != exclude_source)
     rows = list(session.scalars(stmt))
-    forbidden_sources = _not_duplicate_of(session, exclude_source) if exclude_source else set()
+    # Decisions exist only about sources the MPI already knows (``known=False``: a first arrival).
+    forbidden_sources = _not_duplicate_of(session, exclude_source) if exclude_source and known else set()
     forbidden_goldens = {r.golden_id for r in rows if r.id in forbidden_sources}
     if forbidden_sources - {r.id for r in rows}:
         forbidden_goldens |= set(

@@ -140,7 +140,10 @@ class MpiSource(Base):
     """One source Patient (sender + PID-3 identifier) and the one golden Patient it is linked to."""
 
     __tablename__ = "mpi_source"
-    __table_args__ = (Index("ix_mpi_source_golden", "golden_id"),)
+    __table_args__ = (
+        Index("ix_mpi_source_golden", "golden_id"),
+        Index("ix_mpi_source_replaced_by", "replaced_by"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the source Patient id
     golden_id: Mapped[str] = mapped_column(String(64))
@@ -192,7 +195,10 @@ class MpiDecision(Base):
     replaced (so that it can be undone)."""
 
     __tablename__ = "mpi_decision"
-    __table_args__ = (Index("ix_mpi_decision_source", "source_id", "id"),)
+    __table_args__ = (
+        Index("ix_mpi_decision_source", "source_id", "id"),
+        Index("ix_mpi_decision_other", "other_source_id"),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     # link | unlink | not-duplicate | merge | change-identifier | undo

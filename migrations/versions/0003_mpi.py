@@ -2,7 +2,7 @@
 
 Revision ID: 0003_mpi
 Revises: 0001_intake
-Create Date: 2026-11-29 09:32:15.357126
+Create Date: 2026-11-29 09:42:47.340496
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("mpi_decision", schema=None) as batch_op:
+        batch_op.create_index("ix_mpi_decision_other", ["other_source_id"], unique=False)
         batch_op.create_index("ix_mpi_decision_source", ["source_id", "id"], unique=False)
 
     op.create_table(
@@ -91,6 +92,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("mpi_source", schema=None) as batch_op:
         batch_op.create_index("ix_mpi_source_golden", ["golden_id"], unique=False)
+        batch_op.create_index("ix_mpi_source_replaced_by", ["replaced_by"], unique=False)
 
     op.create_table(
         "mpi_block",
@@ -112,6 +114,7 @@ def downgrade() -> None:
 
     op.drop_table("mpi_block")
     with op.batch_alter_table("mpi_source", schema=None) as batch_op:
+        batch_op.drop_index("ix_mpi_source_replaced_by")
         batch_op.drop_index("ix_mpi_source_golden")
 
     op.drop_table("mpi_source")
@@ -122,6 +125,7 @@ def downgrade() -> None:
     op.drop_table("mpi_review")
     with op.batch_alter_table("mpi_decision", schema=None) as batch_op:
         batch_op.drop_index("ix_mpi_decision_source")
+        batch_op.drop_index("ix_mpi_decision_other")
 
     op.drop_table("mpi_decision")
     # ### end Alembic commands ###
