@@ -181,7 +181,7 @@ def _resolve_one(
     row.active = True
     session.add(row)
     session.flush()
-    _write_blocks(session, sid, content, feats)
+    _write_blocks(session, sid, content, feats, new=True)
     # Every other candidate that is not a certain no-match goes to the stewards: a possible match, or a
     # second golden record the source also matches (two golden records that may be one person).
     _queue_reviews(session, sid, rest)
@@ -200,9 +200,11 @@ def _identifier_keys(content: Mapping[str, Any]) -> set[str]:
     return keys
 
 
-def _write_blocks(session: Session, sid: str, content: Mapping[str, Any], feats: Features) -> None:
+def _write_blocks(
+    session: Session, sid: str, content: Mapping[str, Any], feats: Features, *, new: bool = False
+) -> None:
     keys = {k[:250] for k in blocking_keys(feats)} | _identifier_keys(content)
-    existing = set(session.scalars(select(MpiBlock.key).where(MpiBlock.source_id == sid)))
+    existing = set() if new else set(session.scalars(select(MpiBlock.key).where(MpiBlock.source_id == sid)))
     stale = existing - keys
     if stale:
         session.execute(delete(MpiBlock).where(MpiBlock.source_id == sid, MpiBlock.key.in_(stale)))
@@ -457,11 +459,34 @@ def merge(
         reason=reason,
         data={"link_kind": ret.link_kind, "active": ret.active, "replaced_by": ret.replaced_by},
     )
+    left_behind = [
+        r
+        for r in session.scalars(
+            select(MpiSource).where(MpiSource.golden_id == ret.golden_id, MpiSource.id != retired)
+        )
+        if r.golden_id != surv.golden_id
+    ]
     ret.golden_id = surv.golden_id
     ret.active = False
     ret.replaced_by = survivor
     ret.link_kind = "merge"
     ret.updated_at = _now()
+    # Sources the MPI had linked to the retired patient (other senders' records) are probably the
+    # survivor too; a steward decides, the sender's merge speaks only for its own records.
+    surv_feats = features(surv.content)
+    for other in left_behind:
+        result = compare(features(other.content), surv_feats)
+        _queue_reviews(
+            session,
+            other.id,
+            [
+                Candidate(
+                    surv.golden_id,
+                    survivor,
+                    MatchResult("possible", result.weight, result.comparisons, "merge"),
+                )
+            ],
+        )
     if sync:
         _after_change(session, {decision.golden_id, decision.previous_golden_id}, {survivor, retired})
     return decision

@@ -10,10 +10,11 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from hub.errors import Conflict
+from hub.mapping import MappingResult, SenderContext
 from hub.mpi import service
 from hub.mpi.match import NIK_SYSTEM
 from hub.store import resources as store
-from hub.store.models import MpiDecision, MpiReview, MpiSource
+from hub.store.models import MpiDecision, MpiReview, MpiSource, Resource
 from tests.mpi.builders import ingest, patient, refer
 
 NIK = "3171015505900003"  # woman born 1990-05-15
@@ -77,8 +78,6 @@ def test_data_of_three_hospitals_under_the_golden_compartment(session: Session) 
         }
         store.upsert(session, obs)
     ids = service.linked_patient_ids(session, refer(sources[0]))
-    from hub.store.models import Resource
-
     observations = session.scalars(
         select(Resource.id).where(Resource.resource_type == "Observation", Resource.patient_id.in_(ids))
     ).all()
@@ -286,3 +285,40 @@ def test_a_source_alone_finds_its_match_when_its_data_improve(session: Session) 
     assert refer(b2) == refer(a)
     with pytest.raises(Exception, match="deleted"):
         store.read(session, "Patient", service.golden_id_for(b["id"]))
+
+
+def test_merge_queues_the_retired_patients_other_links_for_review(session: Session) -> None:
+    survivor = patient("RSUD-A", "100", "Budi Santoso", "1985-12-03", "male")
+    retired = patient("RSUD-A", "200", "Agus Budiman", "1979-05-05", "male", district="317101")
+    elsewhere = patient("RS-B", "7", "Agus Budiman", "1979-05-05", "male", district="317101")
+    for facility, res in (("RSUD-A", survivor), ("RSUD-A", retired), ("RS-B", elsewhere)):
+        ingest(session, facility, res)
+    assert refer(retired) == refer(elsewhere)
+    ingest(
+        session,
+        "RSUD-A",
+        survivor,
+        actions=[{"type": "merge", "survivor": survivor["id"], "retired": retired["id"]}],
+    )
+    review = session.scalars(select(MpiReview)).one()
+    assert (review.source_id, review.candidate_source_id, review.reason) == (
+        elsewhere["id"],
+        survivor["id"],
+        "merge",
+    )
+    assert refer(store.read(session, "Patient", elsewhere["id"])) != refer(survivor)
+
+
+def test_golden_prefers_the_most_trusted_sender(session: Session) -> None:
+    settings = service.MpiSettings(sender_trust={"RSUP-PUSAT": 10})
+    trusted = sari("RSUP-PUSAT", "1", name="Sari Dewi Lestari")
+    later = sari("PKM-C", "2", name="Sari D.")
+    for facility, res in (("RSUP-PUSAT", trusted), ("PKM-C", later)):
+        result = MappingResult(resources=[res])
+        service.resolve_identities(session, result, SenderContext(facility=facility), settings)
+        store.upsert(session, res)
+    golden = store.read(session, "Patient", refer(trusted))
+    assert golden["name"][0]["text"] == "Sari Dewi Lestari"
+    # Without trust, the most recent source wins.
+    service.rebuild_golden(session, golden["id"])
+    assert store.read(session, "Patient", golden["id"])["name"][0]["text"] == "Sari D."
