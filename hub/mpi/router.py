@@ -8,6 +8,7 @@ application replaces it with its own session dependency and authentication via `
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterator
 from typing import Any
 
@@ -199,6 +200,60 @@ def review_list(
         .offset(offset)
     )
     return _json({"items": [_review_dict(session, r) for r in reviews]})
+
+
+_PAGE = """<!doctype html>
+<html lang="id"><head><meta charset="utf-8"><title>MPI review queue</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse;width:100%}}
+td,th{{border:1px solid #ccc;padding:.4rem;vertical-align:top}}.agree{{color:#060}}.disagree{{color:#a00}}
+</style></head><body>
+<h1>Possible matches ({count})</h1>
+<p><label>Steward <input id="who" required></label> <label>Reason <input id="why"></label></p>
+<table><thead><tr><th>Weight</th><th>Patient</th><th>Candidate</th><th>Fields</th><th>Decision</th></tr></thead>
+<tbody>{rows}</tbody></table>
+<p id="status" role="status"></p>
+<script>
+async function decide(id, action) {{
+  const who = document.getElementById("who").value.trim();
+  if (!who) {{ document.getElementById("status").textContent = "Enter your name first."; return; }}
+  const why = document.getElementById("why").value;
+  const r = await fetch(`/mpi/review/${{id}}/${{action}}`, {{method: "POST",
+    headers: {{"content-type": "application/json"}}, body: JSON.stringify({{who, why}})}});
+  document.getElementById("status").textContent = r.ok ? `Review ${{id}}: ${{action}} recorded.` : await r.text();
+  if (r.ok) document.getElementById(`review-${{id}}`).remove();
+}}
+</script></body></html>"""
+
+
+def _person_cell(p: dict[str, Any]) -> str:
+    parts = [p.get("name") or "?", p.get("birthDate") or "", p.get("gender") or "", p.get("facility") or ""]
+    return "<br>".join(html.escape(str(x)) for x in parts if x)
+
+
+@router.get("/mpi/review/page")
+def review_page(session: Session = Depends(get_session)) -> Response:
+    """The review queue as a small web page for data stewards."""
+    reviews = list(
+        session.scalars(
+            select(MpiReview).where(MpiReview.status == "open").order_by(MpiReview.weight.desc()).limit(200)
+        )
+    )
+    rows = []
+    for review in reviews:
+        item = _review_dict(session, review)
+        fields = "".join(f'<span class="agree">✓ {html.escape(f)}</span> ' for f in item["agree"]) + "".join(
+            f'<span class="disagree">✗ {html.escape(f)}</span> ' for f in item["disagree"]
+        )
+        rows.append(
+            f'<tr id="review-{review.id}"><td>{review.weight:.1f}<br>{html.escape(review.reason)}</td>'
+            f"<td>{_person_cell(item['source'])}</td><td>{_person_cell(item['candidate'])}</td>"
+            f"<td>{fields}</td><td>"
+            f"<button onclick=\"decide({review.id}, 'link')\">Same person</button> "
+            f"<button onclick=\"decide({review.id}, 'not-duplicate')\">Not a duplicate</button></td></tr>"
+        )
+    page = _PAGE.format(count=len(reviews), rows="".join(rows))
+    return Response(page, media_type="text/html; charset=utf-8")
 
 
 @router.get("/mpi/review/decisions")

@@ -163,3 +163,15 @@ def test_manual_link_and_unlink_endpoints(engine: Engine, client: AsgiClient) ->
     assert resp.status_code == 200 and resp.json()["golden"] != refer(a)
     gone = client.post("/mpi/review/link", json={"source": "nope", "target": a["id"], "who": "steward:ani"})
     assert gone.status_code == 404
+
+
+def test_review_page_lists_the_queue_escaped(engine: Engine, client: AsgiClient) -> None:
+    a = patient("RSUD-A", "1", "Dewi <b>Lestari</b>", "1992-08-17", "female")
+    b = patient("RS-B", "2", "Dewi Lestary", "1992-08-17", "female")
+    load(engine, "RSUD-A", a)
+    load(engine, "RS-B", b)
+    resp = client.get("/mpi/review/page")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    assert "Possible matches (1)" in resp.text
+    assert "Dewi &lt;b&gt;Lestari&lt;/b&gt;" in resp.text and "<b>Lestari" not in resp.text
+    assert "decide(" in resp.text and "Not a duplicate" in resp.text
