@@ -350,6 +350,21 @@ def rebuild_golden(session: Session, golden_id: str, settings: MpiSettings = DEF
                 break
     golden["link"] = [{"other": {"reference": f"Patient/{s.id}"}, "type": "seealso"} for s in sources]
     store.upsert(session, golden)
+    if len(sources) > 1:
+        _settle_reviews(session, {s.id for s in sources})
+
+
+def _settle_reviews(session: Session, members: set[str]) -> None:
+    """Open reviews whose two sources now share a golden record (linked by a later match, a merge or a
+    steward elsewhere) leave the queue as linked."""
+    for review in session.scalars(
+        select(MpiReview).where(
+            MpiReview.status == "open",
+            MpiReview.source_id.in_(members),
+            MpiReview.candidate_source_id.in_(members),
+        )
+    ):
+        review.status, review.decided_at = "linked", _now()
 
 
 def _links_for(session: Session, row: MpiSource) -> list[dict[str, Any]]:

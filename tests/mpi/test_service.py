@@ -322,3 +322,10 @@ def test_golden_prefers_the_most_trusted_sender(session: Session) -> None:
     # Without trust, the most recent source wins.
     service.rebuild_golden(session, golden["id"])
     assert store.read(session, "Patient", golden["id"])["name"][0]["text"] == "Sari D."
+
+
+def test_a_review_settled_by_a_later_link_leaves_the_queue(session: Session) -> None:
+    _, b, review = possible_pair(session)
+    service.link(session, b["id"], review.candidate_source_id, actor="steward:ani", reason="seen the KTP")
+    assert review.status == "linked"
+    assert session.scalars(select(MpiReview).where(MpiReview.status == "open")).all() == []
