@@ -488,9 +488,10 @@ def _token_key(token: str) -> str:
 
 
 def blocking_keys(f: Features) -> set[str]:
-    """Keys under which candidates are looked up; two records of one person share at least one key in all
-    but pathological cases (every field mistyped). Common name tokens (Muhammad, Siti) are left out of
-    name keys so their blocks stay small."""
+    """Keys under which candidates are looked up. Each key is narrow (a name token with most of the birth
+    date, or with the place), and there are several, so that two records of one person share at least one
+    key unless nearly every field is mistyped, while a block stays small with millions of patients. Common
+    name tokens (Muhammad, Siti) are left out of name keys; placeholders get no name keys at all."""
     keys: set[str] = set()
     if f.nik is not None:
         keys.add(f"nik:{f.nik.nik}")
@@ -501,19 +502,26 @@ def blocking_keys(f: Features) -> set[str]:
     for phone in f.phones:
         keys.add(f"tel:{phone}")
     rare = [t for t in f.tokens if t not in _COMMON_TOKENS and len(t) > 1] or [t for t in f.tokens if t]
-    if f.placeholder:
-        rare = []
+    codes = [] if f.placeholder else sorted({_token_key(t) for t in rare})
+    place = f.district or f.postal_code or f.city_text
     if f.birth_date is not None:
         y, m, d = f.birth_date
-        for t in rare:
-            k = _token_key(t)
-            keys.add(f"ny:{k}|{y}")  # name + year: survives day/month typos and transpositions
-            keys.add(f"nmd:{k}|{min(m, d):02d}{max(m, d):02d}")  # name + day/month: survives year typos
-        place = f.district or f.postal_code or f.city_text
+        md = f"{min(m, d):02d}{max(m, d):02d}"  # day and month in either order: transpositions
+        for k in codes:
+            keys.add(f"nyd:{k}|{y // 10}|{md}")  # token + decade + day/month: last-digit year typos
+            if place:
+                keys.add(f"nyp:{k}|{y}|{place}")  # token + year + place: day or month typos
+        for i, a in enumerate(codes):
+            for b in codes[i + 1 : i + 4]:
+                keys.add(f"n2y:{a}|{b}|{y}")  # two tokens + year: day or month typos
+                keys.add(f"n2d:{a}|{b}|{md}")  # two tokens + day/month: any year typo
+        if len(codes) == 1:  # a mononym has no second token to lean on
+            keys.add(f"ny:{codes[0]}|{y}")
+            keys.add(f"nmd:{codes[0]}|{md}")
         if place:
-            keys.add(f"dp:{y:04d}{m:02d}{d:02d}|{place}")  # full date + place: survives a changed name
-    elif rare:
-        keys.add("n:" + "|".join(sorted(_token_key(t) for t in rare)))
+            keys.add(f"dp:{y:04d}{m:02d}{d:02d}|{place}")  # full date + place: a changed name
+    elif codes:
+        keys.add("n:" + "|".join(codes) + (f"|{place}" if place else ""))
     return keys
 
 
