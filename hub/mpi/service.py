@@ -124,7 +124,28 @@ def resolve_identities(
             changed_sources |= {decision.source_id, str(decision.other_source_id)}
             touched |= {str(decision.golden_id), str(decision.previous_golden_id)}
         elif kind == "change-identifier":
-            touched |= _change_identifier(session, action, actor, settings)
+            # A47: the source id derives from the identifier, so the patient of the new identifier is a new
+            # source Patient in this message; the old one is retired into it, exactly as in a merge.
+            new = action.get("new") or {}
+            old_id = str(action.get("patient") or "")
+            successor = next(
+                (
+                    pid
+                    for pid, res in patients.items()
+                    if any(
+                        i.get("system") == new.get("system") and i.get("value") == new.get("value")
+                        for i in res.get("identifier") or []
+                    )
+                ),
+                None,
+            )
+            if successor is not None and successor != old_id and old_id:
+                reason = f"A47: identifier {(action.get('old') or {}).get('value')} replaced"
+                decision = merge(session, successor, old_id, actor=actor, reason=reason, sync=False)
+                changed_sources |= {decision.source_id, str(decision.other_source_id)}
+                touched |= {str(decision.golden_id), str(decision.previous_golden_id)}
+            else:
+                touched |= _change_identifier(session, action, actor, settings)
         elif kind == "unlink":
             ids = [str(p) for p in action.get("patients") or []]
             if len(ids) == 2:

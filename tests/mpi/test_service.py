@@ -329,3 +329,21 @@ def test_a_review_settled_by_a_later_link_leaves_the_queue(session: Session) -> 
     service.link(session, b["id"], review.candidate_source_id, actor="steward:ani", reason="seen the KTP")
     assert review.status == "linked"
     assert session.scalars(select(MpiReview).where(MpiReview.status == "open")).all() == []
+
+
+def test_a47_identifier_change_retires_the_old_source_into_the_new(session: Session) -> None:
+    old = patient("RSUD-A", "OLD-1", "Budi Santoso", "1985-12-03", "male", district="337401")
+    ingest(session, "RSUD-A", old)
+    new = patient("RSUD-A", "NEW-1", "Budi Santoso", "1985-12-03", "male", district="337401")
+    action = {
+        "type": "change-identifier",
+        "patient": old["id"],
+        "old": {"system": "urn:oid:2.16.360.RSUD-A", "value": "OLD-1"},
+        "new": {"system": "urn:oid:2.16.360.RSUD-A", "value": "NEW-1"},
+    }
+    ingest(session, "RSUD-A", new, actions=[action])
+    retired = store.read(session, "Patient", old["id"])
+    assert retired["active"] is False
+    assert {"type": "replaced-by", "other": {"reference": f"Patient/{new['id']}"}} in retired["link"]
+    assert {"type": "replaces", "other": {"reference": f"Patient/{old['id']}"}} in new["link"]
+    assert refer(retired) == refer(new)
