@@ -347,3 +347,17 @@ def test_a47_identifier_change_retires_the_old_source_into_the_new(session: Sess
     assert {"type": "replaced-by", "other": {"reference": f"Patient/{new['id']}"}} in retired["link"]
     assert {"type": "replaces", "other": {"reference": f"Patient/{old['id']}"}} in new["link"]
     assert refer(retired) == refer(new)
+
+
+def test_replaying_a_message_writes_no_new_versions(session: Session) -> None:
+    a = sari("RSUD-A", "1")
+    b = sari("RS-B", "2")
+    ingest(session, "RSUD-A", a)
+    ingest(session, "RS-B", b)
+    golden_version = session.get(Resource, ("Patient", refer(a)))
+    source_version = session.get(Resource, ("Patient", b["id"]))
+    assert golden_version is not None and source_version is not None
+    before = (golden_version.version_id, source_version.version_id)
+    ingest(session, "RS-B", sari("RS-B", "2"))
+    assert (golden_version.version_id, source_version.version_id) == before
+    assert len(session.scalars(select(MpiSource)).all()) == 2
