@@ -153,3 +153,17 @@ def require_role(*roles: str) -> Any:
         return principal
 
     return dependency
+
+
+async def mpi_guard(request: Request) -> Principal:
+    """The MPI routes: ``$match`` and ``$ihe-pix`` need Patient search; the review queue (``/mpi/…``)
+    is for stewards and admins."""
+    principal = await require_principal(request)
+    if request.url.path.startswith("/mpi/"):
+        if principal.role not in ("steward", "admin"):
+            raise Forbidden(
+                f"role {principal.role} may not use the MPI review queue (needs steward or admin)"
+            )
+    else:
+        principal.require("Patient", "s")
+    return principal

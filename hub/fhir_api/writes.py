@@ -25,6 +25,7 @@ from hub.errors import BadRequest, HubError, NotFound, PreconditionFailed, Unpro
 from hub.fhir_api.bundle import fhir_instant
 from hub.fhir_api.outcome import error_outcome
 from hub.fhir_api.search import check_type, find_ids
+from hub.mpi.service import GOLDEN_TAG
 from hub.store import resources as store
 
 ID_NAMESPACE = uuid.UUID("6f1c9a4e-2b1d-5d8e-9c4a-0d6a1f0e7b21")
@@ -39,6 +40,13 @@ class WriteResult:
     version_id: int
     last_updated: datetime
     content: bytes
+
+
+def _find_source_ids(session: Session, resource_type: str, params: list[tuple[str, str]]) -> list[str]:
+    """Conditional writes match only what senders own: golden Patients are the MPI's, never a target."""
+    if resource_type == "Patient":
+        params = [*params, ("_tag:not", f"{GOLDEN_TAG['system']}|{GOLDEN_TAG['code']}")]
+    return find_ids(session, resource_type, params)
 
 
 def _check_body(resource_type: str, body: Any) -> dict[str, Any]:
@@ -118,7 +126,7 @@ def create(
     resource = dict(_check_body(resource_type, body))
     targets = targets if targets is not None else []
     if if_none_exist:
-        found = find_ids(session, resource_type, parse_qsl(if_none_exist.split("?", 1)[-1]))
+        found = _find_source_ids(session, resource_type, parse_qsl(if_none_exist.split("?", 1)[-1]))
         if len(found) > 1:
             raise PreconditionFailed(f"If-None-Exist {if_none_exist!r} matches more than one {resource_type}")
         if found:
@@ -163,7 +171,7 @@ def conditional_update(
     facility: str | None = None,
 ) -> WriteResult:
     resource = dict(_check_body(resource_type, body))
-    found = find_ids(session, resource_type, criteria)
+    found = _find_source_ids(session, resource_type, criteria)
     if len(found) > 1:
         raise PreconditionFailed(f"the criteria match more than one {resource_type}")
     if found:
@@ -263,7 +271,9 @@ def process_bundle(
             req, res = entry.get("request") or {}, entry.get("resource")
             if req.get("method") == "POST" and isinstance(res, dict) and entry.get("fullUrl"):
                 if req.get("ifNoneExist"):
-                    found = find_ids(session, res.get("resourceType", ""), parse_qsl(req["ifNoneExist"]))
+                    found = _find_source_ids(
+                        session, res.get("resourceType", ""), parse_qsl(req["ifNoneExist"])
+                    )
                     if len(found) > 1:
                         raise PreconditionFailed(f"ifNoneExist {req['ifNoneExist']!r} matches several")
                     if found:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Double,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -265,3 +266,89 @@ Index("ix_resource_compartment", Resource.patient_id, Resource.resource_type, Re
 # ---------------------------------------------------------------------------------------------------------
 # end of the search index section
 # ---------------------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Master patient index (hub.mpi.service). Source Patients, their blocking keys, the review queue of possible
+# matches and the stewards' decisions. The golden Patients themselves are ordinary rows of ``resource``.
+# ---------------------------------------------------------------------------------------------------------
+
+
+class MpiSource(Base):
+    """One source Patient (sender + PID-3 identifier) and the one golden Patient it is linked to."""
+
+    __tablename__ = "mpi_source"
+    __table_args__ = (
+        Index("ix_mpi_source_golden", "golden_id"),
+        Index("ix_mpi_source_replaced_by", "replaced_by"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the source Patient id
+    golden_id: Mapped[str] = mapped_column(String(64))
+    facility: Mapped[str] = mapped_column(String(200), default="")
+    # new (own golden) | auto (matched) | manual (a steward's or sender's decision; never moved
+    # automatically) | merge (retired by an A40/A34 merge)
+    link_kind: Mapped[str] = mapped_column(String(16), default="new")
+    weight: Mapped[float | None] = mapped_column(Float)  # the match weight of an automatic link
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    replaced_by: Mapped[str | None] = mapped_column(String(64))  # survivor of a merge
+    content: Mapped[Any] = mapped_column(JSONVariant)  # the source Patient as last received, without links
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MpiBlock(Base):
+    """Blocking keys (``nik:…``, ``ny:<soundex>|<year>``, …) and identifier keys (``ident:system|value``)."""
+
+    __tablename__ = "mpi_block"
+    __table_args__ = (Index("ix_mpi_block_source", "source_id"),)
+
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    source_id: Mapped[str] = mapped_column(ForeignKey("mpi_source.id", ondelete="CASCADE"), primary_key=True)
+
+
+class MpiReview(Base):
+    """A possible match waiting for a data steward: a source and the golden record it may belong to."""
+
+    __tablename__ = "mpi_review"
+    __table_args__ = (
+        Index("ux_mpi_review_pair", "source_id", "candidate_source_id", unique=True),
+        Index("ix_mpi_review_status", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    source_id: Mapped[str] = mapped_column(String(64))
+    candidate_source_id: Mapped[str] = mapped_column(String(64))  # the best-scoring source of the candidate
+    golden_id: Mapped[str] = mapped_column(String(64))  # the candidate's golden when the review was queued
+    weight: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(String(32))
+    comparisons: Mapped[Any] = mapped_column(JSONVariant)  # [{"field", "level", "weight"}]
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | linked | not-duplicate
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column()
+
+
+class MpiDecision(Base):
+    """Every identity decision made by a steward or an HL7 merge message: who, when, why, and what it
+    replaced (so that it can be undone)."""
+
+    __tablename__ = "mpi_decision"
+    __table_args__ = (
+        Index("ix_mpi_decision_source", "source_id", "id"),
+        Index("ix_mpi_decision_other", "other_source_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    # link | unlink | not-duplicate | merge | change-identifier | undo
+    action: Mapped[str] = mapped_column(String(32))
+    source_id: Mapped[str] = mapped_column(String(64))
+    other_source_id: Mapped[str | None] = mapped_column(String(64))
+    golden_id: Mapped[str | None] = mapped_column(String(64))
+    previous_golden_id: Mapped[str | None] = mapped_column(String(64))
+    review_id: Mapped[int | None] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[Any | None] = mapped_column(JSONVariant)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    undone_at: Mapped[datetime | None] = mapped_column()
+    undone_by: Mapped[int | None] = mapped_column(BigInteger)  # the id of the undo decision

@@ -80,6 +80,16 @@ def test_fhirpy_reads_searches_and_writes(
     new.save()
     assert new["meta"]["versionId"] == "2"
     found = clinician.resources("Patient").search(family="lestari", birthdate="1990").fetch()
-    assert [p["id"] for p in found] == [new["id"]]
+    # The MPI gave the new source Patient a golden record (tagged); both match the search.
+    golden_tag = "https://hub.kemkes.go.id/fhir/CodeSystem/mpi|golden"
+    (golden,) = [p for p in found if p["id"] != new["id"]]
+    assert {p["id"] for p in found} == {new["id"], golden["id"]}
+    assert [(link["type"], link["other"]["reference"]) for link in golden["link"]] == [
+        ("seealso", f"Patient/{new['id']}")
+    ]
+    sources = clinician.resources("Patient").search(family="lestari", _tag__not=golden_tag).fetch()
+    assert [p["id"] for p in sources] == [new["id"]]
+    goldens = clinician.resources("Patient").search(family="lestari", _tag=golden_tag).fetch()
+    assert [p["id"] for p in goldens] == [golden["id"]]
     with pytest.raises(ForbiddenError):
         clinician.resource("Patient", name=[{"family": "X"}]).save()  # a clinician may not write

@@ -48,7 +48,11 @@ def test_create_and_conditional_create(
     )
     assert r.status_code == 412
     # Written resources are searchable at once, and each write left a Provenance naming the sender.
+    # (The MPI gave each new source Patient a golden record carrying its identifiers, tagged as golden.)
     found = client.get("/fhir/Patient?identifier=W-3", headers=auth).json()
+    assert len(match_ids(found)) == 2
+    golden = "https://hub.kemkes.go.id/fhir/CodeSystem/mpi|golden"
+    found = client.get(f"/fhir/Patient?identifier=W-3&_tag:not={golden}", headers=auth).json()
     assert len(match_ids(found)) == 1
     prov = client.get(f"/fhir/Provenance?target=Patient/{rid}", headers=auth).json()
     assert len(match_ids(prov)) == 1
@@ -128,8 +132,10 @@ def test_transaction_resolves_placeholders(
     assert [e["response"]["status"] for e in out["entry"][:2]] == ["201 Created", "201 Created"]
     patient_id = out["entry"][1]["resource"]["id"]
     assert out["entry"][0]["resource"]["subject"]["reference"] == f"Patient/{patient_id}"
-    # The GET ran after the writes, inside the same transaction.
-    assert match_ids(out["entry"][2]["resource"]) == [patient_id]
+    # The GET ran after the writes, inside the same transaction (it finds the new source Patient and
+    # the golden record the MPI made for it).
+    got = out["entry"][2]["resource"]
+    assert patient_id in match_ids(got) and len(match_ids(got)) == 2
     found = client.get(f"/fhir/Observation?patient={patient_id}", headers=auth).json()
     assert len(match_ids(found)) == 1
 
