@@ -84,6 +84,10 @@ def set_value(obj: dict[str, Any], steps: tuple[Step, ...], value: Any, with_: d
             if inferred is None:
                 raise MappingError(f"{name}[x] needs a typed value (a datatype or the choice transform)")
             value = Choice(inferred, value)
+        # A choice element holds one type: a later field (PID-25 birth order after PID-24, PID-29 date
+        # after PID-30 flag) replaces what an earlier one set.
+        for key in [k for k in obj if k.startswith(name) and k[len(name) : len(name) + 1].isupper()]:
+            del obj[key]
         obj[name + value.type] = value.value
     elif isinstance(value, Choice):
         obj[name] = value.value

@@ -242,3 +242,17 @@ def test_document_date_is_an_instant_even_from_a_bare_date() -> None:
     text = read(HL7_DIR / "mdm_t02.hl7").replace("|20261105110000|", "|20261105|", 1)
     (doc,) = by_type(map_text(text), "DocumentReference")
     assert doc["date"] == "2026-11-05T00:00:00+07:00"
+
+
+def test_a_choice_element_takes_one_type_the_later_field_wins() -> None:
+    """PID-24 (multiple birth flag) and PID-25 (birth order) both map to multipleBirth[x]; so do PID-30
+    and PID-29 to deceased[x]. FHIR allows one type per choice: the more specific, later field wins."""
+    text = read(HL7_DIR / "adt_a01.hl7")
+    pid = next(line for line in text.split("\r") if line.startswith("PID"))
+    fields = pid.split("|") + [""] * 40
+    fields[24], fields[25] = "Y", "2"
+    fields[29], fields[30] = "20261102101500+0700", "Y"
+    text = text.replace(pid, "|".join(fields[:31]))
+    (patient,) = by_type(map_text(text), "Patient")
+    assert patient["multipleBirthInteger"] == 2 and "multipleBirthBoolean" not in patient
+    assert patient["deceasedDateTime"].startswith("2026-11-02T10:15") and "deceasedBoolean" not in patient
