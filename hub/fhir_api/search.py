@@ -334,7 +334,12 @@ def _value_condition(session: Session, model: Any, param: SearchParam, modifier:
             return model.exact == v
         if modifier == "contains":
             return model.value.like("%" + _like_escape(normalize(v)) + "%", escape="\\")
-        return model.value.like(_like_escape(normalize(v)) + "%", escape="\\")
+        prefix = normalize(v)
+        cond = model.value.like(_like_escape(prefix) + "%", escape="\\")
+        if session.get_bind().dialect.name == "sqlite" and prefix:
+            # SQLite uses an index for LIKE only on NOCASE columns; the byte-order range lets it seek.
+            cond = and_(model.value >= prefix, model.value < prefix + "\U0010ffff", cond)
+        return cond
     if param.type == DATE:
         prefix, value = _prefix(v)
         rng = date_range(value)

@@ -161,7 +161,16 @@ class SearchString(Base):
 
     __tablename__ = "search_string"
     __table_args__ = (
-        Index("ix_search_string_value", "resource_type", "param", "value", "resource_id"),
+        # varchar_pattern_ops: PostgreSQL answers LIKE 'prefix%' (the default string search) from the
+        # index whatever the database collation.
+        Index(
+            "ix_search_string_value",
+            "resource_type",
+            "param",
+            "value",
+            "resource_id",
+            postgresql_ops={"value": "varchar_pattern_ops"},
+        ),
         Index("ix_search_string_resource", "resource_type", "resource_id"),
     )
 
@@ -249,7 +258,14 @@ class SearchUri(Base):
 
     __tablename__ = "search_uri"
     __table_args__ = (
-        Index("ix_search_uri_value", "resource_type", "param", "value", "resource_id"),
+        Index(
+            "ix_search_uri_value",
+            "resource_type",
+            "param",
+            "value",
+            "resource_id",
+            postgresql_ops={"value": "varchar_pattern_ops"},
+        ),
         Index("ix_search_uri_resource", "resource_type", "resource_id"),
     )
 
