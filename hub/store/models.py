@@ -200,12 +200,14 @@ class SearchDate(Base):
 
 
 class SearchReference(Base):
-    """reference parameters; ``target_type``/``target_id`` for relative references, ``url`` otherwise."""
+    """reference parameters: ``target_type``/``target_id`` of a relative reference (or of an absolute URL
+    ending in Type/id); any other reference is kept whole in ``target_id`` with ``target_type`` empty."""
 
     __tablename__ = "search_reference"
+    # target_id leads: a reference given without its type (subject=123) still seeks the index.
     __table_args__ = (
         Index(
-            "ix_search_reference_target", "target_type", "target_id", "param", "resource_type", "resource_id"
+            "ix_search_reference_target", "target_id", "target_type", "param", "resource_type", "resource_id"
         ),
         Index("ix_search_reference_resource", "resource_type", "resource_id"),
     )

@@ -91,7 +91,7 @@ def upgrade() -> None:
         batch_op.create_index("ix_search_reference_resource", ["resource_type", "resource_id"], unique=False)
         batch_op.create_index(
             "ix_search_reference_target",
-            ["target_type", "target_id", "param", "resource_type", "resource_id"],
+            ["target_id", "target_type", "param", "resource_type", "resource_id"],
             unique=False,
         )
 
