@@ -167,6 +167,8 @@ def parse_query(
     q = Query(resource_type)
     defs = params_of(resource_type)
     for name, raw in params:
+        if raw == "":
+            continue  # R4 3.1.1.5: a parameter with an empty value is ignored
         if name in CONTROL_PARAMS or name.split(":")[0] in ("_include", "_revinclude"):
             _control(q, name, raw)
             continue

@@ -100,6 +100,7 @@ def test_token(search: Search) -> None:
     assert search("/fhir/Observation?status=|final") == ["obsA1", "obsA2", "obsB1", "obsB2"]
     assert search("/fhir/Observation?code=http://loinc.org|") == ["obsA1", "obsA2", "obsB1", "obsB2", "obsO1"]
     assert search("/fhir/Observation?code=8462-4,2345-7") == ["obsA2", "obsB2"]
+    assert search("/fhir/Observation?code=&status=amended") == ["obsO1"]  # empty values are ignored
     assert search("/fhir/Observation?code:not=8480-6") == ["obsA2", "obsB2"]
     assert search("/fhir/Observation?code:text=diastolic") == ["obsA2"]
     assert search("/fhir/Observation?category=laboratory") == ["obsB2"]
