@@ -611,17 +611,28 @@ def search(session: Session, q: Query) -> Page:
 
 
 def _fetch(session: Session, keys: Iterable[tuple[str, str]]) -> list[Row]:
+    """Current resources by (type, id), in one round trip per 500 ids."""
     by_type: dict[str, list[str]] = {}
     for t, i in keys:
         by_type.setdefault(t, []).append(i)
     out: list[Row] = []
-    for t, ids in by_type.items():
+    batch: list[Any] = []
+    size = 0
+    for t, ids in sorted(by_type.items()):
         for chunk in _chunks(sorted(set(ids)), 500):
-            rows = session.execute(
-                select(R.id, R.content).where(R.resource_type == t, R.id.in_(chunk), R.deleted.is_(False))
-            )
-            out.extend(Row(t, r.id, r.content, "include") for r in rows)
+            batch.append(and_(R.resource_type == t, R.id.in_(chunk)))
+            size += len(chunk)
+            if size >= 500:
+                out.extend(_fetch_batch(session, batch))
+                batch, size = [], 0
+    if batch:
+        out.extend(_fetch_batch(session, batch))
     return out
+
+
+def _fetch_batch(session: Session, conds: list[Any]) -> list[Row]:
+    rows = session.execute(select(R.resource_type, R.id, R.content).where(or_(*conds), R.deleted.is_(False)))
+    return [Row(r.resource_type, r.id, r.content, "include") for r in rows]
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
@@ -642,10 +653,9 @@ def resolve_includes(
     frontier = matches
     for depth in range(MAX_ITERATE):
         wanted: set[tuple[str, str]] = set()
-        for spec, iterate in include:
-            if depth > 0 and not iterate:
-                continue
-            wanted |= _forward(session, frontier, spec)
+        specs = [spec for spec, iterate in include if depth == 0 or iterate]
+        if specs:
+            wanted |= _forward(session, frontier, specs)
         for spec, iterate in revinclude:
             if depth > 0 and not iterate:
                 continue
@@ -668,26 +678,34 @@ def _include_spec(spec: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2] if len(parts) > 2 else ""
 
 
-def _forward(session: Session, frontier: list[Row], spec: str) -> set[tuple[str, str]]:
-    src_type, pname, target = _include_spec(spec)
+def _forward(session: Session, frontier: list[Row], specs: list[str]) -> set[tuple[str, str]]:
+    """Targets of the frontier's references named by the _include specs: one query per source type."""
+    parsed = [(spec, *_include_spec(spec)) for spec in specs]
     out: set[tuple[str, str]] = set()
     by_type: dict[str, list[str]] = {}
     for r in frontier:
         by_type.setdefault(r.resource_type, []).append(r.id)
     for rtype, ids in by_type.items():
-        if src_type not in ("*", rtype):
+        ors = []
+        for spec, src_type, pname, target in parsed:
+            if src_type not in ("*", rtype):
+                continue
+            if pname != "*" and (p := params_of(rtype).get(pname)) is not None and p.type != REFERENCE:
+                raise BadRequest(f"_include {spec}: {pname} is not a reference parameter")
+            conds = []
+            if pname != "*":
+                conds.append(SearchReference.param == pname)
+            if target:
+                conds.append(SearchReference.target_type == target)
+            ors.append(and_(true(), *conds))
+        if not ors:
             continue
-        if pname != "*" and (p := params_of(rtype).get(pname)) is not None and p.type != REFERENCE:
-            raise BadRequest(f"_include {spec}: {pname} is not a reference parameter")
         stmt = select(SearchReference.target_type, SearchReference.target_id).where(
             SearchReference.resource_type == rtype,
             SearchReference.resource_id.in_(ids),
             SearchReference.target_type != "",
+            or_(*ors),
         )
-        if pname != "*":
-            stmt = stmt.where(SearchReference.param == pname)
-        if target:
-            stmt = stmt.where(SearchReference.target_type == target)
         out |= {(t, i) for t, i in session.execute(stmt)}
     return out
 
@@ -717,6 +735,9 @@ def _reverse(session: Session, frontier: list[Row], spec: str) -> set[tuple[str,
 # --- $everything --------------------------------------------------------------------------------------
 
 _REFERENCED_TYPES = ("Practitioner", "PractitionerRole", "Organization", "Location", "Medication", "Device")
+_REFERENCE_RE = re.compile(
+    rb'"reference":"(' + "|".join(_REFERENCED_TYPES).encode() + rb')/([A-Za-z0-9.-]{1,64})"'
+)
 
 
 @dataclass(slots=True)
@@ -785,20 +806,13 @@ def everything(session: Session, eq: EverythingQuery) -> Page:
 
 
 def _referenced(session: Session, matches: list[Row]) -> list[Row]:
-    """Practitioners, organisations, locations … that the page's resources point at."""
-    if not matches:
-        return []
-    by_type: dict[str, list[str]] = {}
-    for r in matches:
-        by_type.setdefault(r.resource_type, []).append(r.id)
+    """Practitioners, organisations, locations … that the page's resources point at, found by scanning
+    the stored bytes (compact orjson, so every reference reads ``"reference":"Type/id"``) rather than by
+    one index probe per resource."""
     wanted: set[tuple[str, str]] = set()
-    for rtype, ids in by_type.items():
-        stmt = select(SearchReference.target_type, SearchReference.target_id).where(
-            SearchReference.resource_type == rtype,
-            SearchReference.resource_id.in_(ids),
-            SearchReference.target_type.in_(_REFERENCED_TYPES),
-        )
-        wanted |= {(t, i) for t, i in session.execute(stmt)}
+    for row in matches:
+        for m in _REFERENCE_RE.finditer(row.content):
+            wanted.add((m.group(1).decode(), m.group(2).decode()))
     return _fetch(session, wanted)
 
 
