@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             operation_outcome("error", exc.code, exc.message),
             status_code=exc.http_status,
             media_type="application/fhir+json",
+            headers=getattr(exc, "headers", None),
         )
 
     from hub.fhir_api.routers import public as fhir_public
