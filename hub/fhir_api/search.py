@@ -88,10 +88,10 @@ CONTROL_PARAMS = frozenset(
 )
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 MODIFIERS: dict[str, frozenset[str]] = {
-    TOKEN: frozenset({"not", "text", "missing"}),
+    TOKEN: frozenset({"not", "text", "missing", "of-type"}),
     STRING: frozenset({"exact", "contains", "missing"}),
     DATE: frozenset({"missing"}),
-    REFERENCE: frozenset({"missing"}),  # plus a resource type (subject:Patient)
+    REFERENCE: frozenset({"missing", "identifier"}),  # plus a resource type (subject:Patient)
     QUANTITY: frozenset({"missing"}),
     NUMBER: frozenset({"missing"}),
     URI: frozenset({"below", "above", "missing"}),
@@ -272,6 +272,14 @@ def criterion(
         return not_(cond) if modifier == "not" else cond
     if param.type == COMPOSITE:
         return or_(*(_composite(session, rtype, param, v, id_col) for v in values))
+    if modifier in ("of-type", "identifier"):
+        return id_col.in_(
+            select(SearchToken.resource_id).where(
+                SearchToken.resource_type == rtype,
+                SearchToken.param == f"{param.name}:{modifier}",
+                or_(*(_modifier_token(modifier, v) for v in values)),
+            )
+        )
     model = INDEX_MODEL[param.type]
     ors = [_value_condition(session, model, param, modifier, v) for v in values]
     matching = select(model.resource_id).where(
@@ -280,6 +288,17 @@ def criterion(
     if modifier == "not":
         return id_col.not_in(matching)
     return id_col.in_(matching)
+
+
+def _modifier_token(modifier: str, v: str) -> Any:
+    """``identifier:of-type=type-system|type-code|value``; ``subject:identifier=system|value``."""
+    if modifier == "of-type":
+        parts = v.split("|")
+        if len(parts) != 3 or not parts[2]:
+            raise BadRequest(f":of-type takes system|code|value, not {v!r}")
+        return and_(SearchToken.system == f"{parts[0]}|{parts[1]}", SearchToken.code == parts[2])
+    system, bar, code = v.rpartition("|")
+    return and_(SearchToken.system == system, SearchToken.code == code) if bar else SearchToken.code == v
 
 
 def _special(param: SearchParam, values: list[str], id_col: Any) -> Any:
