@@ -66,7 +66,7 @@ class Figures:
 
     def report(self) -> str:
         lines = [
-            f"loaded {self.resources:,} resources in {self.load_s:.1f} s ({self.resources / self.load_s:,.0f}/s)",
+            f"{self.resources:,} resources, loaded in {self.load_s:.1f} s ({self.resources / self.load_s:,.0f}/s)",
             f"{'query':<44} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}",
         ]
         for name, values in self.timings.items():
@@ -420,17 +420,21 @@ def run(
     page: int = 500,
     admin_url: str = PG_URL,
     database_url: str | None = None,
+    load_data: bool = True,
 ) -> Figures:
-    """Load ``resources`` into a fresh PostgreSQL database (or ``database_url``), serve it, measure."""
+    """Load ``resources`` into a fresh PostgreSQL database (or into ``database_url``, which is kept;
+    ``load_data=False`` measures what an earlier run loaded there), serve it, measure."""
     with tempfile.TemporaryDirectory() as tmp:
         ctx = pg_database(admin_url) if database_url is None else _given(database_url)
         with ctx as url:
-            upgrade(url)
-            engine = make_engine(url)
-            start = time.perf_counter()
-            loaded = load(engine, generate(resources, patients))
-            load_s = time.perf_counter() - start
-            engine.dispose()
+            loaded, load_s = resources, float("nan")
+            if load_data:
+                upgrade(url)
+                engine = make_engine(url)
+                start = time.perf_counter()
+                loaded = load(engine, generate(resources, patients))
+                load_s = time.perf_counter() - start
+                engine.dispose()
             var_dir = Path(tmp) / "var"
             token = issue_token(Settings(var_dir=var_dir, database_url=url), "clinician")
             with serve(url, var_dir) as base:
@@ -450,6 +454,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--page", type=int, default=500, help="$everything page size")
     parser.add_argument("--admin-url", default=PG_URL)
+    parser.add_argument("--database-url", help="load into (and keep) this database instead of a fresh one")
+    parser.add_argument("--no-load", action="store_true", help="measure what --database-url already holds")
     args, _unknown = parser.parse_known_args(argv)
     figures = run(
         resources=args.resources,
@@ -457,6 +463,8 @@ def main(argv: list[str]) -> int:
         repeats=args.repeats,
         page=args.page,
         admin_url=args.admin_url,
+        database_url=args.database_url,
+        load_data=not args.no_load,
     )
     print(figures.report())
     return 0

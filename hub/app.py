@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             operation_outcome("error", exc.code, exc.message),
             status_code=exc.http_status,
             media_type="application/fhir+json",
+            headers=getattr(exc, "headers", None),
         )
 
     from hub.ingest.http import router as hl7_router

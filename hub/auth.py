@@ -108,6 +108,12 @@ class Principal:
             raise Forbidden(f"role {self.role} may not {_VERBS[interaction]} {resource_type}")
 
 
+class BearerRequired(Unauthorized):
+    """401 with the challenge RFC 6750 asks for."""
+
+    headers = {"WWW-Authenticate": 'Bearer realm="hub"'}
+
+
 _VERBS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
 
 
@@ -121,12 +127,12 @@ def decode_token(settings: Settings, token: str) -> Principal:
             options={"require": ["exp", "iat", "sub", "role"]},
         )
     except jwt.ExpiredSignatureError as exc:
-        raise Unauthorized("the bearer token has expired", code="login") from exc
+        raise BearerRequired("the bearer token has expired") from exc
     except jwt.InvalidTokenError as exc:
-        raise Unauthorized(f"the bearer token is not valid ({exc})") from exc
+        raise BearerRequired(f"the bearer token is not valid ({exc})") from exc
     role = claims.get("role")
     if role not in ROLES:
-        raise Unauthorized("the bearer token carries no known role")
+        raise BearerRequired("the bearer token carries no known role")
     scope = claims.get("scope", "")
     return Principal(str(claims["sub"]), str(role), tuple(str(scope).split()))
 
@@ -137,7 +143,7 @@ async def require_principal(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("an Authorization: Bearer token is required")
+        raise BearerRequired("an Authorization: Bearer token is required")
     principal = decode_token(request.app.state.settings, token.strip())
     request.state.principal = principal
     return principal

@@ -69,8 +69,8 @@ def capability_statement(base: str) -> bytes:
             {
                 "mode": "server",
                 "documentation": (
-                    "Search: token system|code, |code, system|, :not, :text; string :exact, :contains; "
-                    "date prefixes eq ne lt gt le ge sa eb ap; reference by id, Type/id, :Type and one "
+                    "Search: token system|code, |code, system|, :not, :text, :of-type; string :exact, :contains; "
+                    "date prefixes eq ne lt gt le ge sa eb ap; reference by id, Type/id, :Type, :identifier and one "
                     "level of chaining; quantity and number with prefixes and units; uri :below, :above; "
                     ":missing on every type; composite parameters; _has (one level); _include and "
                     "_revinclude with :iterate; _sort, _count, _summary (true, text, data, count), "

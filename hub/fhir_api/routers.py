@@ -85,7 +85,7 @@ async def raw_body(request: Request) -> bytes:
 
 
 @public.get("/metadata")
-def metadata(request: Request) -> Response:
+async def metadata(request: Request) -> Response:
     return _fhir(capability_statement(_base(request)))
 
 

@@ -88,10 +88,10 @@ CONTROL_PARAMS = frozenset(
 )
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 MODIFIERS: dict[str, frozenset[str]] = {
-    TOKEN: frozenset({"not", "text", "missing"}),
+    TOKEN: frozenset({"not", "text", "missing", "of-type"}),
     STRING: frozenset({"exact", "contains", "missing"}),
     DATE: frozenset({"missing"}),
-    REFERENCE: frozenset({"missing"}),  # plus a resource type (subject:Patient)
+    REFERENCE: frozenset({"missing", "identifier"}),  # plus a resource type (subject:Patient)
     QUANTITY: frozenset({"missing"}),
     NUMBER: frozenset({"missing"}),
     URI: frozenset({"below", "above", "missing"}),
@@ -167,6 +167,8 @@ def parse_query(
     q = Query(resource_type)
     defs = params_of(resource_type)
     for name, raw in params:
+        if raw == "":
+            continue  # R4 3.1.1.5: a parameter with an empty value is ignored
         if name in CONTROL_PARAMS or name.split(":")[0] in ("_include", "_revinclude"):
             _control(q, name, raw)
             continue
@@ -270,6 +272,14 @@ def criterion(
         return not_(cond) if modifier == "not" else cond
     if param.type == COMPOSITE:
         return or_(*(_composite(session, rtype, param, v, id_col) for v in values))
+    if modifier in ("of-type", "identifier"):
+        return id_col.in_(
+            select(SearchToken.resource_id).where(
+                SearchToken.resource_type == rtype,
+                SearchToken.param == f"{param.name}:{modifier}",
+                or_(*(_modifier_token(modifier, v) for v in values)),
+            )
+        )
     model = INDEX_MODEL[param.type]
     ors = [_value_condition(session, model, param, modifier, v) for v in values]
     matching = select(model.resource_id).where(
@@ -278,6 +288,17 @@ def criterion(
     if modifier == "not":
         return id_col.not_in(matching)
     return id_col.in_(matching)
+
+
+def _modifier_token(modifier: str, v: str) -> Any:
+    """``identifier:of-type=type-system|type-code|value``; ``subject:identifier=system|value``."""
+    if modifier == "of-type":
+        parts = v.split("|")
+        if len(parts) != 3 or not parts[2]:
+            raise BadRequest(f":of-type takes system|code|value, not {v!r}")
+        return and_(SearchToken.system == f"{parts[0]}|{parts[1]}", SearchToken.code == parts[2])
+    system, bar, code = v.rpartition("|")
+    return and_(SearchToken.system == system, SearchToken.code == code) if bar else SearchToken.code == v
 
 
 def _special(param: SearchParam, values: list[str], id_col: Any) -> Any:
@@ -334,7 +355,12 @@ def _value_condition(session: Session, model: Any, param: SearchParam, modifier:
             return model.exact == v
         if modifier == "contains":
             return model.value.like("%" + _like_escape(normalize(v)) + "%", escape="\\")
-        return model.value.like(_like_escape(normalize(v)) + "%", escape="\\")
+        prefix = normalize(v)
+        cond = model.value.like(_like_escape(prefix) + "%", escape="\\")
+        if session.get_bind().dialect.name == "sqlite" and prefix:
+            # SQLite uses an index for LIKE only on NOCASE columns; the byte-order range lets it seek.
+            cond = and_(model.value >= prefix, model.value < prefix + "\U0010ffff", cond)
+        return cond
     if param.type == DATE:
         prefix, value = _prefix(v)
         rng = date_range(value)
@@ -604,17 +630,28 @@ def search(session: Session, q: Query) -> Page:
 
 
 def _fetch(session: Session, keys: Iterable[tuple[str, str]]) -> list[Row]:
+    """Current resources by (type, id), in one round trip per 500 ids."""
     by_type: dict[str, list[str]] = {}
     for t, i in keys:
         by_type.setdefault(t, []).append(i)
     out: list[Row] = []
-    for t, ids in by_type.items():
+    batch: list[Any] = []
+    size = 0
+    for t, ids in sorted(by_type.items()):
         for chunk in _chunks(sorted(set(ids)), 500):
-            rows = session.execute(
-                select(R.id, R.content).where(R.resource_type == t, R.id.in_(chunk), R.deleted.is_(False))
-            )
-            out.extend(Row(t, r.id, r.content, "include") for r in rows)
+            batch.append(and_(R.resource_type == t, R.id.in_(chunk)))
+            size += len(chunk)
+            if size >= 500:
+                out.extend(_fetch_batch(session, batch))
+                batch, size = [], 0
+    if batch:
+        out.extend(_fetch_batch(session, batch))
     return out
+
+
+def _fetch_batch(session: Session, conds: list[Any]) -> list[Row]:
+    rows = session.execute(select(R.resource_type, R.id, R.content).where(or_(*conds), R.deleted.is_(False)))
+    return [Row(r.resource_type, r.id, r.content, "include") for r in rows]
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
@@ -635,10 +672,9 @@ def resolve_includes(
     frontier = matches
     for depth in range(MAX_ITERATE):
         wanted: set[tuple[str, str]] = set()
-        for spec, iterate in include:
-            if depth > 0 and not iterate:
-                continue
-            wanted |= _forward(session, frontier, spec)
+        specs = [spec for spec, iterate in include if depth == 0 or iterate]
+        if specs:
+            wanted |= _forward(session, frontier, specs)
         for spec, iterate in revinclude:
             if depth > 0 and not iterate:
                 continue
@@ -661,26 +697,34 @@ def _include_spec(spec: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2] if len(parts) > 2 else ""
 
 
-def _forward(session: Session, frontier: list[Row], spec: str) -> set[tuple[str, str]]:
-    src_type, pname, target = _include_spec(spec)
+def _forward(session: Session, frontier: list[Row], specs: list[str]) -> set[tuple[str, str]]:
+    """Targets of the frontier's references named by the _include specs: one query per source type."""
+    parsed = [(spec, *_include_spec(spec)) for spec in specs]
     out: set[tuple[str, str]] = set()
     by_type: dict[str, list[str]] = {}
     for r in frontier:
         by_type.setdefault(r.resource_type, []).append(r.id)
     for rtype, ids in by_type.items():
-        if src_type not in ("*", rtype):
+        ors = []
+        for spec, src_type, pname, target in parsed:
+            if src_type not in ("*", rtype):
+                continue
+            if pname != "*" and (p := params_of(rtype).get(pname)) is not None and p.type != REFERENCE:
+                raise BadRequest(f"_include {spec}: {pname} is not a reference parameter")
+            conds = []
+            if pname != "*":
+                conds.append(SearchReference.param == pname)
+            if target:
+                conds.append(SearchReference.target_type == target)
+            ors.append(and_(true(), *conds))
+        if not ors:
             continue
-        if pname != "*" and (p := params_of(rtype).get(pname)) is not None and p.type != REFERENCE:
-            raise BadRequest(f"_include {spec}: {pname} is not a reference parameter")
         stmt = select(SearchReference.target_type, SearchReference.target_id).where(
             SearchReference.resource_type == rtype,
             SearchReference.resource_id.in_(ids),
             SearchReference.target_type != "",
+            or_(*ors),
         )
-        if pname != "*":
-            stmt = stmt.where(SearchReference.param == pname)
-        if target:
-            stmt = stmt.where(SearchReference.target_type == target)
         out |= {(t, i) for t, i in session.execute(stmt)}
     return out
 
@@ -710,6 +754,9 @@ def _reverse(session: Session, frontier: list[Row], spec: str) -> set[tuple[str,
 # --- $everything --------------------------------------------------------------------------------------
 
 _REFERENCED_TYPES = ("Practitioner", "PractitionerRole", "Organization", "Location", "Medication", "Device")
+_REFERENCE_RE = re.compile(
+    rb'"reference":"(' + "|".join(_REFERENCED_TYPES).encode() + rb')/([A-Za-z0-9.-]{1,64})"'
+)
 
 
 @dataclass(slots=True)
@@ -778,20 +825,13 @@ def everything(session: Session, eq: EverythingQuery) -> Page:
 
 
 def _referenced(session: Session, matches: list[Row]) -> list[Row]:
-    """Practitioners, organisations, locations … that the page's resources point at."""
-    if not matches:
-        return []
-    by_type: dict[str, list[str]] = {}
-    for r in matches:
-        by_type.setdefault(r.resource_type, []).append(r.id)
+    """Practitioners, organisations, locations … that the page's resources point at, found by scanning
+    the stored bytes (compact orjson, so every reference reads ``"reference":"Type/id"``) rather than by
+    one index probe per resource."""
     wanted: set[tuple[str, str]] = set()
-    for rtype, ids in by_type.items():
-        stmt = select(SearchReference.target_type, SearchReference.target_id).where(
-            SearchReference.resource_type == rtype,
-            SearchReference.resource_id.in_(ids),
-            SearchReference.target_type.in_(_REFERENCED_TYPES),
-        )
-        wanted |= {(t, i) for t, i in session.execute(stmt)}
+    for row in matches:
+        for m in _REFERENCE_RE.finditer(row.content):
+            wanted.add((m.group(1).decode(), m.group(2).decode()))
     return _fetch(session, wanted)
 
 

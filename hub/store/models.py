@@ -162,7 +162,16 @@ class SearchString(Base):
 
     __tablename__ = "search_string"
     __table_args__ = (
-        Index("ix_search_string_value", "resource_type", "param", "value", "resource_id"),
+        # varchar_pattern_ops: PostgreSQL answers LIKE 'prefix%' (the default string search) from the
+        # index whatever the database collation.
+        Index(
+            "ix_search_string_value",
+            "resource_type",
+            "param",
+            "value",
+            "resource_id",
+            postgresql_ops={"value": "varchar_pattern_ops"},
+        ),
         Index("ix_search_string_resource", "resource_type", "resource_id"),
     )
 
@@ -192,12 +201,14 @@ class SearchDate(Base):
 
 
 class SearchReference(Base):
-    """reference parameters; ``target_type``/``target_id`` for relative references, ``url`` otherwise."""
+    """reference parameters: ``target_type``/``target_id`` of a relative reference (or of an absolute URL
+    ending in Type/id); any other reference is kept whole in ``target_id`` with ``target_type`` empty."""
 
     __tablename__ = "search_reference"
+    # target_id leads: a reference given without its type (subject=123) still seeks the index.
     __table_args__ = (
         Index(
-            "ix_search_reference_target", "target_type", "target_id", "param", "resource_type", "resource_id"
+            "ix_search_reference_target", "target_id", "target_type", "param", "resource_type", "resource_id"
         ),
         Index("ix_search_reference_resource", "resource_type", "resource_id"),
     )
@@ -250,7 +261,14 @@ class SearchUri(Base):
 
     __tablename__ = "search_uri"
     __table_args__ = (
-        Index("ix_search_uri_value", "resource_type", "param", "value", "resource_id"),
+        Index(
+            "ix_search_uri_value",
+            "resource_type",
+            "param",
+            "value",
+            "resource_id",
+            postgresql_ops={"value": "varchar_pattern_ops"},
+        ),
         Index("ix_search_uri_resource", "resource_type", "resource_id"),
     )
 

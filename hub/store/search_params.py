@@ -687,7 +687,37 @@ def extract(resource: dict[str, Any]) -> Extracted:
                         seen.add(key)
                         row["param"] = param.name
                         getattr(out, param.type).append(row)
+                extra = _modifier_row(param, value)
+                if extra is not None:
+                    out.token.append(extra)
     return out
+
+
+def _modifier_row(param: SearchParam, value: Any) -> dict[str, Any] | None:
+    """Token rows under ``name:of-type`` (an Identifier's type coding, for ``identifier:of-type``) and
+    ``name:identifier`` (a Reference's logical identifier, for ``subject:identifier``)."""
+    if not isinstance(value, dict):
+        return None
+    if param.type == TOKEN and isinstance(value.get("value"), str):
+        codings = (value.get("type") or {}).get("coding") if isinstance(value.get("type"), dict) else None
+        for coding in codings or []:
+            if isinstance(coding, dict) and coding.get("code"):
+                return {
+                    "param": f"{param.name}:of-type",
+                    "system": f"{coding.get('system', '')}|{coding['code']}"[:255],
+                    "code": value["value"][:255],
+                    "text": "",
+                }
+    if param.type == REFERENCE and isinstance(value.get("identifier"), dict):
+        ident = value["identifier"]
+        if isinstance(ident.get("value"), str):
+            return {
+                "param": f"{param.name}:identifier",
+                "system": str(ident.get("system", ""))[:255],
+                "code": ident["value"][:255],
+                "text": "",
+            }
+    return None
 
 
 def _rows(param: SearchParam, value: Any) -> Iterator[dict[str, Any]]:

@@ -91,7 +91,7 @@ def upgrade() -> None:
         batch_op.create_index("ix_search_reference_resource", ["resource_type", "resource_id"], unique=False)
         batch_op.create_index(
             "ix_search_reference_target",
-            ["target_type", "target_id", "param", "resource_type", "resource_id"],
+            ["target_id", "target_type", "param", "resource_type", "resource_id"],
             unique=False,
         )
 
@@ -110,7 +110,10 @@ def upgrade() -> None:
     with op.batch_alter_table("search_string", schema=None) as batch_op:
         batch_op.create_index("ix_search_string_resource", ["resource_type", "resource_id"], unique=False)
         batch_op.create_index(
-            "ix_search_string_value", ["resource_type", "param", "value", "resource_id"], unique=False
+            "ix_search_string_value",
+            ["resource_type", "param", "value", "resource_id"],
+            unique=False,
+            postgresql_ops={"value": "varchar_pattern_ops"},
         )
 
     op.create_table(
@@ -146,7 +149,10 @@ def upgrade() -> None:
     with op.batch_alter_table("search_uri", schema=None) as batch_op:
         batch_op.create_index("ix_search_uri_resource", ["resource_type", "resource_id"], unique=False)
         batch_op.create_index(
-            "ix_search_uri_value", ["resource_type", "param", "value", "resource_id"], unique=False
+            "ix_search_uri_value",
+            ["resource_type", "param", "value", "resource_id"],
+            unique=False,
+            postgresql_ops={"value": "varchar_pattern_ops"},
         )
 
     with op.batch_alter_table("resource", schema=None) as batch_op:

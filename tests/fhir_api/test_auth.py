@@ -25,6 +25,7 @@ def test_metadata_is_public_and_everything_else_is_not(client: TestClient, put: 
         assert r.status_code == 401, url
         body = r.json()
         assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == "login"
+        assert r.headers["www-authenticate"].startswith("Bearer")
     assert client.get("/healthz").status_code == 200
 
 

@@ -100,6 +100,7 @@ def test_token(search: Search) -> None:
     assert search("/fhir/Observation?status=|final") == ["obsA1", "obsA2", "obsB1", "obsB2"]
     assert search("/fhir/Observation?code=http://loinc.org|") == ["obsA1", "obsA2", "obsB1", "obsB2", "obsO1"]
     assert search("/fhir/Observation?code=8462-4,2345-7") == ["obsA2", "obsB2"]
+    assert search("/fhir/Observation?code=&status=amended") == ["obsO1"]  # empty values are ignored
     assert search("/fhir/Observation?code:not=8480-6") == ["obsA2", "obsB2"]
     assert search("/fhir/Observation?code:text=diastolic") == ["obsA2"]
     assert search("/fhir/Observation?category=laboratory") == ["obsB2"]
@@ -389,3 +390,20 @@ def test_number(search: Search, put: Callable[..., None]) -> None:
     assert search("/fhir/RiskAssessment?probability=le0.25") == ["r1"]
     assert search("/fhir/RiskAssessment?probability=ne0.25&patient=p1") == ["r2", "r3"]
     assert search("/fhir/RiskAssessment?probability:missing=false") == ["r1", "r2", "r3"]
+
+
+def test_of_type_and_reference_identifier(search: Search, put: Callable[..., None]) -> None:
+    v2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+    pat = b.patient("p1", nik="3201")
+    pat["identifier"].append(
+        {"type": {"coding": [{"system": v2, "code": "MR"}]}, "system": b.MRN, "value": "RM-77"}
+    )
+    obs = b.observation("o1", "p1")
+    obs["performer"] = [{"identifier": {"system": "https://fhir.kemkes.go.id/id/nakes", "value": "N-5"}}]
+    put(pat, obs, b.patient("p2", mrn="RM-77"))
+    assert search(f"/fhir/Patient?identifier:of-type={v2}|MR|RM-77") == ["p1"]
+    assert search(f"/fhir/Patient?identifier:of-type={v2}|PI|RM-77") == []
+    assert search("/fhir/Patient?identifier=RM-77") == ["p1", "p2"]
+    assert search("/fhir/Observation?performer:identifier=https://fhir.kemkes.go.id/id/nakes|N-5") == ["o1"]
+    assert search("/fhir/Observation?performer:identifier=N-5") == ["o1"]
+    assert search("/fhir/Observation?performer:identifier=N-6") == []
