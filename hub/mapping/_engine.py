@@ -8,6 +8,7 @@ is marked used; the rest make the unmapped report. One Provenance per message ta
 from __future__ import annotations
 
 import copy
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,6 +175,10 @@ class CompiledSegmentMap:
     required: list[str]
     merge_into: str | None = None
     when: tuple[Callable[[str, Runtime, list[Any]], bool], PathRef | None, list[Any]] | None = None
+    compute_id: Callable[[Runtime, int], str | None] | None = None  # see compile_id()
+    # (own-segment field numbers that feed it, or () when unknown; its runner), see compile_plan()
+    plan: tuple[tuple[tuple[int, ...], Callable[[Runtime, int, dict[str, Any]], None]], ...] = ()
+    deferred: tuple[CompiledField, ...] = ()
 
 
 @dataclass(slots=True)
@@ -210,8 +215,8 @@ class Runtime:
     """The state of one message being mapped; the registry functions receive it."""
 
     __slots__ = (
-        "_nearest",
         "_patient_ids",
+        "_positions",
         "_values",
         "children",
         "ctx",
@@ -248,7 +253,10 @@ class Runtime:
         self.nulls: list[tuple[dict[str, Any], str, str]] = []
         self.pending_required: list[tuple[dict[str, Any], CompiledSegmentMap, int, int]] = []
         self.warnings: list[str] = []
-        self._nearest: dict[tuple[int, str], int] = {}
+        positions: dict[str, list[int]] = {}
+        for i, seg in enumerate(self.segments):
+            positions.setdefault(seg.name, []).append(i)
+        self._positions = positions
         self._values: dict[tuple[int, str], str] = {}
         self._patient_ids: dict[int, str] = {}
         self.facility_key = (
@@ -277,23 +285,13 @@ class Runtime:
     def nearest(self, index: int, name: str) -> int:
         """The segment named ``name`` that governs segment ``index``: itself, the nearest before it, or
         else the first one in the message."""
-        key = (index, name)
-        found = self._nearest.get(key)
-        if found is not None:
-            return found
-        segs = self.segments
-        result = -1
-        for i in range(min(index, len(segs) - 1), -1, -1):
-            if segs[i].name == name:
-                result = i
-                break
-        if result < 0:
-            for i in range(index + 1, len(segs)):
-                if segs[i].name == name:
-                    result = i
-                    break
-        self._nearest[key] = result
-        return result
+        positions = self._positions.get(name)
+        if positions is None:
+            return -1
+        first = positions[0]
+        if first >= index or len(positions) == 1:
+            return first
+        return positions[bisect_right(positions, index) - 1]
 
     def raw_at(self, ref: PathRef, index: int, mark: bool = True) -> tuple[str, int]:
         """The raw (escaped) field ``ref`` names, seen from segment ``index``, and that segment's index."""
@@ -493,12 +491,15 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
             put(res, f, made)
 
         return run_inputs
-    if not (f.sources and f.sources[0].segment == segment and not f.repeat and not f.whole_field):
+    if not (f.sources and f.sources[0].segment == segment):
         return None
     src = f.sources[0]
     n, target = src.field, f.target
     has_fallback = len(f.sources) > 1
     convert, convert_args, vocab, transform, args = f.convert, f.convert_args, f.vocab, f.transform, f.args
+    steps, with_ = f.steps, f.with_
+    repeat, whole_field, component = f.repeat, f.whole_field, src.component
+    simple = f.simple if f.with_ is None else None
 
     def run_local(rt: Runtime, index: int, res: dict[str, Any]) -> None:
         fields = rt.segments[index].fields
@@ -511,31 +512,42 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
         if raw == EXPLICIT_NULL:
             rt.nulls.append((res, target, src.text))
             return
-        sep = rt.enc.repetition
-        rep = raw.split(sep, 1)[0] if sep in raw else raw
-        if not rep or rep == EXPLICIT_NULL:
-            return
-        piece, level = rt.piece(rep, src) if src.component else (rep, 0)
-        if not piece:
-            return
-        value: Any
-        if convert is None:
-            if level < 2:
-                piece = rt.parts(piece, level)[0]
-                if level == 0 and rt.enc.subcomponent:
-                    piece = piece.split(rt.enc.subcomponent, 1)[0]
-            value = rt.text(piece).strip() or None
+        enc = rt.enc
+        sep = enc.repetition
+        if whole_field or sep not in raw:
+            reps = [raw]
+        elif repeat:
+            reps = raw.split(sep)
         else:
-            value = convert(piece, level, rt, convert_args)
-        if value is None:
-            return
-        if vocab is not None:
-            value = _translate(rt, vocab, value, src)
+            reps = [raw.split(sep, 1)[0]]
+        for rep in reps:
+            if not rep or rep == EXPLICIT_NULL:
+                continue
+            piece, level = rt.piece(rep, src) if component else (rep, 0)
+            if not piece:
+                continue
+            value: Any
+            if convert is None:
+                if level < 2:
+                    piece = rt.parts(piece, level)[0]
+                    if level == 0 and enc.subcomponent:
+                        piece = piece.split(enc.subcomponent, 1)[0]
+                value = rt.text(piece).strip() or None
+            else:
+                value = convert(piece, level, rt, convert_args)
             if value is None:
-                return
-        if transform is not None:
-            value = transform(value, rt, args)
-        put(res, f, value)
+                continue
+            if vocab is not None:
+                value = _translate(rt, vocab, value, src)
+                if value is None:
+                    continue
+            if transform is not None:
+                value = transform(value, rt, args)
+            if simple is not None and value.__class__ is not Choice:
+                if value.__class__ not in _CONTAINERS or value:
+                    res[simple] = value
+            else:
+                set_value(res, steps, value, with_)
 
     return run_local
 
@@ -571,8 +583,105 @@ def _translate(rt: Runtime, name: str, value: Any, src: PathRef) -> Any:
     return value
 
 
+Getter = Callable[[Runtime, int], str]
+
+
+def make_getter(ref: PathRef, own: str) -> Getter:
+    """A reader of ``ref`` seen from a segment of the map's own segment ``own``: the same value as
+    :meth:`Runtime.value` (marking the field used), without its generic dispatch. Fields of the own
+    segment are read directly; other segments go through the cached :meth:`Runtime.value`."""
+    if ref.segment != own or own == "MSH":
+
+        def other(rt: Runtime, index: int) -> str:
+            return rt.value(ref, index)
+
+        return other
+    n, comp, sub = ref.field, ref.component, ref.subcomponent
+
+    def local(rt: Runtime, index: int) -> str:
+        seg = rt.segments[index]
+        if seg.name != own:
+            return rt.value(ref, index)
+        fields = seg.fields
+        if n >= len(fields):
+            return ""
+        raw = fields[n]
+        if not raw:
+            return ""
+        rt.used[index].add(n)
+        enc = rt.enc
+        if enc.repetition in raw:
+            raw = raw.split(enc.repetition, 1)[0]
+        if comp:
+            comps = raw.split(enc.component)
+            if comp > len(comps):
+                return ""
+            raw = comps[comp - 1]
+        else:
+            raw = raw.split(enc.component, 1)[0]
+        if enc.subcomponent:
+            if sub:
+                subs = raw.split(enc.subcomponent)
+                if sub > len(subs):
+                    return ""
+                raw = subs[sub - 1]
+            elif enc.subcomponent in raw:
+                raw = raw.split(enc.subcomponent, 1)[0]
+        if enc.escape and enc.escape in raw:
+            raw = unescape(raw, enc)
+        return raw.strip()
+
+    return local
+
+
+IdFunction = Callable[[Runtime, int], "str | None"]
+
+
+def compile_id(resource: str, rules: list[CompiledIdRule], own: str) -> IdFunction:
+    """:func:`compute_id` for one segment map as a closure over getters of its key paths."""
+    plans: list[tuple[Any, tuple[Getter, ...], tuple[Getter, ...], str]] = [
+        (
+            rule.function,
+            tuple(make_getter(k, own) for k in rule.keys),
+            tuple(make_getter(k, own) for k in rule.extra),
+            rule.scope,
+        )
+        for rule in rules
+    ]
+
+    def compute(rt: Runtime, index: int) -> str | None:
+        for function, keys, extra, scope in plans:
+            if function is not None:
+                parts = function(index, rt)
+                if parts is None:
+                    continue
+                if len(parts) == 1 and parts[0].startswith("="):  # an id the function computed itself
+                    return str(parts[0][1:])
+            else:
+                if not keys:
+                    continue
+                values = [get(rt, index) for get in keys]
+                if not all(values):
+                    continue
+                for get in extra:
+                    values.append(get(rt, index))
+                parts = tuple(values)
+            if scope == "facility":
+                parts = (rt.ctx.facility, *parts)
+            elif scope == "patient":
+                parts = (rt.patient_id_at(index), *parts)
+            elif scope == "message":
+                parts = (*message_key(rt), *parts)
+            return key_id(resource, parts)
+        return None
+
+    return compute
+
+
 def compute_id(smap: CompiledSegmentMap, rt: Runtime, index: int) -> str | None:
     """The id from the first rule that applies; None when none does (no business identifier)."""
+    if smap.compute_id is not None:
+        return smap.compute_id(rt, index)
     for rule in smap.id_rules:
         if rule.function is not None:
             parts = rule.function(index, rt)
@@ -613,6 +722,23 @@ def merge_into(target: dict[str, Any], source: dict[str, Any]) -> None:
             target[key] = value
 
 
+def compile_plan(smap: CompiledSegmentMap) -> None:
+    """The runners of a segment map's immediate fields in order, and its deferred (reference) fields."""
+    plan = []
+    for f in smap.fields:
+        if f.deferred:
+            continue
+        run_field = f.run
+        if run_field is None:
+
+            def run_field(rt: Runtime, index: int, res: dict[str, Any], f: CompiledField = f) -> None:
+                apply_field(f, rt, index, res)
+
+        plan.append((f.local_fields, run_field))
+    smap.plan = tuple(plan)
+    smap.deferred = tuple(f for f in smap.fields if f.deferred)
+
+
 def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
     smap = entry.map
     if smap.when is not None and not _check(smap.when, rt, index, ""):
@@ -623,14 +749,9 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
             rt.made[(smap.name, index)] = {"resourceType": smap.resource, "id": ref_id}
         return
     res: dict[str, Any] = {"resourceType": smap.resource, "id": ""}
-    deferred: list[CompiledField] = []
     seg_fields = rt.segments[index].fields
     n_fields = len(seg_fields)
-    for f in smap.fields:
-        if f.deferred:
-            deferred.append(f)
-            continue
-        local = f.local_fields
+    for local, run_field in smap.plan:
         if local:
             if len(local) == 1:
                 n = local[0]
@@ -638,10 +759,7 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
                     continue
             elif not any(n < n_fields and seg_fields[n] for n in local):
                 continue
-        if f.run is not None:
-            f.run(rt, index, res)
-        else:
-            apply_field(f, rt, index, res)
+        run_field(rt, index, res)
     if smap.merge_into is not None:
         seg_name = rt.maps.segment_of_map.get(smap.merge_into, "")
         target = rt.made.get((smap.merge_into, rt.nearest(index, seg_name)))
@@ -664,7 +782,7 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
     rt.made[(smap.name, index)] = res
     rt.children.setdefault((smap.name, parent), []).append(res)
     rt.resources.append(res)
-    for f in deferred:
+    for f in smap.deferred:
         rt.deferred.append((res, f, index, parent))
     if smap.required:
         rt.pending_required.append((res, smap, index, parent))
@@ -707,20 +825,23 @@ def _drop_references(res: dict[str, Any], dropped: set[str]) -> None:
 
 
 def resolve_references(rt: Runtime) -> None:
+    segment_of_map = rt.maps.segment_of_map
+    segs, made, children = rt.segments, rt.made, rt.children
     for res, f, index, parent in rt.deferred:
-        if f.ref is not None:
-            seg_name = rt.maps.segment_of_map.get(f.ref, "")
-            at = (
-                parent
-                if parent >= 0 and rt.segments[parent].name == seg_name
-                else rt.nearest(index, seg_name)
-            )
+        ref = f.ref
+        if ref is not None:
+            seg_name = segment_of_map.get(ref, "")
+            at = parent if parent >= 0 and segs[parent].name == seg_name else rt.nearest(index, seg_name)
             # Only the governing segment's resource: never another patient's or another order's.
-            target = rt.made.get((f.ref, at))
+            target = made.get((ref, at))
             if target is not None:
-                set_value(res, f.steps, {"reference": f"{target['resourceType']}/{target['id']}"}, f.with_)
+                value = {"reference": f"{target['resourceType']}/{target['id']}"}
+                if f.simple is not None and f.with_ is None:
+                    res[f.simple] = value
+                else:
+                    set_value(res, f.steps, value, f.with_)
         elif f.children is not None:
-            for child in rt.children.get((f.children, index), []):
+            for child in children.get((f.children, index), ()):
                 set_value(res, f.steps, {"reference": f"{child['resourceType']}/{child['id']}"}, f.with_)
 
 
