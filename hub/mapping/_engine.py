@@ -176,8 +176,8 @@ class CompiledSegmentMap:
     merge_into: str | None = None
     when: tuple[Callable[[str, Runtime, list[Any]], bool], PathRef | None, list[Any]] | None = None
     compute_id: Callable[[Runtime, int], str | None] | None = None  # see compile_id()
-    # (own-segment field numbers that feed it, or () when unknown; its runner), see compile_plan()
-    plan: tuple[tuple[tuple[int, ...], Callable[[Runtime, int, dict[str, Any]], None]], ...] = ()
+    # Runs the immediate fields (see compile_plan): (rt, index, resource, segment fields, their count)
+    fill: Callable[[Runtime, int, dict[str, Any], list[str], int], None] = lambda *_: None
     deferred: tuple[CompiledField, ...] = ()
 
 
@@ -209,6 +209,8 @@ class CompiledMaps:
     time_zone: str | None = None
     segment_of_map: dict[str, str] = field(default_factory=dict)
     converters: dict[str, Converter] = field(default_factory=dict)  # by datatype name and file stem
+    # Results of pure functions of these maps (coding system names → URIs …), filled as messages come.
+    memo: dict[Any, Any] = field(default_factory=dict)
 
 
 class Runtime:
@@ -495,44 +497,56 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
         return None
     src = f.sources[0]
     n, target = src.field, f.target
-    has_fallback = len(f.sources) > 1
     convert, convert_args, vocab, transform, args = f.convert, f.convert_args, f.vocab, f.transform, f.args
     steps, with_ = f.steps, f.with_
-    repeat, whole_field, component = f.repeat, f.whole_field, src.component
+    repeat, whole_field = f.repeat, f.whole_field
     simple = f.simple if f.with_ is None else None
+    choice = steps[0][0] if len(steps) == 1 and steps[0][1] == "[x]" and with_ is None else None
+    fallbacks = tuple(f.sources[1:])
 
-    def run_local(rt: Runtime, index: int, res: dict[str, Any]) -> None:
-        fields = rt.segments[index].fields
-        raw = fields[n] if n < len(fields) else ""
-        if not raw:
-            if has_fallback:  # e.g. OBX-3 empty: the generic path tries OBR-4
-                apply_field(f, rt, index, res)
-            return
-        rt.used[index].add(n)
+    def emit(rt: Runtime, res: dict[str, Any], raw: str, src: PathRef) -> None:
         if raw == EXPLICIT_NULL:
             rt.nulls.append((res, target, src.text))
             return
         enc = rt.enc
-        sep = enc.repetition
+        sep, csep, ssep, esc = enc.repetition, enc.component, enc.subcomponent, enc.escape
         if whole_field or sep not in raw:
             reps = [raw]
         elif repeat:
             reps = raw.split(sep)
         else:
             reps = [raw.split(sep, 1)[0]]
-        for rep in reps:
-            if not rep or rep == EXPLICIT_NULL:
+        component, subcomponent = src.component, src.subcomponent
+        for piece in reps:
+            if not piece or piece == EXPLICIT_NULL:
                 continue
-            piece, level = rt.piece(rep, src) if component else (rep, 0)
-            if not piece:
-                continue
+            # The component/subcomponent the path names, and its nesting level (see Runtime.piece).
+            if component:
+                comps = piece.split(csep)
+                if component > len(comps):
+                    continue
+                piece = comps[component - 1]
+                if subcomponent:
+                    subs = piece.split(ssep) if ssep else [piece]
+                    piece = subs[subcomponent - 1] if subcomponent <= len(subs) else ""
+                    level = 2
+                else:
+                    level = 1
+                if not piece:
+                    continue
+            else:
+                level = 0
             value: Any
             if convert is None:
-                if level < 2:
-                    piece = rt.parts(piece, level)[0]
-                    if level == 0 and enc.subcomponent:
-                        piece = piece.split(enc.subcomponent, 1)[0]
-                value = rt.text(piece).strip() or None
+                if level == 0:
+                    piece = piece.split(csep, 1)[0]
+                    if ssep:
+                        piece = piece.split(ssep, 1)[0]
+                elif level == 1 and ssep:
+                    piece = piece.split(ssep, 1)[0]
+                if esc and esc in piece:
+                    piece = unescape(piece, enc)
+                value = piece.strip() or None
             else:
                 value = convert(piece, level, rt, convert_args)
             if value is None:
@@ -543,11 +557,31 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
                     continue
             if transform is not None:
                 value = transform(value, rt, args)
-            if simple is not None and value.__class__ is not Choice:
-                if value.__class__ not in _CONTAINERS or value:
+            cls = value.__class__
+            if cls is Choice:
+                if choice is not None:
+                    inner = value.value
+                    if inner is not None and (inner.__class__ not in _CONTAINERS or inner):
+                        res[choice + value.type] = inner
+                    continue
+            elif simple is not None:
+                if cls not in _CONTAINERS or value:
                     res[simple] = value
-            else:
-                set_value(res, steps, value, with_)
+                continue
+            set_value(res, steps, value, with_)
+
+    def run_local(rt: Runtime, index: int, res: dict[str, Any]) -> None:
+        fields = rt.segments[index].fields
+        raw = fields[n] if n < len(fields) else ""
+        if raw:
+            rt.used[index].add(n)
+            emit(rt, res, raw, src)
+            return
+        for ref in fallbacks:  # e.g. OBX-3 empty: OBR-4
+            raw, _ = rt.raw_at(ref, index)
+            if raw:
+                emit(rt, res, raw, ref)
+                return
 
     return run_local
 
@@ -590,9 +624,21 @@ def make_getter(ref: PathRef, own: str) -> Getter:
     """A reader of ``ref`` seen from a segment of the map's own segment ``own``: the same value as
     :meth:`Runtime.value` (marking the field used), without its generic dispatch. Fields of the own
     segment are read directly; other segments go through the cached :meth:`Runtime.value`."""
-    if ref.segment != own or own == "MSH":
+    if ref.segment != own or own == "MSH" or ref.segment == "MSH":
+        seg_name, text, field_no = ref.segment, ref.text, ref.field
 
         def other(rt: Runtime, index: int) -> str:
+            # Runtime.value with its per-message cache read first (OBR keys are read by every OBX).
+            segs = rt.segments
+            i = (
+                index
+                if 0 <= index < len(segs) and segs[index].name == seg_name
+                else rt.nearest(index, seg_name)
+            )
+            found = rt._values.get((i, text))
+            if found is not None:
+                rt.used[i].add(field_no)  # cached: the field is not empty
+                return found
             return rt.value(ref, index)
 
         return other
@@ -723,9 +769,13 @@ def merge_into(target: dict[str, Any], source: dict[str, Any]) -> None:
 
 
 def compile_plan(smap: CompiledSegmentMap) -> None:
-    """The runners of a segment map's immediate fields in order, and its deferred (reference) fields."""
-    plan = []
-    for f in smap.fields:
+    """The immediate fields of a segment map as one generated function (the field runners in map order,
+    each behind a test of the own-segment fields that feed it), and its deferred (reference) fields.
+    Only names from the map (field numbers) reach the generated text; the runners are bound, not
+    written out."""
+    namespace: dict[str, Any] = {}
+    lines = ["def fill(rt, index, res, fields, nf):"]
+    for i, f in enumerate(smap.fields):
         if f.deferred:
             continue
         run_field = f.run
@@ -734,8 +784,17 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
             def run_field(rt: Runtime, index: int, res: dict[str, Any], f: CompiledField = f) -> None:
                 apply_field(f, rt, index, res)
 
-        plan.append((f.local_fields, run_field))
-    smap.plan = tuple(plan)
+        namespace[f"run{i}"] = run_field
+        local = f.local_fields
+        if local:
+            test = " or ".join(f"(nf > {int(n)} and fields[{int(n)}])" for n in local)
+            lines.append(f"    if {test}:")
+            lines.append(f"        run{i}(rt, index, res)")
+        else:
+            lines.append(f"    run{i}(rt, index, res)")
+    lines.append("    return None")
+    exec(compile("\n".join(lines), f"<segment map {smap.name}>", "exec"), namespace)
+    smap.fill = namespace["fill"]
     smap.deferred = tuple(f for f in smap.fields if f.deferred)
 
 
@@ -750,16 +809,7 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
         return
     res: dict[str, Any] = {"resourceType": smap.resource, "id": ""}
     seg_fields = rt.segments[index].fields
-    n_fields = len(seg_fields)
-    for local, run_field in smap.plan:
-        if local:
-            if len(local) == 1:
-                n = local[0]
-                if n >= n_fields or not seg_fields[n]:
-                    continue
-            elif not any(n < n_fields and seg_fields[n] for n in local):
-                continue
-        run_field(rt, index, res)
+    smap.fill(rt, index, res, seg_fields, len(seg_fields))
     if smap.merge_into is not None:
         seg_name = rt.maps.segment_of_map.get(smap.merge_into, "")
         target = rt.made.get((smap.merge_into, rt.nearest(index, seg_name)))

@@ -128,18 +128,35 @@ def dt_integer(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     return int(value) if isinstance(value, int) else None
 
 
+MEMO_MAX = 20_000  # entries remembered per compiled maps before starting over
+_OID = re.compile(r"^\d+(\.\d+)+$")
+_HL7_TABLE = re.compile(r"^(HL7)?\d{4}$")
+
+
 def coding_system(rt: Runtime, name: str) -> str | None:
-    """A CWE coding system name (HL7 table 0396) as a FHIR system URI."""
+    """A CWE coding system name (HL7 table 0396) as a FHIR system URI (remembered per maps and sender:
+    a feed uses a handful of names)."""
     if not name:
         return None
+    key = ("coding-system", name, rt.facility_key, rt.enc.escape)
+    memo = rt.maps.memo
+    found = memo.get(key)
+    if found is None:
+        if len(memo) > MEMO_MAX:
+            memo.clear()
+        found = memo[key] = _coding_system(rt, name)
+    return found
+
+
+def _coding_system(rt: Runtime, name: str) -> str | None:
     found = rt.vocab("coding-systems").get(name)
     if isinstance(found, str):
         return found
-    if re.match(r"^\d+(\.\d+)+$", name):
+    if _OID.match(name):
         return "urn:oid:" + name
     if name.startswith(("http://", "https://", "urn:")):
         return name
-    if re.match(r"^(HL7)?\d{4}$", name):  # an HL7 table: v2-NNNN
+    if _HL7_TABLE.match(name):  # an HL7 table: v2-NNNN
         return "http://terminology.hl7.org/CodeSystem/v2-" + name[-4:]
     # L, 99zzz and other local names are the sender's own code systems.
     local = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in rt.text(name))
@@ -162,8 +179,19 @@ def _coding(rt: Runtime, code: str, display: str, system: str) -> dict[str, Any]
 @_datatype("CodeableConcept")
 def dt_codeable_concept(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """CWE/CE/CNE: identifier, text, coding system and the alternate triplet; CWE-9 original text."""
-    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
-    c += [""] * (9 - len(c))
+    enc = rt.enc
+    if level == 0:
+        parts = raw.split(enc.component)
+    elif level == 1 and enc.subcomponent:
+        parts = raw.split(enc.subcomponent)
+    else:
+        parts = [raw]
+    if enc.escape and enc.escape in raw:
+        c = [rt.text(p).strip() for p in parts]
+    else:
+        c = [p.strip() for p in parts]
+    if len(c) < 9:
+        c += [""] * (9 - len(c))
     if c[0] and not c[2] and args.get("default_system"):
         c[2] = str(args["default_system"])
     codings = [x for x in (_coding(rt, c[0], c[1], c[2]), _coding(rt, c[3], c[4], c[5])) if x is not None]
