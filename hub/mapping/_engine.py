@@ -155,6 +155,10 @@ class CompiledField:
     deferred: bool = False
     simple: str | None = None  # the element name when the target is one plain element
     run: Callable[[Runtime, int, dict[str, Any]], None] | None = None  # see specialize()
+    # For a field of the own segment (see specialize): writes one non-empty raw field, and the
+    # runner of its fallbacks (or None); the generated fill function calls them directly.
+    emit: Callable[[Runtime, dict[str, Any], str, PathRef], None] | None = None
+    emit_fallbacks: Callable[[Runtime, int, dict[str, Any]], None] | None = None
 
 
 @dataclass(slots=True)
@@ -219,6 +223,7 @@ class Runtime:
     __slots__ = (
         "_patient_ids",
         "_positions",
+        "_refs",
         "_values",
         "children",
         "ctx",
@@ -226,6 +231,7 @@ class Runtime:
         "enc",
         "extra",
         "facility_key",
+        "fields",
         "keys",
         "made",
         "maps",
@@ -259,6 +265,8 @@ class Runtime:
         for i, seg in enumerate(self.segments):
             positions.setdefault(seg.name, []).append(i)
         self._positions = positions
+        self.fields: list[list[str]] = [seg.fields for seg in self.segments]  # raw fields, by segment
+        self._refs: dict[tuple[str, int], str | None] = {}
         self._values: dict[tuple[int, str], str] = {}
         self._patient_ids: dict[int, str] = {}
         self.facility_key = (
@@ -477,19 +485,27 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
         numbers = tuple(r.field for r in f.inputs)
         segment_fn, fn_args, fn_transform = f.segment_fn, f.args, f.transform
 
+        steps = f.steps
+        choice = steps[0][0] if len(steps) == 1 and steps[0][1] == "[x]" and f.with_ is None else None
+
         def run_inputs(rt: Runtime, index: int, res: dict[str, Any]) -> None:
-            fields = rt.segments[index].fields
+            fields = rt.fields[index]
             count = len(fields)
             used = rt.used[index]
-            raws = []
-            for n in numbers:
-                raw = fields[n] if n < count else ""
+            raws = [fields[n] if n < count else "" for n in numbers]
+            for n, raw in zip(numbers, raws, strict=True):
                 if raw:
                     used.add(n)
-                raws.append(raw)
             made = segment_fn(raws, index, rt, fn_args)
-            if fn_transform is not None and made is not None:
+            if made is None:
+                return
+            if fn_transform is not None:
                 made = fn_transform(made, rt, fn_args)
+            if choice is not None and made.__class__ is Choice:
+                inner = made.value
+                if inner is not None and (inner.__class__ not in _CONTAINERS or inner):
+                    res[choice + made.type] = inner
+                return
             put(res, f, made)
 
         return run_inputs
@@ -502,6 +518,7 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
     repeat, whole_field = f.repeat, f.whole_field
     simple = f.simple if f.with_ is None else None
     choice = steps[0][0] if len(steps) == 1 and steps[0][1] == "[x]" and with_ is None else None
+    append = steps[0][0] if len(steps) == 1 and steps[0][1] == "[]" and not with_ else None
     fallbacks = tuple(f.sources[1:])
 
     def emit(rt: Runtime, res: dict[str, Any], raw: str, src: PathRef) -> None:
@@ -568,21 +585,34 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
                 if cls not in _CONTAINERS or value:
                     res[simple] = value
                 continue
+            elif append is not None and cls is not list:
+                if cls not in _CONTAINERS or value:
+                    items = res.get(append)
+                    if items is None:
+                        res[append] = [value]
+                    elif value not in items:
+                        items.append(value)
+                continue
             set_value(res, steps, value, with_)
 
-    def run_local(rt: Runtime, index: int, res: dict[str, Any]) -> None:
-        fields = rt.segments[index].fields
-        raw = fields[n] if n < len(fields) else ""
-        if raw:
-            rt.used[index].add(n)
-            emit(rt, res, raw, src)
-            return
+    def run_fallbacks(rt: Runtime, index: int, res: dict[str, Any]) -> None:
         for ref in fallbacks:  # e.g. OBX-3 empty: OBR-4
             raw, _ = rt.raw_at(ref, index)
             if raw:
                 emit(rt, res, raw, ref)
                 return
 
+    def run_local(rt: Runtime, index: int, res: dict[str, Any]) -> None:
+        fields = rt.fields[index]
+        raw = fields[n] if n < len(fields) else ""
+        if raw:
+            rt.used[index].add(n)
+            emit(rt, res, raw, src)
+        elif fallbacks:
+            run_fallbacks(rt, index, res)
+
+    f.emit = emit
+    f.emit_fallbacks = run_fallbacks if fallbacks else None
     return run_local
 
 
@@ -786,7 +816,18 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
 
         namespace[f"run{i}"] = run_field
         local = f.local_fields
-        if local:
+        if f.emit is not None and f.run is not None:
+            n = int(f.sources[0].field)
+            namespace[f"emit{i}"], namespace[f"src{i}"] = f.emit, f.sources[0]
+            lines.append(f"    raw = fields[{n}] if nf > {n} else ''")
+            lines.append("    if raw:")
+            lines.append(f"        rt.used[index].add({n})")
+            lines.append(f"        emit{i}(rt, res, raw, src{i})")
+            if f.emit_fallbacks is not None:
+                namespace[f"fallbacks{i}"] = f.emit_fallbacks
+                lines.append("    else:")
+                lines.append(f"        fallbacks{i}(rt, index, res)")
+        elif local:
             test = " or ".join(f"(nf > {int(n)} and fields[{int(n)}])" for n in local)
             lines.append(f"    if {test}:")
             lines.append(f"        run{i}(rt, index, res)")
@@ -808,7 +849,7 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
             rt.made[(smap.name, index)] = {"resourceType": smap.resource, "id": ref_id}
         return
     res: dict[str, Any] = {"resourceType": smap.resource, "id": ""}
-    seg_fields = rt.segments[index].fields
+    seg_fields = rt.fields[index]
     smap.fill(rt, index, res, seg_fields, len(seg_fields))
     if smap.merge_into is not None:
         seg_name = rt.maps.segment_of_map.get(smap.merge_into, "")
@@ -876,16 +917,21 @@ def _drop_references(res: dict[str, Any], dropped: set[str]) -> None:
 
 def resolve_references(rt: Runtime) -> None:
     segment_of_map = rt.maps.segment_of_map
-    segs, made, children = rt.segments, rt.made, rt.children
+    segs, made, children, refs = rt.segments, rt.made, rt.children, rt._refs
     for res, f, index, parent in rt.deferred:
         ref = f.ref
         if ref is not None:
             seg_name = segment_of_map.get(ref, "")
             at = parent if parent >= 0 and segs[parent].name == seg_name else rt.nearest(index, seg_name)
             # Only the governing segment's resource: never another patient's or another order's.
-            target = made.get((ref, at))
-            if target is not None:
-                value = {"reference": f"{target['resourceType']}/{target['id']}"}
+            key = (ref, at)
+            if key in refs:
+                reference = refs[key]
+            else:
+                target = made.get(key)
+                reference = refs[key] = None if target is None else f"{target['resourceType']}/{target['id']}"
+            if reference is not None:
+                value = {"reference": reference}
                 if f.simple is not None and f.with_ is None:
                     res[f.simple] = value
                 else:

@@ -178,7 +178,27 @@ def _coding(rt: Runtime, code: str, display: str, system: str) -> dict[str, Any]
 
 @_datatype("CodeableConcept")
 def dt_codeable_concept(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
-    """CWE/CE/CNE: identifier, text, coding system and the alternate triplet; CWE-9 original text."""
+    """CWE/CE/CNE: identifier, text, coding system and the alternate triplet; CWE-9 original text.
+    A feed sends the same few hundred codes over and over: the result is remembered per maps and sender
+    (a pure function of the raw value) and each caller gets its own copy."""
+    key = ("CWE", raw, level, rt.enc, args.get("default_system"), rt.facility_key)
+    memo = rt.maps.memo
+    found: dict[str, Any] | None = memo.get(key)
+    if found is None:
+        if len(memo) > MEMO_MAX:
+            memo.clear()
+        found = memo[key] = _codeable_concept(raw, level, rt, args) or {}
+    if not found:
+        return None
+    coding = found.get("coding")
+    if coding is None:
+        return dict(found)
+    out = dict(found)
+    out["coding"] = [dict(c) for c in coding]
+    return out
+
+
+def _codeable_concept(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     enc = rt.enc
     if level == 0:
         parts = raw.split(enc.component)
@@ -712,6 +732,8 @@ def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[st
 def fn_observation_attachment(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """OBX-5 of type ED/RP (a PDF report, an image link): R4 Observation has no valueAttachment, so the
     attachment becomes a DocumentReference of the patient, and the Observation is derived from it."""
+    if raws and len(raws[0]) < 4 and raws[0].strip().upper() not in ("ED", "RP"):
+        return None  # most OBX: no escape fits in a 2-letter type, so this is the answer below
     vtype, value, code = ([*raws, "", "", ""])[:3]
     vtype = rt.text(vtype).strip().upper()
     if vtype not in ("ED", "RP") or not value or value == '""':
