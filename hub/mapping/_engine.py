@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.errors import MappingError
-from hub.hl7 import EXPLICIT_NULL, Message, Segment, unescape
+from hub.hl7 import EXPLICIT_NULL, Encoding, Message, Segment, unescape
 from hub.hl7.reference import field_name
-from hub.mapping._functions import Choice, key_id
+from hub.mapping._functions import DATATYPES, MEMO_MAX, Choice, key_id
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._time import TimeFormatError, to_datetime, to_instant
 
@@ -235,6 +235,7 @@ class Runtime:
         "keys",
         "made",
         "maps",
+        "memo_key",
         "nulls",
         "pending_required",
         "resources",
@@ -273,6 +274,11 @@ class Runtime:
             "".join(c if c.isalnum() or c in "-._" else "_" for c in ctx.facility) or "unknown"
         )
         self.version = self.segments[0].get(12) if self.segments else ""
+        # What values remembered per maps also depend on: the delimiters and the sender.
+        e = self.enc
+        self.memo_key = "\x1f".join(
+            (e.field, e.component, e.repetition, e.escape, e.subcomponent, e.truncation, self.facility_key)
+        )
 
     # -- values --------------------------------------------------------------------------------------
     def text(self, raw: str) -> str:
@@ -521,12 +527,37 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
     append = steps[0][0] if len(steps) == 1 and steps[0][1] == "[]" and not with_ else None
     fallbacks = tuple(f.sources[1:])
 
+    # Codes (CWE, a vocabulary-translated ID …) repeat from message to message; free text does not.
+    pure = convert is None or convert in _PURE_TEXT
+    coded = object() if convert in _CODED or (vocab is not None and pure) else None
+
+    def _code_value(rt: Runtime, piece: str, level: int, src: PathRef, enc: Encoding) -> Any:
+        value: Any
+        if convert is None:
+            ssep, esc = enc.subcomponent, enc.escape
+            if level == 0:
+                piece = piece.split(enc.component, 1)[0]
+                if ssep:
+                    piece = piece.split(ssep, 1)[0]
+            elif level == 1 and ssep:
+                piece = piece.split(ssep, 1)[0]
+            if esc and esc in piece:
+                piece = unescape(piece, enc)
+            value = piece.strip() or None
+        else:
+            value = convert(piece, level, rt, convert_args)
+        if value is None:
+            return None
+        if vocab is not None:
+            value = _translate(rt, vocab, value, src)
+        return value
+
     def emit(rt: Runtime, res: dict[str, Any], raw: str, src: PathRef) -> None:
         if raw == EXPLICIT_NULL:
             rt.nulls.append((res, target, src.text))
             return
         enc = rt.enc
-        sep, csep, ssep, esc = enc.repetition, enc.component, enc.subcomponent, enc.escape
+        sep, csep, ssep = enc.repetition, enc.component, enc.subcomponent
         if whole_field or sep not in raw:
             reps = [raw]
         elif repeat:
@@ -554,22 +585,24 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
             else:
                 level = 0
             value: Any
-            if convert is None:
-                if level == 0:
-                    piece = piece.split(csep, 1)[0]
-                    if ssep:
-                        piece = piece.split(ssep, 1)[0]
-                elif level == 1 and ssep:
-                    piece = piece.split(ssep, 1)[0]
-                if esc and esc in piece:
-                    piece = unescape(piece, enc)
-                value = piece.strip() or None
+            if coded:
+                # A code (and its vocabulary translation) is a pure function of the raw value: remembered
+                # per maps and sender, copied for each use.
+                key = (coded, piece, level, src.text, rt.memo_key)
+                memo = rt.maps.memo
+                value = memo.get(key)
+                if value is not None:
+                    value = _clone(value)
+                else:
+                    value = _code_value(rt, piece, level, src, enc)
+                    if value is None:
+                        continue
+                    if value.__class__ in _MEMO_TYPES:
+                        if len(memo) > MEMO_MAX:
+                            memo.clear()
+                        memo[key] = _clone(value)
             else:
-                value = convert(piece, level, rt, convert_args)
-            if value is None:
-                continue
-            if vocab is not None:
-                value = _translate(rt, vocab, value, src)
+                value = _code_value(rt, piece, level, src, enc)
                 if value is None:
                     continue
             if transform is not None:
@@ -614,6 +647,30 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
     f.emit = emit
     f.emit_fallbacks = run_fallbacks if fallbacks else None
     return run_local
+
+
+# Converters that are pure functions of the raw value, the maps and the sender (no warnings, no
+# resources made on the side).
+_CODED = frozenset(DATATYPES[name] for name in ("CodeableConcept", "Coding", "code", "HD"))
+_PURE_TEXT = frozenset(DATATYPES[name] for name in ("string", "code"))
+_MEMO_TYPES = (str, dict, list)
+
+
+_NESTED = (dict, list)
+
+
+def _clone(value: Any) -> Any:
+    """A copy of a JSON-like value (dicts and lists copied, scalars shared)."""
+    cls = value.__class__
+    if cls is dict:
+        out = value.copy()
+        for k, v in value.items():
+            if v.__class__ in _NESTED:
+                out[k] = _clone(v)
+        return out
+    if cls is list:
+        return [_clone(v) if v.__class__ in _NESTED else v for v in value]
+    return value
 
 
 def _translate(rt: Runtime, name: str, value: Any, src: PathRef) -> Any:

@@ -138,7 +138,7 @@ def coding_system(rt: Runtime, name: str) -> str | None:
     a feed uses a handful of names)."""
     if not name:
         return None
-    key = ("coding-system", name, rt.facility_key, rt.enc.escape)
+    key = ("coding-system", name, rt.memo_key)
     memo = rt.maps.memo
     found = memo.get(key)
     if found is None:
@@ -181,7 +181,7 @@ def dt_codeable_concept(raw: str, level: int, rt: Runtime, args: dict[str, Any])
     """CWE/CE/CNE: identifier, text, coding system and the alternate triplet; CWE-9 original text.
     A feed sends the same few hundred codes over and over: the result is remembered per maps and sender
     (a pure function of the raw value) and each caller gets its own copy."""
-    key = ("CWE", raw, level, rt.enc, args.get("default_system"), rt.facility_key)
+    key = ("CWE", raw, level, args.get("default_system"), rt.memo_key)
     memo = rt.maps.memo
     found: dict[str, Any] | None = memo.get(key)
     if found is None:
