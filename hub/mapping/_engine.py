@@ -258,7 +258,8 @@ class Runtime:
         self.resources: list[dict[str, Any]] = []
         self.extra: dict[str, dict[str, Any]] = {}
         self.keys: set[str] = set()
-        self.deferred: list[tuple[dict[str, Any], CompiledField, int, int]] = []
+        # (resource, its map's reference fields, segment index, parent index), resolved after the build
+        self.deferred: list[tuple[dict[str, Any], tuple[CompiledField, ...], int, int]] = []
         self.nulls: list[tuple[dict[str, Any], str, str]] = []
         self.pending_required: list[tuple[dict[str, Any], CompiledSegmentMap, int, int]] = []
         self.warnings: list[str] = []
@@ -793,11 +794,22 @@ def compile_id(resource: str, rules: list[CompiledIdRule], own: str) -> IdFuncti
             else:
                 if not keys:
                     continue
-                values = [get(rt, index) for get in keys]
-                if not all(values):
+                # Every key is read (and so marked used) even when an earlier one is empty.
+                complete = True
+                values = []
+                for get in keys:
+                    value = get(rt, index)
+                    if not value:
+                        complete = False
+                    values.append(value)
+                if not complete:
                     continue
                 for get in extra:
                     values.append(get(rt, index))
+                if scope == "facility":
+                    return resource_id(resource, rt.ctx.facility, *values)
+                if scope == "patient":
+                    return resource_id(resource, rt.patient_id_at(index), *values)
                 parts = tuple(values)
             if scope == "facility":
                 parts = (rt.ctx.facility, *parts)
@@ -930,8 +942,8 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
     rt.made[(smap.name, index)] = res
     rt.children.setdefault((smap.name, parent), []).append(res)
     rt.resources.append(res)
-    for f in smap.deferred:
-        rt.deferred.append((res, f, index, parent))
+    if smap.deferred:
+        rt.deferred.append((res, smap.deferred, index, parent))
     if smap.required:
         rt.pending_required.append((res, smap, index, parent))
 
@@ -975,27 +987,30 @@ def _drop_references(res: dict[str, Any], dropped: set[str]) -> None:
 def resolve_references(rt: Runtime) -> None:
     segment_of_map = rt.maps.segment_of_map
     segs, made, children, refs = rt.segments, rt.made, rt.children, rt._refs
-    for res, f, index, parent in rt.deferred:
-        ref = f.ref
-        if ref is not None:
-            seg_name = segment_of_map.get(ref, "")
-            at = parent if parent >= 0 and segs[parent].name == seg_name else rt.nearest(index, seg_name)
-            # Only the governing segment's resource: never another patient's or another order's.
-            key = (ref, at)
-            if key in refs:
-                reference = refs[key]
-            else:
-                target = made.get(key)
-                reference = refs[key] = None if target is None else f"{target['resourceType']}/{target['id']}"
-            if reference is not None:
-                value = {"reference": reference}
-                if f.simple is not None and f.with_ is None:
-                    res[f.simple] = value
+    for res, fields, index, parent in rt.deferred:
+        for f in fields:
+            ref = f.ref
+            if ref is not None:
+                seg_name = segment_of_map.get(ref, "")
+                at = parent if parent >= 0 and segs[parent].name == seg_name else rt.nearest(index, seg_name)
+                # Only the governing segment's resource: never another patient's or another order's.
+                key = (ref, at)
+                if key in refs:
+                    reference = refs[key]
                 else:
-                    set_value(res, f.steps, value, f.with_)
-        elif f.children is not None:
-            for child in children.get((f.children, index), ()):
-                set_value(res, f.steps, {"reference": f"{child['resourceType']}/{child['id']}"}, f.with_)
+                    target = made.get(key)
+                    reference = refs[key] = (
+                        None if target is None else f"{target['resourceType']}/{target['id']}"
+                    )
+                if reference is not None:
+                    value = {"reference": reference}
+                    if f.simple is not None and f.with_ is None:
+                        res[f.simple] = value
+                    else:
+                        set_value(res, f.steps, value, f.with_)
+            elif f.children is not None:
+                for child in children.get((f.children, index), ()):
+                    set_value(res, f.steps, {"reference": f"{child['resourceType']}/{child['id']}"}, f.with_)
 
 
 def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:

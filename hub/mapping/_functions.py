@@ -481,15 +481,29 @@ def quantity(rt: Runtime, value: Any, units_raw: str, level: int) -> dict[str, A
     """A Quantity whose units are a CWE: UCUM codes get the UCUM system (V2-to-FHIR IG CWE[Quantity])."""
     q: dict[str, Any] = {"value": value}
     if units_raw:
-        u = [rt.text(p).strip() for p in rt.parts(units_raw, level)] + ["", "", ""]
-        unit = u[1] or u[0]
-        if unit:
-            q["unit"] = unit
-        # Only units the sender declares UCUM get the UCUM system; others stay display text.
-        if u[0] and u[2].upper() in ("UCUM", "ANS+", "ISO+"):
-            q["system"] = "http://unitsofmeasure.org"
-            q["code"] = u[0]
+        # Units are a code: remembered per maps (a pure function of the raw units).
+        key = ("units", units_raw, level, rt.memo_key)
+        memo = rt.maps.memo
+        elements = memo.get(key)
+        if elements is None:
+            if len(memo) > MEMO_MAX:
+                memo.clear()
+            elements = memo[key] = _unit_elements(rt, units_raw, level)
+        q.update(elements)
     return q
+
+
+def _unit_elements(rt: Runtime, units_raw: str, level: int) -> tuple[tuple[str, str], ...]:
+    u = [rt.text(p).strip() for p in rt.parts(units_raw, level)] + ["", "", ""]
+    out: list[tuple[str, str]] = []
+    unit = u[1] or u[0]
+    if unit:
+        out.append(("unit", unit))
+    # Only units the sender declares UCUM get the UCUM system; others stay display text.
+    if u[0] and u[2].upper() in ("UCUM", "ANS+", "ISO+"):
+        out.append(("system", "http://unitsofmeasure.org"))
+        out.append(("code", u[0]))
+    return tuple(out)
 
 
 @_datatype("CQ")
