@@ -593,7 +593,8 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
                 memo = rt.maps.memo
                 value = memo.get(key)
                 if value is not None:
-                    value = _clone(value)
+                    if value.__class__ in _NESTED:
+                        value = _clone(value)
                 else:
                     value = _code_value(rt, piece, level, src, enc)
                     if value is None:
@@ -601,7 +602,7 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
                     if value.__class__ in _MEMO_TYPES:
                         if len(memo) > MEMO_MAX:
                             memo.clear()
-                        memo[key] = _clone(value)
+                        memo[key] = _clone(value) if value.__class__ in _NESTED else value
             else:
                 value = _code_value(rt, piece, level, src, enc)
                 if value is None:
