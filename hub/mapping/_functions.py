@@ -268,6 +268,25 @@ def cx_identifier(rt: Runtime, value: str, authority: str, universal: str, utype
     OID/URI authority, else a hub-local system for that sender and authority."""
     if not value:
         return None
+    # The system is a pure function of the authority and type (a feed has a handful): remembered.
+    key = ("cx-system", authority, universal, utype, id_type, rt.memo_key)
+    memo = rt.maps.memo
+    system = memo.get(key)
+    if system is None:
+        if len(memo) > MEMO_MAX:
+            memo.clear()
+        system = memo[key] = _cx_system(rt, authority, universal, utype, id_type)
+    out: dict[str, Any] = {}
+    if id_type:
+        out["type"] = {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": id_type}]
+        }
+    out["system"] = system
+    out["value"] = value
+    return out
+
+
+def _cx_system(rt: Runtime, authority: str, universal: str, utype: str, id_type: str) -> str:
     system: str | None = None
     table = rt.vocab("identifier-authorities")
     for key in (authority, universal):
@@ -281,14 +300,7 @@ def cx_identifier(rt: Runtime, value: str, authority: str, universal: str, utype
             system = found
     if system is None:
         system = hd_system(rt, authority, universal, utype) or f"urn:hub:id:{rt.facility_key}"
-    out: dict[str, Any] = {}
-    if id_type:
-        out["type"] = {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": id_type}]
-        }
-    out["system"] = system
-    out["value"] = value
-    return out
+    return system
 
 
 @_datatype("Identifier")
