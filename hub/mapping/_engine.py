@@ -159,6 +159,8 @@ class CompiledField:
     # runner of its fallbacks (or None); the generated fill function calls them directly.
     emit: Callable[[Runtime, dict[str, Any], str, PathRef], None] | None = None
     emit_fallbacks: Callable[[Runtime, int, dict[str, Any]], None] | None = None
+    # For a multi-input function on the own segment: writes the result for the raw input fields.
+    write_inputs: Callable[[Runtime, int, dict[str, Any], list[str]], None] | None = None
 
 
 @dataclass(slots=True)
@@ -503,6 +505,9 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
             for n, raw in zip(numbers, raws, strict=True):
                 if raw:
                     used.add(n)
+            write_inputs(rt, index, res, raws)
+
+        def write_inputs(rt: Runtime, index: int, res: dict[str, Any], raws: list[str]) -> None:
             made = segment_fn(raws, index, rt, fn_args)
             if made is None:
                 return
@@ -515,6 +520,7 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
                 return
             put(res, f, made)
 
+        f.write_inputs = write_inputs
         return run_inputs
     if not (f.sources and f.sources[0].segment == segment):
         return None
@@ -886,7 +892,16 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
 
         namespace[f"run{i}"] = run_field
         local = f.local_fields
-        if f.emit is not None and f.run is not None:
+        if (
+            f.value is not None
+            and f.when is None
+            and f.simple is not None
+            and f.with_ is None
+            and not isinstance(f.value, dict | list)
+        ):  # a constant (see specialize)
+            namespace[f"key{i}"], namespace[f"const{i}"] = f.simple, f.value
+            lines.append(f"    res[key{i}] = const{i}")
+        elif f.emit is not None and f.run is not None:
             n = int(f.sources[0].field)
             namespace[f"emit{i}"], namespace[f"src{i}"] = f.emit, f.sources[0]
             lines.append(f"    raw = fields[{n}] if nf > {n} else ''")
@@ -897,6 +912,19 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
                 namespace[f"fallbacks{i}"] = f.emit_fallbacks
                 lines.append("    else:")
                 lines.append(f"        fallbacks{i}(rt, index, res)")
+        elif f.write_inputs is not None and f.run is not None:
+            names = []
+            for k, ref in enumerate(f.inputs):
+                n = int(ref.field)
+                names.append((f"r{i}_{k}", n))
+                lines.append(f"    r{i}_{k} = fields[{n}] if nf > {n} else ''")
+            lines.append(f"    if {' or '.join(name for name, _ in names)}:")
+            lines.append("        used = rt.used[index]")
+            for name, n in names:
+                lines.append(f"        if {name}:")
+                lines.append(f"            used.add({n})")
+            namespace[f"inputs{i}"] = f.write_inputs
+            lines.append(f"        inputs{i}(rt, index, res, [{', '.join(name for name, _ in names)}])")
         elif local:
             test = " or ".join(f"(nf > {int(n)} and fields[{int(n)}])" for n in local)
             lines.append(f"    if {test}:")
