@@ -667,13 +667,27 @@ _MEMO_TYPES = (str, dict, list)
 _NESTED = (dict, list)
 
 
+def _flat(d: dict[str, Any]) -> bool:
+    for v in d.values():
+        if v.__class__ in _NESTED:
+            return False
+    return True
+
+
 def _clone(value: Any) -> Any:
     """A copy of a JSON-like value (dicts and lists copied, scalars shared)."""
     cls = value.__class__
     if cls is dict:
         out = value.copy()
         for k, v in value.items():
-            if v.__class__ in _NESTED:
+            c = v.__class__
+            if c is list:
+                # Most often a CodeableConcept's codings: flat dicts.
+                out[k] = [
+                    x.copy() if x.__class__ is dict and _flat(x) else _clone(x) if x.__class__ in _NESTED else x
+                    for x in v
+                ]
+            elif c is dict:
                 out[k] = _clone(v)
         return out
     if cls is list:
@@ -1033,10 +1047,19 @@ def resolve_references(rt: Runtime) -> None:
                     )
                 if reference is not None:
                     value = {"reference": reference}
-                    if f.simple is not None and f.with_ is None:
-                        res[f.simple] = value
-                    else:
-                        set_value(res, f.steps, value, f.with_)
+                    if f.with_ is None:
+                        if f.simple is not None:
+                            res[f.simple] = value
+                            continue
+                        steps = f.steps
+                        if len(steps) == 1 and steps[0][1] == "[]":  # e.g. basedOn[]
+                            items = res.get(steps[0][0])
+                            if items is None:
+                                res[steps[0][0]] = [value]
+                            elif value not in items:
+                                items.append(value)
+                            continue
+                    set_value(res, f.steps, value, f.with_)
             elif f.children is not None:
                 for child in children.get((f.children, index), ()):
                     set_value(res, f.steps, {"reference": f"{child['resourceType']}/{child['id']}"}, f.with_)
@@ -1124,9 +1147,8 @@ def unmapped_report(rt: Runtime) -> list[dict[str, Any]]:
         fields = seg.fields
         start = 3 if seg.name in ("MSH", "FHS", "BHS") else 1
         before = len(out)
-        for n in range(start, len(fields)):
-            raw = fields[n]
-            if not raw or n in used:
+        for n, raw in enumerate(fields):
+            if not raw or n in used or n < start:
                 continue
             # Set IDs (SEG-1 of repeating segments) only number the segments; not data to map.
             if n == 1 and raw.isdigit():

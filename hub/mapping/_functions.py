@@ -57,7 +57,14 @@ def dt_string(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
 @_datatype("text")
 def dt_text(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """FT/TX over every repetition: repetitions are lines; ``\\.br\\`` is unescaped after splitting."""
-    lines = [rt.text(r) for r in raw.split(rt.enc.repetition)] if level == 0 else [rt.text(raw)]
+    if level != 0 or rt.enc.repetition not in raw:
+        line = rt.text(raw)
+        if "\n" not in line:  # one line: the same as below
+            text = line.rstrip().strip("\n")
+            return text if text.strip() else None
+        lines = [line]
+    else:
+        lines = [rt.text(r) for r in raw.split(rt.enc.repetition)]
     # Trailing spaces are not significant in ST/TX/FT (v2.5.1 2A.3.70); leading ones are.
     text = "\n".join(part.rstrip() for line in lines for part in line.split("\n")).strip("\n")
     return text if text.strip() else None
