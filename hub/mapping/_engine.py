@@ -667,13 +667,6 @@ _MEMO_TYPES = (str, dict, list)
 _NESTED = (dict, list)
 
 
-def _flat(d: dict[str, Any]) -> bool:
-    for v in d.values():
-        if v.__class__ in _NESTED:
-            return False
-    return True
-
-
 def _clone(value: Any) -> Any:
     """A copy of a JSON-like value (dicts and lists copied, scalars shared)."""
     cls = value.__class__
@@ -682,11 +675,7 @@ def _clone(value: Any) -> Any:
         for k, v in value.items():
             c = v.__class__
             if c is list:
-                # Most often a CodeableConcept's codings: flat dicts.
-                out[k] = [
-                    x.copy() if x.__class__ is dict and _flat(x) else _clone(x) if x.__class__ in _NESTED else x
-                    for x in v
-                ]
+                out[k] = [_clone(x) if x.__class__ in _NESTED else x for x in v]
             elif c is dict:
                 out[k] = _clone(v)
         return out
