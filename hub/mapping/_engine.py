@@ -11,6 +11,7 @@ import copy
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from hub.errors import MappingError
@@ -219,6 +220,12 @@ class CompiledMaps:
     memo: dict[Any, Any] = field(default_factory=dict)
 
 
+@lru_cache(maxsize=1024)
+def _facility_key(facility: str) -> str:
+    """The sending facility as a URN/URI-safe name part."""
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in facility) or "unknown"
+
+
 class Runtime:
     """The state of one message being mapped; the registry functions receive it."""
 
@@ -273,9 +280,7 @@ class Runtime:
         self._refs: dict[tuple[str, int], str | None] = {}
         self._values: dict[tuple[int, str], str] = {}
         self._patient_ids: dict[int, str] = {}
-        self.facility_key = (
-            "".join(c if c.isalnum() or c in "-._" else "_" for c in ctx.facility) or "unknown"
-        )
+        self.facility_key = _facility_key(ctx.facility)
         self.version = self.segments[0].get(12) if self.segments else ""
         # What values remembered per maps also depend on: the delimiters and the sender.
         e = self.enc
