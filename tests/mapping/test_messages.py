@@ -4,6 +4,8 @@ references, MPI actions, explicit nulls, the unmapped report and sender overlays
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from hub.errors import MappingError
@@ -242,3 +244,23 @@ def test_document_date_is_an_instant_even_from_a_bare_date() -> None:
     text = read(HL7_DIR / "mdm_t02.hl7").replace("|20261105110000|", "|20261105|", 1)
     (doc,) = by_type(map_text(text), "DocumentReference")
     assert doc["date"] == "2026-11-05T00:00:00+07:00"
+
+
+def test_remembered_codes_are_not_shared_between_messages() -> None:
+    """Coded values (CWE, vocabulary translations, units, identifier systems) are remembered across
+    messages for speed; a caller changing one result must not change the next one."""
+    text = read(HL7_DIR / "oru_r01.hl7")
+    expected = map_text(text).resources
+    pristine = [json.loads(json.dumps(r)) for r in expected]
+    for res in map_text(text).resources:  # mutate everything nested in a second result
+        for value in res.values():
+            if isinstance(value, dict):
+                value["mutated"] = True
+                for item in value.get("coding", []):
+                    item["code"] = "mutated"
+            elif isinstance(value, list):
+                for item in value:
+                    if isinstance(item, dict):
+                        item["mutated"] = True
+                value.append("mutated")
+    assert map_text(text).resources == pristine
