@@ -8,14 +8,16 @@ is marked used; the rest make the unmapped report. One Provenance per message ta
 from __future__ import annotations
 
 import copy
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from hub.errors import MappingError
-from hub.hl7 import EXPLICIT_NULL, Message, Segment, unescape
+from hub.hl7 import EXPLICIT_NULL, Encoding, Message, Segment, unescape
 from hub.hl7.reference import field_name
-from hub.mapping._functions import Choice, key_id
+from hub.mapping._functions import DATATYPES, MEMO_MAX, Choice, key_id
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._time import TimeFormatError, to_datetime, to_instant
 
@@ -57,6 +59,15 @@ def put(res: dict[str, Any], f: CompiledField, value: Any) -> None:
 _PY_CHOICE = {bool: "Boolean", int: "Integer", str: "String"}
 
 
+def put_choice(obj: dict[str, Any], name: str, type_name: str, value: Any) -> None:
+    """Set ``name[x]`` as ``name<Type>``. A choice element holds one type: a later field (PID-25 birth
+    order after PID-24, PID-29 date after the PID-30 flag) replaces what an earlier one set."""
+    n = len(name)
+    for key in [k for k in obj if k.startswith(name) and k[n : n + 1].isupper()]:
+        del obj[key]
+    obj[name + type_name] = value
+
+
 def set_value(obj: dict[str, Any], steps: tuple[Step, ...], value: Any, with_: dict[str, Any] | None) -> bool:
     """Put ``value`` at ``steps`` under ``obj``; ``[]`` appends, ``[x]`` completes a choice element's name.
     Empty values are never written, so no resource carries an empty element."""
@@ -84,11 +95,7 @@ def set_value(obj: dict[str, Any], steps: tuple[Step, ...], value: Any, with_: d
             if inferred is None:
                 raise MappingError(f"{name}[x] needs a typed value (a datatype or the choice transform)")
             value = Choice(inferred, value)
-        # A choice element holds one type: a later field (PID-25 birth order after PID-24, PID-29 date
-        # after PID-30 flag) replaces what an earlier one set.
-        for key in [k for k in obj if k.startswith(name) and k[len(name) : len(name) + 1].isupper()]:
-            del obj[key]
-        obj[name + value.type] = value.value
+        put_choice(obj, name, value.type, value.value)
     elif isinstance(value, Choice):
         obj[name] = value.value
     else:
@@ -158,6 +165,12 @@ class CompiledField:
     deferred: bool = False
     simple: str | None = None  # the element name when the target is one plain element
     run: Callable[[Runtime, int, dict[str, Any]], None] | None = None  # see specialize()
+    # For a field of the own segment (see specialize): writes one non-empty raw field, and the
+    # runner of its fallbacks (or None); the generated fill function calls them directly.
+    emit: Callable[[Runtime, dict[str, Any], str, PathRef], None] | None = None
+    emit_fallbacks: Callable[[Runtime, int, dict[str, Any]], None] | None = None
+    # For a multi-input function on the own segment: writes the result for the raw input fields.
+    write_inputs: Callable[[Runtime, int, dict[str, Any], list[str]], None] | None = None
 
 
 @dataclass(slots=True)
@@ -178,6 +191,10 @@ class CompiledSegmentMap:
     required: list[str]
     merge_into: str | None = None
     when: tuple[Callable[[str, Runtime, list[Any]], bool], PathRef | None, list[Any]] | None = None
+    compute_id: Callable[[Runtime, int], str | None] | None = None  # see compile_id()
+    # Runs the immediate fields (see compile_plan): (rt, index, resource, segment fields, their count)
+    fill: Callable[[Runtime, int, dict[str, Any], list[str], int], None] = lambda *_: None
+    deferred: tuple[CompiledField, ...] = ()
 
 
 @dataclass(slots=True)
@@ -208,14 +225,23 @@ class CompiledMaps:
     time_zone: str | None = None
     segment_of_map: dict[str, str] = field(default_factory=dict)
     converters: dict[str, Converter] = field(default_factory=dict)  # by datatype name and file stem
+    # Results of pure functions of these maps (coding system names → URIs …), filled as messages come.
+    memo: dict[Any, Any] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=1024)
+def _facility_key(facility: str) -> str:
+    """The sending facility as a URN/URI-safe name part."""
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in facility) or "unknown"
 
 
 class Runtime:
     """The state of one message being mapped; the registry functions receive it."""
 
     __slots__ = (
-        "_nearest",
         "_patient_ids",
+        "_positions",
+        "_refs",
         "_values",
         "children",
         "ctx",
@@ -223,9 +249,11 @@ class Runtime:
         "enc",
         "extra",
         "facility_key",
+        "fields",
         "keys",
         "made",
         "maps",
+        "memo_key",
         "nulls",
         "pending_required",
         "resources",
@@ -248,17 +276,26 @@ class Runtime:
         self.resources: list[dict[str, Any]] = []
         self.extra: dict[str, dict[str, Any]] = {}
         self.keys: set[str] = set()
-        self.deferred: list[tuple[dict[str, Any], CompiledField, int, int]] = []
+        # (resource, its map's reference fields, segment index, parent index), resolved after the build
+        self.deferred: list[tuple[dict[str, Any], tuple[CompiledField, ...], int, int]] = []
         self.nulls: list[tuple[dict[str, Any], str, str]] = []
         self.pending_required: list[tuple[dict[str, Any], CompiledSegmentMap, int, int]] = []
         self.warnings: list[str] = []
-        self._nearest: dict[tuple[int, str], int] = {}
+        positions: dict[str, list[int]] = {}
+        for i, seg in enumerate(self.segments):
+            positions.setdefault(seg.name, []).append(i)
+        self._positions = positions
+        self.fields: list[list[str]] = [seg.fields for seg in self.segments]  # raw fields, by segment
+        self._refs: dict[tuple[str, int], str | None] = {}
         self._values: dict[tuple[int, str], str] = {}
         self._patient_ids: dict[int, str] = {}
-        self.facility_key = (
-            "".join(c if c.isalnum() or c in "-._" else "_" for c in ctx.facility) or "unknown"
-        )
+        self.facility_key = _facility_key(ctx.facility)
         self.version = self.segments[0].get(12) if self.segments else ""
+        # What values remembered per maps also depend on: the delimiters and the sender.
+        e = self.enc
+        self.memo_key = "\x1f".join(
+            (e.field, e.component, e.repetition, e.escape, e.subcomponent, e.truncation, self.facility_key)
+        )
 
     # -- values --------------------------------------------------------------------------------------
     def text(self, raw: str) -> str:
@@ -281,23 +318,13 @@ class Runtime:
     def nearest(self, index: int, name: str) -> int:
         """The segment named ``name`` that governs segment ``index``: itself, the nearest before it, or
         else the first one in the message."""
-        key = (index, name)
-        found = self._nearest.get(key)
-        if found is not None:
-            return found
-        segs = self.segments
-        result = -1
-        for i in range(min(index, len(segs) - 1), -1, -1):
-            if segs[i].name == name:
-                result = i
-                break
-        if result < 0:
-            for i in range(index + 1, len(segs)):
-                if segs[i].name == name:
-                    result = i
-                    break
-        self._nearest[key] = result
-        return result
+        positions = self._positions.get(name)
+        if positions is None:
+            return -1
+        first = positions[0]
+        if first >= index or len(positions) == 1:
+            return first
+        return positions[bisect_right(positions, index) - 1]
 
     def raw_at(self, ref: PathRef, index: int, mark: bool = True) -> tuple[str, int]:
         """The raw (escaped) field ``ref`` names, seen from segment ``index``, and that segment's index."""
@@ -481,67 +508,194 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
         numbers = tuple(r.field for r in f.inputs)
         segment_fn, fn_args, fn_transform = f.segment_fn, f.args, f.transform
 
+        steps = f.steps
+        choice = steps[0][0] if len(steps) == 1 and steps[0][1] == "[x]" and f.with_ is None else None
+
         def run_inputs(rt: Runtime, index: int, res: dict[str, Any]) -> None:
-            fields = rt.segments[index].fields
+            fields = rt.fields[index]
             count = len(fields)
             used = rt.used[index]
-            raws = []
-            for n in numbers:
-                raw = fields[n] if n < count else ""
+            raws = [fields[n] if n < count else "" for n in numbers]
+            for n, raw in zip(numbers, raws, strict=True):
                 if raw:
                     used.add(n)
-                raws.append(raw)
+            write_inputs(rt, index, res, raws)
+
+        def write_inputs(rt: Runtime, index: int, res: dict[str, Any], raws: list[str]) -> None:
             made = segment_fn(raws, index, rt, fn_args)
-            if fn_transform is not None and made is not None:
+            if made is None:
+                return
+            if fn_transform is not None:
                 made = fn_transform(made, rt, fn_args)
+            if choice is not None and made.__class__ is Choice:
+                inner = made.value
+                if inner is not None and (inner.__class__ not in _CONTAINERS or inner):
+                    put_choice(res, choice, made.type, inner)
+                return
             put(res, f, made)
 
+        f.write_inputs = write_inputs
         return run_inputs
-    if not (f.sources and f.sources[0].segment == segment and not f.repeat and not f.whole_field):
+    if not (f.sources and f.sources[0].segment == segment):
         return None
     src = f.sources[0]
     n, target = src.field, f.target
-    has_fallback = len(f.sources) > 1
     convert, convert_args, vocab, transform, args = f.convert, f.convert_args, f.vocab, f.transform, f.args
+    steps, with_ = f.steps, f.with_
+    repeat, whole_field = f.repeat, f.whole_field
+    simple = f.simple if f.with_ is None else None
+    choice = steps[0][0] if len(steps) == 1 and steps[0][1] == "[x]" and with_ is None else None
+    append = steps[0][0] if len(steps) == 1 and steps[0][1] == "[]" and not with_ else None
+    fallbacks = tuple(f.sources[1:])
 
-    def run_local(rt: Runtime, index: int, res: dict[str, Any]) -> None:
-        fields = rt.segments[index].fields
-        raw = fields[n] if n < len(fields) else ""
-        if not raw:
-            if has_fallback:  # e.g. OBX-3 empty: the generic path tries OBR-4
-                apply_field(f, rt, index, res)
-            return
-        rt.used[index].add(n)
-        if raw == EXPLICIT_NULL:
-            rt.nulls.append((res, target, src.text))
-            return
-        sep = rt.enc.repetition
-        rep = raw.split(sep, 1)[0] if sep in raw else raw
-        if not rep or rep == EXPLICIT_NULL:
-            return
-        piece, level = rt.piece(rep, src) if src.component else (rep, 0)
-        if not piece:
-            return
+    # Codes (CWE, a vocabulary-translated ID …) repeat from message to message; free text does not.
+    pure = convert is None or convert in _PURE_TEXT
+    coded = object() if convert in _CODED or (vocab is not None and pure) else None
+
+    def _code_value(rt: Runtime, piece: str, level: int, src: PathRef, enc: Encoding) -> Any:
         value: Any
         if convert is None:
-            if level < 2:
-                piece = rt.parts(piece, level)[0]
-                if level == 0 and rt.enc.subcomponent:
-                    piece = piece.split(rt.enc.subcomponent, 1)[0]
-            value = rt.text(piece).strip() or None
+            ssep, esc = enc.subcomponent, enc.escape
+            if level == 0:
+                piece = piece.split(enc.component, 1)[0]
+                if ssep:
+                    piece = piece.split(ssep, 1)[0]
+            elif level == 1 and ssep:
+                piece = piece.split(ssep, 1)[0]
+            if esc and esc in piece:
+                piece = unescape(piece, enc)
+            value = piece.strip() or None
         else:
             value = convert(piece, level, rt, convert_args)
         if value is None:
-            return
+            return None
         if vocab is not None:
             value = _translate(rt, vocab, value, src)
-            if value is None:
-                return
-        if transform is not None:
-            value = transform(value, rt, args)
-        put(res, f, value)
+        return value
 
+    def emit(rt: Runtime, res: dict[str, Any], raw: str, src: PathRef) -> None:
+        if raw == EXPLICIT_NULL:
+            rt.nulls.append((res, target, src.text))
+            return
+        enc = rt.enc
+        sep, csep, ssep = enc.repetition, enc.component, enc.subcomponent
+        if whole_field or sep not in raw:
+            reps = [raw]
+        elif repeat:
+            reps = raw.split(sep)
+        else:
+            reps = [raw.split(sep, 1)[0]]
+        component, subcomponent = src.component, src.subcomponent
+        for piece in reps:
+            if not piece or piece == EXPLICIT_NULL:
+                continue
+            # The component/subcomponent the path names, and its nesting level (see Runtime.piece).
+            if component:
+                comps = piece.split(csep)
+                if component > len(comps):
+                    continue
+                piece = comps[component - 1]
+                if subcomponent:
+                    subs = piece.split(ssep) if ssep else [piece]
+                    piece = subs[subcomponent - 1] if subcomponent <= len(subs) else ""
+                    level = 2
+                else:
+                    level = 1
+                if not piece:
+                    continue
+            else:
+                level = 0
+            value: Any
+            if coded:
+                # A code (and its vocabulary translation) is a pure function of the raw value: remembered
+                # per maps and sender, copied for each use.
+                key = (coded, piece, level, src.text, rt.memo_key)
+                memo = rt.maps.memo
+                value = memo.get(key)
+                if value is not None:
+                    if value.__class__ in _NESTED:
+                        value = _clone(value)
+                else:
+                    value = _code_value(rt, piece, level, src, enc)
+                    if value is None:
+                        continue
+                    if value.__class__ in _MEMO_TYPES:
+                        if len(memo) > MEMO_MAX:
+                            memo.clear()
+                        memo[key] = _clone(value) if value.__class__ in _NESTED else value
+            else:
+                value = _code_value(rt, piece, level, src, enc)
+                if value is None:
+                    continue
+            if transform is not None:
+                value = transform(value, rt, args)
+            cls = value.__class__
+            if cls is Choice:
+                if choice is not None:
+                    inner = value.value
+                    if inner is not None and (inner.__class__ not in _CONTAINERS or inner):
+                        put_choice(res, choice, value.type, inner)
+                    continue
+            elif simple is not None:
+                if cls not in _CONTAINERS or value:
+                    res[simple] = value
+                continue
+            elif append is not None and cls is not list:
+                if cls not in _CONTAINERS or value:
+                    items = res.get(append)
+                    if items is None:
+                        res[append] = [value]
+                    elif value not in items:
+                        items.append(value)
+                continue
+            set_value(res, steps, value, with_)
+
+    def run_fallbacks(rt: Runtime, index: int, res: dict[str, Any]) -> None:
+        for ref in fallbacks:  # e.g. OBX-3 empty: OBR-4
+            raw, _ = rt.raw_at(ref, index)
+            if raw:
+                emit(rt, res, raw, ref)
+                return
+
+    def run_local(rt: Runtime, index: int, res: dict[str, Any]) -> None:
+        fields = rt.fields[index]
+        raw = fields[n] if n < len(fields) else ""
+        if raw:
+            rt.used[index].add(n)
+            emit(rt, res, raw, src)
+        elif fallbacks:
+            run_fallbacks(rt, index, res)
+
+    f.emit = emit
+    f.emit_fallbacks = run_fallbacks if fallbacks else None
     return run_local
+
+
+# Converters that are pure functions of the raw value, the maps and the sender (no warnings, no
+# resources made on the side).
+_CODED = frozenset(DATATYPES[name] for name in ("CodeableConcept", "Coding", "code", "HD"))
+_PURE_TEXT = frozenset(DATATYPES[name] for name in ("string", "code"))
+_MEMO_TYPES = (str, dict, list)
+
+
+_NESTED = (dict, list)
+
+
+def _clone(value: Any) -> Any:
+    """A copy of a JSON-like value (dicts and lists copied, scalars shared)."""
+    cls = value.__class__
+    if cls is dict:
+        out = value.copy()
+        for k, v in value.items():
+            c = v.__class__
+            if c is list:
+                out[k] = [_clone(x) if x.__class__ in _NESTED else x for x in v]
+            elif c is dict:
+                out[k] = _clone(v)
+        return out
+    if cls is list:
+        return [_clone(v) if v.__class__ in _NESTED else v for v in value]
+    return value
 
 
 def _translate(rt: Runtime, name: str, value: Any, src: PathRef) -> Any:
@@ -575,8 +729,128 @@ def _translate(rt: Runtime, name: str, value: Any, src: PathRef) -> Any:
     return value
 
 
+Getter = Callable[[Runtime, int], str]
+
+
+def make_getter(ref: PathRef, own: str) -> Getter:
+    """A reader of ``ref`` seen from a segment of the map's own segment ``own``: the same value as
+    :meth:`Runtime.value` (marking the field used), without its generic dispatch. Fields of the own
+    segment are read directly; other segments go through the cached :meth:`Runtime.value`."""
+    if ref.segment != own or own == "MSH" or ref.segment == "MSH":
+        seg_name, text, field_no = ref.segment, ref.text, ref.field
+
+        def other(rt: Runtime, index: int) -> str:
+            # Runtime.value with its per-message cache read first (OBR keys are read by every OBX).
+            segs = rt.segments
+            i = (
+                index
+                if 0 <= index < len(segs) and segs[index].name == seg_name
+                else rt.nearest(index, seg_name)
+            )
+            found = rt._values.get((i, text))
+            if found is not None:
+                rt.used[i].add(field_no)  # cached: the field is not empty
+                return found
+            return rt.value(ref, index)
+
+        return other
+    n, comp, sub = ref.field, ref.component, ref.subcomponent
+
+    def local(rt: Runtime, index: int) -> str:
+        seg = rt.segments[index]
+        if seg.name != own:
+            return rt.value(ref, index)
+        fields = seg.fields
+        if n >= len(fields):
+            return ""
+        raw = fields[n]
+        if not raw:
+            return ""
+        rt.used[index].add(n)
+        enc = rt.enc
+        if enc.repetition in raw:
+            raw = raw.split(enc.repetition, 1)[0]
+        if comp:
+            comps = raw.split(enc.component)
+            if comp > len(comps):
+                return ""
+            raw = comps[comp - 1]
+        else:
+            raw = raw.split(enc.component, 1)[0]
+        if enc.subcomponent:
+            if sub:
+                subs = raw.split(enc.subcomponent)
+                if sub > len(subs):
+                    return ""
+                raw = subs[sub - 1]
+            elif enc.subcomponent in raw:
+                raw = raw.split(enc.subcomponent, 1)[0]
+        if enc.escape and enc.escape in raw:
+            raw = unescape(raw, enc)
+        return raw.strip()
+
+    return local
+
+
+IdFunction = Callable[[Runtime, int], "str | None"]
+
+
+def compile_id(resource: str, rules: list[CompiledIdRule], own: str) -> IdFunction:
+    """:func:`compute_id` for one segment map as a closure over getters of its key paths."""
+    plans: list[tuple[Any, tuple[Getter, ...], tuple[Getter, ...], str]] = [
+        (
+            rule.function,
+            tuple(make_getter(k, own) for k in rule.keys),
+            tuple(make_getter(k, own) for k in rule.extra),
+            rule.scope,
+        )
+        for rule in rules
+    ]
+
+    def compute(rt: Runtime, index: int) -> str | None:
+        for function, keys, extra, scope in plans:
+            if function is not None:
+                parts = function(index, rt)
+                if parts is None:
+                    continue
+                if len(parts) == 1 and parts[0].startswith("="):  # an id the function computed itself
+                    return str(parts[0][1:])
+            else:
+                if not keys:
+                    continue
+                # Every key is read (and so marked used) even when an earlier one is empty.
+                complete = True
+                values = []
+                for get in keys:
+                    value = get(rt, index)
+                    if not value:
+                        complete = False
+                    values.append(value)
+                if not complete:
+                    continue
+                for get in extra:
+                    values.append(get(rt, index))
+                if scope == "facility":
+                    return resource_id(resource, rt.ctx.facility, *values)
+                if scope == "patient":
+                    return resource_id(resource, rt.patient_id_at(index), *values)
+                parts = tuple(values)
+            if scope == "facility":
+                parts = (rt.ctx.facility, *parts)
+            elif scope == "patient":
+                parts = (rt.patient_id_at(index), *parts)
+            elif scope == "message":
+                parts = (*message_key(rt), *parts)
+            return key_id(resource, parts)
+        return None
+
+    return compute
+
+
 def compute_id(smap: CompiledSegmentMap, rt: Runtime, index: int) -> str | None:
     """The id from the first rule that applies; None when none does (no business identifier)."""
+    if smap.compute_id is not None:
+        return smap.compute_id(rt, index)
     for rule in smap.id_rules:
         if rule.function is not None:
             parts = rule.function(index, rt)
@@ -617,6 +891,69 @@ def merge_into(target: dict[str, Any], source: dict[str, Any]) -> None:
             target[key] = value
 
 
+def compile_plan(smap: CompiledSegmentMap) -> None:
+    """The immediate fields of a segment map as one generated function (the field runners in map order,
+    each behind a test of the own-segment fields that feed it), and its deferred (reference) fields.
+    Only names from the map (field numbers) reach the generated text; the runners are bound, not
+    written out."""
+    namespace: dict[str, Any] = {}
+    lines = ["def fill(rt, index, res, fields, nf):"]
+    for i, f in enumerate(smap.fields):
+        if f.deferred:
+            continue
+        run_field = f.run
+        if run_field is None:
+
+            def run_field(rt: Runtime, index: int, res: dict[str, Any], f: CompiledField = f) -> None:
+                apply_field(f, rt, index, res)
+
+        namespace[f"run{i}"] = run_field
+        local = f.local_fields
+        if (
+            f.value is not None
+            and f.when is None
+            and f.simple is not None
+            and f.with_ is None
+            and not isinstance(f.value, dict | list)
+        ):  # a constant (see specialize)
+            namespace[f"key{i}"], namespace[f"const{i}"] = f.simple, f.value
+            lines.append(f"    res[key{i}] = const{i}")
+        elif f.emit is not None and f.run is not None:
+            n = int(f.sources[0].field)
+            namespace[f"emit{i}"], namespace[f"src{i}"] = f.emit, f.sources[0]
+            lines.append(f"    raw = fields[{n}] if nf > {n} else ''")
+            lines.append("    if raw:")
+            lines.append(f"        rt.used[index].add({n})")
+            lines.append(f"        emit{i}(rt, res, raw, src{i})")
+            if f.emit_fallbacks is not None:
+                namespace[f"fallbacks{i}"] = f.emit_fallbacks
+                lines.append("    else:")
+                lines.append(f"        fallbacks{i}(rt, index, res)")
+        elif f.write_inputs is not None and f.run is not None:
+            names = []
+            for k, ref in enumerate(f.inputs):
+                n = int(ref.field)
+                names.append((f"r{i}_{k}", n))
+                lines.append(f"    r{i}_{k} = fields[{n}] if nf > {n} else ''")
+            lines.append(f"    if {' or '.join(name for name, _ in names)}:")
+            lines.append("        used = rt.used[index]")
+            for name, n in names:
+                lines.append(f"        if {name}:")
+                lines.append(f"            used.add({n})")
+            namespace[f"inputs{i}"] = f.write_inputs
+            lines.append(f"        inputs{i}(rt, index, res, [{', '.join(name for name, _ in names)}])")
+        elif local:
+            test = " or ".join(f"(nf > {int(n)} and fields[{int(n)}])" for n in local)
+            lines.append(f"    if {test}:")
+            lines.append(f"        run{i}(rt, index, res)")
+        else:
+            lines.append(f"    run{i}(rt, index, res)")
+    lines.append("    return None")
+    exec(compile("\n".join(lines), f"<segment map {smap.name}>", "exec"), namespace)
+    smap.fill = namespace["fill"]
+    smap.deferred = tuple(f for f in smap.fields if f.deferred)
+
+
 def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
     smap = entry.map
     if smap.when is not None and not _check(smap.when, rt, index, ""):
@@ -627,25 +964,8 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
             rt.made[(smap.name, index)] = {"resourceType": smap.resource, "id": ref_id}
         return
     res: dict[str, Any] = {"resourceType": smap.resource, "id": ""}
-    deferred: list[CompiledField] = []
-    seg_fields = rt.segments[index].fields
-    n_fields = len(seg_fields)
-    for f in smap.fields:
-        if f.deferred:
-            deferred.append(f)
-            continue
-        local = f.local_fields
-        if local:
-            if len(local) == 1:
-                n = local[0]
-                if n >= n_fields or not seg_fields[n]:
-                    continue
-            elif not any(n < n_fields and seg_fields[n] for n in local):
-                continue
-        if f.run is not None:
-            f.run(rt, index, res)
-        else:
-            apply_field(f, rt, index, res)
+    seg_fields = rt.fields[index]
+    smap.fill(rt, index, res, seg_fields, len(seg_fields))
     if smap.merge_into is not None:
         seg_name = rt.maps.segment_of_map.get(smap.merge_into, "")
         target = rt.made.get((smap.merge_into, rt.nearest(index, seg_name)))
@@ -668,8 +988,8 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
     rt.made[(smap.name, index)] = res
     rt.children.setdefault((smap.name, parent), []).append(res)
     rt.resources.append(res)
-    for f in deferred:
-        rt.deferred.append((res, f, index, parent))
+    if smap.deferred:
+        rt.deferred.append((res, smap.deferred, index, parent))
     if smap.required:
         rt.pending_required.append((res, smap, index, parent))
 
@@ -711,21 +1031,41 @@ def _drop_references(res: dict[str, Any], dropped: set[str]) -> None:
 
 
 def resolve_references(rt: Runtime) -> None:
-    for res, f, index, parent in rt.deferred:
-        if f.ref is not None:
-            seg_name = rt.maps.segment_of_map.get(f.ref, "")
-            at = (
-                parent
-                if parent >= 0 and rt.segments[parent].name == seg_name
-                else rt.nearest(index, seg_name)
-            )
-            # Only the governing segment's resource: never another patient's or another order's.
-            target = rt.made.get((f.ref, at))
-            if target is not None:
-                set_value(res, f.steps, {"reference": f"{target['resourceType']}/{target['id']}"}, f.with_)
-        elif f.children is not None:
-            for child in rt.children.get((f.children, index), []):
-                set_value(res, f.steps, {"reference": f"{child['resourceType']}/{child['id']}"}, f.with_)
+    segment_of_map = rt.maps.segment_of_map
+    segs, made, children, refs = rt.segments, rt.made, rt.children, rt._refs
+    for res, fields, index, parent in rt.deferred:
+        for f in fields:
+            ref = f.ref
+            if ref is not None:
+                seg_name = segment_of_map.get(ref, "")
+                at = parent if parent >= 0 and segs[parent].name == seg_name else rt.nearest(index, seg_name)
+                # Only the governing segment's resource: never another patient's or another order's.
+                key = (ref, at)
+                if key in refs:
+                    reference = refs[key]
+                else:
+                    target = made.get(key)
+                    reference = refs[key] = (
+                        None if target is None else f"{target['resourceType']}/{target['id']}"
+                    )
+                if reference is not None:
+                    value = {"reference": reference}
+                    if f.with_ is None:
+                        if f.simple is not None:
+                            res[f.simple] = value
+                            continue
+                        steps = f.steps
+                        if len(steps) == 1 and steps[0][1] == "[]":  # e.g. basedOn[]
+                            items = res.get(steps[0][0])
+                            if items is None:
+                                res[steps[0][0]] = [value]
+                            elif value not in items:
+                                items.append(value)
+                            continue
+                    set_value(res, f.steps, value, f.with_)
+            elif f.children is not None:
+                for child in children.get((f.children, index), ()):
+                    set_value(res, f.steps, {"reference": f"{child['resourceType']}/{child['id']}"}, f.with_)
 
 
 def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
@@ -810,9 +1150,8 @@ def unmapped_report(rt: Runtime) -> list[dict[str, Any]]:
         fields = seg.fields
         start = 3 if seg.name in ("MSH", "FHS", "BHS") else 1
         before = len(out)
-        for n in range(start, len(fields)):
-            raw = fields[n]
-            if not raw or n in used:
+        for n, raw in enumerate(fields):
+            if not raw or n in used or n < start:
                 continue
             # Set IDs (SEG-1 of repeating segments) only number the segments; not data to map.
             if n == 1 and raw.isdigit():

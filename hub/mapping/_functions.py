@@ -57,7 +57,14 @@ def dt_string(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
 @_datatype("text")
 def dt_text(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """FT/TX over every repetition: repetitions are lines; ``\\.br\\`` is unescaped after splitting."""
-    lines = [rt.text(r) for r in raw.split(rt.enc.repetition)] if level == 0 else [rt.text(raw)]
+    if level != 0 or rt.enc.repetition not in raw:
+        line = rt.text(raw)
+        if "\n" not in line:  # one line: the same as below
+            text = line.rstrip().strip("\n")
+            return text if text.strip() else None
+        lines = [line]
+    else:
+        lines = [rt.text(r) for r in raw.split(rt.enc.repetition)]
     # Trailing spaces are not significant in ST/TX/FT (v2.5.1 2A.3.70); leading ones are.
     text = "\n".join(part.rstrip() for line in lines for part in line.split("\n")).strip("\n")
     return text if text.strip() else None
@@ -128,18 +135,35 @@ def dt_integer(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     return int(value) if isinstance(value, int) else None
 
 
+MEMO_MAX = 20_000  # entries remembered per compiled maps before starting over
+_OID = re.compile(r"^\d+(\.\d+)+$")
+_HL7_TABLE = re.compile(r"^(HL7)?\d{4}$")
+
+
 def coding_system(rt: Runtime, name: str) -> str | None:
-    """A CWE coding system name (HL7 table 0396) as a FHIR system URI."""
+    """A CWE coding system name (HL7 table 0396) as a FHIR system URI (remembered per maps and sender:
+    a feed uses a handful of names)."""
     if not name:
         return None
+    key = ("coding-system", name, rt.memo_key)
+    memo = rt.maps.memo
+    found = memo.get(key)
+    if found is None:
+        if len(memo) > MEMO_MAX:
+            memo.clear()
+        found = memo[key] = _coding_system(rt, name)
+    return found
+
+
+def _coding_system(rt: Runtime, name: str) -> str | None:
     found = rt.vocab("coding-systems").get(name)
     if isinstance(found, str):
         return found
-    if re.match(r"^\d+(\.\d+)+$", name):
+    if _OID.match(name):
         return "urn:oid:" + name
     if name.startswith(("http://", "https://", "urn:")):
         return name
-    if re.match(r"^(HL7)?\d{4}$", name):  # an HL7 table: v2-NNNN
+    if _HL7_TABLE.match(name):  # an HL7 table: v2-NNNN
         return "http://terminology.hl7.org/CodeSystem/v2-" + name[-4:]
     # L, 99zzz and other local names are the sender's own code systems.
     local = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in rt.text(name))
@@ -161,9 +185,40 @@ def _coding(rt: Runtime, code: str, display: str, system: str) -> dict[str, Any]
 
 @_datatype("CodeableConcept")
 def dt_codeable_concept(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
-    """CWE/CE/CNE: identifier, text, coding system and the alternate triplet; CWE-9 original text."""
-    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
-    c += [""] * (9 - len(c))
+    """CWE/CE/CNE: identifier, text, coding system and the alternate triplet; CWE-9 original text.
+    A feed sends the same few hundred codes over and over: the result is remembered per maps and sender
+    (a pure function of the raw value) and each caller gets its own copy."""
+    key = ("CWE", raw, level, args.get("default_system"), rt.memo_key)
+    memo = rt.maps.memo
+    found: dict[str, Any] | None = memo.get(key)
+    if found is None:
+        if len(memo) > MEMO_MAX:
+            memo.clear()
+        found = memo[key] = _codeable_concept(raw, level, rt, args) or {}
+    if not found:
+        return None
+    coding = found.get("coding")
+    if coding is None:
+        return dict(found)
+    out = dict(found)
+    out["coding"] = [dict(c) for c in coding]
+    return out
+
+
+def _codeable_concept(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    enc = rt.enc
+    if level == 0:
+        parts = raw.split(enc.component)
+    elif level == 1 and enc.subcomponent:
+        parts = raw.split(enc.subcomponent)
+    else:
+        parts = [raw]
+    if enc.escape and enc.escape in raw:
+        c = [rt.text(p).strip() for p in parts]
+    else:
+        c = [p.strip() for p in parts]
+    if len(c) < 9:
+        c += [""] * (9 - len(c))
     if c[0] and not c[2] and args.get("default_system"):
         c[2] = str(args["default_system"])
     codings = [x for x in (_coding(rt, c[0], c[1], c[2]), _coding(rt, c[3], c[4], c[5])) if x is not None]
@@ -220,6 +275,25 @@ def cx_identifier(rt: Runtime, value: str, authority: str, universal: str, utype
     OID/URI authority, else a hub-local system for that sender and authority."""
     if not value:
         return None
+    # The system is a pure function of the authority and type (a feed has a handful): remembered.
+    key = ("cx-system", authority, universal, utype, id_type, rt.memo_key)
+    memo = rt.maps.memo
+    system = memo.get(key)
+    if system is None:
+        if len(memo) > MEMO_MAX:
+            memo.clear()
+        system = memo[key] = _cx_system(rt, authority, universal, utype, id_type)
+    out: dict[str, Any] = {}
+    if id_type:
+        out["type"] = {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": id_type}]
+        }
+    out["system"] = system
+    out["value"] = value
+    return out
+
+
+def _cx_system(rt: Runtime, authority: str, universal: str, utype: str, id_type: str) -> str:
     system: str | None = None
     table = rt.vocab("identifier-authorities")
     for key in (authority, universal):
@@ -233,14 +307,7 @@ def cx_identifier(rt: Runtime, value: str, authority: str, universal: str, utype
             system = found
     if system is None:
         system = hd_system(rt, authority, universal, utype) or f"urn:hub:id:{rt.facility_key}"
-    out: dict[str, Any] = {}
-    if id_type:
-        out["type"] = {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": id_type}]
-        }
-    out["system"] = system
-    out["value"] = value
-    return out
+    return system
 
 
 @_datatype("Identifier")
@@ -433,15 +500,29 @@ def quantity(rt: Runtime, value: Any, units_raw: str, level: int) -> dict[str, A
     """A Quantity whose units are a CWE: UCUM codes get the UCUM system (V2-to-FHIR IG CWE[Quantity])."""
     q: dict[str, Any] = {"value": value}
     if units_raw:
-        u = [rt.text(p).strip() for p in rt.parts(units_raw, level)] + ["", "", ""]
-        unit = u[1] or u[0]
-        if unit:
-            q["unit"] = unit
-        # Only units the sender declares UCUM get the UCUM system; others stay display text.
-        if u[0] and u[2].upper() in ("UCUM", "ANS+", "ISO+"):
-            q["system"] = "http://unitsofmeasure.org"
-            q["code"] = u[0]
+        # Units are a code: remembered per maps (a pure function of the raw units).
+        key = ("units", units_raw, level, rt.memo_key)
+        memo = rt.maps.memo
+        elements = memo.get(key)
+        if elements is None:
+            if len(memo) > MEMO_MAX:
+                memo.clear()
+            elements = memo[key] = _unit_elements(rt, units_raw, level)
+        q.update(elements)
     return q
+
+
+def _unit_elements(rt: Runtime, units_raw: str, level: int) -> tuple[tuple[str, str], ...]:
+    u = [rt.text(p).strip() for p in rt.parts(units_raw, level)] + ["", "", ""]
+    out: list[tuple[str, str]] = []
+    unit = u[1] or u[0]
+    if unit:
+        out.append(("unit", unit))
+    # Only units the sender declares UCUM get the UCUM system; others stay display text.
+    if u[0] and u[2].upper() in ("UCUM", "ANS+", "ISO+"):
+        out.append(("system", "http://unitsofmeasure.org"))
+        out.append(("code", u[0]))
+    return tuple(out)
 
 
 @_datatype("CQ")
@@ -684,6 +765,8 @@ def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[st
 def fn_observation_attachment(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """OBX-5 of type ED/RP (a PDF report, an image link): R4 Observation has no valueAttachment, so the
     attachment becomes a DocumentReference of the patient, and the Observation is derived from it."""
+    if raws and len(raws[0]) < 4 and raws[0].strip().upper() not in ("ED", "RP"):
+        return None  # most OBX: no escape fits in a 2-letter type, so this is the answer below
     vtype, value, code = ([*raws, "", "", ""])[:3]
     vtype = rt.text(vtype).strip().upper()
     if vtype not in ("ED", "RP") or not value or value == '""':

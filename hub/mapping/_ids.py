@@ -12,17 +12,17 @@ NAMESPACE = uuid.UUID("6c1f3a52-3f0e-5b0c-9d3e-2a7b4f1e8c11")
 
 
 _NS_BYTES = NAMESPACE.bytes
+_sha1 = hashlib.sha1
+_VARIANT = {d: "89ab"[int(d, 16) & 0x3] for d in "0123456789abcdef"}
 
 
 def resource_id(resource_type: str, *parts: str) -> str:
     """uuid5 over the resource type and the key parts (joined with a separator no HL7 value carries
     once unescaped into a key: the unit separator). Same value as ``uuid.uuid5``, computed without
     building UUID objects (this runs a dozen times per message)."""
-    digest = bytearray(hashlib.sha1(_NS_BYTES + "\x1f".join((resource_type, *parts)).encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = _sha1(_NS_BYTES + "\x1f".join((resource_type, *parts)).encode()).hexdigest()
+    # Version 5 in the 13th hex digit; the RFC 4122 variant (10xx) in the 17th.
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def patient_id(facility: str, identifier: str, authority: str) -> str:

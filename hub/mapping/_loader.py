@@ -30,6 +30,8 @@ from hub.mapping._engine import (
     Converter,
     Runtime,
     Vocab,
+    compile_id,
+    compile_plan,
     parse_ref,
     parse_target,
     set_value,
@@ -454,6 +456,8 @@ class _Compiler:
             merge_into=sm.merge_into,
             when=self.condition(path, sm.when),
         )
+        compiled.compute_id = compile_id(compiled.resource, compiled.id_rules, compiled.segment)
+        compile_plan(compiled)
         self.segment_maps[name] = compiled
         return compiled
 

@@ -4,6 +4,8 @@ references, MPI actions, explicit nulls, the unmapped report and sender overlays
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from hub.errors import MappingError
@@ -256,3 +258,23 @@ def test_a_choice_element_takes_one_type_the_later_field_wins() -> None:
     (patient,) = by_type(map_text(text), "Patient")
     assert patient["multipleBirthInteger"] == 2 and "multipleBirthBoolean" not in patient
     assert patient["deceasedDateTime"].startswith("2026-11-02T10:15") and "deceasedBoolean" not in patient
+
+
+def test_remembered_codes_are_not_shared_between_messages() -> None:
+    """Coded values (CWE, vocabulary translations, units, identifier systems) are remembered across
+    messages for speed; a caller changing one result must not change the next one."""
+    text = read(HL7_DIR / "oru_r01.hl7")
+    expected = map_text(text).resources
+    pristine = [json.loads(json.dumps(r)) for r in expected]
+    for res in map_text(text).resources:  # mutate everything nested in a second result
+        for value in res.values():
+            if isinstance(value, dict):
+                value["mutated"] = True
+                for item in value.get("coding", []):
+                    item["code"] = "mutated"
+            elif isinstance(value, list):
+                for item in value:
+                    if isinstance(item, dict):
+                        item["mutated"] = True
+                value.append("mutated")
+    assert map_text(text).resources == pristine
