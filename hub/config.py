@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     validate_mode: str = Field(default="off", validation_alias=AliasChoices("HUB_VALIDATE", "validate_mode"))
     default_time_zone: str = "Asia/Jakarta"
 
+    # The master patient index (hub.mpi): Fellegi–Sunter thresholds (log2 weights) and the twin gate
+    # (without agreeing name and birth date, an automatic link also needs an agreeing BPJS/passport).
+    mpi_match_threshold: float = 16.0
+    mpi_possible_threshold: float = 8.0
+    mpi_twin_gate: bool = True
+
     token_ttl_s: int = 3600
     log_level: str = "INFO"
 

@@ -25,7 +25,7 @@ from hub.config import get_settings
 from hub.errors import HubError
 from hub.fhir.validate import validate_resources
 from hub.mapping import SenderContext, map_message
-from hub.mpi.service import resolve_identities
+from hub.mpi.service import resolve_identities, settings_for
 from hub.store import resources as store
 from hub.store.models import InboundMessage, MessageResource, Resource, Sender
 
@@ -118,7 +118,9 @@ def _process_one(session: Session, row: InboundMessage) -> Outcome:
             result = map_message(message, ctx)
             # HUB_VALIDATE: the R4B models check all, a sample, or none of the mapped messages.
             validate_resources(result.resources, get_settings().validate_mode, key=row.id)
-            resolve_identities(session, result, ctx)
+            hub = get_settings()
+            mpi = settings_for(hub.mpi_match_threshold, hub.mpi_possible_threshold, hub.mpi_twin_gate)
+            resolve_identities(session, result, ctx, mpi)
             session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
             now = datetime.now(UTC)
             _prefetch(session, result.resources)

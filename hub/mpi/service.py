@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import delete, func, select, text
@@ -59,6 +60,16 @@ class MpiSettings:
 
 
 DEFAULT_SETTINGS = MpiSettings()
+
+
+@lru_cache(maxsize=8)
+def settings_for(match_threshold: float, possible_threshold: float, twin_gate: bool) -> MpiSettings:
+    """MpiSettings from the hub's ``HUB_MPI_*`` settings (cached: the pipeline asks per message)."""
+    return MpiSettings(
+        match=MatchConfig(
+            match_threshold=match_threshold, possible_threshold=possible_threshold, twin_gate=twin_gate
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)
