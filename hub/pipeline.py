@@ -4,8 +4,10 @@ Parse → map → resolve identities → upsert resources (+ version and index r
 ``processed``; all in the caller's transaction, one savepoint per message so a failing message becomes
 data (``failed`` with an error code) without undoing its neighbours. Messages of one patient are applied
 in arrival order: before a message is processed, every earlier ``received`` message with the same
-patient key is processed first (under a per-patient lock on PostgreSQL), so the order holds whatever the
-number of workers and whichever task arrives first.
+patient key is processed first, so the order holds whatever the number of workers and whichever task
+arrives first. On PostgreSQL a transaction first takes the per-patient advisory locks of its whole batch,
+in ascending key order (so two workers never deadlock), and only then reads the messages' state (so a
+message another worker processed meanwhile is not applied again); SQLite serialises all writers anyway.
 """
 
 from __future__ import annotations
@@ -43,9 +45,12 @@ def process_batch(session: Session, ids: Iterable[int], *, force: bool = False) 
     """Process messages by id. Without ``force`` only ``received`` ones are processed (a message taken
     twice, by a redelivered task or the sweeper, is processed once); with ``force`` (replay) failed,
     held and processed ones are processed again."""
+    wanted = sorted(set(ids))
+    if wanted and session.get_bind().dialect.name == "postgresql":
+        _lock_patients(session, wanted)
     outcomes: list[Outcome] = []
     done: set[int] = set()
-    for message_id in sorted(set(ids)):
+    for message_id in wanted:
         if message_id in done:
             continue
         row = session.get(InboundMessage, message_id)
@@ -61,14 +66,24 @@ def process_batch(session: Session, ids: Iterable[int], *, force: bool = False) 
     return outcomes
 
 
+def _lock_patients(session: Session, ids: list[int]) -> None:
+    """Take the transaction-scoped advisory lock of every patient (or, without a patient key, of every
+    message) in the batch, in ascending key order, before any message state is read. Released at commit."""
+    keys: set[int] = set()
+    for message_id, facility, patient_key in session.execute(
+        select(InboundMessage.id, InboundMessage.facility, InboundMessage.patient_key).where(
+            InboundMessage.id.in_(ids)
+        )
+    ):
+        basis = f"{facility}|{patient_key}" if patient_key else f"message|{message_id}"
+        keys.add(zlib.crc32(basis.encode()))
+    for key in sorted(keys):
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
 def _earlier_pending(session: Session, row: InboundMessage) -> list[InboundMessage]:
     if not row.patient_key:
         return []
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        # Serialises workers on one patient; released at commit. SQLite serialises all writers anyway.
-        key = zlib.crc32(f"{row.facility}|{row.patient_key}".encode())
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
     return list(
         session.scalars(
             select(InboundMessage)
