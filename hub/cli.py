@@ -81,8 +81,16 @@ def worker(concurrency: int = typer.Option(2, "--concurrency", "-c", help="worke
         raise typer.Exit(2)
     from hub.tasks.celery_app import make_celery
 
-    make_celery(settings.broker_url).worker_main(
-        ["worker", "--loglevel", settings.log_level, "--concurrency", str(concurrency), "--without-gossip"]
+    make_celery(settings.broker_url, settings.celery_queue).worker_main(
+        [
+            "worker",
+            "--loglevel",
+            settings.log_level,
+            "--concurrency",
+            str(concurrency),
+            "--without-gossip",
+            "--without-mingle",
+        ]
     )
 
 
@@ -162,7 +170,7 @@ def import_(
     if process and settings.broker_url:
         from hub.tasks.celery_app import CeleryDispatcher
 
-        dispatch = CeleryDispatcher(settings.broker_url)
+        dispatch = CeleryDispatcher(settings.broker_url, settings.celery_queue)
     elif process:
         worker_ = InProcessWorker(engine, settings.worker_threads, settings.worker_batch)
         worker_.start()

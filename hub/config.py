@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     database_url: str = ""  # empty: SQLite file under var_dir
     broker_url: str | None = None  # set: Celery; unset: in-process worker threads
+    celery_queue: str = "hub"  # the Celery queue tasks go to and `hub worker` consumes
 
     http_host: str = "127.0.0.1"
     http_port: int = 8080

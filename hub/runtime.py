@@ -27,7 +27,7 @@ class Runtime:
         if settings.broker_url:
             from hub.tasks.celery_app import CeleryDispatcher
 
-            self.dispatch = CeleryDispatcher(settings.broker_url)
+            self.dispatch = CeleryDispatcher(settings.broker_url, settings.celery_queue)
         elif settings.worker_enabled:
             self.worker = InProcessWorker(self.engine, settings.worker_threads, settings.worker_batch)
             self.dispatch = self.worker.dispatch

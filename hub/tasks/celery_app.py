@@ -13,11 +13,13 @@ from hub.config import get_settings
 PROCESS_TASK = "hub.process_message"
 
 
-@lru_cache(maxsize=4)
-def make_celery(broker_url: str | None = None) -> Celery:
-    url = broker_url or get_settings().broker_url
+@lru_cache(maxsize=8)
+def make_celery(broker_url: str | None = None, queue: str | None = None) -> Celery:
+    settings = get_settings()
+    url = broker_url or settings.broker_url
     app = Celery("hub", broker=url, set_as_current=False)
     app.conf.update(
+        task_default_queue=queue or settings.celery_queue,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
@@ -42,8 +44,8 @@ def make_celery(broker_url: str | None = None) -> Celery:
 class CeleryDispatcher:
     """Publishes one task per message id (after the intake commit)."""
 
-    def __init__(self, broker_url: str) -> None:
-        self.app = make_celery(broker_url)
+    def __init__(self, broker_url: str, queue: str | None = None) -> None:
+        self.app = make_celery(broker_url, queue)
 
     def __call__(self, ids: Sequence[int]) -> None:
         with self.app.producer_or_acquire() as producer:
