@@ -21,7 +21,7 @@ from hub.store.models import InboundMessage
 from hub.tasks.celery_app import CeleryDispatcher
 from hub.tasks.worker import Sweeper
 from tests.conftest import RABBITMQ_URL, REDIS_URL, fresh_pg_database, require_broker
-from tests.ordering import assert_patient_order, burst
+from tests.ordering import assert_encounters_finished, assert_patient_order, burst, require_adt_maps
 from tests.processes import HubProcess, hub_env, hub_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.postgres]
@@ -136,6 +136,21 @@ def test_patient_order_holds_across_four_celery_workers(celery_hub: CeleryHub) -
     assert {a.code for a in accepted} == {"AA"}
     rows = celery_hub.wait_processed([a.message_id for a in accepted if a.message_id is not None])
     assert_patient_order(rows)
+
+
+def test_encounters_end_finished_across_four_celery_workers(celery_hub: CeleryHub) -> None:
+    require_adt_maps()
+    intake = celery_hub.intake()
+    intake.start()
+    try:
+        futures = [intake.submit(raw) for raw in burst(patients=40, prefix="CE")]
+        accepted = [f.result(timeout=30) for f in futures]
+    finally:
+        intake.stop()
+    rows = celery_hub.wait_processed([a.message_id for a in accepted if a.message_id is not None])
+    assert {r.state for r in rows} == {"processed"}, {r.error_text for r in rows if r.state != "processed"}
+    assert_patient_order(rows)
+    assert_encounters_finished(celery_hub.engine, 40, "CE")
 
 
 def test_worker_log_is_clean(celery_hub: CeleryHub) -> None:
