@@ -173,7 +173,7 @@ class Intake:
             return
         to_dispatch: list[int] = []
         for item, row, accepted in results:
-            if row is not None and row.state == "received":
+            if row is not None and row.state == "received" and not accepted.duplicate:
                 to_dispatch.append(row.id)
             final = Accepted(
                 accepted.ack,
@@ -233,6 +233,8 @@ class Intake:
             if h
             else "",
             version=h.version if h else "",
+            duplicate_count=0,  # set now, not at INSERT: a duplicate in this same batch counts on it
+            attempts=0,
         )
         if item.error is not None:
             return self._reject(session, item, row, item.error)
@@ -255,7 +257,8 @@ class Intake:
             self.stats.duplicates += 1
             code = same.ack_code
             ack = same.ack if should_send(code, h) else None
-            return item, None, Accepted(ack, code, same.id, duplicate=True, state=same.state)
+            # ``same`` may be in this very batch, without an id until the flush: hand the row back.
+            return item, same, Accepted(ack, code, same.id, duplicate=True, state=same.state)
         if earlier:
             row.state = "held"
             row.error_code = "control-id-conflict"

@@ -139,3 +139,21 @@ def test_group_commit_across_connections(engine: Engine) -> None:
     with Session(engine) as s:
         assert s.scalar(select(func.count()).select_from(InboundMessage)) == 300
     assert sorted(dispatched) == sorted(r.message_id for r in results if r.message_id is not None)
+
+
+def test_duplicate_within_one_group_commit_gets_the_original_id(engine: Engine) -> None:
+    dispatched: list[int] = []
+    intake = Intake(engine, Settings(commit_window_ms=50), dispatched.extend)
+    intake.start()
+    try:
+        futures = [intake.submit(adt("SAME").encode()) for _ in range(3)]
+        first, *again = [f.result(timeout=10) for f in futures]
+    finally:
+        intake.stop()
+    assert intake.stats.batches == 1 and intake.stats.duplicates == 2
+    assert first.code == "AA" and not first.duplicate and first.message_id is not None
+    for dup in again:
+        assert dup.duplicate and dup.message_id == first.message_id and dup.ack == first.ack
+    rows = _rows(engine)
+    assert len(rows) == 1 and rows[0].duplicate_count == 2
+    assert dispatched == [first.message_id]
