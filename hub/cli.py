@@ -195,6 +195,7 @@ def import_(
         intake.stop()
         if worker_ is not None:
             worker_.stop()
+        engine.dispose()
     s = intake.stats
     typer.echo(
         f"{len(messages)} messages: {s.accepted} accepted, {s.rejected} rejected, {s.duplicates} duplicates, "

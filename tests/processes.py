@@ -65,7 +65,8 @@ class HubProcess:
         return self.proc.pid
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def wait_port(self, port: int, timeout: float = 30) -> None:
