@@ -170,7 +170,7 @@ def import_(
     if process and settings.broker_url:
         from hub.tasks.celery_app import CeleryDispatcher
 
-        dispatch = CeleryDispatcher(settings.broker_url, settings.celery_queue)
+        dispatch = CeleryDispatcher(settings.broker_url, settings.celery_queue, settings.worker_batch)
     elif process:
         worker_ = InProcessWorker(engine, settings.worker_threads, settings.worker_batch)
         worker_.start()

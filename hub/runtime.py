@@ -27,7 +27,9 @@ class Runtime:
         if settings.broker_url:
             from hub.tasks.celery_app import CeleryDispatcher
 
-            self.dispatch = CeleryDispatcher(settings.broker_url, settings.celery_queue)
+            self.dispatch = CeleryDispatcher(
+                settings.broker_url, settings.celery_queue, settings.worker_batch
+            )
         elif settings.worker_enabled:
             self.worker = InProcessWorker(self.engine, settings.worker_threads, settings.worker_batch)
             self.dispatch = self.worker.dispatch

@@ -1,5 +1,6 @@
-"""The Celery application (``HUB_BROKER_URL``): one task per message id, acknowledged late so a worker
-that dies mid-task leaves the message to be redelivered (processing is idempotent on state)."""
+"""The Celery application (``HUB_BROKER_URL``): tasks carry message ids (one intake commit's worth, at
+most ``HUB_WORKER_BATCH`` per task, processed in one transaction), acknowledged late so a worker that dies
+mid-task leaves the messages to be redelivered (processing is idempotent on state)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from celery import Celery
 
 from hub.config import get_settings
 
-PROCESS_TASK = "hub.process_message"
+PROCESS_TASK = "hub.process_message"  # one id (kept for tasks already queued)
+PROCESS_BATCH_TASK = "hub.process_messages"  # a list of ids, one transaction
 
 
 @lru_cache(maxsize=8)
@@ -32,22 +34,34 @@ def make_celery(broker_url: str | None = None, queue: str | None = None) -> Cele
 
     @app.task(name=PROCESS_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
     def process_message(self: object, message_id: int) -> None:
-        from hub.db import get_engine, session_scope
-        from hub.pipeline import process_batch
+        _process([message_id])
 
-        with session_scope(get_engine()) as session:
-            process_batch(session, [message_id])
+    @app.task(name=PROCESS_BATCH_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+    def process_messages(self: object, message_ids: list[int]) -> None:
+        _process(message_ids)
 
     return app
 
 
-class CeleryDispatcher:
-    """Publishes one task per message id (after the intake commit)."""
+def _process(ids: Sequence[int]) -> None:
+    from hub.db import get_engine, session_scope
+    from hub.pipeline import process_batch
 
-    def __init__(self, broker_url: str, queue: str | None = None) -> None:
+    with session_scope(get_engine()) as session:
+        process_batch(session, ids)
+
+
+class CeleryDispatcher:
+    """Publishes the ids of one intake commit (or one sweep) as tasks of at most ``batch`` ids each."""
+
+    def __init__(self, broker_url: str, queue: str | None = None, batch: int | None = None) -> None:
         self.app = make_celery(broker_url, queue)
+        self.batch = max(1, batch or get_settings().worker_batch)
 
     def __call__(self, ids: Sequence[int]) -> None:
+        ids = list(ids)
         with self.app.producer_or_acquire() as producer:
-            for message_id in ids:
-                self.app.send_task(PROCESS_TASK, args=[message_id], producer=producer)
+            for start in range(0, len(ids), self.batch):
+                self.app.send_task(
+                    PROCESS_BATCH_TASK, args=[ids[start : start + self.batch]], producer=producer
+                )

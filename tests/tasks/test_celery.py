@@ -18,7 +18,7 @@ from hub.config import Settings
 from hub.db import make_engine
 from hub.ingest.service import Intake
 from hub.store.models import InboundMessage
-from hub.tasks.celery_app import CeleryDispatcher
+from hub.tasks.celery_app import PROCESS_TASK, CeleryDispatcher, make_celery
 from hub.tasks.worker import Sweeper
 from tests.conftest import RABBITMQ_URL, REDIS_URL, fresh_pg_database, require_broker
 from tests.ordering import assert_encounters_finished, assert_patient_order, burst, require_adt_maps
@@ -105,6 +105,22 @@ def test_accepted_messages_are_processed_by_a_real_worker(celery_hub: CeleryHub)
     rows = celery_hub.wait_processed(ids)
     assert {r.state for r in rows} <= {"processed", "failed"}
     assert [r.id for r in rows if r.attempts != 1] == []
+
+
+def test_single_message_task_still_processes(celery_hub: CeleryHub) -> None:
+    """Tasks of the one-id form (queued by an earlier version) are still understood."""
+    from tests.builders import adt
+
+    app = make_celery(celery_hub.broker_url, celery_hub.queue)
+    mid = (
+        Intake(celery_hub.engine, Settings(), dispatch=None)
+        .accept(adt("ONE-1", mrn="ONE").encode())
+        .message_id
+    )
+    assert mid is not None
+    app.send_task(PROCESS_TASK, args=[mid])
+    (row,) = celery_hub.wait_processed([mid])
+    assert row.attempts == 1
 
 
 def test_sweeper_redispatches_a_lost_task(celery_hub: CeleryHub) -> None:
