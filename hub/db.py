@@ -3,6 +3,8 @@ dependency do, at the boundary."""
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -80,3 +82,51 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+class WriteGate:
+    """One writing transaction at a time among the threads of this process that share an SQLite engine
+    (the intake's committer first, then the worker threads).
+
+    SQLite itself serialises writers, but a writer that finds the file locked sleeps in steps of up to
+    100 ms (``busy_timeout``) before it looks again: an ACK waiting behind a worker batch would take that
+    long. Waiting here instead wakes the next writer the moment the previous one commits."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._urgent = 0
+
+    @contextmanager
+    def hold(self, *, urgent: bool = False) -> Iterator[None]:
+        with self._cond:
+            if urgent:
+                self._urgent += 1
+            try:
+                self._cond.wait_for(lambda: not self._busy and (urgent or self._urgent == 0))
+            finally:
+                if urgent:
+                    self._urgent -= 1
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
+_gates: weakref.WeakKeyDictionary[Engine, WriteGate] = weakref.WeakKeyDictionary()
+_gates_lock = threading.Lock()
+
+
+@contextmanager
+def write_turn(engine: Engine, *, urgent: bool = False) -> Iterator[None]:
+    """Hold the engine's :class:`WriteGate` around a writing transaction (SQLite; a no-op otherwise)."""
+    if not is_sqlite(engine):
+        yield
+        return
+    with _gates_lock:
+        gate = _gates.setdefault(engine, WriteGate())
+    with gate.hold(urgent=urgent):
+        yield

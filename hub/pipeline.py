@@ -12,6 +12,7 @@ message another worker processed meanwhile is not applied again); SQLite seriali
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import zlib
 from collections.abc import Iterable
@@ -46,24 +47,31 @@ def process_batch(session: Session, ids: Iterable[int], *, force: bool = False) 
     twice, by a redelivered task or the sweeper, is processed once); with ``force`` (replay) failed,
     held and processed ones are processed again."""
     wanted = sorted(set(ids))
-    if wanted and session.get_bind().dialect.name == "postgresql":
+    if not wanted:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
         _lock_patients(session, wanted)
-    outcomes: list[Outcome] = []
-    done: set[int] = set()
-    for message_id in wanted:
-        if message_id in done:
-            continue
-        row = session.get(InboundMessage, message_id)
-        if row is None:
-            continue
-        if row.state != PENDING and not (force and row.state in REPLAYABLE):
-            continue
-        for earlier in _earlier_pending(session, row):
-            outcomes.append(_process_one(session, earlier))
-            done.add(earlier.id)
-        outcomes.append(_process_one(session, row))
-        done.add(message_id)
-    return outcomes
+    chosen = [
+        row
+        for row in session.scalars(select(InboundMessage).where(InboundMessage.id.in_(wanted)))
+        if row.state == PENDING or (force and row.state in REPLAYABLE)
+    ]
+    todo = {row.id: row for row in chosen}
+    # Every message still pending for a patient of this batch and older than the batch's newest goes
+    # first: processing all of them in id order applies each patient's messages in arrival order.
+    patients = {(row.facility, row.patient_key) for row in chosen if row.patient_key}
+    if patients:
+        for earlier in session.scalars(
+            select(InboundMessage).where(
+                InboundMessage.patient_key.in_(sorted({key for _, key in patients})),
+                InboundMessage.facility.in_(sorted({fac for fac, _ in patients})),
+                InboundMessage.state == PENDING,
+                InboundMessage.id < max(todo),
+            )
+        ):
+            if (earlier.facility, earlier.patient_key) in patients:
+                todo.setdefault(earlier.id, earlier)
+    return [_process_one(session, todo[message_id]) for message_id in sorted(todo)]
 
 
 def _lock_patients(session: Session, ids: list[int]) -> None:
@@ -81,30 +89,19 @@ def _lock_patients(session: Session, ids: list[int]) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
-def _earlier_pending(session: Session, row: InboundMessage) -> list[InboundMessage]:
-    if not row.patient_key:
-        return []
-    return list(
-        session.scalars(
-            select(InboundMessage)
-            .where(
-                InboundMessage.patient_key == row.patient_key,
-                InboundMessage.facility == row.facility,
-                InboundMessage.state == PENDING,
-                InboundMessage.id < row.id,
-            )
-            .order_by(InboundMessage.id)
-        )
-    )
-
-
 def _sender_context(session: Session, row: InboundMessage) -> SenderContext:
-    sender = session.get(Sender, row.sender_id) if row.sender_id is not None else None
-    if sender is None:
-        return SenderContext(facility=row.facility, message_id=row.id)
-    return SenderContext(
-        facility=sender.facility, overlay=sender.overlay, time_zone=sender.time_zone, message_id=row.id
-    )
+    known: dict[int | None, SenderContext] = session.info.setdefault("hub.sender_contexts", {})
+    ctx = known.get(row.sender_id)
+    if ctx is None:
+        sender = session.get(Sender, row.sender_id) if row.sender_id is not None else None
+        ctx = (
+            SenderContext(facility=row.facility)
+            if sender is None
+            else SenderContext(facility=sender.facility, overlay=sender.overlay, time_zone=sender.time_zone)
+        )
+        if sender is not None:
+            known[row.sender_id] = ctx
+    return dataclasses.replace(ctx, message_id=row.id)
 
 
 def _process_one(session: Session, row: InboundMessage) -> Outcome:

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from hub import hl7
 from hub.config import Settings
-from hub.db import session_factory
+from hub.db import session_factory, write_turn
 from hub.hl7.reference import structure_for
 from hub.ingest.ack import AckError, ack_code, build_ack, should_send
 from hub.store.models import InboundMessage, Sender
@@ -161,7 +161,7 @@ class Intake:
     def _commit(self, batch: list[_Item]) -> None:
         results: list[tuple[_Item, InboundMessage | None, Accepted]] = []
         try:
-            with self._sessions() as session, session.begin():
+            with write_turn(self.engine, urgent=True), self._sessions() as session, session.begin():
                 results = self._store(session, batch)
                 session.flush()
         except Exception as exc:  # the store is down or broken: accept nothing, acknowledge nothing

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select
 
-from hub.db import session_scope
+from hub.db import session_scope, write_turn
 from hub.pipeline import process_batch
 from hub.store.models import InboundMessage
 
@@ -74,7 +74,7 @@ class InProcessWorker:
             with self._idle:
                 self._busy += 1
             try:
-                with session_scope(self.engine) as session:
+                with write_turn(self.engine), session_scope(self.engine) as session:
                     outcomes = process_batch(session, ids)
                 self.processed += len(outcomes)
             except Exception:  # a broken batch stays 'received'; the sweeper brings it back
@@ -90,7 +90,7 @@ class InProcessWorker:
 def pending_ids(engine: Engine, *, older_than_s: float = 0.0, limit: int = 10000) -> list[int]:
     """Ids of ``received`` messages (optionally only those waiting longer than ``older_than_s``)."""
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
-    with session_scope(engine) as session:
+    with write_turn(engine), session_scope(engine) as session:
         stmt = select(InboundMessage.id).where(InboundMessage.state == "received")
         if older_than_s > 0:
             stmt = stmt.where(InboundMessage.received_at < cutoff)
