@@ -158,7 +158,7 @@ def import_(
     """Load files of messages (back-loading history): store each like any received message."""
     from rich.progress import Progress
 
-    from hub.db import make_engine
+    from hub.db import make_engine, processing_engine
     from hub.ingest.service import Intake
     from hub.tasks.worker import InProcessWorker
 
@@ -172,7 +172,7 @@ def import_(
 
         dispatch = CeleryDispatcher(settings.broker_url, settings.celery_queue, settings.worker_batch)
     elif process:
-        worker_ = InProcessWorker(engine, settings.worker_threads, settings.worker_batch)
+        worker_ = InProcessWorker(processing_engine(engine), settings.worker_threads, settings.worker_batch)
         worker_.start()
         dispatch = worker_.dispatch
     intake = Intake(engine, settings, dispatch)
@@ -195,6 +195,7 @@ def import_(
         intake.stop()
         if worker_ is not None:
             worker_.stop()
+            worker_.engine.dispose()
         engine.dispose()
     s = intake.stats
     typer.echo(

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from sqlalchemy import Engine
 
 from hub.config import Settings
-from hub.db import make_engine
+from hub.db import make_engine, processing_engine
 from hub.ingest.listener import MLLPServer
 from hub.ingest.service import Intake
 from hub.tasks.worker import InProcessWorker, Sweeper
@@ -23,6 +23,7 @@ class Runtime:
         self.engine = engine or make_engine(settings.sqlalchemy_url)
         self.read_engine = make_engine(settings.sqlalchemy_url, read_only=True)
         self.worker: InProcessWorker | None = None
+        self.worker_engine: Engine | None = None
         self.dispatch: Callable[[Sequence[int]], None]
         if settings.broker_url:
             from hub.tasks.celery_app import CeleryDispatcher
@@ -31,7 +32,8 @@ class Runtime:
                 settings.broker_url, settings.celery_queue, settings.worker_batch
             )
         elif settings.worker_enabled:
-            self.worker = InProcessWorker(self.engine, settings.worker_threads, settings.worker_batch)
+            self.worker_engine = processing_engine(self.engine)
+            self.worker = InProcessWorker(self.worker_engine, settings.worker_threads, settings.worker_batch)
             self.dispatch = self.worker.dispatch
         else:
             self.dispatch = _nowhere
@@ -55,6 +57,8 @@ class Runtime:
         self.sweeper.stop()
         if self.worker is not None:
             self.worker.stop()
+        if self.worker_engine is not None:
+            self.worker_engine.dispose()
         self.engine.dispose()
         self.read_engine.dispose()
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from celery import Celery
+from sqlalchemy import Engine
 
 from hub.config import get_settings
 
@@ -43,11 +44,18 @@ def make_celery(broker_url: str | None = None, queue: str | None = None) -> Cele
     return app
 
 
+@lru_cache(maxsize=1)
+def _engine() -> Engine:
+    from hub.db import get_engine, processing_engine
+
+    return processing_engine(get_engine())
+
+
 def _process(ids: Sequence[int]) -> None:
-    from hub.db import get_engine, session_scope
+    from hub.db import session_scope
     from hub.pipeline import process_batch
 
-    with session_scope(get_engine()) as session:
+    with session_scope(_engine()) as session:
         process_batch(session, ids)
 
 
