@@ -166,11 +166,15 @@ def import_(
     engine = make_engine(settings.sqlalchemy_url)
     messages = _read_messages(files)
     worker_ = None
+    celery = None
     dispatch: Callable[[Sequence[int]], None] | None = None
     if process and settings.broker_url:
         from hub.tasks.celery_app import CeleryDispatcher
 
-        dispatch = CeleryDispatcher(settings.broker_url, settings.celery_queue, settings.worker_batch)
+        celery = CeleryDispatcher(
+            settings.broker_url, settings.celery_queue, settings.worker_batch, settings.celery_linger_ms
+        )
+        dispatch = celery
     elif process:
         worker_ = InProcessWorker(processing_engine(engine), settings.worker_threads, settings.worker_batch)
         worker_.start()
@@ -193,6 +197,8 @@ def import_(
                 progress.update(pt, completed=1, total=1)
     finally:
         intake.stop()
+        if celery is not None:
+            celery.close()  # every id published before the command returns
         if worker_ is not None:
             worker_.stop()
             worker_.engine.dispose()

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     database_url: str = ""  # empty: SQLite file under var_dir
     broker_url: str | None = None  # set: Celery; unset: in-process worker threads
     celery_queue: str = "hub"  # the Celery queue tasks go to and `hub worker` consumes
+    celery_linger_ms: float = 20.0  # gather message ids this long into one task (processing latency only)
 
     http_host: str = "127.0.0.1"
     http_port: int = 8080

@@ -4,6 +4,9 @@ mid-task leaves the messages to be redelivered (processing is idempotent on stat
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -11,6 +14,8 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from hub.config import get_settings
+
+log = logging.getLogger(__name__)
 
 PROCESS_TASK = "hub.process_message"  # one id (kept for tasks already queued)
 PROCESS_BATCH_TASK = "hub.process_messages"  # a list of ids, one transaction
@@ -60,16 +65,73 @@ def _process(ids: Sequence[int]) -> None:
 
 
 class CeleryDispatcher:
-    """Publishes the ids of one intake commit (or one sweep) as tasks of at most ``batch`` ids each."""
+    """Publishes message ids as tasks of at most ``batch`` ids each.
 
-    def __init__(self, broker_url: str, queue: str | None = None, batch: int | None = None) -> None:
+    With ``linger_ms`` > 0, ids are gathered for up to that long (or until ``batch`` are waiting) by a
+    publisher thread, so that the small commits of send-and-wait senders still make tasks of many ids
+    (a task costs the worker far more than a message). Ids not yet published when the process dies
+    are not lost: their messages are stored ``received`` and the sweeper dispatches them again."""
+
+    def __init__(
+        self, broker_url: str, queue: str | None = None, batch: int | None = None, linger_ms: float = 0.0
+    ) -> None:
         self.app = make_celery(broker_url, queue)
         self.batch = max(1, batch or get_settings().worker_batch)
+        self.linger_s = max(0.0, linger_ms / 1000.0)
+        self._pending: list[int] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
 
     def __call__(self, ids: Sequence[int]) -> None:
+        if not self.linger_s:
+            self.publish(ids)
+            return
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("dispatcher closed")
+            self._pending.extend(ids)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="hub-celery-publish", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def publish(self, ids: Sequence[int]) -> None:
         ids = list(ids)
+        if not ids:
+            return
         with self.app.producer_or_acquire() as producer:
             for start in range(0, len(ids), self.batch):
                 self.app.send_task(
                     PROCESS_BATCH_TASK, args=[ids[start : start + self.batch]], producer=producer
                 )
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Publish what is waiting and stop the publisher thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._pending) or self._closed)
+                if not self._closed and len(self._pending) < self.batch:
+                    deadline = time.monotonic() + self.linger_s
+                    self._cond.wait_for(
+                        lambda: len(self._pending) >= self.batch or self._closed,
+                        timeout=max(0.0, deadline - time.monotonic()),
+                    )
+                ids, self._pending = self._pending, []
+                closed = self._closed
+            try:
+                self.publish(ids)
+            except Exception:  # the broker is away: the sweeper dispatches these again later
+                log.exception("could not publish %d message id(s); the sweeper will retry", len(ids))
+            if closed:
+                with self._cond:
+                    if not self._pending:
+                        return

@@ -38,7 +38,9 @@ class CeleryHub:
     worker: HubProcess
 
     def intake(self) -> Intake:
-        return Intake(self.engine, Settings(), CeleryDispatcher(self.broker_url, self.queue))
+        """An intake publishing as `hub serve` does (ids gathered for 20 ms); stop() it, then close its
+        dispatcher (``intake.dispatch.close()``) to publish the last ids."""
+        return Intake(self.engine, Settings(), CeleryDispatcher(self.broker_url, self.queue, linger_ms=20))
 
     def wait_processed(self, ids: list[int], timeout: float = 60) -> list[InboundMessage]:
         deadline = time.monotonic() + timeout
@@ -55,6 +57,11 @@ class CeleryHub:
                 left = sum(r.state == "received" for r in rows)
                 raise AssertionError(f"{left} of {len(ids)} still received:\n{self.worker.log()}")
             time.sleep(0.2)
+
+
+def _close(intake: Intake) -> None:
+    assert isinstance(intake.dispatch, CeleryDispatcher)
+    intake.dispatch.close()
 
 
 def _delete_queue(broker_url: str, queue: str) -> None:
@@ -99,6 +106,7 @@ def test_accepted_messages_are_processed_by_a_real_worker(celery_hub: CeleryHub)
         accepted = [f.result(timeout=30) for f in futures]
     finally:
         intake.stop()
+        _close(intake)
     assert {a.code for a in accepted} == {"AA"}
     ids = [a.message_id for a in accepted if a.message_id is not None]
     assert len(ids) == 40
@@ -149,6 +157,7 @@ def test_patient_order_holds_across_four_celery_workers(celery_hub: CeleryHub) -
         accepted = [f.result(timeout=30) for f in futures]
     finally:
         intake.stop()
+        _close(intake)
     assert {a.code for a in accepted} == {"AA"}
     rows = celery_hub.wait_processed([a.message_id for a in accepted if a.message_id is not None])
     assert_patient_order(rows)
@@ -163,6 +172,7 @@ def test_encounters_end_finished_across_four_celery_workers(celery_hub: CeleryHu
         accepted = [f.result(timeout=30) for f in futures]
     finally:
         intake.stop()
+        _close(intake)
     rows = celery_hub.wait_processed([a.message_id for a in accepted if a.message_id is not None])
     assert {r.state for r in rows} == {"processed"}, {r.error_text for r in rows if r.state != "processed"}
     assert_patient_order(rows)
