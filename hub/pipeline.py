@@ -107,11 +107,15 @@ def _sender_context(session: Session, row: InboundMessage) -> SenderContext:
 def _process_one(session: Session, row: InboundMessage) -> Outcome:
     row.attempts += 1
     try:
+        # Parse and map write nothing: a message failing there needs no savepoint to undo.
+        header = hl7.peek_header(row.raw)
+        message = hl7.parse(hl7.decode(row.raw, header))
+        ctx = _sender_context(session, row)
+        result = map_message(message, ctx)
+    except Exception as exc:
+        return _failure(row, exc)
+    try:
         with session.begin_nested():
-            header = hl7.peek_header(row.raw)
-            message = hl7.parse(hl7.decode(row.raw, header))
-            ctx = _sender_context(session, row)
-            result = map_message(message, ctx)
             resolve_identities(session, result, ctx)
             session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
             now = datetime.now(UTC)
@@ -130,14 +134,19 @@ def _process_one(session: Session, row: InboundMessage) -> Outcome:
             row.error_code = None
             row.error_text = None
             row.processed_at = now
-    except HubError as exc:
-        return _fail(row, exc.code, exc.message)
-    except hl7.HeaderError as exc:
-        return _fail(row, "unreadable-header", exc.text)
-    except Exception as exc:  # the pipeline boundary: anything else is kept as data, never lost
-        log.exception("message %s failed unexpectedly", row.id)
-        return _fail(row, "internal-error", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        return _failure(row, exc)
     return Outcome(row.id, row.state)
+
+
+def _failure(row: InboundMessage, exc: Exception) -> Outcome:
+    """The pipeline boundary (called from an ``except``): every error is kept as data, never lost."""
+    if isinstance(exc, HubError):
+        return _fail(row, exc.code, exc.message)
+    if isinstance(exc, hl7.HeaderError):
+        return _fail(row, "unreadable-header", exc.text)
+    log.exception("message %s failed unexpectedly", row.id)
+    return _fail(row, "internal-error", f"{type(exc).__name__}: {exc}")
 
 
 def _fail(row: InboundMessage, code: str, text_: str) -> Outcome:
