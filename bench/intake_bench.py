@@ -264,7 +264,13 @@ def run_mode(mode: str, messages: list[bytes], args: argparse.Namespace, tmp: Pa
                 url, tmp / "var", HUB_BROKER_URL=args.broker, HUB_CELERY_QUEUE=queue, **ports, **args.env
             )
             subprocess.run([HUB, "db", "upgrade"], env=env, check=True, capture_output=True)
-            procs.append(Proc(["worker", "-c", str(args.celery_concurrency)], env, tmp / "worker.log"))
+            procs.append(
+                Proc(
+                    ["worker", "-c", str(args.celery_concurrency), "--pool", args.celery_pool],
+                    env,
+                    tmp / "worker.log",
+                )
+            )
             procs.append(Proc(["serve"], env, tmp / "pg-serve.log"))
             procs[-1].wait_port(mllp)
             try:
@@ -324,6 +330,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--patients", type=int, default=2000)
     ap.add_argument("--broker", default=RABBITMQ_URL)
     ap.add_argument("--celery-concurrency", type=int, default=2)
+    ap.add_argument("--celery-pool", default="prefork", help="prefork, threads or solo")
     ap.add_argument("--accept-only", action="store_true", help="do not wait for processing")
     ap.add_argument("--set", action="append", default=[], metavar="HUB_X=V", help="extra hub setting")
     args = ap.parse_args(argv)

@@ -70,7 +70,10 @@ def serve(
 
 
 @app.command()
-def worker(concurrency: int = typer.Option(2, "--concurrency", "-c", help="worker processes")) -> None:
+def worker(
+    concurrency: int = typer.Option(2, "--concurrency", "-c", help="worker processes (or threads)"),
+    pool: str = typer.Option("prefork", help="Celery pool: prefork, threads or solo"),
+) -> None:
     """Run a Celery worker that processes messages (needs HUB_BROKER_URL)."""
     settings = get_settings()
     if not settings.broker_url:
@@ -88,6 +91,8 @@ def worker(concurrency: int = typer.Option(2, "--concurrency", "-c", help="worke
             settings.log_level,
             "--concurrency",
             str(concurrency),
+            "--pool",
+            pool,
             "--without-gossip",
             "--without-mingle",
         ]
