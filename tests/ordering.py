@@ -95,7 +95,7 @@ def assert_encounters_finished(engine: Engine, patients: int, prefix: str) -> No
         ]
     for n in range(patients):
         visit = f"{prefix}V{n}"
-        mine = [e for e in encounters if visit in orjson.dumps(e).decode()]
+        mine = [e for e in encounters if visit in {i.get("value") for i in e.get("identifier") or []}]
         assert len(mine) == 1, f"{visit}: {len(mine)} Encounters"
         enc = mine[0]
         assert enc["status"] == "finished", enc

@@ -83,3 +83,23 @@ def test_failure_in_one_message_does_not_undo_its_neighbours(
     with session_scope(engine) as s:
         again = pipeline.process_batch(s, [ids[1]], force=True)
     assert again[0].state == "failed"
+
+
+def test_validate_all_fails_an_invalid_mapping(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HUB_VALIDATE=all: a mapped resource the R4B models reject fails the message with the reason."""
+
+    def bad_map(message: Message, ctx: SenderContext) -> MappingResult:
+        return MappingResult(
+            resources=[{"resourceType": "Observation", "id": "o1", "status": "not-a-status"}]
+        )
+
+    monkeypatch.setattr(pipeline, "map_message", bad_map)
+    monkeypatch.setattr(pipeline, "get_settings", lambda: Settings(validate_mode="all"))
+    (mid,) = _store(engine, adt("V1"))
+    with session_scope(engine) as s:
+        (outcome,) = pipeline.process_batch(s, [mid])
+    assert outcome.state == "failed" and outcome.error_code == "invalid-resource"
+    monkeypatch.setattr(pipeline, "get_settings", lambda: Settings(validate_mode="off"))
+    with session_scope(engine) as s:
+        (outcome,) = pipeline.process_batch(s, [mid], force=True)
+    assert outcome.state == "processed"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -11,13 +11,21 @@ from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from hub.deps import read_session
+from hub.auth import require_role
 from hub.errors import BadRequest, NotFound
+from hub.fhir_api.sessions import read_session
 from hub.store.models import InboundMessage, MessageResource
 
-router = APIRouter(prefix="/hl7/messages", tags=["operator"])
+router = APIRouter(prefix="/hl7/messages", tags=["operator"], dependencies=[Depends(require_role("admin"))])
 
 STATES = ("received", "processed", "failed", "rejected", "held")
+
+
+def _iso(t: datetime | None) -> str | None:
+    """UTC instants with an explicit offset (SQLite hands them back naive)."""
+    if t is None:
+        return None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).isoformat()
 
 
 def _summary(m: InboundMessage) -> dict[str, Any]:
@@ -29,14 +37,14 @@ def _summary(m: InboundMessage) -> dict[str, Any]:
         "message_structure": m.message_structure,
         "version": m.version,
         "transport": m.transport,
-        "received_at": m.received_at.isoformat(),
+        "received_at": _iso(m.received_at),
         "state": m.state,
         "ack_code": m.ack_code,
         "error_code": m.error_code,
         "error_text": m.error_text,
         "duplicate_count": m.duplicate_count,
         "attempts": m.attempts,
-        "processed_at": m.processed_at.isoformat() if m.processed_at else None,
+        "processed_at": _iso(m.processed_at),
     }
 
 

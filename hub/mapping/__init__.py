@@ -1,16 +1,53 @@
 """HL7 v2 → FHIR R4 mapping: the schema of the mapping files, their loader, the engine and its functions.
 
 The pipeline calls :func:`map_message`; it returns plain dicts (the hot path never builds pydantic
-models) and the unmapped report.
+models) and the unmapped report. The maps live in ``mappings/`` (see :func:`configure`); sender overlays
+in ``mappings/senders/<name>/``. The MPI computes source Patient ids with :func:`patient_id`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from hub.errors import MappingError
 from hub.hl7 import Message
+from hub.mapping._engine import finish, run
+from hub.mapping._ids import patient_id, resource_id
+from hub.mapping._loader import MappingFileError, Problem, check_all, clear_cache, load_maps, stale_problems
+
+__all__ = [
+    "MappingFileError",
+    "MappingResult",
+    "Problem",
+    "SenderContext",
+    "check_mappings",
+    "configure",
+    "map_message",
+    "mappings_dir",
+    "patient_id",
+    "resource_id",
+]
+
+# The repository's mappings/ (an editable install); the hub's settings point elsewhere with configure().
+_mappings_dir = Path(__file__).resolve().parents[2] / "mappings"
+
+
+def configure(directory: Path) -> None:
+    """Use the maps under ``directory`` from now on (``Settings.mappings_dir``)."""
+    global _mappings_dir
+    _mappings_dir = Path(directory)
+    clear_cache()
+
+
+def mappings_dir() -> Path:
+    return _mappings_dir
+
+
+def check_mappings(directory: Path | None = None) -> list[Problem]:
+    """Every fault in the base maps and every overlay (file and line), for ``hub mappings check``."""
+    clear_cache()
+    return check_all(directory or _mappings_dir)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +68,24 @@ class MappingResult:
     warnings: list[str] = field(default_factory=list)
     # Identity instructions for the MPI, from ADT merge/link messages, e.g.
     # {"type": "merge", "survivor": "<Patient id>", "retired": "<Patient id>"} (A40/A34),
-    # {"type": "change-identifier", ...} (A47), {"type": "unlink", "patients": [id, id]} (A37).
+    # {"type": "change-identifier", "patient": "<Patient id>", "old": {system, value}, "new": {system, value}}
+    # (A47), {"type": "unlink", "patients": [id, id]} (A37).
     actions: list[dict[str, Any]] = field(default_factory=list)
+    # Fields sent as "" (explicit null: clear the receiver's value), as {"resource", "element", "path"}.
+    nulls: list[dict[str, Any]] = field(default_factory=list)
 
 
 def map_message(message: Message, ctx: SenderContext) -> MappingResult:
     """Map one tokenized message. Raises :class:`MappingError` (code ``no-map``) for a message type
     that has no map, so the message is kept as failed and can be replayed once a map exists."""
-    mtype = message.get("MSH-9.1") + "^" + message.get("MSH-9.2")
-    raise MappingError(f"no map for message type {mtype}", code="no-map")
+    maps = load_maps(_mappings_dir, ctx.overlay)
+    rt, message_type = run(message, ctx, maps)
+    mm = maps.messages[message_type]
+    resources, actions, unmapped, nulls = finish(rt, message_type, mm.actions)
+    warnings = rt.warnings
+    stale = stale_problems(_mappings_dir, ctx.overlay)
+    if stale:
+        warnings.append(f"edited mapping files are faulty, the last good maps were used: {stale[0]}")
+    return MappingResult(
+        resources=resources, unmapped=unmapped, warnings=warnings, actions=actions, nulls=nulls
+    )

@@ -1,14 +1,784 @@
-"""Resolving the patients of a mapped message to golden records (link, review, merge)."""
+"""Resolving the patients of a mapped message to golden records: link, review queue, merge, undo.
+
+Owns the MPI tables (``mpi_source``, ``mpi_block``, ``mpi_review``, ``mpi_decision``) and the golden
+Patient resources. Every source Patient has exactly one ``mpi_source`` row, so it is linked to exactly one
+golden Patient. Links are plain FHIR: a source carries ``link {type: refer}`` to its golden, the golden
+``link {type: seealso}`` to each source, a merged-away source ``replaced-by`` its survivor and the survivor
+``replaces`` it. Decisions of a steward (or of a sender's A37 unlink) pin a source: no later automatic
+decision moves it. All work happens in the caller's transaction; nothing here commits.
+"""
 
 from __future__ import annotations
 
+import logging
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from hub.errors import Conflict, NotFound
 from hub.mapping import MappingResult, SenderContext
+from hub.mpi.match import Features, MatchConfig, MatchResult, blocking_keys, compare, features
+from hub.store import resources as store
+from hub.store.models import MpiBlock, MpiDecision, MpiReview, MpiSource, Resource
+
+log = logging.getLogger(__name__)
+
+GOLDEN_TAG = {"system": "https://hub.kemkes.go.id/fhir/CodeSystem/mpi", "code": "golden"}
+_NAMESPACE = uuid.UUID("0d6c1f9e-3b7a-5c4e-9a51-7f2d8e6b4c30")
+_LINK_TYPES = ("refer", "seealso", "replaced-by", "replaces")
+# Elements of the golden record taken whole from the best source that has them.
+_GOLDEN_ELEMENTS = (
+    "name",
+    "telecom",
+    "gender",
+    "birthDate",
+    "deceasedBoolean",
+    "deceasedDateTime",
+    "address",
+    "maritalStatus",
+    "multipleBirthBoolean",
+    "multipleBirthInteger",
+    "communication",
+)
+MAX_CANDIDATES = 500
 
 
-def resolve_identities(session: Session, result: MappingResult, ctx: SenderContext) -> None:
+@dataclass(frozen=True, slots=True)
+class MpiSettings:
+    """How the MPI decides and builds golden records. ``sender_trust``: higher wins when two senders
+    disagree on an element (then the most recent wins)."""
+
+    match: MatchConfig = field(default_factory=MatchConfig)
+    sender_trust: Mapping[str, int] | None = None
+
+
+DEFAULT_SETTINGS = MpiSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    golden_id: str
+    source_id: str  # the best-scoring source of that golden
+    result: MatchResult
+
+
+def golden_id_for(seed: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, "golden|" + seed))
+
+
+def is_golden(resource: Mapping[str, Any]) -> bool:
+    tags = (resource.get("meta") or {}).get("tag") or []
+    return any(t.get("system") == GOLDEN_TAG["system"] and t.get("code") == "golden" for t in tags)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; the hub writes UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _snapshot(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """The source as the MPI keeps it: without meta and without the links the MPI itself writes."""
+    body = {k: v for k, v in resource.items() if k not in ("meta", "link")}
+    others = [lk for lk in resource.get("link") or [] if lk.get("type") not in _LINK_TYPES]
+    if others:
+        body["link"] = others
+    return body
+
+
+# --------------------------------------------------------------------------------------------- resolving
+
+
+def resolve_identities(
+    session: Session,
+    result: MappingResult,
+    ctx: SenderContext,
+    settings: MpiSettings = DEFAULT_SETTINGS,
+) -> None:
     """Link every source Patient among ``result.resources`` to its golden Patient and carry out
-    ``result.actions`` (merges, unlinks), in the caller's transaction, before the resources are stored.
-    Until the matching rules are in place no links are made."""
-    return None
+    ``result.actions`` (merges, identifier changes, unlinks), in the caller's transaction, before the
+    resources are stored. The Patient dicts get their ``link`` (and ``active``) set; golden Patients are
+    written here."""
+    patients = {
+        str(r["id"]): r for r in result.resources if r.get("resourceType") == "Patient" and not is_golden(r)
+    }
+    touched: set[str] = set()
+    for resource in patients.values():
+        touched |= _resolve_one(session, resource, ctx.facility, settings)
+    actor = f"hl7:{ctx.facility}"
+    changed_sources: set[str] = set()
+    for action in result.actions:
+        kind = action.get("type")
+        if kind == "merge":
+            decision = merge(
+                session, str(action["survivor"]), str(action["retired"]), actor=actor, sync=False
+            )
+            changed_sources |= {decision.source_id, str(decision.other_source_id)}
+            touched |= {str(decision.golden_id), str(decision.previous_golden_id)}
+        elif kind == "change-identifier":
+            # A47: the source id derives from the identifier, so the patient of the new identifier is a new
+            # source Patient in this message; the old one is retired into it, exactly as in a merge.
+            new = action.get("new") or {}
+            old_id = str(action.get("patient") or "")
+            successor = next(
+                (
+                    pid
+                    for pid, res in patients.items()
+                    if any(
+                        i.get("system") == new.get("system") and i.get("value") == new.get("value")
+                        for i in res.get("identifier") or []
+                    )
+                ),
+                None,
+            )
+            if successor is not None and successor != old_id and old_id:
+                reason = f"A47: identifier {(action.get('old') or {}).get('value')} replaced"
+                decision = merge(session, successor, old_id, actor=actor, reason=reason, sync=False)
+                changed_sources |= {decision.source_id, str(decision.other_source_id)}
+                touched |= {str(decision.golden_id), str(decision.previous_golden_id)}
+            else:
+                touched |= _change_identifier(session, action, actor, settings)
+        elif kind == "unlink":
+            ids = [str(p) for p in action.get("patients") or []]
+            if len(ids) == 2:
+                unlinked = _unlink_pair(session, ids[0], ids[1], actor=actor)
+                if unlinked is not None:
+                    changed_sources.add(unlinked.source_id)
+                    touched |= {str(unlinked.golden_id), str(unlinked.previous_golden_id)}
+        else:
+            log.warning("unknown identity action %r ignored", kind)
+    session.flush()
+    for golden in sorted(touched):
+        rebuild_golden(session, golden, settings)
+    for sid, resource in patients.items():
+        _apply_links(session, resource, sid)
+    for sid in sorted(changed_sources - set(patients)):
+        _sync_stored_source(session, sid)
+
+
+def _resolve_one(
+    session: Session, resource: dict[str, Any], facility: str, settings: MpiSettings
+) -> set[str]:
+    sid = str(resource["id"])
+    content = _snapshot(resource)
+    feats = features(content, settings.match)
+    row = session.get(MpiSource, sid)
+    if row is not None:
+        row.content = content
+        row.updated_at = _now()
+        _write_blocks(session, sid, content, feats)
+        if row.link_kind == "new" and row.active and _golden_size(session, row.golden_id) == 1:
+            # A source alone in its golden record may find its match now that its data changed.
+            session.flush()
+            candidates = find_candidates(session, feats, settings, exclude_source=sid)
+            best = candidates[0] if candidates and candidates[0].result.outcome == "match" else None
+            if best is not None and best.golden_id != row.golden_id:
+                old = row.golden_id
+                row.golden_id, row.link_kind, row.weight = best.golden_id, "auto", best.result.weight
+                _queue_reviews(session, sid, candidates[1:])
+                return {old, best.golden_id}
+            _queue_reviews(session, sid, [c for c in candidates if c.golden_id != row.golden_id])
+        return {row.golden_id}
+    candidates = find_candidates(session, feats, settings, exclude_source=sid, known=False)
+    matches = [c for c in candidates if c.result.outcome == "match"]
+    if matches:
+        best = matches[0]
+        row = MpiSource(
+            id=sid, golden_id=best.golden_id, facility=facility, link_kind="auto", weight=best.result.weight
+        )
+        rest = [c for c in candidates if c is not best]
+    else:
+        row = MpiSource(id=sid, golden_id=golden_id_for(sid), facility=facility, link_kind="new")
+        rest = candidates
+    row.content = content
+    row.active = True
+    session.add(row)
+    session.flush()
+    _write_blocks(session, sid, content, feats, new=True)
+    # Every other candidate that is not a certain no-match goes to the stewards: a possible match, or a
+    # second golden record the source also matches (two golden records that may be one person).
+    _queue_reviews(session, sid, rest)
+    return {row.golden_id}
+
+
+def _golden_size(session: Session, golden_id: str) -> int:
+    return int(session.scalar(select(func.count()).where(MpiSource.golden_id == golden_id)) or 0)
+
+
+def _identifier_keys(content: Mapping[str, Any]) -> set[str]:
+    keys = set()
+    for ident in content.get("identifier") or []:
+        if isinstance(ident, dict) and ident.get("value"):
+            keys.add(f"ident:{ident.get('system') or ''}|{ident['value']}"[:250])
+    return keys
+
+
+def _write_blocks(
+    session: Session, sid: str, content: Mapping[str, Any], feats: Features, *, new: bool = False
+) -> None:
+    keys = {k[:250] for k in blocking_keys(feats)} | _identifier_keys(content)
+    existing = set() if new else set(session.scalars(select(MpiBlock.key).where(MpiBlock.source_id == sid)))
+    stale = existing - keys
+    if stale:
+        session.execute(delete(MpiBlock).where(MpiBlock.source_id == sid, MpiBlock.key.in_(stale)))
+    for key in sorted(keys - existing):
+        session.add(MpiBlock(key=key, source_id=sid))
+
+
+def _not_duplicate_of(session: Session, sid: str) -> set[str]:
+    """Sources a steward (or a sender's unlink) declared not to be ``sid``; decisions still in force."""
+    rows = session.execute(
+        select(MpiDecision.source_id, MpiDecision.other_source_id).where(
+            MpiDecision.action.in_(("not-duplicate", "unlink")),
+            MpiDecision.undone_at.is_(None),
+            (MpiDecision.source_id == sid) | (MpiDecision.other_source_id == sid),
+        )
+    ).all()
+    return {str(b if a == sid else a) for a, b in rows if a and b}
+
+
+def find_candidates(
+    session: Session,
+    feats: Features,
+    settings: MpiSettings = DEFAULT_SETTINGS,
+    *,
+    exclude_source: str | None = None,
+    known: bool = True,
+) -> list[Candidate]:
+    """Golden records that ``feats`` may belong to, best first (matches before possibles, then weight);
+    certain no-matches are left out. Candidates come from the blocking keys; each golden record is scored
+    by its best-agreeing source."""
+    keys = sorted(blocking_keys(feats))
+    if not keys:
+        return []
+    stmt = (
+        select(MpiSource)
+        .where(MpiSource.id.in_(select(MpiBlock.source_id).where(MpiBlock.key.in_(keys))))
+        .limit(MAX_CANDIDATES)
+    )
+    if exclude_source is not None:
+        stmt = stmt.where(MpiSource.id != exclude_source)
+    rows = list(session.scalars(stmt))
+    # Decisions exist only about sources the MPI already knows (``known=False``: a first arrival).
+    forbidden_sources = _not_duplicate_of(session, exclude_source) if exclude_source and known else set()
+    forbidden_goldens = {r.golden_id for r in rows if r.id in forbidden_sources}
+    if forbidden_sources - {r.id for r in rows}:
+        forbidden_goldens |= set(
+            session.scalars(select(MpiSource.golden_id).where(MpiSource.id.in_(forbidden_sources)))
+        )
+    best: dict[str, Candidate] = {}
+    for row in rows:
+        if row.golden_id in forbidden_goldens:
+            continue
+        result = compare(feats, features(row.content, settings.match), settings.match)
+        if result.outcome == "no-match":
+            continue
+        current = best.get(row.golden_id)
+        if current is None or _rank(result) > _rank(current.result):
+            best[row.golden_id] = Candidate(row.golden_id, row.id, result)
+    return sorted(best.values(), key=lambda c: _rank(c.result), reverse=True)
+
+
+def _rank(result: MatchResult) -> tuple[int, float]:
+    return (1 if result.outcome == "match" else 0, result.weight)
+
+
+def _queue_reviews(session: Session, sid: str, candidates: Iterable[Candidate]) -> None:
+    for cand in candidates:
+        existing = session.scalar(
+            select(MpiReview).where(
+                MpiReview.source_id == sid, MpiReview.candidate_source_id == cand.source_id
+            )
+        )
+        reverse = session.scalar(
+            select(MpiReview.id).where(
+                MpiReview.source_id == cand.source_id, MpiReview.candidate_source_id == sid
+            )
+        )
+        comparisons = [
+            {"field": c.field, "level": c.level, "weight": c.weight} for c in cand.result.comparisons
+        ]
+        if existing is not None:
+            if existing.status == "open":  # refresh the scores; a decided review stays decided
+                existing.weight, existing.reason = cand.result.weight, cand.result.reason
+                existing.comparisons, existing.golden_id = comparisons, cand.golden_id
+            continue
+        if reverse is not None:
+            continue
+        session.add(
+            MpiReview(
+                source_id=sid,
+                candidate_source_id=cand.source_id,
+                golden_id=cand.golden_id,
+                weight=cand.result.weight,
+                reason=cand.result.reason,
+                comparisons=comparisons,
+                status="open",
+            )
+        )
+
+
+# ------------------------------------------------------------------------------------------ golden records
+
+
+def rebuild_golden(session: Session, golden_id: str, settings: MpiSettings = DEFAULT_SETTINGS) -> None:
+    """Write the golden Patient from its current sources (or delete it when it has none left). Each
+    element comes from the best source that has it: active before retired, the most trusted sender, then
+    the most recent; identifiers are the union over all sources."""
+    sources = list(
+        session.scalars(select(MpiSource).where(MpiSource.golden_id == golden_id).order_by(MpiSource.id))
+    )
+    if not sources:
+        current = session.get(Resource, ("Patient", golden_id))
+        if current is not None and not current.deleted:
+            store.delete(session, "Patient", golden_id)
+        return
+    trust = settings.sender_trust or {}
+    ranked = sorted(
+        sources,
+        key=lambda s: (s.active, trust.get(s.facility, 0), _utc(s.updated_at), s.id),
+        reverse=True,
+    )
+    golden: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": golden_id,
+        "meta": {"tag": [dict(GOLDEN_TAG)]},
+    }
+    identifiers: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for src in ranked:
+        for ident in (src.content or {}).get("identifier") or []:
+            key = (str(ident.get("system") or ""), str(ident.get("value") or ""))
+            if key[1] and key not in seen:
+                seen.add(key)
+                identifiers.append(ident)
+    if identifiers:
+        golden["identifier"] = identifiers
+    golden["active"] = True
+    for element in _GOLDEN_ELEMENTS:
+        for src in ranked:
+            value = (src.content or {}).get(element)
+            if value not in (None, [], ""):
+                golden[element] = value
+                break
+    golden["link"] = [{"other": {"reference": f"Patient/{s.id}"}, "type": "seealso"} for s in sources]
+    store.upsert(session, golden)
+    if len(sources) > 1:
+        _settle_reviews(session, {s.id for s in sources})
+
+
+def _settle_reviews(session: Session, members: set[str]) -> None:
+    """Open reviews whose two sources now share a golden record (linked by a later match, a merge or a
+    steward elsewhere) leave the queue as linked."""
+    for review in session.scalars(
+        select(MpiReview).where(
+            MpiReview.status == "open",
+            MpiReview.source_id.in_(members),
+            MpiReview.candidate_source_id.in_(members),
+        )
+    ):
+        review.status, review.decided_at = "linked", _now()
+
+
+def _links_for(session: Session, row: MpiSource) -> list[dict[str, Any]]:
+    links: list[dict[str, Any]] = []
+    if row.replaced_by:
+        links.append({"other": {"reference": f"Patient/{row.replaced_by}"}, "type": "replaced-by"})
+    for retired in session.scalars(
+        select(MpiSource.id).where(MpiSource.replaced_by == row.id).order_by(MpiSource.id)
+    ):
+        links.append({"other": {"reference": f"Patient/{retired}"}, "type": "replaces"})
+    links.append({"other": {"reference": f"Patient/{row.golden_id}"}, "type": "refer"})
+    return links
+
+
+def _apply_links(session: Session, resource: dict[str, Any], sid: str) -> None:
+    """Set the MPI's links (and ``active`` after a merge) on a source Patient dict."""
+    row = session.get(MpiSource, sid)
+    if row is None:
+        return
+    kept = [lk for lk in resource.get("link") or [] if lk.get("type") not in _LINK_TYPES]
+    resource["link"] = kept + _links_for(session, row)
+    if not row.active:
+        resource["active"] = False
+    elif "active" in row.content:
+        resource["active"] = row.content["active"]
+    else:
+        resource.pop("active", None)
+
+
+def _sync_stored_source(session: Session, sid: str) -> None:
+    """Rewrite a stored source Patient whose links changed outside its own message (merge, steward)."""
+    row = session.get(MpiSource, sid)
+    if row is None:
+        return
+    current = session.get(Resource, ("Patient", sid))
+    if current is not None and not current.deleted:
+        resource = store.read(session, "Patient", sid)
+    else:
+        resource = {**row.content, "resourceType": "Patient", "id": sid}
+    _apply_links(session, resource, sid)
+    store.upsert(session, resource)
+
+
+def linked_patient_ids(session: Session, patient_id: str) -> list[str]:
+    """Every Patient id that stands for the same person as ``patient_id`` (a golden or a source id): the
+    golden record and all its sources, for compartment queries such as ``$everything``."""
+    row = session.get(MpiSource, patient_id)
+    golden = row.golden_id if row is not None else patient_id
+    sources = list(session.scalars(select(MpiSource.id).where(MpiSource.golden_id == golden)))
+    if not sources:
+        return [patient_id]
+    return [golden, *sorted(sources)]
+
+
+# ---------------------------------------------------------------------------------- decisions and undo
+
+
+def _record(session: Session, **kw: Any) -> MpiDecision:
+    decision = MpiDecision(created_at=_now(), **kw)
+    session.add(decision)
+    session.flush()
+    return decision
+
+
+def _source(session: Session, sid: str) -> MpiSource:
+    row = session.get(MpiSource, sid)
+    if row is None:
+        raise NotFound(f"Patient/{sid} is not a source known to the MPI")
+    return row
+
+
+def _ensure_source(session: Session, sid: str, facility: str = "") -> MpiSource:
+    """The MPI row of ``sid``; a Patient only known from the store (or not at all, as the retired side
+    of a merge may be) gets one, alone in a golden record of its own."""
+    row = session.get(MpiSource, sid)
+    if row is not None:
+        return row
+    current = session.get(Resource, ("Patient", sid))
+    content: dict[str, Any] = {"resourceType": "Patient", "id": sid}
+    if current is not None and not current.deleted:
+        content = _snapshot(store.read(session, "Patient", sid))
+    row = MpiSource(id=sid, golden_id=golden_id_for(sid), facility=facility, link_kind="new", content=content)
+    row.active = True
+    session.add(row)
+    session.flush()
+    _write_blocks(session, sid, content, features(content))
+    return row
+
+
+def merge(
+    session: Session, survivor: str, retired: str, *, actor: str, reason: str = "", sync: bool = True
+) -> MpiDecision:
+    """ADT A40/A34: ``retired`` is the same patient as ``survivor``. The retired source becomes inactive,
+    ``replaced-by`` the survivor, and joins the survivor's golden record (so its resources appear there)."""
+    if survivor == retired:
+        raise Conflict("a patient cannot be merged into itself")
+    surv = _ensure_source(session, survivor)
+    ret = _ensure_source(session, retired)
+    decision = _record(
+        session,
+        action="merge",
+        source_id=retired,
+        other_source_id=survivor,
+        golden_id=surv.golden_id,
+        previous_golden_id=ret.golden_id,
+        actor=actor,
+        reason=reason,
+        data={"link_kind": ret.link_kind, "active": ret.active, "replaced_by": ret.replaced_by},
+    )
+    left_behind = [
+        r
+        for r in session.scalars(
+            select(MpiSource).where(MpiSource.golden_id == ret.golden_id, MpiSource.id != retired)
+        )
+        if r.golden_id != surv.golden_id
+    ]
+    ret.golden_id = surv.golden_id
+    ret.active = False
+    ret.replaced_by = survivor
+    ret.link_kind = "merge"
+    ret.updated_at = _now()
+    # Sources the MPI had linked to the retired patient (other senders' records) are probably the
+    # survivor too; a steward decides, the sender's merge speaks only for its own records.
+    surv_feats = features(surv.content)
+    for other in left_behind:
+        result = compare(features(other.content), surv_feats)
+        _queue_reviews(
+            session,
+            other.id,
+            [
+                Candidate(
+                    surv.golden_id,
+                    survivor,
+                    MatchResult("possible", result.weight, result.comparisons, "merge"),
+                )
+            ],
+        )
+    if sync:
+        _after_change(session, {decision.golden_id, decision.previous_golden_id}, {survivor, retired})
+    return decision
+
+
+def _change_identifier(
+    session: Session, action: Mapping[str, Any], actor: str, settings: MpiSettings
+) -> set[str]:
+    """ADT A47: a source's identifier changed (old → new); its blocking and identifier keys follow."""
+    sid = str(action.get("patient") or "")
+    row = session.get(MpiSource, sid)
+    if row is None:
+        return set()
+    old, new = action.get("old") or {}, action.get("new") or {}
+    content = dict(row.content)
+    idents = [
+        i
+        for i in content.get("identifier") or []
+        if not (i.get("system") == old.get("system") and i.get("value") == old.get("value"))
+    ]
+    if new.get("value") and not any(
+        i.get("system") == new.get("system") and i.get("value") == new.get("value") for i in idents
+    ):
+        idents.append(dict(new))
+    content["identifier"] = idents
+    row.content = content
+    row.updated_at = _now()
+    _write_blocks(session, sid, content, features(content, settings.match))
+    _record(
+        session,
+        action="change-identifier",
+        source_id=sid,
+        golden_id=row.golden_id,
+        previous_golden_id=row.golden_id,
+        actor=actor,
+        data={"old": dict(old), "new": dict(new)},
+    )
+    return {row.golden_id}
+
+
+def _unlink_pair(session: Session, a: str, b: str, *, actor: str) -> MpiDecision | None:
+    """ADT A37: ``a`` and ``b`` are not the same patient. ``b`` leaves a's golden record if it shares it."""
+    row_a, row_b = session.get(MpiSource, a), session.get(MpiSource, b)
+    if row_a is None or row_b is None:
+        return None
+    if row_a.golden_id != row_b.golden_id:
+        return _record(
+            session,
+            action="not-duplicate",
+            source_id=b,
+            other_source_id=a,
+            golden_id=row_b.golden_id,
+            previous_golden_id=row_b.golden_id,
+            actor=actor,
+            data={"link_kind": row_b.link_kind},
+        )
+    return _move(session, row_b, None, action="unlink", actor=actor, reason="", other=a)
+
+
+def _move(
+    session: Session,
+    row: MpiSource,
+    target_golden: str | None,
+    *,
+    action: str,
+    actor: str,
+    reason: str,
+    other: str | None = None,
+    review_id: int | None = None,
+) -> MpiDecision:
+    previous = row.golden_id
+    decision = _record(
+        session,
+        action=action,
+        source_id=row.id,
+        other_source_id=other,
+        golden_id=target_golden or previous,
+        previous_golden_id=previous,
+        review_id=review_id,
+        actor=actor,
+        reason=reason,
+        data={"link_kind": row.link_kind},
+    )
+    if target_golden is None:
+        # A fresh golden record; its own source's deterministic golden id when free, else a new one.
+        own = golden_id_for(row.id)
+        taken = session.scalar(select(func.count()).where(MpiSource.golden_id == own, MpiSource.id != row.id))
+        target_golden = own if not taken else golden_id_for(f"{row.id}|{decision.id}")
+        decision.golden_id = target_golden
+    row.golden_id = target_golden
+    row.link_kind = "manual"
+    row.updated_at = _now()
+    return decision
+
+
+def _after_change(session: Session, goldens: Iterable[str | None], sources: Iterable[str | None]) -> None:
+    session.flush()
+    for golden in sorted({g for g in goldens if g}):
+        rebuild_golden(session, golden)
+    for sid in sorted({s for s in sources if s}):
+        _sync_stored_source(session, sid)
+
+
+def link(
+    session: Session,
+    source_id: str,
+    target: str,
+    *,
+    actor: str,
+    reason: str = "",
+    review_id: int | None = None,
+) -> MpiDecision:
+    """A steward links ``source_id`` to the golden record of ``target`` (a golden or a source id)."""
+    row = _source(session, source_id)
+    target_row = session.get(MpiSource, target)
+    golden = target_row.golden_id if target_row is not None else target
+    if target_row is None and not session.scalar(select(func.count()).where(MpiSource.golden_id == golden)):
+        raise NotFound(f"Patient/{target} is neither a golden record nor a source")
+    if golden == row.golden_id:
+        raise Conflict(f"Patient/{source_id} is already linked to Patient/{golden}")
+    decision = _move(
+        session,
+        row,
+        golden,
+        action="link",
+        actor=actor,
+        reason=reason,
+        other=target_row.id if target_row is not None else None,
+        review_id=review_id,
+    )
+    _after_change(session, {decision.golden_id, decision.previous_golden_id}, {source_id})
+    return decision
+
+
+def unlink(session: Session, source_id: str, *, actor: str, reason: str = "") -> MpiDecision:
+    """A steward takes ``source_id`` out of its golden record into a golden record of its own; it is
+    recorded as not being any of the sources it leaves behind."""
+    row = _source(session, source_id)
+    others = sorted(
+        session.scalars(
+            select(MpiSource.id).where(MpiSource.golden_id == row.golden_id, MpiSource.id != source_id)
+        )
+    )
+    if not others:
+        raise Conflict(f"Patient/{source_id} is the only source of its golden record")
+    decision = _move(session, row, None, action="unlink", actor=actor, reason=reason, other=others[0])
+    decision.data = {**(decision.data or {}), "others": others}
+    _after_change(session, {decision.golden_id, decision.previous_golden_id}, {source_id})
+    return decision
+
+
+def decide_review(
+    session: Session, review_id: int, decision: str, *, actor: str, reason: str = ""
+) -> MpiDecision:
+    """A steward's answer to a possible match: ``link`` (same person) or ``not-duplicate``."""
+    review = session.get(MpiReview, review_id)
+    if review is None:
+        raise NotFound(f"review {review_id} does not exist")
+    if review.status != "open":
+        raise Conflict(f"review {review_id} was already decided ({review.status})")
+    if decision == "link":
+        result = link(
+            session,
+            review.source_id,
+            review.candidate_source_id,
+            actor=actor,
+            reason=reason,
+            review_id=review_id,
+        )
+        review.status = "linked"
+    elif decision == "not-duplicate":
+        row = _source(session, review.source_id)
+        result = _record(
+            session,
+            action="not-duplicate",
+            source_id=review.source_id,
+            other_source_id=review.candidate_source_id,
+            golden_id=row.golden_id,
+            previous_golden_id=row.golden_id,
+            review_id=review_id,
+            actor=actor,
+            reason=reason,
+            data={"link_kind": row.link_kind},
+        )
+        row.link_kind = "manual"
+        review.status = "not-duplicate"
+    else:
+        raise Conflict(f"unknown review decision {decision!r}")
+    review.decided_at = _now()
+    return result
+
+
+def undo(session: Session, decision_id: int, *, actor: str, reason: str = "") -> MpiDecision:
+    """Reverse a decision (a steward's link, unlink or not-duplicate, or an HL7 merge or unlink): the
+    source returns to the golden record it had, a reviewed pair goes back to the queue."""
+    decision = session.get(MpiDecision, decision_id)
+    if decision is None:
+        raise NotFound(f"decision {decision_id} does not exist")
+    if decision.undone_at is not None:
+        raise Conflict(f"decision {decision_id} was already undone")
+    if decision.action in ("undo", "change-identifier"):
+        raise Conflict(f"a {decision.action} decision cannot be undone")
+    row = _source(session, decision.source_id)
+    later = session.scalar(
+        select(func.count()).where(
+            MpiDecision.source_id == decision.source_id,
+            MpiDecision.id > decision.id,
+            MpiDecision.undone_at.is_(None),
+            MpiDecision.action != "undo",
+        )
+    )
+    if later:
+        raise Conflict(
+            f"decision {decision_id} has later decisions on Patient/{decision.source_id}; undo them first"
+        )
+    data = decision.data or {}
+    current = row.golden_id
+    row.golden_id = decision.previous_golden_id or row.golden_id
+    row.link_kind = data.get("link_kind", row.link_kind)
+    if decision.action == "merge":
+        row.active = bool(data.get("active", True))
+        row.replaced_by = data.get("replaced_by")
+    row.updated_at = _now()
+    if decision.review_id is not None:
+        review = session.get(MpiReview, decision.review_id)
+        if review is not None:
+            review.status, review.decided_at = "open", None
+    undo_decision = _record(
+        session,
+        action="undo",
+        source_id=decision.source_id,
+        other_source_id=decision.other_source_id,
+        golden_id=row.golden_id,
+        previous_golden_id=current,
+        actor=actor,
+        reason=reason,
+        data={"undoes": decision.id},
+    )
+    decision.undone_at = _now()
+    decision.undone_by = undo_decision.id
+    _after_change(session, {current, row.golden_id}, {decision.source_id, decision.other_source_id})
+    return undo_decision
+
+
+def decision_dict(d: MpiDecision) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "action": d.action,
+        "source": d.source_id,
+        "other": d.other_source_id,
+        "golden": d.golden_id,
+        "previousGolden": d.previous_golden_id,
+        "review": d.review_id,
+        "who": d.actor,
+        "why": d.reason,
+        "when": d.created_at.isoformat() if d.created_at else None,
+        "undoneAt": d.undone_at.isoformat() if d.undone_at else None,
+        "undoneBy": d.undone_by,
+    }

@@ -11,6 +11,8 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Double,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -127,3 +129,244 @@ class ResourceVersion(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     message_id: Mapped[int | None] = mapped_column(BigInteger)
     content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Search index (issue 4). One table per FHIR search parameter type; one row per extracted value. Rows are
+# rewritten in the resource's own transaction by hub.store.search_index (a write hook of resources.upsert).
+# Every table is keyed for lookup by (resource_type, param, value…) and for rewriting by (resource_type,
+# resource_id). Strings are stored normalised (lower case, accents removed) beside the exact form.
+# ---------------------------------------------------------------------------------------------------------
+
+
+class SearchToken(Base):
+    """token parameters: Coding, CodeableConcept, Identifier, ContactPoint, code, boolean."""
+
+    __tablename__ = "search_token"
+    __table_args__ = (
+        Index("ix_search_token_value", "resource_type", "param", "code", "system", "resource_id"),
+        Index("ix_search_token_resource", "resource_type", "resource_id"),
+    )
+
+    row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    system: Mapped[str] = mapped_column(String(255), default="")  # "" when the value has no system
+    code: Mapped[str] = mapped_column(String(255))
+    text: Mapped[str] = mapped_column(String(255), default="")  # display / CodeableConcept.text, normalised
+
+
+class SearchString(Base):
+    """string parameters (HumanName and Address parts, plain strings)."""
+
+    __tablename__ = "search_string"
+    __table_args__ = (
+        # varchar_pattern_ops: PostgreSQL answers LIKE 'prefix%' (the default string search) from the
+        # index whatever the database collation.
+        Index(
+            "ix_search_string_value",
+            "resource_type",
+            "param",
+            "value",
+            "resource_id",
+            postgresql_ops={"value": "varchar_pattern_ops"},
+        ),
+        Index("ix_search_string_resource", "resource_type", "resource_id"),
+    )
+
+    row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    value: Mapped[str] = mapped_column(String(255))  # normalised: lower case, no accents
+    exact: Mapped[str] = mapped_column(String(255))  # as written
+
+
+class SearchDate(Base):
+    """date parameters as closed ranges [low, high] in UTC (a date at day precision spans the day)."""
+
+    __tablename__ = "search_date"
+    __table_args__ = (
+        Index("ix_search_date_value", "resource_type", "param", "low", "high", "resource_id"),
+        Index("ix_search_date_resource", "resource_type", "resource_id"),
+    )
+
+    row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    low: Mapped[datetime] = mapped_column()
+    high: Mapped[datetime] = mapped_column()
+
+
+class SearchReference(Base):
+    """reference parameters: ``target_type``/``target_id`` of a relative reference (or of an absolute URL
+    ending in Type/id); any other reference is kept whole in ``target_id`` with ``target_type`` empty."""
+
+    __tablename__ = "search_reference"
+    # target_id leads: a reference given without its type (subject=123) still seeks the index.
+    __table_args__ = (
+        Index(
+            "ix_search_reference_target", "target_id", "target_type", "param", "resource_type", "resource_id"
+        ),
+        Index("ix_search_reference_resource", "resource_type", "resource_id"),
+    )
+
+    row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(64), default="")
+    target_id: Mapped[str] = mapped_column(String(255))  # the id, or the whole reference when not relative
+
+
+class SearchQuantity(Base):
+    """quantity parameters: value with its UCUM (or other) system and code; ``unit`` as written."""
+
+    __tablename__ = "search_quantity"
+    __table_args__ = (
+        Index("ix_search_quantity_value", "resource_type", "param", "value", "resource_id"),
+        Index("ix_search_quantity_resource", "resource_type", "resource_id"),
+    )
+
+    row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Double)
+    system: Mapped[str] = mapped_column(String(255), default="")
+    code: Mapped[str] = mapped_column(String(64), default="")
+    unit: Mapped[str] = mapped_column(String(64), default="")
+
+
+class SearchNumber(Base):
+    """number parameters."""
+
+    __tablename__ = "search_number"
+    __table_args__ = (
+        Index("ix_search_number_value", "resource_type", "param", "value", "resource_id"),
+        Index("ix_search_number_resource", "resource_type", "resource_id"),
+    )
+
+    row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Double)
+
+
+class SearchUri(Base):
+    """uri parameters (profiles, attachment URLs, canonical references)."""
+
+    __tablename__ = "search_uri"
+    __table_args__ = (
+        Index(
+            "ix_search_uri_value",
+            "resource_type",
+            "param",
+            "value",
+            "resource_id",
+            postgresql_ops={"value": "varchar_pattern_ops"},
+        ),
+        Index("ix_search_uri_resource", "resource_type", "resource_id"),
+    )
+
+    row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    param: Mapped[str] = mapped_column(String(64))
+    value: Mapped[str] = mapped_column(String(255))
+
+
+# $everything pages a patient compartment in (resource_type, id) order straight off this index.
+Index("ix_resource_compartment", Resource.patient_id, Resource.resource_type, Resource.id)
+# ---------------------------------------------------------------------------------------------------------
+# end of the search index section
+# ---------------------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Master patient index (hub.mpi.service). Source Patients, their blocking keys, the review queue of possible
+# matches and the stewards' decisions. The golden Patients themselves are ordinary rows of ``resource``.
+# ---------------------------------------------------------------------------------------------------------
+
+
+class MpiSource(Base):
+    """One source Patient (sender + PID-3 identifier) and the one golden Patient it is linked to."""
+
+    __tablename__ = "mpi_source"
+    __table_args__ = (
+        Index("ix_mpi_source_golden", "golden_id"),
+        Index("ix_mpi_source_replaced_by", "replaced_by"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the source Patient id
+    golden_id: Mapped[str] = mapped_column(String(64))
+    facility: Mapped[str] = mapped_column(String(200), default="")
+    # new (own golden) | auto (matched) | manual (a steward's or sender's decision; never moved
+    # automatically) | merge (retired by an A40/A34 merge)
+    link_kind: Mapped[str] = mapped_column(String(16), default="new")
+    weight: Mapped[float | None] = mapped_column(Float)  # the match weight of an automatic link
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    replaced_by: Mapped[str | None] = mapped_column(String(64))  # survivor of a merge
+    content: Mapped[Any] = mapped_column(JSONVariant)  # the source Patient as last received, without links
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MpiBlock(Base):
+    """Blocking keys (``nik:…``, ``ny:<soundex>|<year>``, …) and identifier keys (``ident:system|value``)."""
+
+    __tablename__ = "mpi_block"
+    __table_args__ = (Index("ix_mpi_block_source", "source_id"),)
+
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    source_id: Mapped[str] = mapped_column(ForeignKey("mpi_source.id", ondelete="CASCADE"), primary_key=True)
+
+
+class MpiReview(Base):
+    """A possible match waiting for a data steward: a source and the golden record it may belong to."""
+
+    __tablename__ = "mpi_review"
+    __table_args__ = (
+        Index("ux_mpi_review_pair", "source_id", "candidate_source_id", unique=True),
+        Index("ix_mpi_review_status", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    source_id: Mapped[str] = mapped_column(String(64))
+    candidate_source_id: Mapped[str] = mapped_column(String(64))  # the best-scoring source of the candidate
+    golden_id: Mapped[str] = mapped_column(String(64))  # the candidate's golden when the review was queued
+    weight: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(String(32))
+    comparisons: Mapped[Any] = mapped_column(JSONVariant)  # [{"field", "level", "weight"}]
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | linked | not-duplicate
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column()
+
+
+class MpiDecision(Base):
+    """Every identity decision made by a steward or an HL7 merge message: who, when, why, and what it
+    replaced (so that it can be undone)."""
+
+    __tablename__ = "mpi_decision"
+    __table_args__ = (
+        Index("ix_mpi_decision_source", "source_id", "id"),
+        Index("ix_mpi_decision_other", "other_source_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    # link | unlink | not-duplicate | merge | change-identifier | undo
+    action: Mapped[str] = mapped_column(String(32))
+    source_id: Mapped[str] = mapped_column(String(64))
+    other_source_id: Mapped[str | None] = mapped_column(String(64))
+    golden_id: Mapped[str | None] = mapped_column(String(64))
+    previous_golden_id: Mapped[str | None] = mapped_column(String(64))
+    review_id: Mapped[int | None] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[Any | None] = mapped_column(JSONVariant)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    undone_at: Mapped[datetime | None] = mapped_column()
+    undone_by: Mapped[int | None] = mapped_column(BigInteger)  # the id of the undo decision

@@ -26,6 +26,11 @@ def make_celery(broker_url: str | None = None, queue: str | None = None) -> Cele
     settings = get_settings()
     url = broker_url or settings.broker_url
     app = Celery("hub", broker=url, set_as_current=False)
+    maps = get_settings().mappings_dir
+    if maps is not None:
+        from hub.mapping import configure
+
+        configure(maps)
     app.conf.update(
         task_default_queue=queue or settings.celery_queue,
         task_acks_late=True,

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from hub.app import create_app
+from hub.auth import issue_token
 from hub.auth_secrets import hash_secret
 from hub.config import Settings
 from hub.hl7 import parse
@@ -22,6 +23,7 @@ from tests.builders import adt
 def client(engine: Engine, database_url: str, tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(database_url=database_url, mllp_enabled=False, worker_enabled=False, var_dir=tmp_path)
     with TestClient(create_app(settings)) as c:
+        c.headers["Authorization"] = "Bearer " + issue_token(settings, "admin")
         yield c
 
 
@@ -46,6 +48,9 @@ def test_operator_lists_and_inspects(client: TestClient) -> None:
     assert detail["raw"].startswith("MSH|") and "MSA|AA|H2" in detail["ack"]
     assert detail["state"] == "received" and detail["resources"] == []
     assert client.get("/hl7/messages/999999").status_code == 404
+    clinician = issue_token(client.app.state.settings, "clinician")  # type: ignore[attr-defined]
+    assert client.get("/hl7/messages", headers={"Authorization": f"Bearer {clinician}"}).status_code == 403
+    assert client.get("/hl7/messages", headers={"Authorization": ""}).status_code == 401
     bad = client.get("/hl7/messages", params={"state": "nonsense"})
     assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
 

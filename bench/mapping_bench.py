@@ -1,0 +1,71 @@
+"""Mapping throughput per message family: tokenize + map to plain dicts on one core (no store, no
+validation). Target: ≥ 3,000 ORU^R01 messages with 10 OBX per second.
+
+    .venv/bin/python -m bench.mapping_bench [N]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hub import hl7
+from hub.mapping import SenderContext, map_message
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hl7"
+FAMILIES = {
+    "ORU^R01 (10 OBX)": "oru_r01_reordered.hl7",
+    "ORU^R01 (10 OBX + SPM)": "oru_r01.hl7",
+    "ADT^A01": "adt_a01.hl7",
+    "ADT^A08": "adt_a08.hl7",
+    "VXU^V04": "vxu_v04.hl7",
+    "OML^O21": "oml_o21.hl7",
+    "RDE^O11": "rde_o11.hl7",
+    "MDM^T02": "mdm_t02.hl7",
+    "SIU^S12": "siu_s12.hl7",
+}
+
+
+def _messages(name: str, n: int) -> list[str]:
+    """``n`` distinct messages (control id and patient id vary) so no cache flatters the figure."""
+    text = (FIXTURES / name).read_bytes().decode("utf-8")
+    return [text.replace("RM001234", f"RM{i:06d}").replace("|P|2.5.1", f"{i}|P|2.5.1", 1) for i in range(n)]
+
+
+def measure(name: str, n: int) -> dict[str, Any]:
+    messages = _messages(name, n)
+    ctx = SenderContext(facility="RSUD_SEHAT")
+    map_message(hl7.parse(messages[0]), ctx)  # load and compile the maps outside the timing
+    resources = 0
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for text in messages:
+        resources += len(map_message(hl7.parse(text), ctx).resources)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    # CPU time is the one-core figure on a shared machine; wall time includes waiting for the core.
+    return {
+        "messages": n,
+        "seconds": round(elapsed, 3),
+        "msgs_per_s": round(n / elapsed),
+        "msgs_per_cpu_s": round(n / cpu) if cpu else 0,
+        "resources": resources,
+    }
+
+
+def run(n: int = 5000) -> dict[str, Any]:
+    """Parse+map throughput per family on one core: {family: {msgs_per_s, messages, seconds, resources}}."""
+    return {family: measure(name, n) for family, name in FAMILIES.items()}
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+    for family, figures in run(n).items():
+        print(
+            f"{family:26s} {figures['msgs_per_s']:>7,d} msg/s wall  {figures['msgs_per_cpu_s']:>7,d} msg/s CPU"
+            f"  ({figures['messages']} in {figures['seconds']} s)"
+        )
+
+
+if __name__ == "__main__":
+    main()

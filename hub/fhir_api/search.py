@@ -1,0 +1,925 @@
+"""FHIR search against the index tables: parsing a query into criteria, building one SQL statement per
+page, keyset paging, _include/_revinclude, totals, history and the patient compartment ($everything).
+
+Every criterion becomes ``resource.id IN (SELECT resource_id FROM search_<type> WHERE …)`` (``NOT IN`` for
+``:not`` and ``:missing``); repeated parameters AND, comma-separated values OR. Pages are cut by keyset
+on the sort keys plus the id, carried in an opaque ``_cursor``, so a page link neither skips nor repeats
+rows while resources are added. A Patient reference whose target is a golden Patient also matches every
+source Patient the golden record lists under ``link`` (type ``seealso``).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Double,
+    String,
+    and_,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.orm import Session
+
+from hub.errors import BadRequest, Gone, NotFound
+from hub.store.models import (
+    Resource,
+    ResourceVersion,
+    SearchDate,
+    SearchNumber,
+    SearchQuantity,
+    SearchReference,
+    SearchString,
+    SearchToken,
+    SearchUri,
+)
+from hub.store.search_params import (
+    CLINICAL_DATE,
+    COMPOSITE,
+    DATE,
+    MAX_DATE,
+    MIN_DATE,
+    NUMBER,
+    QUANTITY,
+    REFERENCE,
+    REGISTRY,
+    SPECIAL,
+    STRING,
+    TOKEN,
+    URI,
+    SearchParam,
+    date_range,
+    normalize,
+    params_of,
+    parse_reference,
+)
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 1000
+EVERYTHING_DEFAULT_COUNT = 100
+MAX_ITERATE = 5
+
+CONTROL_PARAMS = frozenset(
+    {
+        "_count",
+        "_sort",
+        "_include",
+        "_revinclude",
+        "_summary",
+        "_elements",
+        "_total",
+        "_cursor",
+        "_format",
+        "_pretty",
+    }
+)
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+MODIFIERS: dict[str, frozenset[str]] = {
+    TOKEN: frozenset({"not", "text", "missing", "of-type"}),
+    STRING: frozenset({"exact", "contains", "missing"}),
+    DATE: frozenset({"missing"}),
+    REFERENCE: frozenset({"missing", "identifier"}),  # plus a resource type (subject:Patient)
+    QUANTITY: frozenset({"missing"}),
+    NUMBER: frozenset({"missing"}),
+    URI: frozenset({"below", "above", "missing"}),
+    COMPOSITE: frozenset(),
+    SPECIAL: frozenset({"missing", "not"}),
+}
+INDEX_MODEL: dict[str, Any] = {
+    TOKEN: SearchToken,
+    STRING: SearchString,
+    DATE: SearchDate,
+    REFERENCE: SearchReference,
+    QUANTITY: SearchQuantity,
+    NUMBER: SearchNumber,
+    URI: SearchUri,
+}
+SORTABLE = (TOKEN, STRING, DATE, NUMBER, QUANTITY, URI, SPECIAL)
+_TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+R = Resource
+
+
+def check_type(resource_type: str) -> str:
+    if not _TYPE_RE.match(resource_type):
+        raise NotFound(f"{resource_type} is not a resource type")
+    return resource_type
+
+
+@dataclass(slots=True)
+class Row:
+    resource_type: str
+    id: str
+    content: bytes
+    mode: str = "match"
+
+
+@dataclass(slots=True)
+class Page:
+    matches: list[Row]
+    included: list[Row]
+    total: int | None
+    next_cursor: str | None
+    issues: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Query:
+    """A parsed search: criteria (AND of OR-lists) and the result controls."""
+
+    resource_type: str
+    conditions: list[ColumnElement[bool]] = field(default_factory=list)
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (param name, descending)
+    count: int = DEFAULT_COUNT
+    cursor: list[Any] | None = None
+    include: list[tuple[str, bool]] = field(default_factory=list)  # (value, iterate)
+    revinclude: list[tuple[str, bool]] = field(default_factory=list)
+    summary: str | None = None
+    elements: list[str] = field(default_factory=list)
+    total: str = "none"
+    issues: list[str] = field(default_factory=list)
+
+
+# --- parsing ------------------------------------------------------------------------------------------
+
+
+def split_values(raw: str) -> list[str]:
+    """Comma-separated OR values, honouring ``\\,`` escapes."""
+    parts = re.split(r"(?<!\\),", raw)
+    return [p.replace("\\,", ",").replace("\\$", "$").replace("\\|", "|") for p in parts]
+
+
+def parse_query(
+    session: Session, resource_type: str, params: Sequence[tuple[str, str]], *, strict: bool = False
+) -> Query:
+    q = Query(resource_type)
+    defs = params_of(resource_type)
+    for name, raw in params:
+        if raw == "":
+            continue  # R4 3.1.1.5: a parameter with an empty value is ignored
+        if name in CONTROL_PARAMS or name.split(":")[0] in ("_include", "_revinclude"):
+            _control(q, name, raw)
+            continue
+        if name.startswith("_has:"):
+            q.conditions.append(_has(session, resource_type, name, raw))
+            continue
+        base, _, chain = name.partition(".")
+        pname, _, modifier = base.partition(":")
+        param = defs.get(pname)
+        if param is None:
+            msg = f"unknown search parameter {pname!r} for {resource_type}"
+            if strict:
+                raise BadRequest(msg, code="not-supported")
+            q.issues.append(msg + " was ignored")
+            continue
+        if chain:
+            q.conditions.append(_chain(session, resource_type, param, modifier, chain, raw))
+        else:
+            q.conditions.append(criterion(session, resource_type, param, modifier, raw, R.id))
+    return q
+
+
+def _control(q: Query, name: str, raw: str) -> None:
+    if name == "_count":
+        try:
+            q.count = max(0, min(int(raw), MAX_COUNT))
+        except ValueError as exc:
+            raise BadRequest(f"_count must be an integer, not {raw!r}") from exc
+    elif name == "_sort":
+        for key in raw.split(","):
+            desc = key.startswith("-")
+            key = key.lstrip("-")
+            param = params_of(q.resource_type).get(key)
+            if param is None or param.type not in SORTABLE:
+                raise BadRequest(f"cannot sort {q.resource_type} by {key!r}")
+            q.sort.append((key, desc))
+    elif name.startswith("_include") or name.startswith("_revinclude"):
+        base, _, mod = name.partition(":")
+        if mod not in ("", "iterate", "recurse"):
+            raise BadRequest(f"unsupported modifier {name}")
+        target = q.include if base == "_include" else q.revinclude
+        target.extend((v, mod != "") for v in raw.split(",") if v)
+    elif name == "_summary":
+        if raw not in ("true", "false", "count", "text", "data"):
+            raise BadRequest(f"_summary must be true, false, count, text or data, not {raw!r}")
+        q.summary = None if raw == "false" else raw
+    elif name == "_elements":
+        q.elements.extend(e.strip() for e in raw.split(",") if e.strip())
+    elif name == "_total":
+        if raw not in ("none", "estimate", "accurate"):
+            raise BadRequest(f"_total must be none, estimate or accurate, not {raw!r}")
+        q.total = raw
+    elif name == "_cursor":
+        q.cursor = decode_cursor(raw)
+
+
+def encode_cursor(values: list[Any]) -> str:
+    plain = [v.isoformat() if isinstance(v, datetime) else v for v in values]
+    return base64.urlsafe_b64encode(orjson.dumps(plain)).decode().rstrip("=")
+
+
+def decode_cursor(raw: str) -> list[Any]:
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise BadRequest("the paging cursor is not valid") from exc
+    if not isinstance(values, list):
+        raise BadRequest("the paging cursor is not valid")
+    return values
+
+
+# --- criteria -----------------------------------------------------------------------------------------
+
+
+def criterion(
+    session: Session,
+    rtype: str,
+    param: SearchParam,
+    modifier: str,
+    raw: str,
+    id_col: Any,
+) -> Any:
+    """The condition that a resource of ``rtype`` whose id is ``id_col`` matches ``param[:modifier]=raw``."""
+    allowed = MODIFIERS[param.type]
+    is_type_modifier = param.type == REFERENCE and bool(_TYPE_RE.match(modifier))
+    if modifier and modifier not in allowed and not is_type_modifier:
+        raise BadRequest(f"modifier :{modifier} is not supported on {param.type} parameter {param.name}")
+    values = split_values(raw)
+    if modifier == "missing":
+        if raw not in ("true", "false"):
+            raise BadRequest(f"{param.name}:missing must be true or false")
+        if param.type in (SPECIAL, COMPOSITE):
+            return false() if raw == "true" else true()
+        model = INDEX_MODEL[param.type]
+        has = id_col.in_(
+            select(model.resource_id).where(model.resource_type == rtype, model.param == param.name)
+        )
+        return not_(has) if raw == "true" else has
+    if param.type == SPECIAL:
+        cond = _special(param, values, id_col)
+        return not_(cond) if modifier == "not" else cond
+    if param.type == COMPOSITE:
+        return or_(*(_composite(session, rtype, param, v, id_col) for v in values))
+    if modifier in ("of-type", "identifier"):
+        return id_col.in_(
+            select(SearchToken.resource_id).where(
+                SearchToken.resource_type == rtype,
+                SearchToken.param == f"{param.name}:{modifier}",
+                or_(*(_modifier_token(modifier, v) for v in values)),
+            )
+        )
+    model = INDEX_MODEL[param.type]
+    ors = [_value_condition(session, model, param, modifier, v) for v in values]
+    matching = select(model.resource_id).where(
+        model.resource_type == rtype, model.param == param.name, or_(*ors)
+    )
+    if modifier == "not":
+        return id_col.not_in(matching)
+    return id_col.in_(matching)
+
+
+def _modifier_token(modifier: str, v: str) -> Any:
+    """``identifier:of-type=type-system|type-code|value``; ``subject:identifier=system|value``."""
+    if modifier == "of-type":
+        parts = v.split("|")
+        if len(parts) != 3 or not parts[2]:
+            raise BadRequest(f":of-type takes system|code|value, not {v!r}")
+        return and_(SearchToken.system == f"{parts[0]}|{parts[1]}", SearchToken.code == parts[2])
+    system, bar, code = v.rpartition("|")
+    return and_(SearchToken.system == system, SearchToken.code == code) if bar else SearchToken.code == v
+
+
+def _special(param: SearchParam, values: list[str], id_col: Any) -> Any:
+    if param.name == "_id":
+        return id_col.in_(values)
+    # _lastUpdated: the instant of the resource row whose id is id_col (main query, chain or _has)
+    column = id_col.__clause_element__() if hasattr(id_col, "__clause_element__") else id_col
+    last_updated = column.table.c.last_updated
+    conds = []
+    for v in values:
+        prefix, value = _prefix(v)
+        rng = date_range(value)
+        if rng is None:
+            raise BadRequest(f"_lastUpdated value {v!r} is not a date")
+        conds.append(_date_compare(prefix, rng, last_updated, last_updated))
+    return or_(*conds)
+
+
+def _composite(session: Session, rtype: str, param: SearchParam, raw: str, id_col: Any) -> Any:
+    parts = re.split(r"(?<!\\)\$", raw)
+    if len(parts) != len(param.components):
+        raise BadRequest(f"{param.name} takes {len(param.components)} $-separated parts")
+    defs = params_of(rtype)
+    return and_(
+        *(
+            criterion(session, rtype, defs[name], "", part.replace(",", "\\,"), id_col)
+            for name, part in zip(param.components, parts, strict=True)
+        )
+    )
+
+
+def _prefix(value: str) -> tuple[str, str]:
+    if len(value) > 2 and value[:2] in PREFIXES and not value[2].isalpha():
+        return value[:2], value[2:]
+    return "eq", value
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _value_condition(session: Session, model: Any, param: SearchParam, modifier: str, v: str) -> Any:
+    if param.type == TOKEN:
+        if modifier == "text":
+            return model.text.like("%" + _like_escape(normalize(v)) + "%", escape="\\")
+        if "|" in v:
+            system, _, code = v.partition("|")
+            if not code:
+                return model.system == system
+            return and_(model.system == system, model.code == code)
+        return model.code == v
+    if param.type == STRING:
+        if modifier == "exact":
+            return model.exact == v
+        if modifier == "contains":
+            return model.value.like("%" + _like_escape(normalize(v)) + "%", escape="\\")
+        prefix = normalize(v)
+        cond = model.value.like(_like_escape(prefix) + "%", escape="\\")
+        if session.get_bind().dialect.name == "sqlite" and prefix:
+            # SQLite uses an index for LIKE only on NOCASE columns; the byte-order range lets it seek.
+            cond = and_(model.value >= prefix, model.value < prefix + "\U0010ffff", cond)
+        return cond
+    if param.type == DATE:
+        prefix, value = _prefix(v)
+        rng = date_range(value)
+        if rng is None:
+            raise BadRequest(f"{param.name}: {v!r} is not a FHIR date")
+        return _date_compare(prefix, rng, model.low, model.high)
+    if param.type == REFERENCE:
+        return _reference_condition(session, model, param, modifier, v)
+    if param.type in (QUANTITY, NUMBER):
+        number, _, unit = v.partition("|")
+        prefix, number = _prefix(number)
+        cond = _number_compare(prefix, number, model.value, param.name)
+        if param.type == QUANTITY and unit:
+            system, _, code = unit.partition("|")
+            if system:
+                cond = and_(cond, model.system == system, model.code == code)
+            elif code:
+                cond = and_(cond, or_(model.code == code, model.unit == code))
+        return cond
+    if param.type == URI:
+        if modifier == "below":
+            return model.value.like(_like_escape(v) + "%", escape="\\")
+        if modifier == "above":
+            return literal(v, String).like(model.value + "%")
+        return model.value == v
+    raise BadRequest(f"parameter type {param.type} is not searchable")
+
+
+def _date_compare(prefix: str, rng: tuple[datetime, datetime], low: Any, high: Any) -> Any:
+    """R4 3.1.1.4.1.1: compare the target range [low, high] with the parameter range [pl, ph]."""
+    pl, ph = rng
+    contained = and_(low >= pl, high <= ph)
+    if prefix == "eq":
+        return contained
+    if prefix == "ne":
+        return not_(contained)
+    if prefix == "gt":
+        return high > ph
+    if prefix == "lt":
+        return low < pl
+    if prefix == "ge":
+        return or_(high > ph, contained)
+    if prefix == "le":
+        return or_(low < pl, contained)
+    if prefix == "sa":
+        return low > ph
+    if prefix == "eb":
+        return high < pl
+    # ap: within 10% of the distance from now, at least a day either side
+    now = datetime.now(UTC)
+    delta = max(abs(now - pl) / 10, timedelta(days=1))
+    return and_(low <= ph + delta, high >= pl - delta)
+
+
+def _number_compare(prefix: str, raw: str, col: Any, name: str) -> Any:
+    try:
+        n = float(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name}: {raw!r} is not a number") from exc
+    # eq/ne use the implicit range of the value's precision (R4: 100 means [99.5, 100.5)).
+    decimals = len(raw.split(".")[1]) if "." in raw and "e" not in raw.lower() else 0
+    half = 0.5 * 10**-decimals
+    if prefix == "eq":
+        return and_(col >= n - half, col < n + half)
+    if prefix == "ne":
+        return or_(col < n - half, col >= n + half)
+    if prefix in ("gt", "sa"):
+        return col > n
+    if prefix in ("lt", "eb"):
+        return col < n
+    if prefix == "ge":
+        return col >= n
+    if prefix == "le":
+        return col <= n
+    spread = abs(n) * 0.1
+    return and_(col >= n - spread, col <= n + spread)
+
+
+def _reference_condition(session: Session, model: Any, param: SearchParam, modifier: str, v: str) -> Any:
+    if "/" in v:
+        ttype, tid = parse_reference(v)
+    else:
+        ttype, tid = (modifier if modifier else (param.targets[0] if len(param.targets) == 1 else "")), v
+    if modifier and ttype and modifier != ttype:
+        return false()
+    ids = [tid]
+    if ttype in ("Patient", ""):
+        ids = expand_patients(session, [tid])
+    cond = model.target_id.in_(ids) if len(ids) > 1 else model.target_id == tid
+    return and_(model.target_type == ttype, cond) if ttype else cond
+
+
+def expand_patients(session: Session, ids: Iterable[str]) -> list[str]:
+    """The ids plus every source Patient a golden Patient among them lists as ``link`` ``seealso``."""
+    ids = list(dict.fromkeys(ids))
+    rows = session.execute(
+        select(R.content).where(R.resource_type == "Patient", R.id.in_(ids), R.deleted.is_(False))
+    ).scalars()
+    out = list(ids)
+    for content in rows:
+        if b'"seealso"' not in content:
+            continue
+        for link in orjson.loads(content).get("link") or []:
+            if link.get("type") == "seealso":
+                ref = (link.get("other") or {}).get("reference", "")
+                ttype, tid = parse_reference(ref)
+                if ttype == "Patient" and tid not in out:
+                    out.append(tid)
+    return out
+
+
+def _chain(session: Session, rtype: str, param: SearchParam, modifier: str, chain: str, raw: str) -> Any:
+    if param.type != REFERENCE:
+        raise BadRequest(f"{param.name} is not a reference parameter and cannot be chained")
+    if "." in chain:
+        raise BadRequest("only one level of chaining is supported")
+    cname, _, cmod = chain.partition(":")
+    if modifier:
+        targets: Sequence[str] = [modifier]
+    elif param.targets:
+        targets = param.targets
+    else:
+        targets = [t for t, entry in REGISTRY.items() if cname in entry.params]
+    ors = []
+    for target in targets:
+        cparam = params_of(target).get(cname)
+        if cparam is None:
+            continue
+        chained = Resource.__table__.alias("chained")
+        inner = select(chained.c.id).where(
+            chained.c.resource_type == target,
+            chained.c.deleted.is_(False),
+            criterion(session, target, cparam, cmod, raw, chained.c.id),
+        )
+        if target == "Patient":
+            # Resolve now so a golden Patient found by the chain brings its linked sources along.
+            found = list(session.execute(inner.limit(MAX_COUNT)).scalars())
+            ids: Any = expand_patients(session, found) if found else []
+        else:
+            ids = inner
+        ors.append(
+            and_(
+                SearchReference.target_type == target,
+                SearchReference.target_id.in_(ids),
+            )
+        )
+    if not ors:
+        raise BadRequest(f"no target of {rtype}.{param.name} has a search parameter {cname!r}")
+    return R.id.in_(
+        select(SearchReference.resource_id).where(
+            SearchReference.resource_type == rtype, SearchReference.param == param.name, or_(*ors)
+        )
+    )
+
+
+def _has(session: Session, rtype: str, name: str, raw: str) -> Any:
+    """``_has:Observation:patient:code=X``: resources of ``rtype`` that an Observation matching
+    ``code=X`` references through its ``patient`` parameter (one level)."""
+    parts = name.split(":")
+    if len(parts) < 4:
+        raise BadRequest(f"{name}: expected _has:Type:reference:parameter")
+    other, ref_name, pname = parts[1], parts[2], parts[3]
+    mod = parts[4] if len(parts) > 4 else ""
+    check_type(other)
+    odefs = params_of(other)
+    ref_param, cparam = odefs.get(ref_name), odefs.get(pname)
+    if ref_param is None or ref_param.type != REFERENCE or cparam is None:
+        raise BadRequest(f"{name}: {other} has no reference parameter {ref_name!r} or parameter {pname!r}")
+    source = Resource.__table__.alias("has_source")
+    matching = select(source.c.id).where(
+        source.c.resource_type == other,
+        source.c.deleted.is_(False),
+        criterion(session, other, cparam, mod, raw, source.c.id),
+    )
+    return R.id.in_(
+        select(SearchReference.target_id).where(
+            SearchReference.resource_type == other,
+            SearchReference.param == ref_name,
+            SearchReference.target_type == rtype,
+            SearchReference.resource_id.in_(matching),
+        )
+    )
+
+
+# --- running a search ---------------------------------------------------------------------------------
+
+
+def _sort_expr(rtype: str, name: str, desc: bool) -> Any:
+    if name == "_id":
+        return R.id
+    if name == "_lastUpdated":
+        return R.last_updated
+    param = params_of(rtype)[name]
+    model = INDEX_MODEL[param.type]
+    col: Any
+    sentinel: Any
+    typ: Any
+    if param.type == TOKEN:
+        col, sentinel, typ = model.code, "", String
+    elif param.type in (STRING, URI):
+        col, sentinel, typ = model.value, "", String
+    elif param.type == DATE:
+        col = model.high if desc else model.low
+        sentinel, typ = (MIN_DATE if desc else MAX_DATE), DateTime(timezone=True)
+    else:  # NUMBER, QUANTITY
+        col, sentinel, typ = model.value, (-1e300 if desc else 1e300), Double
+    agg = func.max(col) if desc else func.min(col)
+    sub = (
+        select(agg)
+        .where(model.resource_type == R.resource_type, model.resource_id == R.id, model.param == name)
+        .scalar_subquery()
+    )
+    return func.coalesce(sub, literal(sentinel, typ))
+
+
+def _cursor_value(v: Any) -> Any:
+    if isinstance(v, str) and len(v) >= 19 and v[4] == "-" and v[10] == "T":
+        try:
+            dt = datetime.fromisoformat(v)
+        except ValueError:
+            return v
+        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    return v
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, datetime) and v.tzinfo is None:
+        return v.replace(tzinfo=UTC)
+    return v
+
+
+def search(session: Session, q: Query) -> Page:
+    base_conds = [R.resource_type == q.resource_type, R.deleted.is_(False), *q.conditions]
+    total: int | None = None
+    if q.total in ("accurate", "estimate") or q.summary == "count" or q.count == 0:
+        total = session.execute(select(func.count()).select_from(R).where(*base_conds)).scalar_one()
+    if q.summary == "count" or q.count == 0:
+        return Page([], [], total, None, q.issues)
+
+    keys: list[tuple[Any, bool]] = [(_sort_expr(q.resource_type, n, d), d) for n, d in q.sort]
+    if not any(n == "_id" for n, _ in q.sort):
+        keys.append((R.id, False))
+    labelled = [expr.label(f"k{i}") for i, (expr, _) in enumerate(keys)]
+    inner = select(R.id, R.content, *labelled).where(*base_conds).subquery()
+    kcols = [inner.c[f"k{i}"] for i in range(len(keys))]
+    stmt = select(inner.c.id, inner.c.content, *kcols)
+    if q.cursor is not None:
+        if len(q.cursor) != len(keys):
+            raise BadRequest("the paging cursor does not fit this search")
+        values = [_cursor_value(v) for v in q.cursor]
+        ors = []
+        for i, (col, (_, desc)) in enumerate(zip(kcols, keys, strict=True)):
+            eqs = [kcols[j] == values[j] for j in range(i)]
+            ors.append(and_(*eqs, col < values[i] if desc else col > values[i]))
+        stmt = stmt.where(or_(*ors))
+    stmt = stmt.order_by(*(c.desc() if d else c.asc() for c, (_, d) in zip(kcols, keys, strict=True)))
+    rows = session.execute(stmt.limit(q.count + 1)).all()
+    next_cursor = None
+    if len(rows) > q.count:
+        rows = rows[: q.count]
+        next_cursor = encode_cursor([_plain(v) for v in rows[-1][2:]])
+    elif q.cursor is None and total is None:
+        total = len(rows)  # the whole result fits on the first page: its size is the total
+    matches = [Row(q.resource_type, r.id, r.content) for r in rows]
+    included = resolve_includes(session, matches, q.include, q.revinclude)
+    return Page(matches, included, total, next_cursor, q.issues)
+
+
+def _fetch(session: Session, keys: Iterable[tuple[str, str]]) -> list[Row]:
+    """Current resources by (type, id), in one round trip per 500 ids."""
+    by_type: dict[str, list[str]] = {}
+    for t, i in keys:
+        by_type.setdefault(t, []).append(i)
+    out: list[Row] = []
+    batch: list[Any] = []
+    size = 0
+    for t, ids in sorted(by_type.items()):
+        for chunk in _chunks(sorted(set(ids)), 500):
+            batch.append(and_(R.resource_type == t, R.id.in_(chunk)))
+            size += len(chunk)
+            if size >= 500:
+                out.extend(_fetch_batch(session, batch))
+                batch, size = [], 0
+    if batch:
+        out.extend(_fetch_batch(session, batch))
+    return out
+
+
+def _fetch_batch(session: Session, conds: list[Any]) -> list[Row]:
+    rows = session.execute(select(R.resource_type, R.id, R.content).where(or_(*conds), R.deleted.is_(False)))
+    return [Row(r.resource_type, r.id, r.content, "include") for r in rows]
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def resolve_includes(
+    session: Session,
+    matches: list[Row],
+    include: list[tuple[str, bool]],
+    revinclude: list[tuple[str, bool]],
+) -> list[Row]:
+    if not (include or revinclude) or not matches:
+        return []
+    seen = {(r.resource_type, r.id) for r in matches}
+    included: list[Row] = []
+    frontier = matches
+    for depth in range(MAX_ITERATE):
+        wanted: set[tuple[str, str]] = set()
+        specs = [spec for spec, iterate in include if depth == 0 or iterate]
+        if specs:
+            wanted |= _forward(session, frontier, specs)
+        for spec, iterate in revinclude:
+            if depth > 0 and not iterate:
+                continue
+            wanted |= _reverse(session, frontier, spec)
+        fresh = _fetch(session, wanted - seen)
+        if not fresh:
+            break
+        seen |= {(r.resource_type, r.id) for r in fresh}
+        included.extend(fresh)
+        frontier = fresh
+    return included
+
+
+def _include_spec(spec: str) -> tuple[str, str, str]:
+    parts = spec.split(":")
+    if spec == "*":
+        return "*", "*", ""
+    if len(parts) < 2:
+        raise BadRequest(f"_include/_revinclude {spec!r}: expected Type:parameter[:TargetType]")
+    return parts[0], parts[1], parts[2] if len(parts) > 2 else ""
+
+
+def _forward(session: Session, frontier: list[Row], specs: list[str]) -> set[tuple[str, str]]:
+    """Targets of the frontier's references named by the _include specs: one query per source type."""
+    parsed = [(spec, *_include_spec(spec)) for spec in specs]
+    out: set[tuple[str, str]] = set()
+    by_type: dict[str, list[str]] = {}
+    for r in frontier:
+        by_type.setdefault(r.resource_type, []).append(r.id)
+    for rtype, ids in by_type.items():
+        ors = []
+        for spec, src_type, pname, target in parsed:
+            if src_type not in ("*", rtype):
+                continue
+            if pname != "*" and (p := params_of(rtype).get(pname)) is not None and p.type != REFERENCE:
+                raise BadRequest(f"_include {spec}: {pname} is not a reference parameter")
+            conds = []
+            if pname != "*":
+                conds.append(SearchReference.param == pname)
+            if target:
+                conds.append(SearchReference.target_type == target)
+            ors.append(and_(true(), *conds))
+        if not ors:
+            continue
+        stmt = select(SearchReference.target_type, SearchReference.target_id).where(
+            SearchReference.resource_type == rtype,
+            SearchReference.resource_id.in_(ids),
+            SearchReference.target_type != "",
+            or_(*ors),
+        )
+        out |= {(t, i) for t, i in session.execute(stmt)}
+    return out
+
+
+def _reverse(session: Session, frontier: list[Row], spec: str) -> set[tuple[str, str]]:
+    src_type, pname, target = _include_spec(spec)
+    out: set[tuple[str, str]] = set()
+    by_type: dict[str, list[str]] = {}
+    for r in frontier:
+        by_type.setdefault(r.resource_type, []).append(r.id)
+    for rtype, ids in by_type.items():
+        if target and target != rtype:
+            continue
+        if rtype == "Patient":
+            ids = expand_patients(session, ids)
+        stmt = select(SearchReference.resource_type, SearchReference.resource_id).where(
+            SearchReference.target_type == rtype, SearchReference.target_id.in_(ids)
+        )
+        if src_type != "*":
+            stmt = stmt.where(SearchReference.resource_type == src_type)
+        if pname != "*":
+            stmt = stmt.where(SearchReference.param == pname)
+        out |= {(t, i) for t, i in session.execute(stmt)}
+    return out
+
+
+# --- $everything --------------------------------------------------------------------------------------
+
+_REFERENCED_TYPES = ("Practitioner", "PractitionerRole", "Organization", "Location", "Medication", "Device")
+_REFERENCE_RE = re.compile(
+    rb'"reference":"(' + "|".join(_REFERENCED_TYPES).encode() + rb')/([A-Za-z0-9.-]{1,64})"'
+)
+
+
+@dataclass(slots=True)
+class EverythingQuery:
+    patient_id: str
+    count: int = EVERYTHING_DEFAULT_COUNT
+    cursor: list[Any] | None = None
+    since: datetime | None = None
+    types: list[str] = field(default_factory=list)
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+def everything(session: Session, eq: EverythingQuery) -> Page:
+    row = session.execute(
+        select(R.deleted).where(R.resource_type == "Patient", R.id == eq.patient_id)
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"Patient/{eq.patient_id} is not known")
+    if row:
+        raise Gone(f"Patient/{eq.patient_id} was deleted")
+    members = expand_patients(session, [eq.patient_id])
+    conds: list[Any] = [R.patient_id.in_(members), R.deleted.is_(False)]
+    if eq.types:
+        conds.append(R.resource_type.in_(eq.types))
+    if eq.since is not None:
+        conds.append(R.last_updated >= eq.since)
+    if eq.start is not None or eq.end is not None:
+        low = eq.start or MIN_DATE
+        high = eq.end or MAX_DATE
+        dated = [
+            and_(
+                R.resource_type == rtype,
+                R.id.in_(
+                    select(SearchDate.resource_id).where(
+                        SearchDate.resource_type == rtype,
+                        SearchDate.param == pname,
+                        SearchDate.low <= high,
+                        SearchDate.high >= low,
+                    )
+                ),
+            )
+            for rtype, pname in CLINICAL_DATE.items()
+        ]
+        conds.append(or_(R.resource_type.not_in(list(CLINICAL_DATE)), *dated))
+    if eq.cursor is not None:
+        if len(eq.cursor) != 2:
+            raise BadRequest("the paging cursor does not fit this operation")
+        ct, ci = eq.cursor
+        conds.append(or_(R.resource_type > ct, and_(R.resource_type == ct, R.id > ci)))
+    stmt = (
+        select(R.resource_type, R.id, R.content)
+        .where(*conds)
+        .order_by(R.resource_type, R.id)
+        .limit(eq.count + 1)
+    )
+    rows = session.execute(stmt).all()
+    next_cursor = None
+    if len(rows) > eq.count:
+        rows = rows[: eq.count]
+        next_cursor = encode_cursor([rows[-1].resource_type, rows[-1].id])
+    matches = [Row(r.resource_type, r.id, r.content) for r in rows]
+    included = _referenced(session, matches)
+    total = len(matches) if eq.cursor is None and next_cursor is None else None
+    return Page(matches, included, total, next_cursor)
+
+
+def _referenced(session: Session, matches: list[Row]) -> list[Row]:
+    """Practitioners, organisations, locations … that the page's resources point at, found by scanning
+    the stored bytes (compact orjson, so every reference reads ``"reference":"Type/id"``) rather than by
+    one index probe per resource."""
+    wanted: set[tuple[str, str]] = set()
+    for row in matches:
+        for m in _REFERENCE_RE.finditer(row.content):
+            wanted.add((m.group(1).decode(), m.group(2).decode()))
+    return _fetch(session, wanted)
+
+
+# --- history ------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class HistoryEntry:
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    content: bytes
+
+
+def history(
+    session: Session,
+    *,
+    resource_type: str | None = None,
+    rid: str | None = None,
+    since: datetime | None = None,
+    count: int = DEFAULT_COUNT,
+    cursor: list[Any] | None = None,
+) -> tuple[list[HistoryEntry], str | None]:
+    """Versions newest first, keyset-paged on (last_updated, type, id, version)."""
+    V = ResourceVersion
+    conds: list[Any] = []
+    if resource_type is not None:
+        conds.append(V.resource_type == resource_type)
+    if rid is not None:
+        conds.append(V.id == rid)
+        exists = session.execute(
+            select(R.id).where(R.resource_type == resource_type, R.id == rid)
+        ).scalar_one_or_none()
+        if exists is None:
+            raise NotFound(f"{resource_type}/{rid} is not known")
+    if since is not None:
+        conds.append(V.last_updated >= since)
+    if cursor is not None:
+        if len(cursor) != 4:
+            raise BadRequest("the paging cursor does not fit this history")
+        lu, ct, ci, cv = _cursor_value(cursor[0]), cursor[1], cursor[2], cursor[3]
+        conds.append(
+            or_(
+                V.last_updated < lu,
+                and_(V.last_updated == lu, V.resource_type < ct),
+                and_(V.last_updated == lu, V.resource_type == ct, V.id < ci),
+                and_(V.last_updated == lu, V.resource_type == ct, V.id == ci, V.version_id < cv),
+            )
+        )
+    stmt = (
+        select(V.resource_type, V.id, V.version_id, V.last_updated, V.deleted, V.content)
+        .where(*conds)
+        .order_by(V.last_updated.desc(), V.resource_type.desc(), V.id.desc(), V.version_id.desc())
+        .limit(count + 1)
+    )
+    rows = session.execute(stmt).all()
+    next_cursor = None
+    if len(rows) > count:
+        rows = rows[:count]
+        last = rows[-1]
+        next_cursor = encode_cursor([_plain(last.last_updated), last.resource_type, last.id, last.version_id])
+    return [HistoryEntry(*r) for r in rows], next_cursor
+
+
+def vread(session: Session, resource_type: str, rid: str, version_id: int) -> HistoryEntry:
+    V = ResourceVersion
+    row = session.execute(
+        select(V.resource_type, V.id, V.version_id, V.last_updated, V.deleted, V.content).where(
+            V.resource_type == resource_type, V.id == rid, V.version_id == version_id
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"{resource_type}/{rid}/_history/{version_id} is not known")
+    entry = HistoryEntry(*row)
+    if entry.deleted:
+        raise Gone(f"{resource_type}/{rid} version {version_id} is a deletion")
+    return entry
+
+
+def find_ids(session: Session, resource_type: str, params: Sequence[tuple[str, str]]) -> list[str]:
+    """Ids matching a search (conditional create/update/delete): at most two, enough to tell 0, 1, many."""
+    q = parse_query(session, resource_type, params, strict=True)
+    stmt = (
+        select(R.id)
+        .where(R.resource_type == resource_type, R.deleted.is_(False), *q.conditions)
+        .order_by(R.id)
+        .limit(2)
+    )
+    return list(session.execute(stmt).scalars())

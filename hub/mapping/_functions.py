@@ -1,0 +1,930 @@
+"""The closed registry of functions that mapping files may name: datatype converters, transforms,
+conditions, id keys and MPI actions. Adding a function here is how the mapping language grows; the files
+never embed code.
+
+Datatype choices follow the HL7 V2-to-FHIR IG datatype maps (CX → Identifier, CWE → CodeableConcept,
+XTN → ContactPoint, SN → Quantity/Range/Ratio, ED/RP → Attachment, …).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hub.mapping._ids import patient_id, resource_id
+from hub.mapping._time import TimeFormatError, to_date, to_datetime, to_instant
+
+if TYPE_CHECKING:
+    from hub.mapping._engine import Runtime
+
+NIK_SYSTEM = "https://fhir.kemkes.go.id/id/nik"
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """A value for a choice element (``value[x]``): the FHIR type name completes the element name."""
+
+    type: str
+    value: Any
+
+
+# ---------------------------------------------------------------------------------------------------
+# Datatype converters: (raw escaped value, nesting level, runtime, args) -> FHIR value or None.
+# Level 0 is a field repetition (split on ^), 1 a component (split on &), 2 a subcomponent.
+
+DatatypeFn = Callable[[str, int, "Runtime", dict[str, Any]], Any]
+DATATYPES: dict[str, DatatypeFn] = {}
+
+
+def _datatype(name: str) -> Callable[[DatatypeFn], DatatypeFn]:
+    def deco(fn: DatatypeFn) -> DatatypeFn:
+        DATATYPES[name] = fn
+        return fn
+
+    return deco
+
+
+@_datatype("string")
+def dt_string(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """ST/ID/IS and friends: the first component, unescaped."""
+    return rt.text(rt.parts(raw, level)[0]).strip() or None
+
+
+@_datatype("text")
+def dt_text(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """FT/TX over every repetition: repetitions are lines; ``\\.br\\`` is unescaped after splitting."""
+    lines = [rt.text(r) for r in raw.split(rt.enc.repetition)] if level == 0 else [rt.text(raw)]
+    # Trailing spaces are not significant in ST/TX/FT (v2.5.1 2A.3.70); leading ones are.
+    text = "\n".join(part.rstrip() for line in lines for part in line.split("\n")).strip("\n")
+    return text if text.strip() else None
+
+
+@_datatype("date")
+def dt_date(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    value = rt.text(rt.parts(raw, level)[0]).strip()
+    if not value:
+        return None
+    try:
+        return to_date(value)
+    except TimeFormatError as exc:
+        rt.warn(str(exc))
+        return None
+
+
+@_datatype("dateTime")
+def dt_datetime(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """TS (whose first component is the DTM) or DTM → dateTime in the sender's zone when no offset."""
+    value = rt.text(rt.parts(raw, level)[0]).strip()
+    if not value:
+        return None
+    try:
+        return to_datetime(value, rt.zone)
+    except TimeFormatError as exc:
+        rt.warn(str(exc))
+        return None
+
+
+@_datatype("instant")
+def dt_instant(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    value = rt.text(rt.parts(raw, level)[0]).strip()
+    if not value:
+        return None
+    try:
+        return to_instant(value, rt.zone)
+    except TimeFormatError as exc:
+        rt.warn(str(exc))
+        return None
+
+
+_DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+
+
+def decimal(text: str) -> int | float | None:
+    """An NM value as a JSON number (integers stay integers so ``5`` is not written ``5.0``)."""
+    text = text.strip()
+    if not _DECIMAL.match(text):
+        return None
+    if "." in text:
+        if text.startswith("."):
+            text = "0" + text
+        elif text.startswith(("-.", "+.")):
+            text = text[0] + "0" + text[1:]
+        return float(text.rstrip("0").rstrip(".") or "0") if text.endswith(".") else float(text)
+    return int(text)
+
+
+@_datatype("decimal")
+def dt_decimal(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    return decimal(rt.text(rt.parts(raw, level)[0]))
+
+
+@_datatype("integer")
+def dt_integer(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    value = decimal(rt.text(rt.parts(raw, level)[0]))
+    return int(value) if isinstance(value, int) else None
+
+
+def coding_system(rt: Runtime, name: str) -> str | None:
+    """A CWE coding system name (HL7 table 0396) as a FHIR system URI."""
+    if not name:
+        return None
+    found = rt.vocab("coding-systems").get(name)
+    if isinstance(found, str):
+        return found
+    if re.match(r"^\d+(\.\d+)+$", name):
+        return "urn:oid:" + name
+    if name.startswith(("http://", "https://", "urn:")):
+        return name
+    if re.match(r"^(HL7)?\d{4}$", name):  # an HL7 table: v2-NNNN
+        return "http://terminology.hl7.org/CodeSystem/v2-" + name[-4:]
+    # L, 99zzz and other local names are the sender's own code systems.
+    local = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in rt.text(name))
+    return f"urn:hub:codesystem:{rt.facility_key}:{local}"
+
+
+def _coding(rt: Runtime, code: str, display: str, system: str) -> dict[str, Any] | None:
+    if not code:
+        return None
+    coding: dict[str, Any] = {}
+    sys_uri = coding_system(rt, system)
+    if sys_uri:
+        coding["system"] = sys_uri
+    coding["code"] = code
+    if display:
+        coding["display"] = display
+    return coding
+
+
+@_datatype("CodeableConcept")
+def dt_codeable_concept(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """CWE/CE/CNE: identifier, text, coding system and the alternate triplet; CWE-9 original text."""
+    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c += [""] * (9 - len(c))
+    if c[0] and not c[2] and args.get("default_system"):
+        c[2] = str(args["default_system"])
+    codings = [x for x in (_coding(rt, c[0], c[1], c[2]), _coding(rt, c[3], c[4], c[5])) if x is not None]
+    out: dict[str, Any] = {}
+    if codings:
+        out["coding"] = codings
+    text = c[8] or ("" if codings else c[1] or c[0])
+    if text:
+        out["text"] = text
+    return out or None
+
+
+@_datatype("Coding")
+def dt_coding(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c += [""] * (3 - len(c))
+    return _coding(rt, c[0], c[1], c[2])
+
+
+@_datatype("code")
+def dt_code(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The code of a CWE (or ID) alone, for elements typed ``code``."""
+    return rt.text(rt.parts(raw, level)[0]).strip() or None
+
+
+def hd_system(rt: Runtime, namespace: str, universal: str, universal_type: str) -> str | None:
+    """HD → a system URI: a configured authority, an ISO OID, a URI, else a hub-local URN."""
+    table = rt.vocab("identifier-authorities")
+    for key in (namespace, universal):
+        found = table.get(key) if key else None
+        if isinstance(found, str):
+            return found
+    if universal:
+        if universal_type.upper() == "ISO" or re.match(r"^\d+(\.\d+)+$", universal):
+            return "urn:oid:" + universal
+        if universal.startswith(("http://", "https://", "urn:")):
+            return universal
+    if namespace:
+        return f"urn:hub:id:{rt.facility_key}:{namespace}"
+    return None
+
+
+@_datatype("HD")
+def dt_hd(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """HD as a system URI (CX-4, EI-2/3)."""
+    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c += [""] * (3 - len(c))
+    return hd_system(rt, c[0], c[1], c[2])
+
+
+def cx_identifier(rt: Runtime, value: str, authority: str, universal: str, utype: str, id_type: str) -> Any:
+    """CX → Identifier. The system comes from the assigning authority (CX-4) when one is configured,
+    else from the identifier type (CX-5: ``NNIDN`` is the NIK, per the national profile), else from an
+    OID/URI authority, else a hub-local system for that sender and authority."""
+    if not value:
+        return None
+    system: str | None = None
+    table = rt.vocab("identifier-authorities")
+    for key in (authority, universal):
+        found = table.get(key) if key else None
+        if isinstance(found, str):
+            system = found
+            break
+    if system is None and id_type:
+        found = rt.vocab("identifier-types").get(id_type)
+        if isinstance(found, str):
+            system = found
+    if system is None:
+        system = hd_system(rt, authority, universal, utype) or f"urn:hub:id:{rt.facility_key}"
+    out: dict[str, Any] = {}
+    if id_type:
+        out["type"] = {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": id_type}]
+        }
+    out["system"] = system
+    out["value"] = value
+    return out
+
+
+@_datatype("Identifier")
+def dt_cx(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """CX (value, check digit, scheme, authority HD, type) → Identifier."""
+    parts = rt.parts(raw, level)
+    parts += [""] * (5 - len(parts))
+    authority = rt.parts(parts[3], level + 1)
+    authority += [""] * (3 - len(authority))
+    return cx_identifier(
+        rt,
+        rt.text(parts[0]).strip(),
+        rt.text(authority[0]).strip(),
+        rt.text(authority[1]).strip(),
+        rt.text(authority[2]).strip(),
+        rt.text(parts[4]).strip(),
+    )
+
+
+@_datatype("EI")
+def dt_ei(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """EI (entity id, namespace, universal id, type) → Identifier."""
+    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c += [""] * (4 - len(c))
+    if not c[0]:
+        return None
+    out: dict[str, Any] = {}
+    if args.get("type"):
+        out["type"] = {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": args["type"]}]
+        }
+    out["system"] = hd_system(rt, c[1], c[2], c[3]) or f"urn:hub:id:{rt.facility_key}"
+    out["value"] = c[0]
+    return out
+
+
+_TELECOM_SYSTEM = {
+    "PH": "phone",
+    "CP": "phone",
+    "FX": "fax",
+    "BP": "pager",
+    "INTERNET": "email",
+    "X.400": "email",
+}
+_TELECOM_USE = {
+    "PRN": "home",
+    "ORN": "home",
+    "VHN": "home",
+    "WPN": "work",
+    "EMR": "home",
+    "NET": "home",
+    "PRS": "mobile",
+}
+
+
+@_datatype("ContactPoint")
+def dt_xtn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """XTN → ContactPoint: XTN-1 (v2.3 formatted number), else XTN-4 email, else XTN-5..8 parts;
+    XTN-2 use (table 0201) and XTN-3 equipment (table 0202)."""
+    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c += [""] * (12 - len(c))
+    use_code, equipment = c[1].upper(), c[2].upper()
+    system = _TELECOM_SYSTEM.get(equipment)
+    value = c[11] or ""
+    if equipment in ("INTERNET", "X.400") or use_code == "NET":
+        value, system = c[3] or c[0], "email"
+    if not value:
+        value = c[0]
+    if not value and (c[5] or c[6]):
+        value = "".join(
+            (f"+{c[4]} " if c[4] else "", f"({c[5]}) " if c[5] else "", c[6], f" ext. {c[7]}" if c[7] else "")
+        ).strip()
+    if not value:
+        return None
+    out: dict[str, Any] = {"system": system or ("email" if "@" in value else "phone"), "value": value}
+    use = "mobile" if equipment == "CP" else _TELECOM_USE.get(use_code)
+    if use:
+        out["use"] = use
+    return out
+
+
+def _attachment_content_type(rt: Runtime, type_of_data: str, subtype: str) -> str | None:
+    """ED-2/ED-3 (or RP-3/RP-4) → a MIME type: table 0191 type over the 0291 subtype."""
+    sub = subtype.strip()
+    if "/" in sub:
+        return sub.lower()
+    found = rt.vocab("mime-types").get(sub) or rt.vocab("mime-types").get(type_of_data)
+    return found if isinstance(found, str) else None
+
+
+@_datatype("Attachment")
+def dt_ed(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """ED → Attachment: ED-4 encoding (Base64 kept, Hex converted, A(SCII) encoded) and ED-5 data."""
+    c = rt.parts(raw, level)
+    c += [""] * (5 - len(c))
+    data = rt.text(c[4]).strip()
+    if not data:
+        return None
+    encoding = rt.text(c[3]).strip().upper()
+    if encoding == "BASE64":
+        payload = "".join(data.split())
+        try:
+            base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            rt.warn("ED-5 says Base64 but is not valid Base64; the data is left out")
+            ctype = _attachment_content_type(rt, rt.text(c[1]), rt.text(c[2]))
+            return {"contentType": ctype or "application/octet-stream"}
+    elif encoding == "HEX":
+        try:
+            payload = base64.b64encode(binascii.unhexlify("".join(data.split()))).decode("ascii")
+        except (binascii.Error, ValueError):
+            rt.warn("ED-5 hex data is not valid hex; kept as text")
+            payload = base64.b64encode(data.encode()).decode("ascii")
+    else:
+        payload = base64.b64encode(data.encode()).decode("ascii")
+    out: dict[str, Any] = {}
+    ctype = _attachment_content_type(rt, rt.text(c[1]), rt.text(c[2]))
+    if ctype:
+        out["contentType"] = ctype
+    out["data"] = payload
+    return out
+
+
+@_datatype("AttachmentReference")
+def dt_rp(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """RP → Attachment.url: RP-1 pointer, qualified by the RP-2 application's universal id when it is a
+    URI base."""
+    c = rt.parts(raw, level)
+    c += [""] * (4 - len(c))
+    pointer = rt.text(c[0]).strip()
+    if not pointer:
+        return None
+    app = [rt.text(p) for p in rt.parts(c[1], level + 1)] + ["", ""]
+    base = app[1].strip()
+    url = pointer
+    if base.startswith(("http://", "https://")) and not pointer.startswith(("http://", "https://")):
+        url = base.rstrip("/") + "/" + pointer.lstrip("/")
+    out: dict[str, Any] = {}
+    ctype = _attachment_content_type(rt, rt.text(c[2]), rt.text(c[3]))
+    if ctype:
+        out["contentType"] = ctype
+    out["url"] = url
+    return out
+
+
+_SN_COMPARATORS = {"<", "<=", ">", ">="}
+
+
+@_datatype("SN")
+def dt_sn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """SN → Quantity (with comparator), Range (``-``, ``+`` separators) or Ratio (``:``, ``/``)."""
+    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c += [""] * (4 - len(c))
+    comparator, num1, sep, num2 = c
+    n1, n2 = decimal(num1), decimal(num2)
+    if sep in (":", "/") and n1 is not None and n2 is not None:
+        return Choice("Ratio", {"numerator": {"value": n1}, "denominator": {"value": n2}})
+    if sep in ("-", "+") and (n1 is not None or n2 is not None):
+        rng: dict[str, Any] = {}
+        if n1 is not None:
+            rng["low"] = {"value": n1}
+        if n2 is not None:
+            rng["high"] = {"value": n2}
+        return Choice("Range", rng)
+    if n1 is None:
+        return None
+    q: dict[str, Any] = {"value": n1}
+    if comparator in _SN_COMPARATORS:
+        q["comparator"] = comparator
+    elif comparator == "=" or not comparator:
+        pass
+    elif comparator == "<>":
+        rt.warn("SN comparator <> has no FHIR Quantity.comparator; kept as the bare value")
+    return Choice("Quantity", q)
+
+
+@_datatype("NR")
+def dt_nr(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """NR (low, high) → Range."""
+    c = [decimal(rt.text(p)) for p in rt.parts(raw, level)] + [None, None]
+    out: dict[str, Any] = {}
+    if c[0] is not None:
+        out["low"] = {"value": c[0]}
+    if c[1] is not None:
+        out["high"] = {"value": c[1]}
+    return out or None
+
+
+def quantity(rt: Runtime, value: Any, units_raw: str, level: int) -> dict[str, Any]:
+    """A Quantity whose units are a CWE: UCUM codes get the UCUM system (V2-to-FHIR IG CWE[Quantity])."""
+    q: dict[str, Any] = {"value": value}
+    if units_raw:
+        u = [rt.text(p).strip() for p in rt.parts(units_raw, level)] + ["", "", ""]
+        unit = u[1] or u[0]
+        if unit:
+            q["unit"] = unit
+        # Only units the sender declares UCUM get the UCUM system; others stay display text.
+        if u[0] and u[2].upper() in ("UCUM", "ANS+", "ISO+"):
+            q["system"] = "http://unitsofmeasure.org"
+            q["code"] = u[0]
+    return q
+
+
+@_datatype("CQ")
+def dt_cq(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """CQ (quantity, units CWE) → Quantity."""
+    c = rt.parts(raw, level)
+    c += [""] * (2 - len(c))
+    value = decimal(rt.text(c[0]))
+    if value is None:
+        return None
+    return quantity(rt, value, c[1], level + 1)
+
+
+@_datatype("identifier_at")
+def dt_identifier_at(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """An identifier spread over components of a larger datatype (XCN-1/XCN-9/XCN-13, XON-10/XON-6/
+    XON-7): ``args`` names the component numbers of the value, the authority and the type."""
+    parts = rt.parts(raw, level)
+
+    def comp(n: int | None) -> str:
+        return parts[n - 1] if n and n <= len(parts) else ""
+
+    value = rt.text(rt.parts(comp(args.get("value")), level + 1)[0]).strip()
+    if not value and args.get("fallback_value"):
+        value = rt.text(rt.parts(comp(args["fallback_value"]), level + 1)[0]).strip()
+    auth = [rt.text(p).strip() for p in rt.parts(comp(args.get("authority")), level + 1)] + ["", "", ""]
+    id_type = rt.text(rt.parts(comp(args.get("type")), level + 1)[0]).strip()
+    return cx_identifier(rt, value, auth[0], auth[1], auth[2], id_type)
+
+
+@_datatype("joined")
+def dt_joined(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Components (``args.components``) joined by ``args.separator`` (PL → a Location name)."""
+    parts = rt.parts(raw, level)
+    picked = []
+    for n in args.get("components", []):
+        if n <= len(parts):
+            text = rt.text(rt.parts(parts[n - 1], level + 1)[0]).strip()
+            if text:
+                picked.append(text)
+    return str(args.get("separator", " ")).join(picked) or None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Transforms: applied to a converted value (after the datatype and vocabulary): (value, rt, args) -> value.
+
+TransformFn = Callable[[Any, "Runtime", dict[str, Any]], Any]
+TRANSFORMS: dict[str, TransformFn] = {}
+
+
+def _transform(name: str) -> Callable[[TransformFn], TransformFn]:
+    def deco(fn: TransformFn) -> TransformFn:
+        TRANSFORMS[name] = fn
+        return fn
+
+    return deco
+
+
+@_transform("codeable_concept")
+def tf_codeable(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Wrap a code (or a coding) as a CodeableConcept of ``args.system``."""
+    if isinstance(value, dict) and "coding" in value:
+        return value
+    if isinstance(value, dict):
+        return {"coding": [value]}
+    coding = (
+        {"code": str(value)} if not args.get("system") else {"system": args["system"], "code": str(value)}
+    )
+    return {"coding": [coding]}
+
+
+@_transform("concept_text")
+def tf_concept_text(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A free-text value as a CodeableConcept with only text."""
+    return value if isinstance(value, dict) else {"text": str(value)}
+
+
+@_transform("constant")
+def tf_constant(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """``args.value`` whenever the source is present (e.g. PV1-45 present → status finished)."""
+    return args.get("value")
+
+
+@_transform("identifier")
+def tf_identifier(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A bare id (e.g. a Z-segment's NIK) as an Identifier of ``args.system`` (optional) and ``args.type``."""
+    out: dict[str, Any] = {}
+    if args.get("type"):
+        out["type"] = {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": args["type"]}]
+        }
+    if args.get("system"):
+        out["system"] = args["system"]
+    out["value"] = str(value)
+    return out
+
+
+@_transform("as_list")
+def tf_as_list(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    return [value]
+
+
+@_transform("boolean_yn")
+def tf_boolean(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """HL7 table 0136 Y/N → boolean."""
+    text = str(value).strip().upper()
+    return True if text in ("Y", "YES", "1", "T") else False if text in ("N", "NO", "0", "F") else None
+
+
+@_transform("deceased_datetime")
+def tf_deceased(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    return Choice("DateTime", value)
+
+
+@_transform("choice")
+def tf_choice(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Mark a value for a choice element with the FHIR type in ``args.type``."""
+    return Choice(str(args["type"]), value)
+
+
+@_transform("annotation")
+def tf_annotation(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    return {"text": str(value)}
+
+
+@_transform("period_start")
+def tf_period_start(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    return {"start": value}
+
+
+@_transform("period_end")
+def tf_period_end(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    return {"end": value}
+
+
+@_transform("quantity")
+def tf_quantity(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A bare number as a Quantity, with an optional UCUM ``args.unit``."""
+    if not isinstance(value, int | float):
+        return None
+    q: dict[str, Any] = {"value": value}
+    if args.get("unit"):
+        q.update(unit=args["unit"], system="http://unitsofmeasure.org", code=args["unit"])
+    return q
+
+
+# ---------------------------------------------------------------------------------------------------
+# Multi-input functions (``paths:``): (raw field values, segment index, rt, args) -> value.
+
+SegmentFn = Callable[[list[str], int, "Runtime", dict[str, Any]], Any]
+SEGMENT_FUNCTIONS: dict[str, SegmentFn] = {}
+
+
+def _segment_fn(name: str) -> Callable[[SegmentFn], SegmentFn]:
+    def deco(fn: SegmentFn) -> SegmentFn:
+        SEGMENT_FUNCTIONS[name] = fn
+        return fn
+
+    return deco
+
+
+_OBX_TYPES = {
+    "NM": "decimal",
+    "SN": "SN",
+    "ST": "string",
+    "TX": "text",
+    "FT": "text",
+    "CE": "CodeableConcept",
+    "CWE": "CodeableConcept",
+    "CNE": "CodeableConcept",
+    "CF": "CodeableConcept",
+    "TS": "dateTime",
+    "DTM": "dateTime",
+    "DT": "date",
+    "TM": "string",
+    "ED": "Attachment",
+    "RP": "AttachmentReference",
+    "NR": "NR",
+    "CQ": "CQ",
+    "ID": "string",
+    "IS": "string",
+}
+_CHOICE_TYPE = {
+    "decimal": "Quantity",
+    "string": "String",
+    "text": "String",
+    "CodeableConcept": "CodeableConcept",
+    "dateTime": "DateTime",
+    "date": "DateTime",
+    "Attachment": "Attachment",
+    "AttachmentReference": "Attachment",
+    "NR": "Range",
+    "CQ": "Quantity",
+}
+
+
+@_segment_fn("observation_value")
+def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-5 as value[x] by OBX-2 (V2-to-FHIR IG OBX[Observation]): NM with OBX-6 units → Quantity,
+    SN → Quantity/Range/Ratio, CWE → CodeableConcept, TX/FT/ST → string (repetitions are lines), TS →
+    dateTime. ED/RP have no value[x] in R4: :func:`fn_observation_attachment` keeps them."""
+    vtype, value, units = ([*raws, "", "", ""])[:3]
+    vtype = rt.text(vtype).strip().upper()
+    if not value:
+        return None
+    kind = _OBX_TYPES.get(vtype, "string" if vtype else "text")
+    if kind in ("text", "string") or vtype in ("TM",):
+        text = dt_text(value, 0, rt, {})
+        return Choice("String", text) if text else None
+    if kind == "decimal":
+        number = decimal(rt.text(value.split(rt.enc.repetition)[0]))
+        if number is None:
+            text = rt.text(value).strip()
+            return Choice("String", text) if text else None
+        return Choice("Quantity", quantity(rt, number, units.split(rt.enc.repetition)[0], 0))
+    first = value.split(rt.enc.repetition)[0]
+    if kind == "SN":
+        sn = dt_sn(first, 0, rt, {})
+        if isinstance(sn, Choice) and sn.type == "Quantity" and units:
+            q = quantity(rt, sn.value["value"], units.split(rt.enc.repetition)[0], 0)
+            if "comparator" in sn.value:
+                q = {
+                    "value": q["value"],
+                    "comparator": sn.value["comparator"],
+                    **{k: v for k, v in q.items() if k != "value"},
+                }
+            return Choice("Quantity", q)
+        return sn
+    if kind in ("Attachment", "AttachmentReference"):
+        return None  # R4 has no Observation.valueAttachment: see observation_attachment
+    converted = DATATYPES[kind](first, 0, rt, {})
+    if converted is None:
+        return None
+    if isinstance(converted, Choice):
+        return converted
+    return Choice(_CHOICE_TYPE[kind], converted)
+
+
+@_segment_fn("observation_attachment")
+def fn_observation_attachment(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-5 of type ED/RP (a PDF report, an image link): R4 Observation has no valueAttachment, so the
+    attachment becomes a DocumentReference of the patient, and the Observation is derived from it."""
+    vtype, value, code = ([*raws, "", "", ""])[:3]
+    vtype = rt.text(vtype).strip().upper()
+    if vtype not in ("ED", "RP") or not value or value == '""':
+        return None
+    first = value.split(rt.enc.repetition)[0]
+    attachment = dt_ed(first, 0, rt, {}) if vtype == "ED" else dt_rp(first, 0, rt, {})
+    if not attachment:
+        return None
+    doc: dict[str, Any] = {"resourceType": "DocumentReference", "id": ""}
+    doc["status"] = "current"
+    concept = dt_codeable_concept(code, 0, rt, {}) if code else None
+    if concept:
+        doc["type"] = concept
+    patient = rt.patient_key_at(index)
+    if patient[0]:
+        doc["subject"] = {"reference": f"Patient/{rt.patient_id_at(index)}"}
+    doc["content"] = [{"attachment": attachment}]
+    doc["id"] = resource_id("DocumentReference", rt.ctx.facility, "OBX", *rt.observation_key(index))
+    rt.add_extra(doc)
+    return {"reference": f"DocumentReference/{doc['id']}"}
+
+
+@_segment_fn("quantity_with_units")
+def fn_quantity(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A number field and its units field (RXA-6/RXA-7, RXE-3/RXE-5) → Quantity."""
+    value, units = ([*raws, "", ""])[:2]
+    number = decimal(rt.text(value.split(rt.enc.repetition)[0].split(rt.enc.component)[0]))
+    if number is None:
+        return None
+    return quantity(rt, number, units.split(rt.enc.repetition)[0], 0)
+
+
+@_segment_fn("timing_period")
+def fn_timing_period(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A start and an end TS → Period."""
+    out: dict[str, Any] = {}
+    for key, raw in zip(("start", "end"), raws, strict=False):
+        value = dt_datetime(raw, 0, rt, {}) if raw else None
+        if value:
+            out[key] = value
+    return out or None
+
+
+@_segment_fn("first_datetime")
+def fn_first_datetime(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The first of several TS fields that is present, as dateTime (``args.instant``: as instant)."""
+    convert = dt_instant if args.get("instant") else dt_datetime
+    for raw in raws:
+        value = convert(raw, 0, rt, {}) if raw and raw != '""' else None
+        if value:
+            return value
+    return None
+
+
+@_segment_fn("document_content")
+def fn_document_content(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """MDM OBX-2/OBX-5 → Attachment: ED as it is; TX/FT/ST text base64-encoded as text/plain.
+    Multiple OBX of a document are joined by the engine's ``join_text`` handling."""
+    vtype, value = ([*raws, "", ""])[:2]
+    vtype = rt.text(vtype).strip().upper()
+    if not value:
+        return None
+    if vtype == "ED":
+        return dt_ed(value.split(rt.enc.repetition)[0], 0, rt, {})
+    if vtype == "RP":
+        return dt_rp(value.split(rt.enc.repetition)[0], 0, rt, {})
+    text = dt_text(value, 0, rt, {})
+    if not text:
+        return None
+    return {"contentType": "text/plain", "data": base64.b64encode(text.encode()).decode("ascii")}
+
+
+@_segment_fn("patient_contact")
+def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """NK1 → Patient.contact (V2-to-FHIR IG NK1[Patient]): name NK1-2, relationship NK1-3 and NK1-7,
+    address NK1-4, telecom NK1-5/NK1-6."""
+    name, relationship, address, phone, business, role = (raws + [""] * 6)[:6]
+    conv = rt.maps.converters
+    out: dict[str, Any] = {}
+    rels = [
+        c
+        for c in (
+            conv["CWE"](r, 0, rt, {}) if r and r != '""' else None
+            for r in (relationship.split(rt.enc.repetition)[0], role.split(rt.enc.repetition)[0])
+        )
+        if c
+    ]
+    if rels:
+        out["relationship"] = rels
+    if name and name != '""':
+        human = conv["XPN"](name.split(rt.enc.repetition)[0], 0, rt, {})
+        if human:
+            out["name"] = human
+    telecom = [
+        t
+        for raw in (phone, business)
+        for rep in (raw.split(rt.enc.repetition) if raw and raw != '""' else [])
+        if (t := dt_xtn(rep, 0, rt, {}))
+    ]
+    if telecom:
+        out["telecom"] = telecom
+    if address and address != '""':
+        addr = conv["XAD"](address.split(rt.enc.repetition)[0], 0, rt, {})
+        if addr:
+            out["address"] = addr
+    return out if (out.keys() - {"relationship"}) else None
+
+
+@_segment_fn("reference_by_identifier")
+def fn_reference_by_identifier(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A Reference to the ``args.resource`` keyed like its own map keys it (EI value and namespace within
+    the sender), e.g. TXA-13 parent document → DocumentReference."""
+    raw = ([*raws, ""])[0]
+    if not raw or raw == '""':
+        return None
+    c = [rt.text(p).strip() for p in rt.parts(raw.split(rt.enc.repetition)[0], 0)] + [""]
+    if not c[0]:
+        return None
+    rtype = str(args["resource"])
+    return {"reference": f"{rtype}/{resource_id(rtype, rt.ctx.facility, c[0], c[1])}"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Conditions: (unescaped value at the condition's path, rt, args) -> bool.
+
+ConditionFn = Callable[[str, "Runtime", list[Any]], bool]
+CONDITIONS: dict[str, ConditionFn] = {
+    "present": lambda v, rt, a: bool(v.strip()),
+    "absent": lambda v, rt, a: not v.strip(),
+    "equals": lambda v, rt, a: v.strip().upper() in {str(x).upper() for x in a},
+    "not_equals": lambda v, rt, a: v.strip().upper() not in {str(x).upper() for x in a},
+    "is_number": lambda v, rt, a: decimal(v) is not None,
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Id functions: (segment index, rt) -> key parts, or None when the rule does not apply.
+
+IdFn = Callable[[int, "Runtime"], "tuple[str, ...] | None"]
+ID_FUNCTIONS: dict[str, IdFn] = {}
+
+
+def _id_fn(name: str) -> Callable[[IdFn], IdFn]:
+    def deco(fn: IdFn) -> IdFn:
+        ID_FUNCTIONS[name] = fn
+        return fn
+
+    return deco
+
+
+@_id_fn("patient")
+def id_patient(index: int, rt: Runtime) -> tuple[str, ...] | None:
+    """A source Patient is keyed by (sender, PID-3 first identifier, its authority): see patient_id."""
+    return None if not rt.patient_key_at(index)[0] else ("=" + rt.patient_id_at(index),)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Actions: instructions for the MPI from merge/link messages: (rt) -> list of action dicts.
+
+ActionFn = Callable[["Runtime"], list[dict[str, Any]]]
+ACTIONS: dict[str, ActionFn] = {}
+
+
+def _action(name: str) -> Callable[[ActionFn], ActionFn]:
+    def deco(fn: ActionFn) -> ActionFn:
+        ACTIONS[name] = fn
+        return fn
+
+    return deco
+
+
+def _mrg_identifier(rt: Runtime, mrg: int, field: int) -> tuple[str, str, dict[str, Any] | None]:
+    seg = rt.segments[mrg]
+    if seg.raw(field):
+        rt.used[mrg].add(field)
+    raw = seg.repetitions(field)[0] if seg.repetitions(field) else ""
+    value = rt.text(seg.get(field, 1)) if raw else ""
+    authority = seg.get(field, 4) or seg.get(field, 4, 2)
+    ident = dt_cx(raw, 0, rt, {}) if raw else None
+    return value.strip(), authority.strip(), ident
+
+
+@_action("merge")
+def act_merge(rt: Runtime) -> list[dict[str, Any]]:
+    """A40/A34 (and A39/A41 shapes): each PID/MRG pair merges the MRG-1 patient into the PID patient."""
+    out: list[dict[str, Any]] = []
+    for i, seg in enumerate(rt.segments):
+        if seg.name != "MRG":
+            continue
+        pid = rt.nearest(i, "PID")
+        value, authority, _ = _mrg_identifier(rt, i, 1)
+        if pid < 0 or not value:
+            rt.warn(f"MRG at segment {i} has no MRG-1 prior patient identifier; no merge action")
+            continue
+        retired = patient_id(rt.ctx.facility, value, authority)
+        survivor = rt.patient_id_at(pid)
+        if retired != survivor:
+            out.append({"type": "merge", "survivor": survivor, "retired": retired})
+    return out
+
+
+@_action("change_identifier")
+def act_change_identifier(rt: Runtime) -> list[dict[str, Any]]:
+    """A47: MRG-1 is the identifier being replaced by PID-3 on the same (source) patient."""
+    out: list[dict[str, Any]] = []
+    for i, seg in enumerate(rt.segments):
+        if seg.name != "MRG":
+            continue
+        pid = rt.nearest(i, "PID")
+        value, authority, old = _mrg_identifier(rt, i, 1)
+        if pid < 0 or not value or old is None:
+            rt.warn(f"MRG at segment {i} has no MRG-1 identifier; no change-identifier action")
+            continue
+        new = (
+            dt_cx(rt.segments[pid].repetitions(3)[0], 0, rt, {}) if rt.segments[pid].repetitions(3) else None
+        )
+        if new is None:
+            continue
+        out.append(
+            {
+                "type": "change-identifier",
+                "patient": patient_id(rt.ctx.facility, value, authority),
+                "old": {"system": old["system"], "value": old["value"]},
+                "new": {"system": new["system"], "value": new["value"]},
+            }
+        )
+    return out
+
+
+@_action("unlink")
+def act_unlink(rt: Runtime) -> list[dict[str, Any]]:
+    """A37: the two PID segments name the patients to unlink."""
+    pids = [i for i, s in enumerate(rt.segments) if s.name == "PID"]
+    if len(pids) < 2:
+        rt.warn("A37 needs two PID segments; no unlink action")
+        return []
+    return [{"type": "unlink", "patients": [rt.patient_id_at(pids[0]), rt.patient_id_at(pids[1])]}]
+
+
+def key_id(resource_type: str, parts: tuple[str, ...]) -> str:
+    """An id from key parts; a single part starting with ``=`` is an id computed elsewhere."""
+    if len(parts) == 1 and parts[0].startswith("="):
+        return parts[0][1:]
+    return resource_id(resource_type, *parts)

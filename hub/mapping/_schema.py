@@ -1,0 +1,205 @@
+"""The schema of the files under ``mappings/``: message maps, segment maps, datatype maps, vocabularies
+and sender overlays. The files are YAML; these pydantic models validate them (``hub mappings check``).
+
+There is no expression language: a condition or transform is the name of a function in the closed
+registry of :mod:`hub.mapping._functions`, and paths are HL7 paths (``PID-3.4``, ``OBR-4``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PATH = re.compile(r"^[A-Z][A-Z0-9]{2}-\d{1,3}(\.\d{1,3}){0,2}$")
+TARGET = re.compile(r"^[a-zA-Z][a-zA-Z0-9]*(\[\]|\[x\])?(\.[a-zA-Z][a-zA-Z0-9]*(\[\]|\[x\])?)*$")
+
+
+def _check_path(value: str) -> str:
+    if not PATH.match(value):
+        raise ValueError(f"{value!r} is not an HL7 path like PID-3 or PID-3.4.1")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Condition(_Strict):
+    """A named predicate from the registry, applied to the value at ``path`` (the field's own value when
+    no path is given)."""
+
+    function: str
+    path: str | None = None
+    args: list[Any] = Field(default_factory=list)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return _check_path(v) if v is not None else v
+
+
+class FieldMap(_Strict):
+    """One element of a resource: where the value comes from and where it goes.
+
+    Exactly one source: ``path`` (with optional ``fallback`` paths tried in order when it is empty),
+    ``paths`` (the inputs of a multi-input ``function``), ``value`` (a constant), ``ref`` (a Reference to
+    the resource another map made from the enclosing segment) or ``children`` (References to the resources
+    a map made from the segments this one is the parent of)."""
+
+    target: str
+    path: str | None = None
+    fallback: list[str] = Field(default_factory=list)
+    paths: list[str] = Field(default_factory=list)
+    value: Any = None
+    ref: str | None = None
+    children: str | None = None
+    datatype: str | None = None
+    vocab: str | None = None
+    function: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    when: Condition | None = None
+    repeat: bool | None = None  # default: every repetition when the target appends ([]), else the first
+    with_: dict[str, Any] | None = Field(default=None, alias="with")
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        if not TARGET.match(v):
+            raise ValueError(f"{v!r} is not a target like name[] or code.coding[] or value[x]")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        return _check_path(v) if v is not None else v
+
+    @field_validator("fallback", "paths")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        return [_check_path(p) for p in v]
+
+    def model_post_init(self, _context: Any) -> None:
+        sources = [
+            self.path is not None,
+            bool(self.paths),
+            self.value is not None,
+            self.ref is not None,
+            self.children is not None,
+        ]
+        if sum(sources) != 1:
+            raise ValueError(f"{self.target}: give exactly one of path, paths, value, ref, children")
+        if self.paths and not self.function:
+            raise ValueError(f"{self.target}: paths needs a function")
+
+
+class IdRule(_Strict):
+    """One way to key a resource id: the non-empty values at ``keys`` (the first must be non-empty for the
+    rule to apply) or a registry ``function``; ``scope`` adds the patient, the sender or the message."""
+
+    keys: list[str] = Field(default_factory=list)  # all must be non-empty for the rule to apply
+    extra: list[str] = Field(default_factory=list)  # included when present
+    function: str | None = None
+    scope: Literal["none", "facility", "patient", "message"] = "facility"
+
+    @field_validator("keys", "extra")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        return [_check_path(p) for p in v]
+
+
+class SegmentMap(_Strict):
+    """``segments/<SEG>.<Resource>.yaml``: one segment to one resource (or merged into another map's)."""
+
+    segment: str
+    resource: str
+    description: str = ""
+    extends: str | None = None  # overlays only: the base map this one changes
+    remove: list[str] = Field(default_factory=list)  # overlays only: targets of base fields to drop
+    merge_into: str | None = None  # map whose resource (from the enclosing segment) receives these elements
+    when: Condition | None = None
+    id: list[IdRule] = Field(default_factory=list)
+    required: list[str] = Field(default_factory=list)
+    fields: list[FieldMap] = Field(default_factory=list)
+
+
+class ComponentMap(_Strict):
+    """One component (or the whole value when ``component`` is absent) of a datatype."""
+
+    target: str
+    component: int | None = None
+    subcomponent: int | None = None
+    datatype: str | None = None
+    vocab: str | None = None
+    function: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    value: Any = None
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        if not TARGET.match(v):
+            raise ValueError(f"{v!r} is not a target")
+        return v
+
+
+class DatatypeMap(_Strict):
+    """``datatypes/<DT>.<FhirType>.yaml``: components to elements, or a registry ``function``. With
+    ``resource``, the value becomes a resource of its own and the element a Reference to it."""
+
+    datatype: str
+    fhir_type: str
+    description: str = ""
+    function: str | None = None
+    whole_field: bool = False  # the converter receives every repetition at once (FT, TX)
+    components: list[ComponentMap] = Field(default_factory=list)
+    resource: str | None = None
+
+    def model_post_init(self, _context: Any) -> None:
+        if bool(self.function) == bool(self.components):
+            raise ValueError(f"{self.datatype}: give either function or components")
+
+
+class Entry(_Strict):
+    """Which segments of a message a segment map applies to."""
+
+    segment: str
+    map: str
+    first: bool = False  # only the first such segment
+    anchors: list[str] = Field(default_factory=list)  # a segment's parent: nearest preceding of these
+    parent: str | None = None  # apply only when the parent is this segment
+    # Compute the resource's id so References resolve, but emit nothing: e.g. an ORU's PV1 points at the
+    # Encounter the ADT feed owns without overwriting it.
+    reference_only: bool = False
+
+
+class MessageMap(_Strict):
+    """``messages/<STRUCTURE>.yaml``: the message types it serves and the segments that make resources."""
+
+    message: str
+    events: list[str]
+    description: str = ""
+    extends: str | None = None  # overlays only
+    resources: list[Entry] = Field(default_factory=list)
+    actions: list[str] = Field(default_factory=list)  # registry functions that emit MPI actions
+
+
+class Vocabulary(_Strict):
+    """``vocab/<name>.yaml``: codes to codes (a string) or to codings ({code, system, display})."""
+
+    vocab: str
+    description: str = ""
+    system: str | None = None  # system of the translated codes
+    default: Any = None
+    case_sensitive: bool = False
+    replace: bool = False  # overlays only: replace the base table instead of merging over it
+    codes: dict[str, Any] = Field(default_factory=dict)
+
+
+class SenderSettings(_Strict):
+    """``senders/<name>/sender.yaml``."""
+
+    sender: str
+    description: str = ""
+    time_zone: str | None = None

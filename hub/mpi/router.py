@@ -1,0 +1,326 @@
+"""The MPI's HTTP surface: ``Patient/$match`` (FHIR R4), PIXm ``Patient/$ihe-pix`` and the stewards'
+review queue under ``/mpi/review``.
+
+Bodies are plain JSON (orjson); errors are HubErrors, which the application turns into OperationOutcomes.
+``get_session`` is a small local dependency (one transaction per request, committed at the boundary); the
+application replaces it with its own session dependency and authentication via ``dependency_overrides``.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hub.db import session_scope
+from hub.errors import BadRequest, NotFound
+from hub.mpi import service
+from hub.mpi.match import features
+from hub.store import resources as store
+from hub.store.models import MpiBlock, MpiDecision, MpiReview, MpiSource
+
+router = APIRouter()
+
+FHIR_JSON = "application/fhir+json"
+MATCH_GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
+
+
+def get_session() -> Iterator[Session]:
+    with session_scope() as session:
+        yield session
+
+
+def _json(body: Any, status: int = 200, media_type: str = "application/json") -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=media_type)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+# ----------------------------------------------------------------------------------------------- $match
+
+
+@router.post("/fhir/Patient/$match")
+async def patient_match(request: Request, session: Session = Depends(get_session)) -> Response:
+    """FHIR R4 Patient/$match: a Parameters resource with ``resource`` (a Patient), optional ``count`` and
+    ``onlyCertainMatches``; a searchset Bundle of golden Patients with ``search.score`` and the
+    ``match-grade`` extension."""
+    body = await _body(request)
+    if body.get("resourceType") == "Patient":
+        patient, count, only_certain = body, 10, False
+    elif body.get("resourceType") == "Parameters":
+        params = {p.get("name"): p for p in body.get("parameter") or [] if isinstance(p, dict)}
+        patient = (params.get("resource") or {}).get("resource") or {}
+        count = int((params.get("count") or {}).get("valueInteger") or 10)
+        only_certain = bool((params.get("onlyCertainMatches") or {}).get("valueBoolean") or False)
+    else:
+        raise BadRequest("$match takes a Parameters resource with a Patient in parameter 'resource'")
+    if patient.get("resourceType") != "Patient":
+        raise BadRequest("parameter 'resource' must hold a Patient")
+    settings = service.DEFAULT_SETTINGS
+    candidates = service.find_candidates(session, features(patient, settings.match), settings)
+    if only_certain:
+        candidates = [c for c in candidates if c.result.grade == "certain"]
+    entries = []
+    for cand in candidates[: max(count, 0)]:
+        try:
+            golden = store.read(session, "Patient", cand.golden_id)
+        except NotFound:
+            continue
+        entries.append(
+            {
+                "fullUrl": f"{request.base_url}fhir/Patient/{cand.golden_id}",
+                "resource": golden,
+                "search": {
+                    "extension": [{"url": MATCH_GRADE, "valueCode": cand.result.grade}],
+                    "mode": "match",
+                    "score": cand.result.probability(settings.match),
+                },
+            }
+        )
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
+    return _json(bundle, media_type=FHIR_JSON)
+
+
+# ---------------------------------------------------------------------------------------------- PIXm
+
+
+@router.get("/fhir/Patient/$ihe-pix")
+def patient_pix(
+    request: Request,
+    source_identifier: str = Query(alias="sourceIdentifier"),
+    target_system: list[str] = Query(default=[], alias="targetSystem"),
+    session: Session = Depends(get_session),
+) -> Response:
+    """IHE PIXm ITI-83: the identifiers and Patient ids the same person has at other facilities."""
+    if "|" not in source_identifier:
+        raise BadRequest("sourceIdentifier must be system|value")
+    system, value = source_identifier.split("|", 1)
+    sources = list(
+        session.scalars(select(MpiBlock.source_id).where(MpiBlock.key == f"ident:{system}|{value}"[:250]))
+    )
+    if not sources:
+        raise NotFound(f"no patient has the identifier {source_identifier}")
+    goldens = set(session.scalars(select(MpiSource.golden_id).where(MpiSource.id.in_(sources))))
+    rows = list(
+        session.scalars(select(MpiSource).where(MpiSource.golden_id.in_(goldens)).order_by(MpiSource.id))
+    )
+    wanted = set(target_system)
+    params: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for row in rows:
+        for ident in (row.content or {}).get("identifier") or []:
+            key = (str(ident.get("system") or ""), str(ident.get("value") or ""))
+            if key in seen or key == (system, value) or (wanted and key[0] not in wanted):
+                continue
+            seen.add(key)
+            params.append(
+                {"name": "targetIdentifier", "valueIdentifier": {"system": key[0], "value": key[1]}}
+            )
+    if not wanted:
+        base = f"{request.base_url}fhir/Patient/"
+        for golden in sorted(goldens):
+            params.append({"name": "targetId", "valueReference": {"reference": base + golden}})
+        for row in rows:
+            params.append({"name": "targetId", "valueReference": {"reference": base + row.id}})
+    return _json({"resourceType": "Parameters", "parameter": params}, media_type=FHIR_JSON)
+
+
+# ----------------------------------------------------------------------------------------- review queue
+
+
+def _summary(session: Session, sid: str) -> dict[str, Any]:
+    row = session.get(MpiSource, sid)
+    if row is None:
+        return {"id": sid}
+    content = row.content or {}
+    names = content.get("name") or [{}]
+    return {
+        "id": sid,
+        "facility": row.facility,
+        "golden": row.golden_id,
+        "active": row.active,
+        "name": names[0].get("text")
+        or " ".join([*names[0].get("given", []), names[0].get("family", "")]).strip(),
+        "birthDate": content.get("birthDate"),
+        "gender": content.get("gender"),
+    }
+
+
+def _review_dict(session: Session, review: MpiReview) -> dict[str, Any]:
+    comparisons = review.comparisons or []
+    return {
+        "id": review.id,
+        "status": review.status,
+        "weight": review.weight,
+        "reason": review.reason,
+        "source": _summary(session, review.source_id),
+        "candidate": _summary(session, review.candidate_source_id),
+        "agree": [c["field"] for c in comparisons if c["weight"] > 0],
+        "disagree": [c["field"] for c in comparisons if c["weight"] < 0],
+        "comparisons": comparisons,
+        "created": review.created_at.isoformat() if review.created_at else None,
+    }
+
+
+def _who_why(body: dict[str, Any], request: Request) -> tuple[str, str]:
+    """Who decides is the authenticated steward (the token's subject); a ``who`` in the body is only
+    used where the router runs without the hub's auth (its own tests)."""
+    principal = getattr(request.state, "principal", None)
+    who = str(principal.subject) if principal is not None else str(body.get("who") or "").strip()
+    if not who:
+        raise BadRequest("'who' (the steward making the decision) is required")
+    return who, str(body.get("why") or "")
+
+
+@router.get("/mpi/review")
+def review_list(
+    status: str = "open",
+    limit: int = Query(default=50, ge=1, le=500),
+    offset: int = Query(default=0, ge=0),
+    session: Session = Depends(get_session),
+) -> Response:
+    """Possible matches, highest weight first, with the fields that agreed and disagreed."""
+    reviews = session.scalars(
+        select(MpiReview)
+        .where(MpiReview.status == status)
+        .order_by(MpiReview.weight.desc(), MpiReview.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return _json({"items": [_review_dict(session, r) for r in reviews]})
+
+
+_PAGE = """<!doctype html>
+<html lang="id"><head><meta charset="utf-8"><title>MPI review queue</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse;width:100%}}
+td,th{{border:1px solid #ccc;padding:.4rem;vertical-align:top}}.agree{{color:#060}}.disagree{{color:#a00}}
+</style></head><body>
+<h1>Possible matches ({count})</h1>
+<p><label>Steward <input id="who" required></label> <label>Reason <input id="why"></label></p>
+<table><thead><tr><th>Weight</th><th>Patient</th><th>Candidate</th><th>Fields</th><th>Decision</th></tr></thead>
+<tbody>{rows}</tbody></table>
+<p id="status" role="status"></p>
+<script>
+async function decide(id, action) {{
+  const who = document.getElementById("who").value.trim();
+  if (!who) {{ document.getElementById("status").textContent = "Enter your name first."; return; }}
+  const why = document.getElementById("why").value;
+  const r = await fetch(`/mpi/review/${{id}}/${{action}}`, {{method: "POST",
+    headers: {{"content-type": "application/json"}}, body: JSON.stringify({{who, why}})}});
+  document.getElementById("status").textContent = r.ok ? `Review ${{id}}: ${{action}} recorded.` : await r.text();
+  if (r.ok) document.getElementById(`review-${{id}}`).remove();
+}}
+</script></body></html>"""
+
+
+def _person_cell(p: dict[str, Any]) -> str:
+    parts = [p.get("name") or "?", p.get("birthDate") or "", p.get("gender") or "", p.get("facility") or ""]
+    return "<br>".join(html.escape(str(x)) for x in parts if x)
+
+
+@router.get("/mpi/review/page")
+def review_page(session: Session = Depends(get_session)) -> Response:
+    """The review queue as a small web page for data stewards."""
+    reviews = list(
+        session.scalars(
+            select(MpiReview).where(MpiReview.status == "open").order_by(MpiReview.weight.desc()).limit(200)
+        )
+    )
+    rows = []
+    for review in reviews:
+        item = _review_dict(session, review)
+        fields = "".join(f'<span class="agree">✓ {html.escape(f)}</span> ' for f in item["agree"]) + "".join(
+            f'<span class="disagree">✗ {html.escape(f)}</span> ' for f in item["disagree"]
+        )
+        rows.append(
+            f'<tr id="review-{review.id}"><td>{review.weight:.1f}<br>{html.escape(review.reason)}</td>'
+            f"<td>{_person_cell(item['source'])}</td><td>{_person_cell(item['candidate'])}</td>"
+            f"<td>{fields}</td><td>"
+            f"<button onclick=\"decide({review.id}, 'link')\">Same person</button> "
+            f"<button onclick=\"decide({review.id}, 'not-duplicate')\">Not a duplicate</button></td></tr>"
+        )
+    page = _PAGE.format(count=len(reviews), rows="".join(rows))
+    return Response(page, media_type="text/html; charset=utf-8")
+
+
+@router.get("/mpi/review/decisions")
+def decision_list(
+    source: str | None = None,
+    limit: int = Query(default=50, ge=1, le=500),
+    session: Session = Depends(get_session),
+) -> Response:
+    stmt = select(MpiDecision).order_by(MpiDecision.id.desc()).limit(limit)
+    if source:
+        stmt = stmt.where(MpiDecision.source_id == source)
+    return _json({"items": [service.decision_dict(d) for d in session.scalars(stmt)]})
+
+
+@router.get("/mpi/review/{review_id}")
+def review_get(review_id: int, session: Session = Depends(get_session)) -> Response:
+    review = session.get(MpiReview, review_id)
+    if review is None:
+        raise NotFound(f"review {review_id} does not exist")
+    return _json(_review_dict(session, review))
+
+
+@router.post("/mpi/review/{review_id}/link")
+async def review_link(review_id: int, request: Request, session: Session = Depends(get_session)) -> Response:
+    who, why = _who_why(await _body(request), request)
+    decision = service.decide_review(session, review_id, "link", actor=who, reason=why)
+    return _json(service.decision_dict(decision))
+
+
+@router.post("/mpi/review/{review_id}/not-duplicate")
+async def review_not_duplicate(
+    review_id: int, request: Request, session: Session = Depends(get_session)
+) -> Response:
+    who, why = _who_why(await _body(request), request)
+    decision = service.decide_review(session, review_id, "not-duplicate", actor=who, reason=why)
+    return _json(service.decision_dict(decision))
+
+
+@router.post("/mpi/review/link")
+async def source_link(request: Request, session: Session = Depends(get_session)) -> Response:
+    """Link a source to another golden record: ``{"source", "target" (golden or source id), "who", "why"}``."""
+    body = await _body(request)
+    who, why = _who_why(body, request)
+    if not body.get("source") or not body.get("target"):
+        raise BadRequest("'source' and 'target' are required")
+    decision = service.link(session, str(body["source"]), str(body["target"]), actor=who, reason=why)
+    return _json(service.decision_dict(decision))
+
+
+@router.post("/mpi/review/unlink")
+async def source_unlink(request: Request, session: Session = Depends(get_session)) -> Response:
+    """Take a source out of its golden record: ``{"source", "who", "why"}``."""
+    body = await _body(request)
+    who, why = _who_why(body, request)
+    if not body.get("source"):
+        raise BadRequest("'source' is required")
+    decision = service.unlink(session, str(body["source"]), actor=who, reason=why)
+    return _json(service.decision_dict(decision))
+
+
+@router.post("/mpi/review/decisions/{decision_id}/undo")
+async def decision_undo(
+    decision_id: int, request: Request, session: Session = Depends(get_session)
+) -> Response:
+    who, why = _who_why(await _body(request), request)
+    decision = service.undo(session, decision_id, actor=who, reason=why)
+    return _json(service.decision_dict(decision))

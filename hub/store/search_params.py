@@ -1,0 +1,812 @@
+"""The FHIR R4 search parameters the hub supports, per resource type, as a declarative table, and the
+extraction of their values from a resource dict (a small path language, not FHIRPath).
+
+A path is a ``.``-separated walk over the resource; ``name[x]`` matches every choice-type key
+(``effective[x]`` → ``effectiveDateTime``, ``effectivePeriod``); ``telecom(system=phone)`` keeps only
+the list items whose ``system`` is ``phone``. Several paths are joined with ``|``. Reference parameters
+may name the target types they keep (R4 ``patient`` is ``subject.where(resolve() is Patient)``).
+Composite parameters name their component parameters, which are matched on the same resource.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+TOKEN = "token"
+STRING = "string"
+DATE = "date"
+REFERENCE = "reference"
+QUANTITY = "quantity"
+NUMBER = "number"
+URI = "uri"
+COMPOSITE = "composite"
+SPECIAL = "special"  # _id, _lastUpdated: answered from the resource row itself
+
+
+@dataclass(frozen=True, slots=True)
+class SearchParam:
+    name: str
+    type: str
+    path: str = ""
+    targets: tuple[str, ...] = ()  # reference: the target types kept (empty: any)
+    components: tuple[str, ...] = ()  # composite: the component parameters, in order
+
+    @property
+    def paths(self) -> list[str]:
+        return [p.strip() for p in self.path.split("|") if p.strip()]
+
+
+@dataclass(slots=True)
+class ResourceParams:
+    resource_type: str
+    params: dict[str, SearchParam] = field(default_factory=dict)
+
+
+def _p(name: str, type_: str, path: str = "", *targets: str) -> SearchParam:
+    return SearchParam(name, type_, path, tuple(targets))
+
+
+def _composite(name: str, *components: str) -> SearchParam:
+    return SearchParam(name, COMPOSITE, components=components)
+
+
+_PAT = "Patient"
+_PRAC = ("Practitioner", "PractitionerRole", "Organization", "Patient", "RelatedPerson", "Device")
+
+COMMON: tuple[SearchParam, ...] = (
+    _p("_id", SPECIAL),
+    _p("_lastUpdated", SPECIAL),
+    _p("_tag", TOKEN, "meta.tag"),
+    _p("_security", TOKEN, "meta.security"),
+    _p("_profile", URI, "meta.profile"),
+    _p("_source", URI, "meta.source"),
+)
+
+_PERSON = (
+    _p("identifier", TOKEN, "identifier"),
+    _p("name", STRING, "name"),
+    _p("family", STRING, "name.family"),
+    _p("given", STRING, "name.given"),
+    _p("phonetic", STRING, "name"),
+    _p("gender", TOKEN, "gender"),
+    _p("birthdate", DATE, "birthDate"),
+    _p("active", TOKEN, "active"),
+    _p("address", STRING, "address"),
+    _p("address-city", STRING, "address.city"),
+    _p("address-district", STRING, "address.district"),
+    _p("address-state", STRING, "address.state"),
+    _p("address-postalcode", STRING, "address.postalCode"),
+    _p("address-country", STRING, "address.country"),
+    _p("address-use", TOKEN, "address.use"),
+    _p("telecom", TOKEN, "telecom"),
+    _p("phone", TOKEN, "telecom(system=phone)"),
+    _p("email", TOKEN, "telecom(system=email)"),
+)
+
+_DEFINITIONS: dict[str, tuple[SearchParam, ...]] = {
+    "Patient": (
+        *_PERSON,
+        _p("general-practitioner", REFERENCE, "generalPractitioner"),
+        _p("organization", REFERENCE, "managingOrganization", "Organization"),
+        _p("link", REFERENCE, "link.other"),
+        _p("deceased", TOKEN, "deceased[x]"),
+        _p("death-date", DATE, "deceasedDateTime"),
+        _p("language", TOKEN, "communication.language"),
+    ),
+    "Encounter": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("class", TOKEN, "class"),
+        _p("type", TOKEN, "type"),
+        _p("service-type", TOKEN, "serviceType"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("date", DATE, "period"),
+        _p("length", QUANTITY, "length"),
+        _p("participant", REFERENCE, "participant.individual"),
+        _p("practitioner", REFERENCE, "participant.individual", "Practitioner"),
+        _p("participant-type", TOKEN, "participant.type"),
+        _p("location", REFERENCE, "location.location", "Location"),
+        _p("service-provider", REFERENCE, "serviceProvider", "Organization"),
+        _p("reason-code", TOKEN, "reasonCode"),
+        _p("reason-reference", REFERENCE, "reasonReference"),
+        _p("diagnosis", REFERENCE, "diagnosis.condition"),
+        _p("episode-of-care", REFERENCE, "episodeOfCare", "EpisodeOfCare"),
+        _p("based-on", REFERENCE, "basedOn"),
+        _p("part-of", REFERENCE, "partOf", "Encounter"),
+        _p("appointment", REFERENCE, "appointment", "Appointment"),
+        _p("account", REFERENCE, "account", "Account"),
+        _p("special-arrangement", TOKEN, "hospitalization.specialArrangement"),
+    ),
+    "Observation": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("code", TOKEN, "code"),
+        _p("category", TOKEN, "category"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("encounter", REFERENCE, "encounter", "Encounter"),
+        _p("date", DATE, "effective[x]"),
+        _p("value-quantity", QUANTITY, "valueQuantity"),
+        _p("value-concept", TOKEN, "valueCodeableConcept"),
+        _p("value-string", STRING, "valueString"),
+        _p("value-date", DATE, "valueDateTime|valuePeriod"),
+        _p("combo-code", TOKEN, "code|component.code"),
+        _p("component-code", TOKEN, "component.code"),
+        _p("component-value-quantity", QUANTITY, "component.valueQuantity"),
+        _p("component-value-concept", TOKEN, "component.valueCodeableConcept"),
+        _p("data-absent-reason", TOKEN, "dataAbsentReason"),
+        _p("method", TOKEN, "method"),
+        _p("performer", REFERENCE, "performer"),
+        _p("based-on", REFERENCE, "basedOn"),
+        _p("part-of", REFERENCE, "partOf"),
+        _p("specimen", REFERENCE, "specimen", "Specimen"),
+        _p("derived-from", REFERENCE, "derivedFrom"),
+        _p("has-member", REFERENCE, "hasMember"),
+        _p("device", REFERENCE, "device"),
+        _p("focus", REFERENCE, "focus"),
+        _composite("code-value-quantity", "code", "value-quantity"),
+        _composite("code-value-concept", "code", "value-concept"),
+        _composite("code-value-string", "code", "value-string"),
+        _composite("code-value-date", "code", "value-date"),
+    ),
+    "Condition": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("clinical-status", TOKEN, "clinicalStatus"),
+        _p("verification-status", TOKEN, "verificationStatus"),
+        _p("category", TOKEN, "category"),
+        _p("severity", TOKEN, "severity"),
+        _p("code", TOKEN, "code"),
+        _p("body-site", TOKEN, "bodySite"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("encounter", REFERENCE, "encounter", "Encounter"),
+        _p("onset-date", DATE, "onsetDateTime|onsetPeriod"),
+        _p("abatement-date", DATE, "abatementDateTime|abatementPeriod"),
+        _p("recorded-date", DATE, "recordedDate"),
+        _p("onset-age", QUANTITY, "onsetAge"),
+        _p("asserter", REFERENCE, "asserter"),
+        _p("evidence", TOKEN, "evidence.code"),
+        _p("stage", TOKEN, "stage.summary"),
+    ),
+    "AllergyIntolerance": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("clinical-status", TOKEN, "clinicalStatus"),
+        _p("verification-status", TOKEN, "verificationStatus"),
+        _p("type", TOKEN, "type"),
+        _p("category", TOKEN, "category"),
+        _p("criticality", TOKEN, "criticality"),
+        _p("code", TOKEN, "code|reaction.substance"),
+        _p("patient", REFERENCE, "patient", _PAT),
+        _p("date", DATE, "recordedDate"),
+        _p("onset", DATE, "reaction.onset"),
+        _p("last-date", DATE, "lastOccurrence"),
+        _p("recorder", REFERENCE, "recorder"),
+        _p("asserter", REFERENCE, "asserter"),
+        _p("severity", TOKEN, "reaction.severity"),
+        _p("manifestation", TOKEN, "reaction.manifestation"),
+        _p("route", TOKEN, "reaction.exposureRoute"),
+    ),
+    "Immunization": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("status-reason", TOKEN, "statusReason"),
+        _p("vaccine-code", TOKEN, "vaccineCode"),
+        _p("patient", REFERENCE, "patient", _PAT),
+        _p("date", DATE, "occurrence[x]"),
+        _p("lot-number", STRING, "lotNumber"),
+        _p("manufacturer", REFERENCE, "manufacturer", "Organization"),
+        _p("performer", REFERENCE, "performer.actor"),
+        _p("location", REFERENCE, "location", "Location"),
+        _p("reason-code", TOKEN, "reasonCode"),
+        _p("reason-reference", REFERENCE, "reasonReference"),
+        _p("target-disease", TOKEN, "protocolApplied.targetDisease"),
+        _p("series", STRING, "protocolApplied.series"),
+        _p("reaction-date", DATE, "reaction.date"),
+    ),
+    "MedicationRequest": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("intent", TOKEN, "intent"),
+        _p("priority", TOKEN, "priority"),
+        _p("category", TOKEN, "category"),
+        _p("code", TOKEN, "medicationCodeableConcept"),
+        _p("medication", REFERENCE, "medicationReference", "Medication"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("encounter", REFERENCE, "encounter", "Encounter"),
+        _p("authoredon", DATE, "authoredOn"),
+        _p("date", DATE, "dosageInstruction.timing.event"),
+        _p("requester", REFERENCE, "requester"),
+        _p("intended-performer", REFERENCE, "performer"),
+    ),
+    "MedicationDispense": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("type", TOKEN, "type"),
+        _p("code", TOKEN, "medicationCodeableConcept"),
+        _p("medication", REFERENCE, "medicationReference", "Medication"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("context", REFERENCE, "context"),
+        _p("performer", REFERENCE, "performer.actor"),
+        _p("receiver", REFERENCE, "receiver"),
+        _p("destination", REFERENCE, "destination", "Location"),
+        _p("prescription", REFERENCE, "authorizingPrescription", "MedicationRequest"),
+        _p("whenhandedover", DATE, "whenHandedOver"),
+        _p("whenprepared", DATE, "whenPrepared"),
+    ),
+    "DiagnosticReport": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("code", TOKEN, "code"),
+        _p("category", TOKEN, "category"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("encounter", REFERENCE, "encounter", "Encounter"),
+        _p("date", DATE, "effective[x]"),
+        _p("issued", DATE, "issued"),
+        _p("performer", REFERENCE, "performer"),
+        _p("results-interpreter", REFERENCE, "resultsInterpreter"),
+        _p("result", REFERENCE, "result", "Observation"),
+        _p("based-on", REFERENCE, "basedOn"),
+        _p("specimen", REFERENCE, "specimen", "Specimen"),
+        _p("conclusion", TOKEN, "conclusionCode"),
+        _p("media", REFERENCE, "media.link", "Media"),
+    ),
+    "Procedure": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("code", TOKEN, "code"),
+        _p("category", TOKEN, "category"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("encounter", REFERENCE, "encounter", "Encounter"),
+        _p("date", DATE, "performed[x]"),
+        _p("performer", REFERENCE, "performer.actor"),
+        _p("location", REFERENCE, "location", "Location"),
+        _p("reason-code", TOKEN, "reasonCode"),
+        _p("reason-reference", REFERENCE, "reasonReference"),
+        _p("based-on", REFERENCE, "basedOn"),
+        _p("part-of", REFERENCE, "partOf"),
+    ),
+    "DocumentReference": (
+        _p("identifier", TOKEN, "masterIdentifier|identifier"),
+        _p("status", TOKEN, "status"),
+        _p("doc-status", TOKEN, "docStatus"),
+        _p("type", TOKEN, "type"),
+        _p("category", TOKEN, "category"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("date", DATE, "date"),
+        _p("period", DATE, "context.period"),
+        _p("author", REFERENCE, "author"),
+        _p("authenticator", REFERENCE, "authenticator"),
+        _p("custodian", REFERENCE, "custodian", "Organization"),
+        _p("encounter", REFERENCE, "context.encounter"),
+        _p("description", STRING, "description"),
+        _p("facility", TOKEN, "context.facilityType"),
+        _p("setting", TOKEN, "context.practiceSetting"),
+        _p("event", TOKEN, "context.event"),
+        _p("related", REFERENCE, "context.related"),
+        _p("relatesto", REFERENCE, "relatesTo.target", "DocumentReference"),
+        _p("contenttype", TOKEN, "content.attachment.contentType"),
+        _p("format", TOKEN, "content.format"),
+        _p("language", TOKEN, "content.attachment.language"),
+        _p("location", URI, "content.attachment.url"),
+        _p("security-label", TOKEN, "securityLabel"),
+    ),
+    "ServiceRequest": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("requisition", TOKEN, "requisition"),
+        _p("status", TOKEN, "status"),
+        _p("intent", TOKEN, "intent"),
+        _p("priority", TOKEN, "priority"),
+        _p("code", TOKEN, "code"),
+        _p("category", TOKEN, "category"),
+        _p("body-site", TOKEN, "bodySite"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("encounter", REFERENCE, "encounter", "Encounter"),
+        _p("authored", DATE, "authoredOn"),
+        _p("occurrence", DATE, "occurrence[x]"),
+        _p("requester", REFERENCE, "requester"),
+        _p("performer", REFERENCE, "performer"),
+        _p("specimen", REFERENCE, "specimen", "Specimen"),
+        _p("based-on", REFERENCE, "basedOn"),
+        _p("replaces", REFERENCE, "replaces", "ServiceRequest"),
+        _p("instantiates-canonical", URI, "instantiatesCanonical"),
+    ),
+    "Specimen": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("accession", TOKEN, "accessionIdentifier"),
+        _p("status", TOKEN, "status"),
+        _p("type", TOKEN, "type"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("collected", DATE, "collection.collected[x]"),
+        _p("collector", REFERENCE, "collection.collector"),
+        _p("bodysite", TOKEN, "collection.bodySite"),
+        _p("container-id", TOKEN, "container.identifier"),
+        _p("parent", REFERENCE, "parent", "Specimen"),
+    ),
+    "Appointment": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("appointment-type", TOKEN, "appointmentType"),
+        _p("service-type", TOKEN, "serviceType"),
+        _p("service-category", TOKEN, "serviceCategory"),
+        _p("specialty", TOKEN, "specialty"),
+        _p("reason-code", TOKEN, "reasonCode"),
+        _p("date", DATE, "start"),
+        _p("actor", REFERENCE, "participant.actor"),
+        _p("patient", REFERENCE, "participant.actor", _PAT),
+        _p("practitioner", REFERENCE, "participant.actor", "Practitioner"),
+        _p("location", REFERENCE, "participant.actor", "Location"),
+        _p("part-status", TOKEN, "participant.status"),
+        _p("based-on", REFERENCE, "basedOn", "ServiceRequest"),
+        _p("slot", REFERENCE, "slot", "Slot"),
+        _p("supporting-info", REFERENCE, "supportingInformation"),
+    ),
+    "Coverage": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("type", TOKEN, "type"),
+        _p("beneficiary", REFERENCE, "beneficiary", _PAT),
+        _p("patient", REFERENCE, "beneficiary", _PAT),
+        _p("subscriber", REFERENCE, "subscriber"),
+        _p("policy-holder", REFERENCE, "policyHolder"),
+        _p("payor", REFERENCE, "payor"),
+        _p("dependent", STRING, "dependent"),
+        _p("class-type", TOKEN, "class.type"),
+        _p("class-value", STRING, "class.value"),
+    ),
+    "RelatedPerson": (
+        *_PERSON,
+        _p("patient", REFERENCE, "patient", _PAT),
+        _p("relationship", TOKEN, "relationship"),
+    ),
+    "Practitioner": (
+        *_PERSON,
+        _p("communication", TOKEN, "communication"),
+    ),
+    "Organization": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("name", STRING, "name|alias"),
+        _p("phonetic", STRING, "name"),
+        _p("active", TOKEN, "active"),
+        _p("type", TOKEN, "type"),
+        _p("address", STRING, "address"),
+        _p("address-city", STRING, "address.city"),
+        _p("address-state", STRING, "address.state"),
+        _p("address-postalcode", STRING, "address.postalCode"),
+        _p("address-country", STRING, "address.country"),
+        _p("partof", REFERENCE, "partOf", "Organization"),
+        _p("endpoint", REFERENCE, "endpoint", "Endpoint"),
+    ),
+    "Location": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("name", STRING, "name|alias"),
+        _p("status", TOKEN, "status"),
+        _p("operational-status", TOKEN, "operationalStatus"),
+        _p("type", TOKEN, "type"),
+        _p("physical-type", TOKEN, "physicalType"),
+        _p("address", STRING, "address"),
+        _p("address-city", STRING, "address.city"),
+        _p("address-state", STRING, "address.state"),
+        _p("address-postalcode", STRING, "address.postalCode"),
+        _p("address-country", STRING, "address.country"),
+        _p("organization", REFERENCE, "managingOrganization", "Organization"),
+        _p("partof", REFERENCE, "partOf", "Location"),
+    ),
+    "RiskAssessment": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("method", TOKEN, "method"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("encounter", REFERENCE, "encounter", "Encounter"),
+        _p("date", DATE, "occurrence[x]"),
+        _p("condition", REFERENCE, "condition"),
+        _p("performer", REFERENCE, "performer"),
+        _p("probability", NUMBER, "prediction.probability[x]"),
+        _p("risk", TOKEN, "prediction.qualitativeRisk"),
+    ),
+    "Provenance": (
+        _p("target", REFERENCE, "target"),
+        _p("patient", REFERENCE, "target", _PAT),
+        _p("agent", REFERENCE, "agent.who"),
+        _p("agent-type", TOKEN, "agent.type"),
+        _p("agent-role", TOKEN, "agent.role"),
+        _p("entity", REFERENCE, "entity.what"),
+        _p("location", REFERENCE, "location", "Location"),
+        _p("recorded", DATE, "recorded"),
+        _p("when", DATE, "occurred[x]"),
+        _p("signature-type", TOKEN, "signature.type"),
+    ),
+    "AuditEvent": (
+        _p("date", DATE, "recorded"),
+        _p("type", TOKEN, "type"),
+        _p("subtype", TOKEN, "subtype"),
+        _p("action", TOKEN, "action"),
+        _p("outcome", TOKEN, "outcome"),
+        _p("agent", REFERENCE, "agent.who"),
+        _p("agent-name", STRING, "agent.name"),
+        _p("agent-role", TOKEN, "agent.role"),
+        _p("altid", TOKEN, "agent.altId"),
+        _p("address", STRING, "agent.network.address"),
+        _p("entity", REFERENCE, "entity.what"),
+        _p("entity-type", TOKEN, "entity.type"),
+        _p("entity-role", TOKEN, "entity.role"),
+        _p("entity-name", STRING, "entity.name"),
+        _p("patient", REFERENCE, "agent.who|entity.what", _PAT),
+        _p("source", REFERENCE, "source.observer"),
+        _p("site", TOKEN, "source.site"),
+        _p("policy", URI, "agent.policy"),
+    ),
+}
+
+REGISTRY: dict[str, ResourceParams] = {}
+for _rtype, _defs in _DEFINITIONS.items():
+    _entry = ResourceParams(_rtype)
+    for _param in (*COMMON, *_defs):
+        _entry.params[_param.name] = _param
+    REGISTRY[_rtype] = _entry
+
+SEARCHABLE_TYPES: tuple[str, ...] = tuple(sorted(REGISTRY))
+
+# The date parameter that places a resource in time for $everything start/end (its "care date").
+CLINICAL_DATE: dict[str, str] = {
+    "Encounter": "date",
+    "Observation": "date",
+    "Condition": "onset-date",
+    "AllergyIntolerance": "date",
+    "Immunization": "date",
+    "MedicationRequest": "authoredon",
+    "MedicationDispense": "whenhandedover",
+    "DiagnosticReport": "date",
+    "Procedure": "date",
+    "DocumentReference": "date",
+    "ServiceRequest": "authored",
+    "Specimen": "collected",
+    "Appointment": "date",
+    "Provenance": "recorded",
+    "AuditEvent": "date",
+    "RiskAssessment": "date",
+}
+
+
+def params_of(resource_type: str) -> dict[str, SearchParam]:
+    entry = REGISTRY.get(resource_type)
+    return entry.params if entry is not None else {p.name: p for p in COMMON}
+
+
+# --- walking paths -------------------------------------------------------------------------------------
+
+_FILTER = re.compile(r"^([A-Za-z]+)\((\w+)=([\w.-]+)\)$")
+
+
+def walk(resource: dict[str, Any], path: str) -> Iterator[Any]:
+    """Values found at ``path`` (one path, no ``|``), flattening lists."""
+    current: list[Any] = [resource]
+    for segment in path.split("."):
+        wanted: tuple[str, str] | None = None
+        m = _FILTER.match(segment)
+        if m:
+            segment, wanted = m.group(1), (m.group(2), m.group(3))
+        nxt: list[Any] = []
+        for node in current:
+            if not isinstance(node, dict):
+                continue
+            if segment.endswith("[x]"):
+                prefix = segment[:-3]
+                values = [
+                    v for k, v in node.items() if k.startswith(prefix) and k[len(prefix) :][:1].isupper()
+                ]
+            else:
+                values = [node[segment]] if segment in node else []
+            for value in values:
+                items = value if isinstance(value, list) else [value]
+                for item in items:
+                    if wanted is not None and not (
+                        isinstance(item, dict) and item.get(wanted[0]) == wanted[1]
+                    ):
+                        continue
+                    nxt.append(item)
+        current = nxt
+    yield from current
+
+
+# --- normalising values --------------------------------------------------------------------------------
+
+
+def normalize(text: str) -> str:
+    """Case- and accent-insensitive form used by string search (R4: "ignoring case and accents")."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold().strip()[:255]
+
+
+MIN_DATE = datetime(1, 1, 1, tzinfo=UTC)
+MAX_DATE = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+_DATE_RE = re.compile(
+    r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.(?P<f>\d+))?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+
+
+def date_range(value: str) -> tuple[datetime, datetime] | None:
+    """The closed UTC range a FHIR date, dateTime or instant covers at its precision, or None."""
+    m = _DATE_RE.match(value.strip())
+    if m is None:
+        return None
+    y, mo, d = int(m["y"]), int(m["m"] or 1), int(m["d"] or 1)
+    tz = UTC
+    if m["tz"] and m["tz"] != "Z":
+        sign = 1 if m["tz"][0] == "+" else -1
+        hh, mm = m["tz"][1:].split(":")
+        tz = UTC if (hh, mm) == ("00", "00") else _offset(sign * (int(hh) * 60 + int(mm)))
+    try:
+        if m["d"] is None:
+            low = datetime(y, mo, 1, tzinfo=tz)
+            high = datetime(y + 1, 1, 1, tzinfo=tz) if m["m"] is None else _next_month(low)
+            if m["m"] is None:
+                low = datetime(y, 1, 1, tzinfo=tz)
+        elif m["H"] is None:
+            low = datetime(y, mo, d, tzinfo=tz)
+            high = low + timedelta(days=1)
+        else:
+            low = datetime(y, mo, d, int(m["H"]), int(m["M"]), int(m["S"] or 0), tzinfo=tz)
+            if m["f"]:
+                frac = m["f"][:6]
+                low = low.replace(microsecond=int(frac.ljust(6, "0")))
+                high = low + timedelta(microseconds=10 ** (6 - len(frac)))
+            elif m["S"] is None:
+                high = low + timedelta(minutes=1)
+            else:
+                high = low + timedelta(seconds=1)
+    except (ValueError, OverflowError):
+        return None
+    return low.astimezone(UTC), (high - timedelta(microseconds=1)).astimezone(UTC)
+
+
+def _offset(minutes: int) -> Any:
+    from datetime import timezone
+
+    return timezone(timedelta(minutes=minutes))
+
+
+def _next_month(low: datetime) -> datetime:
+    return low.replace(year=low.year + 1, month=1) if low.month == 12 else low.replace(month=low.month + 1)
+
+
+# --- extracting index rows -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Extracted:
+    """Index rows of one resource, per table, as column dicts without resource_type/resource_id."""
+
+    token: list[dict[str, Any]] = field(default_factory=list)
+    string: list[dict[str, Any]] = field(default_factory=list)
+    date: list[dict[str, Any]] = field(default_factory=list)
+    reference: list[dict[str, Any]] = field(default_factory=list)
+    quantity: list[dict[str, Any]] = field(default_factory=list)
+    number: list[dict[str, Any]] = field(default_factory=list)
+    uri: list[dict[str, Any]] = field(default_factory=list)
+
+
+def parse_reference(ref: str, declared_type: str | None = None) -> tuple[str, str]:
+    """(target_type, target_id) of a reference string; absolute URLs keep their last two segments when
+    they look like ``…/Type/id`` and are kept whole otherwise."""
+    ref = ref.split("/_history/")[0]
+    parts = ref.split("/")
+    if len(parts) >= 2 and parts[-2][:1].isupper() and parts[-2].isalpha():
+        return parts[-2], parts[-1]
+    return declared_type or "", ref
+
+
+Segment = tuple[str, bool, tuple[str, str] | None]  # (name or choice prefix, is choice, list filter)
+
+
+def _compile(path: str) -> tuple[Segment, ...]:
+    out: list[Segment] = []
+    for segment in path.split("."):
+        wanted: tuple[str, str] | None = None
+        m = _FILTER.match(segment)
+        if m:
+            segment, wanted = m.group(1), (m.group(2), m.group(3))
+        choice = segment.endswith("[x]")
+        out.append((segment[:-3] if choice else segment, choice, wanted))
+    return tuple(out)
+
+
+_PLANS: dict[str, list[tuple[SearchParam, list[tuple[Segment, ...]]]]] = {}
+
+
+def _plan(resource_type: str) -> list[tuple[SearchParam, list[tuple[Segment, ...]]]]:
+    """The indexed parameters of a type with their paths parsed once."""
+    plan = _PLANS.get(resource_type)
+    if plan is None:
+        plan = [
+            (p, [_compile(path) for path in p.paths])
+            for p in params_of(resource_type).values()
+            if p.type not in (SPECIAL, COMPOSITE)
+        ]
+        _PLANS[resource_type] = plan
+    return plan
+
+
+def _walk_compiled(resource: dict[str, Any], path: tuple[Segment, ...]) -> list[Any]:
+    current: list[Any] = [resource]
+    for name, choice, wanted in path:
+        nxt: list[Any] = []
+        for node in current:
+            if not isinstance(node, dict):
+                continue
+            if choice:
+                values = [
+                    v
+                    for k, v in node.items()
+                    if k.startswith(name) and k[len(name) : len(name) + 1].isupper()
+                ]
+            elif name in node:
+                values = [node[name]]
+            else:
+                continue
+            for value in values:
+                for item in value if isinstance(value, list) else (value,):
+                    if wanted is not None and not (
+                        isinstance(item, dict) and item.get(wanted[0]) == wanted[1]
+                    ):
+                        continue
+                    nxt.append(item)
+        if not nxt:
+            return nxt
+        current = nxt
+    return current
+
+
+def extract(resource: dict[str, Any]) -> Extracted:
+    out = Extracted()
+    for param, paths in _plan(resource.get("resourceType", "")):
+        seen: set[tuple[Any, ...]] = set()
+        for path in paths:
+            head, choice, _ = path[0]
+            if not choice and head not in resource:
+                continue
+            for value in _walk_compiled(resource, path):
+                for row in _rows(param, value):
+                    key = tuple(row.values())
+                    if key not in seen:
+                        seen.add(key)
+                        row["param"] = param.name
+                        getattr(out, param.type).append(row)
+                extra = _modifier_row(param, value)
+                if extra is not None:
+                    out.token.append(extra)
+    return out
+
+
+def _modifier_row(param: SearchParam, value: Any) -> dict[str, Any] | None:
+    """Token rows under ``name:of-type`` (an Identifier's type coding, for ``identifier:of-type``) and
+    ``name:identifier`` (a Reference's logical identifier, for ``subject:identifier``)."""
+    if not isinstance(value, dict):
+        return None
+    if param.type == TOKEN and isinstance(value.get("value"), str):
+        codings = (value.get("type") or {}).get("coding") if isinstance(value.get("type"), dict) else None
+        for coding in codings or []:
+            if isinstance(coding, dict) and coding.get("code"):
+                return {
+                    "param": f"{param.name}:of-type",
+                    "system": f"{coding.get('system', '')}|{coding['code']}"[:255],
+                    "code": value["value"][:255],
+                    "text": "",
+                }
+    if param.type == REFERENCE and isinstance(value.get("identifier"), dict):
+        ident = value["identifier"]
+        if isinstance(ident.get("value"), str):
+            return {
+                "param": f"{param.name}:identifier",
+                "system": str(ident.get("system", ""))[:255],
+                "code": ident["value"][:255],
+                "text": "",
+            }
+    return None
+
+
+def _rows(param: SearchParam, value: Any) -> Iterator[dict[str, Any]]:
+    if param.type == TOKEN:
+        yield from _token_rows(value)
+    elif param.type == STRING:
+        for text in _strings(value):
+            if text.strip():
+                yield {"value": normalize(text), "exact": text[:255]}
+    elif param.type == DATE:
+        rng = _date_value(value)
+        if rng is not None:
+            yield {"low": rng[0], "high": rng[1]}
+    elif param.type == REFERENCE:
+        if isinstance(value, dict) and isinstance(value.get("reference"), str):
+            ttype, tid = parse_reference(value["reference"], value.get("type"))
+            if not param.targets or ttype in param.targets:
+                yield {"target_type": ttype, "target_id": tid[:255]}
+    elif param.type == QUANTITY:
+        if isinstance(value, dict) and isinstance(value.get("value"), int | float):
+            yield {
+                "value": float(value["value"]),
+                "system": str(value.get("system", ""))[:255],
+                "code": str(value.get("code", ""))[:64],
+                "unit": str(value.get("unit", ""))[:64],
+            }
+    elif param.type == NUMBER:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            yield {"value": float(value)}
+    elif param.type == URI and isinstance(value, str):
+        yield {"value": value[:255]}
+
+
+def _token_rows(value: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(value, bool):
+        yield {"system": "", "code": "true" if value else "false", "text": ""}
+    elif isinstance(value, str):
+        yield {"system": "", "code": value[:255], "text": ""}
+    elif isinstance(value, dict):
+        if "coding" in value or ("text" in value and "code" not in value and "value" not in value):
+            text = normalize(value.get("text", "")) if isinstance(value.get("text"), str) else ""
+            for coding in value.get("coding") or []:
+                if isinstance(coding, dict) and coding.get("code"):
+                    display = coding.get("display")
+                    yield {
+                        "system": str(coding.get("system", ""))[:255],
+                        "code": str(coding["code"])[:255],
+                        "text": text or (normalize(display) if isinstance(display, str) else ""),
+                    }
+            if text and not value.get("coding"):
+                yield {"system": "", "code": "", "text": text}
+        elif "code" in value:  # Coding
+            display = value.get("display")
+            yield {
+                "system": str(value.get("system", ""))[:255],
+                "code": str(value["code"])[:255],
+                "text": normalize(display) if isinstance(display, str) else "",
+            }
+        elif "value" in value:  # Identifier or ContactPoint
+            type_text = ""
+            id_type = value.get("type")
+            if isinstance(id_type, dict) and isinstance(id_type.get("text"), str):
+                type_text = normalize(id_type["text"])
+            system = value.get("system", "")
+            yield {"system": str(system)[:255], "code": str(value["value"])[:255], "text": type_text}
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key in ("text", "family", "given", "prefix", "suffix", "line", "city", "district", "state"):
+            item = value.get(key)
+            if isinstance(item, str):
+                yield item
+            elif isinstance(item, list):
+                yield from (s for s in item if isinstance(s, str))
+        for key in ("postalCode", "country"):
+            if isinstance(value.get(key), str):
+                yield value[key]
+
+
+def _date_value(value: Any) -> tuple[datetime, datetime] | None:
+    if isinstance(value, str):
+        return date_range(value)
+    if isinstance(value, dict) and ("start" in value or "end" in value):
+        start = date_range(value["start"]) if isinstance(value.get("start"), str) else None
+        end = date_range(value["end"]) if isinstance(value.get("end"), str) else None
+        if start is None and end is None:
+            return None
+        return (start[0] if start else MIN_DATE), (end[1] if end else MAX_DATE)
+    return None

@@ -1,0 +1,40 @@
+"""Real feeds send anything in any field: a mangled field never crashes the engine. Each message is
+either mapped (to resources that are still valid FHIR R4) or refused with a MappingError."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hub.errors import MappingError
+from hub.fhir.validate import validate_resource
+from tests.mapping._support import HL7_DIR, map_text, read
+
+FIXTURES = {p.stem: read(p) for p in sorted(HL7_DIR.glob("*.hl7"))}
+JUNK = st.text(alphabet="AZaz09 .-+:/\\^&~\"'ÄéFSTRE#", max_size=25)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(sorted(FIXTURES)),
+    segment_pick=st.integers(min_value=1, max_value=40),
+    field_pick=st.integers(min_value=1, max_value=45),
+    junk=JUNK,
+)
+def test_a_mangled_field_is_mapped_validly_or_refused(
+    name: str, segment_pick: int, field_pick: int, junk: str
+) -> None:
+    lines = [line for line in FIXTURES[name].split("\r") if line]
+    i = segment_pick % (len(lines) - 1) + 1  # never MSH: the header is intake's to refuse
+    fields = lines[i].split("|")
+    n = field_pick % (len(fields) + 2) + 1
+    fields += [""] * (n + 1 - len(fields))
+    fields[n] = junk.replace("|", "")
+    lines[i] = "|".join(fields)
+    try:
+        result = map_text("\r".join(lines) + "\r")
+    except MappingError as exc:
+        assert exc.message
+        return
+    problems = [p for resource in result.resources for p in validate_resource(resource)]
+    assert problems == [], (lines[i], problems)
