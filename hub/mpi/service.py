@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from hub.errors import Conflict, NotFound
@@ -170,6 +171,7 @@ def _resolve_one(
     sid = str(resource["id"])
     content = _snapshot(resource)
     feats = features(content, settings.match)
+    _lock_blocks(session, {k[:250] for k in blocking_keys(feats)} | _identifier_keys(content))
     row = session.get(MpiSource, sid)
     if row is not None:
         row.content = content
@@ -211,6 +213,17 @@ def _resolve_one(
 
 def _golden_size(session: Session, golden_id: str) -> int:
     return int(session.scalar(select(func.count()).where(MpiSource.golden_id == golden_id)) or 0)
+
+
+def _lock_blocks(session: Session, keys: set[str]) -> None:
+    """Two first arrivals of one person (at two hospitals, on two workers) share a blocking key: on
+    PostgreSQL, transaction-scoped advisory locks on the keys (taken in one global order) make the second
+    wait for the first and then find it as a candidate, instead of both founding a golden record.
+    SQLite has a single writer, so nothing to do there."""
+    if not keys or session.get_bind().dialect.name != "postgresql":
+        return
+    for lock in sorted({zlib.crc32(b"mpi|" + k.encode()) for k in keys}):
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
 
 
 def _identifier_keys(content: Mapping[str, Any]) -> set[str]:
