@@ -26,7 +26,7 @@ from tests.ordering import (
     stored_rows,
 )
 
-PATIENTS = 80
+PATIENTS = 50
 
 
 def _run_burst(engine: Engine, prefix: str) -> list[int]:
