@@ -1,12 +1,14 @@
 """``python -m bench [NAME…] [--option value…]`` (``make bench``): run the hub's benchmarks.
 
-Each NAME is a module ``bench/<name>_bench.py`` with ``main(argv) -> int``; without a NAME every module that
+Each NAME is a module ``bench/<name>_bench.py`` with ``main(argv)`` (or ``main()``) returning an exit status
+or None; without a NAME every module that
 exists runs in turn (those not written yet are skipped). Options after the names go to each module.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 
 BENCHES = ("intake", "mapping", "fhir", "mpi")
@@ -31,7 +33,9 @@ def main(argv: list[str]) -> int:
                 continue
             raise
         print(f"== {name}", flush=True)
-        status = max(status, int(module.main(options)))
+        takes_args = bool(inspect.signature(module.main).parameters)
+        result = module.main(options) if takes_args else module.main()
+        status = max(status, int(result or 0))
     return status
 
 
