@@ -44,12 +44,22 @@ TARGET_ACCEPTED = 2000.0
 TARGET_PROCESSED = 1000.0
 
 
+_SYLLABLES = ["ba", "di", "ka", "lu", "ma", "ni", "pu", "ra", "si", "to", "wa", "yu", "ha", "je", "go", "fe"]
+
+
+def _name(p: int, salt: int) -> str:
+    """A made-up name, distinct per patient (so the MPI sees 2,000 different people, as in a real feed)."""
+    x = p * 7919 + salt
+    return "".join(_SYLLABLES[(x >> (4 * i)) % 16] for i in range(3)).capitalize()
+
+
 def oru(n: int, patients: int) -> bytes:
     """A synthetic ORU^R01 with 10 OBX (no real patient data)."""
     p = n % patients
+    born = 19400101 + (p % 60) * 10000 + ((p // 60) % 12) * 100 + (p % 28)
     lines = [
         f"MSH|^~\\&|LIS|LAB_SEHAT|HUB|KEMKES|20261101083000+0700||ORU^R01^ORU_R01|B{n:07d}|P|2.5.1",
-        f"PID|1||BM{p:06d}^^^LAB_SEHAT^MR||Wati^Sri^{p}||19900214|F",
+        f"PID|1||BM{p:06d}^^^LAB_SEHAT^MR||{_name(p, 1)}^{_name(p, 2)}||{born}|{'FM'[p % 2]}",
         f"OBR|1|ORD{n}|FIL{n}|24323-8^Comprehensive metabolic panel^LN|||20261101070000+0700",
     ]
     for i in range(1, 11):

@@ -16,11 +16,13 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select
 
-from hub.db import session_scope, write_turn
+from hub.db import is_sqlite, session_scope, write_turn
 from hub.pipeline import process_batch
 from hub.store.models import InboundMessage
 
 log = logging.getLogger(__name__)
+
+SQLITE_STEP = 4  # messages per worker transaction on SQLite
 
 
 class InProcessWorker:
@@ -32,6 +34,9 @@ class InProcessWorker:
             threading.Thread(target=self._run, name=f"hub-worker-{n}", daemon=True)
             for n in range(max(1, threads))
         ]
+        # On SQLite a transaction holds the file's only write lock, and the intake's next commit (so the
+        # next ACKs) waits for it: keep worker transactions short there (they are cheap: no fsync).
+        self._step = min(self.batch, SQLITE_STEP) if is_sqlite(engine) else self.batch
         self._idle = threading.Condition()
         self._busy = 0
         self.processed = 0
@@ -74,11 +79,14 @@ class InProcessWorker:
             with self._idle:
                 self._busy += 1
             try:
-                with write_turn(self.engine), session_scope(self.engine) as session:
-                    outcomes = process_batch(session, ids)
-                self.processed += len(outcomes)
-            except Exception:  # a broken batch stays 'received'; the sweeper brings it back
-                log.exception("worker batch of %d message(s) failed", len(ids))
+                for start in range(0, len(ids), self._step):
+                    chunk = ids[start : start + self._step]
+                    try:
+                        with write_turn(self.engine), session_scope(self.engine) as session:
+                            outcomes = process_batch(session, chunk)
+                        self.processed += len(outcomes)
+                    except Exception:  # a broken batch stays 'received'; the sweeper brings it back
+                        log.exception("worker batch of %d message(s) failed", len(chunk))
             finally:
                 with self._idle:
                     self._busy -= 1
