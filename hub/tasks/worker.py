@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +23,7 @@ from hub.store.models import InboundMessage
 
 log = logging.getLogger(__name__)
 
-SQLITE_STEP = 4  # messages per worker transaction on SQLite
+SQLITE_HOLD_MS = 10.0  # on SQLite, how long one worker transaction may keep the intake waiting
 
 
 class InProcessWorker:
@@ -34,9 +35,8 @@ class InProcessWorker:
             threading.Thread(target=self._run, name=f"hub-worker-{n}", daemon=True)
             for n in range(max(1, threads))
         ]
-        # On SQLite a transaction holds the file's only write lock, and the intake's next commit (so the
-        # next ACKs) waits for it: keep worker transactions short there (they are cheap: no fsync).
-        self._step = min(self.batch, SQLITE_STEP) if is_sqlite(engine) else self.batch
+        self._sqlite = is_sqlite(engine)
+        self._ms_per_message = 1.0  # moving average of the processing time of one message
         self._idle = threading.Condition()
         self._busy = 0
         self.processed = 0
@@ -54,6 +54,14 @@ class InProcessWorker:
     def dispatch(self, ids: Sequence[int]) -> None:
         for i in ids:
             self._queue.put(i)
+
+    def _step(self) -> int:
+        """Messages per transaction. On SQLite a transaction holds the file's only write lock and the
+        intake's next commit (so the next ACKs) waits for it: there, as many as fit in about
+        ``SQLITE_HOLD_MS`` (worker commits are cheap: no fsync)."""
+        if not self._sqlite:
+            return self.batch
+        return max(1, min(self.batch, int(SQLITE_HOLD_MS / max(self._ms_per_message, 0.01))))
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until the queue is empty and no batch is running (tests, ``hub import``)."""
@@ -79,14 +87,18 @@ class InProcessWorker:
             with self._idle:
                 self._busy += 1
             try:
-                for start in range(0, len(ids), self._step):
-                    chunk = ids[start : start + self._step]
+                while ids:
+                    step = self._step()
+                    chunk, ids = ids[:step], ids[step:]
+                    started = time.perf_counter()
                     try:
                         with write_turn(self.engine), session_scope(self.engine) as session:
                             outcomes = process_batch(session, chunk)
                         self.processed += len(outcomes)
                     except Exception:  # a broken batch stays 'received'; the sweeper brings it back
                         log.exception("worker batch of %d message(s) failed", len(chunk))
+                    per_message = (time.perf_counter() - started) * 1000 / len(chunk)
+                    self._ms_per_message += 0.3 * (per_message - self._ms_per_message)
             finally:
                 with self._idle:
                     self._busy -= 1
