@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 CONNECTIONS = 4
 PER_CONNECTION = 500  # at most 2,000 messages; the kill comes well before the end
-KILL_AFTER_ACKS = 300
+KILL_AFTER_ACKS = 200
 
 
 class Sender(threading.Thread):
@@ -85,19 +85,25 @@ def _counts(engine: Engine) -> Counter[str]:
         return Counter(s.scalars(select(InboundMessage.control_id)))
 
 
-def _wait_all_processed(engine: Engine, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    left = -1
-    while time.monotonic() < deadline:
+def _wait_all_processed(engine: Engine, stall_s: float = 20, cap_s: float = 180) -> int:
+    """Wait until nothing is left ``received``; give up when no message was processed for ``stall_s``
+    (processing with the real maps is slow on a busy 2-core machine, but it must keep moving)."""
+    cap = time.monotonic() + cap_s
+    left, last_change = -1, time.monotonic()
+    while time.monotonic() < cap:
         with Session(engine) as s:
-            left = int(
+            now_left = int(
                 s.scalar(
                     select(func.count()).select_from(InboundMessage).where(InboundMessage.state == "received")
                 )
                 or 0
             )
-        if left == 0:
+        if now_left == 0:
             return 0
+        if now_left != left:
+            left, last_change = now_left, time.monotonic()
+        elif time.monotonic() - last_change > stall_s:
+            break
         time.sleep(0.2)
     return left
 
@@ -162,7 +168,7 @@ def test_kill9_mid_stream_loses_nothing_and_processes_once(
                 assert ack.get("MSA-1") == "AA" and ack.get("MSA-2") == control_id
                 acked.append(control_id)
 
-        assert _wait_all_processed(engine, timeout=20) == 0, second.log()
+        assert _wait_all_processed(engine) == 0, second.log()
         counts = _counts(engine)
         assert [c for c in acked if counts[c] != 1] == []
         assert max(counts.values()) == 1
