@@ -70,7 +70,10 @@ def serve(
 
 
 @app.command()
-def worker(concurrency: int = typer.Option(2, "--concurrency", "-c", help="worker processes")) -> None:
+def worker(
+    concurrency: int = typer.Option(2, "--concurrency", "-c", help="worker processes (or threads)"),
+    pool: str = typer.Option("prefork", help="Celery pool: prefork, threads or solo"),
+) -> None:
     """Run a Celery worker that processes messages (needs HUB_BROKER_URL)."""
     settings = get_settings()
     if not settings.broker_url:
@@ -81,8 +84,18 @@ def worker(concurrency: int = typer.Option(2, "--concurrency", "-c", help="worke
         raise typer.Exit(2)
     from hub.tasks.celery_app import make_celery
 
-    make_celery(settings.broker_url).worker_main(
-        ["worker", "--loglevel", settings.log_level, "--concurrency", str(concurrency), "--without-gossip"]
+    make_celery(settings.broker_url, settings.celery_queue).worker_main(
+        [
+            "worker",
+            "--loglevel",
+            settings.log_level,
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            pool,
+            "--without-gossip",
+            "--without-mingle",
+        ]
     )
 
 
@@ -150,7 +163,7 @@ def import_(
     """Load files of messages (back-loading history): store each like any received message."""
     from rich.progress import Progress
 
-    from hub.db import make_engine
+    from hub.db import make_engine, processing_engine
     from hub.ingest.service import Intake
     from hub.tasks.worker import InProcessWorker
 
@@ -158,13 +171,17 @@ def import_(
     engine = make_engine(settings.sqlalchemy_url)
     messages = _read_messages(files)
     worker_ = None
+    celery = None
     dispatch: Callable[[Sequence[int]], None] | None = None
     if process and settings.broker_url:
         from hub.tasks.celery_app import CeleryDispatcher
 
-        dispatch = CeleryDispatcher(settings.broker_url)
+        celery = CeleryDispatcher(
+            settings.broker_url, settings.celery_queue, settings.worker_batch, settings.celery_linger_ms
+        )
+        dispatch = celery
     elif process:
-        worker_ = InProcessWorker(engine, settings.worker_threads, settings.worker_batch)
+        worker_ = InProcessWorker(processing_engine(engine), settings.worker_threads, settings.worker_batch)
         worker_.start()
         dispatch = worker_.dispatch
     intake = Intake(engine, settings, dispatch)
@@ -185,8 +202,12 @@ def import_(
                 progress.update(pt, completed=1, total=1)
     finally:
         intake.stop()
+        if celery is not None:
+            celery.close()  # every id published before the command returns
         if worker_ is not None:
             worker_.stop()
+            worker_.engine.dispose()
+        engine.dispose()
     s = intake.stats
     typer.echo(
         f"{len(messages)} messages: {s.accepted} accepted, {s.rejected} rejected, {s.duplicates} duplicates, "

@@ -3,6 +3,7 @@ dependency do, at the boundary."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -19,23 +20,40 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(synchronous: str) -> Any:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        # WAL lets readers run beside the one writer; FULL makes every commit (so every ACK) survive
+        # power loss. NORMAL (the processing engine) skips the fsync: such a commit survives a crash of
+        # the process, and power loss rolls back at most the last few (WAL frames are synced in order,
+        # so the next FULL commit makes them durable too); a rolled-back processing leaves the message
+        # `received`, and the sweeper processes it again.
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return on_connect
+
+
+def _pg_relaxed(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    # WAL lets readers run beside the one writer; FULL makes every commit (so every ACK) survive power loss.
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("SET synchronous_commit TO off")
     cur.close()
+    dbapi_conn.commit()
 
 
-def make_engine(url: str, *, read_only: bool = False, **kw: Any) -> Engine:
+def make_engine(url: str, *, read_only: bool = False, durable: bool = True, **kw: Any) -> Engine:
+    """An engine for ``url``. ``durable=False`` is for re-doable work only (processing stored messages):
+    its commits do not wait for the disk (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit=off);
+    the intake, whose commits precede ACKs, always uses a durable engine."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "isolation_level": None}, **kw)
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas("FULL" if durable else "NORMAL"))
 
         # pysqlite's own transaction handling is off (isolation_level=None); begin explicitly so that a
         # writing transaction takes the write lock up front (BEGIN IMMEDIATE) instead of failing mid-way
@@ -52,7 +70,15 @@ def make_engine(url: str, *, read_only: bool = False, **kw: Any) -> Engine:
     # The read path skips the liveness ping (≈0.3 ms a read); a dropped connection is recycled instead.
     kw.setdefault("pool_pre_ping", not read_only)
     kw.setdefault("pool_recycle", 1800)
-    return create_engine(url, **kw)
+    engine = create_engine(url, **kw)
+    if not durable:
+        event.listen(engine, "connect", _pg_relaxed)
+    return engine
+
+
+def processing_engine(engine: Engine) -> Engine:
+    """A non-durable twin of ``engine`` (same database) for the workers: see :func:`make_engine`."""
+    return make_engine(engine.url.render_as_string(hide_password=False), durable=False)
 
 
 @lru_cache(maxsize=4)
@@ -82,3 +108,51 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+class WriteGate:
+    """One writing transaction at a time among the threads of this process that share an SQLite engine
+    (the intake's committer first, then the worker threads).
+
+    SQLite itself serialises writers, but a writer that finds the file locked sleeps in steps of up to
+    100 ms (``busy_timeout``) before it looks again: an ACK waiting behind a worker batch would take that
+    long. Waiting here instead wakes the next writer the moment the previous one commits."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._urgent = 0
+
+    @contextmanager
+    def hold(self, *, urgent: bool = False) -> Iterator[None]:
+        with self._cond:
+            if urgent:
+                self._urgent += 1
+            try:
+                self._cond.wait_for(lambda: not self._busy and (urgent or self._urgent == 0))
+            finally:
+                if urgent:
+                    self._urgent -= 1
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
+_gates: dict[str, WriteGate] = {}  # by database file: the intake's and the workers' engines share one
+_gates_lock = threading.Lock()
+
+
+@contextmanager
+def write_turn(engine: Engine, *, urgent: bool = False) -> Iterator[None]:
+    """Hold the engine's :class:`WriteGate` around a writing transaction (SQLite; a no-op otherwise)."""
+    if not is_sqlite(engine):
+        yield
+        return
+    with _gates_lock:
+        gate = _gates.setdefault(str(engine.url.database), WriteGate())
+    with gate.hold(urgent=urgent):
+        yield

@@ -4,12 +4,16 @@ Parse → map → resolve identities → upsert resources (+ version and index r
 ``processed``; all in the caller's transaction, one savepoint per message so a failing message becomes
 data (``failed`` with an error code) without undoing its neighbours. Messages of one patient are applied
 in arrival order: before a message is processed, every earlier ``received`` message with the same
-patient key is processed first (under a per-patient lock on PostgreSQL), so the order holds whatever the
-number of workers and whichever task arrives first.
+patient key is processed first, so the order holds whatever the number of workers and whichever task
+arrives first. On PostgreSQL a transaction first takes the advisory locks of its batch's patients (and of
+its messages without a patient), in one global order so two workers never deadlock, and only then reads
+the messages' state, so a message another worker processed meanwhile is not applied again; SQLite
+serialises all writers anyway.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import zlib
 from collections.abc import Iterable
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select, text, tuple_
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from hub import hl7
@@ -59,7 +63,7 @@ def process_batch(session: Session, ids: Iterable[int], *, force: bool = False) 
     if not heads:
         return []
     patients = {(h.facility, h.patient_key) for h in heads if h.patient_key}
-    _lock_patients(session, patients)
+    _lock_patients(session, patients, [h.id for h in heads if not h.patient_key])
     # Load (again) after the locks: another worker may have processed some of these meanwhile.
     targets = session.scalars(
         select(InboundMessage)
@@ -73,12 +77,16 @@ def process_batch(session: Session, ids: Iterable[int], *, force: bool = False) 
     return [_process_one(session, todo[i]) for i in sorted(todo)]
 
 
-def _lock_patients(session: Session, patients: set[tuple[str, str]]) -> None:
+def _lock_patients(session: Session, patients: set[tuple[str, str]], keyless: list[int]) -> None:
     """Serialise workers per patient on PostgreSQL (transaction-scoped advisory locks, taken in one
-    global order so two workers never deadlock). SQLite serialises all writers anyway."""
-    if not patients or session.get_bind().dialect.name != "postgresql":
+    global order so two workers never deadlock); a message without a patient key is locked by its id, so
+    two workers given it at once do not both apply it. SQLite serialises all writers anyway."""
+    if not (patients or keyless) or session.get_bind().dialect.name != "postgresql":
         return
-    keys = sorted({zlib.crc32(f"{f}|{k}".encode()) for f, k in patients})
+    keys = sorted(
+        {zlib.crc32(f"{f}|{k}".encode()) for f, k in patients}
+        | {zlib.crc32(f"message|{i}".encode()) for i in keyless}
+    )
     for key in keys:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
@@ -100,24 +108,34 @@ def _earlier_pending(session: Session, patients: set[tuple[str, str]], below: in
 
 
 def _sender_context(session: Session, row: InboundMessage) -> SenderContext:
-    sender = session.get(Sender, row.sender_id) if row.sender_id is not None else None
-    if sender is None:
-        return SenderContext(facility=row.facility, message_id=row.id)
-    return SenderContext(
-        facility=sender.facility, overlay=sender.overlay, time_zone=sender.time_zone, message_id=row.id
-    )
+    known: dict[int | None, SenderContext] = session.info.setdefault("hub.sender_contexts", {})
+    ctx = known.get(row.sender_id)
+    if ctx is None:
+        sender = session.get(Sender, row.sender_id) if row.sender_id is not None else None
+        ctx = (
+            SenderContext(facility=row.facility)
+            if sender is None
+            else SenderContext(facility=sender.facility, overlay=sender.overlay, time_zone=sender.time_zone)
+        )
+        if sender is not None:
+            known[row.sender_id] = ctx
+    return dataclasses.replace(ctx, message_id=row.id)
 
 
 def _process_one(session: Session, row: InboundMessage) -> Outcome:
     row.attempts += 1
     try:
+        # Parse, map and validate write nothing: a message failing there needs no savepoint to undo.
+        header = hl7.peek_header(row.raw)
+        message = hl7.parse(hl7.decode(row.raw, header))
+        ctx = _sender_context(session, row)
+        result = map_message(message, ctx)
+        # HUB_VALIDATE: the R4B models check all, a sample, or none of the mapped messages.
+        validate_resources(result.resources, get_settings().validate_mode, key=row.id)
+    except Exception as exc:
+        return _failure(row, exc)
+    try:
         with session.begin_nested():
-            header = hl7.peek_header(row.raw)
-            message = hl7.parse(hl7.decode(row.raw, header))
-            ctx = _sender_context(session, row)
-            result = map_message(message, ctx)
-            # HUB_VALIDATE: the R4B models check all, a sample, or none of the mapped messages.
-            validate_resources(result.resources, get_settings().validate_mode, key=row.id)
             hub = get_settings()
             mpi = settings_for(hub.mpi_match_threshold, hub.mpi_possible_threshold, hub.mpi_twin_gate)
             resolve_identities(session, result, ctx, mpi)
@@ -139,22 +157,29 @@ def _process_one(session: Session, row: InboundMessage) -> Outcome:
             row.error_code = None
             row.error_text = None
             row.processed_at = now
-    except HubError as exc:
-        return _fail(row, exc.code, exc.message)
-    except hl7.HeaderError as exc:
-        return _fail(row, "unreadable-header", exc.text)
-    except Exception as exc:  # the pipeline boundary: anything else is kept as data, never lost
-        log.exception("message %s failed unexpectedly", row.id)
-        return _fail(row, "internal-error", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        return _failure(row, exc)
     return Outcome(row.id, row.state)
+
+
+def _failure(row: InboundMessage, exc: Exception) -> Outcome:
+    """The pipeline boundary (called from an ``except``): every error is kept as data, never lost."""
+    if isinstance(exc, HubError):
+        return _fail(row, exc.code, exc.message)
+    if isinstance(exc, hl7.HeaderError):
+        return _fail(row, "unreadable-header", exc.text)
+    log.exception("message %s failed unexpectedly", row.id)
+    return _fail(row, "internal-error", f"{type(exc).__name__}: {exc}")
 
 
 def _prefetch(session: Session, resources: list[dict[str, Any]]) -> None:
     """Load the current rows of every resource about to be written in one query (upsert then finds
     them in the session instead of asking one by one)."""
-    keys = [(r["resourceType"], str(r["id"])) for r in resources]
-    if len(keys) > 1:
-        session.scalars(select(Resource).where(tuple_(Resource.resource_type, Resource.id).in_(keys))).all()
+    if len(resources) > 1:
+        # Two plain INs: a row-value IN makes SQLite scan the whole primary-key index for every message.
+        types = sorted({str(r["resourceType"]) for r in resources})
+        ids = sorted({str(r["id"]) for r in resources})
+        session.scalars(select(Resource).where(Resource.resource_type.in_(types), Resource.id.in_(ids))).all()
 
 
 def _fail(row: InboundMessage, code: str, text_: str) -> Outcome:

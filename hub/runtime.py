@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
 from hub.config import Settings
-from hub.db import make_engine
+from hub.db import make_engine, processing_engine
 from hub.ingest.listener import MLLPServer
 from hub.ingest.service import Intake
 from hub.tasks.worker import InProcessWorker, Sweeper
+
+if TYPE_CHECKING:
+    from hub.tasks.celery_app import CeleryDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +31,19 @@ class Runtime:
         self.engine = engine or make_engine(settings.sqlalchemy_url)
         self.read_engine = make_engine(settings.sqlalchemy_url, read_only=True)
         self.worker: InProcessWorker | None = None
+        self.worker_engine: Engine | None = None
+        self.celery: CeleryDispatcher | None = None
         self.dispatch: Callable[[Sequence[int]], None]
         if settings.broker_url:
             from hub.tasks.celery_app import CeleryDispatcher
 
-            self.dispatch = CeleryDispatcher(settings.broker_url)
+            self.celery = CeleryDispatcher(
+                settings.broker_url, settings.celery_queue, settings.worker_batch, settings.celery_linger_ms
+            )
+            self.dispatch = self.celery
         elif settings.worker_enabled:
-            self.worker = InProcessWorker(self.engine, settings.worker_threads, settings.worker_batch)
+            self.worker_engine = processing_engine(self.engine)
+            self.worker = InProcessWorker(self.worker_engine, settings.worker_threads, settings.worker_batch)
             self.dispatch = self.worker.dispatch
         else:
             self.dispatch = _nowhere
@@ -55,8 +65,12 @@ class Runtime:
             await self.mllp.stop()
         self.intake.stop()
         self.sweeper.stop()
+        if self.celery is not None:
+            self.celery.close()
         if self.worker is not None:
             self.worker.stop()
+        if self.worker_engine is not None:
+            self.worker_engine.dispose()
         self.engine.dispose()
         self.read_engine.dispose()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ from hub.store.models import Base
 from hub.store.schema import upgrade
 
 PG_URL = os.environ.get("HUB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+RABBITMQ_URL = os.environ.get("HUB_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+REDIS_URL = os.environ.get("HUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 ON_CI = os.environ.get("CI", "").lower() == "true"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -48,6 +51,47 @@ def require_postgres() -> None:
         if ON_CI:
             pytest.fail(reason + " — CI must run the PostgreSQL tests")
         pytest.skip(reason)
+
+
+def require_broker(url: str) -> None:
+    """Skip (fail under CI) unless the Celery broker at ``url`` answers: a real AMQP or Redis handshake."""
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+    except Exception as exc:  # any failure to connect means "not reachable"
+        reason = f"broker at {url} is not reachable ({type(exc).__name__})"
+        if ON_CI:
+            pytest.fail(reason + " — CI must run the broker tests")
+        pytest.skip(reason)
+
+
+@contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """A PostgreSQL database of its own (empty, not migrated), dropped afterwards."""
+    require_postgres()
+    name = f"hub_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of this test's own, not migrated (for tests that run ``hub db upgrade`` themselves and
+    start real processes on it): a SQLite file under tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hub.db'}"
+        return
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

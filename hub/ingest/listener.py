@@ -8,11 +8,12 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from concurrent.futures import Future
 from pathlib import Path
 
 from hub.config import Settings
 from hub.ingest.mllp import FrameDecoder, Oversize, frame
-from hub.ingest.service import Intake, StorageUnavailable
+from hub.ingest.service import Accepted, Intake, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,20 @@ class MLLPServer:
                     return
                 if not data:
                     return
+                # Every frame of this read goes to the intake at once (a pipelining sender gets its
+                # messages into one group commit); the ACKs go back in the order of the frames.
+                pending: list[Future[Accepted]] = []
+                close = False
                 for item in decoder.feed(data):
                     if isinstance(item, Oversize):
-                        await self._answer(writer, item.head, oversize=item.size)
-                        return  # the rest of that frame cannot be trusted; the sender reconnects
-                    if not await self._answer(writer, item):
-                        return
+                        pending.append(self.intake.submit(item.head, "mllp", oversize=item.size))
+                        close = True  # the rest of that frame cannot be trusted; the sender reconnects
+                        break
+                    pending.append(self.intake.submit(item, "mllp"))
+                if pending and not await self._answer(writer, pending):
+                    return
+                if close:
+                    return
         except (ConnectionError, ssl.SSLError) as exc:
             log.info("MLLP connection %s dropped: %s", peer, type(exc).__name__)
         finally:
@@ -86,13 +95,17 @@ class MLLPServer:
             with contextlib.suppress(ConnectionError, ssl.SSLError):
                 await writer.wait_closed()
 
-    async def _answer(self, writer: asyncio.StreamWriter, raw: bytes, oversize: int = 0) -> bool:
-        try:
-            accepted = await asyncio.wrap_future(self.intake.submit(raw, "mllp", oversize=oversize))
-        except StorageUnavailable:
-            # Not stored, so not acknowledged: closing makes the sender resend later.
-            return False
-        if accepted.ack is not None:
-            writer.write(frame(accepted.ack.encode("utf-8")))
-            await writer.drain()
+    async def _answer(self, writer: asyncio.StreamWriter, pending: list[Future[Accepted]]) -> bool:
+        """Write the ACK of each submitted frame in order; False (close) once one was not stored."""
+        for fut in pending:
+            try:
+                accepted = await asyncio.wrap_future(fut)
+            except StorageUnavailable:
+                # Not stored, so not acknowledged: closing makes the sender resend later (a later frame
+                # of this read may be stored: its resend is a duplicate and gets its original ACK).
+                await writer.drain()
+                return False
+            if accepted.ack is not None:
+                writer.write(frame(accepted.ack.encode("utf-8")))
+        await writer.drain()
         return True

@@ -1,10 +1,10 @@
 """Accepting messages: store, then ACK. Nothing acknowledged is ever lost.
 
 Every transport (MLLP, HTTP, ``hub import``) hands raw bytes to :class:`Intake`. One committer thread
-collects what arrives within a few milliseconds (``HUB_COMMIT_WINDOW_MS``, at most
-``HUB_COMMIT_MAX_BATCH``) from all connections, inserts it in one transaction and commits; only then are
-the ACKs released and the new message ids dispatched for processing (group commit: one fsync for many
-messages keeps ACK latency low at high rates).
+takes everything that arrived from all connections while its previous commit ran (at most
+``HUB_COMMIT_MAX_BATCH``; ``HUB_COMMIT_WINDOW_MS`` > 0 also waits that long for company), inserts it in
+one transaction and commits; only then are the ACKs released and the new message ids dispatched for
+processing (group commit: one fsync for many messages keeps ACK latency low at high rates).
 
 Per message, the header decides: unreadable MSH → kept as ``rejected`` with AR; unknown facility while
 registration is closed → kept as ``rejected`` with AR; (facility, MSH-10) seen before with the same bytes
@@ -24,13 +24,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, select, tuple_
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hub import hl7
 from hub.config import Settings
-from hub.db import session_factory
+from hub.db import session_factory, write_turn
 from hub.hl7.reference import structure_for
 from hub.ingest.ack import AckError, ack_code, build_ack, should_send
 from hub.store.models import InboundMessage, Sender
@@ -161,7 +161,7 @@ class Intake:
     def _commit(self, batch: list[_Item]) -> None:
         results: list[tuple[_Item, InboundMessage | None, Accepted]] = []
         try:
-            with self._sessions() as session, session.begin():
+            with write_turn(self.engine, urgent=True), self._sessions() as session, session.begin():
                 results = self._store(session, batch)
                 session.flush()
         except Exception as exc:  # the store is down or broken: accept nothing, acknowledge nothing
@@ -173,7 +173,7 @@ class Intake:
             return
         to_dispatch: list[int] = []
         for item, row, accepted in results:
-            if row is not None and row.state == "received":
+            if row is not None and row.state == "received" and not accepted.duplicate:
                 to_dispatch.append(row.id)
             final = Accepted(
                 accepted.ack,
@@ -198,13 +198,17 @@ class Intake:
         keys = {(i.header.sending_facility, i.header.control_id) for i in readable if i.header is not None}
         existing: dict[tuple[str, str], list[InboundMessage]] = {}
         if keys:
+            # Two plain INs (then the exact pairs in Python) search the (facility, control_id) index on
+            # every backend; a row-value IN makes SQLite scan the whole index, once per commit.
             rows = session.scalars(
                 select(InboundMessage).where(
-                    tuple_(InboundMessage.facility, InboundMessage.control_id).in_(list(keys))
+                    InboundMessage.control_id.in_(sorted({c for _, c in keys})),
+                    InboundMessage.facility.in_(sorted({f for f, _ in keys})),
                 )
             ).all()
             for r in sorted(rows, key=lambda r: r.id):
-                existing.setdefault((r.facility, r.control_id), []).append(r)
+                if (r.facility, r.control_id) in keys:
+                    existing.setdefault((r.facility, r.control_id), []).append(r)
         out: list[tuple[_Item, InboundMessage | None, Accepted]] = []
         for item in batch:
             out.append(self._store_one(session, item, existing, now))
@@ -233,6 +237,8 @@ class Intake:
             if h
             else "",
             version=h.version if h else "",
+            duplicate_count=0,  # set now, not at INSERT: a duplicate in this same batch counts on it
+            attempts=0,
         )
         if item.error is not None:
             return self._reject(session, item, row, item.error)
@@ -255,7 +261,8 @@ class Intake:
             self.stats.duplicates += 1
             code = same.ack_code
             ack = same.ack if should_send(code, h) else None
-            return item, None, Accepted(ack, code, same.id, duplicate=True, state=same.state)
+            # ``same`` may be in this very batch, without an id until the flush: hand the row back.
+            return item, same, Accepted(ack, code, same.id, duplicate=True, state=same.state)
         if earlier:
             row.state = "held"
             row.error_code = "control-id-conflict"

@@ -170,7 +170,13 @@ def _coding_system(rt: Runtime, name: str) -> str | None:
     return f"urn:hub:codesystem:{rt.facility_key}:{local}"
 
 
+def fhir_code(value: str) -> str:
+    """A FHIR ``code`` has no leading, trailing or repeated whitespace (R4 2.24.0.1 code: [^\\s]+(\\s[^\\s]+)*)."""
+    return " ".join(value.split())
+
+
 def _coding(rt: Runtime, code: str, display: str, system: str) -> dict[str, Any] | None:
+    code = fhir_code(code)
     if not code:
         return None
     coding: dict[str, Any] = {}
@@ -284,6 +290,7 @@ def cx_identifier(rt: Runtime, value: str, authority: str, universal: str, utype
             memo.clear()
         system = memo[key] = _cx_system(rt, authority, universal, utype, id_type)
     out: dict[str, Any] = {}
+    id_type = fhir_code(id_type)
     if id_type:
         out["type"] = {
             "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": id_type}]
@@ -588,9 +595,8 @@ def tf_codeable(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
         return value
     if isinstance(value, dict):
         return {"coding": [value]}
-    coding = (
-        {"code": str(value)} if not args.get("system") else {"system": args["system"], "code": str(value)}
-    )
+    code = fhir_code(str(value))
+    coding = {"code": code} if not args.get("system") else {"system": args["system"], "code": code}
     return {"coding": [coding]}
 
 

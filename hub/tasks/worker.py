@@ -11,16 +11,19 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select
 
-from hub.db import session_scope
+from hub.db import is_sqlite, session_scope, write_turn
 from hub.pipeline import process_batch
 from hub.store.models import InboundMessage
 
 log = logging.getLogger(__name__)
+
+SQLITE_HOLD_MS = 10.0  # on SQLite, how long one worker transaction may keep the intake waiting
 
 
 class InProcessWorker:
@@ -32,6 +35,8 @@ class InProcessWorker:
             threading.Thread(target=self._run, name=f"hub-worker-{n}", daemon=True)
             for n in range(max(1, threads))
         ]
+        self._sqlite = is_sqlite(engine)
+        self._ms_per_message = 1.0  # moving average of the processing time of one message
         self._idle = threading.Condition()
         self._busy = 0
         self.processed = 0
@@ -49,6 +54,14 @@ class InProcessWorker:
     def dispatch(self, ids: Sequence[int]) -> None:
         for i in ids:
             self._queue.put(i)
+
+    def _step(self) -> int:
+        """Messages per transaction. On SQLite a transaction holds the file's only write lock and the
+        intake's next commit (so the next ACKs) waits for it: there, as many as fit in about
+        ``SQLITE_HOLD_MS`` (worker commits are cheap: no fsync)."""
+        if not self._sqlite:
+            return self.batch
+        return max(1, min(self.batch, int(SQLITE_HOLD_MS / max(self._ms_per_message, 0.01))))
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until the queue is empty and no batch is running (tests, ``hub import``)."""
@@ -74,11 +87,18 @@ class InProcessWorker:
             with self._idle:
                 self._busy += 1
             try:
-                with session_scope(self.engine) as session:
-                    outcomes = process_batch(session, ids)
-                self.processed += len(outcomes)
-            except Exception:  # a broken batch stays 'received'; the sweeper brings it back
-                log.exception("worker batch of %d message(s) failed", len(ids))
+                while ids:
+                    step = self._step()
+                    chunk, ids = ids[:step], ids[step:]
+                    started = time.perf_counter()
+                    try:
+                        with write_turn(self.engine), session_scope(self.engine) as session:
+                            outcomes = process_batch(session, chunk)
+                        self.processed += len(outcomes)
+                    except Exception:  # a broken batch stays 'received'; the sweeper brings it back
+                        log.exception("worker batch of %d message(s) failed", len(chunk))
+                    per_message = (time.perf_counter() - started) * 1000 / len(chunk)
+                    self._ms_per_message += 0.3 * (per_message - self._ms_per_message)
             finally:
                 with self._idle:
                     self._busy -= 1
@@ -90,7 +110,7 @@ class InProcessWorker:
 def pending_ids(engine: Engine, *, older_than_s: float = 0.0, limit: int = 10000) -> list[int]:
     """Ids of ``received`` messages (optionally only those waiting longer than ``older_than_s``)."""
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
-    with session_scope(engine) as session:
+    with write_turn(engine), session_scope(engine) as session:
         stmt = select(InboundMessage.id).where(InboundMessage.state == "received")
         if older_than_s > 0:
             stmt = stmt.where(InboundMessage.received_at < cutoff)

@@ -115,3 +115,20 @@ def test_hundred_concurrent_connections(engine: Engine) -> None:
 
     _run(engine, body)
     assert _count(engine) == 100
+
+
+def test_pipelined_frames_share_a_commit_and_are_acked_in_order(engine: Engine) -> None:
+    async def body(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"".join(frame(adt(f"PL{i:02d}", mrn=f"PL{i}").encode()) for i in range(20)))
+        await writer.drain()
+        acks = await _read_acks(reader, 20)
+        assert [parse(a).get("MSA-2") for a in acks] == [f"PL{i:02d}" for i in range(20)]
+        assert {parse(a).get("MSA-1") for a in acks} == {"AA"}
+        writer.close()
+
+    intake = _run(engine, body)
+    assert intake.stats.batches < 20  # the frames of one read went to the intake together
+    with Session(engine) as s:
+        ids = list(s.scalars(select(InboundMessage.control_id).order_by(InboundMessage.id)))
+    assert ids == [f"PL{i:02d}" for i in range(20)]  # stored in the order sent

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
+from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session
 
 from hub.config import Settings
@@ -139,3 +140,53 @@ def test_group_commit_across_connections(engine: Engine) -> None:
     with Session(engine) as s:
         assert s.scalar(select(func.count()).select_from(InboundMessage)) == 300
     assert sorted(dispatched) == sorted(r.message_id for r in results if r.message_id is not None)
+
+
+def test_duplicate_within_one_group_commit_gets_the_original_id(engine: Engine) -> None:
+    dispatched: list[int] = []
+    intake = Intake(engine, Settings(commit_window_ms=50), dispatched.extend)
+    intake.start()
+    try:
+        futures = [intake.submit(adt("SAME").encode()) for _ in range(3)]
+        first, *again = [f.result(timeout=10) for f in futures]
+    finally:
+        intake.stop()
+    assert intake.stats.batches == 1 and intake.stats.duplicates == 2
+    assert first.code == "AA" and not first.duplicate and first.message_id is not None
+    for dup in again:
+        assert dup.duplicate and dup.message_id == first.message_id and dup.ack == first.ack
+    rows = _rows(engine)
+    assert len(rows) == 1 and rows[0].duplicate_count == 2
+    assert dispatched == [first.message_id]
+
+
+def test_duplicate_lookup_searches_the_index(engine: Engine) -> None:
+    """The per-commit duplicate lookup must not scan inbound_message (it grows to millions of rows)."""
+    statements: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM inbound_message" in statement:
+            statements.append((statement, params))
+
+    intake = _intake(engine, commit_window_ms=50)
+    intake.accept(adt("IX0").encode())
+    intake.start()
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        futures = [intake.submit(adt(f"IX{i}", mrn=f"M{i}").encode()) for i in range(1, 4)]
+        assert {f.result(timeout=10).code for f in futures} == {"AA"}
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+        intake.stop()
+    assert intake.stats.batches == 2  # IX0 alone, then IX1-IX3 in one commit
+    (statement, params), *_ = statements
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            plan = " ".join(
+                str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)
+            )
+            assert "SEARCH inbound_message USING" in plan and "SCAN inbound_message" not in plan, plan
+        else:
+            conn.exec_driver_sql("SET enable_seqscan = off")  # the table is tiny: ask whether it *can*
+            plan = " ".join(str(r[0]) for r in conn.exec_driver_sql("EXPLAIN " + statement, params))
+            assert "ix_inbound_message_control" in plan, plan

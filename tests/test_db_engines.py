@@ -1,0 +1,57 @@
+"""Engines: the intake's commits are durable, the workers' are not (their work is re-doable); on SQLite
+the intake's commit goes before a waiting worker batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import text
+
+from hub.db import WriteGate, make_engine, processing_engine
+
+
+def test_intake_engine_is_durable_and_processing_engine_is_not(database_url: str) -> None:
+    durable = make_engine(database_url)
+    relaxed = processing_engine(durable)
+    try:
+        # One after the other: on SQLite each writing transaction holds the file's write lock.
+        sqlite = durable.dialect.name == "sqlite"
+        query = text("PRAGMA synchronous" if sqlite else "SHOW synchronous_commit")
+        with durable.connect() as conn:
+            assert conn.execute(query).scalar() == (2 if sqlite else "on")  # FULL
+        with relaxed.connect() as conn:
+            assert conn.execute(query).scalar() == (1 if sqlite else "off")  # NORMAL
+    finally:
+        relaxed.dispose()
+        durable.dispose()
+
+
+def test_write_gate_lets_the_urgent_writer_go_first() -> None:
+    gate = WriteGate()
+    order: list[str] = []
+    release = threading.Event()
+
+    def holder() -> None:
+        with gate.hold():
+            order.append("worker-1")
+            assert release.wait(5)
+
+    def writer(name: str, urgent: bool) -> None:
+        with gate.hold(urgent=urgent):
+            order.append(name)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    while not order:
+        time.sleep(0.001)
+    worker = threading.Thread(target=writer, args=("worker-2", False))
+    worker.start()
+    time.sleep(0.05)
+    intake = threading.Thread(target=writer, args=("intake", True))
+    intake.start()
+    time.sleep(0.05)
+    release.set()
+    for t in (first, worker, intake):
+        t.join(5)
+    assert order == ["worker-1", "intake", "worker-2"]
