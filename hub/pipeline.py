@@ -19,9 +19,8 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, insert, select, text
 from sqlalchemy.orm import Session
 
 from hub import hl7
@@ -31,7 +30,7 @@ from hub.fhir.validate import validate_resources
 from hub.mapping import SenderContext, map_message
 from hub.mpi.service import resolve_identities, settings_for
 from hub.store import resources as store
-from hub.store.models import InboundMessage, MessageResource, Resource, Sender
+from hub.store.models import InboundMessage, MessageResource, Sender
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +140,19 @@ def _process_one(session: Session, row: InboundMessage) -> Outcome:
             resolve_identities(session, result, ctx, mpi)
             session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
             now = datetime.now(UTC)
-            _prefetch(session, result.resources)
-            for resource in result.resources:
-                written = store.upsert(session, resource, message_id=row.id, now=now)
-                session.add(
-                    MessageResource(
-                        message_id=row.id,
-                        resource_type=written.resource_type,
-                        resource_id=written.id,
-                        version_id=written.version_id,
-                    )
+            written = store.upsert_many(session, result.resources, message_id=row.id, now=now)
+            if written:
+                session.execute(
+                    insert(MessageResource.metadata.tables["message_resource"]),
+                    [
+                        {
+                            "message_id": row.id,
+                            "resource_type": w.resource_type,
+                            "resource_id": w.id,
+                            "version_id": w.version_id,
+                        }
+                        for w in written
+                    ],
                 )
             row.unmapped = result.unmapped
             row.state = "processed"
@@ -170,16 +172,6 @@ def _failure(row: InboundMessage, exc: Exception) -> Outcome:
         return _fail(row, "unreadable-header", exc.text)
     log.exception("message %s failed unexpectedly", row.id)
     return _fail(row, "internal-error", f"{type(exc).__name__}: {exc}")
-
-
-def _prefetch(session: Session, resources: list[dict[str, Any]]) -> None:
-    """Load the current rows of every resource about to be written in one query (upsert then finds
-    them in the session instead of asking one by one)."""
-    if len(resources) > 1:
-        # Two plain INs: a row-value IN makes SQLite scan the whole primary-key index for every message.
-        types = sorted({str(r["resourceType"]) for r in resources})
-        ids = sorted({str(r["id"]) for r in resources})
-        session.scalars(select(Resource).where(Resource.resource_type.in_(types), Resource.id.in_(ids))).all()
 
 
 def _fail(row: InboundMessage, code: str, text_: str) -> Outcome:
