@@ -1,0 +1,79 @@
+"""Processing cost without transport: store N ORU^R01 (10 OBX, a distinct synthetic patient each) through
+intake, then time ``pipeline.process_batch`` in batches — parse, map, MPI, resources, versions, search
+index, Provenance. Reports CPU ms per message and messages/s for one worker.
+
+    python -m bench pipeline [-n 500] [--batch 20] [--url postgresql+psycopg://…/scratch_db] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from hub import pipeline
+from hub.config import Settings
+from hub.db import make_engine, session_scope
+from hub.ingest.service import Intake
+from hub.store.schema import upgrade
+
+_SYLLABLES = ["ba", "di", "ka", "lo", "ma", "ni", "pu", "ra", "si", "tu", "wa", "yo", "ha", "je", "ko"]
+
+
+def _message(i: int, rnd: random.Random) -> str:
+    def name() -> str:
+        return "".join(rnd.choice(_SYLLABLES) for _ in range(3)).capitalize()
+
+    birth = f"19{rnd.randint(40, 99)}{rnd.randint(1, 12):02d}{rnd.randint(1, 28):02d}"
+    lines = [
+        f"MSH|^~\\&|LIS|LAB_BENCH|HUB|KEMKES|20261101083000+0700||ORU^R01^ORU_R01|B{i}|P|2.5.1",
+        f"PID|1||MRN{i}^^^LAB_BENCH^MR||{name()}^{name()}||{birth}|{rnd.choice('MF')}",
+        f"OBR|1|ORD{i}|FIL{i}|24323-8^Comprehensive metabolic panel^LN|||20261101070000+0700",
+    ]
+    for k in range(1, 11):
+        value = round(rnd.uniform(1, 99), 1)
+        lines.append(f"OBX|{k}|NM|{2000 + k}-{k % 10}^Analyte {k}^LN||{value}|mg/dL|1.0-99.0|N|||F")
+    return "\r".join(lines) + "\r"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench pipeline")
+    parser.add_argument("-n", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--url", default="", help="database URL (default: a temporary SQLite file)")
+    parser.add_argument("--profile", action="store_true", help="print the top of a cProfile by own time")
+    args, _ = parser.parse_known_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.url or f"sqlite:///{Path(tmp) / 'bench.db'}"
+        upgrade(url)
+        engine = make_engine(url)
+        intake = Intake(engine, Settings(var_dir=Path(tmp)))
+        rnd = random.Random(7)
+        ids = [intake.accept(_message(i, rnd).encode()).message_id for i in range(args.n)]
+        profiler = cProfile.Profile() if args.profile else None
+        cpu, wall = time.process_time(), time.perf_counter()
+        if profiler:
+            profiler.enable()
+        states: dict[str, int] = {}
+        for start in range(0, len(ids), args.batch):
+            with session_scope(engine) as session:
+                for outcome in pipeline.process_batch(
+                    session, [i for i in ids[start : start + args.batch] if i]
+                ):
+                    states[outcome.state] = states.get(outcome.state, 0) + 1
+        if profiler:
+            profiler.disable()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        engine.dispose()
+    print(
+        f"pipeline ({'PostgreSQL' if url.startswith('postgresql') else 'SQLite'}): {args.n} ORU^R01, "
+        f"batches of {args.batch}: {cpu / args.n * 1000:.1f} ms CPU per message, "
+        f"{args.n / wall:.0f} msgs/s wall (one worker), outcomes {states}"
+    )
+    if profiler:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    return 0 if states.get("processed") == args.n else 1
