@@ -3,17 +3,21 @@ dependency do, at the boundary."""
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from hub.config import get_settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -156,3 +160,30 @@ def write_turn(engine: Engine, *, urgent: bool = False) -> Iterator[None]:
         gate = _gates.setdefault(str(engine.url.database), WriteGate())
     with gate.hold(urgent=urgent):
         yield
+
+
+TRANSIENT_SQLSTATES = ("40P01", "40001")  # deadlock detected, serialization failure
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that a retry of the whole transaction can cure (PostgreSQL picked this
+    transaction as a deadlock victim, or a serialization conflict)."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) in TRANSIENT_SQLSTATES
+
+
+def retry_transient(work: Callable[[], T], attempts: int = 3) -> T:
+    """Run ``work`` (one whole transaction) again when it fails transiently, up to ``attempts`` times."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except Exception as exc:
+            if attempt == attempts or not is_transient(exc):
+                raise
+            log.warning(
+                "transaction failed transiently (%s); retry %d of %d",
+                type(exc).__name__,
+                attempt,
+                attempts - 1,
+            )
+    raise AssertionError("unreachable")

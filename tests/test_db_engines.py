@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from sqlalchemy import text
 
 from hub.db import WriteGate, make_engine, processing_engine
@@ -55,3 +56,29 @@ def test_write_gate_lets_the_urgent_writer_go_first() -> None:
     for t in (first, worker, intake):
         t.join(5)
     assert order == ["worker-1", "intake", "worker-2"]
+
+
+def test_transient_failures_are_retried_and_others_are_not() -> None:
+    """A deadlock victim (SQLSTATE 40P01) is retried as a whole; any other error surfaces at once."""
+    from sqlalchemy.exc import OperationalError
+
+    from hub.db import retry_transient
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("SELECT 1", {}, Deadlock())
+        return "done"
+
+    assert retry_transient(flaky) == "done" and len(calls) == 3
+
+    def broken() -> None:
+        raise OperationalError("SELECT 1", {}, ValueError("no such table"))
+
+    with pytest.raises(OperationalError):
+        retry_transient(broken)

@@ -62,11 +62,14 @@ def _engine() -> Engine:
 
 
 def _process(ids: Sequence[int]) -> None:
-    from hub.db import session_scope
+    from hub.db import retry_transient, session_scope
     from hub.pipeline import process_batch
 
-    with session_scope(_engine()) as session:
-        process_batch(session, ids)
+    def work() -> None:
+        with session_scope(_engine()) as session:
+            process_batch(session, ids)
+
+    retry_transient(work)
 
 
 class CeleryDispatcher:

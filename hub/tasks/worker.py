@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select
 
-from hub.db import is_sqlite, session_scope, write_turn
+from hub.db import is_sqlite, retry_transient, session_scope, write_turn
 from hub.pipeline import process_batch
 from hub.store.models import InboundMessage
 
@@ -92,9 +92,12 @@ class InProcessWorker:
                     chunk, ids = ids[:step], ids[step:]
                     started = time.perf_counter()
                     try:
-                        with write_turn(self.engine), session_scope(self.engine) as session:
-                            outcomes = process_batch(session, chunk)
-                        self.processed += len(outcomes)
+
+                        def work(chunk: list[int] = chunk) -> int:
+                            with write_turn(self.engine), session_scope(self.engine) as session:
+                                return len(process_batch(session, chunk))
+
+                        self.processed += retry_transient(work)
                     except Exception:  # a broken batch stays 'received'; the sweeper brings it back
                         log.exception("worker batch of %d message(s) failed", len(chunk))
                     per_message = (time.perf_counter() - started) * 1000 / len(chunk)
