@@ -273,9 +273,11 @@ def load(engine: Engine, items: Iterator[dict[str, Any]], batch: int = 2000) -> 
                 print(f"  loaded {total:,}", flush=True)
     if buf:
         flush()
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("ANALYZE"))
+    if engine.dialect.name == "postgresql":
+        # VACUUM as well as ANALYZE: searches answer from index-only scans, which need the visibility map
+        # that autovacuum keeps on a store in service (a freshly bulk-loaded table has none yet).
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE"))
     return total
 
 
