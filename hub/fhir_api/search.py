@@ -878,7 +878,7 @@ def everything(session: Session, eq: EverythingQuery) -> Page:
     if len(rows) > eq.count:
         rows = rows[: eq.count]
         next_cursor = encode_cursor([rows[-1].resource_type, rows[-1].id])
-    matches = [Row(r.resource_type, r.id, r.content) for r in rows]
+    matches = [Row(rtype, rid, content) for rtype, rid, content in rows]  # unpacking beats by-name access
     included = _referenced(session, matches)
     total = len(matches) if eq.cursor is None and next_cursor is None else None
     return Page(matches, included, total, next_cursor)
@@ -888,11 +888,9 @@ def _referenced(session: Session, matches: list[Row]) -> list[Row]:
     """Practitioners, organisations, locations … that the page's resources point at, found by scanning
     the stored bytes (compact orjson, so every reference reads ``"reference":"Type/id"``) rather than by
     one index probe per resource."""
-    wanted: set[tuple[str, str]] = set()
-    for row in matches:
-        for m in _REFERENCE_RE.finditer(row.content):
-            wanted.add((m.group(1).decode(), m.group(2).decode()))
-    return _fetch(session, wanted)
+    # One scan over the page's bytes (a newline cannot occur inside compact JSON's strings).
+    found = _REFERENCE_RE.findall(b"\n".join(row.content for row in matches))
+    return _fetch(session, {(t.decode(), i.decode()) for t, i in set(found)})
 
 
 # --- history ------------------------------------------------------------------------------------------
