@@ -63,10 +63,13 @@ class Figures:
     resources: int
     load_s: float
     timings: dict[str, list[float]]
+    machine_load: tuple[float, float] = (float("nan"), float("nan"))  # 1-minute load average, start / end
 
     def report(self) -> str:
         lines = [
             f"{self.resources:,} resources, loaded in {self.load_s:.1f} s ({self.resources / self.load_s:,.0f}/s)",
+            f"machine load (1-minute average) while measuring: {self.machine_load[0]:.2f} -> "
+            f"{self.machine_load[1]:.2f} on {os.cpu_count()} CPUs",
             f"{'query':<44} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}",
         ]
         for name, values in self.timings.items():
@@ -440,8 +443,10 @@ def run(
             var_dir = Path(tmp) / "var"
             token = issue_token(Settings(var_dir=var_dir, database_url=url), "clinician")
             with serve(url, var_dir) as base:
+                before = os.getloadavg()[0]
                 timings = measure(base, token, patients, resources, repeats, page)
-    return Figures(loaded, load_s, timings)
+                after = os.getloadavg()[0]
+    return Figures(loaded, load_s, timings, (before, after))
 
 
 @contextmanager
