@@ -69,6 +69,12 @@ def make_engine(url: str, *, read_only: bool = False, durable: bool = True, **kw
             conn.exec_driver_sql(begin_sql)
 
         return engine
+    if read_only and url.startswith("postgresql"):
+        # The FHIR read path is short OLTP queries over data that lives in memory: no parallel workers
+        # (on a small machine their start-up costs more than a page of results), no JIT, and random
+        # reads priced as cached ones, so that ordered index scans win over bitmap scans plus a sort.
+        options = "-c max_parallel_workers_per_gather=0 -c jit=off -c random_page_cost=1.1"
+        kw.setdefault("connect_args", {"options": options})
     kw.setdefault("pool_size", 10)
     kw.setdefault("max_overflow", 20)
     # The read path skips the liveness ping (≈0.3 ms a read); a dropped connection is recycled instead.

@@ -22,7 +22,7 @@ from hub.fhir_api import search as fhir_search
 from hub.fhir_api import writes
 from hub.fhir_api.capability import capability_statement
 from hub.fhir_api.outcome import warnings_outcome
-from hub.fhir_api.sessions import read_scope, read_session, write_session
+from hub.fhir_api.sessions import read_connection, read_scope, read_session, write_session
 from hub.store import resources as store
 from hub.store.search_params import date_range, params_of
 
@@ -134,12 +134,11 @@ def search_type(
     resource_type: str,
     request: Request,
     principal: Principal = Depends(require_principal),
-    session: Session = Depends(read_session),
 ) -> Response:
     principal.require(resource_type, "s")
-    return _fhir(
-        run_search(session, request, principal, resource_type, list(request.query_params.multi_items()))
-    )
+    params = list(request.query_params.multi_items())
+    with read_scope(request) as session:
+        return _fhir(run_search(session, request, principal, resource_type, params))
 
 
 @router.post("/{resource_type}/_search")
@@ -166,7 +165,6 @@ def patient_everything(
     patient_id: str,
     request: Request,
     principal: Principal = Depends(require_principal),
-    session: Session = Depends(read_session),
 ) -> Response:
     principal.require("Patient", "r")
     qp = request.query_params
@@ -180,7 +178,8 @@ def patient_everything(
         start=_instant("start", qp.get("start")),
         end=_instant("end", qp.get("end"), upper=True),
     )
-    page = fhir_search.everything(session, eq)
+    with read_scope(request) as session:
+        page = fhir_search.everything(session, eq)
     page.matches = [row for row in page.matches if principal.allows(row.resource_type, "r")]
     page.included = [row for row in page.included if principal.allows(row.resource_type, "r")]
     base = _base(request)
@@ -275,7 +274,6 @@ def search_compartment(
     resource_type: str,
     request: Request,
     principal: Principal = Depends(require_principal),
-    session: Session = Depends(read_session),
 ) -> Response:
     """Patient compartment search (``Patient/{id}/Observation?code=…``): the type search with
     ``patient={id}``, so a golden Patient covers its linked sources here too."""
@@ -284,7 +282,8 @@ def search_compartment(
     if "patient" not in params_of(resource_type) or params_of(resource_type)["patient"].type != "reference":
         raise BadRequest(f"{resource_type} has no patient search parameter (not in the Patient compartment)")
     params = [("patient", f"Patient/{patient_id}"), *request.query_params.multi_items()]
-    return _fhir(run_search(session, request, principal, resource_type, params))
+    with read_scope(request) as session:
+        return _fhir(run_search(session, request, principal, resource_type, params))
 
 
 # --- read ---------------------------------------------------------------------------------------------
@@ -315,8 +314,8 @@ def read(
 ) -> Response:
     fhir_search.check_type(resource_type)
     principal.require(resource_type, "r")
-    with read_scope(request) as session:
-        content, version_id, last_updated = store.read_bytes(session, resource_type, rid)
+    with read_connection(request) as conn:
+        content, version_id, last_updated = store.read_bytes(conn, resource_type, rid)
     headers = {"ETag": f'W/"{version_id}"', "Last-Modified": _http_date(last_updated)}
     if _not_modified(request, version_id, last_updated):
         return Response(status_code=304, headers=headers)

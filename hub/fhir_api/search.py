@@ -31,6 +31,9 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    tuple_,
+    union,
+    union_all,
 )
 from sqlalchemy.orm import Session
 
@@ -461,15 +464,20 @@ def expand_patients(session: Session, ids: Iterable[str]) -> list[str]:
     ).scalars()
     out = list(ids)
     for content in rows:
-        if b'"seealso"' not in content:
-            continue
-        for link in orjson.loads(content).get("link") or []:
-            if link.get("type") == "seealso":
-                ref = (link.get("other") or {}).get("reference", "")
-                ttype, tid = parse_reference(ref)
-                if ttype == "Patient" and tid not in out:
-                    out.append(tid)
+        _add_linked_sources(out, content)
     return out
+
+
+def _add_linked_sources(out: list[str], content: bytes) -> None:
+    """Append to ``out`` the source Patients a golden Patient's stored bytes list as ``seealso``."""
+    if b'"seealso"' not in content:
+        return
+    for link in orjson.loads(content).get("link") or []:
+        if link.get("type") == "seealso":
+            ref = (link.get("other") or {}).get("reference", "")
+            ttype, tid = parse_reference(ref)
+            if ttype == "Patient" and tid not in out:
+                out.append(tid)
 
 
 def _chain(session: Session, rtype: str, param: SearchParam, modifier: str, chain: str, raw: str) -> Any:
@@ -600,6 +608,49 @@ def search(session: Session, q: Query) -> Page:
     if q.summary == "count" or q.count == 0:
         return Page([], [], total, None, q.issues)
 
+    if not q.sort or (len(q.sort) == 1 and q.sort[0][0] == "_id"):
+        stmt = _id_page(q, base_conds)
+    else:
+        stmt = _sorted_page(q, base_conds)
+    rows = session.execute(stmt).all()
+    next_cursor = None
+    if len(rows) > q.count:
+        rows = rows[: q.count]
+        next_cursor = encode_cursor([_plain(v) for v in rows[-1][2:]])
+    elif q.cursor is None and total is None:
+        total = len(rows)  # the whole result fits on the first page: its size is the total
+    matches = [Row(q.resource_type, r.id, r.content) for r in rows]
+    included = resolve_includes(session, matches, q.include, q.revinclude)
+    return Page(matches, included, total, next_cursor, q.issues)
+
+
+def _id_page(q: Query, base_conds: list[Any]) -> Any:
+    """A page in id order (the default): the ids first, from indexes alone (``ix_resource_live`` and the
+    covering probe indexes, walked in id order, no resource row read), then the content of those ids
+    only. One statement; the inner LIMIT keeps PostgreSQL from flattening the two steps."""
+    desc = bool(q.sort) and q.sort[0][1]
+    conds = list(base_conds)
+    if q.cursor is not None:
+        if len(q.cursor) != 1:
+            raise BadRequest("the paging cursor does not fit this search")
+        conds.append(R.id < q.cursor[0] if desc else R.id > q.cursor[0])
+    ids = (
+        select(R.id.label("id"))
+        .where(*conds)
+        .order_by(R.id.desc() if desc else R.id.asc())
+        .limit(q.count + 1)
+        .subquery("page_ids")
+    )
+    page = Resource.__table__.alias("page")
+    return (
+        select(page.c.id, page.c.content, page.c.id.label("k0"))
+        .join_from(page, ids, and_(page.c.resource_type == q.resource_type, page.c.id == ids.c.id))
+        .order_by(page.c.id.desc() if desc else page.c.id.asc())
+    )
+
+
+def _sorted_page(q: Query, base_conds: list[Any]) -> Any:
+    """A page under ``_sort``: the sort keys of every match, keyset-cut after the cursor."""
     keys: list[tuple[Any, bool]] = [(_sort_expr(q.resource_type, n, d), d) for n, d in q.sort]
     if not any(n == "_id" for n, _ in q.sort):
         keys.append((R.id, False))
@@ -617,16 +668,7 @@ def search(session: Session, q: Query) -> Page:
             ors.append(and_(*eqs, col < values[i] if desc else col > values[i]))
         stmt = stmt.where(or_(*ors))
     stmt = stmt.order_by(*(c.desc() if d else c.asc() for c, (_, d) in zip(kcols, keys, strict=True)))
-    rows = session.execute(stmt.limit(q.count + 1)).all()
-    next_cursor = None
-    if len(rows) > q.count:
-        rows = rows[: q.count]
-        next_cursor = encode_cursor([_plain(v) for v in rows[-1][2:]])
-    elif q.cursor is None and total is None:
-        total = len(rows)  # the whole result fits on the first page: its size is the total
-    matches = [Row(q.resource_type, r.id, r.content) for r in rows]
-    included = resolve_includes(session, matches, q.include, q.revinclude)
-    return Page(matches, included, total, next_cursor, q.issues)
+    return stmt.limit(q.count + 1)
 
 
 def _fetch(session: Session, keys: Iterable[tuple[str, str]]) -> list[Row]:
@@ -671,15 +713,15 @@ def resolve_includes(
     included: list[Row] = []
     frontier = matches
     for depth in range(MAX_ITERATE):
-        wanted: set[tuple[str, str]] = set()
+        wanted: list[Any] = []
         specs = [spec for spec, iterate in include if depth == 0 or iterate]
         if specs:
-            wanted |= _forward(session, frontier, specs)
+            wanted += _forward(frontier, specs)
         for spec, iterate in revinclude:
             if depth > 0 and not iterate:
                 continue
-            wanted |= _reverse(session, frontier, spec)
-        fresh = _fetch(session, wanted - seen)
+            wanted += _reverse(session, frontier, spec)
+        fresh = [r for r in _fetch_referenced(session, wanted) if (r.resource_type, r.id) not in seen]
         if not fresh:
             break
         seen |= {(r.resource_type, r.id) for r in fresh}
@@ -697,10 +739,25 @@ def _include_spec(spec: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2] if len(parts) > 2 else ""
 
 
-def _forward(session: Session, frontier: list[Row], specs: list[str]) -> set[tuple[str, str]]:
-    """Targets of the frontier's references named by the _include specs: one query per source type."""
+def _fetch_referenced(session: Session, wanted: list[Any]) -> list[Row]:
+    """The resources whose (type, id) the ``wanted`` selects list, in one round trip."""
+    if not wanted:
+        return []
+    compound: Any = union  # (typed Any: mypy 2.4 crashes inferring union()'s generic row type)
+    pairs = wanted[0] if len(wanted) == 1 else compound(*wanted)
+    stmt = (
+        select(R.resource_type, R.id, R.content)
+        .where(tuple_(R.resource_type, R.id).in_(pairs), R.deleted.is_(False))
+        .order_by(R.resource_type, R.id)
+    )
+    return [Row(r.resource_type, r.id, r.content, "include") for r in session.execute(stmt)]
+
+
+def _forward(frontier: list[Row], specs: list[str]) -> list[Any]:
+    """Selects of the (type, id) targets of the frontier's references named by the _include specs
+    (one per source type; read off ``ix_search_reference_probe``)."""
     parsed = [(spec, *_include_spec(spec)) for spec in specs]
-    out: set[tuple[str, str]] = set()
+    out: list[Any] = []
     by_type: dict[str, list[str]] = {}
     for r in frontier:
         by_type.setdefault(r.resource_type, []).append(r.id)
@@ -725,13 +782,14 @@ def _forward(session: Session, frontier: list[Row], specs: list[str]) -> set[tup
             SearchReference.target_type != "",
             or_(*ors),
         )
-        out |= {(t, i) for t, i in session.execute(stmt)}
+        out.append(stmt)
     return out
 
 
-def _reverse(session: Session, frontier: list[Row], spec: str) -> set[tuple[str, str]]:
+def _reverse(session: Session, frontier: list[Row], spec: str) -> list[Any]:
+    """Selects of the (type, id) of resources that reference the frontier through ``spec``."""
     src_type, pname, target = _include_spec(spec)
-    out: set[tuple[str, str]] = set()
+    out: list[Any] = []
     by_type: dict[str, list[str]] = {}
     for r in frontier:
         by_type.setdefault(r.resource_type, []).append(r.id)
@@ -747,7 +805,7 @@ def _reverse(session: Session, frontier: list[Row], spec: str) -> set[tuple[str,
             stmt = stmt.where(SearchReference.resource_type == src_type)
         if pname != "*":
             stmt = stmt.where(SearchReference.param == pname)
-        out |= {(t, i) for t, i in session.execute(stmt)}
+        out.append(stmt)
     return out
 
 
@@ -771,15 +829,18 @@ class EverythingQuery:
 
 
 def everything(session: Session, eq: EverythingQuery) -> Page:
-    row = session.execute(
-        select(R.deleted).where(R.resource_type == "Patient", R.id == eq.patient_id)
-    ).scalar_one_or_none()
-    if row is None:
+    """One page of the compartment in (type, id) order: a Merge Append of one ``ix_resource_compartment``
+    range scan per member Patient, so a page reads its own rows only (no sort over the compartment)."""
+    patient = session.execute(
+        select(R.deleted, R.content).where(R.resource_type == "Patient", R.id == eq.patient_id)
+    ).first()
+    if patient is None:
         raise NotFound(f"Patient/{eq.patient_id} is not known")
-    if row:
+    if patient.deleted:
         raise Gone(f"Patient/{eq.patient_id} was deleted")
-    members = expand_patients(session, [eq.patient_id])
-    conds: list[Any] = [R.patient_id.in_(members), R.deleted.is_(False)]
+    members = [eq.patient_id]
+    _add_linked_sources(members, patient.content)
+    conds: list[Any] = [R.deleted.is_(False)]
     if eq.types:
         conds.append(R.resource_type.in_(eq.types))
     if eq.since is not None:
@@ -805,20 +866,20 @@ def everything(session: Session, eq: EverythingQuery) -> Page:
     if eq.cursor is not None:
         if len(eq.cursor) != 2:
             raise BadRequest("the paging cursor does not fit this operation")
-        ct, ci = eq.cursor
-        conds.append(or_(R.resource_type > ct, and_(R.resource_type == ct, R.id > ci)))
-    stmt = (
-        select(R.resource_type, R.id, R.content)
-        .where(*conds)
-        .order_by(R.resource_type, R.id)
-        .limit(eq.count + 1)
-    )
+        # A row comparison: an index condition of the range scan, not a filter over skipped rows.
+        conds.append(tuple_(R.resource_type, R.id) > tuple_(literal(eq.cursor[0]), literal(eq.cursor[1])))
+    parts = [select(R.resource_type, R.id, R.content).where(R.patient_id == m, *conds) for m in members]
+    if len(parts) == 1:
+        stmt = parts[0].order_by(R.resource_type, R.id).limit(eq.count + 1)
+    else:
+        merged = union_all(*parts).subquery("compartment")
+        stmt = select(merged).order_by(merged.c.resource_type, merged.c.id).limit(eq.count + 1)
     rows = session.execute(stmt).all()
     next_cursor = None
     if len(rows) > eq.count:
         rows = rows[: eq.count]
         next_cursor = encode_cursor([rows[-1].resource_type, rows[-1].id])
-    matches = [Row(r.resource_type, r.id, r.content) for r in rows]
+    matches = [Row(rtype, rid, content) for rtype, rid, content in rows]  # unpacking beats by-name access
     included = _referenced(session, matches)
     total = len(matches) if eq.cursor is None and next_cursor is None else None
     return Page(matches, included, total, next_cursor)
@@ -828,11 +889,9 @@ def _referenced(session: Session, matches: list[Row]) -> list[Row]:
     """Practitioners, organisations, locations … that the page's resources point at, found by scanning
     the stored bytes (compact orjson, so every reference reads ``"reference":"Type/id"``) rather than by
     one index probe per resource."""
-    wanted: set[tuple[str, str]] = set()
-    for row in matches:
-        for m in _REFERENCE_RE.finditer(row.content):
-            wanted.add((m.group(1).decode(), m.group(2).decode()))
-    return _fetch(session, wanted)
+    # One scan over the page's bytes (a newline cannot occur inside compact JSON's strings).
+    found = _REFERENCE_RE.findall(b"\n".join(row.content for row in matches))
+    return _fetch(session, {(t.decode(), i.decode()) for t, i in set(found)})
 
 
 # --- history ------------------------------------------------------------------------------------------

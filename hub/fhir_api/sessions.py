@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from hub.db import get_engine, get_read_engine
@@ -38,14 +38,22 @@ def write_session(request: Request) -> Iterator[Session]:
 
 @contextmanager
 def read_scope(request: Request) -> Iterator[Session]:
-    """``read_session`` as a context manager, for the hot read route: opened and closed in the route's
-    own worker thread instead of two extra thread-pool hops of a generator dependency."""
+    """``read_session`` as a context manager, for the hot search routes: opened and closed in the
+    route's own worker thread instead of two extra thread-pool hops of a generator dependency."""
     session = Session(bind=_engines(request)[1])
     try:
         yield session
     finally:
         session.rollback()
         session.close()
+
+
+@contextmanager
+def read_connection(request: Request) -> Iterator[Connection]:
+    """A Core connection of the read engine for the single-statement read route (no ORM session);
+    closing it returns it to the pool, which rolls its transaction back."""
+    with _engines(request)[1].connect() as conn:
+        yield conn
 
 
 def read_session(request: Request) -> Iterator[Session]:

@@ -145,7 +145,9 @@ class SearchToken(Base):
     __tablename__ = "search_token"
     __table_args__ = (
         Index("ix_search_token_value", "resource_type", "param", "code", "system", "resource_id"),
-        Index("ix_search_token_resource", "resource_type", "resource_id"),
+        # Probing one resource's values (a criterion tested per candidate, rewriting a resource's rows):
+        # covering, so the probe is an index-only scan.
+        Index("ix_search_token_probe", "resource_type", "resource_id", "param", "code", "system"),
     )
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
@@ -189,7 +191,7 @@ class SearchDate(Base):
     __tablename__ = "search_date"
     __table_args__ = (
         Index("ix_search_date_value", "resource_type", "param", "low", "high", "resource_id"),
-        Index("ix_search_date_resource", "resource_type", "resource_id"),
+        Index("ix_search_date_probe", "resource_type", "resource_id", "param", "low", "high"),
     )
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
@@ -210,7 +212,10 @@ class SearchReference(Base):
         Index(
             "ix_search_reference_target", "target_id", "target_type", "param", "resource_type", "resource_id"
         ),
-        Index("ix_search_reference_resource", "resource_type", "resource_id"),
+        # Probing and _include (the targets of given resources) as index-only scans.
+        Index(
+            "ix_search_reference_probe", "resource_type", "resource_id", "param", "target_type", "target_id"
+        ),
     )
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
@@ -281,6 +286,15 @@ class SearchUri(Base):
 
 # $everything pages a patient compartment in (resource_type, id) order straight off this index.
 Index("ix_resource_compartment", Resource.patient_id, Resource.resource_type, Resource.id)
+# The live rows of a type in id order: a search finds its page of ids with index-only scans (the predicate
+# matches the ``deleted IS false`` every search carries) and reads the content of that page only.
+Index(
+    "ix_resource_live",
+    Resource.resource_type,
+    Resource.id,
+    postgresql_where=Resource.deleted.is_(False),
+    sqlite_where=Resource.deleted.is_(False),
+)
 # ---------------------------------------------------------------------------------------------------------
 # end of the search index section
 # ---------------------------------------------------------------------------------------------------------

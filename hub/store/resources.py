@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from hub.errors import Gone, NotFound
@@ -243,13 +243,16 @@ def delete(session: Session, resource_type: str, rid: str, *, message_id: int | 
     return Written(resource_type, rid, current.version_id, True)
 
 
-def read_bytes(session: Session, resource_type: str, rid: str) -> tuple[bytes, int, datetime]:
-    """The stored JSON of the current version, its version id and last update (404/410 as errors)."""
-    row = session.execute(
-        select(Resource.content, Resource.version_id, Resource.last_updated, Resource.deleted).where(
-            Resource.resource_type == resource_type, Resource.id == rid
-        )
-    ).first()
+# Built once: the hot read path skips constructing (and cache-keying) a new statement per request.
+_READ = select(Resource.content, Resource.version_id, Resource.last_updated, Resource.deleted).where(
+    Resource.resource_type == bindparam("rtype"), Resource.id == bindparam("rid")
+)
+
+
+def read_bytes(session: Session | Connection, resource_type: str, rid: str) -> tuple[bytes, int, datetime]:
+    """The stored JSON of the current version, its version id and last update (404/410 as errors).
+    Takes a Core ``Connection`` too (the read route), which skips the ORM's execution layer."""
+    row = session.execute(_READ, {"rtype": resource_type, "rid": rid}).first()
     if row is None:
         raise NotFound(f"{resource_type}/{rid} is not known")
     if row.deleted:
