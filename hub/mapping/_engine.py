@@ -795,7 +795,116 @@ def make_getter(ref: PathRef, own: str) -> Getter:
 IdFunction = Callable[[Runtime, int], "str | None"]
 
 
+def _local_value_lines(var: str, ref: PathRef, indent: str) -> list[str]:
+    """Generated text of the ``local`` getter of :func:`make_getter` for ``ref`` (field numbers only),
+    reading the own segment's ``fields``/``nf`` and marking ``used``; the value ends up in ``var``."""
+    n, comp, sub = int(ref.field), int(ref.component), int(ref.subcomponent)
+    lines = [
+        f"{var} = fields[{n}] if nf > {n} else ''",
+        f"if {var}:",
+        f"    used.add({n})",
+        f"    if rsep in {var}:",
+        f"        {var} = {var}.split(rsep, 1)[0]",
+    ]
+    if comp:
+        lines += [f"    _p = {var}.split(csep)", f"    {var} = _p[{comp - 1}] if len(_p) >= {comp} else ''"]
+    else:
+        lines.append(f"    {var} = {var}.split(csep, 1)[0]")
+    if sub:
+        lines += [
+            "    if ssep:",
+            f"        _p = {var}.split(ssep)",
+            f"        {var} = _p[{sub - 1}] if len(_p) >= {sub} else ''",
+        ]
+    else:
+        lines += [f"    if ssep and ssep in {var}:", f"        {var} = {var}.split(ssep, 1)[0]"]
+    lines += [
+        f"    if esc and esc in {var}:",
+        f"        {var} = unescape({var}, enc)",
+        f"    {var} = {var}.strip()",
+    ]
+    return [indent + line for line in lines]
+
+
 def compile_id(resource: str, rules: list[CompiledIdRule], own: str) -> IdFunction:
+    """:func:`compute_id` for one segment map as one generated function: the key values of the own
+    segment read inline, other segments' values through their cached getters. Only field numbers and
+    the validated scope reach the generated text; the resource name and functions are bound."""
+    slow = _compile_id_closures(resource, rules, own)
+    namespace: dict[str, Any] = {
+        "RES": resource,
+        "OWN": own,
+        "slow": slow,
+        "resource_id": resource_id,
+        "key_id": key_id,
+        "message_key": message_key,
+        "unescape": unescape,
+    }
+    lines = [
+        "def compute(rt, index):",
+        "    seg = rt.segments[index]",
+        "    if seg.name != OWN:",
+        "        return slow(rt, index)",
+        "    fields = seg.fields",
+        "    nf = len(fields)",
+        "    used = rt.used[index]",
+        "    enc = rt.enc",
+        "    rsep, csep, ssep, esc = enc.repetition, enc.component, enc.subcomponent, enc.escape",
+    ]
+    local_ok = own != "MSH"
+    for r, rule in enumerate(rules):
+        if rule.function is not None:
+            namespace[f"F{r}"] = rule.function
+            lines += [
+                f"    parts = F{r}(index, rt)",
+                "    if parts is not None:",
+                "        if len(parts) == 1 and parts[0].startswith('='):",
+                "            return str(parts[0][1:])",
+            ]
+            body = "parts"
+            indent = "        "
+        else:
+            if not rule.keys:
+                continue
+            names: list[str] = []
+            for k, ref in enumerate([*rule.keys, *rule.extra]):
+                var = f"v{r}_{k}"
+                names.append(var)
+                indent = "    " if k < len(rule.keys) else "        "
+                if k == len(rule.keys):
+                    lines.append(f"    if {' and '.join(names[: len(rule.keys)])}:")
+                if local_ok and ref.segment == own:
+                    lines += _local_value_lines(var, ref, indent)
+                else:
+                    namespace[f"G{r}_{k}"] = make_getter(ref, own)
+                    lines.append(f"{indent}{var} = G{r}_{k}(rt, index)")
+            if not rule.extra:
+                lines.append(f"    if {' and '.join(names)}:")
+            indent = "        "
+            values = ", ".join(names)
+            if rule.scope == "facility":
+                lines.append(f"{indent}return resource_id(RES, rt.ctx.facility, {values})")
+                continue
+            if rule.scope == "patient":
+                lines.append(f"{indent}return resource_id(RES, rt.patient_id_at(index), {values})")
+                continue
+            lines.append(f"{indent}parts = ({values},)")
+            body = "parts"
+        if rule.scope == "facility":
+            lines.append(f"{indent}return key_id(RES, (rt.ctx.facility, *{body}))")
+        elif rule.scope == "patient":
+            lines.append(f"{indent}return key_id(RES, (rt.patient_id_at(index), *{body}))")
+        elif rule.scope == "message":
+            lines.append(f"{indent}return key_id(RES, (*message_key(rt), *{body}))")
+        else:
+            lines.append(f"{indent}return key_id(RES, {body})")
+    lines.append("    return None")
+    exec(compile("\n".join(lines), f"<id of {resource} from {own}>", "exec"), namespace)
+    compute: IdFunction = namespace["compute"]
+    return compute
+
+
+def _compile_id_closures(resource: str, rules: list[CompiledIdRule], own: str) -> IdFunction:
     """:func:`compute_id` for one segment map as a closure over getters of its key paths."""
     plans: list[tuple[Any, tuple[Getter, ...], tuple[Getter, ...], str]] = [
         (
