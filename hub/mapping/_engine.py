@@ -171,6 +171,10 @@ class CompiledField:
     emit_fallbacks: Callable[[Runtime, int, dict[str, Any]], None] | None = None
     # For a multi-input function on the own segment: writes the result for the raw input fields.
     write_inputs: Callable[[Runtime, int, dict[str, Any], list[str]], None] | None = None
+    # For a field of the own segment: the value of one picked piece (conversion, vocabulary), and the
+    # token under which codes are remembered per maps (None: not remembered); see specialize.
+    code_value: Callable[[Runtime, str, int, PathRef, Encoding], Any] | None = None
+    coded: object | None = None
 
 
 @dataclass(slots=True)
@@ -668,6 +672,8 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
 
     f.emit = emit
     f.emit_fallbacks = run_fallbacks if fallbacks else None
+    f.code_value = _code_value
+    f.coded = coded
     return run_local
 
 
@@ -1000,13 +1006,144 @@ def merge_into(target: dict[str, Any], source: dict[str, Any]) -> None:
             target[key] = value
 
 
+def _emit_lines(i: int, f: CompiledField, namespace: dict[str, Any]) -> list[str]:
+    """Generated text of ``emit`` (see :func:`specialize`) for the own-segment field ``f`` of a fill
+    function, specialised on what the map fixes (repetitions, component, conversion, target shape).
+    Reads ``raw``; only field/component numbers reach the text, everything else is bound."""
+    src = f.sources[0]
+    comp, sub = int(src.component), int(src.subcomponent)
+    steps, with_ = f.steps, f.with_
+    simple = f.simple if with_ is None else None
+    choice = steps[0][0] if len(steps) == 1 and steps[0][1] == "[x]" and with_ is None else None
+    append = steps[0][0] if len(steps) == 1 and steps[0][1] == "[]" and not with_ else None
+    namespace.update(
+        {
+            f"target{i}": f.target,
+            f"src{i}": src,
+            f"srctext{i}": src.text,
+            f"code{i}": f.code_value,
+            f"coded{i}": f.coded,
+            f"steps{i}": steps,
+            f"with{i}": with_,
+            f"transform{i}": f.transform,
+            f"args{i}": f.args,
+            f"simple{i}": simple,
+            f"choice{i}": choice,
+            f"append{i}": append,
+        }
+    )
+    if f.whole_field:
+        reps = "(raw,)"
+    elif f.repeat:
+        reps = "(raw.split(rsep) if rsep in raw else (raw,))"
+    else:
+        reps = "((raw.split(rsep, 1)[0] if rsep in raw else raw),)"
+    out = [
+        "if raw == NULL:",
+        f"    rt.nulls.append((res, target{i}, srctext{i}))",
+        "else:",
+        f"  for piece in {reps}:",
+        "    if not piece or piece == NULL:",
+        "        continue",
+    ]
+    level = 0
+    if comp:
+        out += [
+            "    comps = piece.split(csep)",
+            f"    if {comp} > len(comps):",
+            "        continue",
+            f"    piece = comps[{comp - 1}]",
+        ]
+        level = 1
+        if sub:
+            out += [
+                "    subs = piece.split(ssep) if ssep else [piece]",
+                f"    piece = subs[{sub - 1}] if {sub} <= len(subs) else ''",
+            ]
+            level = 2
+        out += ["    if not piece:", "        continue"]
+    if f.coded is not None:
+        out += [
+            f"    key = (coded{i}, piece, {level}, srctext{i}, mkey)",
+            "    value = memo.get(key)",
+            "    if value is not None:",
+            "        if value.__class__ in NESTED:",
+            "            value = clone(value)",
+            "    else:",
+            f"        value = code{i}(rt, piece, {level}, src{i}, enc)",
+            "        if value is None:",
+            "            continue",
+            "        if value.__class__ in MEMO_TYPES:",
+            "            if len(memo) > MEMO_MAX:",
+            "                memo.clear()",
+            "            memo[key] = clone(value) if value.__class__ in NESTED else value",
+        ]
+    else:
+        out += [
+            f"    value = code{i}(rt, piece, {level}, src{i}, enc)",
+            "    if value is None:",
+            "        continue",
+        ]
+    if f.transform is not None:
+        out.append(f"    value = transform{i}(value, rt, args{i})")
+    out.append("    cls = value.__class__")
+    if choice is not None:
+        out += [
+            "    if cls is Choice:",
+            "        inner = value.value",
+            "        if inner is not None and (inner.__class__ not in CONTAINERS or inner):",
+            f"            put_choice(res, choice{i}, value.type, inner)",
+            "        continue",
+        ]
+    else:
+        out += ["    if cls is Choice:", "        pass"]
+    if simple is not None:
+        out += [
+            "    elif cls not in CONTAINERS or value:",
+            f"        res[simple{i}] = value",
+            "        continue",
+            "    else:",
+            "        continue",
+        ]
+    elif append is not None:
+        out += [
+            "    elif cls is not list:",
+            "        if cls not in CONTAINERS or value:",
+            f"            items = res.get(append{i})",
+            "            if items is None:",
+            f"                res[append{i}] = [value]",
+            "            elif value not in items:",
+            "                items.append(value)",
+            "        continue",
+        ]
+    out.append(f"    set_value(res, steps{i}, value, with{i})")
+    return out
+
+
 def compile_plan(smap: CompiledSegmentMap) -> None:
     """The immediate fields of a segment map as one generated function (the field runners in map order,
     each behind a test of the own-segment fields that feed it), and its deferred (reference) fields.
     Only names from the map (field numbers) reach the generated text; the runners are bound, not
     written out."""
-    namespace: dict[str, Any] = {}
-    lines = ["def fill(rt, index, res, fields, nf):"]
+    namespace: dict[str, Any] = {
+        "NULL": EXPLICIT_NULL,
+        "Choice": Choice,
+        "CONTAINERS": _CONTAINERS,
+        "NESTED": _NESTED,
+        "MEMO_TYPES": _MEMO_TYPES,
+        "MEMO_MAX": MEMO_MAX,
+        "clone": _clone,
+        "put_choice": put_choice,
+        "set_value": set_value,
+    }
+    lines = [
+        "def fill(rt, index, res, fields, nf):",
+        "    used = rt.used[index]",
+        "    enc = rt.enc",
+        "    rsep, csep, ssep = enc.repetition, enc.component, enc.subcomponent",
+        "    memo = rt.maps.memo",
+        "    mkey = rt.memo_key",
+    ]
     for i, f in enumerate(smap.fields):
         if f.deferred:
             continue
@@ -1029,11 +1166,10 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
             lines.append(f"    res[key{i}] = const{i}")
         elif f.emit is not None and f.run is not None:
             n = int(f.sources[0].field)
-            namespace[f"emit{i}"], namespace[f"src{i}"] = f.emit, f.sources[0]
             lines.append(f"    raw = fields[{n}] if nf > {n} else ''")
             lines.append("    if raw:")
-            lines.append(f"        rt.used[index].add({n})")
-            lines.append(f"        emit{i}(rt, res, raw, src{i})")
+            lines.append(f"        used.add({n})")
+            lines += ["        " + line for line in _emit_lines(i, f, namespace)]
             if f.emit_fallbacks is not None:
                 namespace[f"fallbacks{i}"] = f.emit_fallbacks
                 lines.append("    else:")
