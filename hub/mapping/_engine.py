@@ -856,6 +856,8 @@ def compile_id(resource: str, rules: list[CompiledIdRule], own: str) -> IdFuncti
         "    used = rt.used[index]",
         "    enc = rt.enc",
         "    rsep, csep, ssep, esc = enc.repetition, enc.component, enc.subcomponent, enc.escape",
+        "    nearest = rt.nearest",
+        "    values = rt._values",
     ]
     local_ok = own != "MSH"
     for r, rule in enumerate(rules):
@@ -879,10 +881,21 @@ def compile_id(resource: str, rules: list[CompiledIdRule], own: str) -> IdFuncti
                 indent = "    " if k < len(rule.keys) else "        "
                 if k == len(rule.keys):
                     lines.append(f"    if {' and '.join(names[: len(rule.keys)])}:")
+                namespace[f"G{r}_{k}"] = make_getter(ref, own)
                 if local_ok and ref.segment == own:
                     lines += _local_value_lines(var, ref, indent)
+                elif ref.segment != own:
+                    # The ``other`` getter: the governing segment's value from the per-message cache.
+                    namespace[f"S{r}_{k}"], namespace[f"T{r}_{k}"] = ref.segment, ref.text
+                    lines += [
+                        f"{indent}j = nearest(index, S{r}_{k})",
+                        f"{indent}{var} = values.get((j, T{r}_{k}))",
+                        f"{indent}if {var} is None:",
+                        f"{indent}    {var} = G{r}_{k}(rt, index)",
+                        f"{indent}else:",
+                        f"{indent}    rt.used[j].add({int(ref.field)})",
+                    ]
                 else:
-                    namespace[f"G{r}_{k}"] = make_getter(ref, own)
                     lines.append(f"{indent}{var} = G{r}_{k}(rt, index)")
             if not rule.extra:
                 lines.append(f"    if {' and '.join(names)}:")
@@ -1006,11 +1019,11 @@ def merge_into(target: dict[str, Any], source: dict[str, Any]) -> None:
             target[key] = value
 
 
-def _emit_lines(i: int, f: CompiledField, namespace: dict[str, Any]) -> list[str]:
-    """Generated text of ``emit`` (see :func:`specialize`) for the own-segment field ``f`` of a fill
-    function, specialised on what the map fixes (repetitions, component, conversion, target shape).
-    Reads ``raw``; only field/component numbers reach the text, everything else is bound."""
-    src = f.sources[0]
+def _emit_lines(i: str, f: CompiledField, src: PathRef, namespace: dict[str, Any]) -> list[str]:
+    """Generated text of ``emit`` (see :func:`specialize`) for field ``f`` read from ``src`` (its path
+    or a fallback) in a fill function, specialised on what the map fixes (repetitions, component,
+    conversion, target shape). Reads ``raw``; only field/component numbers and the tag ``i`` (digits
+    and ``_``) reach the text, everything else is bound."""
     comp, sub = int(src.component), int(src.subcomponent)
     steps, with_ = f.steps, f.with_
     simple = f.simple if with_ is None else None
@@ -1143,6 +1156,7 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
         "    rsep, csep, ssep = enc.repetition, enc.component, enc.subcomponent",
         "    memo = rt.maps.memo",
         "    mkey = rt.memo_key",
+        "    raw_at = rt.raw_at",
     ]
     for i, f in enumerate(smap.fields):
         if f.deferred:
@@ -1169,11 +1183,15 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
             lines.append(f"    raw = fields[{n}] if nf > {n} else ''")
             lines.append("    if raw:")
             lines.append(f"        used.add({n})")
-            lines += ["        " + line for line in _emit_lines(i, f, namespace)]
-            if f.emit_fallbacks is not None:
-                namespace[f"fallbacks{i}"] = f.emit_fallbacks
-                lines.append("    else:")
-                lines.append(f"        fallbacks{i}(rt, index, res)")
+            lines += ["        " + line for line in _emit_lines(str(i), f, f.sources[0], namespace)]
+            indent = "    "
+            for k, ref in enumerate(f.sources[1:]):  # e.g. OBX-3 empty: OBR-4
+                namespace[f"fb{i}_{k}"] = ref
+                lines.append(f"{indent}else:")
+                lines.append(f"{indent}    raw = raw_at(fb{i}_{k}, index)[0]")
+                lines.append(f"{indent}    if raw:")
+                lines += [f"{indent}        " + line for line in _emit_lines(f"{i}_{k}", f, ref, namespace)]
+                indent += "    "
         elif f.write_inputs is not None and f.run is not None:
             names = []
             for k, ref in enumerate(f.inputs):
