@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 from hub.errors import MappingError
 from hub.hl7 import EXPLICIT_NULL, Encoding, Message, Segment, unescape
 from hub.hl7.reference import field_name
@@ -617,7 +619,9 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
                 memo = rt.maps.memo
                 value = memo.get(key)
                 if value is not None:
-                    if value.__class__ in _NESTED:
+                    if value.__class__ is bytes:
+                        value = _loads(value)
+                    elif value.__class__ in _NESTED:
                         value = _clone(value)
                 else:
                     value = _code_value(rt, piece, level, src, enc)
@@ -626,7 +630,7 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
                     if value.__class__ in _MEMO_TYPES:
                         if len(memo) > MEMO_MAX:
                             memo.clear()
-                        memo[key] = _clone(value) if value.__class__ in _NESTED else value
+                        memo[key] = _freeze(value)
             else:
                 value = _code_value(rt, piece, level, src, enc)
                 if value is None:
@@ -685,6 +689,22 @@ _MEMO_TYPES = (str, dict, list)
 
 
 _NESTED = (dict, list)
+
+
+_loads = orjson.loads
+
+
+def _freeze(value: Any) -> Any:
+    """A remembered value: a nested JSON value as its orjson text (decoded afresh for each use, which
+    copies faster than :func:`_clone`) when it decodes to an equal value, else a :func:`_clone` copy;
+    scalars as they are."""
+    if value.__class__ not in _NESTED:
+        return value
+    try:
+        text = orjson.dumps(value)
+    except TypeError:
+        return _clone(value)
+    return text if _loads(text) == value else _clone(value)
 
 
 def _clone(value: Any) -> Any:
@@ -1019,7 +1039,9 @@ def merge_into(target: dict[str, Any], source: dict[str, Any]) -> None:
             target[key] = value
 
 
-def _emit_lines(i: str, f: CompiledField, src: PathRef, namespace: dict[str, Any]) -> list[str]:
+def _emit_lines(
+    i: str, f: CompiledField, src: PathRef, namespace: dict[str, Any], sole: bool = False
+) -> list[str]:
     """Generated text of ``emit`` (see :func:`specialize`) for field ``f`` read from ``src`` (its path
     or a fallback) in a fill function, specialised on what the map fixes (repetitions, component,
     conversion, target shape). Reads ``raw``; only field/component numbers and the tag ``i`` (digits
@@ -1080,7 +1102,9 @@ def _emit_lines(i: str, f: CompiledField, src: PathRef, namespace: dict[str, Any
             f"    key = (coded{i}, piece, {level}, srctext{i}, mkey)",
             "    value = memo.get(key)",
             "    if value is not None:",
-            "        if value.__class__ in NESTED:",
+            "        if value.__class__ is bytes:",
+            "            value = loads(value)",
+            "        elif value.__class__ in NESTED:",
             "            value = clone(value)",
             "    else:",
             f"        value = code{i}(rt, piece, {level}, src{i}, enc)",
@@ -1089,7 +1113,7 @@ def _emit_lines(i: str, f: CompiledField, src: PathRef, namespace: dict[str, Any
             "        if value.__class__ in MEMO_TYPES:",
             "            if len(memo) > MEMO_MAX:",
             "                memo.clear()",
-            "            memo[key] = clone(value) if value.__class__ in NESTED else value",
+            "            memo[key] = freeze(value)",
         ]
     else:
         out += [
@@ -1105,7 +1129,11 @@ def _emit_lines(i: str, f: CompiledField, src: PathRef, namespace: dict[str, Any
             "    if cls is Choice:",
             "        inner = value.value",
             "        if inner is not None and (inner.__class__ not in CONTAINERS or inner):",
-            f"            put_choice(res, choice{i}, value.type, inner)",
+            (
+                f"            res[choice{i} + value.type] = inner"
+                if sole
+                else f"            put_choice(res, choice{i}, value.type, inner)"
+            ),
             "        continue",
         ]
     else:
@@ -1133,6 +1161,30 @@ def _emit_lines(i: str, f: CompiledField, src: PathRef, namespace: dict[str, Any
     return out
 
 
+def _sole_choices(fields: list[CompiledField]) -> set[int]:
+    """The fields that are the only writer of their top-level choice element ``name[x]`` in a fill
+    function, write it once (no repetitions) and share no prefix with a plain element of the map: the
+    fresh resource cannot hold another ``name<Type>`` then, so :func:`put_choice` has nothing to
+    remove and the element is set directly."""
+    static = {"resourceType", "id"}
+    writers: dict[str, list[int]] = {}
+    for i, f in enumerate(fields):
+        name, kind = f.steps[0]
+        if len(f.steps) == 1 and kind == "[x]":
+            writers.setdefault(name, []).append(i)
+        else:
+            static.add(name)
+    sole: set[int] = set()
+    for name, found in writers.items():
+        n = len(name)
+        if len(found) != 1 or any(k.startswith(name) and k[n : n + 1].isupper() for k in static):
+            continue
+        f = fields[found[0]]
+        if not f.repeat and not f.deferred and f.with_ is None:
+            sole.add(found[0])
+    return sole
+
+
 def compile_plan(smap: CompiledSegmentMap) -> None:
     """The immediate fields of a segment map as one generated function (the field runners in map order,
     each behind a test of the own-segment fields that feed it), and its deferred (reference) fields.
@@ -1146,8 +1198,11 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
         "MEMO_TYPES": _MEMO_TYPES,
         "MEMO_MAX": MEMO_MAX,
         "clone": _clone,
+        "loads": _loads,
+        "freeze": _freeze,
         "put_choice": put_choice,
         "set_value": set_value,
+        "put": put,
     }
     lines = [
         "def fill(rt, index, res, fields, nf):",
@@ -1158,6 +1213,7 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
         "    mkey = rt.memo_key",
         "    raw_at = rt.raw_at",
     ]
+    sole = _sole_choices(smap.fields)
     for i, f in enumerate(smap.fields):
         if f.deferred:
             continue
@@ -1183,14 +1239,19 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
             lines.append(f"    raw = fields[{n}] if nf > {n} else ''")
             lines.append("    if raw:")
             lines.append(f"        used.add({n})")
-            lines += ["        " + line for line in _emit_lines(str(i), f, f.sources[0], namespace)]
+            lines += [
+                "        " + line for line in _emit_lines(str(i), f, f.sources[0], namespace, i in sole)
+            ]
             indent = "    "
             for k, ref in enumerate(f.sources[1:]):  # e.g. OBX-3 empty: OBR-4
                 namespace[f"fb{i}_{k}"] = ref
                 lines.append(f"{indent}else:")
                 lines.append(f"{indent}    raw = raw_at(fb{i}_{k}, index)[0]")
                 lines.append(f"{indent}    if raw:")
-                lines += [f"{indent}        " + line for line in _emit_lines(f"{i}_{k}", f, ref, namespace)]
+                lines += [
+                    f"{indent}        " + line
+                    for line in _emit_lines(f"{i}_{k}", f, ref, namespace, i in sole)
+                ]
                 indent += "    "
         elif f.write_inputs is not None and f.run is not None:
             names = []
@@ -1199,12 +1260,37 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
                 names.append((f"r{i}_{k}", n))
                 lines.append(f"    r{i}_{k} = fields[{n}] if nf > {n} else ''")
             lines.append(f"    if {' or '.join(name for name, _ in names)}:")
-            lines.append("        used = rt.used[index]")
             for name, n in names:
                 lines.append(f"        if {name}:")
                 lines.append(f"            used.add({n})")
-            namespace[f"inputs{i}"] = f.write_inputs
-            lines.append(f"        inputs{i}(rt, index, res, [{', '.join(name for name, _ in names)}])")
+            # write_inputs (see specialize), inline.
+            steps = f.steps
+            choice = steps[0][0] if len(steps) == 1 and steps[0][1] == "[x]" and f.with_ is None else None
+            namespace.update(
+                {f"fn{i}": f.segment_fn, f"args{i}": f.args, f"transform{i}": f.transform, f"f{i}": f}
+            )
+            namespace[f"choice{i}"] = choice
+            lines.append(
+                f"        made = fn{i}([{', '.join(name for name, _ in names)}], index, rt, args{i})"
+            )
+            lines.append("        if made is not None:")
+            if f.transform is not None:
+                lines.append(f"            made = transform{i}(made, rt, args{i})")
+            if choice is not None:
+                lines += [
+                    "            if made.__class__ is Choice:",
+                    "                inner = made.value",
+                    "                if inner is not None and (inner.__class__ not in CONTAINERS or inner):",
+                    (
+                        f"                    res[choice{i} + made.type] = inner"
+                        if i in sole
+                        else f"                    put_choice(res, choice{i}, made.type, inner)"
+                    ),
+                    "            else:",
+                    f"                put(res, f{i}, made)",
+                ]
+            else:
+                lines.append(f"            put(res, f{i}, made)")
         elif local:
             test = " or ".join(f"(nf > {int(n)} and fields[{int(n)}])" for n in local)
             lines.append(f"    if {test}:")
