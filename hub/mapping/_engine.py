@@ -12,6 +12,7 @@ from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import compress
 from typing import Any
 
 import orjson
@@ -1492,6 +1493,10 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
     return out
 
 
+# The standard's field names (reference data: a few hundred segment/field/version triples).
+_field_name = lru_cache(maxsize=4096)(field_name)
+
+
 def unmapped_report(rt: Runtime) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, seg in enumerate(rt.segments):
@@ -1499,9 +1504,12 @@ def unmapped_report(rt: Runtime) -> list[dict[str, Any]]:
         fields = seg.fields
         start = 3 if seg.name in ("MSH", "FHS", "BHS") else 1
         before = len(out)
-        for n, raw in enumerate(fields):
-            if not raw or n in used or n < start:
+        # The non-empty fields no map used, in field order (most segments: none).
+        left = set(compress(range(len(fields)), fields)).difference(used)
+        for n in sorted(left) if left else ():
+            if n < start:
                 continue
+            raw = fields[n]
             # Set IDs (SEG-1 of repeating segments) only number the segments; not data to map.
             if n == 1 and raw.isdigit():
                 continue
@@ -1510,7 +1518,7 @@ def unmapped_report(rt: Runtime) -> list[dict[str, Any]]:
                     "segment": seg.name,
                     "index": i,
                     "field": n,
-                    "name": field_name(seg.name, n, rt.version or "2.5.1"),
+                    "name": _field_name(seg.name, n, rt.version or "2.5.1"),
                     "value": raw if len(raw) <= UNMAPPED_VALUE_MAX else raw[:UNMAPPED_VALUE_MAX] + "…",
                 }
             )
