@@ -896,6 +896,7 @@ def compile_id(resource: str, rules: list[CompiledIdRule], own: str) -> IdFuncti
             if not rule.keys:
                 continue
             names: list[str] = []
+            governing: dict[str, str] = {}  # segment name → the variable holding its index
             for k, ref in enumerate([*rule.keys, *rule.extra]):
                 var = f"v{r}_{k}"
                 names.append(var)
@@ -907,14 +908,18 @@ def compile_id(resource: str, rules: list[CompiledIdRule], own: str) -> IdFuncti
                     lines += _local_value_lines(var, ref, indent)
                 elif ref.segment != own:
                     # The ``other`` getter: the governing segment's value from the per-message cache.
-                    namespace[f"S{r}_{k}"], namespace[f"T{r}_{k}"] = ref.segment, ref.text
+                    j = governing.get(ref.segment)
+                    if j is None:  # once per rule and segment (keys are read before the extra values)
+                        j = governing[ref.segment] = f"j{r}_{k}"
+                        namespace[f"S{r}_{k}"] = ref.segment
+                        lines.append(f"{indent}{j} = nearest(index, S{r}_{k})")
+                    namespace[f"T{r}_{k}"] = ref.text
                     lines += [
-                        f"{indent}j = nearest(index, S{r}_{k})",
-                        f"{indent}{var} = values.get((j, T{r}_{k}))",
+                        f"{indent}{var} = values.get(({j}, T{r}_{k}))",
                         f"{indent}if {var} is None:",
                         f"{indent}    {var} = G{r}_{k}(rt, index)",
                         f"{indent}else:",
-                        f"{indent}    rt.used[j].add({int(ref.field)})",
+                        f"{indent}    rt.used[{j}].add({int(ref.field)})",
                     ]
                 else:
                     lines.append(f"{indent}{var} = G{r}_{k}(rt, index)")
@@ -1325,16 +1330,17 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
         merge_into(target, res)
         return
     # No business identifier: stable for this message and this segment position.
-    rid = compute_id(smap, rt, index) or resource_id(
-        smap.resource, *message_key(rt), rt.segments[index].name, str(index)
+    rid = (smap.compute_id(rt, index) if smap.compute_id is not None else compute_id(smap, rt, index)) or (
+        resource_id(smap.resource, *message_key(rt), rt.segments[index].name, str(index))
     )
     key = f"{smap.resource}/{rid}"
     if key in rt.keys:
         # Two segments with the same business key in one message: keep both, keyed apart by position.
         rt.warn(f"{rt.segments[index].name} at segment {index}: {key} already made by this message")
         rid = resource_id(smap.resource, rid, str(index))
+        key = f"{smap.resource}/{rid}"
     res["id"] = rid
-    rt.keys.add(f"{smap.resource}/{rid}")
+    rt.keys.add(key)
     rt.made[(smap.name, index)] = res
     rt.children.setdefault((smap.name, parent), []).append(res)
     rt.resources.append(res)
