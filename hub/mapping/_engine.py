@@ -26,6 +26,7 @@ from hub.mapping._time import TimeFormatError, to_datetime, to_instant
 
 Converter = Callable[[str, int, "Runtime", dict[str, Any]], Any]
 Step = tuple[str, str]  # (element name, "" | "[]" | "[x]")
+Resolver = Callable[["Runtime", dict[str, Any], int, int], None]  # (rt, resource, index, parent)
 
 UNMAPPED_VALUE_MAX = 200
 
@@ -202,6 +203,7 @@ class CompiledSegmentMap:
     # Runs the immediate fields (see compile_plan): (rt, index, resource, segment fields, their count)
     fill: Callable[[Runtime, int, dict[str, Any], list[str], int], None] = lambda *_: None
     deferred: tuple[CompiledField, ...] = ()
+    resolve: Resolver | None = None  # the deferred fields as one generated function (compile_resolve)
 
 
 @dataclass(slots=True)
@@ -284,7 +286,7 @@ class Runtime:
         self.extra: dict[str, dict[str, Any]] = {}
         self.keys: set[str] = set()
         # (resource, its map's reference fields, segment index, parent index), resolved after the build
-        self.deferred: list[tuple[dict[str, Any], tuple[CompiledField, ...], int, int]] = []
+        self.deferred: list[tuple[dict[str, Any], tuple[CompiledField, ...] | Resolver, int, int]] = []
         self.nulls: list[tuple[dict[str, Any], str, str]] = []
         self.pending_required: list[tuple[dict[str, Any], CompiledSegmentMap, int, int]] = []
         self.warnings: list[str] = []
@@ -1345,7 +1347,7 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
     rt.children.setdefault((smap.name, parent), []).append(res)
     rt.resources.append(res)
     if smap.deferred:
-        rt.deferred.append((res, smap.deferred, index, parent))
+        rt.deferred.append((res, smap.resolve or smap.deferred, index, parent))
     if smap.required:
         rt.pending_required.append((res, smap, index, parent))
 
@@ -1390,6 +1392,9 @@ def resolve_references(rt: Runtime) -> None:
     segment_of_map = rt.maps.segment_of_map
     segs, made, children, refs = rt.segments, rt.made, rt.children, rt._refs
     for res, fields, index, parent in rt.deferred:
+        if not isinstance(fields, tuple):  # a generated resolver (see compile_resolve)
+            fields(rt, res, index, parent)
+            continue
         for f in fields:
             ref = f.ref
             if ref is not None:
@@ -1422,6 +1427,62 @@ def resolve_references(rt: Runtime) -> None:
             elif f.children is not None:
                 for child in children.get((f.children, index), ()):
                     set_value(res, f.steps, {"reference": f"{child['resourceType']}/{child['id']}"}, f.with_)
+
+
+def compile_resolve(smap: CompiledSegmentMap, segment_of_map: dict[str, str]) -> None:
+    """The deferred (reference) fields of a segment map as one generated function doing what
+    :func:`resolve_references` does for them. Only the fields' positions reach the text; map names,
+    segment names and targets are bound."""
+    if not smap.deferred:
+        smap.resolve = None
+        return
+    ns: dict[str, Any] = {"set_value": set_value}
+    lines = [
+        "def resolve(rt, res, index, parent):",
+        "    segs, made, refs = rt.segments, rt.made, rt._refs",
+        "    pname = segs[parent].name if parent >= 0 else None",
+    ]
+    for k, f in enumerate(smap.deferred):
+        ns.update({f"steps{k}": f.steps, f"with{k}": f.with_})
+        if f.ref is not None:
+            ns.update({f"ref{k}": f.ref, f"seg{k}": segment_of_map.get(f.ref, "")})
+            lines += [
+                f"    at = parent if pname == seg{k} else rt.nearest(index, seg{k})",
+                f"    key = (ref{k}, at)",
+                "    if key in refs:",
+                "        reference = refs[key]",
+                "    else:",
+                "        target = made.get(key)",
+                "        reference = refs[key] = (",
+                "            None if target is None else f\"{target['resourceType']}/{target['id']}\"",
+                "        )",
+                "    if reference is not None:",
+                "        value = {'reference': reference}",
+            ]
+            steps = f.steps
+            if f.with_ is None and f.simple is not None:
+                ns[f"simple{k}"] = f.simple
+                lines.append(f"        res[simple{k}] = value")
+            elif f.with_ is None and len(steps) == 1 and steps[0][1] == "[]":
+                ns[f"name{k}"] = steps[0][0]
+                lines += [
+                    f"        items = res.get(name{k})",
+                    "        if items is None:",
+                    f"            res[name{k}] = [value]",
+                    "        elif value not in items:",
+                    "            items.append(value)",
+                ]
+            else:
+                lines.append(f"        set_value(res, steps{k}, value, with{k})")
+        elif f.children is not None:
+            ns[f"children{k}"] = f.children
+            lines += [
+                f"    for child in rt.children.get((children{k}, index), ()):",
+                f"        set_value(res, steps{k}, {{'reference': f\"{{child['resourceType']}}/{{child['id']}}\"}}, with{k})",
+            ]
+    lines.append("    return None")
+    exec(compile("\n".join(lines), "<references of a segment map>", "exec"), ns)
+    smap.resolve = ns["resolve"]
 
 
 def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from hub.mapping._engine import (
     Vocab,
     compile_id,
     compile_plan,
+    compile_resolve,
     parse_ref,
     parse_target,
     set_value,
@@ -451,12 +452,15 @@ class _Compiler:
                 assert self.src.sender is not None
                 self.fault(self.src.sender[0], f"unknown time zone {zone!r}")
                 zone = None
+        segment_of_map = {n: m.segment for n, m in self.segment_maps.items()}
+        for smap in self.segment_maps.values():
+            compile_resolve(smap, segment_of_map)
         return CompiledMaps(
             messages=messages,
             segment_maps=self.segment_maps,
             vocabs=self.vocabs,
             time_zone=zone,
-            segment_of_map={n: m.segment for n, m in self.segment_maps.items()},
+            segment_of_map=segment_of_map,
             converters=converters,
         )
 
