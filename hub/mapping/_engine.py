@@ -248,9 +248,12 @@ class Runtime:
     """The state of one message being mapped; the registry functions receive it."""
 
     __slots__ = (
+        "_csep",
+        "_esc",
         "_patient_ids",
         "_positions",
         "_refs",
+        "_ssep",
         "_values",
         "children",
         "ctx",
@@ -276,6 +279,8 @@ class Runtime:
     def __init__(self, message: Message, ctx: Any, maps: CompiledMaps, zone: str) -> None:
         self.segments: list[Segment] = message.segments
         self.enc = message.enc
+        # The delimiters text() and parts() use (the registry functions call them for every value).
+        self._esc, self._csep, self._ssep = self.enc.escape, self.enc.component, self.enc.subcomponent
         self.ctx = ctx
         self.maps = maps
         self.zone = zone
@@ -308,13 +313,14 @@ class Runtime:
 
     # -- values --------------------------------------------------------------------------------------
     def text(self, raw: str) -> str:
-        return unescape(raw, self.enc) if self.enc.escape and self.enc.escape in raw else raw
+        esc = self._esc
+        return unescape(raw, self.enc) if esc and esc in raw else raw
 
     def parts(self, raw: str, level: int) -> list[str]:
         if level == 0:
-            return raw.split(self.enc.component)
-        if level == 1 and self.enc.subcomponent:
-            return raw.split(self.enc.subcomponent)
+            return raw.split(self._csep)
+        if level == 1 and self._ssep:
+            return raw.split(self._ssep)
         return [raw]
 
     def vocab(self, name: str) -> Vocab:
