@@ -1,11 +1,15 @@
 """Mapping throughput per message family: tokenize + map to plain dicts on one core (no store, no
 validation). Target: ≥ 3,000 ORU^R01 messages with 10 OBX per second.
 
-    .venv/bin/python -m bench.mapping_bench [N]
+    .venv/bin/python -m bench.mapping_bench [N] [--varied]
+
+``--varied`` also varies what differs between real results: OBX-5 numbers, the time of every timestamp
+and the order numbers (by default only the control id and the patient id vary).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,14 +32,37 @@ FAMILIES = {
 }
 
 
-def _messages(name: str, n: int) -> list[str]:
-    """``n`` distinct messages (control id and patient id vary) so no cache flatters the figure."""
+_TIMESTAMP = re.compile(r"(?<=[|^])(20\d{6})(\d{6})(?!\d)")
+_ORDER = re.compile(r"\b(PO|LAB|ORD|FILL|PLAC)-(\d+)")
+
+
+def _vary(text: str, i: int) -> str:
+    """Message ``i`` with its own OBX-5 numbers, timestamp times and order numbers."""
+    clock = f"{(i // 3600) % 24:02d}{(i // 60) % 60:02d}{i % 60:02d}"
+    text = _TIMESTAMP.sub(lambda m: m.group(1) + clock, text)
+    text = _ORDER.sub(lambda m: f"{m.group(1)}-{int(m.group(2)) + i}", text)
+    lines = text.split("\r")
+    for k, line in enumerate(lines):
+        fields = line.split("|")
+        if fields[0] == "OBX" and len(fields) > 5 and fields[2] == "NM":
+            try:
+                fields[5] = f"{float(fields[5]) + (i % 97) / 10:.1f}"
+            except ValueError:
+                continue
+            lines[k] = "|".join(fields)
+    return "\r".join(lines)
+
+
+def _messages(name: str, n: int, varied: bool = False) -> list[str]:
+    """``n`` distinct messages (control id and patient id vary; with ``varied`` also OBX-5 numbers,
+    timestamps and order numbers) so no cache flatters the figure."""
     text = (FIXTURES / name).read_bytes().decode("utf-8")
-    return [text.replace("RM001234", f"RM{i:06d}").replace("|P|2.5.1", f"{i}|P|2.5.1", 1) for i in range(n)]
+    out = [text.replace("RM001234", f"RM{i:06d}").replace("|P|2.5.1", f"{i}|P|2.5.1", 1) for i in range(n)]
+    return [_vary(t, i) for i, t in enumerate(out)] if varied else out
 
 
-def measure(name: str, n: int) -> dict[str, Any]:
-    messages = _messages(name, n)
+def measure(name: str, n: int, varied: bool = False) -> dict[str, Any]:
+    messages = _messages(name, n, varied)
     ctx = SenderContext(facility="RSUD_SEHAT")
     map_message(hl7.parse(messages[0]), ctx)  # load and compile the maps outside the timing
     resources = 0
@@ -53,14 +80,15 @@ def measure(name: str, n: int) -> dict[str, Any]:
     }
 
 
-def run(n: int = 5000) -> dict[str, Any]:
+def run(n: int = 5000, varied: bool = False) -> dict[str, Any]:
     """Parse+map throughput per family on one core: {family: {msgs_per_s, messages, seconds, resources}}."""
-    return {family: measure(name, n) for family, name in FAMILIES.items()}
+    return {family: measure(name, n, varied) for family, name in FAMILIES.items()}
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
-    for family, figures in run(n).items():
+    args = [a for a in sys.argv[1:] if a != "--varied"]
+    n = int(args[0]) if args else 5000
+    for family, figures in run(n, varied="--varied" in sys.argv[1:]).items():
         print(
             f"{family:26s} {figures['msgs_per_s']:>7,d} msg/s wall  {figures['msgs_per_cpu_s']:>7,d} msg/s CPU"
             f"  ({figures['messages']} in {figures['seconds']} s)"

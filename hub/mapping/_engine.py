@@ -12,7 +12,10 @@ from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import compress
 from typing import Any
+
+import orjson
 
 from hub.errors import MappingError
 from hub.hl7 import EXPLICIT_NULL, Encoding, Message, Segment, unescape
@@ -23,6 +26,7 @@ from hub.mapping._time import TimeFormatError, to_datetime, to_instant
 
 Converter = Callable[[str, int, "Runtime", dict[str, Any]], Any]
 Step = tuple[str, str]  # (element name, "" | "[]" | "[x]")
+Resolver = Callable[["Runtime", dict[str, Any], int, int], None]  # (rt, resource, index, parent)
 
 UNMAPPED_VALUE_MAX = 200
 
@@ -171,6 +175,10 @@ class CompiledField:
     emit_fallbacks: Callable[[Runtime, int, dict[str, Any]], None] | None = None
     # For a multi-input function on the own segment: writes the result for the raw input fields.
     write_inputs: Callable[[Runtime, int, dict[str, Any], list[str]], None] | None = None
+    # For a field of the own segment: the value of one picked piece (conversion, vocabulary), and the
+    # token under which codes are remembered per maps (None: not remembered); see specialize.
+    code_value: Callable[[Runtime, str, int, PathRef, Encoding], Any] | None = None
+    coded: object | None = None
 
 
 @dataclass(slots=True)
@@ -195,6 +203,7 @@ class CompiledSegmentMap:
     # Runs the immediate fields (see compile_plan): (rt, index, resource, segment fields, their count)
     fill: Callable[[Runtime, int, dict[str, Any], list[str], int], None] = lambda *_: None
     deferred: tuple[CompiledField, ...] = ()
+    resolve: Resolver | None = None  # the deferred fields as one generated function (compile_resolve)
 
 
 @dataclass(slots=True)
@@ -239,9 +248,12 @@ class Runtime:
     """The state of one message being mapped; the registry functions receive it."""
 
     __slots__ = (
+        "_csep",
+        "_esc",
         "_patient_ids",
         "_positions",
         "_refs",
+        "_ssep",
         "_values",
         "children",
         "ctx",
@@ -267,6 +279,8 @@ class Runtime:
     def __init__(self, message: Message, ctx: Any, maps: CompiledMaps, zone: str) -> None:
         self.segments: list[Segment] = message.segments
         self.enc = message.enc
+        # The delimiters text() and parts() use (the registry functions call them for every value).
+        self._esc, self._csep, self._ssep = self.enc.escape, self.enc.component, self.enc.subcomponent
         self.ctx = ctx
         self.maps = maps
         self.zone = zone
@@ -277,7 +291,7 @@ class Runtime:
         self.extra: dict[str, dict[str, Any]] = {}
         self.keys: set[str] = set()
         # (resource, its map's reference fields, segment index, parent index), resolved after the build
-        self.deferred: list[tuple[dict[str, Any], tuple[CompiledField, ...], int, int]] = []
+        self.deferred: list[tuple[dict[str, Any], tuple[CompiledField, ...] | Resolver, int, int]] = []
         self.nulls: list[tuple[dict[str, Any], str, str]] = []
         self.pending_required: list[tuple[dict[str, Any], CompiledSegmentMap, int, int]] = []
         self.warnings: list[str] = []
@@ -299,13 +313,14 @@ class Runtime:
 
     # -- values --------------------------------------------------------------------------------------
     def text(self, raw: str) -> str:
-        return unescape(raw, self.enc) if self.enc.escape and self.enc.escape in raw else raw
+        esc = self._esc
+        return unescape(raw, self.enc) if esc and esc in raw else raw
 
     def parts(self, raw: str, level: int) -> list[str]:
         if level == 0:
-            return raw.split(self.enc.component)
-        if level == 1 and self.enc.subcomponent:
-            return raw.split(self.enc.subcomponent)
+            return raw.split(self._csep)
+        if level == 1 and self._ssep:
+            return raw.split(self._ssep)
         return [raw]
 
     def vocab(self, name: str) -> Vocab:
@@ -613,7 +628,9 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
                 memo = rt.maps.memo
                 value = memo.get(key)
                 if value is not None:
-                    if value.__class__ in _NESTED:
+                    if value.__class__ is bytes:
+                        value = _loads(value)
+                    elif value.__class__ in _NESTED:
                         value = _clone(value)
                 else:
                     value = _code_value(rt, piece, level, src, enc)
@@ -622,7 +639,7 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
                     if value.__class__ in _MEMO_TYPES:
                         if len(memo) > MEMO_MAX:
                             memo.clear()
-                        memo[key] = _clone(value) if value.__class__ in _NESTED else value
+                        memo[key] = _freeze(value)
             else:
                 value = _code_value(rt, piece, level, src, enc)
                 if value is None:
@@ -668,6 +685,8 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
 
     f.emit = emit
     f.emit_fallbacks = run_fallbacks if fallbacks else None
+    f.code_value = _code_value
+    f.coded = coded
     return run_local
 
 
@@ -679,6 +698,22 @@ _MEMO_TYPES = (str, dict, list)
 
 
 _NESTED = (dict, list)
+
+
+_loads = orjson.loads
+
+
+def _freeze(value: Any) -> Any:
+    """A remembered value: a nested JSON value as its orjson text (decoded afresh for each use, which
+    copies faster than :func:`_clone`) when it decodes to an equal value, else a :func:`_clone` copy;
+    scalars as they are."""
+    if value.__class__ not in _NESTED:
+        return value
+    try:
+        text = orjson.dumps(value)
+    except TypeError:
+        return _clone(value)
+    return text if _loads(text) == value else _clone(value)
 
 
 def _clone(value: Any) -> Any:
@@ -795,7 +830,134 @@ def make_getter(ref: PathRef, own: str) -> Getter:
 IdFunction = Callable[[Runtime, int], "str | None"]
 
 
+def _local_value_lines(var: str, ref: PathRef, indent: str) -> list[str]:
+    """Generated text of the ``local`` getter of :func:`make_getter` for ``ref`` (field numbers only),
+    reading the own segment's ``fields``/``nf`` and marking ``used``; the value ends up in ``var``."""
+    n, comp, sub = int(ref.field), int(ref.component), int(ref.subcomponent)
+    lines = [
+        f"{var} = fields[{n}] if nf > {n} else ''",
+        f"if {var}:",
+        f"    used.add({n})",
+        f"    if rsep in {var}:",
+        f"        {var} = {var}.split(rsep, 1)[0]",
+    ]
+    if comp:
+        lines += [f"    _p = {var}.split(csep)", f"    {var} = _p[{comp - 1}] if len(_p) >= {comp} else ''"]
+    else:
+        lines.append(f"    {var} = {var}.split(csep, 1)[0]")
+    if sub:
+        lines += [
+            "    if ssep:",
+            f"        _p = {var}.split(ssep)",
+            f"        {var} = _p[{sub - 1}] if len(_p) >= {sub} else ''",
+        ]
+    else:
+        lines += [f"    if ssep and ssep in {var}:", f"        {var} = {var}.split(ssep, 1)[0]"]
+    lines += [
+        f"    if esc and esc in {var}:",
+        f"        {var} = unescape({var}, enc)",
+        f"    {var} = {var}.strip()",
+    ]
+    return [indent + line for line in lines]
+
+
 def compile_id(resource: str, rules: list[CompiledIdRule], own: str) -> IdFunction:
+    """:func:`compute_id` for one segment map as one generated function: the key values of the own
+    segment read inline, other segments' values through their cached getters. Only field numbers and
+    the validated scope reach the generated text; the resource name and functions are bound."""
+    slow = _compile_id_closures(resource, rules, own)
+    namespace: dict[str, Any] = {
+        "RES": resource,
+        "OWN": own,
+        "slow": slow,
+        "resource_id": resource_id,
+        "key_id": key_id,
+        "message_key": message_key,
+        "unescape": unescape,
+    }
+    lines = [
+        "def compute(rt, index):",
+        "    seg = rt.segments[index]",
+        "    if seg.name != OWN:",
+        "        return slow(rt, index)",
+        "    fields = seg.fields",
+        "    nf = len(fields)",
+        "    used = rt.used[index]",
+        "    enc = rt.enc",
+        "    rsep, csep, ssep, esc = enc.repetition, enc.component, enc.subcomponent, enc.escape",
+        "    nearest = rt.nearest",
+        "    values = rt._values",
+    ]
+    local_ok = own != "MSH"
+    for r, rule in enumerate(rules):
+        if rule.function is not None:
+            namespace[f"F{r}"] = rule.function
+            lines += [
+                f"    parts = F{r}(index, rt)",
+                "    if parts is not None:",
+                "        if len(parts) == 1 and parts[0].startswith('='):",
+                "            return str(parts[0][1:])",
+            ]
+            body = "parts"
+            indent = "        "
+        else:
+            if not rule.keys:
+                continue
+            names: list[str] = []
+            governing: dict[str, str] = {}  # segment name → the variable holding its index
+            for k, ref in enumerate([*rule.keys, *rule.extra]):
+                var = f"v{r}_{k}"
+                names.append(var)
+                indent = "    " if k < len(rule.keys) else "        "
+                if k == len(rule.keys):
+                    lines.append(f"    if {' and '.join(names[: len(rule.keys)])}:")
+                namespace[f"G{r}_{k}"] = make_getter(ref, own)
+                if local_ok and ref.segment == own:
+                    lines += _local_value_lines(var, ref, indent)
+                elif ref.segment != own:
+                    # The ``other`` getter: the governing segment's value from the per-message cache.
+                    j = governing.get(ref.segment)
+                    if j is None:  # once per rule and segment (keys are read before the extra values)
+                        j = governing[ref.segment] = f"j{r}_{k}"
+                        namespace[f"S{r}_{k}"] = ref.segment
+                        lines.append(f"{indent}{j} = nearest(index, S{r}_{k})")
+                    namespace[f"T{r}_{k}"] = ref.text
+                    lines += [
+                        f"{indent}{var} = values.get(({j}, T{r}_{k}))",
+                        f"{indent}if {var} is None:",
+                        f"{indent}    {var} = G{r}_{k}(rt, index)",
+                        f"{indent}else:",
+                        f"{indent}    rt.used[{j}].add({int(ref.field)})",
+                    ]
+                else:
+                    lines.append(f"{indent}{var} = G{r}_{k}(rt, index)")
+            if not rule.extra:
+                lines.append(f"    if {' and '.join(names)}:")
+            indent = "        "
+            values = ", ".join(names)
+            if rule.scope == "facility":
+                lines.append(f"{indent}return resource_id(RES, rt.ctx.facility, {values})")
+                continue
+            if rule.scope == "patient":
+                lines.append(f"{indent}return resource_id(RES, rt.patient_id_at(index), {values})")
+                continue
+            lines.append(f"{indent}parts = ({values},)")
+            body = "parts"
+        if rule.scope == "facility":
+            lines.append(f"{indent}return key_id(RES, (rt.ctx.facility, *{body}))")
+        elif rule.scope == "patient":
+            lines.append(f"{indent}return key_id(RES, (rt.patient_id_at(index), *{body}))")
+        elif rule.scope == "message":
+            lines.append(f"{indent}return key_id(RES, (*message_key(rt), *{body}))")
+        else:
+            lines.append(f"{indent}return key_id(RES, {body})")
+    lines.append("    return None")
+    exec(compile("\n".join(lines), f"<id of {resource} from {own}>", "exec"), namespace)
+    compute: IdFunction = namespace["compute"]
+    return compute
+
+
+def _compile_id_closures(resource: str, rules: list[CompiledIdRule], own: str) -> IdFunction:
     """:func:`compute_id` for one segment map as a closure over getters of its key paths."""
     plans: list[tuple[Any, tuple[Getter, ...], tuple[Getter, ...], str]] = [
         (
@@ -891,13 +1053,181 @@ def merge_into(target: dict[str, Any], source: dict[str, Any]) -> None:
             target[key] = value
 
 
+def _emit_lines(
+    i: str, f: CompiledField, src: PathRef, namespace: dict[str, Any], sole: bool = False
+) -> list[str]:
+    """Generated text of ``emit`` (see :func:`specialize`) for field ``f`` read from ``src`` (its path
+    or a fallback) in a fill function, specialised on what the map fixes (repetitions, component,
+    conversion, target shape). Reads ``raw``; only field/component numbers and the tag ``i`` (digits
+    and ``_``) reach the text, everything else is bound."""
+    comp, sub = int(src.component), int(src.subcomponent)
+    steps, with_ = f.steps, f.with_
+    simple = f.simple if with_ is None else None
+    choice = steps[0][0] if len(steps) == 1 and steps[0][1] == "[x]" and with_ is None else None
+    append = steps[0][0] if len(steps) == 1 and steps[0][1] == "[]" and not with_ else None
+    namespace.update(
+        {
+            f"target{i}": f.target,
+            f"src{i}": src,
+            f"srctext{i}": src.text,
+            f"code{i}": f.code_value,
+            f"coded{i}": f.coded,
+            f"steps{i}": steps,
+            f"with{i}": with_,
+            f"transform{i}": f.transform,
+            f"args{i}": f.args,
+            f"simple{i}": simple,
+            f"choice{i}": choice,
+            f"append{i}": append,
+        }
+    )
+    if f.whole_field:
+        reps = "(raw,)"
+    elif f.repeat:
+        reps = "(raw.split(rsep) if rsep in raw else (raw,))"
+    else:
+        reps = "((raw.split(rsep, 1)[0] if rsep in raw else raw),)"
+    out = [
+        "if raw == NULL:",
+        f"    rt.nulls.append((res, target{i}, srctext{i}))",
+        "else:",
+        f"  for piece in {reps}:",
+        "    if not piece or piece == NULL:",
+        "        continue",
+    ]
+    level = 0
+    if comp:
+        out += [
+            "    comps = piece.split(csep)",
+            f"    if {comp} > len(comps):",
+            "        continue",
+            f"    piece = comps[{comp - 1}]",
+        ]
+        level = 1
+        if sub:
+            out += [
+                "    subs = piece.split(ssep) if ssep else [piece]",
+                f"    piece = subs[{sub - 1}] if {sub} <= len(subs) else ''",
+            ]
+            level = 2
+        out += ["    if not piece:", "        continue"]
+    if f.coded is not None:
+        out += [
+            f"    key = (coded{i}, piece, {level}, srctext{i}, mkey)",
+            "    value = memo.get(key)",
+            "    if value is not None:",
+            "        if value.__class__ is bytes:",
+            "            value = loads(value)",
+            "        elif value.__class__ in NESTED:",
+            "            value = clone(value)",
+            "    else:",
+            f"        value = code{i}(rt, piece, {level}, src{i}, enc)",
+            "        if value is None:",
+            "            continue",
+            "        if value.__class__ in MEMO_TYPES:",
+            "            if len(memo) > MEMO_MAX:",
+            "                memo.clear()",
+            "            memo[key] = freeze(value)",
+        ]
+    else:
+        out += [
+            f"    value = code{i}(rt, piece, {level}, src{i}, enc)",
+            "    if value is None:",
+            "        continue",
+        ]
+    if f.transform is not None:
+        out.append(f"    value = transform{i}(value, rt, args{i})")
+    out.append("    cls = value.__class__")
+    if choice is not None:
+        out += [
+            "    if cls is Choice:",
+            "        inner = value.value",
+            "        if inner is not None and (inner.__class__ not in CONTAINERS or inner):",
+            (
+                f"            res[choice{i} + value.type] = inner"
+                if sole
+                else f"            put_choice(res, choice{i}, value.type, inner)"
+            ),
+            "        continue",
+        ]
+    else:
+        out += ["    if cls is Choice:", "        pass"]
+    if simple is not None:
+        out += [
+            "    elif cls not in CONTAINERS or value:",
+            f"        res[simple{i}] = value",
+            "        continue",
+            "    else:",
+            "        continue",
+        ]
+    elif append is not None:
+        out += [
+            "    elif cls is not list:",
+            "        if cls not in CONTAINERS or value:",
+            f"            items = res.get(append{i})",
+            "            if items is None:",
+            f"                res[append{i}] = [value]",
+            "            elif value not in items:",
+            "                items.append(value)",
+            "        continue",
+        ]
+    out.append(f"    set_value(res, steps{i}, value, with{i})")
+    return out
+
+
+def _sole_choices(fields: list[CompiledField]) -> set[int]:
+    """The fields that are the only writer of their top-level choice element ``name[x]`` in a fill
+    function, write it once (no repetitions) and share no prefix with a plain element of the map: the
+    fresh resource cannot hold another ``name<Type>`` then, so :func:`put_choice` has nothing to
+    remove and the element is set directly."""
+    static = {"resourceType", "id"}
+    writers: dict[str, list[int]] = {}
+    for i, f in enumerate(fields):
+        name, kind = f.steps[0]
+        if len(f.steps) == 1 and kind == "[x]":
+            writers.setdefault(name, []).append(i)
+        else:
+            static.add(name)
+    sole: set[int] = set()
+    for name, found in writers.items():
+        n = len(name)
+        if len(found) != 1 or any(k.startswith(name) and k[n : n + 1].isupper() for k in static):
+            continue
+        f = fields[found[0]]
+        if not f.repeat and not f.deferred and f.with_ is None:
+            sole.add(found[0])
+    return sole
+
+
 def compile_plan(smap: CompiledSegmentMap) -> None:
     """The immediate fields of a segment map as one generated function (the field runners in map order,
     each behind a test of the own-segment fields that feed it), and its deferred (reference) fields.
     Only names from the map (field numbers) reach the generated text; the runners are bound, not
     written out."""
-    namespace: dict[str, Any] = {}
-    lines = ["def fill(rt, index, res, fields, nf):"]
+    namespace: dict[str, Any] = {
+        "NULL": EXPLICIT_NULL,
+        "Choice": Choice,
+        "CONTAINERS": _CONTAINERS,
+        "NESTED": _NESTED,
+        "MEMO_TYPES": _MEMO_TYPES,
+        "MEMO_MAX": MEMO_MAX,
+        "clone": _clone,
+        "loads": _loads,
+        "freeze": _freeze,
+        "put_choice": put_choice,
+        "set_value": set_value,
+        "put": put,
+    }
+    lines = [
+        "def fill(rt, index, res, fields, nf):",
+        "    used = rt.used[index]",
+        "    enc = rt.enc",
+        "    rsep, csep, ssep = enc.repetition, enc.component, enc.subcomponent",
+        "    memo = rt.maps.memo",
+        "    mkey = rt.memo_key",
+        "    raw_at = rt.raw_at",
+    ]
+    sole = _sole_choices(smap.fields)
     for i, f in enumerate(smap.fields):
         if f.deferred:
             continue
@@ -920,15 +1250,23 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
             lines.append(f"    res[key{i}] = const{i}")
         elif f.emit is not None and f.run is not None:
             n = int(f.sources[0].field)
-            namespace[f"emit{i}"], namespace[f"src{i}"] = f.emit, f.sources[0]
             lines.append(f"    raw = fields[{n}] if nf > {n} else ''")
             lines.append("    if raw:")
-            lines.append(f"        rt.used[index].add({n})")
-            lines.append(f"        emit{i}(rt, res, raw, src{i})")
-            if f.emit_fallbacks is not None:
-                namespace[f"fallbacks{i}"] = f.emit_fallbacks
-                lines.append("    else:")
-                lines.append(f"        fallbacks{i}(rt, index, res)")
+            lines.append(f"        used.add({n})")
+            lines += [
+                "        " + line for line in _emit_lines(str(i), f, f.sources[0], namespace, i in sole)
+            ]
+            indent = "    "
+            for k, ref in enumerate(f.sources[1:]):  # e.g. OBX-3 empty: OBR-4
+                namespace[f"fb{i}_{k}"] = ref
+                lines.append(f"{indent}else:")
+                lines.append(f"{indent}    raw = raw_at(fb{i}_{k}, index)[0]")
+                lines.append(f"{indent}    if raw:")
+                lines += [
+                    f"{indent}        " + line
+                    for line in _emit_lines(f"{i}_{k}", f, ref, namespace, i in sole)
+                ]
+                indent += "    "
         elif f.write_inputs is not None and f.run is not None:
             names = []
             for k, ref in enumerate(f.inputs):
@@ -936,12 +1274,37 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
                 names.append((f"r{i}_{k}", n))
                 lines.append(f"    r{i}_{k} = fields[{n}] if nf > {n} else ''")
             lines.append(f"    if {' or '.join(name for name, _ in names)}:")
-            lines.append("        used = rt.used[index]")
             for name, n in names:
                 lines.append(f"        if {name}:")
                 lines.append(f"            used.add({n})")
-            namespace[f"inputs{i}"] = f.write_inputs
-            lines.append(f"        inputs{i}(rt, index, res, [{', '.join(name for name, _ in names)}])")
+            # write_inputs (see specialize), inline.
+            steps = f.steps
+            choice = steps[0][0] if len(steps) == 1 and steps[0][1] == "[x]" and f.with_ is None else None
+            namespace.update(
+                {f"fn{i}": f.segment_fn, f"args{i}": f.args, f"transform{i}": f.transform, f"f{i}": f}
+            )
+            namespace[f"choice{i}"] = choice
+            lines.append(
+                f"        made = fn{i}([{', '.join(name for name, _ in names)}], index, rt, args{i})"
+            )
+            lines.append("        if made is not None:")
+            if f.transform is not None:
+                lines.append(f"            made = transform{i}(made, rt, args{i})")
+            if choice is not None:
+                lines += [
+                    "            if made.__class__ is Choice:",
+                    "                inner = made.value",
+                    "                if inner is not None and (inner.__class__ not in CONTAINERS or inner):",
+                    (
+                        f"                    res[choice{i} + made.type] = inner"
+                        if i in sole
+                        else f"                    put_choice(res, choice{i}, made.type, inner)"
+                    ),
+                    "            else:",
+                    f"                put(res, f{i}, made)",
+                ]
+            else:
+                lines.append(f"            put(res, f{i}, made)")
         elif local:
             test = " or ".join(f"(nf > {int(n)} and fields[{int(n)}])" for n in local)
             lines.append(f"    if {test}:")
@@ -975,21 +1338,22 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
         merge_into(target, res)
         return
     # No business identifier: stable for this message and this segment position.
-    rid = compute_id(smap, rt, index) or resource_id(
-        smap.resource, *message_key(rt), rt.segments[index].name, str(index)
+    rid = (smap.compute_id(rt, index) if smap.compute_id is not None else compute_id(smap, rt, index)) or (
+        resource_id(smap.resource, *message_key(rt), rt.segments[index].name, str(index))
     )
     key = f"{smap.resource}/{rid}"
     if key in rt.keys:
         # Two segments with the same business key in one message: keep both, keyed apart by position.
         rt.warn(f"{rt.segments[index].name} at segment {index}: {key} already made by this message")
         rid = resource_id(smap.resource, rid, str(index))
+        key = f"{smap.resource}/{rid}"
     res["id"] = rid
-    rt.keys.add(f"{smap.resource}/{rid}")
+    rt.keys.add(key)
     rt.made[(smap.name, index)] = res
     rt.children.setdefault((smap.name, parent), []).append(res)
     rt.resources.append(res)
     if smap.deferred:
-        rt.deferred.append((res, smap.deferred, index, parent))
+        rt.deferred.append((res, smap.resolve or smap.deferred, index, parent))
     if smap.required:
         rt.pending_required.append((res, smap, index, parent))
 
@@ -1034,6 +1398,9 @@ def resolve_references(rt: Runtime) -> None:
     segment_of_map = rt.maps.segment_of_map
     segs, made, children, refs = rt.segments, rt.made, rt.children, rt._refs
     for res, fields, index, parent in rt.deferred:
+        if not isinstance(fields, tuple):  # a generated resolver (see compile_resolve)
+            fields(rt, res, index, parent)
+            continue
         for f in fields:
             ref = f.ref
             if ref is not None:
@@ -1066,6 +1433,62 @@ def resolve_references(rt: Runtime) -> None:
             elif f.children is not None:
                 for child in children.get((f.children, index), ()):
                     set_value(res, f.steps, {"reference": f"{child['resourceType']}/{child['id']}"}, f.with_)
+
+
+def compile_resolve(smap: CompiledSegmentMap, segment_of_map: dict[str, str]) -> None:
+    """The deferred (reference) fields of a segment map as one generated function doing what
+    :func:`resolve_references` does for them. Only the fields' positions reach the text; map names,
+    segment names and targets are bound."""
+    if not smap.deferred:
+        smap.resolve = None
+        return
+    ns: dict[str, Any] = {"set_value": set_value}
+    lines = [
+        "def resolve(rt, res, index, parent):",
+        "    segs, made, refs = rt.segments, rt.made, rt._refs",
+        "    pname = segs[parent].name if parent >= 0 else None",
+    ]
+    for k, f in enumerate(smap.deferred):
+        ns.update({f"steps{k}": f.steps, f"with{k}": f.with_})
+        if f.ref is not None:
+            ns.update({f"ref{k}": f.ref, f"seg{k}": segment_of_map.get(f.ref, "")})
+            lines += [
+                f"    at = parent if pname == seg{k} else rt.nearest(index, seg{k})",
+                f"    key = (ref{k}, at)",
+                "    if key in refs:",
+                "        reference = refs[key]",
+                "    else:",
+                "        target = made.get(key)",
+                "        reference = refs[key] = (",
+                "            None if target is None else f\"{target['resourceType']}/{target['id']}\"",
+                "        )",
+                "    if reference is not None:",
+                "        value = {'reference': reference}",
+            ]
+            steps = f.steps
+            if f.with_ is None and f.simple is not None:
+                ns[f"simple{k}"] = f.simple
+                lines.append(f"        res[simple{k}] = value")
+            elif f.with_ is None and len(steps) == 1 and steps[0][1] == "[]":
+                ns[f"name{k}"] = steps[0][0]
+                lines += [
+                    f"        items = res.get(name{k})",
+                    "        if items is None:",
+                    f"            res[name{k}] = [value]",
+                    "        elif value not in items:",
+                    "            items.append(value)",
+                ]
+            else:
+                lines.append(f"        set_value(res, steps{k}, value, with{k})")
+        elif f.children is not None:
+            ns[f"children{k}"] = f.children
+            lines += [
+                f"    for child in rt.children.get((children{k}, index), ()):",
+                f"        set_value(res, steps{k}, {{'reference': f\"{{child['resourceType']}}/{{child['id']}}\"}}, with{k})",
+            ]
+    lines.append("    return None")
+    exec(compile("\n".join(lines), "<references of a segment map>", "exec"), ns)
+    smap.resolve = ns["resolve"]
 
 
 def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
@@ -1143,6 +1566,10 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
     return out
 
 
+# The standard's field names (reference data: a few hundred segment/field/version triples).
+_field_name = lru_cache(maxsize=4096)(field_name)
+
+
 def unmapped_report(rt: Runtime) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, seg in enumerate(rt.segments):
@@ -1150,9 +1577,12 @@ def unmapped_report(rt: Runtime) -> list[dict[str, Any]]:
         fields = seg.fields
         start = 3 if seg.name in ("MSH", "FHS", "BHS") else 1
         before = len(out)
-        for n, raw in enumerate(fields):
-            if not raw or n in used or n < start:
+        # The non-empty fields no map used, in field order (most segments: none).
+        left = set(compress(range(len(fields)), fields)).difference(used)
+        for n in sorted(left) if left else ():
+            if n < start:
                 continue
+            raw = fields[n]
             # Set IDs (SEG-1 of repeating segments) only number the segments; not data to map.
             if n == 1 and raw.isdigit():
                 continue
@@ -1161,7 +1591,7 @@ def unmapped_report(rt: Runtime) -> list[dict[str, Any]]:
                     "segment": seg.name,
                     "index": i,
                     "field": n,
-                    "name": field_name(seg.name, n, rt.version or "2.5.1"),
+                    "name": _field_name(seg.name, n, rt.version or "2.5.1"),
                     "value": raw if len(raw) <= UNMAPPED_VALUE_MAX else raw[:UNMAPPED_VALUE_MAX] + "…",
                 }
             )

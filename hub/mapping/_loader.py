@@ -32,6 +32,7 @@ from hub.mapping._engine import (
     Vocab,
     compile_id,
     compile_plan,
+    compile_resolve,
     parse_ref,
     parse_target,
     set_value,
@@ -304,58 +305,7 @@ class _Compiler:
             )
         vocabs = self.vocabs
         resource = dt.resource
-
-        def convert(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
-            parts = rt.parts(raw, level)
-            out: dict[str, Any] = {}
-            constants: list[tuple[tuple[tuple[str, str], ...], Any]] = []
-            for comp, sub, steps, conv, vocab, transform, const, fargs in comps:
-                if const is not None:
-                    constants.append((steps, const))
-                    continue
-                if comp:
-                    piece = parts[comp - 1] if comp <= len(parts) else ""
-                    plevel = level + 1
-                    if sub:
-                        subs = rt.parts(piece, plevel)
-                        piece = subs[sub - 1] if sub <= len(subs) else ""
-                        plevel += 1
-                else:
-                    piece, plevel = raw, level
-                if not piece or piece == '""':
-                    continue
-                if conv is not None:
-                    value: Any = conv(piece, plevel, rt, fargs)
-                else:
-                    value = rt.text(rt.parts(piece, plevel)[0] if plevel < 2 else piece).strip() or None
-                if value is None:
-                    continue
-                if vocab is not None and isinstance(value, str):
-                    value = vocabs[vocab].get(value) if vocab in vocabs else None
-                    if value is None:
-                        continue
-                if transform is not None:
-                    value = transform(value, rt, fargs)
-                if len(steps) == 1 and value.__class__ is str:  # most components: one plain element
-                    key, kind = steps[0]
-                    if kind == "":
-                        out[key] = value
-                        continue
-                    if kind == "[]":
-                        items = out.setdefault(key, [])
-                        if value not in items:
-                            items.append(value)
-                        continue
-                set_value(out, steps, value, None)
-            if not out:
-                return None
-            for steps, const in constants:
-                set_value(out, steps, const, None)
-            if resource is None:
-                return out
-            return _as_resource(rt, resource, out)
-
-        return convert
+        return _generate_converter(comps, vocabs, resource)
 
     def _whole_field(self, name: str) -> bool:
         found = self.src.datatypes.get(name) or next(
@@ -502,12 +452,15 @@ class _Compiler:
                 assert self.src.sender is not None
                 self.fault(self.src.sender[0], f"unknown time zone {zone!r}")
                 zone = None
+        segment_of_map = {n: m.segment for n, m in self.segment_maps.items()}
+        for smap in self.segment_maps.values():
+            compile_resolve(smap, segment_of_map)
         return CompiledMaps(
             messages=messages,
             segment_maps=self.segment_maps,
             vocabs=self.vocabs,
             time_zone=zone,
-            segment_of_map={n: m.segment for n, m in self.segment_maps.items()},
+            segment_of_map=segment_of_map,
             converters=converters,
         )
 
@@ -524,6 +477,84 @@ def _find_line(path: Path, text: str) -> int:
             if quoted in line:
                 return n
     return 1
+
+
+def _generate_converter(
+    comps: list[
+        tuple[int, int, tuple[tuple[str, str], ...], Converter | None, str | None, Any, Any, dict[str, Any]]
+    ],
+    vocabs: dict[str, Vocab],
+    resource: str | None,
+) -> Converter:
+    """A datatype map (components to elements) as one generated function: the component loop of the
+    interpreted converter unrolled, each component's numbers written in, its converter, vocabulary,
+    transform, target and constant bound. Only component numbers reach the generated text."""
+    ns: dict[str, Any] = {
+        "VOCABS": vocabs,
+        "RESOURCE": resource,
+        "set_value": set_value,
+        "as_resource": _as_resource,
+    }
+    lines = ["def convert(raw, level, rt, args):", "    parts = rt.parts(raw, level)", "    out = {}"]
+    constants: list[int] = []
+    for k, (comp, sub, steps, conv, vocab, transform, const, fargs) in enumerate(comps):
+        ns.update({f"steps{k}": steps, f"conv{k}": conv, f"vocab{k}": vocab, f"tr{k}": transform})
+        ns.update({f"const{k}": const, f"fargs{k}": fargs})
+        if const is not None:
+            constants.append(k)
+            continue
+        comp, sub = int(comp), int(sub)
+        if comp:
+            lines.append(f"    piece = parts[{comp - 1}] if {comp} <= len(parts) else ''")
+            if sub:
+                lines += [
+                    "    subs = rt.parts(piece, level + 1)",
+                    f"    piece = subs[{sub - 1}] if {sub} <= len(subs) else ''",
+                    "    plevel = level + 2",
+                ]
+            else:
+                lines.append("    plevel = level + 1")
+        else:
+            lines += ["    piece = raw", "    plevel = level"]
+        lines.append("    if piece and piece != '\"\"':")
+        if conv is not None:
+            lines.append(f"        value = conv{k}(piece, plevel, rt, fargs{k})")
+        else:
+            lines.append(
+                "        value = rt.text(rt.parts(piece, plevel)[0] if plevel < 2 else piece).strip() or None"
+            )
+        lines.append("        if value is not None:")
+        indent = "            "
+        if vocab is not None:
+            lines += [
+                f"{indent}if isinstance(value, str):",
+                f"{indent}    value = VOCABS[vocab{k}].get(value) if vocab{k} in VOCABS else None",
+                f"{indent}if value is not None:",
+            ]
+            indent += "    "
+        if transform is not None:
+            lines.append(f"{indent}value = tr{k}(value, rt, fargs{k})")
+        key, kind = steps[0]
+        if len(steps) == 1 and kind in ("", "[]"):
+            ns[f"key{k}"] = key
+            lines.append(f"{indent}if value.__class__ is str:")
+            if kind == "":
+                lines.append(f"{indent}    out[key{k}] = value")
+            else:
+                lines += [
+                    f"{indent}    items = out.setdefault(key{k}, [])",
+                    f"{indent}    if value not in items:",
+                    f"{indent}        items.append(value)",
+                ]
+            lines += [f"{indent}else:", f"{indent}    set_value(out, steps{k}, value, None)"]
+        else:
+            lines.append(f"{indent}set_value(out, steps{k}, value, None)")
+    lines += ["    if not out:", "        return None"]
+    lines += [f"    set_value(out, steps{k}, const{k}, None)" for k in constants]
+    lines += ["    if RESOURCE is None:", "        return out", "    return as_resource(rt, RESOURCE, out)"]
+    exec(compile("\n".join(lines), "<datatype map>", "exec"), ns)
+    convert: Converter = ns["convert"]
+    return convert
 
 
 def _as_resource(rt: Runtime, resource_type: str, body: dict[str, Any]) -> dict[str, Any]:
