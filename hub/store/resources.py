@@ -76,55 +76,7 @@ def upsert(
     now: datetime | None = None,
 ) -> Written:
     """Create or update ``resource`` (which carries ``resourceType`` and ``id``)."""
-    rtype = resource["resourceType"]
-    rid = str(resource["id"])
-    now = now or datetime.now(UTC)
-    body = _strip_meta(resource)
-    current = session.get(Resource, (rtype, rid))
-    if current is not None and not current.deleted:
-        old = _strip_meta(orjson.loads(current.content))
-        if old == body:
-            return Written(rtype, rid, current.version_id, False)
-    version = (current.version_id + 1) if current is not None else 1
-    meta = dict(body.get("meta") or {})
-    meta["versionId"] = str(version)
-    meta["lastUpdated"] = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    stored = {"resourceType": rtype, "id": rid, "meta": meta}
-    stored.update({k: v for k, v in body.items() if k not in ("resourceType", "id", "meta")})
-    content = orjson.dumps(stored)
-    patient_id = _patient_of(stored)
-    if current is None:
-        session.add(
-            Resource(
-                resource_type=rtype,
-                id=rid,
-                version_id=version,
-                last_updated=now,
-                deleted=False,
-                patient_id=patient_id,
-                content=content,
-            )
-        )
-    else:
-        current.version_id = version
-        current.last_updated = now
-        current.deleted = False
-        current.patient_id = patient_id
-        current.content = content
-    session.add(
-        ResourceVersion(
-            resource_type=rtype,
-            id=rid,
-            version_id=version,
-            last_updated=now,
-            deleted=False,
-            message_id=message_id,
-            content=content,
-        )
-    )
-    for hook in _write_hooks:
-        hook(session, rtype, rid, stored)
-    return Written(rtype, rid, version, True)
+    return upsert_many(session, [resource], message_id=message_id, now=now)[0]
 
 
 def upsert_many(
