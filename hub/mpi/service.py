@@ -413,9 +413,12 @@ def rebuild_golden(session: Session, golden_id: str, settings: MpiSettings = DEF
     """Write the golden Patient from its current sources (or delete it when it has none left). Each
     element comes from the best source that has it: active before retired, the most trusted sender, then
     the most recent; identifiers are the union over all sources."""
-    sources = list(
-        session.scalars(select(MpiSource).where(MpiSource.golden_id == golden_id).order_by(MpiSource.id))
-    )
+    # Plain rows, not entities: the golden record only reads its sources.
+    sources = session.execute(
+        select(MpiSource.id, MpiSource.active, MpiSource.facility, MpiSource.updated_at, MpiSource.content)
+        .where(MpiSource.golden_id == golden_id)
+        .order_by(MpiSource.id)
+    ).all()
     if not sources:
         current = session.get(Resource, ("Patient", golden_id))
         if current is not None and not current.deleted:
