@@ -274,8 +274,11 @@ def _lock_blocks(session: Session, keys: set[str]) -> None:
     SQLite has a single writer, so nothing to do there."""
     if not keys or session.get_bind().dialect.name != "postgresql":
         return
-    for lock in sorted({zlib.crc32(b"mpi|" + k.encode()) for k in keys}):
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
+    locks = sorted({zlib.crc32(b"mpi|" + k.encode()) for k in keys})
+    # One round trip: a function scan over the array yields (and locks) the keys in the array's order.
+    session.execute(
+        text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:ks AS bigint[])) AS k"), {"ks": locks}
+    )
 
 
 def _identifier_keys(content: Mapping[str, Any]) -> set[str]:
