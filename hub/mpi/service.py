@@ -109,7 +109,10 @@ _DEFAULT_MATCH = MatchConfig()
 def _features(content: Mapping[str, Any], config: MatchConfig | None = None) -> Features:
     """``features(content, config)``, memoised on the content itself (not on a row id or timestamp)."""
     config = config or _DEFAULT_MATCH
-    key = (orjson.dumps(content, option=orjson.OPT_SORT_KEYS), config.placeholders)
+    try:
+        key = (orjson.dumps(content, option=orjson.OPT_SORT_KEYS), config.placeholders)
+    except TypeError:  # not plain JSON (a Decimal, a huge integer): not memoised
+        return features(dict(content), config)
     found = _FEATURES_CACHE.get(key)
     if found is None:
         if len(_FEATURES_CACHE) >= _FEATURES_CACHE_MAX:
