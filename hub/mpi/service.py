@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import Text, cast, delete, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from hub.errors import Conflict, NotFound
@@ -118,6 +118,18 @@ def _features(content: Mapping[str, Any], config: MatchConfig | None = None) -> 
         if len(_FEATURES_CACHE) >= _FEATURES_CACHE_MAX:
             _FEATURES_CACHE.clear()
         found = _FEATURES_CACHE[key] = features(dict(content), config)
+    return found
+
+
+def _features_of_stored(raw: str, config: MatchConfig) -> Features:
+    """The features of a stored content given as its JSON text (as the database returns it): memoised on
+    that text, so a known candidate costs neither a JSON parse nor a serialisation."""
+    key = (raw.encode(), config.placeholders)
+    found = _FEATURES_CACHE.get(key)
+    if found is None:
+        if len(_FEATURES_CACHE) >= _FEATURES_CACHE_MAX:
+            _FEATURES_CACHE.clear()
+        found = _FEATURES_CACHE[key] = features(orjson.loads(raw), config)
     return found
 
 
@@ -332,7 +344,7 @@ def find_candidates(
     if not keys:
         return []
     stmt = (
-        select(MpiSource.id, MpiSource.golden_id, MpiSource.content)
+        select(MpiSource.id, MpiSource.golden_id, cast(MpiSource.content, Text).label("raw"))
         .where(MpiSource.id.in_(select(MpiBlock.source_id).where(MpiBlock.key.in_(keys))))
         .limit(MAX_CANDIDATES)
     )
@@ -352,7 +364,7 @@ def find_candidates(
     for row in rows:
         if row.golden_id in forbidden_goldens:
             continue
-        other = _features(row.content, settings.match)
+        other = _features_of_stored(row.raw, settings.match)
         fkey = _features_key(other)
         result = results.get(fkey)
         if result is None:
