@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import delete, func, select, text
+import orjson
+from sqlalchemy import Text, cast, delete, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from hub.errors import Conflict, NotFound
@@ -95,6 +96,61 @@ def _now() -> datetime:
 def _utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; the hub writes UTC."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# features() is a pure function of a source's content (and the configured placeholders); every decision
+# compares the new source with each candidate's stored content, so the features of stored content are
+# kept (bounded) instead of being recomputed per candidate and per message.
+_FEATURES_CACHE: dict[tuple[bytes, tuple[str, ...]], Features] = {}
+_FEATURES_CACHE_MAX = 20_000
+_DEFAULT_MATCH = MatchConfig()
+
+
+def _features(content: Mapping[str, Any], config: MatchConfig | None = None) -> Features:
+    """``features(content, config)``, memoised on the content itself (not on a row id or timestamp)."""
+    config = config or _DEFAULT_MATCH
+    try:
+        key = (orjson.dumps(content, option=orjson.OPT_SORT_KEYS), config.placeholders)
+    except TypeError:  # not plain JSON (a Decimal, a huge integer): not memoised
+        return features(dict(content), config)
+    found = _FEATURES_CACHE.get(key)
+    if found is None:
+        if len(_FEATURES_CACHE) >= _FEATURES_CACHE_MAX:
+            _FEATURES_CACHE.clear()
+        found = _FEATURES_CACHE[key] = features(dict(content), config)
+    return found
+
+
+def _features_of_stored(raw: str, config: MatchConfig) -> Features:
+    """The features of a stored content given as its JSON text (as the database returns it): memoised on
+    that text, so a known candidate costs neither a JSON parse nor a serialisation."""
+    key = (raw.encode(), config.placeholders)
+    found = _FEATURES_CACHE.get(key)
+    if found is None:
+        if len(_FEATURES_CACHE) >= _FEATURES_CACHE_MAX:
+            _FEATURES_CACHE.clear()
+        found = _FEATURES_CACHE[key] = features(orjson.loads(raw), config)
+    return found
+
+
+def _features_key(f: Features) -> tuple[Any, ...]:
+    """A hashable stand-in for ``f`` (``person_ids`` is a dict): equal keys, equal comparisons."""
+    return (
+        f.tokens,
+        f.placeholder,
+        f.birth_date,
+        f.gender,
+        f.nik,
+        f.nik_raw,
+        tuple(sorted(f.person_ids.items())),
+        f.phones,
+        f.province,
+        f.city,
+        f.district,
+        f.city_text,
+        f.postal_code,
+        f.line,
+    )
 
 
 def _snapshot(resource: Mapping[str, Any]) -> dict[str, Any]:
@@ -181,7 +237,7 @@ def _resolve_one(
 ) -> set[str]:
     sid = str(resource["id"])
     content = _snapshot(resource)
-    feats = features(content, settings.match)
+    feats = _features(content, settings.match)
     _lock_blocks(session, {k[:250] for k in blocking_keys(feats)} | _identifier_keys(content))
     row = session.get(MpiSource, sid)
     if row is not None:
@@ -233,8 +289,11 @@ def _lock_blocks(session: Session, keys: set[str]) -> None:
     SQLite has a single writer, so nothing to do there."""
     if not keys or session.get_bind().dialect.name != "postgresql":
         return
-    for lock in sorted({zlib.crc32(b"mpi|" + k.encode()) for k in keys}):
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
+    locks = sorted({zlib.crc32(b"mpi|" + k.encode()) for k in keys})
+    # One round trip: a function scan over the array yields (and locks) the keys in the array's order.
+    session.execute(
+        text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:ks AS bigint[])) AS k"), {"ks": locks}
+    )
 
 
 def _identifier_keys(content: Mapping[str, Any]) -> set[str]:
@@ -253,8 +312,9 @@ def _write_blocks(
     stale = existing - keys
     if stale:
         session.execute(delete(MpiBlock).where(MpiBlock.source_id == sid, MpiBlock.key.in_(stale)))
-    for key in sorted(keys - existing):
-        session.add(MpiBlock(key=key, source_id=sid))
+    added = sorted(keys - existing)
+    if added:  # the source row is already flushed: a Core insert, no unit-of-work round
+        session.execute(insert(MpiBlock), [{"key": key, "source_id": sid} for key in added])
 
 
 def _not_duplicate_of(session: Session, sid: str) -> set[str]:
@@ -284,13 +344,13 @@ def find_candidates(
     if not keys:
         return []
     stmt = (
-        select(MpiSource)
+        select(MpiSource.id, MpiSource.golden_id, cast(MpiSource.content, Text).label("raw"))
         .where(MpiSource.id.in_(select(MpiBlock.source_id).where(MpiBlock.key.in_(keys))))
         .limit(MAX_CANDIDATES)
     )
     if exclude_source is not None:
         stmt = stmt.where(MpiSource.id != exclude_source)
-    rows = list(session.scalars(stmt))
+    rows = session.execute(stmt).all()
     # Decisions exist only about sources the MPI already knows (``known=False``: a first arrival).
     forbidden_sources = _not_duplicate_of(session, exclude_source) if exclude_source and known else set()
     forbidden_goldens = {r.golden_id for r in rows if r.id in forbidden_sources}
@@ -299,10 +359,16 @@ def find_candidates(
             session.scalars(select(MpiSource.golden_id).where(MpiSource.id.in_(forbidden_sources)))
         )
     best: dict[str, Candidate] = {}
+    # Sources of one person often share every compared feature (they differ in their MRNs): compare once.
+    results: dict[tuple[Any, ...], MatchResult] = {}
     for row in rows:
         if row.golden_id in forbidden_goldens:
             continue
-        result = compare(feats, features(row.content, settings.match), settings.match)
+        other = _features_of_stored(row.raw, settings.match)
+        fkey = _features_key(other)
+        result = results.get(fkey)
+        if result is None:
+            result = results[fkey] = compare(feats, other, settings.match)
         if result.outcome == "no-match":
             continue
         current = best.get(row.golden_id)
@@ -316,17 +382,25 @@ def _rank(result: MatchResult) -> tuple[int, float]:
 
 
 def _queue_reviews(session: Session, sid: str, candidates: Iterable[Candidate]) -> None:
-    for cand in candidates:
-        existing = session.scalar(
-            select(MpiReview).where(
-                MpiReview.source_id == sid, MpiReview.candidate_source_id == cand.source_id
+    cands = list(candidates)
+    if not cands:
+        return
+    others = {c.source_id for c in cands}
+    existing_reviews = {
+        r.candidate_source_id: r
+        for r in session.scalars(
+            select(MpiReview).where(MpiReview.source_id == sid, MpiReview.candidate_source_id.in_(others))
+        )
+    }
+    reverse_reviews = set(
+        session.scalars(
+            select(MpiReview.source_id).where(
+                MpiReview.source_id.in_(others), MpiReview.candidate_source_id == sid
             )
         )
-        reverse = session.scalar(
-            select(MpiReview.id).where(
-                MpiReview.source_id == cand.source_id, MpiReview.candidate_source_id == sid
-            )
-        )
+    )
+    for cand in cands:
+        existing = existing_reviews.get(cand.source_id)
         comparisons = [
             {"field": c.field, "level": c.level, "weight": c.weight} for c in cand.result.comparisons
         ]
@@ -335,7 +409,7 @@ def _queue_reviews(session: Session, sid: str, candidates: Iterable[Candidate]) 
                 existing.weight, existing.reason = cand.result.weight, cand.result.reason
                 existing.comparisons, existing.golden_id = comparisons, cand.golden_id
             continue
-        if reverse is not None:
+        if cand.source_id in reverse_reviews:
             continue
         session.add(
             MpiReview(
@@ -357,9 +431,12 @@ def rebuild_golden(session: Session, golden_id: str, settings: MpiSettings = DEF
     """Write the golden Patient from its current sources (or delete it when it has none left). Each
     element comes from the best source that has it: active before retired, the most trusted sender, then
     the most recent; identifiers are the union over all sources."""
-    sources = list(
-        session.scalars(select(MpiSource).where(MpiSource.golden_id == golden_id).order_by(MpiSource.id))
-    )
+    # Plain rows, not entities: the golden record only reads its sources.
+    sources = session.execute(
+        select(MpiSource.id, MpiSource.active, MpiSource.facility, MpiSource.updated_at, MpiSource.content)
+        .where(MpiSource.golden_id == golden_id)
+        .order_by(MpiSource.id)
+    ).all()
     if not sources:
         current = session.get(Resource, ("Patient", golden_id))
         if current is not None and not current.deleted:
@@ -495,7 +572,7 @@ def _ensure_source(session: Session, sid: str, facility: str = "") -> MpiSource:
     row.active = True
     session.add(row)
     session.flush()
-    _write_blocks(session, sid, content, features(content))
+    _write_blocks(session, sid, content, _features(content))
     return row
 
 
@@ -533,9 +610,9 @@ def merge(
     ret.updated_at = _now()
     # Sources the MPI had linked to the retired patient (other senders' records) are probably the
     # survivor too; a steward decides, the sender's merge speaks only for its own records.
-    surv_feats = features(surv.content)
+    surv_feats = _features(surv.content)
     for other in left_behind:
-        result = compare(features(other.content), surv_feats)
+        result = compare(_features(other.content), surv_feats)
         _queue_reviews(
             session,
             other.id,
@@ -574,7 +651,7 @@ def _change_identifier(
     content["identifier"] = idents
     row.content = content
     row.updated_at = _now()
-    _write_blocks(session, sid, content, features(content, settings.match))
+    _write_blocks(session, sid, content, _features(content, settings.match))
     _record(
         session,
         action="change-identifier",

@@ -361,3 +361,20 @@ def test_replaying_a_message_writes_no_new_versions(session: Session) -> None:
     ingest(session, "RS-B", sari("RS-B", "2"))
     assert (golden_version.version_id, source_version.version_id) == before
     assert len(session.scalars(select(MpiSource)).all()) == 2
+
+
+def test_features_are_memoised_on_content_and_placeholders() -> None:
+    import copy
+    from decimal import Decimal
+
+    from hub.mpi.match import MatchConfig, features
+
+    a = sari("RSA", "1")
+    assert service._features(a) is service._features(copy.deepcopy(a))  # equal content: computed once
+    assert service._features(a) == features(a)
+    # The placeholder list is part of the key: a configuration that declares "sari" a placeholder differs.
+    strict = MatchConfig(placeholders=(r"^sari\b",))
+    assert service._features(a, strict).placeholder and not service._features(a).placeholder
+    # Content that is not plain JSON is not memoised, but still compared.
+    odd = {**a, "extension": [{"url": "x", "valueDecimal": Decimal("1.5")}]}
+    assert service._features(odd) == features(odd)
