@@ -240,6 +240,10 @@ def _resolve_one(
     feats = _features(content, settings.match)
     _lock_blocks(session, {k[:250] for k in blocking_keys(feats)} | _identifier_keys(content))
     row = session.get(MpiSource, sid)
+    if row is not None and row.content == content and row.active:
+        # The same demographics again (most messages of a known patient, and every replay): nothing the
+        # decision or the golden record depends on changed; "most recent" means most recently changed.
+        return set()
     if row is not None:
         row.content = content
         row.updated_at = _now()

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from hub.db import session_scope
 from hub.errors import Conflict
 from hub.mapping import MappingResult, SenderContext
 from hub.mpi import service
@@ -378,3 +379,23 @@ def test_features_are_memoised_on_content_and_placeholders() -> None:
     # Content that is not plain JSON is not memoised, but still compared.
     odd = {**a, "extension": [{"url": "x", "valueDecimal": Decimal("1.5")}]}
     assert service._features(odd) == features(odd)
+
+
+def test_unchanged_resend_does_not_rebuild_the_golden(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most messages of a known patient repeat its demographics: the golden record is left alone (no
+    rebuild, no new version), and the source still carries its link."""
+    p = patient("RS_A", "A1", "Siti Aminah", "1990-05-15", "female", nik=NIK)
+    with session_scope(engine) as session:
+        ingest(session, "RS_A", dict(p))
+    rebuilt: list[str] = []
+    real = service.rebuild_golden
+    monkeypatch.setattr(service, "rebuild_golden", lambda s, g, *a: (rebuilt.append(g), real(s, g, *a))[1])
+    with session_scope(engine) as session:
+        again = ingest(session, "RS_A", dict(p)).resources[0]
+    assert rebuilt == [] and refer(again)
+    changed = {**p, "telecom": [{"system": "phone", "value": "+62811000111"}]}
+    with session_scope(engine) as session:
+        ingest(session, "RS_A", changed)
+    assert len(rebuilt) == 1
