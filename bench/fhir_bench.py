@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,13 +30,13 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import Engine, create_engine, insert, text
+from sqlalchemy import Engine, insert, text
 
 from hub.auth import issue_token
 from hub.config import Settings
 from hub.db import make_engine
 from hub.store.models import Resource, ResourceVersion
-from hub.store.schema import upgrade
+from hub.store.schema import scratch_database, upgrade
 from hub.store.search_index import INDEX_MODELS
 from hub.store.search_params import extract
 
@@ -301,16 +300,8 @@ def _bulk_insert(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
 
 @contextmanager
 def pg_database(admin_url: str) -> Iterator[str]:
-    name = f"hub_bench_fhir_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(admin_url, "hub_bench_fhir") as url:
+        yield url
 
 
 @contextmanager

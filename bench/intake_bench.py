@@ -236,18 +236,10 @@ def drive(
 
 @contextlib.contextmanager
 def pg_database() -> Iterator[str]:
-    from sqlalchemy import create_engine, text
+    from hub.store.schema import scratch_database
 
-    name = f"hub_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(PG_ADMIN_URL, "hub_bench") as url:
+        yield url
 
 
 def _env(database_url: str, var_dir: Path, **extra: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ lands has really run against PostgreSQL.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from hub.db import make_engine
 from hub.store.models import Base
-from hub.store.schema import upgrade
+from hub.store.schema import scratch_database, upgrade
 
 PG_URL = os.environ.get("HUB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 RABBITMQ_URL = os.environ.get("HUB_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -71,16 +70,8 @@ def require_broker(url: str) -> None:
 def fresh_pg_database() -> Iterator[str]:
     """A PostgreSQL database of its own (empty, not migrated), dropped afterwards."""
     require_postgres()
-    name = f"hub_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(PG_URL, "hub_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -98,16 +89,9 @@ def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
 def pg_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test run, migrated to head, dropped at the end."""
     require_postgres()
-    name = f"hub_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_URL.rsplit("/", 1)[0] + "/" + name
-    upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(PG_URL, "hub_test") as url:
+        upgrade(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

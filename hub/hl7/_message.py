@@ -95,11 +95,6 @@ def value_at(raw: str, enc: Encoding, component: int = 1, subcomponent: int = 1,
     return unescape(comp, enc)
 
 
-def components(rep: str, enc: Encoding) -> list[str]:
-    """Unescaped components of one repetition (subcomponents kept joined, escaped)."""
-    return rep.split(enc.component)
-
-
 class Message:
     """A tokenized message. Build one with :func:`parse`."""
 

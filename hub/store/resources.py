@@ -8,7 +8,7 @@ replay or a duplicate leaves no new version behind.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -214,13 +214,3 @@ def read_bytes(session: Session | Connection, resource_type: str, rid: str) -> t
 
 def read(session: Session, resource_type: str, rid: str) -> dict[str, Any]:
     return dict(orjson.loads(read_bytes(session, resource_type, rid)[0]))
-
-
-def read_many(session: Session, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Current, non-deleted resources for (type, id) keys, as dicts."""
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for rtype, rid in keys:
-        row = session.get(Resource, (rtype, rid))
-        if row is not None and not row.deleted:
-            out[(rtype, rid)] = orjson.loads(row.content)
-    return out
