@@ -20,7 +20,7 @@ import orjson
 from hub.errors import MappingError
 from hub.hl7 import EXPLICIT_NULL, Encoding, Message, Segment, unescape
 from hub.hl7.reference import field_name
-from hub.mapping._functions import DATATYPES, MEMO_MAX, Choice, key_id
+from hub.mapping._functions import DATATYPES, MEMO_MAX, TRANSFORMS, Choice, key_id
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._time import TimeFormatError, to_datetime, to_instant
 
@@ -305,11 +305,10 @@ class Runtime:
         self._patient_ids: dict[int, str] = {}
         self.facility_key = _facility_key(ctx.facility)
         self.version = self.segments[0].get(12) if self.segments else ""
-        # What values remembered per maps also depend on: the delimiters and the sender.
+        # What values remembered per maps also depend on: the delimiters, the sender and its time zone.
         e = self.enc
-        self.memo_key = "\x1f".join(
-            (e.field, e.component, e.repetition, e.escape, e.subcomponent, e.truncation, self.facility_key)
-        )
+        delimiters = (e.field, e.component, e.repetition, e.escape, e.subcomponent, e.truncation)
+        self.memo_key = "\x1f".join((*delimiters, self.facility_key, zone))
 
     # -- values --------------------------------------------------------------------------------------
     def text(self, raw: str) -> str:
@@ -690,9 +689,12 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
     return run_local
 
 
-# Converters that are pure functions of the raw value, the maps and the sender (no warnings, no
-# resources made on the side).
-_CODED = frozenset(DATATYPES[name] for name in ("CodeableConcept", "Coding", "code", "HD"))
+# Converters that are pure functions of the raw value, the maps and the sender (no resources made on
+# the side; a warning only with a None result, which is not remembered). Dates and times are among them:
+# a message repeats its timestamps (OBR-7 in every OBX) and the zone is part of the memo key.
+_CODED = frozenset(
+    DATATYPES[name] for name in ("CodeableConcept", "Coding", "code", "HD", "dateTime", "instant", "date")
+)
 _PURE_TEXT = frozenset(DATATYPES[name] for name in ("string", "code"))
 _MEMO_TYPES = (str, dict, list)
 
@@ -1129,11 +1131,24 @@ def _emit_lines(
             "                memo.clear()",
             "            memo[key] = freeze(value)",
         ]
+    elif f.vocab is None and (f.convert is None or f.convert is _STRING):
+        out += _text_lines(level, f.convert is None)
     else:
         out += [
             f"    value = code{i}(rt, piece, {level}, src{i}, enc)",
             "    if value is None:",
             "        continue",
+        ]
+    if f.transform is _CHOICE and choice is not None and isinstance(f.args.get("type"), str):
+        # The ``choice`` transform types a value for ``name[x]``: write ``name<Type>`` at once.
+        namespace[f"type{i}"] = f.args["type"]
+        namespace[f"typed{i}"] = choice + f.args["type"]
+        return [
+            *out,
+            "    if value.__class__ not in CONTAINERS or value:",
+            f"        res[typed{i}] = value"
+            if sole
+            else f"        put_choice(res, choice{i}, type{i}, value)",
         ]
     if f.transform is not None:
         out.append(f"    value = transform{i}(value, rt, args{i})")
@@ -1171,8 +1186,48 @@ def _emit_lines(
             "                items.append(value)",
             "        continue",
         ]
+    elif len(steps) == 2 and steps[0][1] == "[]" and steps[1][1] == "" and not with_:
+        # ``name[].element`` (referenceRange[].text): a new item holding the value, as set_value does.
+        namespace[f"outer{i}"], namespace[f"inner{i}"] = steps[0][0], steps[1][0]
+        out += [
+            "    elif cls not in CONTAINERS or value:",
+            f"        items = res.get(outer{i})",
+            "        if items is None:",
+            f"            res[outer{i}] = [{{inner{i}: value}}]",
+            "        else:",
+            f"            items.append({{inner{i}: value}})",
+            "        continue",
+            "    else:",
+            "        continue",
+        ]
     out.append(f"    set_value(res, steps{i}, value, with{i})")
     return out
+
+
+_STRING = DATATYPES["string"]
+_CHOICE = TRANSFORMS["choice"]
+
+
+def _text_lines(level: int, first_subcomponent: bool) -> list[str]:
+    """Generated text of the plain-text value of ``piece`` at nesting ``level`` (no datatype, or the
+    ``string`` datatype, which does not cut a whole field at its first subcomponent), unescaped and
+    stripped, into ``value``: what ``_code_value`` and ``dt_string`` compute, without their calls."""
+    if level == 0:
+        out = ["    piece = piece.split(csep, 1)[0]"]
+        if first_subcomponent:
+            out += ["    if ssep:", "        piece = piece.split(ssep, 1)[0]"]
+    elif level == 1:
+        out = ["    if ssep:", "        piece = piece.split(ssep, 1)[0]"]
+    else:
+        out = []
+    return [
+        *out,
+        "    if esc and esc in piece:",
+        "        piece = unescape(piece, enc)",
+        "    value = piece.strip()",
+        "    if not value:",
+        "        continue",
+    ]
 
 
 def _sole_choices(fields: list[CompiledField]) -> set[int]:
@@ -1217,12 +1272,13 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
         "put_choice": put_choice,
         "set_value": set_value,
         "put": put,
+        "unescape": unescape,
     }
     lines = [
         "def fill(rt, index, res, fields, nf):",
         "    used = rt.used[index]",
         "    enc = rt.enc",
-        "    rsep, csep, ssep = enc.repetition, enc.component, enc.subcomponent",
+        "    rsep, csep, ssep, esc = enc.repetition, enc.component, enc.subcomponent, enc.escape",
         "    memo = rt.maps.memo",
         "    mkey = rt.memo_key",
         "    raw_at = rt.raw_at",
@@ -1577,11 +1633,14 @@ def unmapped_report(rt: Runtime) -> list[dict[str, Any]]:
         fields = seg.fields
         start = 3 if seg.name in ("MSH", "FHS", "BHS") else 1
         before = len(out)
-        # The non-empty fields no map used, in field order (most segments: none).
-        left = set(compress(range(len(fields)), fields)).difference(used)
+        # The non-empty fields no map used, in field order (most segments: none, so no sorting).
+        left = set(compress(range(len(fields)), fields))
+        left -= used
+        left.discard(0)  # the segment name
+        if start == 3:
+            left.discard(1)
+            left.discard(2)
         for n in sorted(left) if left else ():
-            if n < start:
-                continue
             raw = fields[n]
             # Set IDs (SEG-1 of repeating segments) only number the segments; not data to map.
             if n == 1 and raw.isdigit():

@@ -12,7 +12,6 @@ import base64
 import binascii
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hub.mapping._ids import patient_id, resource_id
@@ -24,12 +23,23 @@ if TYPE_CHECKING:
 NIK_SYSTEM = "https://fhir.kemkes.go.id/id/nik"
 
 
-@dataclass(frozen=True, slots=True)
 class Choice:
-    """A value for a choice element (``value[x]``): the FHIR type name completes the element name."""
+    """A value for a choice element (``value[x]``): the FHIR type name completes the element name.
 
-    type: str
-    value: Any
+    A plain slotted class rather than a frozen dataclass: one is made for nearly every OBX, and a frozen
+    dataclass's ``__init__`` pays an ``object.__setattr__`` call per attribute."""
+
+    __slots__ = ("type", "value")
+
+    def __init__(self, type: str, value: Any) -> None:
+        self.type = type
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Choice) and (self.type, self.value) == (other.type, other.value)
+
+    def __repr__(self) -> str:
+        return f"Choice(type={self.type!r}, value={self.value!r})"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -113,6 +123,12 @@ _DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 def decimal(text: str) -> int | float | None:
     """An NM value as a JSON number (integers stay integers so ``5`` is not written ``5.0``)."""
     text = text.strip()
+    # The shapes nearly every result has (``250``, ``13.5``) without the regular expression.
+    if text.isdecimal():
+        return int(text)
+    head, dot, tail = text.partition(".")
+    if dot and head.isdecimal() and tail.isdecimal():
+        return float(text)
     if not _DECIMAL.match(text):
         return None
     if "." in text:
@@ -730,25 +746,28 @@ def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[st
     """OBX-5 as value[x] by OBX-2 (V2-to-FHIR IG OBX[Observation]): NM with OBX-6 units → Quantity,
     SN → Quantity/Range/Ratio, CWE → CodeableConcept, TX/FT/ST → string (repetitions are lines), TS →
     dateTime. ED/RP have no value[x] in R4: :func:`fn_observation_attachment` keeps them."""
-    vtype, value, units = ([*raws, "", "", ""])[:3]
-    vtype = rt.text(vtype).strip().upper()
+    vtype, value, units = raws if len(raws) == 3 else ([*raws, "", "", ""])[:3]
     if not value:
         return None
-    kind = _OBX_TYPES.get(vtype, "string" if vtype else "text")
-    if kind in ("text", "string") or vtype in ("TM",):
+    kind = _OBX_TYPES.get(vtype)  # the type as senders write it: no escapes, spaces or lower case
+    if kind is None:
+        vtype = rt.text(vtype).strip().upper()
+        kind = _OBX_TYPES.get(vtype, "string" if vtype else "text")
+    if kind in ("text", "string"):  # TM too
         text = dt_text(value, 0, rt, {})
         return Choice("String", text) if text else None
+    rep = rt.enc.repetition
     if kind == "decimal":
-        number = decimal(rt.text(value.split(rt.enc.repetition)[0]))
+        number = decimal(rt.text(value.split(rep, 1)[0] if rep in value else value))
         if number is None:
             text = rt.text(value).strip()
             return Choice("String", text) if text else None
-        return Choice("Quantity", quantity(rt, number, units.split(rt.enc.repetition)[0], 0))
-    first = value.split(rt.enc.repetition)[0]
+        return Choice("Quantity", quantity(rt, number, units.split(rep, 1)[0] if rep in units else units, 0))
+    first = value.split(rep, 1)[0] if rep in value else value
     if kind == "SN":
         sn = dt_sn(first, 0, rt, {})
         if isinstance(sn, Choice) and sn.type == "Quantity" and units:
-            q = quantity(rt, sn.value["value"], units.split(rt.enc.repetition)[0], 0)
+            q = quantity(rt, sn.value["value"], units.split(rep, 1)[0] if rep in units else units, 0)
             if "comparator" in sn.value:
                 q = {
                     "value": q["value"],
