@@ -7,7 +7,6 @@ is marked used; the rest make the unmapped report. One Provenance per message ta
 
 from __future__ import annotations
 
-import copy
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,7 +78,7 @@ def set_value(obj: dict[str, Any], steps: tuple[Step, ...], value: Any, with_: d
         return False
     for name, kind in steps[:-1]:
         if kind == "[]":
-            new: dict[str, Any] = copy.deepcopy(with_) if with_ else {}
+            new: dict[str, Any] = _clone(with_) if with_ else {}
             obj.setdefault(name, []).append(new)
             obj, with_ = new, None
         else:
@@ -87,7 +86,7 @@ def set_value(obj: dict[str, Any], steps: tuple[Step, ...], value: Any, with_: d
     name, kind = steps[-1]
     if kind == "[]":
         if with_ and isinstance(value, dict):
-            value = {**copy.deepcopy(with_), **value}
+            value = {**_clone(with_), **value}
         lst = obj.setdefault(name, [])
         if isinstance(value, list):
             lst.extend(value)
@@ -204,6 +203,7 @@ class CompiledSegmentMap:
     fill: Callable[[Runtime, int, dict[str, Any], list[str], int], None] = lambda *_: None
     deferred: tuple[CompiledField, ...] = ()
     resolve: Resolver | None = None  # the deferred fields as one generated function (compile_resolve)
+    is_child: bool = False  # another map's ``children:`` field lists the resources of this one
 
 
 @dataclass(slots=True)
@@ -321,6 +321,16 @@ class Runtime:
         if level == 1 and self._ssep:
             return raw.split(self._ssep)
         return [raw]
+
+    def texts(self, raw: str, level: int) -> list[str]:
+        """``[text(p).strip() for p in parts(raw, level)]`` in one call (the datatype functions read
+        every component of a CX, XTN, EI … this way)."""
+        parts = self.parts(raw, level)
+        esc = self._esc
+        if esc and esc in raw:
+            enc = self.enc
+            return [unescape(p, enc).strip() if esc in p else p.strip() for p in parts]
+        return [p.strip() for p in parts]
 
     def vocab(self, name: str) -> Vocab:
         return self.maps.vocabs.get(name, EMPTY_VOCAB)
@@ -446,9 +456,7 @@ def _check(
 def apply_field(f: CompiledField, rt: Runtime, index: int, res: dict[str, Any]) -> None:
     if f.value is not None:
         if f.when is None or _check(f.when, rt, index, ""):
-            set_value(
-                res, f.steps, copy.deepcopy(f.value) if isinstance(f.value, dict | list) else f.value, f.with_
-            )
+            set_value(res, f.steps, _clone(f.value), f.with_)
         return
     if f.inputs:
         assert f.segment_fn is not None
@@ -719,7 +727,8 @@ def _freeze(value: Any) -> Any:
 
 
 def _clone(value: Any) -> Any:
-    """A copy of a JSON-like value (dicts and lists copied, scalars shared)."""
+    """A copy of a JSON-like value (dicts and lists copied, scalars shared): what ``copy.deepcopy``
+    does for the values of mapping files and converters, at a fraction of its cost."""
     cls = value.__class__
     if cls is dict:
         out = value.copy()
@@ -1164,6 +1173,15 @@ def _emit_lines(
                 else f"            put_choice(res, choice{i}, value.type, inner)"
             ),
             "        continue",
+            # A plain boolean, integer or string completes the name as set_value would infer it.
+            "    if cls in PY_CHOICE:",
+            "        if cls is not str or value:",
+            (
+                f"            res[choice{i} + PY_CHOICE[cls]] = value"
+                if sole
+                else f"            put_choice(res, choice{i}, PY_CHOICE[cls], value)"
+            ),
+            "        continue",
         ]
     else:
         out += ["    if cls is Choice:", "        pass"]
@@ -1273,6 +1291,7 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
         "set_value": set_value,
         "put": put,
         "unescape": unescape,
+        "PY_CHOICE": _PY_CHOICE,
     }
     lines = [
         "def fill(rt, index, res, fields, nf):",
@@ -1406,7 +1425,12 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
     res["id"] = rid
     rt.keys.add(key)
     rt.made[(smap.name, index)] = res
-    rt.children.setdefault((smap.name, parent), []).append(res)
+    if smap.is_child:
+        siblings = rt.children.get((smap.name, parent))
+        if siblings is None:
+            rt.children[(smap.name, parent)] = [res]
+        else:
+            siblings.append(res)
     rt.resources.append(res)
     if smap.deferred:
         rt.deferred.append((res, smap.resolve or smap.deferred, index, parent))
@@ -1498,10 +1522,10 @@ def compile_resolve(smap: CompiledSegmentMap, segment_of_map: dict[str, str]) ->
     if not smap.deferred:
         smap.resolve = None
         return
-    ns: dict[str, Any] = {"set_value": set_value}
+    ns: dict[str, Any] = {"set_value": set_value, "bisect_right": bisect_right}
     lines = [
         "def resolve(rt, res, index, parent):",
-        "    segs, made, refs = rt.segments, rt.made, rt._refs",
+        "    segs, made, refs, positions = rt.segments, rt.made, rt._refs, rt._positions",
         "    pname = segs[parent].name if parent >= 0 else None",
     ]
     for k, f in enumerate(smap.deferred):
@@ -1509,7 +1533,17 @@ def compile_resolve(smap: CompiledSegmentMap, segment_of_map: dict[str, str]) ->
         if f.ref is not None:
             ns.update({f"ref{k}": f.ref, f"seg{k}": segment_of_map.get(f.ref, "")})
             lines += [
-                f"    at = parent if pname == seg{k} else rt.nearest(index, seg{k})",
+                # The parent, else Runtime.nearest inline.
+                f"    if pname == seg{k}:",
+                "        at = parent",
+                "    else:",
+                f"        found = positions.get(seg{k})",
+                "        if found is None:",
+                "            at = -1",
+                "        elif len(found) == 1 or found[0] >= index:",
+                "            at = found[0]",
+                "        else:",
+                "            at = found[bisect_right(found, index) - 1]",
                 f"    key = (ref{k}, at)",
                 "    if key in refs:",
                 "        reference = refs[key]",

@@ -255,7 +255,7 @@ def _codeable_concept(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -
 
 @_datatype("Coding")
 def dt_coding(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
-    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c = rt.texts(raw, level)
     c += [""] * (3 - len(c))
     return _coding(rt, c[0], c[1], c[2])
 
@@ -286,7 +286,7 @@ def hd_system(rt: Runtime, namespace: str, universal: str, universal_type: str) 
 @_datatype("HD")
 def dt_hd(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """HD as a system URI (CX-4, EI-2/3)."""
-    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c = rt.texts(raw, level)
     c += [""] * (3 - len(c))
     return hd_system(rt, c[0], c[1], c[2])
 
@@ -338,22 +338,17 @@ def dt_cx(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """CX (value, check digit, scheme, authority HD, type) → Identifier."""
     parts = rt.parts(raw, level)
     parts += [""] * (5 - len(parts))
-    authority = rt.parts(parts[3], level + 1)
+    authority = rt.texts(parts[3], level + 1)
     authority += [""] * (3 - len(authority))
     return cx_identifier(
-        rt,
-        rt.text(parts[0]).strip(),
-        rt.text(authority[0]).strip(),
-        rt.text(authority[1]).strip(),
-        rt.text(authority[2]).strip(),
-        rt.text(parts[4]).strip(),
+        rt, rt.text(parts[0]).strip(), authority[0], authority[1], authority[2], rt.text(parts[4]).strip()
     )
 
 
 @_datatype("EI")
 def dt_ei(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """EI (entity id, namespace, universal id, type) → Identifier."""
-    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c = rt.texts(raw, level)
     c += [""] * (4 - len(c))
     if not c[0]:
         return None
@@ -390,7 +385,7 @@ _TELECOM_USE = {
 def dt_xtn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """XTN → ContactPoint: XTN-1 (v2.3 formatted number), else XTN-4 email, else XTN-5..8 parts;
     XTN-2 use (table 0201) and XTN-3 equipment (table 0202)."""
-    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c = rt.texts(raw, level)
     c += [""] * (12 - len(c))
     use_code, equipment = c[1].upper(), c[2].upper()
     system = _TELECOM_SYSTEM.get(equipment)
@@ -482,7 +477,7 @@ _SN_COMPARATORS = {"<", "<=", ">", ">="}
 @_datatype("SN")
 def dt_sn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """SN → Quantity (with comparator), Range (``-``, ``+`` separators) or Ratio (``:``, ``/``)."""
-    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c = rt.texts(raw, level)
     c += [""] * (4 - len(c))
     comparator, num1, sep, num2 = c
     n1, n2 = decimal(num1), decimal(num2)
@@ -536,7 +531,7 @@ def quantity(rt: Runtime, value: Any, units_raw: str, level: int) -> dict[str, A
 
 
 def _unit_elements(rt: Runtime, units_raw: str, level: int) -> tuple[tuple[str, str], ...]:
-    u = [rt.text(p).strip() for p in rt.parts(units_raw, level)] + ["", "", ""]
+    u = [*rt.texts(units_raw, level), "", "", ""]
     out: list[tuple[str, str]] = []
     unit = u[1] or u[0]
     if unit:
@@ -571,7 +566,7 @@ def dt_identifier_at(raw: str, level: int, rt: Runtime, args: dict[str, Any]) ->
     value = rt.text(rt.parts(comp(args.get("value")), level + 1)[0]).strip()
     if not value and args.get("fallback_value"):
         value = rt.text(rt.parts(comp(args["fallback_value"]), level + 1)[0]).strip()
-    auth = [rt.text(p).strip() for p in rt.parts(comp(args.get("authority")), level + 1)] + ["", "", ""]
+    auth = [*rt.texts(comp(args.get("authority")), level + 1), "", "", ""]
     id_type = rt.text(rt.parts(comp(args.get("type")), level + 1)[0]).strip()
     return cx_identifier(rt, value, auth[0], auth[1], auth[2], id_type)
 
@@ -907,7 +902,7 @@ def fn_reference_by_identifier(raws: list[str], index: int, rt: Runtime, args: d
     raw = ([*raws, ""])[0]
     if not raw or raw == '""':
         return None
-    c = [rt.text(p).strip() for p in rt.parts(raw.split(rt.enc.repetition)[0], 0)] + [""]
+    c = [*rt.texts(raw.split(rt.enc.repetition)[0], 0), ""]
     if not c[0]:
         return None
     rtype = str(args["resource"])

@@ -455,6 +455,10 @@ class _Compiler:
         segment_of_map = {n: m.segment for n, m in self.segment_maps.items()}
         for smap in self.segment_maps.values():
             compile_resolve(smap, segment_of_map)
+            for f in smap.fields:
+                child = self.segment_maps.get(f.children) if f.children else None
+                if child is not None:
+                    child.is_child = True
         return CompiledMaps(
             messages=messages,
             segment_maps=self.segment_maps,
