@@ -1666,6 +1666,14 @@ def unmapped_report(rt: Runtime) -> list[dict[str, Any]]:
         used = rt.used[i]
         fields = seg.fields
         start = 3 if seg.name in ("MSH", "FHS", "BHS") else 1
+        if start == 1:
+            # Outside the header a field is marked used only when it is not empty, so counting tells
+            # whether anything is left: nothing, or only the set id (skipped below).
+            left_count = len(fields) - 1 - fields.count("") - len(used)
+            if (left_count == 0 and used) or (
+                left_count == 1 and 1 not in used and len(fields) > 1 and fields[1].isdigit()
+            ):
+                continue
         before = len(out)
         # The non-empty fields no map used, in field order (most segments: none, so no sorting).
         left = set(compress(range(len(fields)), fields))
