@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from hub.errors import MappingError
+from hub.hl7 import unescape
 from hub.mapping._engine import (
     CompiledEntry,
     CompiledField,
@@ -498,8 +499,16 @@ def _generate_converter(
         "RESOURCE": resource,
         "set_value": set_value,
         "as_resource": _as_resource,
+        "unescape": unescape,
     }
-    lines = ["def convert(raw, level, rt, args):", "    parts = rt.parts(raw, level)", "    out = {}"]
+    # Runtime.parts and Runtime.text written out: a datatype map runs for most non-empty fields.
+    lines = [
+        "def convert(raw, level, rt, args):",
+        "    enc = rt.enc",
+        "    csep, ssep, esc = enc.component, enc.subcomponent, enc.escape",
+        "    parts = raw.split(csep) if level == 0 else raw.split(ssep) if level == 1 and ssep else [raw]",
+        "    out = {}",
+    ]
     constants: list[int] = []
     for k, (comp, sub, steps, conv, vocab, transform, const, fargs) in enumerate(comps):
         ns.update({f"steps{k}": steps, f"conv{k}": conv, f"vocab{k}": vocab, f"tr{k}": transform})
@@ -512,7 +521,7 @@ def _generate_converter(
             lines.append(f"    piece = parts[{comp - 1}] if {comp} <= len(parts) else ''")
             if sub:
                 lines += [
-                    "    subs = rt.parts(piece, level + 1)",
+                    "    subs = piece.split(ssep) if level == 0 and ssep else [piece]",
                     f"    piece = subs[{sub - 1}] if {sub} <= len(subs) else ''",
                     "    plevel = level + 2",
                 ]
@@ -524,9 +533,16 @@ def _generate_converter(
         if conv is not None:
             lines.append(f"        value = conv{k}(piece, plevel, rt, fargs{k})")
         else:
-            lines.append(
-                "        value = rt.text(rt.parts(piece, plevel)[0] if plevel < 2 else piece).strip() or None"
-            )
+            # The first part of the piece at its level, unescaped and stripped (Runtime.text/parts).
+            lines += [
+                "        if plevel == 0:",
+                "            piece = piece.split(csep, 1)[0]",
+                "        elif plevel == 1 and ssep:",
+                "            piece = piece.split(ssep, 1)[0]",
+                "        if esc and esc in piece:",
+                "            piece = unescape(piece, enc)",
+                "        value = piece.strip() or None",
+            ]
         lines.append("        if value is not None:")
         indent = "            "
         if vocab is not None:
