@@ -203,6 +203,9 @@ class CompiledSegmentMap:
     fill: Callable[[Runtime, int, dict[str, Any], list[str], int], None] = lambda *_: None
     deferred: tuple[CompiledField, ...] = ()
     resolve: Resolver | None = None  # the deferred fields as one generated function (compile_resolve)
+    # build() for this map as one generated function (rt, index, parent), when it has no condition
+    # and merges into no other map (see compile_plan).
+    make: Callable[[Runtime, int, int], None] | None = None
     is_child: bool = False  # another map's ``children:`` field lists the resources of this one
 
 
@@ -214,6 +217,7 @@ class CompiledEntry:
     anchors: tuple[str, ...]
     parent: str | None
     reference_only: bool = False
+    make: Callable[[Runtime, int, int], None] | None = None  # the map's make, unless reference_only
 
 
 @dataclass(slots=True)
@@ -251,6 +255,7 @@ class Runtime:
         "_csep",
         "_esc",
         "_patient_ids",
+        "_patient_keys",
         "_positions",
         "_refs",
         "_ssep",
@@ -303,6 +308,7 @@ class Runtime:
         self._refs: dict[tuple[str, int], str | None] = {}
         self._values: dict[tuple[int, str], str] = {}
         self._patient_ids: dict[int, str] = {}
+        self._patient_keys: dict[int, tuple[str, str]] = {}
         self.facility_key = _facility_key(ctx.facility)
         self.version = self.segments[0].get(12) if self.segments else ""
         # What values remembered per maps also depend on: the delimiters, the sender and its time zone.
@@ -360,7 +366,7 @@ class Runtime:
             if i < 0:
                 return "", -1
         seg = segs[i]
-        fields = seg.fields
+        fields = self.fields[i]
         n = ref.field
         if n >= len(fields) or (n <= 2 and seg.name == "MSH"):
             return "", i
@@ -408,10 +414,16 @@ class Runtime:
     # -- patients ------------------------------------------------------------------------------------
     def patient_key_at(self, index: int) -> tuple[str, str]:
         """(identifier, assigning authority) of the PID governing segment ``index``: PID-3 first
-        repetition, else PID-2 (v2.3 external id), else PID-4."""
+        repetition, else PID-2 (v2.3 external id), else PID-4 (read once per PID)."""
         pid = index if self.segments[index].name == "PID" else self.nearest(index, "PID")
         if pid < 0:
             return "", ""
+        found = self._patient_keys.get(pid)
+        if found is None:
+            found = self._patient_keys[pid] = self._patient_key(pid)
+        return found
+
+    def _patient_key(self, pid: int) -> tuple[str, str]:
         seg = self.segments[pid]
         for n in (3, 2, 4):
             value = seg.get(n, 1).strip()  # first repetition, CX-1 (unescaped)
@@ -806,7 +818,7 @@ def make_getter(ref: PathRef, own: str) -> Getter:
         seg = rt.segments[index]
         if seg.name != own:
             return rt.value(ref, index)
-        fields = seg.fields
+        fields = rt.fields[index]
         if n >= len(fields):
             return ""
         raw = fields[n]
@@ -891,7 +903,7 @@ def compile_id(resource: str, rules: list[CompiledIdRule], own: str) -> IdFuncti
         "    seg = rt.segments[index]",
         "    if seg.name != OWN:",
         "        return slow(rt, index)",
-        "    fields = seg.fields",
+        "    fields = rt.fields[index]",
         "    nf = len(fields)",
         "    used = rt.used[index]",
         "    enc = rt.enc",
@@ -1386,10 +1398,59 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
             lines.append(f"        run{i}(rt, index, res)")
         else:
             lines.append(f"    run{i}(rt, index, res)")
+    smap.deferred = tuple(f for f in smap.fields if f.deferred)
+    body = lines[1:]
     lines.append("    return None")
+    if smap.when is None and smap.merge_into is None:
+        lines += _make_lines(smap, body, namespace)
     exec(compile("\n".join(lines), f"<segment map {smap.name}>", "exec"), namespace)
     smap.fill = namespace["fill"]
-    smap.deferred = tuple(f for f in smap.fields if f.deferred)
+    smap.make = namespace.get("make")
+
+
+def _make_lines(smap: CompiledSegmentMap, body: list[str], namespace: dict[str, Any]) -> list[str]:
+    """Generated text of :func:`build` for a map without a condition or ``merge_into`` (nearly all):
+    the fill function's body inline, then the id and the bookkeeping, in one call per segment."""
+    namespace.update(
+        {
+            "SMAP": smap,
+            "RES": smap.resource,
+            "NAME": smap.name,
+            "compute_id": smap.compute_id or (lambda rt, index: compute_id(smap, rt, index)),
+            "resource_id": resource_id,
+            "message_key": message_key,
+        }
+    )
+    lines = [
+        "def make(rt, index, parent):",
+        "    fields = rt.fields[index]",
+        "    nf = len(fields)",
+        "    res = {'resourceType': RES, 'id': ''}",
+        *body,
+        # No business identifier: stable for this message and this segment position.
+        "    rid = compute_id(rt, index) or resource_id(RES, *message_key(rt), rt.segments[index].name, str(index))",
+        "    key = RES + '/' + rid",
+        "    keys = rt.keys",
+        "    if key in keys:",
+        "        rt.warn(f'{rt.segments[index].name} at segment {index}: {key} already made by this message')",
+        "        rid = resource_id(RES, rid, str(index))",
+        "        key = RES + '/' + rid",
+        "    res['id'] = rid",
+        "    keys.add(key)",
+        "    rt.made[(NAME, index)] = res",
+        "    if SMAP.is_child:",
+        "        siblings = rt.children.get((NAME, parent))",
+        "        if siblings is None:",
+        "            rt.children[(NAME, parent)] = [res]",
+        "        else:",
+        "            siblings.append(res)",
+        "    rt.resources.append(res)",
+    ]
+    if smap.deferred:
+        lines.append("    rt.deferred.append((res, SMAP.resolve or SMAP.deferred, index, parent))")
+    if smap.required:
+        lines.append("    rt.pending_required.append((res, SMAP, index, parent))")
+    return lines
 
 
 def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
@@ -1443,6 +1504,8 @@ def drop_incomplete(rt: Runtime) -> None:
     the warning names the segment, which then also shows in the unmapped report."""
     dropped: set[str] = set()
     for res, smap, index, parent in rt.pending_required:
+        if all(map(res.__contains__, smap.required)):  # nearly always: nothing to look into
+            continue
         missing = [r for r in smap.required if r not in res and not any(k.startswith(r) for k in res)]
         if not missing:
             continue
@@ -1591,9 +1654,10 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
     targets = [{"reference": f"{r['resourceType']}/{r['id']}"} for r in rt.resources]
     targets += [{"reference": key} for key in rt.extra]
     recorded = ""
-    if msh.get(7):
+    sent = msh.get(7)
+    if sent:
         try:
-            recorded = to_instant(msh.get(7), rt.zone)
+            recorded = to_instant(sent, rt.zone)
         except TimeFormatError as exc:
             rt.warn(f"MSH-7: {exc}")
     if not recorded:
@@ -1664,7 +1728,7 @@ def unmapped_report(rt: Runtime) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, seg in enumerate(rt.segments):
         used = rt.used[i]
-        fields = seg.fields
+        fields = rt.fields[i]
         start = 3 if seg.name in ("MSH", "FHS", "BHS") else 1
         if start == 1:
             # Outside the header a field is marked used only when it is not empty, so counting tells
@@ -1731,7 +1795,11 @@ def run(message: Message, ctx: Any, maps: CompiledMaps) -> tuple[Runtime, str]:
                             parent = j
                     if entry.parent is not None and (parent < 0 or rt.segments[parent].name != entry.parent):
                         continue
-                build(entry, rt, i, parent)
+                make = entry.make
+                if make is not None:
+                    make(rt, i, parent)
+                else:
+                    build(entry, rt, i, parent)
         last_seen[name] = i
     resolve_references(rt)
     drop_incomplete(rt)

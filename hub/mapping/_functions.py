@@ -479,7 +479,7 @@ def dt_sn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """SN → Quantity (with comparator), Range (``-``, ``+`` separators) or Ratio (``:``, ``/``)."""
     c = rt.texts(raw, level)
     c += [""] * (4 - len(c))
-    comparator, num1, sep, num2 = c
+    comparator, num1, sep, num2 = c[:4]  # SN has four components; a sender's extra ones are ignored
     n1, n2 = decimal(num1), decimal(num2)
     if sep in (":", "/") and n1 is not None and n2 is not None:
         return Choice("Ratio", {"numerator": {"value": n1}, "denominator": {"value": n2}})

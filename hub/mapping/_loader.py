@@ -424,7 +424,15 @@ class _Compiler:
                     self.fault(path, f"unknown segment map {e.map!r}")
                     continue
                 by_segment.setdefault(e.segment, []).append(
-                    CompiledEntry(e.segment, sm, e.first, tuple(e.anchors), e.parent, e.reference_only)
+                    CompiledEntry(
+                        e.segment,
+                        sm,
+                        e.first,
+                        tuple(e.anchors),
+                        e.parent,
+                        e.reference_only,
+                        None if e.reference_only else sm.make,
+                    )
                 )
             actions = []
             for a in mm.actions:

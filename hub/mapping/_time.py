@@ -52,8 +52,8 @@ def split_ts(value: str) -> tuple[str, ...]:
     m = _TS.match(value)
     if m is None:
         raise TimeFormatError(f"{value!r} is not an HL7 date/time")
-    parts = tuple(g or "" for g in m.groups())
-    y, mo, d, h, mi, s = (parts[i] for i in range(6))
+    parts: tuple[str, ...] = m.groups("")
+    y, mo, d, h, mi, s = parts[:6]
     # Precision must be contiguous: a minute without an hour is not a TS.
     seen_gap = False
     for p in (mo, d, h, mi, s):

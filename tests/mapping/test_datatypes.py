@@ -142,6 +142,13 @@ def test_sn_nm_and_units() -> None:
     assert obx("NM", "-.5", "x^local unit^L")["valueQuantity"] == {"value": -0.5, "unit": "local unit"}
     assert obx("NM", "abc")["valueString"] == "abc"  # not a number: kept as text, never dropped
     assert obx("NR", "3.5^7")["valueRange"] == {"low": {"value": 3.5}, "high": {"value": 7}}
+    # Components beyond SN's four are ignored (they used to fail the whole message).
+    assert obx("SN", "<^5^^^junk")["valueQuantity"] == {"value": 5, "comparator": "<"}
+    # Numbers in every shape NM allows, and what is not one stays text.
+    assert [obx("NM", v)["valueQuantity"]["value"] for v in ("7", "+7", "007", "7.", "7.50", ".5")] == [
+        7, 7, 7, 7.0, 7.5, 0.5,
+    ]  # fmt: skip
+    assert [obx("NM", v).get("valueString") for v in ("7.5.1", "1e3", "٣")] == ["7.5.1", "1e3", None]
 
 
 def test_ed_and_rp_attachments() -> None:
