@@ -1635,6 +1635,20 @@ def compile_resolve(smap: CompiledSegmentMap, segment_of_map: dict[str, str]) ->
                 lines.append(f"        set_value(res, steps{k}, value, with{k})")
         elif f.children is not None:
             ns[f"children{k}"] = f.children
+            if f.with_ is None and len(f.steps) == 1 and f.steps[0][1] == "[]":  # e.g. result[]
+                ns[f"name{k}"] = f.steps[0][0]
+                lines += [
+                    f"    found = rt.children.get((children{k}, index))",
+                    "    if found:",
+                    f"        items = res.get(name{k})",
+                    "        if items is None:",
+                    f"            items = res[name{k}] = []",
+                    "        for child in found:",
+                    "            value = {'reference': child['resourceType'] + '/' + child['id']}",
+                    "            if value not in items:",
+                    "                items.append(value)",
+                ]
+                continue
             lines += [
                 f"    for child in rt.children.get((children{k}, index), ()):",
                 f"        set_value(res, steps{k}, {{'reference': f\"{{child['resourceType']}}/{{child['id']}}\"}}, with{k})",
