@@ -424,14 +424,29 @@ class Runtime:
         return found
 
     def _patient_key(self, pid: int) -> tuple[str, str]:
-        seg = self.segments[pid]
+        fields, enc = self.fields[pid], self.enc
         for n in (3, 2, 4):
-            value = seg.get(n, 1).strip()  # first repetition, CX-1 (unescaped)
-            if value and seg.raw(n) != EXPLICIT_NULL:
+            raw = fields[n] if n < len(fields) else ""
+            if not raw or raw == EXPLICIT_NULL:
+                continue
+            cx = raw.split(enc.repetition, 1)[0].split(enc.component)  # first repetition
+            value = self._subcomponent(cx[0], 0).strip()  # CX-1 (unescaped)
+            if value:
                 # The assigning authority is CX-4.1 (namespace id), else CX-4.2 (universal id).
-                authority = seg.get(n, 4) or seg.get(n, 4, 2)
+                hd = cx[3] if len(cx) > 3 else ""
+                authority = self._subcomponent(hd, 0) or self._subcomponent(hd, 1)
                 return value, authority.strip()
         return "", ""
+
+    def _subcomponent(self, component: str, k: int) -> str:
+        """Subcomponent ``k`` (0-based) of a raw component, unescaped (as :func:`hub.hl7.value_at`)."""
+        ssep = self._ssep
+        if ssep and ssep in component:
+            subs = component.split(ssep)
+            component = subs[k] if k < len(subs) else ""
+        elif k:
+            return ""
+        return self.text(component)
 
     def patient_id_at(self, index: int) -> str:
         pid = index if self.segments[index].name == "PID" else self.nearest(index, "PID")
