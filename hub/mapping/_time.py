@@ -105,7 +105,11 @@ def to_date(value: str) -> str:
 def to_datetime(value: str, zone: str) -> str:
     """FHIR ``dateTime``. Date-only precisions stay dates (FHIR allows no offset there); a value with
     a time gets seconds (FHIR requires them) and an offset: its own, else the sender's zone's."""
-    y, mo, d, h, mi, s, frac, off = split_ts(value)
+    return _datetime_text(split_ts(value), zone)
+
+
+def _datetime_text(parts: tuple[str, ...], zone: str) -> str:
+    y, mo, d, h, mi, s, frac, off = parts
     if not h:
         return "-".join(p for p in (y, mo, d) if p)
     time = f"{h}:{mi or '00'}:{s or '00'}" + (f".{frac}" if frac else "")
@@ -117,9 +121,4 @@ def to_datetime(value: str, zone: str) -> str:
 def to_instant(value: str, zone: str) -> str:
     """FHIR ``instant``: a dateTime padded to the second (a bare date is midnight in the sender's zone)."""
     y, mo, d, h, mi, s, frac, off = split_ts(value)
-    return to_datetime(
-        f"{y}{mo or '01'}{d or '01'}{h or '00'}{mi or '00'}{s or '00'}"
-        + (f".{frac}" if frac else "")
-        + (off or ""),
-        zone,
-    )
+    return _datetime_text((y, mo or "01", d or "01", h or "00", mi or "00", s or "00", frac, off), zone)
