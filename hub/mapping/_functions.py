@@ -357,7 +357,15 @@ def dt_ei(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
         out["type"] = {
             "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": args["type"]}]
         }
-    out["system"] = hd_system(rt, c[1], c[2], c[3]) or f"urn:hub:id:{rt.facility_key}"
+    # The system is a pure function of the HD (a feed has a handful): remembered like a CX's.
+    key = ("ei-system", c[1], c[2], c[3], rt.memo_key)
+    memo = rt.maps.memo
+    system = memo.get(key)
+    if system is None:
+        if len(memo) > MEMO_MAX:
+            memo.clear()
+        system = memo[key] = hd_system(rt, c[1], c[2], c[3]) or f"urn:hub:id:{rt.facility_key}"
+    out["system"] = system
     out["value"] = c[0]
     return out
 
