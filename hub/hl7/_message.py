@@ -21,7 +21,7 @@ def split_segments(text: str) -> list[str]:
         text = text[1:]
     if "\n" in text:
         text = text.replace("\r\n", "\r").replace("\n", "\r")
-    return [line for line in text.split("\r") if line.strip()]
+    return [line for line in text.split("\r") if line and not line.isspace()]  # no copy of each line
 
 
 class Segment:

@@ -7,7 +7,6 @@ is marked used; the rest make the unmapped report. One Provenance per message ta
 
 from __future__ import annotations
 
-import copy
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import orjson
 from hub.errors import MappingError
 from hub.hl7 import EXPLICIT_NULL, Encoding, Message, Segment, unescape
 from hub.hl7.reference import field_name
-from hub.mapping._functions import DATATYPES, MEMO_MAX, Choice, key_id
+from hub.mapping._functions import DATATYPES, MEMO_MAX, TRANSFORMS, Choice, key_id
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._time import TimeFormatError, to_datetime, to_instant
 
@@ -79,7 +78,7 @@ def set_value(obj: dict[str, Any], steps: tuple[Step, ...], value: Any, with_: d
         return False
     for name, kind in steps[:-1]:
         if kind == "[]":
-            new: dict[str, Any] = copy.deepcopy(with_) if with_ else {}
+            new: dict[str, Any] = _clone(with_) if with_ else {}
             obj.setdefault(name, []).append(new)
             obj, with_ = new, None
         else:
@@ -87,7 +86,7 @@ def set_value(obj: dict[str, Any], steps: tuple[Step, ...], value: Any, with_: d
     name, kind = steps[-1]
     if kind == "[]":
         if with_ and isinstance(value, dict):
-            value = {**copy.deepcopy(with_), **value}
+            value = {**_clone(with_), **value}
         lst = obj.setdefault(name, [])
         if isinstance(value, list):
             lst.extend(value)
@@ -204,6 +203,10 @@ class CompiledSegmentMap:
     fill: Callable[[Runtime, int, dict[str, Any], list[str], int], None] = lambda *_: None
     deferred: tuple[CompiledField, ...] = ()
     resolve: Resolver | None = None  # the deferred fields as one generated function (compile_resolve)
+    # build() for this map as one generated function (rt, index, parent), when it has no condition
+    # and merges into no other map (see compile_plan).
+    make: Callable[[Runtime, int, int], None] | None = None
+    is_child: bool = False  # another map's ``children:`` field lists the resources of this one
 
 
 @dataclass(slots=True)
@@ -214,6 +217,7 @@ class CompiledEntry:
     anchors: tuple[str, ...]
     parent: str | None
     reference_only: bool = False
+    make: Callable[[Runtime, int, int], None] | None = None  # the map's make, unless reference_only
 
 
 @dataclass(slots=True)
@@ -251,6 +255,7 @@ class Runtime:
         "_csep",
         "_esc",
         "_patient_ids",
+        "_patient_keys",
         "_positions",
         "_refs",
         "_ssep",
@@ -303,13 +308,13 @@ class Runtime:
         self._refs: dict[tuple[str, int], str | None] = {}
         self._values: dict[tuple[int, str], str] = {}
         self._patient_ids: dict[int, str] = {}
+        self._patient_keys: dict[int, tuple[str, str]] = {}
         self.facility_key = _facility_key(ctx.facility)
         self.version = self.segments[0].get(12) if self.segments else ""
-        # What values remembered per maps also depend on: the delimiters and the sender.
+        # What values remembered per maps also depend on: the delimiters, the sender and its time zone.
         e = self.enc
-        self.memo_key = "\x1f".join(
-            (e.field, e.component, e.repetition, e.escape, e.subcomponent, e.truncation, self.facility_key)
-        )
+        delimiters = (e.field, e.component, e.repetition, e.escape, e.subcomponent, e.truncation)
+        self.memo_key = "\x1f".join((*delimiters, self.facility_key, zone))
 
     # -- values --------------------------------------------------------------------------------------
     def text(self, raw: str) -> str:
@@ -322,6 +327,16 @@ class Runtime:
         if level == 1 and self._ssep:
             return raw.split(self._ssep)
         return [raw]
+
+    def texts(self, raw: str, level: int) -> list[str]:
+        """``[text(p).strip() for p in parts(raw, level)]`` in one call (the datatype functions read
+        every component of a CX, XTN, EI … this way)."""
+        parts = self.parts(raw, level)
+        esc = self._esc
+        if esc and esc in raw:
+            enc = self.enc
+            return [unescape(p, enc).strip() if esc in p else p.strip() for p in parts]
+        return [p.strip() for p in parts]
 
     def vocab(self, name: str) -> Vocab:
         return self.maps.vocabs.get(name, EMPTY_VOCAB)
@@ -351,7 +366,7 @@ class Runtime:
             if i < 0:
                 return "", -1
         seg = segs[i]
-        fields = seg.fields
+        fields = self.fields[i]
         n = ref.field
         if n >= len(fields) or (n <= 2 and seg.name == "MSH"):
             return "", i
@@ -399,18 +414,39 @@ class Runtime:
     # -- patients ------------------------------------------------------------------------------------
     def patient_key_at(self, index: int) -> tuple[str, str]:
         """(identifier, assigning authority) of the PID governing segment ``index``: PID-3 first
-        repetition, else PID-2 (v2.3 external id), else PID-4."""
+        repetition, else PID-2 (v2.3 external id), else PID-4 (read once per PID)."""
         pid = index if self.segments[index].name == "PID" else self.nearest(index, "PID")
         if pid < 0:
             return "", ""
-        seg = self.segments[pid]
+        found = self._patient_keys.get(pid)
+        if found is None:
+            found = self._patient_keys[pid] = self._patient_key(pid)
+        return found
+
+    def _patient_key(self, pid: int) -> tuple[str, str]:
+        fields, enc = self.fields[pid], self.enc
         for n in (3, 2, 4):
-            value = seg.get(n, 1).strip()  # first repetition, CX-1 (unescaped)
-            if value and seg.raw(n) != EXPLICIT_NULL:
+            raw = fields[n] if n < len(fields) else ""
+            if not raw or raw == EXPLICIT_NULL:
+                continue
+            cx = raw.split(enc.repetition, 1)[0].split(enc.component)  # first repetition
+            value = self._subcomponent(cx[0], 0).strip()  # CX-1 (unescaped)
+            if value:
                 # The assigning authority is CX-4.1 (namespace id), else CX-4.2 (universal id).
-                authority = seg.get(n, 4) or seg.get(n, 4, 2)
+                hd = cx[3] if len(cx) > 3 else ""
+                authority = self._subcomponent(hd, 0) or self._subcomponent(hd, 1)
                 return value, authority.strip()
         return "", ""
+
+    def _subcomponent(self, component: str, k: int) -> str:
+        """Subcomponent ``k`` (0-based) of a raw component, unescaped (as :func:`hub.hl7.value_at`)."""
+        ssep = self._ssep
+        if ssep and ssep in component:
+            subs = component.split(ssep)
+            component = subs[k] if k < len(subs) else ""
+        elif k:
+            return ""
+        return self.text(component)
 
     def patient_id_at(self, index: int) -> str:
         pid = index if self.segments[index].name == "PID" else self.nearest(index, "PID")
@@ -447,9 +483,7 @@ def _check(
 def apply_field(f: CompiledField, rt: Runtime, index: int, res: dict[str, Any]) -> None:
     if f.value is not None:
         if f.when is None or _check(f.when, rt, index, ""):
-            set_value(
-                res, f.steps, copy.deepcopy(f.value) if isinstance(f.value, dict | list) else f.value, f.with_
-            )
+            set_value(res, f.steps, _clone(f.value), f.with_)
         return
     if f.inputs:
         assert f.segment_fn is not None
@@ -690,9 +724,12 @@ def specialize(f: CompiledField, segment: str) -> Callable[[Runtime, int, dict[s
     return run_local
 
 
-# Converters that are pure functions of the raw value, the maps and the sender (no warnings, no
-# resources made on the side).
-_CODED = frozenset(DATATYPES[name] for name in ("CodeableConcept", "Coding", "code", "HD"))
+# Converters that are pure functions of the raw value, the maps and the sender (no resources made on
+# the side; a warning only with a None result, which is not remembered). Dates and times are among them:
+# a message repeats its timestamps (OBR-7 in every OBX) and the zone is part of the memo key.
+_CODED = frozenset(
+    DATATYPES[name] for name in ("CodeableConcept", "Coding", "code", "HD", "dateTime", "instant", "date")
+)
 _PURE_TEXT = frozenset(DATATYPES[name] for name in ("string", "code"))
 _MEMO_TYPES = (str, dict, list)
 
@@ -717,7 +754,8 @@ def _freeze(value: Any) -> Any:
 
 
 def _clone(value: Any) -> Any:
-    """A copy of a JSON-like value (dicts and lists copied, scalars shared)."""
+    """A copy of a JSON-like value (dicts and lists copied, scalars shared): what ``copy.deepcopy``
+    does for the values of mapping files and converters, at a fraction of its cost."""
     cls = value.__class__
     if cls is dict:
         out = value.copy()
@@ -795,7 +833,7 @@ def make_getter(ref: PathRef, own: str) -> Getter:
         seg = rt.segments[index]
         if seg.name != own:
             return rt.value(ref, index)
-        fields = seg.fields
+        fields = rt.fields[index]
         if n >= len(fields):
             return ""
         raw = fields[n]
@@ -880,7 +918,7 @@ def compile_id(resource: str, rules: list[CompiledIdRule], own: str) -> IdFuncti
         "    seg = rt.segments[index]",
         "    if seg.name != OWN:",
         "        return slow(rt, index)",
-        "    fields = seg.fields",
+        "    fields = rt.fields[index]",
         "    nf = len(fields)",
         "    used = rt.used[index]",
         "    enc = rt.enc",
@@ -1129,11 +1167,24 @@ def _emit_lines(
             "                memo.clear()",
             "            memo[key] = freeze(value)",
         ]
+    elif f.vocab is None and (f.convert is None or f.convert is _STRING):
+        out += _text_lines(level, f.convert is None)
     else:
         out += [
             f"    value = code{i}(rt, piece, {level}, src{i}, enc)",
             "    if value is None:",
             "        continue",
+        ]
+    if f.transform is _CHOICE and choice is not None and isinstance(f.args.get("type"), str):
+        # The ``choice`` transform types a value for ``name[x]``: write ``name<Type>`` at once.
+        namespace[f"type{i}"] = f.args["type"]
+        namespace[f"typed{i}"] = choice + f.args["type"]
+        return [
+            *out,
+            "    if value.__class__ not in CONTAINERS or value:",
+            f"        res[typed{i}] = value"
+            if sole
+            else f"        put_choice(res, choice{i}, type{i}, value)",
         ]
     if f.transform is not None:
         out.append(f"    value = transform{i}(value, rt, args{i})")
@@ -1147,6 +1198,15 @@ def _emit_lines(
                 f"            res[choice{i} + value.type] = inner"
                 if sole
                 else f"            put_choice(res, choice{i}, value.type, inner)"
+            ),
+            "        continue",
+            # A plain boolean, integer or string completes the name as set_value would infer it.
+            "    if cls in PY_CHOICE:",
+            "        if cls is not str or value:",
+            (
+                f"            res[choice{i} + PY_CHOICE[cls]] = value"
+                if sole
+                else f"            put_choice(res, choice{i}, PY_CHOICE[cls], value)"
             ),
             "        continue",
         ]
@@ -1171,8 +1231,48 @@ def _emit_lines(
             "                items.append(value)",
             "        continue",
         ]
+    elif len(steps) == 2 and steps[0][1] == "[]" and steps[1][1] == "" and not with_:
+        # ``name[].element`` (referenceRange[].text): a new item holding the value, as set_value does.
+        namespace[f"outer{i}"], namespace[f"inner{i}"] = steps[0][0], steps[1][0]
+        out += [
+            "    elif cls not in CONTAINERS or value:",
+            f"        items = res.get(outer{i})",
+            "        if items is None:",
+            f"            res[outer{i}] = [{{inner{i}: value}}]",
+            "        else:",
+            f"            items.append({{inner{i}: value}})",
+            "        continue",
+            "    else:",
+            "        continue",
+        ]
     out.append(f"    set_value(res, steps{i}, value, with{i})")
     return out
+
+
+_STRING = DATATYPES["string"]
+_CHOICE = TRANSFORMS["choice"]
+
+
+def _text_lines(level: int, first_subcomponent: bool) -> list[str]:
+    """Generated text of the plain-text value of ``piece`` at nesting ``level`` (no datatype, or the
+    ``string`` datatype, which does not cut a whole field at its first subcomponent), unescaped and
+    stripped, into ``value``: what ``_code_value`` and ``dt_string`` compute, without their calls."""
+    if level == 0:
+        out = ["    piece = piece.split(csep, 1)[0]"]
+        if first_subcomponent:
+            out += ["    if ssep:", "        piece = piece.split(ssep, 1)[0]"]
+    elif level == 1:
+        out = ["    if ssep:", "        piece = piece.split(ssep, 1)[0]"]
+    else:
+        out = []
+    return [
+        *out,
+        "    if esc and esc in piece:",
+        "        piece = unescape(piece, enc)",
+        "    value = piece.strip()",
+        "    if not value:",
+        "        continue",
+    ]
 
 
 def _sole_choices(fields: list[CompiledField]) -> set[int]:
@@ -1217,12 +1317,14 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
         "put_choice": put_choice,
         "set_value": set_value,
         "put": put,
+        "unescape": unescape,
+        "PY_CHOICE": _PY_CHOICE,
     }
     lines = [
         "def fill(rt, index, res, fields, nf):",
         "    used = rt.used[index]",
         "    enc = rt.enc",
-        "    rsep, csep, ssep = enc.repetition, enc.component, enc.subcomponent",
+        "    rsep, csep, ssep, esc = enc.repetition, enc.component, enc.subcomponent, enc.escape",
         "    memo = rt.maps.memo",
         "    mkey = rt.memo_key",
         "    raw_at = rt.raw_at",
@@ -1311,10 +1413,59 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
             lines.append(f"        run{i}(rt, index, res)")
         else:
             lines.append(f"    run{i}(rt, index, res)")
+    smap.deferred = tuple(f for f in smap.fields if f.deferred)
+    body = lines[1:]
     lines.append("    return None")
+    if smap.when is None and smap.merge_into is None:
+        lines += _make_lines(smap, body, namespace)
     exec(compile("\n".join(lines), f"<segment map {smap.name}>", "exec"), namespace)
     smap.fill = namespace["fill"]
-    smap.deferred = tuple(f for f in smap.fields if f.deferred)
+    smap.make = namespace.get("make")
+
+
+def _make_lines(smap: CompiledSegmentMap, body: list[str], namespace: dict[str, Any]) -> list[str]:
+    """Generated text of :func:`build` for a map without a condition or ``merge_into`` (nearly all):
+    the fill function's body inline, then the id and the bookkeeping, in one call per segment."""
+    namespace.update(
+        {
+            "SMAP": smap,
+            "RES": smap.resource,
+            "NAME": smap.name,
+            "compute_id": smap.compute_id or (lambda rt, index: compute_id(smap, rt, index)),
+            "resource_id": resource_id,
+            "message_key": message_key,
+        }
+    )
+    lines = [
+        "def make(rt, index, parent):",
+        "    fields = rt.fields[index]",
+        "    nf = len(fields)",
+        "    res = {'resourceType': RES, 'id': ''}",
+        *body,
+        # No business identifier: stable for this message and this segment position.
+        "    rid = compute_id(rt, index) or resource_id(RES, *message_key(rt), rt.segments[index].name, str(index))",
+        "    key = RES + '/' + rid",
+        "    keys = rt.keys",
+        "    if key in keys:",
+        "        rt.warn(f'{rt.segments[index].name} at segment {index}: {key} already made by this message')",
+        "        rid = resource_id(RES, rid, str(index))",
+        "        key = RES + '/' + rid",
+        "    res['id'] = rid",
+        "    keys.add(key)",
+        "    rt.made[(NAME, index)] = res",
+        "    if SMAP.is_child:",
+        "        siblings = rt.children.get((NAME, parent))",
+        "        if siblings is None:",
+        "            rt.children[(NAME, parent)] = [res]",
+        "        else:",
+        "            siblings.append(res)",
+        "    rt.resources.append(res)",
+    ]
+    if smap.deferred:
+        lines.append("    rt.deferred.append((res, SMAP.resolve or SMAP.deferred, index, parent))")
+    if smap.required:
+        lines.append("    rt.pending_required.append((res, SMAP, index, parent))")
+    return lines
 
 
 def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
@@ -1350,7 +1501,12 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
     res["id"] = rid
     rt.keys.add(key)
     rt.made[(smap.name, index)] = res
-    rt.children.setdefault((smap.name, parent), []).append(res)
+    if smap.is_child:
+        siblings = rt.children.get((smap.name, parent))
+        if siblings is None:
+            rt.children[(smap.name, parent)] = [res]
+        else:
+            siblings.append(res)
     rt.resources.append(res)
     if smap.deferred:
         rt.deferred.append((res, smap.resolve or smap.deferred, index, parent))
@@ -1363,6 +1519,8 @@ def drop_incomplete(rt: Runtime) -> None:
     the warning names the segment, which then also shows in the unmapped report."""
     dropped: set[str] = set()
     for res, smap, index, parent in rt.pending_required:
+        if all(map(res.__contains__, smap.required)):  # nearly always: nothing to look into
+            continue
         missing = [r for r in smap.required if r not in res and not any(k.startswith(r) for k in res)]
         if not missing:
             continue
@@ -1442,10 +1600,10 @@ def compile_resolve(smap: CompiledSegmentMap, segment_of_map: dict[str, str]) ->
     if not smap.deferred:
         smap.resolve = None
         return
-    ns: dict[str, Any] = {"set_value": set_value}
+    ns: dict[str, Any] = {"set_value": set_value, "bisect_right": bisect_right}
     lines = [
         "def resolve(rt, res, index, parent):",
-        "    segs, made, refs = rt.segments, rt.made, rt._refs",
+        "    segs, made, refs, positions = rt.segments, rt.made, rt._refs, rt._positions",
         "    pname = segs[parent].name if parent >= 0 else None",
     ]
     for k, f in enumerate(smap.deferred):
@@ -1453,7 +1611,17 @@ def compile_resolve(smap: CompiledSegmentMap, segment_of_map: dict[str, str]) ->
         if f.ref is not None:
             ns.update({f"ref{k}": f.ref, f"seg{k}": segment_of_map.get(f.ref, "")})
             lines += [
-                f"    at = parent if pname == seg{k} else rt.nearest(index, seg{k})",
+                # The parent, else Runtime.nearest inline.
+                f"    if pname == seg{k}:",
+                "        at = parent",
+                "    else:",
+                f"        found = positions.get(seg{k})",
+                "        if found is None:",
+                "            at = -1",
+                "        elif len(found) == 1 or found[0] >= index:",
+                "            at = found[0]",
+                "        else:",
+                "            at = found[bisect_right(found, index) - 1]",
                 f"    key = (ref{k}, at)",
                 "    if key in refs:",
                 "        reference = refs[key]",
@@ -1482,6 +1650,20 @@ def compile_resolve(smap: CompiledSegmentMap, segment_of_map: dict[str, str]) ->
                 lines.append(f"        set_value(res, steps{k}, value, with{k})")
         elif f.children is not None:
             ns[f"children{k}"] = f.children
+            if f.with_ is None and len(f.steps) == 1 and f.steps[0][1] == "[]":  # e.g. result[]
+                ns[f"name{k}"] = f.steps[0][0]
+                lines += [
+                    f"    found = rt.children.get((children{k}, index))",
+                    "    if found:",
+                    f"        items = res.get(name{k})",
+                    "        if items is None:",
+                    f"            items = res[name{k}] = []",
+                    "        for child in found:",
+                    "            value = {'reference': child['resourceType'] + '/' + child['id']}",
+                    "            if value not in items:",
+                    "                items.append(value)",
+                ]
+                continue
             lines += [
                 f"    for child in rt.children.get((children{k}, index), ()):",
                 f"        set_value(res, steps{k}, {{'reference': f\"{{child['resourceType']}}/{{child['id']}}\"}}, with{k})",
@@ -1501,9 +1683,10 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
     targets = [{"reference": f"{r['resourceType']}/{r['id']}"} for r in rt.resources]
     targets += [{"reference": key} for key in rt.extra]
     recorded = ""
-    if msh.get(7):
+    sent = msh.get(7)
+    if sent:
         try:
-            recorded = to_instant(msh.get(7), rt.zone)
+            recorded = to_instant(sent, rt.zone)
         except TimeFormatError as exc:
             rt.warn(f"MSH-7: {exc}")
     if not recorded:
@@ -1574,14 +1757,25 @@ def unmapped_report(rt: Runtime) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, seg in enumerate(rt.segments):
         used = rt.used[i]
-        fields = seg.fields
+        fields = rt.fields[i]
         start = 3 if seg.name in ("MSH", "FHS", "BHS") else 1
-        before = len(out)
-        # The non-empty fields no map used, in field order (most segments: none).
-        left = set(compress(range(len(fields)), fields)).difference(used)
-        for n in sorted(left) if left else ():
-            if n < start:
+        if start == 1:
+            # Outside the header a field is marked used only when it is not empty, so counting tells
+            # whether anything is left: nothing, or only the set id (skipped below).
+            left_count = len(fields) - 1 - fields.count("") - len(used)
+            if (left_count == 0 and used) or (
+                left_count == 1 and 1 not in used and len(fields) > 1 and fields[1].isdigit()
+            ):
                 continue
+        before = len(out)
+        # The non-empty fields no map used, in field order (most segments: none, so no sorting).
+        left = set(compress(range(len(fields)), fields))
+        left -= used
+        left.discard(0)  # the segment name
+        if start == 3:
+            left.discard(1)
+            left.discard(2)
+        for n in sorted(left) if left else ():
             raw = fields[n]
             # Set IDs (SEG-1 of repeating segments) only number the segments; not data to map.
             if n == 1 and raw.isdigit():
@@ -1630,7 +1824,11 @@ def run(message: Message, ctx: Any, maps: CompiledMaps) -> tuple[Runtime, str]:
                             parent = j
                     if entry.parent is not None and (parent < 0 or rt.segments[parent].name != entry.parent):
                         continue
-                build(entry, rt, i, parent)
+                make = entry.make
+                if make is not None:
+                    make(rt, i, parent)
+                else:
+                    build(entry, rt, i, parent)
         last_seen[name] = i
     resolve_references(rt)
     drop_incomplete(rt)

@@ -12,7 +12,6 @@ import base64
 import binascii
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hub.mapping._ids import patient_id, resource_id
@@ -24,12 +23,23 @@ if TYPE_CHECKING:
 NIK_SYSTEM = "https://fhir.kemkes.go.id/id/nik"
 
 
-@dataclass(frozen=True, slots=True)
 class Choice:
-    """A value for a choice element (``value[x]``): the FHIR type name completes the element name."""
+    """A value for a choice element (``value[x]``): the FHIR type name completes the element name.
 
-    type: str
-    value: Any
+    A plain slotted class rather than a frozen dataclass: one is made for nearly every OBX, and a frozen
+    dataclass's ``__init__`` pays an ``object.__setattr__`` call per attribute."""
+
+    __slots__ = ("type", "value")
+
+    def __init__(self, type: str, value: Any) -> None:
+        self.type = type
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Choice) and (self.type, self.value) == (other.type, other.value)
+
+    def __repr__(self) -> str:
+        return f"Choice(type={self.type!r}, value={self.value!r})"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -113,6 +123,12 @@ _DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 def decimal(text: str) -> int | float | None:
     """An NM value as a JSON number (integers stay integers so ``5`` is not written ``5.0``)."""
     text = text.strip()
+    # The shapes nearly every result has (``250``, ``13.5``) without the regular expression.
+    if text.isdecimal():
+        return int(text)
+    head, dot, tail = text.partition(".")
+    if dot and head.isdecimal() and tail.isdecimal():
+        return float(text)
     if not _DECIMAL.match(text):
         return None
     if "." in text:
@@ -239,7 +255,7 @@ def _codeable_concept(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -
 
 @_datatype("Coding")
 def dt_coding(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
-    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c = rt.texts(raw, level)
     c += [""] * (3 - len(c))
     return _coding(rt, c[0], c[1], c[2])
 
@@ -270,7 +286,7 @@ def hd_system(rt: Runtime, namespace: str, universal: str, universal_type: str) 
 @_datatype("HD")
 def dt_hd(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """HD as a system URI (CX-4, EI-2/3)."""
-    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c = rt.texts(raw, level)
     c += [""] * (3 - len(c))
     return hd_system(rt, c[0], c[1], c[2])
 
@@ -322,22 +338,17 @@ def dt_cx(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """CX (value, check digit, scheme, authority HD, type) → Identifier."""
     parts = rt.parts(raw, level)
     parts += [""] * (5 - len(parts))
-    authority = rt.parts(parts[3], level + 1)
+    authority = rt.texts(parts[3], level + 1)
     authority += [""] * (3 - len(authority))
     return cx_identifier(
-        rt,
-        rt.text(parts[0]).strip(),
-        rt.text(authority[0]).strip(),
-        rt.text(authority[1]).strip(),
-        rt.text(authority[2]).strip(),
-        rt.text(parts[4]).strip(),
+        rt, rt.text(parts[0]).strip(), authority[0], authority[1], authority[2], rt.text(parts[4]).strip()
     )
 
 
 @_datatype("EI")
 def dt_ei(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """EI (entity id, namespace, universal id, type) → Identifier."""
-    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c = rt.texts(raw, level)
     c += [""] * (4 - len(c))
     if not c[0]:
         return None
@@ -346,7 +357,15 @@ def dt_ei(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
         out["type"] = {
             "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": args["type"]}]
         }
-    out["system"] = hd_system(rt, c[1], c[2], c[3]) or f"urn:hub:id:{rt.facility_key}"
+    # The system is a pure function of the HD (a feed has a handful): remembered like a CX's.
+    key = ("ei-system", c[1], c[2], c[3], rt.memo_key)
+    memo = rt.maps.memo
+    system = memo.get(key)
+    if system is None:
+        if len(memo) > MEMO_MAX:
+            memo.clear()
+        system = memo[key] = hd_system(rt, c[1], c[2], c[3]) or f"urn:hub:id:{rt.facility_key}"
+    out["system"] = system
     out["value"] = c[0]
     return out
 
@@ -374,7 +393,7 @@ _TELECOM_USE = {
 def dt_xtn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """XTN → ContactPoint: XTN-1 (v2.3 formatted number), else XTN-4 email, else XTN-5..8 parts;
     XTN-2 use (table 0201) and XTN-3 equipment (table 0202)."""
-    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c = rt.texts(raw, level)
     c += [""] * (12 - len(c))
     use_code, equipment = c[1].upper(), c[2].upper()
     system = _TELECOM_SYSTEM.get(equipment)
@@ -466,9 +485,9 @@ _SN_COMPARATORS = {"<", "<=", ">", ">="}
 @_datatype("SN")
 def dt_sn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """SN → Quantity (with comparator), Range (``-``, ``+`` separators) or Ratio (``:``, ``/``)."""
-    c = [rt.text(p).strip() for p in rt.parts(raw, level)]
+    c = rt.texts(raw, level)
     c += [""] * (4 - len(c))
-    comparator, num1, sep, num2 = c
+    comparator, num1, sep, num2 = c[:4]  # SN has four components; a sender's extra ones are ignored
     n1, n2 = decimal(num1), decimal(num2)
     if sep in (":", "/") and n1 is not None and n2 is not None:
         return Choice("Ratio", {"numerator": {"value": n1}, "denominator": {"value": n2}})
@@ -520,7 +539,7 @@ def quantity(rt: Runtime, value: Any, units_raw: str, level: int) -> dict[str, A
 
 
 def _unit_elements(rt: Runtime, units_raw: str, level: int) -> tuple[tuple[str, str], ...]:
-    u = [rt.text(p).strip() for p in rt.parts(units_raw, level)] + ["", "", ""]
+    u = [*rt.texts(units_raw, level), "", "", ""]
     out: list[tuple[str, str]] = []
     unit = u[1] or u[0]
     if unit:
@@ -555,7 +574,7 @@ def dt_identifier_at(raw: str, level: int, rt: Runtime, args: dict[str, Any]) ->
     value = rt.text(rt.parts(comp(args.get("value")), level + 1)[0]).strip()
     if not value and args.get("fallback_value"):
         value = rt.text(rt.parts(comp(args["fallback_value"]), level + 1)[0]).strip()
-    auth = [rt.text(p).strip() for p in rt.parts(comp(args.get("authority")), level + 1)] + ["", "", ""]
+    auth = [*rt.texts(comp(args.get("authority")), level + 1), "", "", ""]
     id_type = rt.text(rt.parts(comp(args.get("type")), level + 1)[0]).strip()
     return cx_identifier(rt, value, auth[0], auth[1], auth[2], id_type)
 
@@ -730,25 +749,28 @@ def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[st
     """OBX-5 as value[x] by OBX-2 (V2-to-FHIR IG OBX[Observation]): NM with OBX-6 units → Quantity,
     SN → Quantity/Range/Ratio, CWE → CodeableConcept, TX/FT/ST → string (repetitions are lines), TS →
     dateTime. ED/RP have no value[x] in R4: :func:`fn_observation_attachment` keeps them."""
-    vtype, value, units = ([*raws, "", "", ""])[:3]
-    vtype = rt.text(vtype).strip().upper()
+    vtype, value, units = raws if len(raws) == 3 else ([*raws, "", "", ""])[:3]
     if not value:
         return None
-    kind = _OBX_TYPES.get(vtype, "string" if vtype else "text")
-    if kind in ("text", "string") or vtype in ("TM",):
+    kind = _OBX_TYPES.get(vtype)  # the type as senders write it: no escapes, spaces or lower case
+    if kind is None:
+        vtype = rt.text(vtype).strip().upper()
+        kind = _OBX_TYPES.get(vtype, "string" if vtype else "text")
+    if kind in ("text", "string"):  # TM too
         text = dt_text(value, 0, rt, {})
         return Choice("String", text) if text else None
+    rep = rt.enc.repetition
     if kind == "decimal":
-        number = decimal(rt.text(value.split(rt.enc.repetition)[0]))
+        number = decimal(rt.text(value.split(rep, 1)[0] if rep in value else value))
         if number is None:
             text = rt.text(value).strip()
             return Choice("String", text) if text else None
-        return Choice("Quantity", quantity(rt, number, units.split(rt.enc.repetition)[0], 0))
-    first = value.split(rt.enc.repetition)[0]
+        return Choice("Quantity", quantity(rt, number, units.split(rep, 1)[0] if rep in units else units, 0))
+    first = value.split(rep, 1)[0] if rep in value else value
     if kind == "SN":
         sn = dt_sn(first, 0, rt, {})
         if isinstance(sn, Choice) and sn.type == "Quantity" and units:
-            q = quantity(rt, sn.value["value"], units.split(rt.enc.repetition)[0], 0)
+            q = quantity(rt, sn.value["value"], units.split(rep, 1)[0] if rep in units else units, 0)
             if "comparator" in sn.value:
                 q = {
                     "value": q["value"],
@@ -888,7 +910,7 @@ def fn_reference_by_identifier(raws: list[str], index: int, rt: Runtime, args: d
     raw = ([*raws, ""])[0]
     if not raw or raw == '""':
         return None
-    c = [rt.text(p).strip() for p in rt.parts(raw.split(rt.enc.repetition)[0], 0)] + [""]
+    c = [*rt.texts(raw.split(rt.enc.repetition)[0], 0), ""]
     if not c[0]:
         return None
     rtype = str(args["resource"])

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from hub.errors import MappingError
+from hub.hl7 import unescape
 from hub.mapping._engine import (
     CompiledEntry,
     CompiledField,
@@ -423,7 +424,15 @@ class _Compiler:
                     self.fault(path, f"unknown segment map {e.map!r}")
                     continue
                 by_segment.setdefault(e.segment, []).append(
-                    CompiledEntry(e.segment, sm, e.first, tuple(e.anchors), e.parent, e.reference_only)
+                    CompiledEntry(
+                        e.segment,
+                        sm,
+                        e.first,
+                        tuple(e.anchors),
+                        e.parent,
+                        e.reference_only,
+                        None if e.reference_only else sm.make,
+                    )
                 )
             actions = []
             for a in mm.actions:
@@ -455,6 +464,10 @@ class _Compiler:
         segment_of_map = {n: m.segment for n, m in self.segment_maps.items()}
         for smap in self.segment_maps.values():
             compile_resolve(smap, segment_of_map)
+            for f in smap.fields:
+                child = self.segment_maps.get(f.children) if f.children else None
+                if child is not None:
+                    child.is_child = True
         return CompiledMaps(
             messages=messages,
             segment_maps=self.segment_maps,
@@ -494,8 +507,16 @@ def _generate_converter(
         "RESOURCE": resource,
         "set_value": set_value,
         "as_resource": _as_resource,
+        "unescape": unescape,
     }
-    lines = ["def convert(raw, level, rt, args):", "    parts = rt.parts(raw, level)", "    out = {}"]
+    # Runtime.parts and Runtime.text written out: a datatype map runs for most non-empty fields.
+    lines = [
+        "def convert(raw, level, rt, args):",
+        "    enc = rt.enc",
+        "    csep, ssep, esc = enc.component, enc.subcomponent, enc.escape",
+        "    parts = raw.split(csep) if level == 0 else raw.split(ssep) if level == 1 and ssep else [raw]",
+        "    out = {}",
+    ]
     constants: list[int] = []
     for k, (comp, sub, steps, conv, vocab, transform, const, fargs) in enumerate(comps):
         ns.update({f"steps{k}": steps, f"conv{k}": conv, f"vocab{k}": vocab, f"tr{k}": transform})
@@ -508,7 +529,7 @@ def _generate_converter(
             lines.append(f"    piece = parts[{comp - 1}] if {comp} <= len(parts) else ''")
             if sub:
                 lines += [
-                    "    subs = rt.parts(piece, level + 1)",
+                    "    subs = piece.split(ssep) if level == 0 and ssep else [piece]",
                     f"    piece = subs[{sub - 1}] if {sub} <= len(subs) else ''",
                     "    plevel = level + 2",
                 ]
@@ -520,9 +541,16 @@ def _generate_converter(
         if conv is not None:
             lines.append(f"        value = conv{k}(piece, plevel, rt, fargs{k})")
         else:
-            lines.append(
-                "        value = rt.text(rt.parts(piece, plevel)[0] if plevel < 2 else piece).strip() or None"
-            )
+            # The first part of the piece at its level, unescaped and stripped (Runtime.text/parts).
+            lines += [
+                "        if plevel == 0:",
+                "            piece = piece.split(csep, 1)[0]",
+                "        elif plevel == 1 and ssep:",
+                "            piece = piece.split(ssep, 1)[0]",
+                "        if esc and esc in piece:",
+                "            piece = unescape(piece, enc)",
+                "        value = piece.strip() or None",
+            ]
         lines.append("        if value is not None:")
         indent = "            "
         if vocab is not None:

@@ -49,11 +49,34 @@ def _local_offset(zone: str, y: int, mo: int, d: int, h: int, mi: int) -> str:
 
 def split_ts(value: str) -> tuple[str, ...]:
     """The parts of a TS: (year, month, day, hour, minute, second, fraction, offset), "" when absent."""
-    m = _TS.match(value)
-    if m is None:
-        raise TimeFormatError(f"{value!r} is not an HL7 date/time")
-    parts = tuple(g or "" for g in m.groups())
-    y, mo, d, h, mi, s = (parts[i] for i in range(6))
+    parts = _split_plain(value)
+    if parts is None:
+        m = _TS.match(value)
+        if m is None:
+            raise TimeFormatError(f"{value!r} is not an HL7 date/time")
+        parts = m.groups("")
+    _check_ts(value, parts)
+    return parts
+
+
+def _split_plain(value: str) -> tuple[str, ...] | None:
+    """The parts of the shape nearly every sender uses, ``YYYY[MM[DD[HH[MM[SS]]]]][+/-ZZZZ]`` in ASCII
+    digits, without the regular expression (the same groups it would give); None for any other shape.
+    Every message brings new timestamps, so this runs a few times per message."""
+    digits, offset = value, ""
+    if len(value) > 5 and value[-5] in "+-":
+        digits, offset = value[:-5], value[-5:]
+        if not (offset[1:].isdigit() and offset.isascii()):
+            return None
+    if len(digits) not in (4, 6, 8, 10, 12, 14) or not (digits.isdigit() and digits.isascii()):
+        return None
+    if offset[:1] == "-" and len(digits) < 8:  # the pattern reads YYYY-MM / YYYYMM-DD as dashed dates
+        return None
+    return (digits[:4], digits[4:6], digits[6:8], digits[8:10], digits[10:12], digits[12:14], "", offset)
+
+
+def _check_ts(value: str, parts: tuple[str, ...]) -> None:
+    y, mo, d, h, mi, s = parts[:6]
     # Precision must be contiguous: a minute without an hour is not a TS.
     seen_gap = False
     for p in (mo, d, h, mi, s):
@@ -69,7 +92,6 @@ def split_ts(value: str) -> tuple[str, ...]:
         raise TimeFormatError(f"{value!r} is not a valid date/time: {exc}") from None
     if int(h or 0) > 23:
         raise TimeFormatError(f"{value!r} has an hour over 23")
-    return parts
 
 
 @lru_cache(maxsize=8192)
@@ -83,7 +105,11 @@ def to_date(value: str) -> str:
 def to_datetime(value: str, zone: str) -> str:
     """FHIR ``dateTime``. Date-only precisions stay dates (FHIR allows no offset there); a value with
     a time gets seconds (FHIR requires them) and an offset: its own, else the sender's zone's."""
-    y, mo, d, h, mi, s, frac, off = split_ts(value)
+    return _datetime_text(split_ts(value), zone)
+
+
+def _datetime_text(parts: tuple[str, ...], zone: str) -> str:
+    y, mo, d, h, mi, s, frac, off = parts
     if not h:
         return "-".join(p for p in (y, mo, d) if p)
     time = f"{h}:{mi or '00'}:{s or '00'}" + (f".{frac}" if frac else "")
@@ -95,9 +121,4 @@ def to_datetime(value: str, zone: str) -> str:
 def to_instant(value: str, zone: str) -> str:
     """FHIR ``instant``: a dateTime padded to the second (a bare date is midnight in the sender's zone)."""
     y, mo, d, h, mi, s, frac, off = split_ts(value)
-    return to_datetime(
-        f"{y}{mo or '01'}{d or '01'}{h or '00'}{mi or '00'}{s or '00'}"
-        + (f".{frac}" if frac else "")
-        + (off or ""),
-        zone,
-    )
+    return _datetime_text((y, mo or "01", d or "01", h or "00", mi or "00", s or "00", frac, off), zone)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hub.hl7 import escape
-from hub.mapping._time import TimeFormatError, to_date, to_datetime, to_instant
+from hub.mapping._time import _TS, TimeFormatError, _check_ts, split_ts, to_date, to_datetime, to_instant
 from tests.mapping._support import by_type, map_text
 
 MSH = "MSH|^~\\&|LAB|RSUD_SEHAT|HUB|KEMKES|20261101083000+0700||ORU^R01^ORU_R01|C1|P|2.5.1\r"
@@ -142,6 +142,13 @@ def test_sn_nm_and_units() -> None:
     assert obx("NM", "-.5", "x^local unit^L")["valueQuantity"] == {"value": -0.5, "unit": "local unit"}
     assert obx("NM", "abc")["valueString"] == "abc"  # not a number: kept as text, never dropped
     assert obx("NR", "3.5^7")["valueRange"] == {"low": {"value": 3.5}, "high": {"value": 7}}
+    # Components beyond SN's four are ignored (they used to fail the whole message).
+    assert obx("SN", "<^5^^^junk")["valueQuantity"] == {"value": 5, "comparator": "<"}
+    # Numbers in every shape NM allows, and what is not one stays text.
+    assert [obx("NM", v)["valueQuantity"]["value"] for v in ("7", "+7", "007", "7.", "7.50", ".5")] == [
+        7, 7, 7, 7.0, 7.5, 0.5,
+    ]  # fmt: skip
+    assert [obx("NM", v).get("valueString") for v in ("7.5.1", "1e3", "٣")] == ["7.5.1", "1e3", None]
 
 
 def test_ed_and_rp_attachments() -> None:
@@ -225,3 +232,31 @@ def test_oru_ed_result_becomes_a_document_the_observation_derives_from() -> None
     assert document["subject"] == observation["subject"]
     again = by_type(map_text(text.replace("|C1|", "|C2|")), "DocumentReference")[0]
     assert again["id"] == document["id"]  # keyed like its Observation, not by the message
+
+
+def _split_by_pattern(value: str) -> tuple[str, ...]:
+    """split_ts without its fast path: the regular expression alone."""
+    m = _TS.match(value)
+    if m is None:
+        raise TimeFormatError(value)
+    parts: tuple[str, ...] = m.groups("")
+    _check_ts(value, parts)
+    return parts
+
+
+@settings(max_examples=400)
+@given(
+    st.text(alphabet="0123456789", min_size=0, max_size=16),
+    st.sampled_from(["", "+0700", "-0500", "+07", "+07:00", "Z", "+9999", "-00ab", "+0٣00", " "]),
+)
+def test_the_plain_ts_fast_path_agrees_with_the_pattern(digits: str, offset: str) -> None:
+    value = digits + offset
+    try:
+        expected: tuple[str, ...] | str = _split_by_pattern(value)
+    except TimeFormatError:
+        expected = "error"
+    try:
+        actual: tuple[str, ...] | str = split_ts(value)
+    except TimeFormatError:
+        actual = "error"
+    assert actual == expected
