@@ -24,6 +24,7 @@ from sqlalchemy import (
     Double,
     String,
     and_,
+    bindparam,
     false,
     func,
     literal,
@@ -72,7 +73,7 @@ from hub.store.search_params import (
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
-EVERYTHING_DEFAULT_COUNT = 100
+EVERYTHING_DEFAULT_COUNT = 1000
 MAX_ITERATE = 5
 
 CONTROL_PARAMS = frozenset(
@@ -671,29 +672,27 @@ def _sorted_page(q: Query, base_conds: list[Any]) -> Any:
     return stmt.limit(q.count + 1)
 
 
+# Current resources of one type by id (the Practitioners … a page of $everything points at): built once,
+# so a page pays for executing it only (no expression building, no cache-key walk).
+_BY_IDS = select(R.resource_type, R.id, R.content).where(
+    R.resource_type == bindparam("rtype"),
+    R.id.in_(bindparam("ids", expanding=True)),
+    R.deleted.is_(False),
+)
+
+
 def _fetch(session: Session, keys: Iterable[tuple[str, str]]) -> list[Row]:
-    """Current resources by (type, id), in one round trip per 500 ids."""
-    by_type: dict[str, list[str]] = {}
+    """Current resources by (type, id): one round trip per type and 500 ids."""
+    by_type: dict[str, set[str]] = {}
     for t, i in keys:
-        by_type.setdefault(t, []).append(i)
+        by_type.setdefault(t, set()).add(i)
+    conn = session.connection()
     out: list[Row] = []
-    batch: list[Any] = []
-    size = 0
     for t, ids in sorted(by_type.items()):
-        for chunk in _chunks(sorted(set(ids)), 500):
-            batch.append(and_(R.resource_type == t, R.id.in_(chunk)))
-            size += len(chunk)
-            if size >= 500:
-                out.extend(_fetch_batch(session, batch))
-                batch, size = [], 0
-    if batch:
-        out.extend(_fetch_batch(session, batch))
+        for chunk in _chunks(sorted(ids), 500):
+            rows = conn.execute(_BY_IDS, {"rtype": t, "ids": chunk})
+            out.extend(Row(rtype, rid, content, "include") for rtype, rid, content in rows)
     return out
-
-
-def _fetch_batch(session: Session, conds: list[Any]) -> list[Row]:
-    rows = session.execute(select(R.resource_type, R.id, R.content).where(or_(*conds), R.deleted.is_(False)))
-    return [Row(r.resource_type, r.id, r.content, "include") for r in rows]
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
@@ -828,18 +827,21 @@ class EverythingQuery:
     end: datetime | None = None
 
 
+_PATIENT = select(R.deleted, R.content).where(R.resource_type == "Patient", R.id == bindparam("id"))
+
+
 def everything(session: Session, eq: EverythingQuery) -> Page:
     """One page of the compartment in (type, id) order: a Merge Append of one ``ix_resource_compartment``
     range scan per member Patient, so a page reads its own rows only (no sort over the compartment)."""
-    patient = session.execute(
-        select(R.deleted, R.content).where(R.resource_type == "Patient", R.id == eq.patient_id)
-    ).first()
+    conn = session.connection()
+    patient = conn.execute(_PATIENT, {"id": eq.patient_id}).first()
     if patient is None:
         raise NotFound(f"Patient/{eq.patient_id} is not known")
-    if patient.deleted:
+    deleted, content = patient
+    if deleted:
         raise Gone(f"Patient/{eq.patient_id} was deleted")
     members = [eq.patient_id]
-    _add_linked_sources(members, patient.content)
+    _add_linked_sources(members, content)
     conds: list[Any] = [R.deleted.is_(False)]
     if eq.types:
         conds.append(R.resource_type.in_(eq.types))
@@ -874,11 +876,11 @@ def everything(session: Session, eq: EverythingQuery) -> Page:
     else:
         merged = union_all(*parts).subquery("compartment")
         stmt = select(merged).order_by(merged.c.resource_type, merged.c.id).limit(eq.count + 1)
-    rows = session.execute(stmt).all()
+    rows = conn.execute(stmt).all()
     next_cursor = None
     if len(rows) > eq.count:
         rows = rows[: eq.count]
-        next_cursor = encode_cursor([rows[-1].resource_type, rows[-1].id])
+        next_cursor = encode_cursor([rows[-1][0], rows[-1][1]])
     matches = [Row(rtype, rid, content) for rtype, rid, content in rows]  # unpacking beats by-name access
     included = _referenced(session, matches)
     total = len(matches) if eq.cursor is None and next_cursor is None else None
