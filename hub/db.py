@@ -75,6 +75,10 @@ def make_engine(url: str, *, read_only: bool = False, durable: bool = True, **kw
         # reads priced as cached ones, so that ordered index scans win over bitmap scans plus a sort.
         options = "-c max_parallel_workers_per_gather=0 -c jit=off -c random_page_cost=1.1"
         kw.setdefault("connect_args", {"options": options})
+        # Autocommit: a read runs its statements without BEGIN and ROLLBACK, two round trips fewer per
+        # request (on a busy machine each round trip is a wait for a CPU); each statement still reads
+        # one consistent snapshot, and nothing on this engine writes.
+        kw.setdefault("isolation_level", "AUTOCOMMIT")
     kw.setdefault("pool_size", 10)
     kw.setdefault("max_overflow", 20)
     # The read path skips the liveness ping (≈0.3 ms a read); a dropped connection is recycled instead.
