@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -67,16 +67,22 @@ class Figures:
     load_s: float
     timings: dict[str, list[float]]
     machine_load: tuple[float, float] = (float("nan"), float("nan"))  # 1-minute load average, start / end
+    cpu: dict[str, tuple[float, float]] = field(default_factory=dict)  # query -> CPU s: server, postgres
 
     def report(self) -> str:
         lines = [
             f"{self.resources:,} resources, loaded in {self.load_s:.1f} s ({self.resources / self.load_s:,.0f}/s)",
             f"machine load (1-minute average) while measuring: {self.machine_load[0]:.2f} -> "
             f"{self.machine_load[1]:.2f} on {os.cpu_count()} CPUs",
-            f"{'query':<50} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}",
+            f"{'query':<50} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}"
+            + (f" {'server ms CPU':>14} {'postgres ms CPU':>16}" if self.cpu else ""),
         ]
         for name, values in self.timings.items():
-            lines.append(f"{name:<50} {len(values):>5} {pct(values, 50):>8.2f} {pct(values, 99):>8.2f}")
+            line = f"{name:<50} {len(values):>5} {pct(values, 50):>8.2f} {pct(values, 99):>8.2f}"
+            if name in self.cpu:
+                server, postgres = (1000 * t / len(values) for t in self.cpu[name])
+                line += f" {server:>14.2f} {postgres:>16.2f}"
+            lines.append(line)
         return "\n".join(lines)
 
 
@@ -343,8 +349,14 @@ def prewarm(url: str) -> float:
     return time.perf_counter() - start
 
 
+@dataclass
+class Server:
+    base: str  # the FHIR base URL
+    pid: int
+
+
 @contextmanager
-def serve(url: str, var_dir: Path) -> Iterator[str]:
+def serve(url: str, var_dir: Path) -> Iterator[Server]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -376,28 +388,71 @@ def serve(url: str, var_dir: Path) -> Iterator[str]:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        yield base
+        yield Server(base, proc.pid)
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def measure(base: str, token: str, patients: int, repeats: int, page: int) -> dict[str, list[float]]:
+class CpuMeter:
+    """CPU time of the hub's server process and of the PostgreSQL backends serving its database, read
+    from ``/proc`` (Linux, database on this machine). On a shared 2-core machine wall-clock latency is
+    mostly waiting for a CPU; the CPU a request costs is the figure other processes do not blur."""
+
+    def __init__(self, server_pid: int, url: str) -> None:
+        self.server_pid = server_pid
+        self.engine = make_engine(url)
+        self.backends: list[int] = []
+
+    def refresh(self) -> None:
+        """Find the server's backends again (its pool opens connections as it needs them)."""
+        with self.engine.connect() as conn:
+            self.backends = list(
+                conn.execute(
+                    text(
+                        "SELECT pid FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalars()
+            )
+
+    def read(self) -> tuple[float, float]:
+        return _cpu_seconds(self.server_pid), sum(_cpu_seconds(pid) for pid in self.backends)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (0 once it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    base: str, token: str, patients: int, repeats: int, page: int, meter: CpuMeter | None = None
+) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]]]:
     """Time every query kind with the client's cyclic garbage collector paused: parsing a page of 500
     resources makes ~50,000 objects, and the collections they trigger doubled the client's CPU and
     landed inside the timed requests (the responses are freed by reference counting all the same)."""
     gc.collect()
     gc.disable()
     try:
-        return _measure(base, token, patients, repeats, page)
+        return _measure(base, token, patients, repeats, page, meter)
     finally:
         gc.enable()
 
 
-def _measure(base: str, token: str, patients: int, repeats: int, page: int) -> dict[str, list[float]]:
+def _measure(
+    base: str, token: str, patients: int, repeats: int, page: int, meter: CpuMeter | None
+) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]]]:
     rng = random.Random(7)
     headers = {"Authorization": f"Bearer {token}"}
     timings: dict[str, list[float]] = {}
+    cpu: dict[str, tuple[float, float]] = {}
     others = max(1, patients - 3)
 
     with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
@@ -419,9 +474,16 @@ def _measure(base: str, token: str, patients: int, repeats: int, page: int) -> d
             return body
 
         def timed(name: str, url: str, *, follow: bool = False) -> dict[str, Any]:
+            if meter is not None and name not in timings:
+                meter.refresh()
+            used = meter.read() if meter is not None else (0.0, 0.0)
             start = time.perf_counter()
             body = fetch(url, follow=follow)
             timings.setdefault(name, []).append(time.perf_counter() - start)
+            if meter is not None:
+                server, postgres = cpu.get(name, (0.0, 0.0))
+                now = meter.read()
+                cpu[name] = (server + now[0] - used[0], postgres + now[1] - used[1])
             return body
 
         for _ in range(20):  # warm up connections and caches
@@ -487,7 +549,7 @@ def _measure(base: str, token: str, patients: int, repeats: int, page: int) -> d
                 f"/Patient/{BIG_PATIENT}/$everything",
                 follow=True,
             )
-    return timings
+    return timings, cpu
 
 
 def run(
@@ -500,6 +562,7 @@ def run(
     database_url: str | None = None,
     load_data: bool = True,
     warm_cache: bool = False,
+    count_cpu: bool = False,
 ) -> Figures:
     """Load ``resources`` into a fresh PostgreSQL database (or into ``database_url``, which is kept;
     ``load_data=False`` measures what an earlier run loaded there), serve it, measure."""
@@ -518,11 +581,16 @@ def run(
                 print(f"  prewarmed the store into the OS cache in {prewarm(url):.0f} s", flush=True)
             var_dir = Path(tmp) / "var"
             token = issue_token(Settings(var_dir=var_dir, database_url=url), "clinician")
-            with serve(url, var_dir) as base:
+            with serve(url, var_dir) as server:
+                meter = CpuMeter(server.pid, url) if count_cpu else None
                 before = os.getloadavg()[0]
-                timings = measure(base, token, patients, repeats, page)
+                try:
+                    timings, cpu = measure(server.base, token, patients, repeats, page, meter)
+                finally:
+                    if meter is not None:
+                        meter.close()
                 after = os.getloadavg()[0]
-    return Figures(loaded, load_s, timings, (before, after))
+    return Figures(loaded, load_s, timings, (before, after), cpu)
 
 
 @contextmanager
@@ -591,6 +659,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--prewarm", action="store_true", help="read the store into the OS cache first (pg_prewarm)"
     )
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="also report the CPU of the server and of PostgreSQL per request (Linux, local database)",
+    )
     args, _unknown = parser.parse_known_args(argv)
     try:
         figures = run(
@@ -602,6 +675,7 @@ def main(argv: list[str]) -> int:
             database_url=args.database_url,
             load_data=not args.no_load,
             warm_cache=args.prewarm,
+            count_cpu=args.cpu,
         )
     except BenchError as exc:
         print(f"bench fhir: {exc}", file=sys.stderr)

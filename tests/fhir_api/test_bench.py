@@ -36,7 +36,9 @@ def _exists(url: str) -> bool:
 
 
 def test_bench_loads_into_a_new_database_and_times_every_query(new_database_url: str) -> None:
-    figures = run(resources=1_200, patients=12, repeats=2, page=300, database_url=new_database_url)
+    figures = run(
+        resources=1_200, patients=12, repeats=2, page=300, database_url=new_database_url, count_cpu=True
+    )
     assert figures.resources == 1_200
     assert set(figures.timings) == {
         "read by id",
@@ -49,6 +51,11 @@ def test_bench_loads_into_a_new_database_and_times_every_query(new_database_url:
     }
     assert len(figures.timings["read by id"]) == 10
     assert all(t > 0 for values in figures.timings.values() for t in values)
+    # CPU is counted for every query kind, for the server and for PostgreSQL (clock ticks, so it can be 0)
+    assert set(figures.cpu) == set(figures.timings)
+    assert all(server >= 0 and postgres >= 0 for server, postgres in figures.cpu.values())
+    assert sum(server for server, _ in figures.cpu.values()) > 0
+    assert "server ms CPU" in figures.report()
     assert ensure_database(new_database_url) is False  # kept, so --no-load can measure it again
 
 
