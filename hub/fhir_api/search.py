@@ -716,9 +716,9 @@ def _id_page(q: Query, base_conds: list[Any]) -> Any:
 
 
 def _driven_ids(q: Query, driver: Driver, conds: list[Any], after: Any, desc: bool) -> Any:
-    """The page's ids walked in id order off the driver's reference ranges (a Merge Append of one
-    index-only range scan per target id, duplicates dropped on the way), each joined to its live row and
-    tested against the other criteria, until the page is full."""
+    """The page's ids walked in id order off the driver's reference ranges (one index-only range scan
+    per target id, merged in id order, duplicates dropped), each joined to its live row and tested
+    against the other criteria, until the page is full."""
     branches = []
     for tid in driver.target_ids:
         where = [
@@ -732,8 +732,8 @@ def _driven_ids(q: Query, driver: Driver, conds: list[Any], after: Any, desc: bo
         branches.append(select(_REF.resource_id.label("id")).where(*where))
     compound: Any = union_all  # (typed Any: mypy 2.4 crashes inferring union_all()'s row type)
     walk = (branches[0] if len(branches) == 1 else compound(*branches)).subquery("walk")
-    # Ordered here too, so that PostgreSQL drops duplicates off the merged, ordered ranges (Unique over
-    # a Merge Append) instead of hashing every candidate and sorting them.
+    # Ordered here too, so that PostgreSQL drops duplicates off the ordered ranges (Unique) and stops at
+    # the page's end, instead of hashing every candidate, probing them all, then sorting the matches.
     order = walk.c.id.desc() if desc else walk.c.id.asc()
     driven = select(walk.c.id).distinct().order_by(order).subquery("driven")
     return (
@@ -927,8 +927,9 @@ _PATIENT = select(R.deleted, R.content).where(R.resource_type == "Patient", R.id
 
 
 def everything(session: Session, eq: EverythingQuery) -> Page:
-    """One page of the compartment in (type, id) order: a Merge Append of one ``ix_resource_compartment``
-    range scan per member Patient, so a page reads its own rows only (no sort over the compartment)."""
+    """One page of the compartment in (type, id) order: one index range scan per member Patient, cut
+    at the cursor (a row comparison, so an index condition) and at the page size. (At the bench's 1,003
+    rows PostgreSQL prefers a top-N sort of the members' rows to merging the ranges: 1.5 ms.)"""
     conn = session.connection()
     patient = conn.execute(_PATIENT, {"id": eq.patient_id}).first()
     if patient is None:
