@@ -164,7 +164,7 @@ class Query:
 
 @dataclass(slots=True, frozen=True)
 class Driver:
-    """A search's first reference criterion to one target (``patient=…``, a golden Patient's sources
+    """A search's first criterion referencing one Patient (``patient=…``, a golden Patient's sources
     included), whose matches an id-ordered page walks straight off ``ix_search_reference_target``, one
     range per target id, testing the other criteria as it goes: the page stops at its last match
     instead of probing every candidate (694 for the bench's golden Patient) and then sorting."""
@@ -220,13 +220,15 @@ def parse_query(
 
 
 def _driver(session: Session, rtype: str, param: SearchParam, modifier: str, raw: str) -> Driver | None:
-    """The criterion ``param[:modifier]=raw`` as a :class:`Driver` when it is a typed reference to one
-    resource (a plain or type-modified reference parameter with one value); None otherwise."""
+    """The criterion ``param[:modifier]=raw`` as a :class:`Driver` when it is a reference to one Patient
+    (a plain or type-modified reference parameter with one value); None otherwise. Only a Patient: a
+    patient's records are few, while a Practitioner or an Organization may be referenced by a hundred
+    thousand resources, too many to walk when another criterion is the selective one."""
     values = split_values(raw)
     if param.type != REFERENCE or len(values) != 1 or (modifier and not _TYPE_RE.match(modifier)):
         return None
     targets = _reference_targets(session, param, modifier, values[0])
-    if targets is None or not targets[0]:
+    if targets is None or targets[0] != "Patient":
         return None
     ttype, ids = targets
     condition = R.id.in_(
