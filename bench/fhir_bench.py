@@ -9,11 +9,15 @@ ORM upsert per resource, so a million resources load in minutes.
 
     python -m bench fhir --resources 1000000 --patients 10000      # the issue's figures
     python -m bench fhir --resources 20000 --patients 200          # a quick sanity run
+    python -m bench fhir --database-url postgresql+psycopg://…/hub_bench_1m --no-load --prewarm --cpu
+                                        # measure a kept database again, its store in the OS cache, with
+                                        # the server's and PostgreSQL's CPU per request
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import socket
@@ -23,18 +27,21 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import Engine, insert, text
+from sqlalchemy import Engine, create_engine, insert, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from hub.auth import issue_token
 from hub.config import Settings
 from hub.db import make_engine
+from hub.fhir_api.search import EVERYTHING_DEFAULT_COUNT
 from hub.store.models import Resource, ResourceVersion
 from hub.store.schema import scratch_database, upgrade
 from hub.store.search_index import INDEX_MODELS
@@ -63,16 +70,22 @@ class Figures:
     load_s: float
     timings: dict[str, list[float]]
     machine_load: tuple[float, float] = (float("nan"), float("nan"))  # 1-minute load average, start / end
+    cpu: dict[str, tuple[float, float]] = field(default_factory=dict)  # query -> CPU s: server, postgres
 
     def report(self) -> str:
         lines = [
             f"{self.resources:,} resources, loaded in {self.load_s:.1f} s ({self.resources / self.load_s:,.0f}/s)",
             f"machine load (1-minute average) while measuring: {self.machine_load[0]:.2f} -> "
             f"{self.machine_load[1]:.2f} on {os.cpu_count()} CPUs",
-            f"{'query':<44} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}",
+            f"{'query':<50} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}"
+            + (f" {'server ms CPU':>14} {'postgres ms CPU':>16}" if self.cpu else ""),
         ]
         for name, values in self.timings.items():
-            lines.append(f"{name:<44} {len(values):>5} {pct(values, 50):>8.2f} {pct(values, 99):>8.2f}")
+            line = f"{name:<50} {len(values):>5} {pct(values, 50):>8.2f} {pct(values, 99):>8.2f}"
+            if name in self.cpu:
+                server, postgres = (1000 * t / len(values) for t in self.cpu[name])
+                line += f" {server:>14.2f} {postgres:>16.2f}"
+            lines.append(line)
         return "\n".join(lines)
 
 
@@ -304,8 +317,49 @@ def pg_database(admin_url: str) -> Iterator[str]:
         yield url
 
 
+STORE_TABLES = (
+    "resource",
+    "search_token",
+    "search_string",
+    "search_date",
+    "search_reference",
+    "search_quantity",
+)
+
+
+def prewarm(url: str) -> float:
+    """Read the store's tables and their indexes into the operating system's cache (``pg_prewarm`` in
+    ``read`` mode; the extension is created when missing) and return the seconds it took. Without it a
+    run measures how much of a 4.6 GB database other processes left in the cache, not the hub: a probe
+    that misses waits for the disk (0.3 ms a page while other processes write)."""
+    engine = make_engine(url, isolation_level="AUTOCOMMIT")
+    start = time.perf_counter()
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_prewarm"))
+            relations = conn.execute(
+                text(
+                    "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+                    "WHERE i.indrelid::regclass::text = ANY(:tables) "
+                    "UNION ALL SELECT unnest(CAST(:tables AS text[]))"
+                ),
+                {"tables": list(STORE_TABLES)},
+            ).scalars()
+            for relation in list(relations):
+                conn.execute(text("SELECT pg_prewarm(CAST(:r AS regclass), 'read')"), {"r": relation})
+    finally:
+        engine.dispose()
+    return time.perf_counter() - start
+
+
+@dataclass
+class Server:
+    base: str  # the FHIR base URL
+    pid: int
+
+
 @contextmanager
-def serve(url: str, var_dir: Path) -> Iterator[str]:
+def serve(url: str, var_dir: Path) -> Iterator[Server]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -337,38 +391,102 @@ def serve(url: str, var_dir: Path) -> Iterator[str]:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        yield base
+        yield Server(base, proc.pid)
     finally:
         proc.terminate()
         proc.wait(10)
 
 
+class CpuMeter:
+    """CPU time of the hub's server process and of the PostgreSQL backends serving its database, read
+    from ``/proc`` (Linux, database on this machine). On a shared 2-core machine wall-clock latency is
+    mostly waiting for a CPU; the CPU a request costs is the figure other processes do not blur."""
+
+    def __init__(self, server_pid: int, url: str) -> None:
+        self.server_pid = server_pid
+        self.engine = make_engine(url)
+        self.backends: list[int] = []
+
+    def refresh(self) -> None:
+        """Find the server's backends again (its pool opens connections as it needs them)."""
+        with self.engine.connect() as conn:
+            self.backends = list(
+                conn.execute(
+                    text(
+                        "SELECT pid FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalars()
+            )
+
+    def read(self) -> tuple[float, float]:
+        return _cpu_seconds(self.server_pid), sum(_cpu_seconds(pid) for pid in self.backends)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (0 once it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
-    base: str, token: str, patients: int, resources: int, repeats: int, page: int
-) -> dict[str, list[float]]:
+    base: str, token: str, patients: int, repeats: int, page: int, meter: CpuMeter | None = None
+) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]]]:
+    """Time every query kind with the client's cyclic garbage collector paused: parsing a page of 500
+    resources makes ~50,000 objects, and the collections they trigger doubled the client's CPU and
+    landed inside the timed requests (the responses are freed by reference counting all the same)."""
+    gc.collect()
+    gc.disable()
+    try:
+        return _measure(base, token, patients, repeats, page, meter)
+    finally:
+        gc.enable()
+
+
+def _measure(
+    base: str, token: str, patients: int, repeats: int, page: int, meter: CpuMeter | None
+) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]]]:
     rng = random.Random(7)
     headers = {"Authorization": f"Bearer {token}"}
     timings: dict[str, list[float]] = {}
+    cpu: dict[str, tuple[float, float]] = {}
     others = max(1, patients - 3)
 
     with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
 
         def fetch(url: str, *, follow: bool = False) -> dict[str, Any]:
+            # Pages followed are parsed whole, as an app would, with orjson (the client an app that
+            # cares for speed uses; httpx's json() costs twice as much CPU, which a 2-core machine
+            # shares with the server under test).
             r = client.get(url)
             assert r.status_code == 200, (url, r.status_code, r.text[:300])
-            body: dict[str, Any] = r.json() if follow else {}
+            body: dict[str, Any] = orjson.loads(r.content) if follow else {}
             while follow:
                 nxt = next((lk["url"] for lk in body.get("link", []) if lk["relation"] == "next"), None)
                 if nxt is None:
                     break
                 r = client.get(nxt)
-                body = r.json()
+                assert r.status_code == 200, (nxt, r.status_code, r.text[:300])
+                body = orjson.loads(r.content)
             return body
 
         def timed(name: str, url: str, *, follow: bool = False) -> dict[str, Any]:
+            if meter is not None and name not in timings:
+                meter.refresh()
+            used = meter.read() if meter is not None else (0.0, 0.0)
             start = time.perf_counter()
             body = fetch(url, follow=follow)
             timings.setdefault(name, []).append(time.perf_counter() - start)
+            if meter is not None:
+                server, postgres = cpu.get(name, (0.0, 0.0))
+                now = meter.read()
+                cpu[name] = (server + now[0] - used[0], postgres + now[1] - used[1])
             return body
 
         for _ in range(20):  # warm up connections and caches
@@ -392,6 +510,7 @@ def measure(
             )
             fetch(f"/Observation?patient={BIG_PATIENT}&code={LOINC}|8480-6&_count=20")
             fetch(f"/Patient/{BIG_PATIENT}/$everything?_count={page}", follow=True)
+            fetch(f"/Patient/{BIG_PATIENT}/$everything", follow=True)
         for i in range(repeats * 5):
             url = (
                 f"/Observation/{rng.choice(observation_ids)}"
@@ -426,7 +545,14 @@ def measure(
                 f"/Patient/{BIG_PATIENT}/$everything?_count={page}",
                 follow=True,
             )
-    return timings
+        for _ in range(max(5, repeats // 5)):
+            # What an app that leaves the page size to the server gets.
+            timed(
+                f"$everything golden 1,000 (default pages of {EVERYTHING_DEFAULT_COUNT})",
+                f"/Patient/{BIG_PATIENT}/$everything",
+                follow=True,
+            )
+    return timings, cpu
 
 
 def run(
@@ -438,11 +564,13 @@ def run(
     admin_url: str = PG_URL,
     database_url: str | None = None,
     load_data: bool = True,
+    warm_cache: bool = False,
+    count_cpu: bool = False,
 ) -> Figures:
     """Load ``resources`` into a fresh PostgreSQL database (or into ``database_url``, which is kept;
     ``load_data=False`` measures what an earlier run loaded there), serve it, measure."""
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = pg_database(admin_url) if database_url is None else _given(database_url)
+        ctx = pg_database(admin_url) if database_url is None else _given(database_url, load_data=load_data)
         with ctx as url:
             loaded, load_s = resources, float("nan")
             if load_data:
@@ -452,18 +580,74 @@ def run(
                 loaded = load(engine, generate(resources, patients))
                 load_s = time.perf_counter() - start
                 engine.dispose()
+            if warm_cache and url.startswith("postgresql"):
+                print(f"  prewarmed the store into the OS cache in {prewarm(url):.0f} s", flush=True)
             var_dir = Path(tmp) / "var"
             token = issue_token(Settings(var_dir=var_dir, database_url=url), "clinician")
-            with serve(url, var_dir) as base:
+            with serve(url, var_dir) as server:
+                meter = CpuMeter(server.pid, url) if count_cpu else None
                 before = os.getloadavg()[0]
-                timings = measure(base, token, patients, resources, repeats, page)
+                try:
+                    timings, cpu = measure(server.base, token, patients, repeats, page, meter)
+                finally:
+                    if meter is not None:
+                        meter.close()
                 after = os.getloadavg()[0]
-    return Figures(loaded, load_s, timings, (before, after))
+    return Figures(loaded, load_s, timings, (before, after), cpu)
 
 
 @contextmanager
-def _given(url: str) -> Iterator[str]:
+def _given(url: str, *, load_data: bool) -> Iterator[str]:
+    """The kept database ``url``: created when a load is asked for and it does not exist yet
+    (PostgreSQL); checked to hold a store already when nothing is to be loaded, so that a wrong name is
+    a one-line message and not a trace."""
+    if load_data:
+        ensure_database(url)
+    else:
+        _check_loaded(url)
     yield url
+
+
+class BenchError(Exception):
+    """A mistake in the bench's arguments or environment, reported as one line instead of a trace."""
+
+
+def _safe(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def ensure_database(url: str) -> bool:
+    """Create the PostgreSQL database that ``url`` names when the server lacks it (True when it did);
+    other dialects create their database on first connect."""
+    target = make_url(url)
+    if not target.drivername.startswith("postgresql") or not target.database:
+        return False
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            found = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}
+            ).first()
+            if found is not None:
+                return False
+            quoted = conn.dialect.identifier_preparer.quote_identifier(target.database)
+            conn.execute(text(f"CREATE DATABASE {quoted}"))
+            return True
+    finally:
+        admin.dispose()
+
+
+def _check_loaded(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            n = conn.execute(text("SELECT count(*) FROM resource WHERE resource_type = 'Patient'")).scalar()
+    except ProgrammingError as exc:
+        raise BenchError(f"{_safe(url)} has no FHIR store: run once without --no-load") from exc
+    finally:
+        engine.dispose()
+    if not n:
+        raise BenchError(f"{_safe(url)} holds no Patients: run once without --no-load")
 
 
 def main(argv: list[str]) -> int:
@@ -475,16 +659,33 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--admin-url", default=PG_URL)
     parser.add_argument("--database-url", help="load into (and keep) this database instead of a fresh one")
     parser.add_argument("--no-load", action="store_true", help="measure what --database-url already holds")
-    args, _unknown = parser.parse_known_args(argv)
-    figures = run(
-        resources=args.resources,
-        patients=args.patients,
-        repeats=args.repeats,
-        page=args.page,
-        admin_url=args.admin_url,
-        database_url=args.database_url,
-        load_data=not args.no_load,
+    parser.add_argument(
+        "--prewarm", action="store_true", help="read the store into the OS cache first (pg_prewarm)"
     )
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="also report the CPU of the server and of PostgreSQL per request (Linux, local database)",
+    )
+    args, _unknown = parser.parse_known_args(argv)
+    try:
+        figures = run(
+            resources=args.resources,
+            patients=args.patients,
+            repeats=args.repeats,
+            page=args.page,
+            admin_url=args.admin_url,
+            database_url=args.database_url,
+            load_data=not args.no_load,
+            warm_cache=args.prewarm,
+            count_cpu=args.cpu,
+        )
+    except BenchError as exc:
+        print(f"bench fhir: {exc}", file=sys.stderr)
+        return 2
+    except OperationalError as exc:
+        print(f"bench fhir: cannot use the database: {exc.orig}", file=sys.stderr)
+        return 2
     print(figures.report())
     return 0
 

@@ -76,6 +76,15 @@ def _next_url(base: str, path: str, params: list[tuple[str, str]], cursor: str |
     return f"{base}/{path}?{urlencode([*kept, ('_cursor', cursor)])}"
 
 
+def _readable(principal: Principal, rows: list[fhir_search.Row]) -> list[fhir_search.Row]:
+    """The rows whose type the token may read: the scopes are checked once per type, not per row (a page
+    of ``$everything`` holds hundreds of rows of a handful of types)."""
+    allowed = {t: principal.allows(t, "r") for t in {row.resource_type for row in rows}}
+    if all(allowed.values()):
+        return rows
+    return [row for row in rows if allowed[row.resource_type]]
+
+
 async def raw_body(request: Request) -> bytes:
     """The request body, read before the (synchronous, thread-pooled) route runs."""
     return await request.body()
@@ -113,7 +122,7 @@ def run_search(
     q = fhir_search.parse_query(session, resource_type, params, strict=_strict(request))
     page = fhir_search.search(session, q)
     # _include/_revinclude bring only the types the token may read.
-    page.included = [row for row in page.included if principal.allows(row.resource_type, "r")]
+    page.included = _readable(principal, page.included)
     base = _base(request)
     self_url = f"{base}/{resource_type}" + (f"?{urlencode(params)}" if params else "")
     return bundles.searchset(
@@ -180,8 +189,8 @@ def patient_everything(
     )
     with read_scope(request) as session:
         page = fhir_search.everything(session, eq)
-    page.matches = [row for row in page.matches if principal.allows(row.resource_type, "r")]
-    page.included = [row for row in page.included if principal.allows(row.resource_type, "r")]
+    page.matches = _readable(principal, page.matches)
+    page.included = _readable(principal, page.included)
     base = _base(request)
     params = list(qp.multi_items())
     path = f"Patient/{patient_id}/$everything"

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from email.utils import format_datetime, parsedate_to_datetime
 
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
-from hub.db import session_scope
+from hub.db import make_engine, session_scope
 from hub.store import resources
 from tests.fhir_api import builders as b
 
@@ -98,3 +98,19 @@ def test_history_since(client: TestClient, auth: dict[str, str], put: Callable[.
     later = client.get("/fhir/Patient/p1/_history?_since=2999-01-01", headers=auth).json()
     assert "entry" not in later
     assert client.get("/fhir/Patient/_history?_since=soon", headers=auth).status_code == 400
+
+
+def test_read_engine_on_postgres(pg_database_url: str) -> None:
+    """The FHIR read engine on PostgreSQL sends no BEGIN (autocommit), fetches results in binary (stored
+    bytes as they are, not hex) and plans each execution for its values (no generic plans)."""
+    engine = make_engine(pg_database_url, read_only=True)
+    try:
+        with engine.connect() as conn:
+            assert conn.connection.driver_connection.autocommit is True
+            assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+            result = conn.execute(text("SELECT decode('7b7d', 'hex'), now()"))
+            assert result.cursor.pgresult.fformat(0) == 1  # binary format
+            content, now = result.one()
+            assert content == b"{}" and now.tzinfo is not None
+    finally:
+        engine.dispose()

@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 
+from hub.db import session_scope
+from hub.store import resources
 from tests.fhir_api import builders as b
 from tests.fhir_api.conftest import included_keys, match_ids
 
@@ -313,6 +316,48 @@ def test_paging_is_stable_while_data_is_added(
             url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
         assert len(seen) == len(set(seen)), seen  # nothing repeated
         assert {"obsA1", "obsA2", "obsB1", "obsB2", "obsO1"} <= set(seen)  # nothing skipped
+
+
+def _all_pages(client: TestClient, auth: dict[str, str], url: str) -> list[list[str]]:
+    pages: list[list[str]] = []
+    next_url: str | None = url
+    while next_url:
+        page = _entries(client, auth, next_url)
+        pages.append(match_ids(page))
+        next_url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+    return pages
+
+
+@pytest.mark.usefixtures("clinic")
+def test_golden_patient_pages_walk_its_sources_in_id_order(
+    client: TestClient, auth: dict[str, str], put: Callable[..., None], engine: Engine
+) -> None:
+    """A patient criterion drives the page (its sources' references walked in id order): pages of 2
+    neither skip nor repeat, in either direction, with a resource that references two of the golden
+    Patient's sources counted once and a deleted one left out."""
+    put(
+        *(
+            b.observation(f"obsG{i:02d}", ("srcA", "srcB")[i % 2], code=("8480-6", "8462-4")[i % 3 == 0])
+            for i in range(9)
+        )
+    )
+    put(
+        b.provenance("provAB", "Patient/srcA")
+        | {"target": [{"reference": "Patient/srcA"}, {"reference": "Patient/srcB"}]}
+    )
+    with session_scope(engine) as session:
+        resources.delete(session, "Observation", "obsG04")
+    systolic = ["obsA1", "obsB1", *(f"obsG{i:02d}" for i in range(9) if i % 3 and i != 4)]
+    pages = _all_pages(client, auth, "/fhir/Observation?patient=gold&code=8480-6&_count=2")
+    assert [i for page in pages for i in page] == sorted(systolic)
+    assert all(len(page) == 2 for page in pages[:-1])
+    pages = _all_pages(client, auth, "/fhir/Observation?patient=gold&code=8480-6&_count=2&_sort=-_id")
+    assert [i for page in pages for i in page] == sorted(systolic, reverse=True)
+    assert _all_pages(client, auth, "/fhir/Provenance?patient=gold") == [["provAB"]]
+    assert _all_pages(client, auth, "/fhir/Observation?subject:Patient=gold&_count=50&code=8462-4")[0] == [
+        "obsA2",
+        *(f"obsG{i:02d}" for i in range(9) if i % 3 == 0),
+    ]
 
 
 @pytest.mark.usefixtures("clinic")
