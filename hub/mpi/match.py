@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 import jellyfish
-from rapidfuzz.distance import JaroWinkler, Levenshtein
+from rapidfuzz.distance import OSA, JaroWinkler, Levenshtein
 from rapidfuzz.fuzz import token_set_ratio, token_sort_ratio
 
 __all__ = [
@@ -236,7 +236,14 @@ class MatchConfig:
     placeholders: tuple[str, ...] = _DEFAULT_PLACEHOLDERS
     weights: dict[str, dict[str, float]] = field(
         default_factory=lambda: {
-            "name": {"exact": 9.0, "close": 7.0, "fuzzy": 3.5, "partial": 1.5, "disagree": -6.0},
+            "name": {
+                "exact": 9.0,
+                "close": 7.0,
+                "fuzzy": 3.5,
+                "subset": 3.5,  # one name is the other less some tokens: "Rizki" / "Rizki Pratama"
+                "partial": 1.5,  # a rare token shared, another different: siblings look like this
+                "disagree": -6.0,
+            },
             "birthDate": {
                 "exact": 8.0,
                 "transposed": 4.5,
@@ -246,11 +253,15 @@ class MatchConfig:
                 "disagree": -7.0,
             },
             "gender": {"agree": 0.5, "disagree": -4.0},
-            "locality": {"district": 3.0, "city": 2.0, "province": 0.3, "disagree": -1.0},
-            "postalCode": {"agree": 2.5, "disagree": -1.0},
-            "line": {"agree": 3.5, "partial": 1.5, "disagree": -1.0},
+            # An address shared by two different people is a household: rare among random pairs (hence these
+            # weights), common among relatives, whom the twin gate below (not a low weight) keeps apart.
+            "locality": {"district": 5.0, "city": 4.0, "province": 0.3, "disagree": -1.0},
+            "postalCode": {"agree": 5.0, "disagree": -1.0},
+            "line": {"agree": 7.0, "partial": 3.0, "disagree": -1.0},
             "telecom": {"agree": 5.0, "disagree": -0.5},
-            "identifier": {"agree": 9.0, "close": 3.0, "disagree": -4.0},
+            # A national person number (BPJS, passport) agrees by chance about never; one typo away is nearly
+            # as rare. Still never a match on its own: see min_demographic_weight.
+            "identifier": {"agree": 12.0, "close": 7.0, "disagree": -4.0},
             "nik": {"agree": 12.0, "close": 4.0, "disagree": -10.0},
         }
     )
@@ -458,11 +469,17 @@ def features(patient: dict[str, Any], config: MatchConfig | None = None) -> Feat
     addresses = [a for a in patient.get("address") or [] if isinstance(a, dict)]
     home = next((a for a in addresses if a.get("use") in (None, "home")), addresses[0] if addresses else {})
     codes = _address_codes(home)
+    # XAD-9 (county/parish code, FHIR address.district) carries the Kemendagri code where senders have one.
+    coded_district = re.sub(r"[\s.]", "", str(home.get("district") or ""))
+    if "district" not in codes and coded_district.isdigit() and len(coded_district) == 6:
+        codes["district"] = coded_district
     district = codes.get("district") or (codes["village"][:6] if "village" in codes else None)
     city = codes.get("city") or (district[:4] if district else None)
     province = codes.get("province") or (city[:2] if city else None)
     line = " ".join(_ascii(str(x)) for x in home.get("line") or []).strip() or None
-    city_text = _ascii(str(home.get("city") or home.get("district") or "")).strip() or None
+    city_text = (
+        _ascii(str(home.get("city") or ("" if coded_district.isdigit() else coded_district))).strip() or None
+    )
     postal = re.sub(r"\s", "", str(home.get("postalCode") or "")) or None
     gender = patient.get("gender")
     return Features(
@@ -597,8 +614,10 @@ def _compare_names(a: tuple[str, ...], b: tuple[str, ...]) -> str | None:
     if matched == len(shorter):
         # Every token of the shorter name is in the longer one (mononym vs. full name): partial evidence,
         # unless all it shares is a name everybody has.
+        # A name with tokens left out is not a different name: siblings and twins differ in a token that both
+        # records have, which is "partial" below.
         rare_shared = [t for t in shorter if t not in _COMMON_TOKENS and len(t) > 1]
-        return "fuzzy" if rare_shared and len(shorter) >= 2 else ("partial" if rare_shared else "disagree")
+        return "fuzzy" if rare_shared and len(shorter) >= 2 else ("subset" if rare_shared else "disagree")
     # One rare token shared (the family name of a sibling, or one name of a person known by another):
     # partial evidence, which alone never carries an automatic link.
     if any(
@@ -670,6 +689,41 @@ def _one_swap(a: str, b: str) -> bool:
     return len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
 
 
+def _typo_not_sequence(a: Features, b: Features) -> bool:
+    """Whether two records carry a person identifier that differs by one typo which consecutive numbers
+    cannot produce: numbers less than 10 apart differ in their last digit only (without a carry), so a
+    changed digit elsewhere or two swapped digits is a typo, not the next number issued."""
+    for system, value in a.person_ids.items():
+        other = b.person_ids.get(system)
+        if other is None or other == value or _compare_ids(value, other) != "close":
+            continue
+        if not (value.isdigit() and other.isdigit() and abs(int(value) - int(other)) < 10):
+            return True
+    return False
+
+
+def _counterpart(token: str, others: tuple[str, ...]) -> bool:
+    """Whether ``token`` stands for one of ``others``: equal, an initial of it, a part of it written
+    together ("Nur" in "Nurhayati") or a typo of it: one letter changed, dropped, added or two swapped
+    (two in a name of seven letters or more). Names one letter apart ("Dedi" / "Dodi") cannot be told
+    from a typo; names further apart ("Hasan" / "Husen", "Rizki" / "Fikri") can."""
+    return any(
+        u == token
+        or (len(token) == 1 and u.startswith(token))
+        or (len(u) == 1 and token.startswith(u))
+        or (min(len(u), len(token)) > 2 and (token in u or u in token))
+        or OSA.distance(token, u) <= (2 if max(len(u), len(token)) >= 7 else 1)
+        for u in others
+    )
+
+
+def _each_has_own_token(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether each name has a token the other lacks: two different given names ("Wulan Nasution" /
+    "Ani Nasution"), not a name with a token left out."""
+    return any(not _counterpart(t, b) for t in a) and any(not _counterpart(u, a) for u in b)
+
+
+_NAME_NOT_DIFFERENT: Final = frozenset({"exact", "close", "fuzzy", "subset"})
 _DEMOGRAPHIC: Final = frozenset({"name", "birthDate", "gender", "locality", "postalCode", "line", "telecom"})
 
 
@@ -745,9 +799,20 @@ def compare(a: Features, b: Features, config: MatchConfig | None = None) -> Matc
             return result("possible", "nik-differs")
         if demographic < config.min_demographic_weight:
             return result("possible", "identifier-only")
-        strong_name = by_field.get("name") in ("exact", "close", "fuzzy")
+        # Twins and siblings share the family name and differ in a given name; two spellings of one name
+        # differ by typos. A token on each side without a counterpart on the other is the former, however
+        # close the rest of the names.
+        name_level = by_field.get("name")
+        other_given = name_level != "exact" and _each_has_own_token(a.tokens, b.tokens)
+        strong_name = name_level in ("exact", "close", "fuzzy") and not other_given
         strong_date = by_field.get("birthDate") in ("exact", "transposed", "typo")
-        strong_id = by_field.get("identifier") == "agree"
+        # A person identifier one typo away (a digit changed or two swapped) is as good as an agreeing one,
+        # unless the two numbers could be consecutive (twins registered together): then only beside a name
+        # that does not differ, since twins' names do.
+        strong_id = by_field.get("identifier") == "agree" or (
+            by_field.get("identifier") == "close"
+            and ((name_level in _NAME_NOT_DIFFERENT and not other_given) or _typo_not_sequence(a, b))
+        )
         if (
             config.twin_gate
             and not (strong_name and strong_date)

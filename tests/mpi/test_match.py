@@ -13,6 +13,7 @@ from hub.mpi.match import (
     estimate_weights,
     features,
     is_placeholder,
+    levels,
     name_tokens,
     normalise_phone,
     parse_nik,
@@ -252,3 +253,53 @@ def test_twin_gate() -> None:
     assert gated.outcome != "match"
     loud = MatchConfig(twin_gate=False, weights={**MatchConfig().weights, "name": {"partial": 4.0}})
     assert compare(features(one), features(two), loud).outcome == "match"
+
+
+def _household(name: str, mrn: str, birth: str = "2001-06-01", **kw: Any) -> dict[str, Any]:
+    return patient(
+        "RS" + mrn,
+        mrn,
+        name,
+        birth,
+        "male",
+        district="317101",
+        phone="081211112222",
+        line="Jl. Melati 3",
+        **kw,
+    )
+
+
+def test_twin_gate_sees_a_different_given_name_beside_a_shared_family_name() -> None:
+    # Two of three tokens shared, so the names compare as close: still twins, never an automatic link.
+    twin = score(_household("Rizki Nugroho Manurung", "1"), _household("Fikri Nugroho Manurung", "2"))
+    assert twin.outcome == "possible" and twin.reason == "weak-demographics"
+    # A typo in one name is not another name.
+    typo = score(_household("Rizki Nugroho Manurung", "1"), _household("Rizky Nugroho Manurung", "2"))
+    assert typo.outcome == "match"
+
+
+def test_a_name_with_a_token_left_out_is_a_subset_not_a_different_name() -> None:
+    a, b = features(_household("Rizki Pratama", "1")), features(_household("Pratama", "2"))
+    assert dict(levels(a, b))["name"] == "subset"
+    assert (
+        dict(levels(features(_household("Nur Hayati", "1")), features(_household("Nurhayati", "2"))))["name"]
+        == "exact"
+    )
+
+
+def test_a_mistyped_person_number_counts_unless_it_could_be_the_next_one_issued() -> None:
+    # Different given names, same birth date and household: twins, unless their BPJS numbers agree up to
+    # a typo that consecutive numbers cannot produce (a digit changed in the middle).
+    one = _household("Wulan Nasution", "1", bpjs="0001234567890")
+    typo = _household("Ani Nasution", "2", bpjs="0001234167890")
+    consecutive = _household("Ani Nasution", "3", bpjs="0001234567891")
+    assert score(one, typo).outcome == "match"
+    assert score(one, consecutive).outcome == "possible"
+    assert score(one, consecutive).reason == "weak-demographics"
+
+
+def test_district_code_from_xad9() -> None:
+    coded = patient("RSA", "1", "Budi Santoso", "1985-12-03", "male")
+    coded["address"] = [{"use": "home", "line": ["Jl. Melati 3"], "district": "337401"}]
+    f = features(coded)
+    assert (f.district, f.city, f.province, f.city_text) == ("337401", "3374", "33", None)
