@@ -16,7 +16,7 @@ import math
 import random
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
@@ -41,6 +41,7 @@ __all__ = [
     "name_tokens",
     "normalise_phone",
     "parse_nik",
+    "worth_comparing",
 ]
 
 NIK_SYSTEM: Final = "https://fhir.kemkes.go.id/id/nik"
@@ -540,6 +541,40 @@ def blocking_keys(f: Features) -> set[str]:
     elif codes:
         keys.add("n:" + "|".join(codes) + (f"|{place}" if place else ""))
     return keys
+
+
+# Keys that identify by themselves (a national or person number, a phone, the full birth date at one
+# place): one of them shared is reason enough to compare. Name keys are built to overlap several times
+# for two records of one person.
+_IDENTIFYING_KEYS: Final = ("nik:", "id:", "tel:", "dp:")
+
+
+def worth_comparing(shared: Mapping[str, Collection[str]], cap: int = 8) -> list[str]:
+    """The candidates (``shared``: candidate → the blocking keys it shares with the new record) to score.
+
+    All of them while there are at most ``cap``: a small index, or a rare name. In a crowded index, the
+    candidates that share two keys or more, or an identifying key, and then, up to ``cap``, those sharing
+    one name key, the rarest key first: a record of the same person nearly always shares several keys
+    (one per name token and date or place part that survived the typos), while a common family name
+    brings hundreds of namesakes that share just one. Each comparison costs a parse and a score, so this
+    keeps a decision's time bounded at millions of patients."""
+    if len(shared) <= cap:
+        return sorted(shared)
+    strong = sorted(
+        c
+        for c, keys in shared.items()
+        if len(keys) >= 2 or any(k.startswith(_IDENTIFYING_KEYS) for k in keys)
+    )
+    room = cap - len(strong)
+    if room <= 0:
+        return strong
+    block_size: dict[str, int] = {}
+    for keys in shared.values():
+        for key in keys:
+            block_size[key] = block_size.get(key, 0) + 1
+    chosen = set(strong)
+    weak = sorted((block_size[next(iter(keys))], c) for c, keys in shared.items() if c not in chosen)
+    return strong + sorted(c for _, c in weak[:room])
 
 
 @dataclass(frozen=True, slots=True)

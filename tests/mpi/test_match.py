@@ -17,6 +17,7 @@ from hub.mpi.match import (
     name_tokens,
     normalise_phone,
     parse_nik,
+    worth_comparing,
 )
 from tests.mpi.builders import patient
 
@@ -303,3 +304,15 @@ def test_district_code_from_xad9() -> None:
     coded["address"] = [{"use": "home", "line": ["Jl. Melati 3"], "district": "337401"}]
     f = features(coded)
     assert (f.district, f.city, f.province, f.city_text) == ("337401", "3374", "33", None)
+
+
+def test_worth_comparing_keeps_every_candidate_of_a_small_block_and_the_likely_ones_of_a_crowd() -> None:
+    few = {"a": ["nyd:S530|198|0312"], "b": ["tel:0812"]}
+    assert worth_comparing(few, cap=8) == ["a", "b"]
+    crowd: dict[str, list[str]] = {f"n{i:02d}": ["nyd:S530|198|0312"] for i in range(30)}
+    crowd |= {f"r{i}": ["nyp:W200|1985|317101"] for i in range(2)}  # a rarer name key
+    crowd["same"] = ["nyd:S530|198|0312", "n2y:B300|S530|1985"]  # two keys: the same person, likely
+    crowd["phone"] = ["tel:081211112222"]  # an identifying key
+    chosen = worth_comparing(crowd, cap=8)
+    assert chosen[:2] == ["phone", "same"] and len(chosen) == 8
+    assert {"r0", "r1"} <= set(chosen)  # then the rarest key's candidates

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session
 
 from hub.db import session_scope
@@ -391,9 +391,25 @@ def test_unchanged_resend_does_not_rebuild_the_golden(
         ingest(session, "RS_A", dict(p))
     rebuilt: list[str] = []
     real = service.rebuild_golden
-    monkeypatch.setattr(service, "rebuild_golden", lambda s, g, *a: (rebuilt.append(g), real(s, g, *a))[1])
+    monkeypatch.setattr(
+        service, "rebuild_golden", lambda s, g, *a, **k: (rebuilt.append(g), real(s, g, *a, **k))[1]
+    )
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        if not str(args[2]).startswith("BEGIN"):  # SQLite's write transaction opening
+            statements.append(str(args[2]))
+
     with session_scope(engine) as session:
-        again = ingest(session, "RS_A", dict(p)).resources[0]
+        result = MappingResult(resources=[dict(p)])
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            service.resolve_identities(session, result, SenderContext(facility="RS_A"))
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        again = result.resources[0]
+    # One read of the source's row (with the sources merged into it): no candidate search, no locks.
+    assert len(statements) == 1 and "FROM mpi_source" in statements[0], "\n---\n".join(statements)
     assert rebuilt == [] and refer(again)
     changed = {**p, "telecom": [{"system": "phone", "value": "+62811000111"}]}
     with session_scope(engine) as session:
