@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, cast, delete, func, insert, select, text
+from sqlalchemy import Text, bindparam, cast, delete, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from hub.errors import Conflict, NotFound
@@ -259,13 +259,19 @@ class _Resolution:
     alone: bool = False  # a new source that founded its own golden record: its only source
 
 
+# Built once: constructing a statement costs more than running this one (the common, unchanged case).
+_SOURCE_AND_RETIRED = select(MpiSource).where(
+    (MpiSource.id == bindparam("sid")) | (MpiSource.replaced_by == bindparam("sid"))
+)
+
+
 def _resolve_one(
     session: Session, resource: dict[str, Any], facility: str, settings: MpiSettings
 ) -> _Resolution:
     sid = str(resource["id"])
     content = _snapshot(resource)
     # One read: the source's row and the sources merged into it (its "replaces" links).
-    rows = session.scalars(select(MpiSource).where((MpiSource.id == sid) | (MpiSource.replaced_by == sid)))
+    rows = session.scalars(_SOURCE_AND_RETIRED, {"sid": sid})
     row, replaces = None, []
     for found in rows:
         if found.id == sid:
@@ -375,6 +381,16 @@ def _not_duplicate_of(session: Session, sid: str) -> set[str]:
     return {str(b if a == sid else a) for a, b in rows if a and b}
 
 
+_BLOCK_PAIRS = (
+    select(MpiBlock.key, MpiBlock.source_id)
+    .where(MpiBlock.key.in_(bindparam("keys", expanding=True)))
+    .limit(MAX_BLOCK_ROWS)
+)
+_CANDIDATE_ROWS = select(MpiSource.id, MpiSource.golden_id, cast(MpiSource.content, Text).label("raw")).where(
+    MpiSource.id.in_(bindparam("ids", expanding=True))
+)
+
+
 def find_candidates(
     session: Session,
     feats: Features,
@@ -391,19 +407,13 @@ def find_candidates(
         return []
     # First the (key, source) pairs alone, from the key index; then the content of those worth scoring.
     shared: dict[str, list[str]] = {}
-    for key, sid in session.execute(
-        select(MpiBlock.key, MpiBlock.source_id).where(MpiBlock.key.in_(keys)).limit(MAX_BLOCK_ROWS)
-    ):
+    for key, sid in session.execute(_BLOCK_PAIRS, {"keys": keys}):
         if sid != exclude_source:
             shared.setdefault(sid, []).append(key)
     chosen = worth_comparing(shared, MAX_COMPARED)
     if not chosen:
         return []
-    rows = session.execute(
-        select(MpiSource.id, MpiSource.golden_id, cast(MpiSource.content, Text).label("raw")).where(
-            MpiSource.id.in_(chosen)
-        )
-    ).all()
+    rows = session.execute(_CANDIDATE_ROWS, {"ids": chosen}).all()
     # Decisions exist only about sources the MPI already knows (``known=False``: a first arrival).
     forbidden_sources = _not_duplicate_of(session, exclude_source) if exclude_source and known else set()
     forbidden_goldens = {r.golden_id for r in rows if r.id in forbidden_sources}
@@ -480,6 +490,13 @@ def _queue_reviews(session: Session, sid: str, candidates: Iterable[Candidate]) 
 # ------------------------------------------------------------------------------------------ golden records
 
 
+_GOLDEN_SOURCES = (
+    select(MpiSource.id, MpiSource.active, MpiSource.facility, MpiSource.updated_at, MpiSource.content)
+    .where(MpiSource.golden_id == bindparam("golden"))
+    .order_by(MpiSource.id)
+)
+
+
 def rebuild_golden(
     session: Session,
     golden_id: str,
@@ -493,13 +510,7 @@ def rebuild_golden(
     them all (a source that just founded this golden record), so they are not read again."""
     if sources is None:
         # Plain rows, not entities: the golden record only reads its sources.
-        sources = session.execute(
-            select(
-                MpiSource.id, MpiSource.active, MpiSource.facility, MpiSource.updated_at, MpiSource.content
-            )
-            .where(MpiSource.golden_id == golden_id)
-            .order_by(MpiSource.id)
-        ).all()
+        sources = session.execute(_GOLDEN_SOURCES, {"golden": golden_id}).all()
     if not sources:
         current = session.get(Resource, ("Patient", golden_id))
         if current is not None and not current.deleted:
