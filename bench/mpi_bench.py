@@ -26,7 +26,8 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -580,25 +581,18 @@ def generate_indonesian(n: int, *, seed: int = 5, senders: int = 4) -> list[tupl
     return out
 
 
-def _scratch(url: str | None) -> tuple[str, Any]:
-    """A throw-away database: a temporary SQLite file, or a fresh database on ``url``'s PostgreSQL server.
-    Returns its URL and a cleanup function."""
-    if url is None or not url.startswith("postgresql"):
-        tmp = tempfile.TemporaryDirectory()
-        return url or f"sqlite:///{Path(tmp.name) / 'bench.db'}", tmp.cleanup
-    from sqlalchemy import create_engine, text
+@contextmanager
+def _scratch(url: str | None) -> Iterator[str]:
+    """A throw-away database: a temporary SQLite file, or a fresh ``hubm_bench_…`` database on ``url``'s
+    PostgreSQL server (dropped afterwards)."""
+    if url is not None and url.startswith("postgresql"):
+        from hub.store.schema import scratch_database
 
-    server = create_engine(url, isolation_level="AUTOCOMMIT")
-    name = f"mpi_bench_{uuid.uuid4().hex[:10]}"
-    with server.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with server.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        server.dispose()
-
-    return url.rsplit("/", 1)[0] + "/" + name, drop
+        with scratch_database(url, "hubm_bench") as db_url:
+            yield db_url
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield url or f"sqlite:///{Path(tmp) / 'bench.db'}"
 
 
 def _score_store(session: Any, person_of_mrn: dict[str, str]) -> dict[str, Any]:
@@ -663,8 +657,7 @@ def run_indonesian(
 
     records = generate_indonesian(n, seed=seed)
     rng = random.Random(seed + 1)
-    db_url, cleanup = _scratch(url)
-    try:
+    with _scratch(url) as db_url:
         upgrade(db_url)
         engine = make_engine(db_url)
         timings: list[float] = []
@@ -677,8 +670,6 @@ def run_indonesian(
         with Session(engine) as session:
             report = _score_store(session, {reg.mrn: person for person, reg in records})
         engine.dispose()
-    finally:
-        cleanup()
     p50, p99 = _percentiles(timings)
     return {
         "data": f"Indonesian synthetic: {n} people, {len(records)} registrations, {report.pop('true_pairs')} true "
