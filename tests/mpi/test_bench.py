@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.mpi_bench import (
     Scores,
     adt_message,
@@ -9,8 +11,11 @@ from bench.mpi_bench import (
     generate_indonesian,
     patient_of,
     run_indonesian,
+    run_scale,
 )
 from hub.mpi.match import features
+from hub.store.schema import scratch_database
+from tests.conftest import PG_URL, require_postgres
 
 
 def test_scores() -> None:
@@ -34,7 +39,7 @@ def test_adt_message_carries_the_registration() -> None:
     assert raw.startswith("MSH|^~\\&|SIMRS|" + reg.facility) and "ADT^A04^ADT_A01|C1|" in raw
     pid = next(seg for seg in raw.split("\r") if seg.startswith("PID|"))
     assert f"{reg.mrn}^^^{reg.facility}^MR~{reg.nik}^^^^NNIDN" in pid
-    assert reg.birth.replace("-", "") in pid and f"^^{reg.district}|" in pid and reg.phone in pid
+    assert reg.birth.replace("-", "") in pid and f"^^{reg.district}|" in pid and f"|{reg.phone}^PRN^PH" in pid
 
 
 def test_febrl_record_conversion() -> None:
@@ -71,3 +76,32 @@ def test_indonesian_run_through_intake_and_pipeline_agrees_with_the_service() ->
     assert ingested["sources"] == direct["sources"] > 80
     assert ingested["auto_link"] == direct["auto_link"]
     assert ingested["review_queue"] == direct["review_queue"]
+
+
+def test_scale_run_bulk_loads_and_decides_on_postgres() -> None:
+    """The 1,000,000-patient latency bench, small: the COPY load writes every source and its block keys
+    (indexes rebuilt), a second run reuses the load, and mistyped records find their person first."""
+    require_postgres()
+    from sqlalchemy import create_engine, func, select
+
+    from hub.store.models import MpiBlock, MpiSource
+
+    with scratch_database(PG_URL, "hubm_bench_test") as url:
+        first = run_scale(1500, url, probes=60)
+        assert first["patients"] == 1500 and first["load_seconds"] != "reused"
+        assert first["true_record_ranked_first"] >= 0.95
+        assert first["decision_ms_p50"] > 0 and first["decision_cpu_ms_p99"] > 0
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            assert conn.scalar(select(func.count()).select_from(MpiSource)) == 1500
+            per_source = (conn.scalar(select(func.count()).select_from(MpiBlock)) or 0) / 1500
+            indexes = {r[0] for r in conn.exec_driver_sql("SELECT indexname FROM pg_indexes")}
+        engine.dispose()
+        assert per_source > 5  # blocking keys and identifier keys of every source
+        assert {"mpi_block_pkey", "ix_mpi_block_source", "ix_mpi_source_golden"} <= indexes
+        assert run_scale(1500, url, probes=20)["load_seconds"] == "reused"
+
+
+def test_scale_run_refuses_a_database_not_named_for_benchmarks() -> None:
+    with pytest.raises(SystemExit, match="bench"):
+        run_scale(10, "postgresql+psycopg://postgres@127.0.0.1:5432/hub")
