@@ -254,9 +254,10 @@ class MatchConfig:
                 "disagree": -7.0,
             },
             "gender": {"agree": 0.5, "disagree": -4.0},
-            # An address shared by two different people is a household: rare among random pairs (hence these
-            # weights), common among relatives, whom the twin gate below (not a low weight) keeps apart.
-            "locality": {"district": 5.0, "city": 4.0, "province": 0.3, "disagree": -1.0},
+            # A street address or postal code shared by two different people is a household: rare among
+            # random pairs (hence these weights), common among relatives, whom the twin gate below (not a
+            # low weight) keeps apart. A district is not: a hospital's patients come from a few.
+            "locality": {"district": 3.0, "city": 2.0, "province": 0.3, "disagree": -1.0},
             "postalCode": {"agree": 5.0, "disagree": -1.0},
             "line": {"agree": 7.0, "partial": 3.0, "disagree": -1.0},
             "telecom": {"agree": 5.0, "disagree": -0.5},
@@ -738,24 +739,30 @@ def _typo_not_sequence(a: Features, b: Features) -> bool:
 
 
 def _counterpart(token: str, others: tuple[str, ...]) -> bool:
-    """Whether ``token`` stands for one of ``others``: equal, an initial of it, a part of it written
-    together ("Nur" in "Nurhayati") or a typo of it: one letter changed, dropped, added or two swapped
-    (two in a name of seven letters or more). Names one letter apart ("Dedi" / "Dodi") cannot be told
-    from a typo; names further apart ("Hasan" / "Husen", "Rizki" / "Fikri") can."""
+    """Whether ``token`` stands for one of ``others``: equal, an initial of it, or a typo of it: one letter
+    changed, dropped, added or two swapped (two in a name of seven letters or more). Names one letter
+    apart ("Dedi" / "Dodi") cannot be told from a typo; names further apart ("Hasan" / "Husen", "Nur" /
+    "Nurul") can. (Names written together, "Nur Hayati" / "Nurhayati", compare as exact before this.)"""
     return any(
         u == token
         or (len(token) == 1 and u.startswith(token))
         or (len(u) == 1 and token.startswith(u))
-        or (min(len(u), len(token)) > 2 and (token in u or u in token))
         or OSA.distance(token, u) <= (2 if max(len(u), len(token)) >= 7 else 1)
         for u in others
     )
 
 
-def _each_has_own_token(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """Whether each name has a token the other lacks: two different given names ("Wulan Nasution" /
-    "Ani Nasution"), not a name with a token left out."""
-    return any(not _counterpart(t, b) for t in a) and any(not _counterpart(u, a) for u in b)
+def _different_given_name(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether the two names differ in the given name, each having one the other lacks ("Wulan Nasution" /
+    "Ani Nasution", "Muhammad Hasan" / "Muhammad Husein"): how twins and siblings differ. Not a name with
+    a token left out, nor one whose family name was mistyped. The given name
+    is the first token after those both names start with that nearly everybody carries (Muhammad, Siti)."""
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i] and a[i] in _COMMON_TOKENS:
+        i += 1
+    if i >= len(a) or i >= len(b):
+        return False
+    return not _counterpart(a[i], b) and not _counterpart(b[i], a)
 
 
 _NAME_NOT_DIFFERENT: Final = frozenset({"exact", "close", "fuzzy", "subset"})
@@ -838,7 +845,7 @@ def compare(a: Features, b: Features, config: MatchConfig | None = None) -> Matc
         # differ by typos. A token on each side without a counterpart on the other is the former, however
         # close the rest of the names.
         name_level = by_field.get("name")
-        other_given = name_level != "exact" and _each_has_own_token(a.tokens, b.tokens)
+        other_given = name_level != "exact" and _different_given_name(a.tokens, b.tokens)
         strong_name = name_level in ("exact", "close", "fuzzy") and not other_given
         strong_date = by_field.get("birthDate") in ("exact", "transposed", "typo")
         # A person identifier one typo away (a digit changed or two swapped) is as good as an agreeing one,

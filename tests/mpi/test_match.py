@@ -316,3 +316,20 @@ def test_worth_comparing_keeps_every_candidate_of_a_small_block_and_the_likely_o
     chosen = worth_comparing(crowd, cap=8)
     assert chosen[:2] == ["phone", "same"] and len(chosen) == 8
     assert {"r0", "r1"} <= set(chosen)  # then the rarest key's candidates
+
+
+@pytest.mark.parametrize(
+    ("one", "two"),
+    [
+        ("Muhammad Hasan Basri", "Muhammad Husein Basri"),  # past the name nearly every boy carries
+        ("Siti Nasution", "Rina Nasution"),  # a common first name is still a given name
+    ],
+)
+def test_twin_gate_finds_the_given_name(one: str, two: str) -> None:
+    twin = score(_household(one, "1"), _household(two, "2"))
+    assert twin.outcome != "match"
+
+
+def test_a_mistyped_family_name_is_not_another_person() -> None:
+    typo = score(_household("Ani Hakim", "1"), _household("Ani Huaim", "2"))
+    assert typo.outcome == "match"
