@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, bindparam, cast, delete, func, insert, select, text
+from sqlalchemy import Text, bindparam, cast, delete, func, insert, select, text, union_all
 from sqlalchemy.orm import Session
 
 from hub.errors import Conflict, NotFound
@@ -56,9 +56,9 @@ _GOLDEN_ELEMENTS = (
     "multipleBirthInteger",
     "communication",
 )
-# A decision reads at most this many (key, source) pairs and scores at most MAX_COMPARED candidates
-# (see hub.mpi.match.worth_comparing).
-MAX_BLOCK_ROWS = 5000
+# A blocking key shared by more sources than MAX_BLOCK is ignored; a decision scores at most MAX_COMPARED
+# candidates (see hub.mpi.match.worth_comparing).
+MAX_BLOCK = 500
 MAX_COMPARED = 8
 
 
@@ -381,11 +381,18 @@ def _not_duplicate_of(session: Session, sid: str) -> set[str]:
     return {str(b if a == sid else a) for a, b in rows if a and b}
 
 
-_BLOCK_PAIRS = (
-    select(MpiBlock.key, MpiBlock.source_id)
-    .where(MpiBlock.key.in_(bindparam("keys", expanding=True)))
-    .limit(MAX_BLOCK_ROWS)
-)
+@lru_cache(maxsize=64)
+def _block_pairs(n_keys: int, per_key: int) -> Any:
+    """The (key, source) pairs of ``n_keys`` blocking keys (bound as k0, k1, …), at most ``per_key`` per
+    key: one statement per key count, built once."""
+    parts = [
+        select(MpiBlock.key, MpiBlock.source_id).where(MpiBlock.key == bindparam(f"k{i}")).limit(per_key)
+        for i in range(n_keys)
+    ]
+    subqueries = [part.subquery() for part in parts]
+    return union_all(*(select(sq.c.key, sq.c.source_id) for sq in subqueries))
+
+
 _CANDIDATE_ROWS = select(MpiSource.id, MpiSource.golden_id, cast(MpiSource.content, Text).label("raw")).where(
     MpiSource.id.in_(bindparam("ids", expanding=True))
 )
@@ -402,14 +409,23 @@ def find_candidates(
     """Golden records that ``feats`` may belong to, best first (matches before possibles, then weight);
     certain no-matches are left out. Candidates come from the blocking keys; each golden record is scored
     by its best-agreeing source."""
-    keys = sorted(blocking_keys(feats))
+    keys = sorted({k[:250] for k in blocking_keys(feats)})  # as stored (block_keys)
     if not keys:
         return []
     # First the (key, source) pairs alone, from the key index; then the content of those worth scoring.
+    # A key shared by more than MAX_BLOCK sources says nothing about anyone (a clinic's phone number given
+    # for every patient, a default birth date at one place): it is left out, not allowed to crowd out the
+    # others.
+    members: dict[str, list[str]] = {}
+    bound = {f"k{i}": k for i, k in enumerate(keys)}
+    for key, sid in session.execute(_block_pairs(len(keys), MAX_BLOCK + 1), bound):
+        members.setdefault(key, []).append(sid)
     shared: dict[str, list[str]] = {}
-    for key, sid in session.execute(_BLOCK_PAIRS, {"keys": keys}):
-        if sid != exclude_source:
-            shared.setdefault(sid, []).append(key)
+    for key, sids in members.items():
+        if len(sids) <= MAX_BLOCK:
+            for sid in sids:
+                if sid != exclude_source:
+                    shared.setdefault(sid, []).append(key)
     chosen = worth_comparing(shared, MAX_COMPARED)
     if not chosen:
         return []

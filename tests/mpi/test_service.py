@@ -13,7 +13,7 @@ from hub.db import session_scope
 from hub.errors import Conflict
 from hub.mapping import MappingResult, SenderContext
 from hub.mpi import service
-from hub.mpi.match import NIK_SYSTEM
+from hub.mpi.match import NIK_SYSTEM, features
 from hub.store import resources as store
 from hub.store.models import MpiDecision, MpiReview, MpiSource, Resource
 from tests.mpi.builders import ingest, patient, refer
@@ -415,3 +415,34 @@ def test_unchanged_resend_does_not_rebuild_the_golden(
     with session_scope(engine) as session:
         ingest(session, "RS_A", changed)
     assert len(rebuilt) == 1
+
+
+def test_a_key_shared_by_too_many_sources_is_left_out(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clinic's phone number given for every patient would make every patient a candidate of every
+    other: a key whose block is larger than MAX_BLOCK is ignored, the selective keys still find the match."""
+    monkeypatch.setattr(service, "MAX_BLOCK", 2)
+    clinic = "0215550000"
+    people = [
+        patient("RSUD-A", "1", "Bambang Wibowo", "1961-02-11", "male", phone=clinic),
+        patient("RSUD-A", "2", "Yuni Kartika", "1987-09-30", "female", phone=clinic),
+        patient("RSUD-A", "3", "Hendra Gunawan", "1979-12-01", "male", phone=clinic),
+    ]
+    for p in people:
+        ingest(session, "RSUD-A", p)
+    assert len({refer(p) for p in people}) == 3
+    same = patient("RS-B", "9", "Bambang Wibowo", "1961-02-11", "male", phone=clinic)
+    ingest(session, "RS-B", same)
+    assert refer(same) == refer(people[0])
+    # Sharing nothing but the crowded phone number: no candidate is even read.
+    read: list[str] = []
+    real = service._features_of_stored
+    monkeypatch.setattr(
+        service, "_features_of_stored", lambda raw, cfg: (read.append(raw), real(raw, cfg))[1]
+    )
+    stranger = patient("RS-B", "10", "Sinta Maharani", "2001-04-04", "female", phone=clinic)
+    assert service.find_candidates(session, features(stranger)) == [] and read == []
+    monkeypatch.setattr(service, "MAX_BLOCK", 500)
+    service.find_candidates(session, features(stranger))
+    assert len(read) == 4  # without the cap, every patient given that number
