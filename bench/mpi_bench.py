@@ -864,7 +864,7 @@ def _scale_batches(
         blocks: list[str] = []
         for i in range(start, min(n, start + 20_000)):
             p = _scale_person(i, rng)
-            if i < keep:
+            if i % keep == 0:
                 people.append(p)
             record = patient_of(_record(p, "RS00", str(i), rng, corrupt=False))
             sid = record["id"]
@@ -875,11 +875,11 @@ def _scale_batches(
     out.put(None)
 
 
-def load_scale(db_url: str, n: int, *, seed: int = 7, keep: int = 3000) -> tuple[list[Person], float]:
+def load_scale(db_url: str, n: int, *, seed: int = 7, keep: int = 300) -> tuple[list[Person], float]:
     """Bulk-load ``n`` generated source Patients (each its own golden record) and their ``mpi_block`` keys
     into the MPI tables of ``db_url``: COPY into tables without their secondary indexes and primary key
     of the block table (built once at the end), foreign-key triggers off (every block row's source is in
-    the same load), no wait for the WAL flush. Returns the first ``keep`` people (to probe with) and the
+    the same load), no wait for the WAL flush. Returns every ``keep``-th person (to probe with) and the
     seconds taken."""
     import threading
 
@@ -920,12 +920,15 @@ def load_scale(db_url: str, n: int, *, seed: int = 7, keep: int = 3000) -> tuple
     return people, time.perf_counter() - started
 
 
-def run_scale(n: int, url: str, *, probes: int = 1000, seed: int = 7, reload: bool = False) -> dict[str, Any]:
+def run_scale(
+    n: int, url: str, *, probes: int = 1000, seed: int = 7, probe_seed: int = 8, reload: bool = False
+) -> dict[str, Any]:
     """Decision latency with ``n`` patients in the index, on the PostgreSQL database ``url`` names (its name
     must contain "bench": its MPI tables are replaced). The MPI tables are bulk-loaded (kept for the next
     run when they already hold ``n`` sources, unless ``reload``), then ``probes`` corrupted records of known
     people are decided with :func:`hub.mpi.service.find_candidates` (blocking lookup, candidate load,
-    scoring: cold, nothing memoised from the load)."""
+    scoring: cold, nothing memoised from the load). The people probed are spread over the whole index
+    and drawn by ``probe_seed``: a fresh seed probes people whose pages no earlier run has read."""
     from sqlalchemy import func, select
     from sqlalchemy.orm import Session
 
@@ -941,17 +944,18 @@ def run_scale(n: int, url: str, *, probes: int = 1000, seed: int = 7, reload: bo
     with Session(engine) as session:
         loaded = session.scalar(select(func.count()).select_from(MpiSource))
     load_s: float | None = None
-    keep = probes * 3
+    keep = max(1, n // (probes * 3))  # every keep-th person is a possible probe
     if reload or loaded != n:
         people, load_s = load_scale(url, n, seed=seed, keep=keep)
     else:  # the same generator and seed: the same people
         rng = random.Random(seed)
         people = []
-        for i in range(keep):
+        for i in range(n):
             p = _scale_person(i, rng)
-            people.append(p)
+            if i % keep == 0:
+                people.append(p)
             _record(p, "RS00", str(i), rng, corrupt=False)
-    rng = random.Random(seed + 1)
+    rng = random.Random(probe_seed)
     timings: list[float] = []
     cpu: list[float] = []
     sizes: list[int] = []
@@ -1016,6 +1020,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale-url", help="e.g. postgresql+psycopg://postgres@127.0.0.1:5432/hubm_bench_1m")
     parser.add_argument("--probes", type=int, default=1000, help="decisions timed in the latency run")
     parser.add_argument("--reload", action="store_true", help="load the --scale database even if loaded")
+    parser.add_argument("--probe-seed", type=int, default=8, help="which people the latency run probes")
     args = parser.parse_args(argv)
     import json
 
@@ -1023,7 +1028,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--scale needs a PostgreSQL --scale-url")
     report = run(febrl4=not args.no_febrl4, indonesian=args.indonesian, url=args.url)
     if args.scale:
-        report["scale"] = run_scale(args.scale, args.scale_url, probes=args.probes, reload=args.reload)
+        report["scale"] = run_scale(
+            args.scale, args.scale_url, probes=args.probes, probe_seed=args.probe_seed, reload=args.reload
+        )
     print(json.dumps(report, indent=2))
 
 
