@@ -53,8 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from hub.auth import mpi_guard
     from hub.fhir_api.sessions import write_session
     from hub.mpi.router import get_session as mpi_session
+    from hub.mpi.router import page_router as mpi_page_router
     from hub.mpi.router import router as mpi_router
 
+    app.include_router(mpi_page_router)  # the review page's shell: no patient data, no token needed
     # Before the FHIR routers: /fhir/Patient/$match and $ihe-pix must win over /fhir/{type}/{id}.
     app.include_router(mpi_router, dependencies=[Depends(mpi_guard)])
     app.dependency_overrides[mpi_session] = write_session

@@ -16,12 +16,12 @@ import math
 import random
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 import jellyfish
-from rapidfuzz.distance import JaroWinkler, Levenshtein
+from rapidfuzz.distance import OSA, JaroWinkler, Levenshtein
 from rapidfuzz.fuzz import token_set_ratio, token_sort_ratio
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "name_tokens",
     "normalise_phone",
     "parse_nik",
+    "worth_comparing",
 ]
 
 NIK_SYSTEM: Final = "https://fhir.kemkes.go.id/id/nik"
@@ -236,7 +237,14 @@ class MatchConfig:
     placeholders: tuple[str, ...] = _DEFAULT_PLACEHOLDERS
     weights: dict[str, dict[str, float]] = field(
         default_factory=lambda: {
-            "name": {"exact": 9.0, "close": 7.0, "fuzzy": 3.5, "partial": 1.5, "disagree": -6.0},
+            "name": {
+                "exact": 9.0,
+                "close": 7.0,
+                "fuzzy": 3.5,
+                "subset": 3.5,  # one name is the other less some tokens: "Rizki" / "Rizki Pratama"
+                "partial": 1.5,  # a rare token shared, another different: siblings look like this
+                "disagree": -6.0,
+            },
             "birthDate": {
                 "exact": 8.0,
                 "transposed": 4.5,
@@ -246,11 +254,16 @@ class MatchConfig:
                 "disagree": -7.0,
             },
             "gender": {"agree": 0.5, "disagree": -4.0},
+            # A street address or postal code shared by two different people is a household: rare among
+            # random pairs (hence these weights), common among relatives, whom the twin gate below (not a
+            # low weight) keeps apart. A district is not: a hospital's patients come from a few.
             "locality": {"district": 3.0, "city": 2.0, "province": 0.3, "disagree": -1.0},
-            "postalCode": {"agree": 2.5, "disagree": -1.0},
-            "line": {"agree": 3.5, "partial": 1.5, "disagree": -1.0},
+            "postalCode": {"agree": 5.0, "disagree": -1.0},
+            "line": {"agree": 7.0, "partial": 3.0, "disagree": -1.0},
             "telecom": {"agree": 5.0, "disagree": -0.5},
-            "identifier": {"agree": 9.0, "close": 3.0, "disagree": -4.0},
+            # A national person number (BPJS, passport) agrees by chance about never; one typo away is nearly
+            # as rare. Still never a match on its own: see min_demographic_weight.
+            "identifier": {"agree": 12.0, "close": 7.0, "disagree": -4.0},
             "nik": {"agree": 12.0, "close": 4.0, "disagree": -10.0},
         }
     )
@@ -458,11 +471,17 @@ def features(patient: dict[str, Any], config: MatchConfig | None = None) -> Feat
     addresses = [a for a in patient.get("address") or [] if isinstance(a, dict)]
     home = next((a for a in addresses if a.get("use") in (None, "home")), addresses[0] if addresses else {})
     codes = _address_codes(home)
+    # XAD-9 (county/parish code, FHIR address.district) carries the Kemendagri code where senders have one.
+    coded_district = re.sub(r"[\s.]", "", str(home.get("district") or ""))
+    if "district" not in codes and coded_district.isdigit() and len(coded_district) == 6:
+        codes["district"] = coded_district
     district = codes.get("district") or (codes["village"][:6] if "village" in codes else None)
     city = codes.get("city") or (district[:4] if district else None)
     province = codes.get("province") or (city[:2] if city else None)
     line = " ".join(_ascii(str(x)) for x in home.get("line") or []).strip() or None
-    city_text = _ascii(str(home.get("city") or home.get("district") or "")).strip() or None
+    city_text = (
+        _ascii(str(home.get("city") or ("" if coded_district.isdigit() else coded_district))).strip() or None
+    )
     postal = re.sub(r"\s", "", str(home.get("postalCode") or "")) or None
     gender = patient.get("gender")
     return Features(
@@ -523,6 +542,40 @@ def blocking_keys(f: Features) -> set[str]:
     elif codes:
         keys.add("n:" + "|".join(codes) + (f"|{place}" if place else ""))
     return keys
+
+
+# Keys that identify by themselves (a national or person number, a phone, the full birth date at one
+# place): one of them shared is reason enough to compare. Name keys are built to overlap several times
+# for two records of one person.
+_IDENTIFYING_KEYS: Final = ("nik:", "id:", "tel:", "dp:")
+
+
+def worth_comparing(shared: Mapping[str, Collection[str]], cap: int = 8) -> list[str]:
+    """The candidates (``shared``: candidate → the blocking keys it shares with the new record) to score.
+
+    All of them while there are at most ``cap``: a small index, or a rare name. In a crowded index, the
+    candidates that share two keys or more, or an identifying key, and then, up to ``cap``, those sharing
+    one name key, the rarest key first: a record of the same person nearly always shares several keys
+    (one per name token and date or place part that survived the typos), while a common family name
+    brings hundreds of namesakes that share just one. Each comparison costs a parse and a score, so this
+    keeps a decision's time bounded at millions of patients."""
+    if len(shared) <= cap:
+        return sorted(shared)
+    strong = sorted(
+        c
+        for c, keys in shared.items()
+        if len(keys) >= 2 or any(k.startswith(_IDENTIFYING_KEYS) for k in keys)
+    )
+    room = cap - len(strong)
+    if room <= 0:
+        return strong
+    block_size: dict[str, int] = {}
+    for keys in shared.values():
+        for key in keys:
+            block_size[key] = block_size.get(key, 0) + 1
+    chosen = set(strong)
+    weak = sorted((block_size[next(iter(keys))], c) for c, keys in shared.items() if c not in chosen)
+    return strong + sorted(c for _, c in weak[:room])
 
 
 @dataclass(frozen=True, slots=True)
@@ -597,8 +650,10 @@ def _compare_names(a: tuple[str, ...], b: tuple[str, ...]) -> str | None:
     if matched == len(shorter):
         # Every token of the shorter name is in the longer one (mononym vs. full name): partial evidence,
         # unless all it shares is a name everybody has.
+        # A name with tokens left out is not a different name: siblings and twins differ in a token that both
+        # records have, which is "partial" below.
         rare_shared = [t for t in shorter if t not in _COMMON_TOKENS and len(t) > 1]
-        return "fuzzy" if rare_shared and len(shorter) >= 2 else ("partial" if rare_shared else "disagree")
+        return "fuzzy" if rare_shared and len(shorter) >= 2 else ("subset" if rare_shared else "disagree")
     # One rare token shared (the family name of a sibling, or one name of a person known by another):
     # partial evidence, which alone never carries an automatic link.
     if any(
@@ -670,6 +725,47 @@ def _one_swap(a: str, b: str) -> bool:
     return len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
 
 
+def _typo_not_sequence(a: Features, b: Features) -> bool:
+    """Whether two records carry a person identifier that differs by one typo which consecutive numbers
+    cannot produce: numbers less than 10 apart differ in their last digit only (without a carry), so a
+    changed digit elsewhere or two swapped digits is a typo, not the next number issued."""
+    for system, value in a.person_ids.items():
+        other = b.person_ids.get(system)
+        if other is None or other == value or _compare_ids(value, other) != "close":
+            continue
+        if not (value.isdigit() and other.isdigit() and abs(int(value) - int(other)) < 10):
+            return True
+    return False
+
+
+def _counterpart(token: str, others: tuple[str, ...]) -> bool:
+    """Whether ``token`` stands for one of ``others``: equal, an initial of it, or a typo of it: one letter
+    changed, dropped, added or two swapped (two in a name of seven letters or more). Names one letter
+    apart ("Dedi" / "Dodi") cannot be told from a typo; names further apart ("Hasan" / "Husen", "Nur" /
+    "Nurul") can. (Names written together, "Nur Hayati" / "Nurhayati", compare as exact before this.)"""
+    return any(
+        u == token
+        or (len(token) == 1 and u.startswith(token))
+        or (len(u) == 1 and token.startswith(u))
+        or OSA.distance(token, u) <= (2 if max(len(u), len(token)) >= 7 else 1)
+        for u in others
+    )
+
+
+def _different_given_name(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether the two names differ in the given name, each having one the other lacks ("Wulan Nasution" /
+    "Ani Nasution", "Muhammad Hasan" / "Muhammad Husein"): how twins and siblings differ. Not a name with
+    a token left out, nor one whose family name was mistyped. The given name
+    is the first token after those both names start with that nearly everybody carries (Muhammad, Siti)."""
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i] and a[i] in _COMMON_TOKENS:
+        i += 1
+    if i >= len(a) or i >= len(b):
+        return False
+    return not _counterpart(a[i], b) and not _counterpart(b[i], a)
+
+
+_NAME_NOT_DIFFERENT: Final = frozenset({"exact", "close", "fuzzy", "subset"})
 _DEMOGRAPHIC: Final = frozenset({"name", "birthDate", "gender", "locality", "postalCode", "line", "telecom"})
 
 
@@ -745,9 +841,20 @@ def compare(a: Features, b: Features, config: MatchConfig | None = None) -> Matc
             return result("possible", "nik-differs")
         if demographic < config.min_demographic_weight:
             return result("possible", "identifier-only")
-        strong_name = by_field.get("name") in ("exact", "close", "fuzzy")
+        # Twins and siblings share the family name and differ in a given name; two spellings of one name
+        # differ by typos. A token on each side without a counterpart on the other is the former, however
+        # close the rest of the names.
+        name_level = by_field.get("name")
+        other_given = name_level != "exact" and _different_given_name(a.tokens, b.tokens)
+        strong_name = name_level in ("exact", "close", "fuzzy") and not other_given
         strong_date = by_field.get("birthDate") in ("exact", "transposed", "typo")
-        strong_id = by_field.get("identifier") == "agree"
+        # A person identifier one typo away (a digit changed or two swapped) is as good as an agreeing one,
+        # unless the two numbers could be consecutive (twins registered together): then only beside a name
+        # that does not differ, since twins' names do.
+        strong_id = by_field.get("identifier") == "agree" or (
+            by_field.get("identifier") == "close"
+            and ((name_level in _NAME_NOT_DIFFERENT and not other_given) or _typo_not_sequence(a, b))
+        )
         if (
             config.twin_gate
             and not (strong_name and strong_date)

@@ -8,7 +8,6 @@ application replaces it with its own session dependency and authentication via `
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterator
 from typing import Any
 
@@ -205,58 +204,98 @@ def review_list(
     return _json({"items": [_review_dict(session, r) for r in reviews]})
 
 
+# The review page is a shell: it holds no patient data, so a browser may load it without a bearer token
+# (a navigation cannot send one). Its script asks for the steward's token (``hub token --role steward``),
+# keeps it for the tab only (sessionStorage), and calls the guarded JSON API with it; rows are built
+# with DOM text nodes, so names are never parsed as HTML.
 _PAGE = """<!doctype html>
-<html lang="id"><head><meta charset="utf-8"><title>MPI review queue</title>
+<html lang="en"><head><meta charset="utf-8"><title>MPI review queue</title>
 <style>
-body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse;width:100%}}
-td,th{{border:1px solid #ccc;padding:.4rem;vertical-align:top}}.agree{{color:#060}}.disagree{{color:#a00}}
+body{font-family:system-ui,sans-serif;margin:2rem}table{border-collapse:collapse;width:100%}
+td,th{border:1px solid #ccc;padding:.4rem;vertical-align:top}.agree{color:#060}.disagree{color:#a00}
 </style></head><body>
-<h1>Possible matches ({count})</h1>
-<p><label>Steward <input id="who" required></label> <label>Reason <input id="why"></label></p>
+<h1>Possible matches (<span id="count">…</span>)</h1>
+<p><label>Steward token <input id="token" type="password" autocomplete="off"></label>
+<button id="load">Load the queue</button> <label>Reason <input id="why"></label></p>
 <table><thead><tr><th>Weight</th><th>Patient</th><th>Candidate</th><th>Fields</th><th>Decision</th></tr></thead>
-<tbody>{rows}</tbody></table>
+<tbody id="rows"></tbody></table>
 <p id="status" role="status"></p>
 <script>
-async function decide(id, action) {{
-  const who = document.getElementById("who").value.trim();
-  if (!who) {{ document.getElementById("status").textContent = "Enter your name first."; return; }}
-  const why = document.getElementById("why").value;
-  const r = await fetch(`/mpi/review/${{id}}/${{action}}`, {{method: "POST",
-    headers: {{"content-type": "application/json"}}, body: JSON.stringify({{who, why}})}});
-  document.getElementById("status").textContent = r.ok ? `Review ${{id}}: ${{action}} recorded.` : await r.text();
-  if (r.ok) document.getElementById(`review-${{id}}`).remove();
-}}
+const $ = (id) => document.getElementById(id);
+const auth = () => ({authorization: "Bearer " + sessionStorage.getItem("hub.token")});
+function cell(lines) {
+  const td = document.createElement("td");
+  lines.filter((x) => x !== null && x !== undefined && x !== "").forEach((text, i) => {
+    if (i) td.append(document.createElement("br"));
+    td.append(String(text));
+  });
+  return td;
+}
+const person = (p) => cell([p.name || "?", p.birthDate, p.gender, p.facility]);
+function fields(item) {
+  const td = document.createElement("td");
+  for (const [names, cls, mark] of [[item.agree, "agree", "✓"], [item.disagree, "disagree", "✗"]]) {
+    for (const name of names) {
+      const span = document.createElement("span");
+      span.className = cls;
+      span.textContent = `${mark} ${name} `;
+      td.append(span);
+    }
+  }
+  return td;
+}
+function row(item) {
+  const tr = document.createElement("tr");
+  tr.id = `review-${item.id}`;
+  const buttons = document.createElement("td");
+  for (const [action, label] of [["link", "Same person"], ["not-duplicate", "Not a duplicate"]]) {
+    const button = document.createElement("button");
+    button.textContent = label;
+    button.dataset.action = action;
+    button.addEventListener("click", () => decide(item.id, action));
+    buttons.append(button, " ");
+  }
+  tr.append(cell([item.weight.toFixed(1), item.reason]), person(item.source), person(item.candidate),
+    fields(item), buttons);
+  return tr;
+}
+async function load() {
+  const typed = $("token").value.trim();
+  if (typed) sessionStorage.setItem("hub.token", typed);
+  if (!sessionStorage.getItem("hub.token")) {
+    $("status").textContent = "Paste a steward token first (hub token --role steward).";
+    return;
+  }
+  const r = await fetch("/mpi/review?limit=200", {headers: auth()});
+  if (!r.ok) {
+    $("status").textContent = `The queue could not be loaded (HTTP ${r.status}).`;
+    return;
+  }
+  const items = (await r.json()).items;
+  $("rows").replaceChildren(...items.map(row));
+  $("count").textContent = items.length;
+  $("status").textContent = "";
+}
+async function decide(id, action) {
+  const r = await fetch(`/mpi/review/${id}/${action}`, {method: "POST",
+    headers: {...auth(), "content-type": "application/json"}, body: JSON.stringify({why: $("why").value})});
+  $("status").textContent = r.ok ? `Review ${id}: ${action} recorded.` : `Review ${id}: HTTP ${r.status}.`;
+  if (r.ok) {
+    $(`review-${id}`).remove();
+    $("count").textContent = $("rows").children.length;
+  }
+}
+$("load").addEventListener("click", load);
+if (sessionStorage.getItem("hub.token")) load();
 </script></body></html>"""
 
-
-def _person_cell(p: dict[str, Any]) -> str:
-    parts = [p.get("name") or "?", p.get("birthDate") or "", p.get("gender") or "", p.get("facility") or ""]
-    return "<br>".join(html.escape(str(x)) for x in parts if x)
+page_router = APIRouter()
 
 
-@router.get("/mpi/review/page")
-def review_page(session: Session = Depends(get_session)) -> Response:
-    """The review queue as a small web page for data stewards."""
-    reviews = list(
-        session.scalars(
-            select(MpiReview).where(MpiReview.status == "open").order_by(MpiReview.weight.desc()).limit(200)
-        )
-    )
-    rows = []
-    for review in reviews:
-        item = _review_dict(session, review)
-        fields = "".join(f'<span class="agree">✓ {html.escape(f)}</span> ' for f in item["agree"]) + "".join(
-            f'<span class="disagree">✗ {html.escape(f)}</span> ' for f in item["disagree"]
-        )
-        rows.append(
-            f'<tr id="review-{review.id}"><td>{review.weight:.1f}<br>{html.escape(review.reason)}</td>'
-            f"<td>{_person_cell(item['source'])}</td><td>{_person_cell(item['candidate'])}</td>"
-            f"<td>{fields}</td><td>"
-            f"<button onclick=\"decide({review.id}, 'link')\">Same person</button> "
-            f"<button onclick=\"decide({review.id}, 'not-duplicate')\">Not a duplicate</button></td></tr>"
-        )
-    page = _PAGE.format(count=len(reviews), rows="".join(rows))
-    return Response(page, media_type="text/html; charset=utf-8")
+@page_router.get("/mpi/review/page", include_in_schema=False)
+def review_page() -> Response:
+    """The review queue as a small web page for data stewards (public shell; the data needs a token)."""
+    return Response(_PAGE, media_type="text/html; charset=utf-8")
 
 
 @router.get("/mpi/review/decisions")

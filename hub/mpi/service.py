@@ -13,19 +13,27 @@ from __future__ import annotations
 import logging
 import uuid
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, cast, delete, func, insert, select, text
+from sqlalchemy import Text, bindparam, cast, delete, func, insert, select, text, union_all
 from sqlalchemy.orm import Session
 
 from hub.errors import Conflict, NotFound
 from hub.mapping import MappingResult, SenderContext
-from hub.mpi.match import Features, MatchConfig, MatchResult, blocking_keys, compare, features
+from hub.mpi.match import (
+    Features,
+    MatchConfig,
+    MatchResult,
+    blocking_keys,
+    compare,
+    features,
+    worth_comparing,
+)
 from hub.store import resources as store
 from hub.store.models import MpiBlock, MpiDecision, MpiReview, MpiSource, Resource
 
@@ -48,7 +56,10 @@ _GOLDEN_ELEMENTS = (
     "multipleBirthInteger",
     "communication",
 )
-MAX_CANDIDATES = 500
+# A blocking key shared by more sources than MAX_BLOCK is ignored; a decision scores at most MAX_COMPARED
+# candidates (see hub.mpi.match.worth_comparing).
+MAX_BLOCK = 500
+MAX_COMPARED = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +190,10 @@ def resolve_identities(
         str(r["id"]): r for r in result.resources if r.get("resourceType") == "Patient" and not is_golden(r)
     }
     touched: set[str] = set()
-    for resource in patients.values():
-        touched |= _resolve_one(session, resource, ctx.facility, settings)
+    resolved: dict[str, _Resolution] = {}
+    for sid, resource in patients.items():
+        resolved[sid] = _resolve_one(session, resource, ctx.facility, settings)
+        touched |= resolved[sid].goldens
     actor = f"hl7:{ctx.facility}"
     changed_sources: set[str] = set()
     for action in result.actions:
@@ -224,26 +237,56 @@ def resolve_identities(
         else:
             log.warning("unknown identity action %r ignored", kind)
     session.flush()
+    # What the sources' own reads found holds unless an action moved sources since.
+    alone = {} if result.actions else {r.source.golden_id: r.source for r in resolved.values() if r.alone}
     for golden in sorted(touched):
-        rebuild_golden(session, golden, settings)
+        rebuild_golden(session, golden, settings, sources=[alone[golden]] if golden in alone else None)
     for sid, resource in patients.items():
-        _apply_links(session, resource, sid)
+        _apply_links(
+            session, resource, resolved[sid].source, None if result.actions else resolved[sid].replaces
+        )
     for sid in sorted(changed_sources - set(patients)):
         _sync_stored_source(session, sid)
 
 
+@dataclass(frozen=True, slots=True)
+class _Resolution:
+    """What resolving one source Patient changed, and what it read on the way (not read again)."""
+
+    source: MpiSource  # held here, so the session's identity map keeps it for the links
+    goldens: set[str]  # golden records to rebuild
+    replaces: list[str]  # the sources this one replaced (merged into it), for its links
+    alone: bool = False  # a new source that founded its own golden record: its only source
+
+
+# Built once: constructing a statement costs more than running this one (the common, unchanged case).
+_SOURCE_AND_RETIRED = select(MpiSource).where(
+    (MpiSource.id == bindparam("sid")) | (MpiSource.replaced_by == bindparam("sid"))
+)
+
+
 def _resolve_one(
     session: Session, resource: dict[str, Any], facility: str, settings: MpiSettings
-) -> set[str]:
+) -> _Resolution:
     sid = str(resource["id"])
     content = _snapshot(resource)
-    feats = _features(content, settings.match)
-    _lock_blocks(session, {k[:250] for k in blocking_keys(feats)} | _identifier_keys(content))
-    row = session.get(MpiSource, sid)
+    # One read: the source's row and the sources merged into it (its "replaces" links).
+    rows = session.scalars(_SOURCE_AND_RETIRED, {"sid": sid})
+    row, replaces = None, []
+    for found in rows:
+        if found.id == sid:
+            row = found
+        else:
+            replaces.append(found.id)
+    replaces.sort()
     if row is not None and row.content == content and row.active:
         # The same demographics again (most messages of a known patient, and every replay): nothing the
-        # decision or the golden record depends on changed; "most recent" means most recently changed.
-        return set()
+        # decision or the golden record depends on changed ("most recent" means most recently changed),
+        # so no features, no blocking locks, no candidates, no golden rebuild. A concurrent first
+        # arrival needs no lock against this: the row it may match is committed and stays as it is.
+        return _Resolution(row, set(), replaces)
+    feats = _features(content, settings.match)
+    _lock_blocks(session, block_keys(content, feats))
     if row is not None:
         row.content = content
         row.updated_at = _now()
@@ -257,9 +300,9 @@ def _resolve_one(
                 old = row.golden_id
                 row.golden_id, row.link_kind, row.weight = best.golden_id, "auto", best.result.weight
                 _queue_reviews(session, sid, candidates[1:])
-                return {old, best.golden_id}
+                return _Resolution(row, {old, best.golden_id}, replaces)
             _queue_reviews(session, sid, [c for c in candidates if c.golden_id != row.golden_id])
-        return {row.golden_id}
+        return _Resolution(row, {row.golden_id}, replaces)
     candidates = find_candidates(session, feats, settings, exclude_source=sid, known=False)
     matches = [c for c in candidates if c.result.outcome == "match"]
     if matches:
@@ -279,7 +322,7 @@ def _resolve_one(
     # Every other candidate that is not a certain no-match goes to the stewards: a possible match, or a
     # second golden record the source also matches (two golden records that may be one person).
     _queue_reviews(session, sid, rest)
-    return {row.golden_id}
+    return _Resolution(row, {row.golden_id}, replaces, alone=row.link_kind == "new")
 
 
 def _golden_size(session: Session, golden_id: str) -> int:
@@ -300,6 +343,11 @@ def _lock_blocks(session: Session, keys: set[str]) -> None:
     )
 
 
+def block_keys(content: Mapping[str, Any], feats: Features) -> set[str]:
+    """The ``mpi_block`` keys of a source: its blocking keys and one key per identifier (for PIX)."""
+    return {k[:250] for k in blocking_keys(feats)} | _identifier_keys(content)
+
+
 def _identifier_keys(content: Mapping[str, Any]) -> set[str]:
     keys = set()
     for ident in content.get("identifier") or []:
@@ -311,7 +359,7 @@ def _identifier_keys(content: Mapping[str, Any]) -> set[str]:
 def _write_blocks(
     session: Session, sid: str, content: Mapping[str, Any], feats: Features, *, new: bool = False
 ) -> None:
-    keys = {k[:250] for k in blocking_keys(feats)} | _identifier_keys(content)
+    keys = block_keys(content, feats)
     existing = set() if new else set(session.scalars(select(MpiBlock.key).where(MpiBlock.source_id == sid)))
     stale = existing - keys
     if stale:
@@ -333,6 +381,23 @@ def _not_duplicate_of(session: Session, sid: str) -> set[str]:
     return {str(b if a == sid else a) for a, b in rows if a and b}
 
 
+@lru_cache(maxsize=64)
+def _block_pairs(n_keys: int, per_key: int) -> Any:
+    """The (key, source) pairs of ``n_keys`` blocking keys (bound as k0, k1, …), at most ``per_key`` per
+    key: one statement per key count, built once."""
+    parts = [
+        select(MpiBlock.key, MpiBlock.source_id).where(MpiBlock.key == bindparam(f"k{i}")).limit(per_key)
+        for i in range(n_keys)
+    ]
+    subqueries = [part.subquery() for part in parts]
+    return union_all(*(select(sq.c.key, sq.c.source_id) for sq in subqueries))
+
+
+_CANDIDATE_ROWS = select(MpiSource.id, MpiSource.golden_id, cast(MpiSource.content, Text).label("raw")).where(
+    MpiSource.id.in_(bindparam("ids", expanding=True))
+)
+
+
 def find_candidates(
     session: Session,
     feats: Features,
@@ -344,17 +409,27 @@ def find_candidates(
     """Golden records that ``feats`` may belong to, best first (matches before possibles, then weight);
     certain no-matches are left out. Candidates come from the blocking keys; each golden record is scored
     by its best-agreeing source."""
-    keys = sorted(blocking_keys(feats))
+    keys = sorted({k[:250] for k in blocking_keys(feats)})  # as stored (block_keys)
     if not keys:
         return []
-    stmt = (
-        select(MpiSource.id, MpiSource.golden_id, cast(MpiSource.content, Text).label("raw"))
-        .where(MpiSource.id.in_(select(MpiBlock.source_id).where(MpiBlock.key.in_(keys))))
-        .limit(MAX_CANDIDATES)
-    )
-    if exclude_source is not None:
-        stmt = stmt.where(MpiSource.id != exclude_source)
-    rows = session.execute(stmt).all()
+    # First the (key, source) pairs alone, from the key index; then the content of those worth scoring.
+    # A key shared by more than MAX_BLOCK sources says nothing about anyone (a clinic's phone number given
+    # for every patient, a default birth date at one place): it is left out, not allowed to crowd out the
+    # others.
+    members: dict[str, list[str]] = {}
+    bound = {f"k{i}": k for i, k in enumerate(keys)}
+    for key, sid in session.execute(_block_pairs(len(keys), MAX_BLOCK + 1), bound):
+        members.setdefault(key, []).append(sid)
+    shared: dict[str, list[str]] = {}
+    for key, sids in members.items():
+        if len(sids) <= MAX_BLOCK:
+            for sid in sids:
+                if sid != exclude_source:
+                    shared.setdefault(sid, []).append(key)
+    chosen = worth_comparing(shared, MAX_COMPARED)
+    if not chosen:
+        return []
+    rows = session.execute(_CANDIDATE_ROWS, {"ids": chosen}).all()
     # Decisions exist only about sources the MPI already knows (``known=False``: a first arrival).
     forbidden_sources = _not_duplicate_of(session, exclude_source) if exclude_source and known else set()
     forbidden_goldens = {r.golden_id for r in rows if r.id in forbidden_sources}
@@ -431,16 +506,27 @@ def _queue_reviews(session: Session, sid: str, candidates: Iterable[Candidate]) 
 # ------------------------------------------------------------------------------------------ golden records
 
 
-def rebuild_golden(session: Session, golden_id: str, settings: MpiSettings = DEFAULT_SETTINGS) -> None:
+_GOLDEN_SOURCES = (
+    select(MpiSource.id, MpiSource.active, MpiSource.facility, MpiSource.updated_at, MpiSource.content)
+    .where(MpiSource.golden_id == bindparam("golden"))
+    .order_by(MpiSource.id)
+)
+
+
+def rebuild_golden(
+    session: Session,
+    golden_id: str,
+    settings: MpiSettings = DEFAULT_SETTINGS,
+    *,
+    sources: Sequence[Any] | None = None,
+) -> None:
     """Write the golden Patient from its current sources (or delete it when it has none left). Each
     element comes from the best source that has it: active before retired, the most trusted sender, then
-    the most recent; identifiers are the union over all sources."""
-    # Plain rows, not entities: the golden record only reads its sources.
-    sources = session.execute(
-        select(MpiSource.id, MpiSource.active, MpiSource.facility, MpiSource.updated_at, MpiSource.content)
-        .where(MpiSource.golden_id == golden_id)
-        .order_by(MpiSource.id)
-    ).all()
+    the most recent; identifiers are the union over all sources. ``sources``: the caller already holds
+    them all (a source that just founded this golden record), so they are not read again."""
+    if sources is None:
+        # Plain rows, not entities: the golden record only reads its sources.
+        sources = session.execute(_GOLDEN_SOURCES, {"golden": golden_id}).all()
     if not sources:
         current = session.get(Resource, ("Patient", golden_id))
         if current is not None and not current.deleted:
@@ -493,25 +579,29 @@ def _settle_reviews(session: Session, members: set[str]) -> None:
         review.status, review.decided_at = "linked", _now()
 
 
-def _links_for(session: Session, row: MpiSource) -> list[dict[str, Any]]:
+def _links_for(session: Session, row: MpiSource, replaces: list[str] | None = None) -> list[dict[str, Any]]:
+    """The MPI's links of a source; ``replaces``: the sources merged into it, when already read."""
     links: list[dict[str, Any]] = []
     if row.replaced_by:
         links.append({"other": {"reference": f"Patient/{row.replaced_by}"}, "type": "replaced-by"})
-    for retired in session.scalars(
-        select(MpiSource.id).where(MpiSource.replaced_by == row.id).order_by(MpiSource.id)
-    ):
+    if replaces is None:
+        replaces = list(
+            session.scalars(
+                select(MpiSource.id).where(MpiSource.replaced_by == row.id).order_by(MpiSource.id)
+            )
+        )
+    for retired in replaces:
         links.append({"other": {"reference": f"Patient/{retired}"}, "type": "replaces"})
     links.append({"other": {"reference": f"Patient/{row.golden_id}"}, "type": "refer"})
     return links
 
 
-def _apply_links(session: Session, resource: dict[str, Any], sid: str) -> None:
-    """Set the MPI's links (and ``active`` after a merge) on a source Patient dict."""
-    row = session.get(MpiSource, sid)
-    if row is None:
-        return
+def _apply_links(
+    session: Session, resource: dict[str, Any], row: MpiSource, replaces: list[str] | None = None
+) -> None:
+    """Set the MPI's links (and ``active`` after a merge) on the source Patient dict of ``row``."""
     kept = [lk for lk in resource.get("link") or [] if lk.get("type") not in _LINK_TYPES]
-    resource["link"] = kept + _links_for(session, row)
+    resource["link"] = kept + _links_for(session, row, replaces)
     if not row.active:
         resource["active"] = False
     elif "active" in row.content:
@@ -530,7 +620,7 @@ def _sync_stored_source(session: Session, sid: str) -> None:
         resource = store.read(session, "Patient", sid)
     else:
         resource = {**row.content, "resourceType": "Patient", "id": sid}
-    _apply_links(session, resource, sid)
+    _apply_links(session, resource, row)
     store.upsert(session, resource)
 
 

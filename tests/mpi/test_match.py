@@ -13,9 +13,11 @@ from hub.mpi.match import (
     estimate_weights,
     features,
     is_placeholder,
+    levels,
     name_tokens,
     normalise_phone,
     parse_nik,
+    worth_comparing,
 )
 from tests.mpi.builders import patient
 
@@ -252,3 +254,82 @@ def test_twin_gate() -> None:
     assert gated.outcome != "match"
     loud = MatchConfig(twin_gate=False, weights={**MatchConfig().weights, "name": {"partial": 4.0}})
     assert compare(features(one), features(two), loud).outcome == "match"
+
+
+def _household(name: str, mrn: str, birth: str = "2001-06-01", **kw: Any) -> dict[str, Any]:
+    return patient(
+        "RS" + mrn,
+        mrn,
+        name,
+        birth,
+        "male",
+        district="317101",
+        phone="081211112222",
+        line="Jl. Melati 3",
+        **kw,
+    )
+
+
+def test_twin_gate_sees_a_different_given_name_beside_a_shared_family_name() -> None:
+    # Two of three tokens shared, so the names compare as close: still twins, never an automatic link.
+    twin = score(_household("Rizki Nugroho Manurung", "1"), _household("Fikri Nugroho Manurung", "2"))
+    assert twin.outcome == "possible" and twin.reason == "weak-demographics"
+    # A typo in one name is not another name.
+    typo = score(_household("Rizki Nugroho Manurung", "1"), _household("Rizky Nugroho Manurung", "2"))
+    assert typo.outcome == "match"
+
+
+def test_a_name_with_a_token_left_out_is_a_subset_not_a_different_name() -> None:
+    a, b = features(_household("Rizki Pratama", "1")), features(_household("Pratama", "2"))
+    assert dict(levels(a, b))["name"] == "subset"
+    assert (
+        dict(levels(features(_household("Nur Hayati", "1")), features(_household("Nurhayati", "2"))))["name"]
+        == "exact"
+    )
+
+
+def test_a_mistyped_person_number_counts_unless_it_could_be_the_next_one_issued() -> None:
+    # Different given names, same birth date and household: twins, unless their BPJS numbers agree up to
+    # a typo that consecutive numbers cannot produce (a digit changed in the middle).
+    one = _household("Wulan Nasution", "1", bpjs="0001234567890")
+    typo = _household("Ani Nasution", "2", bpjs="0001234167890")
+    consecutive = _household("Ani Nasution", "3", bpjs="0001234567891")
+    assert score(one, typo).outcome == "match"
+    assert score(one, consecutive).outcome == "possible"
+    assert score(one, consecutive).reason == "weak-demographics"
+
+
+def test_district_code_from_xad9() -> None:
+    coded = patient("RSA", "1", "Budi Santoso", "1985-12-03", "male")
+    coded["address"] = [{"use": "home", "line": ["Jl. Melati 3"], "district": "337401"}]
+    f = features(coded)
+    assert (f.district, f.city, f.province, f.city_text) == ("337401", "3374", "33", None)
+
+
+def test_worth_comparing_keeps_every_candidate_of_a_small_block_and_the_likely_ones_of_a_crowd() -> None:
+    few = {"a": ["nyd:S530|198|0312"], "b": ["tel:0812"]}
+    assert worth_comparing(few, cap=8) == ["a", "b"]
+    crowd: dict[str, list[str]] = {f"n{i:02d}": ["nyd:S530|198|0312"] for i in range(30)}
+    crowd |= {f"r{i}": ["nyp:W200|1985|317101"] for i in range(2)}  # a rarer name key
+    crowd["same"] = ["nyd:S530|198|0312", "n2y:B300|S530|1985"]  # two keys: the same person, likely
+    crowd["phone"] = ["tel:081211112222"]  # an identifying key
+    chosen = worth_comparing(crowd, cap=8)
+    assert chosen[:2] == ["phone", "same"] and len(chosen) == 8
+    assert {"r0", "r1"} <= set(chosen)  # then the rarest key's candidates
+
+
+@pytest.mark.parametrize(
+    ("one", "two"),
+    [
+        ("Muhammad Hasan Basri", "Muhammad Husein Basri"),  # past the name nearly every boy carries
+        ("Siti Nasution", "Rina Nasution"),  # a common first name is still a given name
+    ],
+)
+def test_twin_gate_finds_the_given_name(one: str, two: str) -> None:
+    twin = score(_household(one, "1"), _household(two, "2"))
+    assert twin.outcome != "match"
+
+
+def test_a_mistyped_family_name_is_not_another_person() -> None:
+    typo = score(_household("Ani Hakim", "1"), _household("Ani Huaim", "2"))
+    assert typo.outcome == "match"

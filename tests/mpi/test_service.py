@@ -6,14 +6,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session
 
 from hub.db import session_scope
 from hub.errors import Conflict
 from hub.mapping import MappingResult, SenderContext
 from hub.mpi import service
-from hub.mpi.match import NIK_SYSTEM
+from hub.mpi.match import NIK_SYSTEM, features
 from hub.store import resources as store
 from hub.store.models import MpiDecision, MpiReview, MpiSource, Resource
 from tests.mpi.builders import ingest, patient, refer
@@ -391,11 +391,58 @@ def test_unchanged_resend_does_not_rebuild_the_golden(
         ingest(session, "RS_A", dict(p))
     rebuilt: list[str] = []
     real = service.rebuild_golden
-    monkeypatch.setattr(service, "rebuild_golden", lambda s, g, *a: (rebuilt.append(g), real(s, g, *a))[1])
+    monkeypatch.setattr(
+        service, "rebuild_golden", lambda s, g, *a, **k: (rebuilt.append(g), real(s, g, *a, **k))[1]
+    )
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        if not str(args[2]).startswith("BEGIN"):  # SQLite's write transaction opening
+            statements.append(str(args[2]))
+
     with session_scope(engine) as session:
-        again = ingest(session, "RS_A", dict(p)).resources[0]
+        result = MappingResult(resources=[dict(p)])
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            service.resolve_identities(session, result, SenderContext(facility="RS_A"))
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        again = result.resources[0]
+    # One read of the source's row (with the sources merged into it): no candidate search, no locks.
+    assert len(statements) == 1 and "FROM mpi_source" in statements[0], "\n---\n".join(statements)
     assert rebuilt == [] and refer(again)
     changed = {**p, "telecom": [{"system": "phone", "value": "+62811000111"}]}
     with session_scope(engine) as session:
         ingest(session, "RS_A", changed)
     assert len(rebuilt) == 1
+
+
+def test_a_key_shared_by_too_many_sources_is_left_out(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clinic's phone number given for every patient would make every patient a candidate of every
+    other: a key whose block is larger than MAX_BLOCK is ignored, the selective keys still find the match."""
+    monkeypatch.setattr(service, "MAX_BLOCK", 2)
+    clinic = "0215550000"
+    people = [
+        patient("RSUD-A", "1", "Bambang Wibowo", "1961-02-11", "male", phone=clinic),
+        patient("RSUD-A", "2", "Yuni Kartika", "1987-09-30", "female", phone=clinic),
+        patient("RSUD-A", "3", "Hendra Gunawan", "1979-12-01", "male", phone=clinic),
+    ]
+    for p in people:
+        ingest(session, "RSUD-A", p)
+    assert len({refer(p) for p in people}) == 3
+    same = patient("RS-B", "9", "Bambang Wibowo", "1961-02-11", "male", phone=clinic)
+    ingest(session, "RS-B", same)
+    assert refer(same) == refer(people[0])
+    # Sharing nothing but the crowded phone number: no candidate is even read.
+    read: list[str] = []
+    real = service._features_of_stored
+    monkeypatch.setattr(
+        service, "_features_of_stored", lambda raw, cfg: (read.append(raw), real(raw, cfg))[1]
+    )
+    stranger = patient("RS-B", "10", "Sinta Maharani", "2001-04-04", "female", phone=clinic)
+    assert service.find_candidates(session, features(stranger)) == [] and read == []
+    monkeypatch.setattr(service, "MAX_BLOCK", 500)
+    service.find_candidates(session, features(stranger))
+    assert len(read) == 4  # without the cap, every patient given that number
