@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
@@ -49,10 +50,6 @@ class Settings(BaseSettings):
 
     worker_enabled: bool = True  # in-process worker threads when no broker is set
     worker_threads: int = 1
-    # > 0: `hub serve` without a broker runs the worker in this many child processes, each with
-    # worker_threads threads (processing gets a core of its own and never holds the GIL of the process
-    # that answers ACKs); 0: the worker threads run inside the serving process.
-    worker_processes: int = 0
     worker_batch: int = 50
     sweep_interval_s: float = 30.0
     sweep_after_s: float = 60.0
@@ -84,23 +81,6 @@ class Settings(BaseSettings):
         return _is_loopback(self.http_host) and _is_loopback(self.mllp_host)
 
 
-class _Current:
-    """``get_settings()``: the process's settings, read from the environment once, or handed over with
-    ``get_settings.use(…)`` (a worker child process gets the settings of the process that started it)."""
-
-    def __init__(self) -> None:
-        self._settings: Settings | None = None
-
-    def __call__(self) -> Settings:
-        if self._settings is None:
-            self._settings = Settings()
-        return self._settings
-
-    def use(self, settings: Settings) -> None:
-        self._settings = settings
-
-    def cache_clear(self) -> None:
-        self._settings = None
-
-
-get_settings = _Current()
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -3,9 +3,7 @@ dependency do, at the boundary."""
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -148,22 +146,17 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
 
 
 class WriteGate:
-    """One writing transaction at a time among the threads and processes that share an SQLite file (the
-    intake's committer first, then the workers, wherever they run).
+    """One writing transaction at a time among the threads of this process that share an SQLite engine
+    (the intake's committer first, then the worker threads).
 
     SQLite itself serialises writers, but a writer that finds the file locked sleeps in steps of up to
     100 ms (``busy_timeout``) before it looks again: an ACK waiting behind a worker batch would take that
-    long. Waiting here instead wakes the next writer the moment the previous one commits: within a process
-    on a condition variable, across processes (the embedded worker runs in a child process) on POSIX
-    record locks of a ``<database>-gate`` file, which the kernel grants the moment they are released.
-    Byte 0 is the write turn; byte 1 is held shared by urgent writers while they wait, and a non-urgent
-    writer first waits until nobody holds it, so a waiting ACK goes before the next worker batch."""
+    long. Waiting here instead wakes the next writer the moment the previous one commits."""
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self) -> None:
         self._cond = threading.Condition()
         self._busy = False
         self._urgent = 0
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if path else None
 
     @contextmanager
     def hold(self, *, urgent: bool = False) -> Iterator[None]:
@@ -177,34 +170,11 @@ class WriteGate:
                     self._urgent -= 1
             self._busy = True
         try:
-            with self._file_turn(urgent):
-                yield
+            yield
         finally:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
-
-    @contextmanager
-    def _file_turn(self, urgent: bool) -> Iterator[None]:
-        """The cross-process part (record locks belong to the process: one thread at a time gets here)."""
-        fd = self._fd
-        if fd is None:
-            yield
-            return
-        if urgent:
-            fcntl.lockf(fd, fcntl.LOCK_SH, 1, 1)  # announce a waiting ACK
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
-            finally:
-                fcntl.lockf(fd, fcntl.LOCK_UN, 1, 1)
-        else:
-            fcntl.lockf(fd, fcntl.LOCK_EX, 1, 1)  # wait until no ACK is waiting
-            fcntl.lockf(fd, fcntl.LOCK_UN, 1, 1)
-            fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
-        try:
-            yield
-        finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
 
 
 _gates: dict[str, WriteGate] = {}  # by database file: the intake's and the workers' engines share one
@@ -213,18 +183,12 @@ _gates_lock = threading.Lock()
 
 @contextmanager
 def write_turn(engine: Engine, *, urgent: bool = False) -> Iterator[None]:
-    """Hold the database's :class:`WriteGate` around a writing transaction (SQLite; a no-op otherwise)."""
+    """Hold the engine's :class:`WriteGate` around a writing transaction (SQLite; a no-op otherwise)."""
     if not is_sqlite(engine):
         yield
         return
-    database = str(engine.url.database or "")
-    on_disk = database not in ("", ":memory:") and not database.startswith("file:")
-    if on_disk:
-        database = os.path.abspath(database)
     with _gates_lock:
-        gate = _gates.get(database)
-        if gate is None:
-            gate = _gates[database] = WriteGate(f"{database}-gate" if on_disk else None)
+        gate = _gates.setdefault(str(engine.url.database), WriteGate())
     with gate.hold(urgent=urgent):
         yield
 

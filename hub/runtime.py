@@ -13,7 +13,7 @@ from hub.config import Settings
 from hub.db import make_engine, processing_engine
 from hub.ingest.listener import MLLPServer
 from hub.ingest.service import Intake
-from hub.tasks.worker import InProcessWorker, ProcessWorker, Sweeper
+from hub.tasks.worker import InProcessWorker, Sweeper
 
 if TYPE_CHECKING:
     from hub.tasks.celery_app import CeleryDispatcher
@@ -31,7 +31,6 @@ class Runtime:
         self.engine = engine or make_engine(settings.sqlalchemy_url)
         self.read_engine = make_engine(settings.sqlalchemy_url, read_only=True)
         self.worker: InProcessWorker | None = None
-        self.worker_processes: ProcessWorker | None = None
         self.worker_engine: Engine | None = None
         self.celery: CeleryDispatcher | None = None
         self.dispatch: Callable[[Sequence[int]], None]
@@ -42,9 +41,6 @@ class Runtime:
                 settings.broker_url, settings.celery_queue, settings.worker_batch, settings.celery_linger_ms
             )
             self.dispatch = self.celery
-        elif settings.worker_enabled and settings.worker_processes > 0:
-            self.worker_processes = ProcessWorker(settings, settings.worker_processes)
-            self.dispatch = self.worker_processes.dispatch
         elif settings.worker_enabled:
             self.worker_engine = processing_engine(self.engine)
             self.worker = InProcessWorker(self.worker_engine, settings.worker_threads, settings.worker_batch)
@@ -59,9 +55,7 @@ class Runtime:
         self.intake.start()
         if self.worker is not None:
             self.worker.start()
-        if self.worker_processes is not None:
-            self.worker_processes.start()
-        if self.settings.broker_url or self.worker is not None or self.worker_processes is not None:
+        if self.settings.broker_url or self.worker is not None:
             self.sweeper.start()
         if self.mllp is not None:
             await self.mllp.start()
@@ -75,8 +69,6 @@ class Runtime:
             self.celery.close()
         if self.worker is not None:
             self.worker.stop()
-        if self.worker_processes is not None:
-            self.worker_processes.stop()
         if self.worker_engine is not None:
             self.worker_engine.dispose()
         self.engine.dispose()

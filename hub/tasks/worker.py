@@ -1,32 +1,23 @@
-"""The embedded worker (no broker) and the sweeper.
+"""The in-process worker (embedded default) and the sweeper.
 
 Worker threads take message ids from a local queue in batches and run the pipeline, one transaction per
-batch (``HUB_WORKER_BATCH``). ``hub serve`` runs them in child processes (``HUB_WORKER_PROCESSES``, fed
-message ids through a pipe) so that processing has a core of its own and never holds the GIL of the
-process whose threads answer ACKs; with 0 they run inside the serving process. The sweeper finds ``received`` messages that nobody processed (a task lost
+batch (``HUB_WORKER_BATCH``). The sweeper finds ``received`` messages that nobody processed (a task lost
 with a crashed broker or process) and dispatches them again; processing is idempotent on state, so a
 message dispatched twice is processed once.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
-import multiprocessing
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 
 from sqlalchemy import Engine, select
 
-from hub.config import Settings, get_settings
-from hub.db import is_sqlite, make_engine, processing_engine, retry_transient, session_scope, write_turn
+from hub.db import is_sqlite, retry_transient, session_scope, write_turn
 from hub.pipeline import process_batch
 from hub.store.models import InboundMessage
 
@@ -117,106 +108,6 @@ class InProcessWorker:
                     self._idle.notify_all()
             if stop:
                 return
-
-
-class ProcessWorker:
-    """The embedded worker in ``processes`` child processes (spawned, so nothing of the parent's threads
-    or connections is inherited). Batches of ids go to the children in turn; a child that died is
-    started again at the next dispatch, and the ids it held are still ``received`` in the store, where
-    the sweeper finds them. A child ends when its pipe closes: when the parent stops, or dies."""
-
-    def __init__(self, settings: Settings, processes: int = 1) -> None:
-        self.settings = settings
-        self._ctx = multiprocessing.get_context("spawn")
-        self._children: list[tuple[BaseProcess, Connection] | None] = [None] * max(1, processes)
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        with self._lock:
-            for n in range(len(self._children)):
-                self._children[n] = self._spawn()
-
-    def _spawn(self) -> tuple[BaseProcess, Connection]:
-        receive, send = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(
-            target=_child_main, args=(self.settings, receive), name="hub-worker", daemon=True
-        )
-        proc.start()
-        receive.close()  # the child's end: the parent keeps only its sending end
-        return proc, send
-
-    def dispatch(self, ids: Sequence[int]) -> None:
-        if not ids:
-            return
-        with self._lock:
-            n = self._next
-            self._next = (n + 1) % len(self._children)
-            child = self._children[n]
-            if child is None or not child[0].is_alive():
-                if child is not None:
-                    log.warning(
-                        "worker process %s ended (exit code %s); starting another", n, child[0].exitcode
-                    )
-                    child[1].close()
-                child = self._children[n] = self._spawn()
-            try:
-                child[1].send(list(ids))
-            except (BrokenPipeError, OSError):  # it died just now: the sweeper brings the ids back
-                log.warning("worker process %s is gone; %d id(s) left to the sweeper", n, len(ids))
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Close the pipes: each child finishes what it was given, then exits."""
-        with self._lock:
-            children = [c for c in self._children if c is not None]
-            self._children = [None] * len(self._children)
-        for _, send in children:
-            send.close()
-        deadline = time.monotonic() + timeout
-        for proc, _ in children:
-            proc.join(max(0.1, deadline - time.monotonic()))
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
-
-
-def _child_main(settings: Settings, receive: Connection) -> None:
-    """A worker child: the parent's settings, a processing engine of its own, worker threads fed from
-    the pipe until it closes."""
-    _end_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    get_settings.use(settings)
-    if settings.mappings_dir:
-        from hub.mapping import configure
-
-        configure(settings.mappings_dir)
-    engine = processing_engine(make_engine(settings.sqlalchemy_url))
-    worker = InProcessWorker(engine, settings.worker_threads, settings.worker_batch)
-    worker.start()
-    try:
-        while True:
-            try:
-                ids = receive.recv()
-            except (EOFError, OSError):
-                break
-            worker.dispatch(ids)
-    finally:
-        worker.stop()
-        engine.dispose()
-
-
-def _end_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (a kill -9 of ``hub serve`` leaves no
-    worker behind); elsewhere the closed pipe ends it after its current batch."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return
-    try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
 
 
 def pending_ids(engine: Engine, *, older_than_s: float = 0.0, limit: int = 10000) -> list[int]:
