@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, insert, select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from hub import hl7
@@ -29,6 +29,7 @@ from hub.errors import HubError
 from hub.fhir.validate import validate_resources
 from hub.mapping import SenderContext, map_message
 from hub.mpi.service import resolve_identities, settings_for
+from hub.store import bulk
 from hub.store import resources as store
 from hub.store.models import InboundMessage, MessageResource, Sender
 
@@ -138,22 +139,11 @@ def _process_one(session: Session, row: InboundMessage) -> Outcome:
             hub = get_settings()
             mpi = settings_for(hub.mpi_match_threshold, hub.mpi_possible_threshold, hub.mpi_twin_gate)
             resolve_identities(session, result, ctx, mpi)
-            session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
+            if row.attempts > 1:  # processed before (a replay): what it produced then is replaced
+                session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
             now = datetime.now(UTC)
             written = store.upsert_many(session, result.resources, message_id=row.id, now=now)
-            if written:
-                session.execute(
-                    insert(MessageResource.metadata.tables["message_resource"]),
-                    [
-                        {
-                            "message_id": row.id,
-                            "resource_type": w.resource_type,
-                            "resource_id": w.id,
-                            "version_id": w.version_id,
-                        }
-                        for w in written
-                    ],
-                )
+            _record_written(session, row.id, written)
             row.unmapped = result.unmapped
             row.state = "processed"
             row.error_code = None
@@ -162,6 +152,20 @@ def _process_one(session: Session, row: InboundMessage) -> Outcome:
     except Exception as exc:
         return _failure(row, exc)
     return Outcome(row.id, row.state)
+
+
+_MESSAGE_RESOURCE_COLUMNS = ("message_id", "resource_type", "resource_id", "version_id")
+
+
+def _record_written(session: Session, message_id: int, written: list[store.Written]) -> None:
+    """The message → resource version rows of the operator's view (one driver-level INSERT)."""
+    rows = {(message_id, w.resource_type, w.id): w.version_id for w in written}  # last version of a repeat
+    bulk.insert_rows(
+        session.connection(),
+        MessageResource.__table__,  # type: ignore[arg-type]
+        _MESSAGE_RESOURCE_COLUMNS,
+        [(*key, version) for key, version in rows.items()],
+    )
 
 
 def _failure(row: InboundMessage, exc: Exception) -> Outcome:

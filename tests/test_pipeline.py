@@ -14,7 +14,7 @@ from hub.db import session_scope
 from hub.hl7 import Message
 from hub.ingest.service import Intake
 from hub.mapping import MappingResult, SenderContext
-from hub.store.models import InboundMessage, MessageResource
+from hub.store.models import InboundMessage, MessageResource, ResourceVersion
 from tests.builders import adt
 
 
@@ -103,3 +103,49 @@ def test_validate_all_fails_an_invalid_mapping(engine: Engine, monkeypatch: pyte
     with session_scope(engine) as s:
         (outcome,) = pipeline.process_batch(s, [mid], force=True)
     assert outcome.state == "processed"
+
+
+def test_replay_writes_no_new_version_and_keeps_the_message_links(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def two_resources(message: Message, ctx: SenderContext) -> MappingResult:
+        return MappingResult(
+            resources=[
+                {"resourceType": "Basic", "id": "r1", "code": {"text": "one"}},
+                {"resourceType": "Basic", "id": "r2", "code": {"text": "two"}},
+            ]
+        )
+
+    monkeypatch.setattr(pipeline, "map_message", two_resources)
+    (mid,) = _store(engine, adt("R1"))
+    for force in (False, True, True):
+        with session_scope(engine) as s:
+            (outcome,) = pipeline.process_batch(s, [mid], force=force)
+        assert outcome.state == "processed"
+    with Session(engine) as s:
+        links = s.execute(select(MessageResource.resource_id, MessageResource.version_id)).all()
+        assert sorted(tuple(link) for link in links) == [("r1", 1), ("r2", 1)]
+        assert len(s.scalars(select(ResourceVersion)).all()) == 2
+        row = s.get(InboundMessage, mid)
+        assert row is not None and row.attempts == 3
+
+
+def test_a_resource_twice_in_one_message_is_linked_once_at_its_last_version(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def repeated(message: Message, ctx: SenderContext) -> MappingResult:
+        return MappingResult(
+            resources=[
+                {"resourceType": "Basic", "id": "r1", "code": {"text": "first"}},
+                {"resourceType": "Basic", "id": "r1", "code": {"text": "second"}},
+            ]
+        )
+
+    monkeypatch.setattr(pipeline, "map_message", repeated)
+    (mid,) = _store(engine, adt("T1"))
+    with session_scope(engine) as s:
+        (outcome,) = pipeline.process_batch(s, [mid])
+    assert outcome.state == "processed"
+    with Session(engine) as s:
+        links = s.execute(select(MessageResource.resource_id, MessageResource.version_id)).all()
+        assert [tuple(link) for link in links] == [("r1", 2)]

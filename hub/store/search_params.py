@@ -640,6 +640,7 @@ class _Step:
     paths: tuple[tuple[Segment, ...], ...]
     make_rows: RowMaker
     param: SearchParam
+    modifiers: bool  # token and reference values may add ``:of-type`` / ``:identifier`` rows
 
 
 _PLANS: dict[str, tuple[_Step, ...]] = {}
@@ -655,9 +656,31 @@ def _plan(resource_type: str) -> tuple[_Step, ...]:
                 continue
             paths = tuple(_compile(path) for path in p.paths)
             heads = () if any(path[0][1] for path in paths) else tuple(path[0][0] for path in paths)
-            steps.append(_Step(p.name, p.type, heads, paths, _ROW_MAKERS[p.type], p))
+            modifiers = p.type in (TOKEN, REFERENCE)
+            steps.append(_Step(p.name, p.type, heads, paths, _ROW_MAKERS[p.type], p, modifiers))
         plan = _PLANS[resource_type] = tuple(steps)
     return plan
+
+
+def _values(resource: dict[str, Any], step: _Step) -> list[Any]:
+    """The values at a parameter's paths, in path order; a one-key path (``status``, ``subject``: most
+    of them) is a plain look-up."""
+    found: list[Any] = []
+    for path in step.paths:
+        head, choice, wanted = path[0]
+        if choice:
+            found.extend(_walk_compiled(resource, path))
+            continue
+        value = resource.get(head)
+        if value is None:
+            continue
+        if len(path) > 1 or wanted is not None:
+            found.extend(_walk_compiled(resource, path))
+        elif isinstance(value, list):
+            found.extend(value)
+        else:
+            found.append(value)
+    return found
 
 
 def _walk_compiled(resource: dict[str, Any], path: tuple[Segment, ...]) -> list[Any]:
@@ -696,23 +719,26 @@ def extract_rows(resource: dict[str, Any]) -> Rows:
     out: Rows = {kind: [] for kind in KINDS}
     tokens = out[TOKEN]
     for step in _plan(resource.get("resourceType", "")):
-        if step.heads and not any(head in resource for head in step.heads):
-            continue  # none of its paths can match: most parameters of a type, on most resources
+        for head in step.heads:
+            if head in resource:
+                break
+        else:
+            if step.heads:
+                continue  # none of its paths can match: most parameters of a type, on most resources
+        values = _values(resource, step)
+        if not values:
+            continue
         seen: set[tuple[Any, ...]] = set()
         rows = out[step.kind]
-        for path in step.paths:
-            head, choice, _ = path[0]
-            if not choice and head not in resource:
-                continue
-            for value in _walk_compiled(resource, path):
-                for row in step.make_rows(step.param, value):
-                    if row not in seen:
-                        seen.add(row)
-                        rows.append((step.name, *row))
-                if isinstance(value, dict) and step.kind in (TOKEN, REFERENCE):
-                    extra = _modifier_row(step.param, value)
-                    if extra is not None:
-                        tokens.append(extra)
+        for value in values:
+            for row in step.make_rows(step.param, value):
+                if row not in seen:
+                    seen.add(row)
+                    rows.append((step.name, *row))
+            if step.modifiers and isinstance(value, dict):
+                extra = _modifier_row(step.param, value)
+                if extra is not None:
+                    tokens.append(extra)
     return out
 
 
