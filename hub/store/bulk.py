@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 
 Row = tuple[Any, ...]
 
@@ -78,6 +79,23 @@ def _processed(row: Row, processors: tuple[tuple[int, Callable[[Any], Any]], ...
 
 
 def insert_rows(connection: Connection, table: Table, columns: Sequence[str], rows: Sequence[Row]) -> None:
-    """INSERT ``rows`` (tuples in the order of ``columns``) into ``table``."""
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks(len(columns))})"
-    execute_many(connection, table, sql, columns, rows)
+    """INSERT ``rows`` (tuples in the order of ``columns``) into ``table``. SQLite runs one prepared
+    statement per row in C (``executemany``); psycopg's ``executemany`` spends 15–30 µs of Python per
+    row, so PostgreSQL gets the rows through ``COPY … FROM STDIN`` (rows written in C)."""
+    if connection.dialect.name != "postgresql" or len(rows) < 2:
+        sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks(len(columns))})"
+        execute_many(connection, table, sql, columns, rows)
+        return
+    sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    driver = connection.connection.dbapi_connection
+    assert driver is not None, "a connection inside a transaction"
+    cursor: Any = driver.cursor()  # psycopg's: it has copy()
+    try:
+        with cursor.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except connection.dialect.loaded_dbapi.Error as exc:
+        # As SQLAlchemy raises it for any other statement (IntegrityError, OperationalError, … with .orig).
+        raise DBAPIError.instance(sql, None, exc, connection.dialect.loaded_dbapi.Error) from exc
+    finally:
+        cursor.close()

@@ -5,13 +5,16 @@ update changed them. Every test runs on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hub.db import session_scope
-from hub.store import resources
+from hub.store import bulk, resources
 from hub.store.models import Resource, ResourceVersion, SearchDate, SearchString, SearchToken
 from tests.fhir_api import builders as b
 
@@ -27,7 +30,7 @@ def _versions(engine: Engine, rtype: str, rid: str) -> list[int]:
         )
 
 
-def _index(engine: Engine, model: type, rid: str) -> list[tuple[object, ...]]:
+def _index(engine: Engine, model: type[Any], rid: str) -> list[tuple[object, ...]]:
     """(row_id, param, first value column) of a resource's rows in one index table, by row id."""
     value = model.code if model is SearchToken else model.value if model is SearchString else model.low
     with Session(engine) as s:
@@ -120,3 +123,17 @@ def test_delete_then_recreate(engine: Engine) -> None:
         again = resources.upsert(s, b.observation("o5", "p1"))
     assert (again.version_id, again.changed) == (3, True)
     assert {param for _, param, _ in _index(engine, SearchToken, "o5")} >= {"code", "status"}
+
+
+def test_bulk_rows_fail_as_sqlalchemy_errors(engine: Engine) -> None:
+    """Rows through the driver (COPY on PostgreSQL) fail like any statement: an IntegrityError, and the
+    savepoint around them rolls back alone."""
+    row = ("Basic", "dup", 1, datetime(2026, 1, 1, tzinfo=UTC), False, None, b"{}")
+    columns = ("resource_type", "id", "version_id", "last_updated", "deleted", "patient_id", "content")
+    with session_scope(engine) as s:
+        with pytest.raises(IntegrityError), s.begin_nested():
+            bulk.insert_rows(s.connection(), Resource.__table__, columns, [row, row])  # type: ignore[arg-type]
+        bulk.insert_rows(s.connection(), Resource.__table__, columns, [row])  # type: ignore[arg-type]
+    with Session(engine) as s:
+        stored = s.get(Resource, ("Basic", "dup"))
+        assert stored is not None and stored.content == b"{}"
