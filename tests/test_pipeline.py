@@ -105,26 +105,34 @@ def test_validate_all_fails_an_invalid_mapping(engine: Engine, monkeypatch: pyte
     assert outcome.state == "processed"
 
 
+def _basic(rid: str, text: str) -> dict[str, Any]:
+    return {"resourceType": "Basic", "id": rid, "code": {"text": text}}
+
+
+def _map_to(monkeypatch: pytest.MonkeyPatch, *resources: dict[str, Any]) -> None:
+    """Every message maps to (fresh copies of) ``resources``."""
+    monkeypatch.setattr(
+        pipeline, "map_message", lambda message, ctx: MappingResult(resources=[dict(r) for r in resources])
+    )
+
+
+def _links(engine: Engine) -> list[tuple[str, int]]:
+    with Session(engine) as s:
+        rows = s.execute(select(MessageResource.resource_id, MessageResource.version_id))
+        return sorted((r.resource_id, r.version_id) for r in rows)
+
+
 def test_replay_writes_no_new_version_and_keeps_the_message_links(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def two_resources(message: Message, ctx: SenderContext) -> MappingResult:
-        return MappingResult(
-            resources=[
-                {"resourceType": "Basic", "id": "r1", "code": {"text": "one"}},
-                {"resourceType": "Basic", "id": "r2", "code": {"text": "two"}},
-            ]
-        )
-
-    monkeypatch.setattr(pipeline, "map_message", two_resources)
+    _map_to(monkeypatch, _basic("r1", "one"), _basic("r2", "two"))
     (mid,) = _store(engine, adt("R1"))
     for force in (False, True, True):
         with session_scope(engine) as s:
             (outcome,) = pipeline.process_batch(s, [mid], force=force)
         assert outcome.state == "processed"
+    assert _links(engine) == [("r1", 1), ("r2", 1)]
     with Session(engine) as s:
-        links = s.execute(select(MessageResource.resource_id, MessageResource.version_id)).all()
-        assert sorted(tuple(link) for link in links) == [("r1", 1), ("r2", 1)]
         assert len(s.scalars(select(ResourceVersion)).all()) == 2
         row = s.get(InboundMessage, mid)
         assert row is not None and row.attempts == 3
@@ -133,19 +141,9 @@ def test_replay_writes_no_new_version_and_keeps_the_message_links(
 def test_a_resource_twice_in_one_message_is_linked_once_at_its_last_version(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def repeated(message: Message, ctx: SenderContext) -> MappingResult:
-        return MappingResult(
-            resources=[
-                {"resourceType": "Basic", "id": "r1", "code": {"text": "first"}},
-                {"resourceType": "Basic", "id": "r1", "code": {"text": "second"}},
-            ]
-        )
-
-    monkeypatch.setattr(pipeline, "map_message", repeated)
+    _map_to(monkeypatch, _basic("r1", "first"), _basic("r1", "second"))
     (mid,) = _store(engine, adt("T1"))
     with session_scope(engine) as s:
         (outcome,) = pipeline.process_batch(s, [mid])
     assert outcome.state == "processed"
-    with Session(engine) as s:
-        links = s.execute(select(MessageResource.resource_id, MessageResource.version_id)).all()
-        assert [tuple(link) for link in links] == [("r1", 2)]
+    assert _links(engine) == [("r1", 2)]
