@@ -636,7 +636,6 @@ class _Step:
 
     name: str
     kind: str
-    heads: tuple[str, ...]  # top-level keys any of its paths needs (empty: a choice type, always tried)
     paths: tuple[tuple[Segment, ...], ...]
     make_rows: RowMaker
     param: SearchParam
@@ -655,9 +654,8 @@ def _plan(resource_type: str) -> tuple[_Step, ...]:
             if p.type in (SPECIAL, COMPOSITE):
                 continue
             paths = tuple(_compile(path) for path in p.paths)
-            heads = () if any(path[0][1] for path in paths) else tuple(path[0][0] for path in paths)
             modifiers = p.type in (TOKEN, REFERENCE)
-            steps.append(_Step(p.name, p.type, heads, paths, _ROW_MAKERS[p.type], p, modifiers))
+            steps.append(_Step(p.name, p.type, paths, _ROW_MAKERS[p.type], p, modifiers))
         plan = _PLANS[resource_type] = tuple(steps)
     return plan
 
@@ -719,14 +717,8 @@ def extract_rows(resource: dict[str, Any]) -> Rows:
     out: Rows = {kind: [] for kind in KINDS}
     tokens = out[TOKEN]
     for step in _plan(resource.get("resourceType", "")):
-        for head in step.heads:
-            if head in resource:
-                break
-        else:
-            if step.heads:
-                continue  # none of its paths can match: most parameters of a type, on most resources
         values = _values(resource, step)
-        if not values:
+        if not values:  # most parameters of a type, on most resources
             continue
         seen: set[tuple[Any, ...]] = set()
         rows = out[step.kind]
