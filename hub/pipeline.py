@@ -77,6 +77,12 @@ def process_batch(session: Session, ids: Iterable[int], *, force: bool = False) 
     return [_process_one(session, todo[i]) for i in sorted(todo)]
 
 
+_LOCK_ALL = text(
+    "SELECT count(pg_advisory_xact_lock(k)) FROM"
+    " (SELECT k FROM unnest(CAST(:ks AS bigint[])) WITH ORDINALITY AS u(k, n) ORDER BY n) AS ordered"
+)
+
+
 def _lock_patients(session: Session, patients: set[tuple[str, str]], keyless: list[int]) -> None:
     """Serialise workers per patient on PostgreSQL (transaction-scoped advisory locks, taken in one
     global order so two workers never deadlock); a message without a patient key is locked by its id, so
@@ -87,8 +93,8 @@ def _lock_patients(session: Session, patients: set[tuple[str, str]], keyless: li
         {zlib.crc32(f"{f}|{k}".encode()) for f, k in patients}
         | {zlib.crc32(f"message|{i}".encode()) for i in keyless}
     )
-    for key in keys:
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    # One round trip, not one per patient; the locks are taken in the (sorted) array's order.
+    session.execute(_LOCK_ALL, {"ks": keys})
 
 
 def _earlier_pending(session: Session, patients: set[tuple[str, str]], below: int) -> list[InboundMessage]:

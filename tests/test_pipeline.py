@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from hub import pipeline
@@ -147,3 +147,18 @@ def test_a_resource_twice_in_one_message_is_linked_once_at_its_last_version(
         (outcome,) = pipeline.process_batch(s, [mid])
     assert outcome.state == "processed"
     assert _links(engine) == [("r1", 2)]
+
+
+def test_postgresql_batch_holds_one_advisory_lock_per_patient(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("advisory locks are PostgreSQL's; SQLite serialises writers")
+    _map_to(monkeypatch, _basic("r1", "one"))
+    ids = _store(engine, adt("L1", mrn="A"), adt("L2", mrn="B"), adt("L3", mrn="A"))
+    with session_scope(engine) as s:
+        pipeline.process_batch(s, ids)
+        held = s.execute(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
+        ).scalar_one()
+    assert held == 2  # patients A and B, taken in one statement, held until the commit
