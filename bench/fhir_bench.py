@@ -4,7 +4,7 @@ patient + code + date range (first page of 20), ``_include``, and ``$everything`
 with 1,000 resources across two linked sources (all pages).
 
 The load writes exactly the rows ``hub.store.resources.upsert`` and the search-index hook write (same
-JSON bytes, version rows and ``search_params.extract`` index rows), but in bulk batches instead of one
+JSON bytes, version rows and ``search_params.extract_rows`` index rows), but in bulk batches instead of one
 ORM upsert per resource, so a million resources load in minutes.
 
     python -m bench fhir --resources 1000000 --patients 10000      # the figures
@@ -45,7 +45,7 @@ from hub.fhir_api.search import EVERYTHING_DEFAULT_COUNT
 from hub.store.models import Resource, ResourceVersion
 from hub.store.schema import scratch_database, upgrade
 from hub.store.search_index import INDEX_MODELS
-from hub.store.search_params import extract
+from hub.store.search_params import KINDS, extract_rows
 
 PG_URL = os.environ.get("HUB_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MRN = "urn:oid:2.16.840.1.113883.3.9999.1"
@@ -265,12 +265,11 @@ def load(engine: Engine, items: Iterator[dict[str, Any]], batch: int = 2000) -> 
                     "content": content,
                 }
             )
-            extracted = extract(stored)
-            for kind in INDEX_MODELS:
-                for row in getattr(extracted, kind):
-                    row["resource_type"] = res["resourceType"]
-                    row["resource_id"] = res["id"]
-                    index_rows[kind].append(row)
+            for kind, extracted in extract_rows(stored).items():
+                owner = {"resource_type": res["resourceType"], "resource_id": res["id"]}
+                index_rows[kind].extend(
+                    {**owner, **dict(zip(KINDS[kind], row, strict=True))} for row in extracted
+                )
         tables = [(Resource.__table__, res_rows), (ResourceVersion.__table__, ver_rows)]
         tables += [(model.__table__, index_rows[kind]) for kind, model in INDEX_MODELS.items()]
         with engine.begin() as conn:

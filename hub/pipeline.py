@@ -19,8 +19,9 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import delete, insert, select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from hub import hl7
@@ -29,6 +30,7 @@ from hub.errors import HubError
 from hub.fhir.validate import validate_resources
 from hub.mapping import SenderContext, map_message
 from hub.mpi.service import resolve_identities, settings_for
+from hub.store import bulk
 from hub.store import resources as store
 from hub.store.models import InboundMessage, MessageResource, Sender
 
@@ -73,7 +75,15 @@ def process_batch(session: Session, ids: Iterable[int], *, force: bool = False) 
     if patients and todo:
         for earlier in _earlier_pending(session, patients, max(todo)):
             todo.setdefault(earlier.id, earlier)
-    return [_process_one(session, todo[i]) for i in sorted(todo)]
+    done = [_process_one(session, todo[i]) for i in sorted(todo)]
+    _record_outcomes(session, list(todo.values()), done)
+    return [d.outcome for d in done]
+
+
+_LOCK_ALL = text(
+    "SELECT count(pg_advisory_xact_lock(k)) FROM"
+    " (SELECT k FROM unnest(CAST(:ks AS bigint[])) WITH ORDINALITY AS u(k, n) ORDER BY n) AS ordered"
+)
 
 
 def _lock_patients(session: Session, patients: set[tuple[str, str]], keyless: list[int]) -> None:
@@ -86,8 +96,8 @@ def _lock_patients(session: Session, patients: set[tuple[str, str]], keyless: li
         {zlib.crc32(f"{f}|{k}".encode()) for f, k in patients}
         | {zlib.crc32(f"message|{i}".encode()) for i in keyless}
     )
-    for key in keys:
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    # One round trip, not one per patient; the locks are taken in the (sorted) array's order.
+    session.execute(_LOCK_ALL, {"ks": keys})
 
 
 def _earlier_pending(session: Session, patients: set[tuple[str, str]], below: int) -> list[InboundMessage]:
@@ -121,8 +131,18 @@ def _sender_context(session: Session, row: InboundMessage) -> SenderContext:
     return dataclasses.replace(ctx, message_id=row.id)
 
 
-def _process_one(session: Session, row: InboundMessage) -> Outcome:
-    row.attempts += 1
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """A message's outcome and what its ``inbound_message`` row records of it (written for the whole
+    batch at its end: one statement, not an ORM flush per message)."""
+
+    outcome: Outcome
+    processed_at: datetime
+    error_text: str | None = None
+    unmapped: list[dict[str, Any]] | None = None  # a failure keeps the report of the last success
+
+
+def _process_one(session: Session, row: InboundMessage) -> _Done:
     try:
         # Parse, map and validate write nothing: a message failing there needs no savepoint to undo.
         header = hl7.peek_header(row.raw)
@@ -138,33 +158,71 @@ def _process_one(session: Session, row: InboundMessage) -> Outcome:
             hub = get_settings()
             mpi = settings_for(hub.mpi_match_threshold, hub.mpi_possible_threshold, hub.mpi_twin_gate)
             resolve_identities(session, result, ctx, mpi)
-            session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
+            if row.attempts > 0:  # processed before (a replay): what it produced then is replaced
+                session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
             now = datetime.now(UTC)
             written = store.upsert_many(session, result.resources, message_id=row.id, now=now)
-            if written:
-                session.execute(
-                    insert(MessageResource.metadata.tables["message_resource"]),
-                    [
-                        {
-                            "message_id": row.id,
-                            "resource_type": w.resource_type,
-                            "resource_id": w.id,
-                            "version_id": w.version_id,
-                        }
-                        for w in written
-                    ],
-                )
-            row.unmapped = result.unmapped
-            row.state = "processed"
-            row.error_code = None
-            row.error_text = None
-            row.processed_at = now
+            _record_written(session, row.id, written)
     except Exception as exc:
         return _failure(row, exc)
-    return Outcome(row.id, row.state)
+    return _Done(Outcome(row.id, "processed"), now, unmapped=result.unmapped)
 
 
-def _failure(row: InboundMessage, exc: Exception) -> Outcome:
+_PROCESSED_COLUMNS = ("state", "unmapped", "processed_at", "id")
+_PROCESSED = (
+    "UPDATE inbound_message SET attempts = attempts + 1, state = ?, error_code = NULL, error_text = NULL,"
+    " unmapped = ?, processed_at = ? WHERE id = ?"
+)
+_FAILED_COLUMNS = ("state", "error_code", "error_text", "processed_at", "id")
+_FAILED = (
+    "UPDATE inbound_message SET attempts = attempts + 1, state = ?, error_code = ?, error_text = ?,"
+    " processed_at = ? WHERE id = ?"
+)
+
+
+def _record_outcomes(session: Session, rows: list[InboundMessage], done: list[_Done]) -> None:
+    """Every processed message's state, error and attempt count, in two statements for the batch. The
+    entities loaded for the batch are expired: read again, they show what was written."""
+    table = InboundMessage.__table__
+    connection = session.connection()
+    processed = [d for d in done if d.outcome.state == "processed"]
+    failed = [d for d in done if d.outcome.state != "processed"]
+    bulk.execute_many(
+        connection,
+        table,  # type: ignore[arg-type]
+        _PROCESSED,
+        _PROCESSED_COLUMNS,
+        [(d.outcome.state, d.unmapped, d.processed_at, d.outcome.message_id) for d in processed],
+    )
+    bulk.execute_many(
+        connection,
+        table,  # type: ignore[arg-type]
+        _FAILED,
+        _FAILED_COLUMNS,
+        [
+            (d.outcome.state, d.outcome.error_code, d.error_text, d.processed_at, d.outcome.message_id)
+            for d in failed
+        ],
+    )
+    for row in rows:
+        session.expire(row)
+
+
+_MESSAGE_RESOURCE_COLUMNS = ("message_id", "resource_type", "resource_id", "version_id")
+
+
+def _record_written(session: Session, message_id: int, written: list[store.Written]) -> None:
+    """The message → resource version rows of the operator's view (one driver-level INSERT)."""
+    rows = {(message_id, w.resource_type, w.id): w.version_id for w in written}  # last version of a repeat
+    bulk.insert_rows(
+        session.connection(),
+        MessageResource.__table__,  # type: ignore[arg-type]
+        _MESSAGE_RESOURCE_COLUMNS,
+        [(*key, version) for key, version in rows.items()],
+    )
+
+
+def _failure(row: InboundMessage, exc: Exception) -> _Done:
     """The pipeline boundary (called from an ``except``): every error is kept as data, never lost."""
     if isinstance(exc, HubError):
         return _fail(row, exc.code, exc.message)
@@ -174,9 +232,5 @@ def _failure(row: InboundMessage, exc: Exception) -> Outcome:
     return _fail(row, "internal-error", f"{type(exc).__name__}: {exc}")
 
 
-def _fail(row: InboundMessage, code: str, text_: str) -> Outcome:
-    row.state = "failed"
-    row.error_code = code
-    row.error_text = text_[:4000]
-    row.processed_at = datetime.now(UTC)
-    return Outcome(row.id, "failed", code)
+def _fail(row: InboundMessage, code: str, text_: str) -> _Done:
+    return _Done(Outcome(row.id, "failed", code), datetime.now(UTC), error_text=text_[:4000])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from hub import pipeline
@@ -14,7 +14,7 @@ from hub.db import session_scope
 from hub.hl7 import Message
 from hub.ingest.service import Intake
 from hub.mapping import MappingResult, SenderContext
-from hub.store.models import InboundMessage, MessageResource
+from hub.store.models import InboundMessage, MessageResource, ResourceVersion
 from tests.builders import adt
 
 
@@ -103,3 +103,62 @@ def test_validate_all_fails_an_invalid_mapping(engine: Engine, monkeypatch: pyte
     with session_scope(engine) as s:
         (outcome,) = pipeline.process_batch(s, [mid], force=True)
     assert outcome.state == "processed"
+
+
+def _basic(rid: str, text: str) -> dict[str, Any]:
+    return {"resourceType": "Basic", "id": rid, "code": {"text": text}}
+
+
+def _map_to(monkeypatch: pytest.MonkeyPatch, *resources: dict[str, Any]) -> None:
+    """Every message maps to (fresh copies of) ``resources``."""
+    monkeypatch.setattr(
+        pipeline, "map_message", lambda message, ctx: MappingResult(resources=[dict(r) for r in resources])
+    )
+
+
+def _links(engine: Engine) -> list[tuple[str, int]]:
+    with Session(engine) as s:
+        rows = s.execute(select(MessageResource.resource_id, MessageResource.version_id))
+        return sorted((r.resource_id, r.version_id) for r in rows)
+
+
+def test_replay_writes_no_new_version_and_keeps_the_message_links(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _map_to(monkeypatch, _basic("r1", "one"), _basic("r2", "two"))
+    (mid,) = _store(engine, adt("R1"))
+    for force in (False, True, True):
+        with session_scope(engine) as s:
+            (outcome,) = pipeline.process_batch(s, [mid], force=force)
+        assert outcome.state == "processed"
+    assert _links(engine) == [("r1", 1), ("r2", 1)]
+    with Session(engine) as s:
+        assert len(s.scalars(select(ResourceVersion)).all()) == 2
+        row = s.get(InboundMessage, mid)
+        assert row is not None and row.attempts == 3
+
+
+def test_a_resource_twice_in_one_message_is_linked_once_at_its_last_version(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _map_to(monkeypatch, _basic("r1", "first"), _basic("r1", "second"))
+    (mid,) = _store(engine, adt("T1"))
+    with session_scope(engine) as s:
+        (outcome,) = pipeline.process_batch(s, [mid])
+    assert outcome.state == "processed"
+    assert _links(engine) == [("r1", 2)]
+
+
+def test_postgresql_batch_holds_one_advisory_lock_per_patient(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("advisory locks are PostgreSQL's; SQLite serialises writers")
+    _map_to(monkeypatch, _basic("r1", "one"))
+    ids = _store(engine, adt("L1", mrn="A"), adt("L2", mrn="B"), adt("L3", mrn="A"))
+    with session_scope(engine) as s:
+        pipeline.process_batch(s, ids)
+        held = s.execute(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
+        ).scalar_one()
+    assert held == 2  # patients A and B, taken in one statement, held until the commit

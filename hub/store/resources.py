@@ -14,27 +14,26 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, bindparam, insert, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from hub.errors import Gone, NotFound
+from hub.store import bulk
 from hub.store.models import Resource, ResourceVersion
 
-# Called after every write with (session, resource_type, id, resource dict or None when deleted).
-# The search index registers itself here; keeping it a hook keeps this module free of index details.
-WriteHook = Callable[[Session, str, str, dict[str, Any] | None], None]
-# The same for many writes at once (``upsert_many``): [(resource_type, id, stored dict or None), …].
-BatchWriteHook = Callable[[Session, list[tuple[str, str, dict[str, Any] | None]]], None]
+# One write: (resource_type, id, the stored dict or None when deleted, the stored dict it replaced or
+# None when there was no live version: a new resource, or one deleted before).
+Change = tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]
+# Called after every write with the changes of one call, in order. The search index registers itself
+# here; keeping it a hook keeps this module free of index details.
+WriteHook = Callable[[Session, list[Change]], None]
 _write_hooks: list[WriteHook] = []
-_batch_hooks: dict[WriteHook, BatchWriteHook] = {}
 
 
-def register_write_hook(hook: WriteHook, batch: BatchWriteHook | None = None) -> None:
-    """``hook`` runs after each single write; ``batch`` (if given) replaces it for ``upsert_many``."""
+def register_write_hook(hook: WriteHook) -> None:
     if hook not in _write_hooks:
         _write_hooks.append(hook)
-    if batch is not None:
-        _batch_hooks[hook] = batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +42,12 @@ class Written:
     id: str
     version_id: int
     changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Current:
+    version_id: int
+    stored: dict[str, Any] | None  # the live version as stored; None when deleted
 
 
 def _strip_meta(resource: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +84,15 @@ def upsert(
     return upsert_many(session, [resource], message_id=message_id, now=now)[0]
 
 
+_RESOURCE_COLUMNS = ("resource_type", "id", "version_id", "last_updated", "deleted", "patient_id", "content")
+_UPDATE_COLUMNS = ("version_id", "last_updated", "deleted", "patient_id", "content", "resource_type", "id")
+_UPDATE = (
+    "UPDATE resource SET version_id = ?, last_updated = ?, deleted = ?, patient_id = ?, content = ?"
+    " WHERE resource_type = ? AND id = ?"
+)
+_VERSION_COLUMNS = ("resource_type", "id", "version_id", "last_updated", "deleted", "message_id", "content")
+
+
 def upsert_many(
     session: Session,
     resources: list[dict[str, Any]],
@@ -86,76 +100,77 @@ def upsert_many(
     message_id: int | None = None,
     now: datetime | None = None,
 ) -> list[Written]:
-    """``upsert`` for the resources of one message: their current rows are read in one query, version
-    rows and search-index rows are written with one statement per table instead of one per resource."""
+    """``upsert`` for many resources (those of one message, or of a batch of messages, in order): their
+    current rows are read in one query, and each table gets one statement for all of them. The rows
+    go through the driver (``bulk``), not the ORM; a ``Resource`` entity the session already holds for
+    an updated row is expired, so the ORM never serves a stale version."""
+    if not resources:
+        return []
     now = now or datetime.now(UTC)
-    # One query for every current row (two plain INs: a row-value IN makes SQLite scan the whole
-    # primary-key index); a key it does not return is a new resource, with no per-resource look-up.
-    types = sorted({str(r["resourceType"]) for r in resources})
-    ids = sorted({str(r["id"]) for r in resources})
-    found = {
-        (row.resource_type, row.id): row
-        for row in session.scalars(
-            select(Resource).where(Resource.resource_type.in_(types), Resource.id.in_(ids))
-        )
-    }
+    session.flush()  # pending ORM writes (a delete, the MPI's rows) first: the read below must see them
+    connection = session.connection()
+    found = _current_rows(connection, resources)
     out: list[Written] = []
-    versions: list[dict[str, Any]] = []
-    changed: list[tuple[str, str, dict[str, Any] | None]] = []
+    inserts: list[bulk.Row] = []
+    updates: list[bulk.Row] = []
+    versions: list[bulk.Row] = []
+    changes: list[Change] = []
     for resource in resources:
         rtype = resource["resourceType"]
         rid = str(resource["id"])
         body = _strip_meta(resource)
         current = found.get((rtype, rid))
-        if current is not None and not current.deleted and _strip_meta(orjson.loads(current.content)) == body:
+        old = current.stored if current is not None else None
+        if current is not None and old is not None and _strip_meta(old) == body:
             out.append(Written(rtype, rid, current.version_id, False))
             continue
-        version = (current.version_id + 1) if current is not None else 1
+        version = current.version_id + 1 if current is not None else 1
         stored, content = _stored(rtype, rid, body, version, now)
         patient_id = _patient_of(stored)
         if current is None:
-            current = Resource(
-                resource_type=rtype,
-                id=rid,
-                version_id=version,
-                last_updated=now,
-                deleted=False,
-                patient_id=patient_id,
-                content=content,
-            )
-            session.add(current)
-            found[(rtype, rid)] = current  # the same resource twice in one message
-        else:
-            current.version_id = version
-            current.last_updated = now
-            current.deleted = False
-            current.patient_id = patient_id
-            current.content = content
-        versions.append(
-            {
-                "resource_type": rtype,
-                "id": rid,
-                "version_id": version,
-                "last_updated": now,
-                "deleted": False,
-                "message_id": message_id,
-                "content": content,
-            }
-        )
-        changed.append((rtype, rid, stored))
+            inserts.append((rtype, rid, version, now, False, patient_id, content))
+        else:  # inserts run first, so a resource new in this call may be updated later in it
+            updates.append((version, now, False, patient_id, content, rtype, rid))
+        found[(rtype, rid)] = _Current(version, stored)
+        versions.append((rtype, rid, version, now, False, message_id, content))
+        changes.append((rtype, rid, stored, old))
         out.append(Written(rtype, rid, version, True))
-    if versions:
-        # Core, not the ORM: nothing reads these rows back in this transaction.
-        session.execute(insert(ResourceVersion.metadata.tables["resource_version"]), versions)
-    if changed:
+    resource_table = Resource.__table__
+    bulk.insert_rows(connection, resource_table, _RESOURCE_COLUMNS, inserts)  # type: ignore[arg-type]
+    bulk.execute_many(connection, resource_table, _UPDATE, _UPDATE_COLUMNS, updates)  # type: ignore[arg-type]
+    bulk.insert_rows(connection, ResourceVersion.__table__, _VERSION_COLUMNS, versions)  # type: ignore[arg-type]
+    _expire_entities(session, [(row[5], row[6]) for row in updates])
+    if changes:
         for hook in _write_hooks:
-            batch = _batch_hooks.get(hook)
-            if batch is not None:
-                batch(session, changed)
-            else:
-                for item in changed:
-                    hook(session, *item)
+            hook(session, changes)
     return out
+
+
+def _current_rows(connection: Connection, resources: list[dict[str, Any]]) -> dict[tuple[str, str], _Current]:
+    """The current row of each resource that has one, in one query (two plain INs: a row-value IN makes
+    SQLite scan the whole primary-key index); a key it does not return is a new resource."""
+    types = sorted({str(r["resourceType"]) for r in resources})
+    ids = sorted({str(r["id"]) for r in resources})
+    sql = (
+        "SELECT resource_type, id, version_id, deleted, content FROM resource"
+        f" WHERE resource_type IN ({bulk.marks(len(types))}) AND id IN ({bulk.marks(len(ids))})"
+    )
+    rows = connection.exec_driver_sql(bulk.placeholders(connection.dialect, sql), (*types, *ids))
+    return {
+        (rtype, rid): _Current(version, None if deleted else orjson.loads(content))
+        for rtype, rid, version, deleted, content in rows
+    }
+
+
+def _expire_entities(session: Session, keys: list[tuple[str, str]]) -> None:
+    """Rows changed behind the ORM's back: an entity loaded earlier in the transaction (``session.get``
+    in the MPI or a conditional write) reloads on its next use instead of showing the old version."""
+    if not keys or not session.identity_map:
+        return
+    for key in keys:
+        entity = session.identity_map.get(identity_key(Resource, key))
+        if entity is not None:
+            session.expire(entity)
 
 
 def _stored(
@@ -191,7 +206,7 @@ def delete(session: Session, resource_type: str, rid: str, *, message_id: int | 
         )
     )
     for hook in _write_hooks:
-        hook(session, resource_type, rid, None)
+        hook(session, [(resource_type, rid, None, orjson.loads(current.content))])
     return Written(resource_type, rid, current.version_id, True)
 
 

@@ -1,18 +1,24 @@
 """Writing the search-index rows of a resource in the same transaction as the resource itself.
 
-``index_resource`` is registered as a write hook of ``hub.store.resources``: after every upsert the rows
-of the resource are replaced by the values ``search_params.extract`` finds; after a delete they are
-removed, so a deleted resource is never found by search. A first version (``meta.versionId`` 1) has no
-old rows to remove, which keeps bulk loads at one INSERT per table.
+``index_resources`` is registered as a write hook of ``hub.store.resources``. A new resource gets its
+rows inserted; a deleted one loses its rows in every table. An update compares, table by table, the rows
+``search_params.extract`` finds in the version it replaces with those of the new version, and rewrites
+only the tables where they differ (an A08 that changes a name leaves the token, date and reference rows
+alone). Rows go through the driver (``bulk``): one INSERT per table for all new rows of a write, one
+DELETE per table and type for the rewritten ones.
+
+Skipping unchanged tables trusts that the stored rows are what today's ``extract`` makes of the old
+version; after a change to the extraction itself, rewrite the index of the affected types.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, insert
+from sqlalchemy import Connection, Table
 from sqlalchemy.orm import Session
 
+from hub.store import bulk
 from hub.store.models import (
     SearchDate,
     SearchNumber,
@@ -22,8 +28,8 @@ from hub.store.models import (
     SearchToken,
     SearchUri,
 )
-from hub.store.resources import register_write_hook
-from hub.store.search_params import extract
+from hub.store.resources import Change, register_write_hook
+from hub.store.search_params import KINDS, extract_rows
 
 INDEX_MODELS: dict[str, type[Any]] = {
     "token": SearchToken,
@@ -34,43 +40,58 @@ INDEX_MODELS: dict[str, type[Any]] = {
     "number": SearchNumber,
     "uri": SearchUri,
 }
+assert tuple(INDEX_MODELS) == tuple(KINDS), "one index table per kind of extracted row"
+
+_KEY = ("resource_type", "resource_id")
 
 
-def index_resource(session: Session, resource_type: str, rid: str, stored: dict[str, Any] | None) -> None:
-    index_resources(session, [(resource_type, rid, stored)])
-
-
-def index_resources(session: Session, items: list[tuple[str, str, dict[str, Any] | None]]) -> None:
-    """Replace the index rows of many resources: one DELETE per table and type for those that had rows,
-    one INSERT per table for all new rows (Core statements: the ORM's bulk path costs more than the SQL)."""
-    stale: dict[str, list[str]] = {}
-    rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in INDEX_MODELS}
-    for resource_type, rid, stored in items:
-        if stored is None or str((stored.get("meta") or {}).get("versionId")) != "1":
-            stale.setdefault(resource_type, []).append(rid)
-        if stored is None:
+def index_resources(session: Session, changes: list[Change]) -> None:
+    """Bring the index rows of the changed resources in step with their new versions."""
+    stale: dict[str, dict[str, list[str]]] = {kind: {} for kind in KINDS}  # kind → type → ids
+    fresh: dict[str, list[bulk.Row]] = {kind: [] for kind in KINDS}
+    for (rtype, rid), (old, new) in _net(changes).items():
+        after = extract_rows(new) if new is not None else None
+        if old is None:  # nothing indexed: a new resource, or one deleted before
+            if after is not None:
+                for kind, rows in after.items():
+                    fresh[kind].extend((rtype, rid, *row) for row in rows)
             continue
-        extracted = extract(stored)
-        for kind in INDEX_MODELS:
-            found = getattr(extracted, kind)
-            for row in found:
-                row["resource_type"] = resource_type
-                row["resource_id"] = rid
-            rows[kind].extend(found)
-    for resource_type, rids in stale.items():
-        for model in INDEX_MODELS.values():
-            table = model.__table__
-            session.execute(
-                delete(table).where(table.c.resource_type == resource_type, table.c.resource_id.in_(rids))
-            )
+        if after is None:  # deleted: every table, whatever the extraction made of it then
+            for kind in KINDS:
+                stale[kind].setdefault(rtype, []).append(rid)
+            continue
+        before = extract_rows(old)
+        for kind, rows in after.items():
+            if rows != before[kind]:
+                stale[kind].setdefault(rtype, []).append(rid)
+                fresh[kind].extend((rtype, rid, *row) for row in rows)
+    connection = session.connection()
     for kind, model in INDEX_MODELS.items():
-        if rows[kind]:
-            session.execute(insert(model.__table__), rows[kind])
+        table: Table = model.__table__
+        for rtype, rids in stale[kind].items():
+            _delete_rows(connection, table, rtype, rids)
+        if fresh[kind]:
+            bulk.insert_rows(connection, table, (*_KEY, *KINDS[kind]), fresh[kind])
+
+
+def _net(changes: list[Change]) -> dict[tuple[str, str], tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+    """Per resource, the version it had before these changes and the one it has after them (a resource
+    written twice in one call is indexed once, from its last version)."""
+    net: dict[tuple[str, str], tuple[dict[str, Any] | None, dict[str, Any] | None]] = {}
+    for rtype, rid, new, old in changes:
+        first = net.get((rtype, rid))
+        net[(rtype, rid)] = (old if first is None else first[0], new)
+    return net
+
+
+def _delete_rows(connection: Connection, table: Table, resource_type: str, rids: list[str]) -> None:
+    sql = f"DELETE FROM {table.name} WHERE resource_type = ? AND resource_id IN ({bulk.marks(len(rids))})"
+    connection.exec_driver_sql(bulk.placeholders(connection.dialect, sql), (resource_type, *rids))
 
 
 def install() -> None:
     """Register the indexer with the resource store (idempotent)."""
-    register_write_hook(index_resource, batch=index_resources)
+    register_write_hook(index_resources)
 
 
 install()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -588,17 +588,17 @@ def _next_month(low: datetime) -> datetime:
 # --- extracting index rows -----------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Extracted:
-    """Index rows of one resource, per table, as column dicts without resource_type/resource_id."""
-
-    token: list[dict[str, Any]] = field(default_factory=list)
-    string: list[dict[str, Any]] = field(default_factory=list)
-    date: list[dict[str, Any]] = field(default_factory=list)
-    reference: list[dict[str, Any]] = field(default_factory=list)
-    quantity: list[dict[str, Any]] = field(default_factory=list)
-    number: list[dict[str, Any]] = field(default_factory=list)
-    uri: list[dict[str, Any]] = field(default_factory=list)
+# The value columns of each index table after ``param``, in the order ``extract_rows`` fills them.
+KINDS: dict[str, tuple[str, ...]] = {
+    TOKEN: ("param", "system", "code", "text"),
+    STRING: ("param", "value", "exact"),
+    DATE: ("param", "low", "high"),
+    REFERENCE: ("param", "target_type", "target_id"),
+    QUANTITY: ("param", "value", "system", "code", "unit"),
+    NUMBER: ("param", "value"),
+    URI: ("param", "value"),
+}
+Rows = dict[str, list[tuple[Any, ...]]]  # kind → (param, value columns…) per index row
 
 
 def parse_reference(ref: str, declared_type: str | None = None) -> tuple[str, str]:
@@ -626,20 +626,59 @@ def _compile(path: str) -> tuple[Segment, ...]:
     return tuple(out)
 
 
-_PLANS: dict[str, list[tuple[SearchParam, list[tuple[Segment, ...]]]]] = {}
+# What one value found at a parameter's path becomes: its rows (value columns, without ``param``).
+RowMaker = Callable[["SearchParam", Any], Iterator[tuple[Any, ...]]]
 
 
-def _plan(resource_type: str) -> list[tuple[SearchParam, list[tuple[Segment, ...]]]]:
-    """The indexed parameters of a type with their paths parsed once."""
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One indexed parameter of a type, compiled: its paths, and what a value found there becomes."""
+
+    name: str
+    kind: str
+    paths: tuple[tuple[Segment, ...], ...]
+    make_rows: RowMaker
+    param: SearchParam
+    modifiers: bool  # token and reference values may add ``:of-type`` / ``:identifier`` rows
+
+
+_PLANS: dict[str, tuple[_Step, ...]] = {}
+
+
+def _plan(resource_type: str) -> tuple[_Step, ...]:
+    """The indexed parameters of a type with their paths parsed and their row makers chosen once."""
     plan = _PLANS.get(resource_type)
     if plan is None:
-        plan = [
-            (p, [_compile(path) for path in p.paths])
-            for p in params_of(resource_type).values()
-            if p.type not in (SPECIAL, COMPOSITE)
-        ]
-        _PLANS[resource_type] = plan
+        steps = []
+        for p in params_of(resource_type).values():
+            if p.type in (SPECIAL, COMPOSITE):
+                continue
+            paths = tuple(_compile(path) for path in p.paths)
+            modifiers = p.type in (TOKEN, REFERENCE)
+            steps.append(_Step(p.name, p.type, paths, _ROW_MAKERS[p.type], p, modifiers))
+        plan = _PLANS[resource_type] = tuple(steps)
     return plan
+
+
+def _values(resource: dict[str, Any], step: _Step) -> list[Any]:
+    """The values at a parameter's paths, in path order; a one-key path (``status``, ``subject``: most
+    of them) is a plain look-up."""
+    found: list[Any] = []
+    for path in step.paths:
+        head, choice, wanted = path[0]
+        if choice:
+            found.extend(_walk_compiled(resource, path))
+            continue
+        value = resource.get(head)
+        if value is None:
+            continue
+        if len(path) > 1 or wanted is not None:
+            found.extend(_walk_compiled(resource, path))
+        elif isinstance(value, list):
+            found.extend(value)
+        else:
+            found.append(value)
+    return found
 
 
 def _walk_compiled(resource: dict[str, Any], path: tuple[Segment, ...]) -> list[Any]:
@@ -672,117 +711,136 @@ def _walk_compiled(resource: dict[str, Any], path: tuple[Segment, ...]) -> list[
     return current
 
 
-def extract(resource: dict[str, Any]) -> Extracted:
-    out = Extracted()
-    for param, paths in _plan(resource.get("resourceType", "")):
+def extract_rows(resource: dict[str, Any]) -> Rows:
+    """The index rows of ``resource`` per kind: ``(param, value columns…)`` tuples (``KINDS``), one per
+    distinct value of a parameter, plus the ``:of-type`` / ``:identifier`` token rows."""
+    out: Rows = {kind: [] for kind in KINDS}
+    tokens = out[TOKEN]
+    for step in _plan(resource.get("resourceType", "")):
+        values = _values(resource, step)
+        if not values:  # most parameters of a type, on most resources
+            continue
         seen: set[tuple[Any, ...]] = set()
-        for path in paths:
-            head, choice, _ = path[0]
-            if not choice and head not in resource:
-                continue
-            for value in _walk_compiled(resource, path):
-                for row in _rows(param, value):
-                    key = tuple(row.values())
-                    if key not in seen:
-                        seen.add(key)
-                        row["param"] = param.name
-                        getattr(out, param.type).append(row)
-                extra = _modifier_row(param, value)
+        rows = out[step.kind]
+        for value in values:
+            for row in step.make_rows(step.param, value):
+                if row not in seen:
+                    seen.add(row)
+                    rows.append((step.name, *row))
+            if step.modifiers and isinstance(value, dict):
+                extra = _modifier_row(step.param, value)
                 if extra is not None:
-                    out.token.append(extra)
+                    tokens.append(extra)
     return out
 
 
-def _modifier_row(param: SearchParam, value: Any) -> dict[str, Any] | None:
+def _modifier_row(param: SearchParam, value: dict[str, Any]) -> tuple[str, str, str, str] | None:
     """Token rows under ``name:of-type`` (an Identifier's type coding, for ``identifier:of-type``) and
     ``name:identifier`` (a Reference's logical identifier, for ``subject:identifier``)."""
-    if not isinstance(value, dict):
-        return None
     if param.type == TOKEN and isinstance(value.get("value"), str):
         codings = (value.get("type") or {}).get("coding") if isinstance(value.get("type"), dict) else None
         for coding in codings or []:
             if isinstance(coding, dict) and coding.get("code"):
-                return {
-                    "param": f"{param.name}:of-type",
-                    "system": f"{coding.get('system', '')}|{coding['code']}"[:255],
-                    "code": value["value"][:255],
-                    "text": "",
-                }
+                return (
+                    f"{param.name}:of-type",
+                    f"{coding.get('system', '')}|{coding['code']}"[:255],
+                    value["value"][:255],
+                    "",
+                )
     if param.type == REFERENCE and isinstance(value.get("identifier"), dict):
         ident = value["identifier"]
         if isinstance(ident.get("value"), str):
-            return {
-                "param": f"{param.name}:identifier",
-                "system": str(ident.get("system", ""))[:255],
-                "code": ident["value"][:255],
-                "text": "",
-            }
+            return (
+                f"{param.name}:identifier",
+                str(ident.get("system", ""))[:255],
+                ident["value"][:255],
+                "",
+            )
     return None
 
 
-def _rows(param: SearchParam, value: Any) -> Iterator[dict[str, Any]]:
-    if param.type == TOKEN:
-        yield from _token_rows(value)
-    elif param.type == STRING:
-        for text in _strings(value):
-            if text.strip():
-                yield {"value": normalize(text), "exact": text[:255]}
-    elif param.type == DATE:
-        rng = _date_value(value)
-        if rng is not None:
-            yield {"low": rng[0], "high": rng[1]}
-    elif param.type == REFERENCE:
-        if isinstance(value, dict) and isinstance(value.get("reference"), str):
-            ttype, tid = parse_reference(value["reference"], value.get("type"))
-            if not param.targets or ttype in param.targets:
-                yield {"target_type": ttype, "target_id": tid[:255]}
-    elif param.type == QUANTITY:
-        if isinstance(value, dict) and isinstance(value.get("value"), int | float):
-            yield {
-                "value": float(value["value"]),
-                "system": str(value.get("system", ""))[:255],
-                "code": str(value.get("code", ""))[:64],
-                "unit": str(value.get("unit", ""))[:64],
-            }
-    elif param.type == NUMBER:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            yield {"value": float(value)}
-    elif param.type == URI and isinstance(value, str):
-        yield {"value": value[:255]}
+def _string_rows(param: SearchParam, value: Any) -> Iterator[tuple[Any, ...]]:
+    for text in _strings(value):
+        if text.strip():
+            yield normalize(text), text[:255]
 
 
-def _token_rows(value: Any) -> Iterator[dict[str, Any]]:
+def _date_rows(param: SearchParam, value: Any) -> Iterator[tuple[Any, ...]]:
+    rng = _date_value(value)
+    if rng is not None:
+        yield rng
+
+
+def _reference_rows(param: SearchParam, value: Any) -> Iterator[tuple[Any, ...]]:
+    if isinstance(value, dict) and isinstance(value.get("reference"), str):
+        ttype, tid = parse_reference(value["reference"], value.get("type"))
+        if not param.targets or ttype in param.targets:
+            yield ttype, tid[:255]
+
+
+def _quantity_rows(param: SearchParam, value: Any) -> Iterator[tuple[Any, ...]]:
+    if isinstance(value, dict) and isinstance(value.get("value"), int | float):
+        yield (
+            float(value["value"]),
+            str(value.get("system", ""))[:255],
+            str(value.get("code", ""))[:64],
+            str(value.get("unit", ""))[:64],
+        )
+
+
+def _number_rows(param: SearchParam, value: Any) -> Iterator[tuple[Any, ...]]:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        yield (float(value),)
+
+
+def _uri_rows(param: SearchParam, value: Any) -> Iterator[tuple[Any, ...]]:
+    if isinstance(value, str):
+        yield (value[:255],)
+
+
+def _token_rows(param: SearchParam, value: Any) -> Iterator[tuple[Any, ...]]:
     if isinstance(value, bool):
-        yield {"system": "", "code": "true" if value else "false", "text": ""}
+        yield "", "true" if value else "false", ""
     elif isinstance(value, str):
-        yield {"system": "", "code": value[:255], "text": ""}
+        yield "", value[:255], ""
     elif isinstance(value, dict):
         if "coding" in value or ("text" in value and "code" not in value and "value" not in value):
             text = normalize(value.get("text", "")) if isinstance(value.get("text"), str) else ""
             for coding in value.get("coding") or []:
                 if isinstance(coding, dict) and coding.get("code"):
                     display = coding.get("display")
-                    yield {
-                        "system": str(coding.get("system", ""))[:255],
-                        "code": str(coding["code"])[:255],
-                        "text": text or (normalize(display) if isinstance(display, str) else ""),
-                    }
+                    yield (
+                        str(coding.get("system", ""))[:255],
+                        str(coding["code"])[:255],
+                        text or (normalize(display) if isinstance(display, str) else ""),
+                    )
             if text and not value.get("coding"):
-                yield {"system": "", "code": "", "text": text}
+                yield "", "", text
         elif "code" in value:  # Coding
             display = value.get("display")
-            yield {
-                "system": str(value.get("system", ""))[:255],
-                "code": str(value["code"])[:255],
-                "text": normalize(display) if isinstance(display, str) else "",
-            }
+            yield (
+                str(value.get("system", ""))[:255],
+                str(value["code"])[:255],
+                normalize(display) if isinstance(display, str) else "",
+            )
         elif "value" in value:  # Identifier or ContactPoint
             type_text = ""
             id_type = value.get("type")
             if isinstance(id_type, dict) and isinstance(id_type.get("text"), str):
                 type_text = normalize(id_type["text"])
             system = value.get("system", "")
-            yield {"system": str(system)[:255], "code": str(value["value"])[:255], "text": type_text}
+            yield str(system)[:255], str(value["value"])[:255], type_text
+
+
+_ROW_MAKERS: dict[str, RowMaker] = {
+    TOKEN: _token_rows,
+    STRING: _string_rows,
+    DATE: _date_rows,
+    REFERENCE: _reference_rows,
+    QUANTITY: _quantity_rows,
+    NUMBER: _number_rows,
+    URI: _uri_rows,
+}
 
 
 def _strings(value: Any) -> Iterator[str]:

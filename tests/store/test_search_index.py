@@ -10,7 +10,7 @@ from sqlalchemy import Engine, func, select
 from hub.db import session_scope
 from hub.store import resources
 from hub.store.models import SearchDate, SearchQuantity, SearchReference, SearchString, SearchToken
-from hub.store.search_params import date_range, extract, normalize, walk
+from hub.store.search_params import date_range, extract_rows, normalize, walk
 from tests.fhir_api import builders as b
 
 
@@ -39,16 +39,13 @@ def test_walk_choice_types_and_filters() -> None:
 
 
 def test_extract_rows_per_type() -> None:
-    rows = extract(b.observation("o1", "p1", value=7.5, unit="mmol/L"))
-    tokens = {(r["param"], r["system"], r["code"]) for r in rows.token}
+    rows = extract_rows(b.observation("o1", "p1", value=7.5, unit="mmol/L"))
+    tokens = {(param, system, code) for param, system, code, _ in rows["token"]}
     assert ("code", "http://loinc.org", "8480-6") in tokens and ("status", "", "final") in tokens
-    assert {(r["param"], r["target_type"], r["target_id"]) for r in rows.reference} == {
-        ("subject", "Patient", "p1"),
-        ("patient", "Patient", "p1"),
-    }
-    assert [(r["param"], r["value"], r["code"]) for r in rows.quantity] == [("value-quantity", 7.5, "mmol/L")]
-    names = extract(b.patient("p1", family="Pérez", given="Ána"))
-    assert {"perez", "ana"} <= {r["value"] for r in names.string if r["param"] == "name"}
+    assert set(rows["reference"]) == {("subject", "Patient", "p1"), ("patient", "Patient", "p1")}
+    assert [(r[0], r[1], r[3]) for r in rows["quantity"]] == [("value-quantity", 7.5, "mmol/L")]
+    names = extract_rows(b.patient("p1", family="Pérez", given="Ána"))
+    assert {"perez", "ana"} <= {value for param, value, _ in names["string"] if param == "name"}
     assert normalize("  ÉLODIE ") == "elodie"
 
 
