@@ -198,21 +198,25 @@ def write_turn(engine: Engine, *, urgent: bool = False) -> Iterator[None]:
         yield
 
 
-TRANSIENT_SQLSTATES = ("40P01", "40001")  # deadlock detected, serialization failure
+# Deadlock detected, serialization failure, and a unique violation: a concurrent transaction inserted the
+# same new row (a shared Practitioner, say) first; run again, the transaction finds it and updates it.
+TRANSIENT_SQLSTATES = ("40P01", "40001", "23505")
 
 
 def is_transient(exc: BaseException) -> bool:
     """A database error that a retry of the whole transaction can cure (PostgreSQL picked this
-    transaction as a deadlock victim, or a serialization conflict)."""
+    transaction as a deadlock victim, a serialization conflict, or a concurrent insert of the same row)."""
     orig = getattr(exc, "orig", None)
     return getattr(orig, "sqlstate", None) in TRANSIENT_SQLSTATES
 
 
-def retry_transient(work: Callable[[], T], attempts: int = 3) -> T:
-    """Run ``work`` (one whole transaction) again when it fails transiently, up to ``attempts`` times."""
+def retry_transient(work: Callable[[bool], T], attempts: int = 3) -> T:
+    """Run ``work`` (one whole transaction) again when it fails transiently, up to ``attempts`` times.
+    ``work`` is told whether this is its last attempt: then it should settle what it can (the pipeline
+    records a still-conflicting message as failed, replayable) rather than raise again."""
     for attempt in range(1, attempts + 1):
         try:
-            return work()
+            return work(attempt == attempts)
         except Exception as exc:
             if attempt == attempts or not is_transient(exc):
                 raise

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from hub import hl7
 from hub.config import get_settings
+from hub.db import is_transient
 from hub.errors import HubError
 from hub.fhir.validate import validate_resources
 from hub.mapping import SenderContext, map_message
@@ -47,11 +48,15 @@ class Outcome:
     error_code: str | None = None
 
 
-def process_batch(session: Session, ids: Iterable[int], *, force: bool = False) -> list[Outcome]:
+def process_batch(
+    session: Session, ids: Iterable[int], *, force: bool = False, retrying: bool = False
+) -> list[Outcome]:
     """Process messages by id. Without ``force`` only ``received`` ones are processed (a message taken
     twice, by a redelivered task or the sweeper, is processed once); with ``force`` (replay) failed,
     held and processed ones are processed again. Earlier ``received`` messages of the same patients
-    are processed first, in arrival order."""
+    are processed first, in arrival order. With ``retrying`` (the caller runs the whole transaction
+    again on a transient error) a deadlock or a concurrent insert of the same row is raised instead of
+    failing the message."""
     wanted = sorted(set(ids))
     if not wanted:
         return []
@@ -75,7 +80,7 @@ def process_batch(session: Session, ids: Iterable[int], *, force: bool = False) 
     if patients and todo:
         for earlier in _earlier_pending(session, patients, max(todo)):
             todo.setdefault(earlier.id, earlier)
-    done = [_process_one(session, todo[i]) for i in sorted(todo)]
+    done = [_process_one(session, todo[i], retrying) for i in sorted(todo)]
     _record_outcomes(session, list(todo.values()), done)
     return [d.outcome for d in done]
 
@@ -142,7 +147,7 @@ class _Done:
     unmapped: list[dict[str, Any]] | None = None  # a failure keeps the report of the last success
 
 
-def _process_one(session: Session, row: InboundMessage) -> _Done:
+def _process_one(session: Session, row: InboundMessage, retrying: bool) -> _Done:
     try:
         # Parse, map and validate write nothing: a message failing there needs no savepoint to undo.
         header = hl7.peek_header(row.raw)
@@ -164,6 +169,10 @@ def _process_one(session: Session, row: InboundMessage) -> _Done:
             written = store.upsert_many(session, result.resources, message_id=row.id, now=now)
             _record_written(session, row.id, written)
     except Exception as exc:
+        if retrying and is_transient(exc):
+            # A deadlock with another worker (or its insert of the same new row): this transaction may
+            # hold what the other one waits for, so only rolling back all of it gets both through.
+            raise
         return _failure(row, exc)
     return _Done(Outcome(row.id, "processed"), now, unmapped=result.unmapped)
 

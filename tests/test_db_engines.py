@@ -69,17 +69,17 @@ def test_transient_failures_are_retried_and_others_are_not() -> None:
     class Deadlock(Exception):
         sqlstate = "40P01"
 
-    calls: list[int] = []
+    calls: list[bool] = []
 
-    def flaky() -> str:
-        calls.append(1)
+    def flaky(last: bool) -> str:
+        calls.append(last)
         if len(calls) < 3:
             raise OperationalError("SELECT 1", {}, Deadlock())
         return "done"
 
-    assert retry_transient(flaky) == "done" and len(calls) == 3
+    assert retry_transient(flaky) == "done" and calls == [False, False, True]
 
-    def broken() -> None:
+    def broken(last: bool) -> None:
         raise OperationalError("SELECT 1", {}, ValueError("no such table"))
 
     with pytest.raises(OperationalError):

@@ -7,9 +7,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
 
 from hub import pipeline
 from hub.config import Settings
@@ -17,6 +20,7 @@ from hub.db import session_scope
 from hub.hl7 import Message
 from hub.ingest.service import Intake
 from hub.mapping import MappingResult, SenderContext
+from hub.tasks import worker as worker_module
 from hub.tasks.worker import InProcessWorker
 from tests.ordering import (
     assert_encounters_finished,
@@ -48,14 +52,25 @@ def _run_burst(engine: Engine, prefix: str) -> list[int]:
 def test_patient_order_across_four_worker_threads(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, list[str]] = defaultdict(list)
     lock = threading.Lock()
-    real_map = pipeline.map_message
+    attempt = threading.local()  # what the mapping saw in this thread's current transaction
+    real_map, real_batch = pipeline.map_message, worker_module.process_batch
 
     def recording_map(message: Message, ctx: SenderContext) -> MappingResult:
-        with lock:
-            seen[message.get("PID-3")].append(message.get("MSH-9.2"))
+        attempt.seen.append((message.get("PID-3"), message.get("MSH-9.2")))
         return real_map(message, ctx)
 
+    def recording_batch(session: Session, ids: Iterable[int], **kw: Any) -> list[pipeline.Outcome]:
+        # A batch rolled back to be run again (a PostgreSQL deadlock victim) applied nothing: only what
+        # a batch that completed saw counts as applied.
+        attempt.seen = []
+        outcomes = real_batch(session, ids, **kw)
+        with lock:
+            for patient, event in attempt.seen:
+                seen[patient].append(event)
+        return outcomes
+
     monkeypatch.setattr(pipeline, "map_message", recording_map)
+    monkeypatch.setattr(worker_module, "process_batch", recording_batch)
     ids = _run_burst(engine, "IP")
     assert len(ids) == 3 * PATIENTS
     assert_patient_order(stored_rows(engine, ids))

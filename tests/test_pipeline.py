@@ -162,3 +162,28 @@ def test_postgresql_batch_holds_one_advisory_lock_per_patient(
             text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
         ).scalar_one()
     assert held == 2  # patients A and B, taken in one statement, held until the commit
+
+
+def test_a_conflict_with_another_worker_is_raised_for_a_retry_and_failed_on_the_last_attempt(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadlock or a concurrent insert of the same row (PostgreSQL) cannot be cured inside this
+    transaction: while the caller will retry, it is raised; on the last attempt it fails the message."""
+    from sqlalchemy.exc import IntegrityError
+
+    class UniqueViolation(Exception):
+        sqlstate = "23505"
+
+    def conflicting(*args: Any, **kw: Any) -> Any:
+        raise IntegrityError("INSERT INTO resource …", {}, UniqueViolation())
+
+    (mid,) = _store(engine, adt("CF1"))
+    monkeypatch.setattr(pipeline.store, "upsert_many", conflicting)
+    with pytest.raises(IntegrityError), session_scope(engine) as s:
+        pipeline.process_batch(s, [mid], retrying=True)
+    with session_scope(engine) as s:
+        (outcome,) = pipeline.process_batch(s, [mid], retrying=False)
+    assert outcome.state == "failed" and outcome.error_code == "internal-error"
+    with Session(engine) as s:
+        row = s.get(InboundMessage, mid)
+        assert row is not None and row.state == "failed" and row.attempts == 1  # the raised try left no trace

@@ -65,9 +65,9 @@ def _process(ids: Sequence[int]) -> None:
     from hub.db import retry_transient, session_scope
     from hub.pipeline import process_batch
 
-    def work() -> None:
+    def work(last: bool) -> None:
         with session_scope(_engine()) as session:
-            process_batch(session, ids)
+            process_batch(session, ids, retrying=not last)
 
     retry_transient(work)
 

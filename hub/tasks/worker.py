@@ -93,9 +93,9 @@ class InProcessWorker:
                     started = time.perf_counter()
                     try:
 
-                        def work(chunk: list[int] = chunk) -> int:
+                        def work(last: bool, chunk: list[int] = chunk) -> int:
                             with write_turn(self.engine), session_scope(self.engine) as session:
-                                return len(process_batch(session, chunk))
+                                return len(process_batch(session, chunk, retrying=not last))
 
                         self.processed += retry_transient(work)
                     except Exception:  # a broken batch stays 'received'; the sweeper brings it back
