@@ -73,8 +73,13 @@ class Figures:
     cpu: dict[str, tuple[float, float]] = field(default_factory=dict)  # query -> CPU s: server, postgres
 
     def report(self) -> str:
+        loaded = (
+            f"loaded in {self.load_s:.1f} s ({self.resources / self.load_s:,.0f}/s)"
+            if self.load_s == self.load_s  # NaN: --no-load measured a database loaded earlier
+            else "loaded earlier (--no-load)"
+        )
         lines = [
-            f"{self.resources:,} resources, loaded in {self.load_s:.1f} s ({self.resources / self.load_s:,.0f}/s)",
+            f"{self.resources:,} resources, {loaded}",
             f"machine load (1-minute average) while measuring: {self.machine_load[0]:.2f} -> "
             f"{self.machine_load[1]:.2f} on {os.cpu_count()} CPUs",
             f"{'query':<50} {'n':>5} {'p50 ms':>8} {'p99 ms':>8}"
