@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -162,12 +163,14 @@ class WriteGate:
         self._cond = threading.Condition()
         self._busy = False
         self._urgent = 0
+        self.last_urgent = float("-inf")  # time.monotonic() of the last urgent (intake) write
 
     @contextmanager
     def hold(self, *, urgent: bool = False) -> Iterator[None]:
         with self._cond:
             if urgent:
                 self._urgent += 1
+                self.last_urgent = time.monotonic()
             try:
                 self._cond.wait_for(lambda: not self._busy and (urgent or self._urgent == 0))
             finally:
@@ -186,15 +189,23 @@ _gates: dict[str, WriteGate] = {}  # by database file: the intake's and the work
 _gates_lock = threading.Lock()
 
 
+def _gate(engine: Engine) -> WriteGate:
+    with _gates_lock:
+        return _gates.setdefault(str(engine.url.database), WriteGate())
+
+
+def seconds_since_urgent_write(engine: Engine) -> float:
+    """How long ago the intake last wrote to this SQLite database (infinite if never, in this process)."""
+    return time.monotonic() - _gate(engine).last_urgent
+
+
 @contextmanager
 def write_turn(engine: Engine, *, urgent: bool = False) -> Iterator[None]:
     """Hold the engine's :class:`WriteGate` around a writing transaction (SQLite; a no-op otherwise)."""
     if not is_sqlite(engine):
         yield
         return
-    with _gates_lock:
-        gate = _gates.setdefault(str(engine.url.database), WriteGate())
-    with gate.hold(urgent=urgent):
+    with _gate(engine).hold(urgent=urgent):
         yield
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from hub.db import WriteGate, make_engine, processing_engine
+from hub.db import WriteGate, make_engine, processing_engine, seconds_since_urgent_write, write_turn
 
 
 def test_intake_engine_is_durable_and_processing_engine_is_not(database_url: str) -> None:
@@ -84,3 +85,25 @@ def test_transient_failures_are_retried_and_others_are_not() -> None:
 
     with pytest.raises(OperationalError):
         retry_transient(broken)
+
+
+def test_sqlite_worker_transactions_stay_short_while_the_intake_writes_and_grow_when_it_is_idle(
+    tmp_path: Path,
+) -> None:
+    from hub.tasks import worker as worker_module
+    from hub.tasks.worker import InProcessWorker
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'steps.db'}")
+    try:
+        worker = InProcessWorker(processing_engine(engine), batch=50)
+        worker._ms_per_message = 5.0
+        idle_step = int(worker_module.SQLITE_IDLE_HOLD_MS / 5.0)
+        busy_step = int(worker_module.SQLITE_HOLD_MS / 5.0)
+        assert busy_step < idle_step <= 50
+        assert worker._step() == idle_step  # the intake never wrote: a backlog goes in big transactions
+        with write_turn(engine, urgent=True):  # an intake commit
+            pass
+        assert worker._step() == busy_step  # its next ACKs wait for at most one short transaction
+        assert seconds_since_urgent_write(engine) < worker_module.SQLITE_IDLE_S
+    finally:
+        engine.dispose()

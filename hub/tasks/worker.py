@@ -17,13 +17,18 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select
 
-from hub.db import is_sqlite, retry_transient, session_scope, write_turn
+from hub.db import is_sqlite, retry_transient, seconds_since_urgent_write, session_scope, write_turn
 from hub.pipeline import process_batch
 from hub.store.models import InboundMessage
 
 log = logging.getLogger(__name__)
 
 SQLITE_HOLD_MS = 10.0  # on SQLite, how long one worker transaction may keep the intake waiting
+# ... and while the intake has not written for SQLITE_IDLE_S (a backlog, an import, a replay): bigger
+# transactions cost less per message (one message a transaction ≈ 12.7 ms, ten ≈ 9.4, twenty ≈ 7.5 ms
+# of CPU an ORU^R01), and the first ACK after the pause waits for one of them at most.
+SQLITE_IDLE_HOLD_MS = 100.0
+SQLITE_IDLE_S = 0.5
 
 
 class InProcessWorker:
@@ -58,10 +63,13 @@ class InProcessWorker:
     def _step(self) -> int:
         """Messages per transaction. On SQLite a transaction holds the file's only write lock and the
         intake's next commit (so the next ACKs) waits for it: there, as many as fit in about
-        ``SQLITE_HOLD_MS`` (worker commits are cheap: no fsync)."""
+        ``SQLITE_HOLD_MS`` (worker commits are cheap: no fsync), or ``SQLITE_IDLE_HOLD_MS`` while the
+        intake has been idle for ``SQLITE_IDLE_S``."""
         if not self._sqlite:
             return self.batch
-        return max(1, min(self.batch, int(SQLITE_HOLD_MS / max(self._ms_per_message, 0.01))))
+        idle = seconds_since_urgent_write(self.engine) > SQLITE_IDLE_S
+        hold = SQLITE_IDLE_HOLD_MS if idle else SQLITE_HOLD_MS
+        return max(1, min(self.batch, int(hold / max(self._ms_per_message, 0.01))))
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until the queue is empty and no batch is running (tests, ``hub import``)."""
