@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -95,6 +96,11 @@ def worker(
             pool,
             "--without-gossip",
             "--without-mingle",
+            # A node name of its own: two workers on one host (two hubs, or a restart while the old one
+            # drains) would otherwise both claim celery@host's exclusive control queue, and the second
+            # one dies with RESOURCE_LOCKED on RabbitMQ.
+            "--hostname",
+            f"hub-{settings.celery_queue}-{os.getpid()}@%h",
         ]
     )
 

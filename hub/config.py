@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # on 2 cores: any wait only adds ACK latency, since a commit's fsync already gathers the next batch).
     commit_window_ms: float = 0.0
     commit_max_batch: int = 500
+    # ... and while a commit has fewer messages than the previous one had (the senders it answered are
+    # about to send again), it waits up to commit_gather_ms for them: one fsync for the round, not two.
+    commit_gather_ms: float = 1.0
 
     worker_enabled: bool = True  # in-process worker threads when no broker is set
     worker_threads: int = 1

@@ -29,7 +29,7 @@ from hub.config import get_settings
 from hub.db import is_transient
 from hub.errors import HubError
 from hub.fhir.validate import validate_resources
-from hub.mapping import SenderContext, map_message
+from hub.mapping import MappingResult, SenderContext, map_message
 from hub.mpi.service import resolve_identities, settings_for
 from hub.store import bulk
 from hub.store import resources as store
@@ -48,15 +48,38 @@ class Outcome:
     error_code: str | None = None
 
 
+def premap(session: Session, ids: Iterable[int]) -> dict[int, MappingResult]:
+    """Parse, map and validate the ``received`` messages among ``ids``, reading only: a worker does this
+    before it takes its write turn (on SQLite the one writer's lock, which the intake's next commit waits
+    for), and hands the results to :func:`process_batch`. A message that fails here is left out; the
+    batch maps it again and records the failure."""
+    rows = session.scalars(
+        select(InboundMessage).where(InboundMessage.id.in_(sorted(set(ids))), InboundMessage.state == PENDING)
+    ).all()
+    out: dict[int, MappingResult] = {}
+    for row in rows:
+        try:
+            out[row.id] = _map(session, row)
+        except Exception:
+            continue
+    return out
+
+
 def process_batch(
-    session: Session, ids: Iterable[int], *, force: bool = False, retrying: bool = False
+    session: Session,
+    ids: Iterable[int],
+    *,
+    force: bool = False,
+    retrying: bool = False,
+    mapped: dict[int, MappingResult] | None = None,
 ) -> list[Outcome]:
     """Process messages by id. Without ``force`` only ``received`` ones are processed (a message taken
     twice, by a redelivered task or the sweeper, is processed once); with ``force`` (replay) failed,
     held and processed ones are processed again. Earlier ``received`` messages of the same patients
     are processed first, in arrival order. With ``retrying`` (the caller runs the whole transaction
     again on a transient error) a deadlock or a concurrent insert of the same row is raised instead of
-    failing the message."""
+    failing the message. ``mapped`` holds results of :func:`premap`; each is used once (taken out), so a
+    retried transaction maps again rather than reuse dicts the identity step changed."""
     wanted = sorted(set(ids))
     if not wanted:
         return []
@@ -80,7 +103,8 @@ def process_batch(
     if patients and todo:
         for earlier in _earlier_pending(session, patients, max(todo)):
             todo.setdefault(earlier.id, earlier)
-    done = [_process_one(session, todo[i], retrying) for i in sorted(todo)]
+    mapped = mapped if mapped is not None else {}
+    done = [_process_one(session, todo[i], retrying, mapped.pop(i, None)) for i in sorted(todo)]
     _record_outcomes(session, list(todo.values()), done)
     return [d.outcome for d in done]
 
@@ -147,15 +171,23 @@ class _Done:
     unmapped: list[dict[str, Any]] | None = None  # a failure keeps the report of the last success
 
 
-def _process_one(session: Session, row: InboundMessage, retrying: bool) -> _Done:
+def _map(session: Session, row: InboundMessage) -> MappingResult:
+    """Parse, map and validate: nothing written, so a message failing here needs no savepoint to undo."""
+    header = hl7.peek_header(row.raw)
+    message = hl7.parse(hl7.decode(row.raw, header))
+    result = map_message(message, _sender_context(session, row))
+    # HUB_VALIDATE: the R4B models check all, a sample, or none of the mapped messages.
+    validate_resources(result.resources, get_settings().validate_mode, key=row.id)
+    return result
+
+
+def _process_one(
+    session: Session, row: InboundMessage, retrying: bool, result: MappingResult | None = None
+) -> _Done:
     try:
-        # Parse, map and validate write nothing: a message failing there needs no savepoint to undo.
-        header = hl7.peek_header(row.raw)
-        message = hl7.parse(hl7.decode(row.raw, header))
         ctx = _sender_context(session, row)
-        result = map_message(message, ctx)
-        # HUB_VALIDATE: the R4B models check all, a sample, or none of the mapped messages.
-        validate_resources(result.resources, get_settings().validate_mode, key=row.id)
+        if result is None:
+            result = _map(session, row)
     except Exception as exc:
         return _failure(row, exc)
     try:

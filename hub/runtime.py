@@ -43,7 +43,12 @@ class Runtime:
             self.dispatch = self.celery
         elif settings.worker_enabled:
             self.worker_engine = processing_engine(self.engine)
-            self.worker = InProcessWorker(self.worker_engine, settings.worker_threads, settings.worker_batch)
+            self.worker = InProcessWorker(
+                self.worker_engine,
+                settings.worker_threads,
+                settings.worker_batch,
+                read_engine=self.read_engine,
+            )
             self.dispatch = self.worker.dispatch
         else:
             self.dispatch = _nowhere

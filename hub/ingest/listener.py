@@ -1,21 +1,31 @@
 """The MLLP listener: asyncio TCP (optionally TLS with client certificates) on top of the pure framing
 in ``mllp.py``. Each frame goes to :class:`~hub.ingest.service.Intake`; its ACK is written back only
-after the message is committed. Frames on one connection are answered in order."""
+after the message is committed. Frames on one connection are answered in order.
+
+A connection is an :class:`asyncio.Protocol`, not a stream task: a frame costs one call into the intake
+and no task, future or timeout object of its own. The committer thread wakes the event loop once per
+commit (not once per message), and that wake-up writes every ACK that became ready, connection by
+connection, in order.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
-from concurrent.futures import Future
+from collections import deque
 from pathlib import Path
+from typing import cast
 
 from hub.config import Settings
-from hub.ingest.mllp import FrameDecoder, Oversize, frame
-from hub.ingest.service import Accepted, Intake, StorageUnavailable
+from hub.ingest.mllp import END, START, FrameDecoder, Oversize
+from hub.ingest.service import Intake, StorageUnavailable, Ticket
 
 log = logging.getLogger(__name__)
+
+# Frames a connection may have in flight (sent, not yet acknowledged) before the hub stops reading it
+# until ACKs catch up: a sender that pipelines without reading cannot make the hub buffer without end.
+MAX_IN_FLIGHT = 1000
 
 
 def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
@@ -33,7 +43,11 @@ class MLLPServer:
         self.intake = intake
         self.settings = settings
         self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: dict[_Connection, None] = {}  # connections with ACKs outstanding, in arrival order
+        self._flush_scheduled = False
         self.connections = 0
+        intake.on_commit(self._committed)
 
     @property
     def port(self) -> int:
@@ -47,65 +61,156 @@ class MLLPServer:
             if s.mllp_tls_cert and s.mllp_tls_key
             else None
         )
-        self._server = await asyncio.start_server(
-            self._handle, s.mllp_host, s.mllp_port, ssl=ctx, limit=1 << 20, backlog=512
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(
+            lambda: _Connection(self), s.mllp_host, s.mllp_port, ssl=ctx, backlog=512
         )
         log.info("MLLP listening on %s:%s%s", s.mllp_host, self.port, " (TLS)" if ctx else "")
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            for conn in list(self._waiting):
+                conn.close()
             await self._server.wait_closed()
             self._server = None
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        decoder = FrameDecoder(self.settings.mllp_max_frame_bytes)
-        self.connections += 1
+    def _committed(self) -> None:
+        """Called by the committer thread after each commit: one loop wake-up for all its ACKs. The
+        flag is cleared by the flush before it looks at the tickets, so a commit that lands while a
+        flush runs schedules the next one."""
+        loop = self._loop
+        if loop is None or self._flush_scheduled or not self._waiting:
+            return
+        self._flush_scheduled = True
         try:
-            while True:
-                try:
-                    data = await asyncio.wait_for(
-                        reader.read(65536), timeout=self.settings.mllp_idle_timeout_s
-                    )
-                except TimeoutError:
-                    log.info("MLLP connection %s idle, closing", peer)
-                    return
-                if not data:
-                    return
-                # Every frame of this read goes to the intake at once (a pipelining sender gets its
-                # messages into one group commit); the ACKs go back in the order of the frames.
-                pending: list[Future[Accepted]] = []
-                close = False
-                for item in decoder.feed(data):
-                    if isinstance(item, Oversize):
-                        pending.append(self.intake.submit(item.head, "mllp", oversize=item.size))
-                        close = True  # the rest of that frame cannot be trusted; the sender reconnects
-                        break
-                    pending.append(self.intake.submit(item, "mllp"))
-                if pending and not await self._answer(writer, pending):
-                    return
-                if close:
-                    return
-        except (ConnectionError, ssl.SSLError) as exc:
-            log.info("MLLP connection %s dropped: %s", peer, type(exc).__name__)
-        finally:
-            self.connections -= 1
-            writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
-                await writer.wait_closed()
+            loop.call_soon_threadsafe(self._flush)
+        except RuntimeError:  # the loop is closed: the hub is stopping
+            self._flush_scheduled = False
 
-    async def _answer(self, writer: asyncio.StreamWriter, pending: list[Future[Accepted]]) -> bool:
-        """Write the ACK of each submitted frame in order; False (close) once one was not stored."""
-        for fut in pending:
-            try:
-                accepted = await asyncio.wrap_future(fut)
-            except StorageUnavailable:
-                # Not stored, so not acknowledged: closing makes the sender resend later (a later frame
-                # of this read may be stored: its resend is a duplicate and gets its original ACK).
-                await writer.drain()
-                return False
-            if accepted.ack is not None:
-                writer.write(frame(accepted.ack.encode("utf-8")))
-        await writer.drain()
-        return True
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        for conn in list(self._waiting):
+            if conn.write_ready_acks():
+                self._waiting.pop(conn, None)
+
+
+class _Connection(asyncio.Protocol):
+    """One sender's connection: frames in, ACKs out in the same order, each only once committed."""
+
+    def __init__(self, server: MLLPServer) -> None:
+        self.server = server
+        self.decoder = FrameDecoder(server.settings.mllp_max_frame_bytes)
+        self.tickets: deque[Ticket] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.peer: object = None
+        self.paused = False
+        self.closing = False  # no more frames are read; close once the outstanding ACKs are written
+        self._last_read = 0.0
+        self._idle: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self.peer = transport.get_extra_info("peername")
+        self.server.connections += 1
+        loop = asyncio.get_running_loop()
+        self._last_read = loop.time()
+        self._idle = loop.call_later(self.server.settings.mllp_idle_timeout_s, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self._last_read = asyncio.get_running_loop().time()
+        intake = self.server.intake
+        # Listed as waiting before anything is submitted: a commit that lands before this method
+        # returns must find the connection, or its ACK would wait for the next commit's wake-up.
+        self.server._waiting[self] = None
+        submitted = False
+        for item in self.decoder.feed(data):
+            if isinstance(item, Oversize):
+                self.tickets.append(intake.submit_ticket(item.head, "mllp", oversize=item.size))
+                submitted = True
+                self.closing = True  # the rest of that frame cannot be trusted; the sender reconnects
+                self.transport.pause_reading()  # type: ignore[union-attr]
+                break
+            # Every frame of this read goes to the intake at once (a pipelining sender gets its messages
+            # into one group commit); the ACKs go back in the order of the frames.
+            self.tickets.append(intake.submit_ticket(item, "mllp"))
+            submitted = True
+        if submitted:
+            if self.tickets[-1].done:  # committed on this thread (an intake that was not started)
+                self.server._flush()
+            elif len(self.tickets) >= MAX_IN_FLIGHT and not self.paused:
+                self.paused = True
+                self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        # The sender finished writing: answer what it sent, then close (MLLP has no half-closed use).
+        self.closing = True
+        return bool(self.tickets)  # True keeps the transport open for the outstanding ACKs
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and not isinstance(exc, (ConnectionError, ssl.SSLError, OSError)):
+            log.warning("MLLP connection %s lost: %s", self.peer, type(exc).__name__)
+        elif exc is not None:
+            log.info("MLLP connection %s dropped: %s", self.peer, type(exc).__name__)
+        self.server.connections -= 1
+        self.server._waiting.pop(self, None)
+        if self._idle is not None:
+            self._idle.cancel()
+        self.closing = True
+        self.transport = None
+
+    # -- ACKs -------------------------------------------------------------------------------------------
+    def write_ready_acks(self) -> bool:
+        """Write the ACKs of the leading committed frames, in order; True once none is outstanding.
+        A frame that could not be stored is not acknowledged: the connection closes, so the sender
+        resends it later (a later frame of the same read may be stored: its resend is a duplicate and
+        gets its original ACK)."""
+        transport = self.transport
+        if transport is None:
+            self.tickets.clear()
+            return True
+        tickets = self.tickets
+        out: list[bytes] = []
+        failed = False
+        while tickets and tickets[0].done:
+            ticket = tickets.popleft()
+            if ticket.error is not None:
+                failed = True
+                break
+            accepted = ticket.accepted
+            if accepted is not None and accepted.ack is not None:
+                out += (START, accepted.ack.encode("utf-8"), END)
+        if out:
+            transport.write(b"".join(out))
+        if failed:
+            if not isinstance(tickets and tickets[0].error, StorageUnavailable):
+                log.info("MLLP connection %s: a message was not stored; closing", self.peer)
+            tickets.clear()
+            self.close()
+            return True
+        if self.paused and len(tickets) < MAX_IN_FLIGHT // 2 and not self.closing:
+            self.paused = False
+            transport.resume_reading()
+        if not tickets and self.closing:
+            self.close()
+        return not tickets
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()  # flushes what was written, then connection_lost
+
+    def _check_idle(self) -> None:
+        if self.transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        timeout = self.server.settings.mllp_idle_timeout_s
+        idle_for = loop.time() - self._last_read
+        if idle_for >= timeout and not self.tickets:
+            log.info("MLLP connection %s idle, closing", self.peer)
+            self.close()
+            return
+        self._idle = loop.call_later(max(timeout - idle_for, 0.05), self._check_idle)

@@ -14,6 +14,7 @@ applied) with AE; otherwise stored as ``received`` with AA (CA in enhanced mode)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import queue
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from hub import hl7
@@ -33,6 +34,7 @@ from hub.config import Settings
 from hub.db import write_turn
 from hub.hl7.reference import structure_for
 from hub.ingest.ack import AckError, ack_code, build_ack, should_send
+from hub.store import bulk
 from hub.store.models import InboundMessage, Sender
 
 log = logging.getLogger(__name__)
@@ -52,10 +54,22 @@ class Accepted:
 
 
 @dataclass(slots=True)
+class Ticket:
+    """What a transport that waits by polling holds for a submitted message (the MLLP listener: a
+    ``Future`` and a loop wake-up per message cost more than the message's own commit). Set by the
+    committer thread; ``done`` is written last. ``error`` is :class:`StorageUnavailable` when the
+    message was not stored."""
+
+    accepted: Accepted | None = None
+    error: Exception | None = None
+    done: bool = False
+
+
+@dataclass(slots=True)
 class _Item:
     raw: bytes
     transport: str
-    future: Future[Accepted]
+    future: Future[Accepted] | Ticket
     oversize: int = 0
     header: hl7.Header | None = None
     error: AckError | None = None
@@ -84,6 +98,13 @@ class Intake:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._senders: dict[str, int] = {}
+        self._committed: list[Callable[[], None]] = []
+        self._raw: Any = None  # the committer's DBAPI connection
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._earlier_cache: dict[tuple[int, int], str] = {}
+        self._count_sql = bulk.placeholders(
+            engine.dialect, "UPDATE inbound_message SET duplicate_count = duplicate_count + ? WHERE id = ?"
+        )
         self.stats = IntakeStats()
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -97,24 +118,42 @@ class Intake:
             self._queue.put(None)
             self._thread.join(timeout=10)
             self._thread = None
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            with contextlib.suppress(Exception):
+                raw.close()
 
     # -- API for transports ----------------------------------------------------------------------------
     def submit(self, raw: bytes, transport: str = "mllp", *, oversize: int = 0) -> Future[Accepted]:
         """Queue raw message bytes; the future resolves once they are committed (or raises
         :class:`StorageUnavailable`)."""
         fut: Future[Accepted] = Future()
-        item = _Item(raw=raw, transport=transport, future=fut, oversize=oversize)
-        self._prepare(item)
-        if self._thread is None:
-            self._commit([item])
-        else:
-            self._queue.put(item)
+        self._enqueue(_Item(raw=raw, transport=transport, future=fut, oversize=oversize))
         return fut
 
     def accept(self, raw: bytes, transport: str = "mllp") -> Accepted:
         return self.submit(raw, transport).result()
 
+    def submit_ticket(self, raw: bytes, transport: str = "mllp", *, oversize: int = 0) -> Ticket:
+        """As :meth:`submit`, answered through a :class:`Ticket`: the caller learns that tickets are done
+        from the callbacks of :meth:`on_commit`, once per commit rather than once per message."""
+        ticket = Ticket()
+        self._enqueue(_Item(raw=raw, transport=transport, future=ticket, oversize=oversize))
+        return ticket
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the committer thread, so it must be cheap and thread-safe) after every
+        commit attempt, once its messages' tickets and futures are resolved."""
+        self._committed.append(callback)
+
     # -- internals -------------------------------------------------------------------------------------
+    def _enqueue(self, item: _Item) -> None:
+        self._prepare(item)
+        if self._thread is None:
+            self._commit([item])
+        else:
+            self._queue.put(item)
+
     def _prepare(self, item: _Item) -> None:
         """Header checks that need no database (done on the caller's thread)."""
         if item.oversize:
@@ -135,16 +174,24 @@ class Intake:
 
     def _run(self) -> None:
         window = self.settings.commit_window_ms / 1000.0
+        gather = self.settings.commit_gather_ms / 1000.0
         max_batch = self.settings.commit_max_batch
+        expected, last_commit = 1, 0.0
         while True:
             first = self._queue.get()
             if first is None:
                 return
             batch = [first]
-            deadline = time.monotonic() + window
+            started = time.monotonic()
+            if started - last_commit > max(0.05, 10 * gather):
+                expected = 1  # after a pause nobody is known to be about to send
+            deadline, gather_until = started + window, started + gather
             stop = False
             while len(batch) < max_batch:
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = deadline - now
+                if remaining <= 0 and len(batch) < expected:
+                    remaining = gather_until - now
                 try:
                     nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
                 except queue.Empty:
@@ -154,27 +201,41 @@ class Intake:
                     break
                 batch.append(nxt)
             self._commit(batch)
+            expected, last_commit = len(batch), time.monotonic()
             if stop:
                 return
 
     def _commit(self, batch: list[_Item]) -> None:
         try:
-            with write_turn(self.engine, urgent=True), self.engine.begin() as conn:
-                results = self._store(conn, batch)
+            senders = self._resolve_senders(batch)
+            with write_turn(self.engine, urgent=True):
+                reused = self._raw is not None
+                try:
+                    results = self._store(batch, senders)
+                except Exception:
+                    if not reused:
+                        raise
+                    # The kept connection may have died while idle (a database restart): once more on a
+                    # fresh one. Should the failed attempt have committed after all, this one finds the
+                    # messages stored and answers their ACKs as duplicates (the sweeper dispatches them).
+                    log.warning("intake commit failed on its kept connection; retrying on a new one")
+                    results = self._store(batch, senders)
         except Exception as exc:  # the store is down or broken: accept nothing, acknowledge nothing
             log.error("could not store %d message(s): %s", len(batch), type(exc).__name__)
             self._senders.clear()
+            unavailable = StorageUnavailable(str(exc))
             for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(StorageUnavailable(str(exc)))
+                _fail(item.future, unavailable)
+            self._notify()
             return
         to_dispatch: list[int] = []
         for item, row, accepted in results:
             if accepted.state == "received" and not accepted.duplicate:
                 to_dispatch.append(row.id)
-            item.future.set_result(
-                Accepted(accepted.ack, accepted.code, row.id, accepted.duplicate, accepted.state)
+            _resolve(
+                item.future, Accepted(accepted.ack, accepted.code, row.id, accepted.duplicate, accepted.state)
             )
+        self._notify()
         self.stats.batches += 1
         if to_dispatch and self.dispatch is not None:
             try:
@@ -182,46 +243,140 @@ class Intake:
             except Exception:  # the sweeper re-dispatches what was stored but not handed over
                 log.exception("dispatch of %d message(s) failed; the sweeper will retry", len(to_dispatch))
 
-    def _store(self, conn: Connection, batch: list[_Item]) -> list[tuple[_Item, _Row, Accepted]]:
-        """One SELECT for the earlier messages with these control ids, one multi-row INSERT (ids back in
-        parameter order) and one UPDATE of duplicate counts: Core statements, no ORM unit of work, so
-        a commit of a few messages costs little more than its fsync."""
+    def _notify(self) -> None:
+        for callback in self._committed:
+            try:
+                callback()
+            except Exception:  # a listener's bug must not stop the committer
+                log.exception("commit callback failed")
+
+    def _store(
+        self, batch: list[_Item], senders: dict[str, int | None]
+    ) -> list[tuple[_Item, _Row, Accepted]]:
+        """One SELECT for the earlier messages with these control ids, one INSERT per new message and one
+        UPDATE of duplicate counts, on a connection the committer keeps: statements go to the driver
+        (no pool checkout, no SQLAlchemy execution context), so a commit of a few messages costs little
+        more than its fsync."""
         now = datetime.now(UTC)
         keys = {
             (i.header.sending_facility, i.header.control_id)
             for i in batch
             if i.header is not None and i.error is None
         }
-        existing: dict[tuple[str, str], list[_Row]] = {}
-        if keys:
-            # Two plain INs (then the exact pairs in Python) search the (facility, control_id) index on
-            # every backend; a row-value IN makes SQLite scan the whole index, once per commit.
-            found = conn.execute(
-                _EARLIER,
-                {"controls": sorted({c for _, c in keys}), "facilities": sorted({f for f, _ in keys})},
+        driver = self._driver()
+        cursor: Any = None
+        try:
+            cursor = driver.cursor()
+            if self._sqlite:
+                # The write lock up front (as the engine's own transactions take it).
+                cursor.execute("BEGIN IMMEDIATE")
+            existing: dict[tuple[str, str], list[_Row]] = {}
+            if keys:
+                # Two plain INs (then the exact pairs in Python) search the (facility, control_id) index
+                # on every backend; a row-value IN makes SQLite scan the whole index, once per commit.
+                controls = sorted({c for _, c in keys})
+                facilities = sorted({f for f, _ in keys})
+                cursor.execute(self._earlier_sql(len(controls), len(facilities)), [*controls, *facilities])
+                for rid, facility, control, digest, state, code, ack in cursor.fetchall():
+                    if (facility, control) in keys:
+                        existing.setdefault((facility, control), []).append(
+                            _Row(rid, digest, state, code, ack)
+                        )
+            out: list[tuple[_Item, _Row, Accepted]] = []
+            new: list[tuple[_Row, dict[str, Any]]] = []
+            for item in batch:
+                out.append(self._store_one(item, senders, existing, new, now))
+            if new:
+                ids = self._insert(cursor, [values for _, values in new])
+                for (row, _), rid in zip(new, ids, strict=True):
+                    row.id = rid
+            counted = {id(row): row for _, row, a in out if a.duplicate}.values()
+            if counted:
+                cursor.executemany(self._count_sql, [(row.duplicates, row.id) for row in counted])
+            driver.commit()
+        except BaseException:
+            self._drop_driver(rollback=True)
+            raise
+        finally:
+            if cursor is not None:
+                with contextlib.suppress(Exception):
+                    cursor.close()
+        return out
+
+    # -- the committer's connection ---------------------------------------------------------------------
+    def _driver(self) -> Any:
+        """The committer's own DBAPI connection (from the engine's pool, with its connect-time settings),
+        kept across commits; dropped after an error, so the next commit starts on a fresh one."""
+        if self._raw is None:
+            self._raw = self.engine.raw_connection()
+        return self._raw
+
+    def _drop_driver(self, *, rollback: bool = False) -> None:
+        raw, self._raw = self._raw, None
+        if raw is None:
+            return
+        with contextlib.suppress(Exception):
+            if rollback:
+                raw.rollback()
+        with contextlib.suppress(Exception):
+            raw.invalidate()  # a connection that failed mid-transaction is not reused
+
+    def _earlier_sql(self, controls: int, facilities: int) -> str:
+        sql = self._earlier_cache.get((controls, facilities))
+        if sql is None:
+            sql = bulk.placeholders(
+                self.engine.dialect,
+                f"SELECT {', '.join(_EARLIER_COLUMNS)} FROM inbound_message"
+                f" WHERE control_id IN ({bulk.marks(controls)}) AND facility IN ({bulk.marks(facilities)})"
+                " ORDER BY id",
             )
-            for r in found:
-                if (r.facility, r.control_id) in keys:
-                    existing.setdefault((r.facility, r.control_id), []).append(
-                        _Row(r.id, r.content_hash, r.state, r.ack_code, r.ack)
-                    )
-        out: list[tuple[_Item, _Row, Accepted]] = []
-        new: list[tuple[_Row, dict[str, Any]]] = []
+            if len(self._earlier_cache) < 256:
+                self._earlier_cache[(controls, facilities)] = sql
+        return sql
+
+    def _insert(self, cursor: Any, rows: list[dict[str, Any]]) -> list[int]:
+        """INSERT the new messages, their ids back in order."""
+        sql, bound = bulk.driver_rows(
+            self.engine.dialect, _MESSAGES, _INSERT_SQL, _INSERT_COLUMNS, [_insert_row(v) for v in rows]
+        )
+        if self._sqlite:
+            ids = []
+            for row in bound:
+                cursor.execute(sql, row)
+                ids.append(int(cursor.lastrowid))
+            return ids
+        # psycopg: one pipelined round trip for all rows, a result set per row.
+        cursor.executemany(sql + " RETURNING id", bound, returning=True)
+        ids = []
+        while True:
+            ids.append(int(cursor.fetchone()[0]))
+            if not cursor.nextset():
+                return ids
+
+    def _resolve_senders(self, batch: list[_Item]) -> dict[str, int | None]:
+        """Sender ids of the batch's facilities: from the cache, else looked up (and registered on first
+        contact when registration is open) in a transaction of their own, before the messages'."""
+        out: dict[str, int | None] = {}
+        unknown: set[str] = set()
         for item in batch:
-            out.append(self._store_one(conn, item, existing, new, now))
-        if new:
-            ids = conn.execute(_INSERT, [values for _, values in new]).scalars().all()
-            for (row, _), rid in zip(new, ids, strict=True):
-                row.id = rid
-        counted = {id(row): row for _, row, a in out if a.duplicate}.values()
-        if counted:
-            conn.execute(_COUNT_DUPLICATES, [{"rid": row.id, "n": row.duplicates} for row in counted])
+            if item.header is None or item.error is not None:
+                continue
+            facility = item.header.sending_facility
+            cached = self._senders.get(facility)
+            if cached is not None:
+                out[facility] = cached
+            else:
+                unknown.add(facility)
+        if unknown:
+            with write_turn(self.engine, urgent=True), self.engine.begin() as conn:
+                for facility in sorted(unknown):
+                    out[facility] = self._sender_id(conn, facility)
         return out
 
     def _store_one(
         self,
-        conn: Connection,
         item: _Item,
+        senders: dict[str, int | None],
         existing: dict[tuple[str, str], list[_Row]],
         new: list[tuple[_Row, dict[str, Any]]],
         now: datetime,
@@ -250,7 +405,7 @@ class Intake:
         if item.error is not None:
             return self._reject(item, values, new, item.error)
         assert h is not None
-        sender_id = self._sender_id(conn, h.sending_facility)
+        sender_id = senders.get(h.sending_facility)
         if sender_id is None:
             unknown = AckError(
                 "204",
@@ -361,33 +516,53 @@ class _Row:
 
 _MESSAGES = InboundMessage.metadata.tables["inbound_message"]
 _SENDERS = Sender.metadata.tables["sender"]
-_EARLIER = (
-    select(
-        _MESSAGES.c.id,
-        _MESSAGES.c.facility,
-        _MESSAGES.c.control_id,
-        _MESSAGES.c.content_hash,
-        _MESSAGES.c.state,
-        _MESSAGES.c.ack_code,
-        _MESSAGES.c.ack,
-    )
-    .where(
-        _MESSAGES.c.control_id.in_(bindparam("controls", expanding=True)),
-        _MESSAGES.c.facility.in_(bindparam("facilities", expanding=True)),
-    )
-    .order_by(_MESSAGES.c.id)
+_EARLIER_COLUMNS = ("id", "facility", "control_id", "content_hash", "state", "ack_code", "ack")
+_INSERT_COLUMNS = (
+    "facility",
+    "control_id",
+    "message_type",
+    "message_structure",
+    "version",
+    "content_hash",
+    "raw",
+    "transport",
+    "received_at",
+    "state",
+    "ack_code",
+    "ack",
+    "error_code",
+    "error_text",
+    "patient_key",
+    "sender_id",
+    "duplicate_count",
+    "attempts",
 )
-_INSERT = (
-    insert(_MESSAGES)
-    .values(duplicate_count=0, attempts=0)
-    .returning(_MESSAGES.c.id, sort_by_parameter_order=True)
+_INSERT_SQL = (
+    f"INSERT INTO inbound_message ({', '.join(_INSERT_COLUMNS)}) VALUES ({bulk.marks(len(_INSERT_COLUMNS))})"
 )
-_COUNT_DUPLICATES = (
-    update(_MESSAGES)
-    .where(_MESSAGES.c.id == bindparam("rid"))
-    .values(duplicate_count=_MESSAGES.c.duplicate_count + bindparam("n"))
-)
+
+
+def _insert_row(values: dict[str, Any]) -> tuple[Any, ...]:
+    return (*(values[c] for c in _INSERT_COLUMNS[:-2]), 0, 0)
+
+
 _SENDER = select(_SENDERS.c.id, _SENDERS.c.active).where(_SENDERS.c.facility == bindparam("facility"))
+
+
+def _resolve(waiter: Future[Accepted] | Ticket, accepted: Accepted) -> None:
+    if isinstance(waiter, Ticket):
+        waiter.accepted = accepted
+        waiter.done = True
+    else:
+        waiter.set_result(accepted)
+
+
+def _fail(waiter: Future[Accepted] | Ticket, exc: Exception) -> None:
+    if isinstance(waiter, Ticket):
+        waiter.error = exc
+        waiter.done = True
+    elif not waiter.done():
+        waiter.set_exception(exc)
 
 
 def _guess_control_id(raw: bytes) -> str:

@@ -58,16 +58,25 @@ def marks(count: int) -> str:
     return ", ".join("?" * count)
 
 
+def driver_rows(
+    dialect: Dialect, table: Table, sql: str, columns: Sequence[str], rows: Sequence[Row]
+) -> tuple[str, list[Row]]:
+    """``sql`` in the driver's placeholder style and ``rows`` as the driver must get them (the dialect's
+    bind processors applied), for a statement sent to a DBAPI cursor directly."""
+    prepared = _prepare(dialect, table, sql, columns)
+    if prepared.processors:
+        return prepared.sql, [_processed(row, prepared.processors) for row in rows]
+    return prepared.sql, list(rows)
+
+
 def execute_many(
     connection: Connection, table: Table, sql: str, columns: Sequence[str], rows: Sequence[Row]
 ) -> None:
     """Run ``sql`` (``?`` placeholders binding ``columns`` of ``table``, in order) once per row."""
     if not rows:
         return
-    prepared = _prepare(connection.dialect, table, sql, columns)
-    if prepared.processors:
-        rows = [_processed(row, prepared.processors) for row in rows]
-    connection.exec_driver_sql(prepared.sql, list(rows))
+    text, bound = driver_rows(connection.dialect, table, sql, columns, rows)
+    connection.exec_driver_sql(text, bound)
 
 
 def _processed(row: Row, processors: tuple[tuple[int, Callable[[Any], Any]], ...]) -> Row:

@@ -18,10 +18,13 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, select
 
 from hub.db import is_sqlite, retry_transient, seconds_since_urgent_write, session_scope, write_turn
-from hub.pipeline import process_batch
+from hub.mapping import MappingResult
+from hub.pipeline import premap, process_batch
 from hub.store.models import InboundMessage
 
 log = logging.getLogger(__name__)
+
+Premapped = dict[int, MappingResult]
 
 SQLITE_HOLD_MS = 10.0  # on SQLite, how long one worker transaction may keep the intake waiting
 # ... and while the intake has not written for SQLITE_IDLE_S (a backlog, an import, a replay): bigger
@@ -32,8 +35,11 @@ SQLITE_IDLE_S = 0.5
 
 
 class InProcessWorker:
-    def __init__(self, engine: Engine, threads: int = 1, batch: int = 50) -> None:
+    def __init__(
+        self, engine: Engine, threads: int = 1, batch: int = 50, read_engine: Engine | None = None
+    ) -> None:
         self.engine = engine
+        self.read_engine = read_engine  # set: messages are parsed and mapped before the write turn
         self.batch = max(1, batch)
         self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._threads = [
@@ -71,6 +77,19 @@ class InProcessWorker:
         hold = SQLITE_IDLE_HOLD_MS if idle else SQLITE_HOLD_MS
         return max(1, min(self.batch, int(hold / max(self._ms_per_message, 0.01))))
 
+    def _premap(self, ids: list[int]) -> Premapped:
+        """Parse and map before the write turn, on the read engine (a deferred transaction that takes no
+        lock): on SQLite the intake's next commit, so the next ACKs, then waits only for the writing
+        part of a batch."""
+        if self.read_engine is None:
+            return {}
+        try:
+            with session_scope(self.read_engine) as session:
+                return premap(session, ids)
+        except Exception:  # the batch maps for itself
+            log.exception("mapping ahead of the write turn failed")
+            return {}
+
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until the queue is empty and no batch is running (tests, ``hub import``)."""
         with self._idle:
@@ -100,10 +119,11 @@ class InProcessWorker:
                     chunk, ids = ids[:step], ids[step:]
                     started = time.perf_counter()
                     try:
+                        mapped = self._premap(chunk)
 
-                        def work(last: bool, chunk: list[int] = chunk) -> int:
+                        def work(last: bool, chunk: list[int] = chunk, mapped: Premapped = mapped) -> int:
                             with write_turn(self.engine), session_scope(self.engine) as session:
-                                return len(process_batch(session, chunk, retrying=not last))
+                                return len(process_batch(session, chunk, retrying=not last, mapped=mapped))
 
                         self.processed += retry_transient(work)
                     except Exception:  # a broken batch stays 'received'; the sweeper brings it back

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from hub.config import Settings
 from hub.hl7 import parse
+from hub.ingest import listener
 from hub.ingest.listener import MLLPServer
 from hub.ingest.mllp import FrameDecoder, frame
 from hub.ingest.service import Intake
@@ -132,3 +135,59 @@ def test_pipelined_frames_share_a_commit_and_are_acked_in_order(engine: Engine) 
     with Session(engine) as s:
         ids = list(s.scalars(select(InboundMessage.control_id).order_by(InboundMessage.id)))
     assert ids == [f"PL{i:02d}" for i in range(20)]  # stored in the order sent
+
+
+def test_a_sender_that_pipelines_past_the_in_flight_limit_gets_every_ack_in_order(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_IN_FLIGHT unanswered frames the hub stops reading the connection until ACKs catch up;
+    nothing is lost or reordered by the pause."""
+    monkeypatch.setattr(listener, "MAX_IN_FLIGHT", 8)
+
+    async def body(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"".join(frame(adt(f"FC{i:02d}", mrn=f"FC{i}").encode()) for i in range(40)))
+        await writer.drain()
+        acks = await _read_acks(reader, 40)
+        assert [parse(a).get("MSA-2") for a in acks] == [f"FC{i:02d}" for i in range(40)]
+        writer.close()
+
+    _run(engine, body)
+    assert _count(engine) == 40
+
+
+def test_a_message_that_could_not_be_stored_is_not_acknowledged(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Store, then ACK: when the commit fails the sender gets no ACK for that message (the connection is
+    closed, so it resends later), and the ACKs of what was stored before still arrive."""
+    real_store = Intake._store
+
+    def failing_store(self: Intake, batch: list[Any], senders: dict[str, int | None]) -> Any:
+        if any(b"|DOWN" in item.raw for item in batch):
+            raise OSError("disk unavailable")
+        return real_store(self, batch, senders)
+
+    monkeypatch.setattr(Intake, "_store", failing_store)
+
+    async def body(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(frame(adt("UP1", mrn="U1").encode()))
+        await writer.drain()
+        (ack,) = await _read_acks(reader, 1)
+        assert parse(ack).get("MSA-2") == "UP1"
+        writer.write(frame(adt("DOWN", mrn="U2").encode()))
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(65536), 10) == b""  # closed, no ACK
+        writer.close()
+        # The store is back: the sender's resend on a new connection is stored and acknowledged.
+        monkeypatch.setattr(Intake, "_store", real_store)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(frame(adt("DOWN", mrn="U2").encode()))
+        await writer.drain()
+        (ack,) = await _read_acks(reader, 1)
+        assert parse(ack).get("MSA-1") == "AA" and parse(ack).get("MSA-2") == "DOWN"
+        writer.close()
+
+    _run(engine, body)
+    assert _count(engine) == 2

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
-from typing import Any
 
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from hub.config import Settings
 from hub.hl7 import parse
-from hub.ingest.service import Accepted, Intake
+from hub.ingest.service import Accepted, Intake, _Item
 from hub.store.models import InboundMessage, Sender
 from tests.builders import adt, msh
 
@@ -162,24 +162,19 @@ def test_duplicate_within_one_group_commit_gets_the_original_id(engine: Engine) 
 
 def test_duplicate_lookup_searches_the_index(engine: Engine) -> None:
     """The per-commit duplicate lookup must not scan inbound_message (it grows to millions of rows)."""
-    statements: list[tuple[str, Any]] = []
-
-    def capture(conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "FROM inbound_message" in statement:
-            statements.append((statement, params))
-
     intake = _intake(engine, commit_window_ms=50)
     intake.accept(adt("IX0").encode())
     intake.start()
-    event.listen(engine, "before_cursor_execute", capture)
     try:
         futures = [intake.submit(adt(f"IX{i}", mrn=f"M{i}").encode()) for i in range(1, 4)]
         assert {f.result(timeout=10).code for f in futures} == {"AA"}
     finally:
-        event.remove(engine, "before_cursor_execute", capture)
         intake.stop()
     assert intake.stats.batches == 2  # IX0 alone, then IX1-IX3 in one commit
-    (statement, params), *_ = statements
+    # The statement the committer sends to the driver for that commit: three control ids, one facility.
+    statement = intake._earlier_sql(3, 1)
+    assert intake._earlier_cache[(3, 1)] == statement
+    params = ("IX1", "IX2", "IX3", "RSUD_SEHAT")
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             plan = " ".join(
@@ -190,3 +185,39 @@ def test_duplicate_lookup_searches_the_index(engine: Engine) -> None:
             conn.exec_driver_sql("SET enable_seqscan = off")  # the table is tiny: ask whether it *can*
             plan = " ".join(str(r[0]) for r in conn.exec_driver_sql("EXPLAIN " + statement, params))
             assert "ix_inbound_message_control" in plan, plan
+
+
+def test_commit_waits_briefly_for_the_senders_of_the_last_commit(engine: Engine) -> None:
+    """Send-and-wait senders answered by one commit send again at nearly the same time: the next commit
+    waits (up to HUB_COMMIT_GATHER_MS) for as many messages as the last one had, one fsync for them all."""
+    intake = _intake(engine, commit_gather_ms=500)
+    first: list[Future[Accepted]] = []
+    for i in range(3):  # queued before the committer starts: its first commit takes all three
+        item = _Item(raw=adt(f"G{i}", mrn=f"G{i}").encode(), transport="mllp", future=Future())
+        intake._prepare(item)
+        intake._queue.put(item)
+        first.append(item.future)  # type: ignore[arg-type]
+    intake.start()
+    try:
+        assert {f.result(timeout=10).code for f in first} == {"AA"}
+        assert intake.stats.batches == 1
+        second = [intake.submit(adt("G3", mrn="G3").encode())]
+        time.sleep(0.05)  # the other two senders are a little late
+        second += [intake.submit(adt(f"G{i}", mrn=f"G{i}").encode()) for i in (4, 5)]
+        assert {f.result(timeout=10).code for f in second} == {"AA"}
+    finally:
+        intake.stop()
+    assert intake.stats.batches == 2  # G3-G5 in one commit, not G3 alone and then G4-G5
+
+
+def test_commit_retries_once_on_a_fresh_connection_when_the_kept_one_died(engine: Engine) -> None:
+    intake = _intake(engine)
+    intake.start()
+    try:
+        assert intake.submit(adt("R1", mrn="R1").encode()).result(timeout=10).code == "AA"
+        intake._raw.invalidate()  # the kept connection dies while idle (as in a database restart)
+        again = intake.submit(adt("R2", mrn="R2").encode()).result(timeout=10)
+        assert again.code == "AA" and not again.duplicate
+    finally:
+        intake.stop()
+    assert [r.control_id for r in _rows(engine)] == ["R1", "R2"]
