@@ -184,6 +184,10 @@ class WriteGate:
                 self._busy = False
                 self._cond.notify_all()
 
+    def urgent_waiting(self) -> bool:
+        """Whether an urgent writer (the intake) waits for the current holder to finish."""
+        return self._urgent > 0
+
 
 _gates: dict[str, WriteGate] = {}  # by database file: the intake's and the workers' engines share one
 _gates_lock = threading.Lock()
@@ -192,6 +196,11 @@ _gates_lock = threading.Lock()
 def _gate(engine: Engine) -> WriteGate:
     with _gates_lock:
         return _gates.setdefault(str(engine.url.database), WriteGate())
+
+
+def urgent_write_waiting(engine: Engine) -> bool:
+    """Whether the intake waits to write to this SQLite database (always False on other backends)."""
+    return is_sqlite(engine) and _gate(engine).urgent_waiting()
 
 
 def seconds_since_urgent_write(engine: Engine) -> float:

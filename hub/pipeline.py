@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -72,6 +72,7 @@ def process_batch(
     force: bool = False,
     retrying: bool = False,
     mapped: dict[int, MappingResult] | None = None,
+    yield_when: Callable[[], bool] | None = None,
 ) -> list[Outcome]:
     """Process messages by id. Without ``force`` only ``received`` ones are processed (a message taken
     twice, by a redelivered task or the sweeper, is processed once); with ``force`` (replay) failed,
@@ -79,7 +80,10 @@ def process_batch(
     are processed first, in arrival order. With ``retrying`` (the caller runs the whole transaction
     again on a transient error) a deadlock or a concurrent insert of the same row is raised instead of
     failing the message. ``mapped`` holds results of :func:`premap`; each is used once (taken out), so a
-    retried transaction maps again rather than reuse dicts the identity step changed."""
+    retried transaction maps again rather than reuse dicts the identity step changed. ``yield_when`` is
+    asked after each message: once it says yes the batch ends there (its later messages stay
+    ``received``, for the caller's next transaction), so a waiting intake waits for one message, not a
+    whole batch."""
     wanted = sorted(set(ids))
     if not wanted:
         return []
@@ -104,8 +108,12 @@ def process_batch(
         for earlier in _earlier_pending(session, patients, max(todo)):
             todo.setdefault(earlier.id, earlier)
     mapped = mapped if mapped is not None else {}
-    done = [_process_one(session, todo[i], retrying, mapped.pop(i, None)) for i in sorted(todo)]
-    _record_outcomes(session, list(todo.values()), done)
+    done: list[_Done] = []
+    for i in sorted(todo):
+        done.append(_process_one(session, todo[i], retrying, mapped.pop(i, None)))
+        if yield_when is not None and len(done) < len(todo) and yield_when():
+            break
+    _record_outcomes(session, [todo[d.outcome.message_id] for d in done], done)
     return [d.outcome for d in done]
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from hub.db import WriteGate, make_engine, processing_engine, seconds_since_urgent_write, write_turn
 
@@ -106,4 +108,48 @@ def test_sqlite_worker_transactions_stay_short_while_the_intake_writes_and_grow_
         assert worker._step() == busy_step  # its next ACKs wait for at most one short transaction
         assert seconds_since_urgent_write(engine) < worker_module.SQLITE_IDLE_S
     finally:
+        engine.dispose()
+
+
+def test_sqlite_worker_ends_its_transaction_for_a_waiting_intake_and_finishes_the_rest_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the intake waits to commit, the in-process worker commits after every message (the ACKs
+    wait for one message, not a batch); the messages it left are processed by its next transactions."""
+    from hub import pipeline
+    from hub.config import Settings
+    from hub.ingest.service import Intake
+    from hub.store.models import InboundMessage
+    from hub.store.schema import upgrade
+    from hub.tasks.worker import InProcessWorker
+    from tests.builders import adt
+
+    url = f"sqlite:///{tmp_path / 'yield.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    read_engine = make_engine(url, read_only=True)
+    try:
+        intake = Intake(engine, Settings())
+        ids = [intake.accept(adt(f"W{i}", "A01", mrn=f"W{i}").encode()).message_id for i in range(6)]
+        sizes: list[int] = []
+        real = pipeline.process_batch
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            outcomes = real(*args, **kwargs)
+            sizes.append(len(outcomes))
+            return outcomes
+
+        monkeypatch.setattr("hub.tasks.worker.process_batch", counted)
+        monkeypatch.setattr("hub.tasks.worker.urgent_write_waiting", lambda engine: True)
+        worker = InProcessWorker(processing_engine(engine), batch=50, read_engine=read_engine)
+        worker.dispatch([i for i in ids if i is not None])  # queued before it starts: one batch of six
+        worker.start()
+        assert worker.wait_idle(60)
+        worker.stop()
+        assert sizes == [1] * 6  # one message a transaction, none lost, none twice
+        with Session(engine) as s:
+            states = set(s.scalars(select(InboundMessage.state)))
+        assert states == {"processed"}
+    finally:
+        read_engine.dispose()
         engine.dispose()

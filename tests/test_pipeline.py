@@ -187,3 +187,40 @@ def test_a_conflict_with_another_worker_is_raised_for_a_retry_and_failed_on_the_
     with Session(engine) as s:
         row = s.get(InboundMessage, mid)
         assert row is not None and row.state == "failed" and row.attempts == 1  # the raised try left no trace
+
+
+def test_premapped_results_are_used_once_and_a_batch_yields_between_messages(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker maps before its write turn (premap); the batch uses each result once. Asked to yield,
+    the batch ends after the current message: the rest stay received, in order, for the next one."""
+    mapped_in: list[str] = []
+    real_map = pipeline.map_message
+
+    def counting_map(message: Message, ctx: SenderContext) -> MappingResult:
+        mapped_in.append(message.get("MSH-10"))
+        return real_map(message, ctx)
+
+    monkeypatch.setattr(pipeline, "map_message", counting_map)
+    ids = _store(engine, *(adt(f"Y{i}", "A01", mrn=f"Y{i}") for i in range(4)))
+    with session_scope(engine) as s:
+        ahead = pipeline.premap(s, ids)
+    assert sorted(ahead) == ids and mapped_in == ["Y0", "Y1", "Y2", "Y3"]
+    asked: list[int] = []
+
+    def intake_waits() -> bool:
+        asked.append(1)
+        return len(asked) >= 2  # the intake starts waiting during the second message
+
+    with session_scope(engine) as s:
+        outcomes = pipeline.process_batch(s, ids, mapped=ahead, yield_when=intake_waits)
+    assert [o.message_id for o in outcomes] == ids[:2]
+    assert {o.state for o in outcomes} == {"processed"}
+    assert mapped_in == ["Y0", "Y1", "Y2", "Y3"]  # nothing mapped twice
+    assert sorted(ahead) == ids[2:]  # the results used were taken out
+    with Session(engine) as s:
+        states = {c: st for c, st in s.execute(select(InboundMessage.control_id, InboundMessage.state))}
+    assert states == {"Y0": "processed", "Y1": "processed", "Y2": "received", "Y3": "received"}
+    with session_scope(engine) as s:
+        rest = pipeline.process_batch(s, ids, mapped=ahead)
+    assert [o.message_id for o in rest] == ids[2:] and not ahead

@@ -17,9 +17,16 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select
 
-from hub.db import is_sqlite, retry_transient, seconds_since_urgent_write, session_scope, write_turn
+from hub.db import (
+    is_sqlite,
+    retry_transient,
+    seconds_since_urgent_write,
+    session_scope,
+    urgent_write_waiting,
+    write_turn,
+)
 from hub.mapping import MappingResult
-from hub.pipeline import premap, process_batch
+from hub.pipeline import Outcome, premap, process_batch
 from hub.store.models import InboundMessage
 
 log = logging.getLogger(__name__)
@@ -77,6 +84,10 @@ class InProcessWorker:
         hold = SQLITE_IDLE_HOLD_MS if idle else SQLITE_HOLD_MS
         return max(1, min(self.batch, int(hold / max(self._ms_per_message, 0.01))))
 
+    def _yield(self) -> bool:
+        """On SQLite: end the transaction after the current message when the intake waits to commit."""
+        return self._sqlite and urgent_write_waiting(self.engine)
+
     def _premap(self, ids: list[int]) -> Premapped:
         """Parse and map before the write turn, on the read engine (a deferred transaction that takes no
         lock): on SQLite the intake's next commit, so the next ACKs, then waits only for the writing
@@ -114,21 +125,38 @@ class InProcessWorker:
             with self._idle:
                 self._busy += 1
             try:
+                mapped: Premapped = {}
                 while ids:
                     step = self._step()
                     chunk, ids = ids[:step], ids[step:]
                     started = time.perf_counter()
+                    done = len(chunk)
                     try:
-                        mapped = self._premap(chunk)
+                        mapped.update(self._premap([i for i in chunk if i not in mapped]))
 
-                        def work(last: bool, chunk: list[int] = chunk, mapped: Premapped = mapped) -> int:
+                        def work(
+                            last: bool, chunk: list[int] = chunk, mapped: Premapped = mapped
+                        ) -> list[Outcome]:
                             with write_turn(self.engine), session_scope(self.engine) as session:
-                                return len(process_batch(session, chunk, retrying=not last, mapped=mapped))
+                                return process_batch(
+                                    session, chunk, retrying=not last, mapped=mapped, yield_when=self._yield
+                                )
 
-                        self.processed += retry_transient(work)
+                        outcomes = retry_transient(work)
+                        self.processed += len(outcomes)
+                        if outcomes:
+                            # Ended early for the intake: the rest goes first into the next transaction
+                            # (an id above the last one done that was not pending is skipped there).
+                            last_done = max(o.message_id for o in outcomes)
+                            rest = [i for i in chunk if i > last_done]
+                            ids = rest + ids
+                            done = max(1, len(chunk) - len(rest))
                     except Exception:  # a broken batch stays 'received'; the sweeper brings it back
                         log.exception("worker batch of %d message(s) failed", len(chunk))
-                    per_message = (time.perf_counter() - started) * 1000 / len(chunk)
+                    for i in chunk:
+                        if i not in ids:
+                            mapped.pop(i, None)
+                    per_message = (time.perf_counter() - started) * 1000 / done
                     self._ms_per_message += 0.3 * (per_message - self._ms_per_message)
             finally:
                 with self._idle:
