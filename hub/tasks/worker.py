@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select
 
+from hub.background import Periodic
 from hub.db import (
     is_sqlite,
     retry_transient,
@@ -176,27 +177,19 @@ def pending_ids(engine: Engine, *, older_than_s: float = 0.0, limit: int = 10000
         return list(session.scalars(stmt.order_by(InboundMessage.id).limit(limit)))
 
 
-class Sweeper:
+class Sweeper(Periodic):
     """Re-dispatches messages left ``received``: once at start (recovery after a crash), then every
     ``interval_s`` those older than ``after_s``."""
+
+    name = "hub-sweeper"
 
     def __init__(
         self, engine: Engine, dispatch: Callable[[Sequence[int]], None], interval_s: float, after_s: float
     ) -> None:
+        super().__init__(interval_s)
         self.engine = engine
         self.dispatch = dispatch
-        self.interval_s = interval_s
         self.after_s = after_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hub-sweeper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
 
     def sweep(self, older_than_s: float) -> int:
         ids = pending_ids(self.engine, older_than_s=older_than_s)
@@ -205,13 +198,8 @@ class Sweeper:
             self.dispatch(ids)
         return len(ids)
 
-    def _run(self) -> None:
-        try:
-            self.sweep(0.0)
-        except Exception:
-            log.exception("initial sweep failed")
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.sweep(self.after_s)
-            except Exception:
-                log.exception("sweep failed")
+    def first(self) -> None:
+        self.sweep(0.0)
+
+    def tick(self) -> None:
+        self.sweep(self.after_s)
