@@ -15,6 +15,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 TOKEN = "token"
@@ -584,6 +585,7 @@ def walk(resource: dict[str, Any], path: str) -> Iterator[Any]:
 # --- normalising values --------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=4096)  # names, code displays: the same few strings over and over
 def normalize(text: str) -> str:
     """Case- and accent-insensitive form used by string search (R4: "ignoring case and accents")."""
     decomposed = unicodedata.normalize("NFKD", text)
@@ -599,6 +601,7 @@ _DATE_RE = re.compile(
 )
 
 
+@lru_cache(maxsize=4096)  # a message's timestamps recur in each of its resources
 def date_range(value: str) -> tuple[datetime, datetime] | None:
     """The closed UTC range a FHIR date, dateTime or instant covers at its precision, or None."""
     m = _DATE_RE.match(value.strip())
@@ -699,6 +702,9 @@ class _Step:
     make_rows: RowMaker
     param: SearchParam
     modifiers: bool  # token and reference values may add ``:of-type`` / ``:identifier`` rows
+    # The keys one of which a resource has when the parameter has a value there (empty when a path
+    # starts with a choice type): most parameters of a type have none on most resources.
+    heads: tuple[str, ...]
 
 
 _PLANS: dict[str, tuple[_Step, ...]] = {}
@@ -715,7 +721,8 @@ def _plan(resource_type: str) -> tuple[_Step, ...]:
                 continue
             paths = tuple(_compile(path) for path in p.paths)
             modifiers = p.type in (TOKEN, REFERENCE)
-            steps.append(_Step(p.name, p.type, paths, _ROW_MAKERS[p.type], p, modifiers))
+            heads = () if any(path[0][1] for path in paths) else tuple({path[0][0]: None for path in paths})
+            steps.append(_Step(p.name, p.type, paths, _ROW_MAKERS[p.type], p, modifiers, heads))
         plan = _PLANS[resource_type] = tuple(steps)
     return plan
 
@@ -776,7 +783,10 @@ def extract_rows(resource: dict[str, Any]) -> Rows:
     distinct value of a parameter, plus the ``:of-type`` / ``:identifier`` token rows."""
     out: Rows = {kind: [] for kind in KINDS}
     tokens = out[TOKEN]
+    keys = resource.keys()
     for step in _plan(resource.get("resourceType", "")):
+        if step.heads and keys.isdisjoint(step.heads):
+            continue
         values = _values(resource, step)
         if not values:  # most parameters of a type, on most resources
             continue
