@@ -347,8 +347,7 @@ def _rows_of(model: Any, rtype: str, name: str, suffix: str = "") -> Any:
     its ``:of-type`` / ``:identifier`` token rows). A parameter whose values other parameters hold
     (``search_params.stored_as``: ``patient`` is ``subject`` with a Patient target) reads their rows."""
     stored = stored_as(rtype, name)
-    names = [n + suffix for n in stored.params]
-    cond = model.param == names[0] if len(names) == 1 else model.param.in_(names)
+    cond = model.param == stored.param + suffix
     types = stored.target_types
     if types and not suffix:
         cond = and_(cond, model.target_type == types[0] if len(types) == 1 else model.target_type.in_(types))

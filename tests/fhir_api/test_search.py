@@ -457,9 +457,10 @@ def test_of_type_and_reference_identifier(search: Search, put: Callable[..., Non
 def test_aliased_parameters_find_what_their_own_rows_found(
     search: Search, put: Callable[..., None], client: TestClient, auth: dict[str, str]
 ) -> None:
-    """``patient``, ``combo-code``, ``phonetic`` … are not written as rows of their own but read the
-    rows of the parameters that hold the same values (``search_params.stored_as``): they match what
-    their own rows matched, and a restriction to Patient targets still holds."""
+    """``patient``, ``phonetic`` … are not written as rows of their own but read the rows of the
+    parameter that holds the same values (``search_params.stored_as``): they match what their own rows
+    matched, and a restriction to Patient targets still holds. (``combo-code`` keeps rows of its own;
+    checked here beside them.)"""
     panel = b.observation("bp", "p1", code="85354-9", display="Blood pressure panel", value=None)
     panel["component"] = [
         {"code": {"coding": [{"system": b.LOINC, "code": "8480-6"}]}, "valueQuantity": {"value": 120}},

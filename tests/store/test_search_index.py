@@ -44,7 +44,7 @@ def test_extract_rows_per_type() -> None:
     assert ("code", "http://loinc.org", "8480-6") in tokens and ("status", "", "final") in tokens
     # patient is subject restricted to Patient targets: its rows are subject's, not written twice.
     assert set(rows["reference"]) == {("subject", "Patient", "p1")}
-    assert stored_as("Observation", "patient") == Stored(("subject",), ("Patient",))
+    assert stored_as("Observation", "patient") == Stored("subject", ("Patient",))
     assert [(r[0], r[1], r[3]) for r in rows["quantity"]] == [("value-quantity", 7.5, "mmol/L")]
     names = extract_rows(b.patient("p1", family="Pérez", given="Ána"))
     assert {"perez", "ana"} <= {value for param, value, _ in names["string"] if param == "name"}
