@@ -51,6 +51,7 @@ from hub.store.models import (
     SearchUri,
 )
 from hub.store.search_params import (
+    ALIASES,
     CLINICAL_DATE,
     COMPOSITE,
     DATE,
@@ -69,6 +70,7 @@ from hub.store.search_params import (
     normalize,
     params_of,
     parse_reference,
+    stored_as,
 )
 
 DEFAULT_COUNT = 20
@@ -233,7 +235,9 @@ def _driver(session: Session, rtype: str, param: SearchParam, modifier: str, raw
     ttype, ids = targets
     condition = R.id.in_(
         select(_REF.resource_id).where(
-            _REF.resource_type == rtype, _REF.param == param.name, _target_condition(_REF, ttype, ids)
+            _REF.resource_type == rtype,
+            _rows_of(_REF, rtype, param.name),
+            _target_condition(_REF, ttype, ids),
         )
     )
     return Driver(condition, param.name, ttype, tuple(ids))
@@ -312,7 +316,7 @@ def criterion(
             return false() if raw == "true" else true()
         model = INDEX_MODEL[param.type]
         has = id_col.in_(
-            select(model.resource_id).where(model.resource_type == rtype, model.param == param.name)
+            select(model.resource_id).where(model.resource_type == rtype, _rows_of(model, rtype, param.name))
         )
         return not_(has) if raw == "true" else has
     if param.type == SPECIAL:
@@ -324,18 +328,30 @@ def criterion(
         return id_col.in_(
             select(_TOKEN.resource_id).where(
                 _TOKEN.resource_type == rtype,
-                _TOKEN.param == f"{param.name}:{modifier}",
+                _rows_of(_TOKEN, rtype, param.name, f":{modifier}"),
                 or_(*(_modifier_token(modifier, v) for v in values)),
             )
         )
     model = INDEX_MODEL[param.type]
     ors = [_value_condition(session, model, param, modifier, v) for v in values]
     matching = select(model.resource_id).where(
-        model.resource_type == rtype, model.param == param.name, or_(*ors)
+        model.resource_type == rtype, _rows_of(model, rtype, param.name), or_(*ors)
     )
     if modifier == "not":
         return id_col.not_in(matching)
     return id_col.in_(matching)
+
+
+def _rows_of(model: Any, rtype: str, name: str, suffix: str = "") -> Any:
+    """The condition that a row of ``model``'s table is one of ``rtype``'s parameter ``name`` (``suffix``:
+    its ``:of-type`` / ``:identifier`` token rows). A parameter whose values other parameters hold
+    (``search_params.stored_as``: ``patient`` is ``subject`` with a Patient target) reads their rows."""
+    stored = stored_as(rtype, name)
+    cond = model.param == stored.param + suffix
+    types = stored.target_types
+    if types and not suffix:
+        cond = and_(cond, model.target_type == types[0] if len(types) == 1 else model.target_type.in_(types))
+    return cond
 
 
 def _modifier_token(modifier: str, v: str) -> Any:
@@ -581,7 +597,9 @@ def _chain(session: Session, rtype: str, param: SearchParam, modifier: str, chai
     if not ors:
         raise BadRequest(f"no target of {rtype}.{param.name} has a search parameter {cname!r}")
     return R.id.in_(
-        select(_REF.resource_id).where(_REF.resource_type == rtype, _REF.param == param.name, or_(*ors))
+        select(_REF.resource_id).where(
+            _REF.resource_type == rtype, _rows_of(_REF, rtype, param.name), or_(*ors)
+        )
     )
 
 
@@ -607,7 +625,7 @@ def _has(session: Session, rtype: str, name: str, raw: str) -> Any:
     return R.id.in_(
         select(_REF.target_id).where(
             _REF.resource_type == other,
-            _REF.param == ref_name,
+            _rows_of(_REF, other, ref_name),
             _REF.target_type == rtype,
             _REF.resource_id.in_(matching),
         )
@@ -639,7 +657,9 @@ def _sort_expr(rtype: str, name: str, desc: bool) -> Any:
     agg = func.max(col) if desc else func.min(col)
     sub = (
         select(agg)
-        .where(model.resource_type == R.resource_type, model.resource_id == R.id, model.param == name)
+        .where(
+            model.resource_type == R.resource_type, model.resource_id == R.id, _rows_of(model, rtype, name)
+        )
         .scalar_subquery()
     )
     return func.coalesce(sub, literal(sentinel, typ))
@@ -726,7 +746,7 @@ def _driven_ids(q: Query, driver: Driver, conds: list[Any], after: Any, desc: bo
         where = [
             _REF.target_id == tid,
             _REF.target_type == driver.target_type,
-            _REF.param == driver.param,
+            _rows_of(_REF, q.resource_type, driver.param),
             _REF.resource_type == q.resource_type,
         ]
         if after is not None:
@@ -867,7 +887,7 @@ def _forward(frontier: list[Row], specs: list[str]) -> list[Any]:
                 raise BadRequest(f"_include {spec}: {pname} is not a reference parameter")
             conds = []
             if pname != "*":
-                conds.append(_REF.param == pname)
+                conds.append(_rows_of(_REF, rtype, pname))
             if target:
                 conds.append(_REF.target_type == target)
             ors.append(and_(true(), *conds))
@@ -900,8 +920,16 @@ def _reverse(session: Session, frontier: list[Row], spec: str) -> list[Any]:
         )
         if src_type != "*":
             stmt = stmt.where(_REF.resource_type == src_type)
-        if pname != "*":
-            stmt = stmt.where(_REF.param == pname)
+        if pname != "*" and src_type != "*":
+            stmt = stmt.where(_rows_of(_REF, src_type, pname))
+        elif pname != "*":  # any type's parameter of that name, wherever each type keeps its rows
+            aliased = [t for t, aliases in ALIASES.items() if pname in aliases]
+            stmt = stmt.where(
+                or_(
+                    _REF.param == pname,
+                    *(and_(_REF.resource_type == t, _rows_of(_REF, t, pname)) for t in aliased),
+                )
+            )
         out.append(stmt)
     return out
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table
@@ -65,7 +66,8 @@ def driver_rows(
     bind processors applied), for a statement sent to a DBAPI cursor directly."""
     prepared = _prepare(dialect, table, sql, columns)
     if prepared.processors:
-        return prepared.sql, [_processed(row, prepared.processors) for row in rows]
+        done: dict[tuple[int, Any], Any] = {}
+        return prepared.sql, [_processed(row, prepared.processors, done) for row in rows]
     return prepared.sql, list(rows)
 
 
@@ -79,11 +81,25 @@ def execute_many(
     connection.exec_driver_sql(text, bound)
 
 
-def _processed(row: Row, processors: tuple[tuple[int, Callable[[Any], Any]], ...]) -> Row:
+def _processed(
+    row: Row, processors: tuple[tuple[int, Callable[[Any], Any]], ...], done: dict[tuple[int, Any], Any]
+) -> Row:
+    """``row`` with its values bound. ``done`` keeps the datetimes bound already in this statement (a
+    write's rows share their instant and a message's resources their dates; SQLite's datetime text
+    costs a formatting per value)."""
     values = list(row)
     for position, process in processors:
-        if values[position] is not None:
-            values[position] = process(values[position])
+        value = values[position]
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            key = (position, value)
+            bound = done.get(key)
+            if bound is None:
+                bound = done[key] = process(value)
+            values[position] = bound
+        else:
+            values[position] = process(value)
     return tuple(values)
 
 

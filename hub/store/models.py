@@ -103,10 +103,8 @@ class Resource(Base):
     """The current version of a FHIR resource, as the JSON bytes served on read."""
 
     __tablename__ = "resource"
-    __table_args__ = (
-        Index("ix_resource_patient", "patient_id"),
-        Index("ix_resource_type_updated", "resource_type", "last_updated"),
-    )
+    # (patient_id alone is served by ix_resource_compartment, which it leads.)
+    __table_args__ = (Index("ix_resource_type_updated", "resource_type", "last_updated"),)
 
     resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

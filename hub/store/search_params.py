@@ -15,6 +15,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 TOKEN = "token"
@@ -486,6 +487,68 @@ def params_of(resource_type: str) -> dict[str, SearchParam]:
     return entry.params if entry is not None else {p.name: p for p in COMMON}
 
 
+# --- parameters whose rows other parameters already hold ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Where the index rows of a parameter are: under ``param`` (its own name, or the parameter whose
+    rows are its rows), restricted to references whose ``target_type`` is one of ``target_types`` when
+    that is not empty."""
+
+    param: str
+    target_types: tuple[str, ...] = ()
+
+
+def _aliases(resource_type: str) -> dict[str, Stored]:
+    """The parameters of a type that are not stored, each with the one other parameter whose rows are
+    its own: same type and the same paths (of two, the first declared is stored), so the row makers
+    find the same values. R4's ``patient`` is ``subject`` restricted to Patient targets (the alias's
+    ``target_types``), ``phonetic`` is ``name`` (no phonetic matching here). Writing their rows too
+    cost an ORU^R01 16 of its 140 index rows.
+
+    Only one: ``combo-code`` is ``code`` plus ``component-code``, but reading two parameters' rows
+    takes PostgreSQL off the id-ordered index range (``Observation?combo-code=X`` 0.2 → 8 ms at 100,000
+    resources: it sorts every match before the first page), so such parameters keep rows of their own."""
+    out: dict[str, Stored] = {}
+    stored: list[SearchParam] = []
+    # Fewer paths first (then in declaration order): a parameter is made of parameters with fewer paths.
+    indexed = [p for p in params_of(resource_type).values() if p.type not in (SPECIAL, COMPOSITE)]
+    for p in sorted(indexed, key=lambda p: len(p.paths)):
+        chosen: list[SearchParam] = []
+        for path in p.paths:
+            for q in stored:
+                if (
+                    q.type == p.type
+                    and path in q.paths
+                    and set(q.paths) <= set(p.paths)
+                    and (not q.targets or (p.targets and set(p.targets) <= set(q.targets)))
+                ):
+                    if q not in chosen:
+                        chosen.append(q)
+                    break
+            else:
+                chosen = []
+                break
+        if len(chosen) != 1:
+            stored.append(p)
+            continue
+        # A restriction only where a chosen parameter keeps targets the alias does not.
+        restrict = p.targets if any(not q.targets or set(q.targets) - set(p.targets) for q in chosen) else ()
+        out[p.name] = Stored(chosen[0].name, restrict)
+    return out
+
+
+ALIASES: dict[str, dict[str, Stored]] = {rtype: _aliases(rtype) for rtype in REGISTRY}
+assert not any(name in ALIASES[rtype] for rtype, name in CLINICAL_DATE.items()), "$everything reads these"
+
+
+def stored_as(resource_type: str, name: str) -> Stored:
+    """Where the rows of ``resource_type``'s parameter ``name`` are (every reader of the index asks)."""
+    alias = ALIASES.get(resource_type, {}).get(name)
+    return alias if alias is not None else Stored(name)
+
+
 # --- walking paths -------------------------------------------------------------------------------------
 
 _FILTER = re.compile(r"^([A-Za-z]+)\((\w+)=([\w.-]+)\)$")
@@ -525,6 +588,7 @@ def walk(resource: dict[str, Any], path: str) -> Iterator[Any]:
 # --- normalising values --------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=4096)  # names, code displays: the same few strings over and over
 def normalize(text: str) -> str:
     """Case- and accent-insensitive form used by string search (R4: "ignoring case and accents")."""
     decomposed = unicodedata.normalize("NFKD", text)
@@ -540,6 +604,7 @@ _DATE_RE = re.compile(
 )
 
 
+@lru_cache(maxsize=4096)  # a message's timestamps recur in each of its resources
 def date_range(value: str) -> tuple[datetime, datetime] | None:
     """The closed UTC range a FHIR date, dateTime or instant covers at its precision, or None."""
     m = _DATE_RE.match(value.strip())
@@ -640,6 +705,9 @@ class _Step:
     make_rows: RowMaker
     param: SearchParam
     modifiers: bool  # token and reference values may add ``:of-type`` / ``:identifier`` rows
+    # The keys one of which a resource has when the parameter has a value there (empty when a path
+    # starts with a choice type): most parameters of a type have none on most resources.
+    heads: tuple[str, ...]
 
 
 _PLANS: dict[str, tuple[_Step, ...]] = {}
@@ -650,12 +718,14 @@ def _plan(resource_type: str) -> tuple[_Step, ...]:
     plan = _PLANS.get(resource_type)
     if plan is None:
         steps = []
+        aliases = ALIASES.get(resource_type, {})
         for p in params_of(resource_type).values():
-            if p.type in (SPECIAL, COMPOSITE):
+            if p.type in (SPECIAL, COMPOSITE) or p.name in aliases:
                 continue
             paths = tuple(_compile(path) for path in p.paths)
             modifiers = p.type in (TOKEN, REFERENCE)
-            steps.append(_Step(p.name, p.type, paths, _ROW_MAKERS[p.type], p, modifiers))
+            heads = () if any(path[0][1] for path in paths) else tuple({path[0][0]: None for path in paths})
+            steps.append(_Step(p.name, p.type, paths, _ROW_MAKERS[p.type], p, modifiers, heads))
         plan = _PLANS[resource_type] = tuple(steps)
     return plan
 
@@ -716,7 +786,10 @@ def extract_rows(resource: dict[str, Any]) -> Rows:
     distinct value of a parameter, plus the ``:of-type`` / ``:identifier`` token rows."""
     out: Rows = {kind: [] for kind in KINDS}
     tokens = out[TOKEN]
+    keys = resource.keys()
     for step in _plan(resource.get("resourceType", "")):
+        if step.heads and keys.isdisjoint(step.heads):
+            continue
         values = _values(resource, step)
         if not values:  # most parameters of a type, on most resources
             continue

@@ -452,3 +452,72 @@ def test_of_type_and_reference_identifier(search: Search, put: Callable[..., Non
     assert search("/fhir/Observation?performer:identifier=https://fhir.kemkes.go.id/id/nakes|N-5") == ["o1"]
     assert search("/fhir/Observation?performer:identifier=N-5") == ["o1"]
     assert search("/fhir/Observation?performer:identifier=N-6") == []
+
+
+def test_aliased_parameters_find_what_their_own_rows_found(
+    search: Search, put: Callable[..., None], client: TestClient, auth: dict[str, str]
+) -> None:
+    """``patient``, ``phonetic`` … are not written as rows of their own but read the rows of the
+    parameter that holds the same values (``search_params.stored_as``): they match what their own rows
+    matched, and a restriction to Patient targets still holds. (``combo-code`` keeps rows of its own;
+    checked here beside them.)"""
+    panel = b.observation("bp", "p1", code="85354-9", display="Blood pressure panel", value=None)
+    panel["component"] = [
+        {"code": {"coding": [{"system": b.LOINC, "code": "8480-6"}]}, "valueQuantity": {"value": 120}},
+        {"code": {"coding": [{"system": b.LOINC, "code": "8462-4"}]}, "valueQuantity": {"value": 80}},
+    ]
+    on_device = b.observation("dev-obs", "p1", code="2345-7")
+    on_device["subject"] = {"reference": "Device/p1"}  # same id, another type: not the patient's
+    appointment = {
+        "resourceType": "Appointment",
+        "id": "ap1",
+        "status": "booked",
+        "participant": [
+            {"actor": {"reference": "Patient/p1"}, "status": "accepted"},
+            {"actor": {"reference": "Practitioner/dr9"}, "status": "accepted"},
+        ],
+    }
+    put(
+        b.patient("p1", family="Santoso"),
+        panel,
+        on_device,
+        b.observation("plain", "p1", code="8480-6"),
+        b.observation("other", "p2", code="2345-7"),
+        b.provenance("prov-p", "Patient/p1"),
+        b.provenance("prov-o", "Observation/plain"),
+        appointment,
+    )
+    # patient = subject where the subject is a Patient.
+    assert search("/fhir/Observation?patient=p1") == ["bp", "plain"]
+    assert search("/fhir/Observation?patient=Patient/p1") == ["bp", "plain"]
+    assert search("/fhir/Observation?patient=Device/p1") == []
+    assert search("/fhir/Observation?subject=Device/p1") == ["dev-obs"]
+    assert search("/fhir/Observation?subject=p1") == ["bp", "dev-obs", "plain"]
+    assert search("/fhir/Observation?patient:missing=true") == ["dev-obs"]
+    assert search("/fhir/Observation?patient:missing=false") == ["bp", "other", "plain"]
+    assert search("/fhir/Observation?patient.family=santoso") == ["bp", "plain"]
+    assert search("/fhir/Patient?_has:Observation:patient:code=85354-9") == ["p1"]
+    assert search("/fhir/Patient?_has:Observation:patient:code=2345-7") == []  # on Device/p1, p2 unknown
+    assert search("/fhir/Provenance?patient=p1") == ["prov-p"]
+    assert search("/fhir/Provenance?target=Patient/p1") == ["prov-p"]
+    assert search("/fhir/Appointment?patient=p1") == ["ap1"]
+    assert search("/fhir/Appointment?practitioner=dr9") == ["ap1"]
+    assert search("/fhir/Appointment?practitioner=p1") == []
+    assert search("/fhir/Appointment?location=dr9") == []
+    bundle = _entries(client, auth, "/fhir/Observation?_id=dev-obs,bp&_include=Observation:patient")
+    assert included_keys(bundle) == {"Patient/p1"}  # not Device/p1
+    bundle = _entries(client, auth, "/fhir/Patient?_id=p1&_revinclude=Observation:patient")
+    assert included_keys(bundle) == {"Observation/bp", "Observation/plain"}
+    # combo-code = code or a component's code.
+    assert search("/fhir/Observation?combo-code=85354-9") == ["bp"]
+    assert search("/fhir/Observation?combo-code=8480-6") == ["bp", "plain"]
+    assert search(f"/fhir/Observation?combo-code={b.LOINC}|8462-4") == ["bp"]
+    assert search("/fhir/Observation?combo-code=2345-7,8462-4") == ["bp", "dev-obs", "other"]
+    assert search("/fhir/Observation?combo-code:not=8480-6") == ["dev-obs", "other"]
+    assert search("/fhir/Observation?combo-code:text=blood pressure panel") == ["bp"]
+    assert search("/fhir/Observation?code=8480-6") == ["plain"]
+    assert search("/fhir/Observation?component-code=8480-6") == ["bp"]
+    ids = match_ids(_entries(client, auth, "/fhir/Observation?_sort=combo-code,_id"))
+    assert ids == ["dev-obs", "other", "bp", "plain"]  # 2345-7, 2345-7, 8462-4 (the least of bp's), 8480-6
+    # phonetic = name.
+    assert search("/fhir/Patient?phonetic=santos") == ["p1"]
