@@ -177,21 +177,36 @@ def _sender(port: int, messages: list[bytes], window: int, latencies: list[float
         sock.close()
 
 
-def _pending(database_url: str) -> tuple[int, int]:
-    from sqlalchemy import create_engine, text
+class _Pending:
+    """Counts the stored messages and those still ``received``, on one connection pool for the whole
+    wait. Polled ten times a second, a fresh engine and a scan of every row each time cost PostgreSQL
+    ≈15 ms of CPU a poll at 4,000 messages (≈15 % of a core, taken from the hub it measures): the total
+    is counted until it is reached, then only the ``received`` rows, through their index."""
 
-    eng = create_engine(database_url)
-    try:
-        with eng.connect() as conn:
-            total, received = conn.execute(
-                text(
-                    "SELECT count(*), coalesce(sum(CASE WHEN state = 'received' THEN 1 ELSE 0 END), 0) "
-                    "FROM inbound_message"
+    def __init__(self, database_url: str, n: int) -> None:
+        from sqlalchemy import create_engine
+
+        self.engine = create_engine(database_url)
+        self.n = n
+        self.stored = False
+
+    def done(self) -> bool:
+        from sqlalchemy import text
+
+        with self.engine.connect() as conn:
+            if not self.stored:
+                self.stored = (
+                    conn.execute(text("SELECT count(*) FROM inbound_message")).scalar_one() >= self.n
                 )
-            ).one()
-        return int(total), int(received)
-    finally:
-        eng.dispose()
+                if not self.stored:
+                    return False
+            received = conn.execute(
+                text("SELECT count(*) FROM inbound_message WHERE state = 'received'")
+            ).scalar_one()
+        return int(received) == 0
+
+    def close(self) -> None:
+        self.engine.dispose()
 
 
 def drive(
@@ -224,13 +239,16 @@ def drive(
     if len(res.latencies) != len(messages):
         raise RuntimeError(f"{mode}: only {len(res.latencies)} of {len(messages)} ACKs")
     deadline = time.monotonic() + (600 if wait_processed else 0)
-    while time.monotonic() < deadline:
-        total, received = _pending(database_url)
-        if total >= len(messages) and received == 0:
-            break
-        time.sleep(0.1)
-    else:
-        return res  # processing not awaited (or not finished in time): no processed figure
+    pending = _Pending(database_url, len(messages))
+    try:
+        while time.monotonic() < deadline:
+            if pending.done():
+                break
+            time.sleep(0.1)
+        else:
+            return res  # processing not awaited (or not finished in time): no processed figure
+    finally:
+        pending.close()
     res.processed_s = time.perf_counter() - start
     res.cpu_s = {p.name: group_cpu_s(p.proc.pid) - cpu0[p.name] for p in procs}
     return res

@@ -85,6 +85,8 @@ def worker(
         raise typer.Exit(2)
     from hub.tasks.celery_app import make_celery
 
+    if settings.worker_nice > 0:
+        os.nice(settings.worker_nice)  # the worker's processes inherit it
     make_celery(settings.broker_url, settings.celery_queue).worker_main(
         [
             "worker",

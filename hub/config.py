@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     broker_url: str | None = None  # set: Celery; unset: in-process worker threads
     celery_queue: str = "hub"  # the Celery queue tasks go to and `hub worker` consumes
     celery_linger_ms: float = 20.0  # gather message ids this long into one task (processing latency only)
+    # `hub worker` lowers its CPU priority by this much (0: not at all): on a machine it shares with `hub
+    # serve`, the intake (whose ACKs wait) gets a core before the processing, whose latency nobody waits on.
+    worker_nice: int = 10
 
     http_host: str = "127.0.0.1"
     http_port: int = 8080

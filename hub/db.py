@@ -67,13 +67,6 @@ def _binary_cursor() -> Any:
     return BinaryCursor
 
 
-def _pg_relaxed(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("SET synchronous_commit TO off")
-    cur.close()
-    dbapi_conn.commit()
-
-
 def make_engine(
     url: str, *, read_only: bool = False, durable: bool = True, checkpoint: bool = True, **kw: Any
 ) -> Engine:
@@ -115,15 +108,23 @@ def make_engine(
         # request (on a busy machine each round trip is a wait for a CPU); each statement still reads
         # one consistent snapshot, and nothing on this engine writes.
         kw.setdefault("isolation_level", "AUTOCOMMIT")
+    elif url.startswith("postgresql"):
+        # The writing engines (intake, workers) plan every execution for its values too. psycopg prepares a
+        # statement after its fifth execution, and PostgreSQL then keeps a generic plan made from the
+        # statistics of that moment: planned while `resource` was nearly empty (and autovacuum had not yet
+        # analysed it), the store's read of a message's current resources kept a bitmap scan of every row
+        # of the four types (ix_resource_type_updated) instead of its primary-key probes, 8-15 ms a
+        # message after 2,000 messages and growing with the table (auto_explain in `bench intake`).
+        options = "-c plan_cache_mode=force_custom_plan"
+        if not durable:
+            options += " -c synchronous_commit=off"  # see the docstring: the work can be redone
+        kw.setdefault("connect_args", {"options": options})
     kw.setdefault("pool_size", 10)
     kw.setdefault("max_overflow", 20)
     # The read path skips the liveness ping (≈0.3 ms a read); a dropped connection is recycled instead.
     kw.setdefault("pool_pre_ping", not read_only)
     kw.setdefault("pool_recycle", 1800)
-    engine = create_engine(url, **kw)
-    if not durable:
-        event.listen(engine, "connect", _pg_relaxed)
-    return engine
+    return create_engine(url, **kw)
 
 
 def processing_engine(engine: Engine, *, checkpoint: bool = True) -> Engine:

@@ -1,5 +1,5 @@
-"""Engines: the intake's commits are durable, the workers' are not (their work is re-doable); on SQLite
-the intake's commit goes before a waiting worker batch."""
+"""Engines: the intake's commits are durable, the workers' are not (their work is re-doable); on PostgreSQL
+both plan each execution for its values; on SQLite the intake's commit goes before a waiting worker batch."""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ def test_intake_engine_is_durable_and_processing_engine_is_not(database_url: str
             assert conn.execute(query).scalar() == (1 if sqlite else "off")  # NORMAL
             if sqlite:  # the workers' index writes keep their pages in a 64 MiB cache
                 assert conn.execute(text("PRAGMA cache_size")).scalar() == -65536
+        if not sqlite:  # no generic plan made while the tables were small is kept as they grow
+            for engine in (durable, relaxed):
+                with engine.connect() as conn:
+                    assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
     finally:
         relaxed.dispose()
         durable.dispose()

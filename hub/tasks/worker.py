@@ -179,7 +179,10 @@ def pending_ids(engine: Engine, *, older_than_s: float = 0.0, limit: int = 10000
 
 class Sweeper(Periodic):
     """Re-dispatches messages left ``received``: once at start (recovery after a crash), then every
-    ``interval_s`` those older than ``after_s``."""
+    ``interval_s`` those older than ``after_s`` that it has not itself re-dispatched within the last
+    ``after_s``. Behind a backlog (the workers slower than the intake for minutes) a message waits in the
+    queue longer than ``after_s`` without being lost: sending the whole backlog again at every sweep only
+    stacked one more copy of each waiting task per sweep."""
 
     name = "hub-sweeper"
 
@@ -190,9 +193,15 @@ class Sweeper(Periodic):
         self.engine = engine
         self.dispatch = dispatch
         self.after_s = after_s
+        self._sent: dict[int, float] = {}  # id -> time.monotonic() of its last re-dispatch
 
     def sweep(self, older_than_s: float) -> int:
-        ids = pending_ids(self.engine, older_than_s=older_than_s)
+        now = time.monotonic()
+        pending = pending_ids(self.engine, older_than_s=older_than_s)
+        ids = [i for i in pending if now - self._sent.get(i, float("-inf")) >= self.after_s]
+        # Only ids still pending are remembered: the map stays as small as one sweep's list.
+        self._sent = {i: self._sent[i] for i in pending if i in self._sent}
+        self._sent.update(dict.fromkeys(ids, now))
         if ids:
             log.info("sweeper re-dispatching %d message(s)", len(ids))
             self.dispatch(ids)

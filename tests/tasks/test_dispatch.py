@@ -1,9 +1,10 @@
-"""The Celery dispatcher gathers the ids of small commits into tasks of many ids (no broker needed: the
-publishing is recorded)."""
+"""The Celery dispatcher gathers the ids of small commits into tasks of many ids, and the sweeper does not
+resend a waiting message at every sweep (no broker needed: the publishing is recorded)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +35,32 @@ def test_publish_splits_into_tasks_of_at_most_batch_ids(monkeypatch: pytest.Monk
     monkeypatch.setattr(dispatcher.app, "send_task", lambda name, args, producer: sent.append(list(args[0])))
     dispatcher(range(10))
     assert sent == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_sweeper_sends_a_waiting_message_again_only_after_a_pause(tmp_path: Path) -> None:
+    """A message still ``received`` is re-dispatched once per ``after_s``, not at every sweep (behind a
+    backlog it is queued, not lost), and again once ``after_s`` has passed (its task was lost again)."""
+    from hub.config import Settings
+    from hub.db import make_engine
+    from hub.ingest.service import Intake
+    from hub.store.schema import upgrade
+    from hub.tasks.worker import Sweeper
+    from tests.builders import adt
+
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        intake = Intake(engine, Settings(var_dir=tmp_path), dispatch=None)
+        ids = [intake.accept(adt(f"SW-{i}", mrn=f"SW{i}").encode()).message_id for i in range(3)]
+        sent: list[list[int]] = []
+        sweeper = Sweeper(engine, lambda batch: sent.append(list(batch)), interval_s=30.0, after_s=0.3)
+        assert sweeper.sweep(0.0) == 3
+        assert sweeper.sweep(0.0) == 0  # queued a moment ago: not sent twice
+        late = intake.accept(adt("SW-late", mrn="SWL").encode()).message_id
+        assert sweeper.sweep(0.0) == 1  # a new one is
+        time.sleep(0.35)
+        assert sweeper.sweep(0.0) == 4  # after_s later all of them again: their tasks may be lost
+        assert sent == [ids, [late], [*ids, late]]
+    finally:
+        engine.dispose()
