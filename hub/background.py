@@ -1,5 +1,4 @@
-"""A task that runs every ``interval_s`` on a daemon thread of its own until stopped (the sweeper, the
-SQLite checkpointer)."""
+"""A task that runs every ``interval_s`` on a daemon thread of its own until stopped (the sweeper)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from hub.background import Periodic
 from hub.config import get_settings
 
 log = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def _sqlite_pragmas(synchronous: str, checkpoint: bool = True) -> Any:
+def _sqlite_pragmas(synchronous: str) -> Any:
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
         # WAL lets readers run beside the one writer; FULL makes every commit (so every ACK) survive
@@ -42,11 +41,6 @@ def _sqlite_pragmas(synchronous: str, checkpoint: bool = True) -> Any:
             # back from the OS on every transaction. 64 MiB (taken only as pages are used) keeps them.
             cur.execute("PRAGMA cache_size=-65536")
         cur.execute("PRAGMA busy_timeout=30000")
-        if not checkpoint:
-            # This connection's commits never copy the WAL back into the database (SQLite's default
-            # is that the commit crossing 1,000 pages does it, inside the writer's turn, and a
-            # processed ORU^R01 dirties ~500 pages): a Checkpointer thread does it, outside the turn.
-            cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -67,19 +61,16 @@ def _binary_cursor() -> Any:
     return BinaryCursor
 
 
-def make_engine(
-    url: str, *, read_only: bool = False, durable: bool = True, checkpoint: bool = True, **kw: Any
-) -> Engine:
+def make_engine(url: str, *, read_only: bool = False, durable: bool = True, **kw: Any) -> Engine:
     """An engine for ``url``. ``durable=False`` is for re-doable work only (processing stored messages):
     its commits do not wait for the disk (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit=off);
-    the intake, whose commits precede ACKs, always uses a durable engine. ``checkpoint=False`` (SQLite)
-    leaves WAL checkpoints to a :class:`Checkpointer`."""
+    the intake, whose commits precede ACKs, always uses a durable engine."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "isolation_level": None}, **kw)
-        event.listen(engine, "connect", _sqlite_pragmas("FULL" if durable else "NORMAL", checkpoint))
+        event.listen(engine, "connect", _sqlite_pragmas("FULL" if durable else "NORMAL"))
 
         # pysqlite's own transaction handling is off (isolation_level=None); begin explicitly so that a
         # writing transaction takes the write lock up front (BEGIN IMMEDIATE) instead of failing mid-way
@@ -127,51 +118,9 @@ def make_engine(
     return create_engine(url, **kw)
 
 
-def processing_engine(engine: Engine, *, checkpoint: bool = True) -> Engine:
+def processing_engine(engine: Engine) -> Engine:
     """A non-durable twin of ``engine`` (same database) for the workers: see :func:`make_engine`."""
-    return make_engine(engine.url.render_as_string(hide_password=False), durable=False, checkpoint=checkpoint)
-
-
-class Checkpointer(Periodic):
-    """Copies an SQLite database's WAL back into the database file from a thread of its own, every
-    ``interval_s``, with PASSIVE checkpoints: they wait for no reader or writer and hold no write turn.
-    The intake's and the workers' connections are then opened with ``checkpoint=False``: left to
-    SQLite, the commit that crosses 1,000 WAL pages copies them, and when that commit is the intake's,
-    its ACKs wait for the copy (measured: in-turn store time p99 17 ms, max 249 ms, while a worker
-    processed ORU^R01s beside it)."""
-
-    name = "hub-sqlite-checkpoint"
-
-    def __init__(self, url: str, interval_s: float = 0.1) -> None:
-        super().__init__(interval_s)
-        self.engine = make_engine(url, checkpoint=False)
-        self.checkpointed = 0  # WAL frames copied back so far
-        self._done = 0  # of the current WAL, as the last checkpoint reported
-
-    def stop(self) -> None:
-        super().stop()
-        self.engine.dispose()
-
-    def run_once(self) -> tuple[int, int]:
-        """One PASSIVE checkpoint: (frames in the WAL, frames copied back)."""
-        raw = self.engine.raw_connection()
-        try:
-            cursor = raw.cursor()
-            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            row: Any = cursor.fetchone()
-            cursor.close()
-            _busy, frames, copied = row
-        finally:
-            raw.close()
-        return int(frames), int(copied)
-
-    def tick(self) -> None:
-        frames, copied = self.run_once()
-        # The counters restart when a writer starts the WAL again from its beginning.
-        self.checkpointed += copied - self._done if copied >= self._done else copied
-        self._done = copied if frames else 0
-
-    last = tick
+    return make_engine(engine.url.render_as_string(hide_password=False), durable=False)
 
 
 @lru_cache(maxsize=4)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 
 from hub.config import Settings
-from hub.db import Checkpointer, make_engine, processing_engine
+from hub.db import make_engine, processing_engine
 from hub.ingest.listener import MLLPServer
 from hub.ingest.service import Intake
 from hub.tasks.worker import InProcessWorker, Sweeper
@@ -28,12 +28,8 @@ class Runtime:
             from hub.mapping import configure
 
             configure(settings.mappings_dir)
-        url = settings.sqlalchemy_url
-        # SQLite: WAL checkpoints run on a thread of their own, never inside the intake's or a worker's
-        # commit (see Checkpointer).
-        self.checkpointer = Checkpointer(url) if url.startswith("sqlite") and engine is None else None
-        self.engine = engine or make_engine(url, checkpoint=self.checkpointer is None)
-        self.read_engine = make_engine(url, read_only=True)
+        self.engine = engine or make_engine(settings.sqlalchemy_url)
+        self.read_engine = make_engine(settings.sqlalchemy_url, read_only=True)
         self.worker: InProcessWorker | None = None
         self.worker_engine: Engine | None = None
         self.celery: CeleryDispatcher | None = None
@@ -46,7 +42,7 @@ class Runtime:
             )
             self.dispatch = self.celery
         elif settings.worker_enabled:
-            self.worker_engine = processing_engine(self.engine, checkpoint=self.checkpointer is None)
+            self.worker_engine = processing_engine(self.engine)
             self.worker = InProcessWorker(
                 self.worker_engine,
                 settings.worker_threads,
@@ -61,8 +57,6 @@ class Runtime:
         self.mllp: MLLPServer | None = MLLPServer(self.intake, settings) if settings.mllp_enabled else None
 
     async def start(self) -> None:
-        if self.checkpointer is not None:
-            self.checkpointer.start()
         self.intake.start()
         if self.worker is not None:
             self.worker.start()
@@ -82,8 +76,6 @@ class Runtime:
             self.worker.stop()
         if self.worker_engine is not None:
             self.worker_engine.dispose()
-        if self.checkpointer is not None:
-            self.checkpointer.stop()
         self.engine.dispose()
         self.read_engine.dispose()
 

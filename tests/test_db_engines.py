@@ -157,35 +157,3 @@ def test_sqlite_worker_ends_its_transaction_for_a_waiting_intake_and_finishes_th
     finally:
         read_engine.dispose()
         engine.dispose()
-
-
-def test_checkpointer_copies_the_wal_back_when_the_writers_never_do(tmp_path: Path) -> None:
-    """With checkpoint=False the intake's and the workers' commits never copy the WAL into the database
-    (that copy would run inside their write turn, with ACKs waiting); the Checkpointer thread does."""
-    from hub.db import Checkpointer
-
-    url = f"sqlite:///{tmp_path / 'ckpt.db'}"
-    writer = make_engine(url, checkpoint=False)
-    worker = processing_engine(writer, checkpoint=False)
-    checkpointer = Checkpointer(url, interval_s=0.05)
-    try:
-        for engine in (writer, worker):
-            with engine.connect() as conn:
-                assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
-        with writer.begin() as conn:
-            conn.exec_driver_sql("CREATE TABLE t (x BLOB)")
-        for _ in range(30):  # ~1,500 pages: past SQLite's own 1,000-page autocheckpoint
-            with worker.begin() as conn:
-                conn.exec_driver_sql("INSERT INTO t VALUES (randomblob(200000))")
-        assert checkpointer.checkpointed == 0
-        checkpointer.start()
-        deadline = time.monotonic() + 20
-        while checkpointer.checkpointed < 1000 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert checkpointer.checkpointed >= 1000
-        frames, copied = checkpointer.run_once()
-        assert frames == copied  # nothing left to copy
-    finally:
-        checkpointer.stop()
-        worker.dispose()
-        writer.dispose()
