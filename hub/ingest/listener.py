@@ -45,6 +45,7 @@ class MLLPServer:
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: dict[_Connection, None] = {}  # connections with ACKs outstanding, in arrival order
+        self._open: set[_Connection] = set()
         self._flush_scheduled = False
         self.connections = 0
         intake.on_commit(self._committed)
@@ -70,7 +71,7 @@ class MLLPServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            for conn in list(self._waiting):
+            for conn in list(self._open):  # idle ones too: waiting for senders to hang up could take hours
                 conn.close()
             await self._server.wait_closed()
             self._server = None
@@ -114,6 +115,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         self.peer = transport.get_extra_info("peername")
         self.server.connections += 1
+        self.server._open.add(self)
         loop = asyncio.get_running_loop()
         self._last_read = loop.time()
         self._idle = loop.call_later(self.server.settings.mllp_idle_timeout_s, self._check_idle)
@@ -156,6 +158,7 @@ class _Connection(asyncio.Protocol):
         elif exc is not None:
             log.info("MLLP connection %s dropped: %s", self.peer, type(exc).__name__)
         self.server.connections -= 1
+        self.server._open.discard(self)
         self.server._waiting.pop(self, None)
         if self._idle is not None:
             self._idle.cancel()

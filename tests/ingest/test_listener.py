@@ -191,3 +191,24 @@ def test_a_message_that_could_not_be_stored_is_not_acknowledged(
 
     _run(engine, body)
     assert _count(engine) == 2
+
+
+def test_stopping_closes_idle_connections(engine: Engine) -> None:
+    """`hub serve` stops even while senders keep idle connections open: the hub closes them."""
+    settings = Settings(mllp_port=0)
+    intake = Intake(engine, settings)
+
+    async def main() -> None:
+        intake.start()
+        server = MLLPServer(intake, settings)
+        await server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(frame(adt("IDLE1").encode()))
+        await writer.drain()
+        assert len(await _read_acks(reader, 1)) == 1
+        await asyncio.wait_for(server.stop(), 10)  # does not wait for the sender to hang up
+        assert await asyncio.wait_for(reader.read(100), 5) == b""
+        writer.close()
+        intake.stop()
+
+    asyncio.run(main())
