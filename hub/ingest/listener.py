@@ -19,7 +19,7 @@ from typing import cast
 
 from hub.config import Settings
 from hub.ingest.mllp import END, START, FrameDecoder, Oversize
-from hub.ingest.service import Intake, StorageUnavailable, Ticket
+from hub.ingest.service import Intake, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,12 @@ class MLLPServer:
         self._waiting: dict[_Connection, None] = {}  # connections with ACKs outstanding, in arrival order
         self._open: set[_Connection] = set()
         self._flush_scheduled = False
-        self.connections = 0
         intake.on_commit(self._committed)
+
+    @property
+    def connections(self) -> int:
+        """Open MLLP connections."""
+        return len(self._open)
 
     @property
     def port(self) -> int:
@@ -114,7 +118,6 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         self.peer = transport.get_extra_info("peername")
-        self.server.connections += 1
         self.server._open.add(self)
         loop = asyncio.get_running_loop()
         self._last_read = loop.time()
@@ -153,11 +156,10 @@ class _Connection(asyncio.Protocol):
         return bool(self.tickets)  # True keeps the transport open for the outstanding ACKs
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None and not isinstance(exc, (ConnectionError, ssl.SSLError, OSError)):
-            log.warning("MLLP connection %s lost: %s", self.peer, type(exc).__name__)
-        elif exc is not None:
+        if isinstance(exc, OSError):  # resets, TLS errors
             log.info("MLLP connection %s dropped: %s", self.peer, type(exc).__name__)
-        self.server.connections -= 1
+        elif exc is not None:
+            log.warning("MLLP connection %s lost: %s", self.peer, type(exc).__name__)
         self.server._open.discard(self)
         self.server._waiting.pop(self, None)
         if self._idle is not None:
@@ -177,20 +179,19 @@ class _Connection(asyncio.Protocol):
             return True
         tickets = self.tickets
         out: list[bytes] = []
-        failed = False
+        failed: Exception | None = None
         while tickets and tickets[0].done:
             ticket = tickets.popleft()
             if ticket.error is not None:
-                failed = True
+                failed = ticket.error
                 break
             accepted = ticket.accepted
             if accepted is not None and accepted.ack is not None:
                 out += (START, accepted.ack.encode("utf-8"), END)
         if out:
             transport.write(b"".join(out))
-        if failed:
-            if not isinstance(tickets and tickets[0].error, StorageUnavailable):
-                log.info("MLLP connection %s: a message was not stored; closing", self.peer)
+        if failed is not None:
+            log.info("MLLP connection %s: a message was not stored (%s); closing", self.peer, failed)
             tickets.clear()
             self.close()
             return True

@@ -295,7 +295,7 @@ class Intake:
                 cursor.executemany(self._count_sql, [(row.duplicates, row.id) for row in counted])
             driver.commit()
         except BaseException:
-            self._drop_driver(rollback=True)
+            self._drop_driver()
             raise
         finally:
             if cursor is not None:
@@ -311,13 +311,12 @@ class Intake:
             self._raw = self.engine.raw_connection()
         return self._raw
 
-    def _drop_driver(self, *, rollback: bool = False) -> None:
+    def _drop_driver(self) -> None:
         raw, self._raw = self._raw, None
         if raw is None:
             return
         with contextlib.suppress(Exception):
-            if rollback:
-                raw.rollback()
+            raw.rollback()
         with contextlib.suppress(Exception):
             raw.invalidate()  # a connection that failed mid-transaction is not reused
 

@@ -87,7 +87,7 @@ class InProcessWorker:
 
     def _yield(self) -> bool:
         """On SQLite: end the transaction after the current message when the intake waits to commit."""
-        return self._sqlite and urgent_write_waiting(self.engine)
+        return urgent_write_waiting(self.engine)
 
     def _premap(self, ids: list[int]) -> Premapped:
         """Parse and map before the write turn, on the read engine (a deferred transaction that takes no
@@ -131,7 +131,7 @@ class InProcessWorker:
                     step = self._step()
                     chunk, ids = ids[:step], ids[step:]
                     started = time.perf_counter()
-                    done = len(chunk)
+                    done, rest = len(chunk), []
                     try:
                         mapped.update(self._premap([i for i in chunk if i not in mapped]))
 
@@ -154,9 +154,8 @@ class InProcessWorker:
                             done = max(1, len(chunk) - len(rest))
                     except Exception:  # a broken batch stays 'received'; the sweeper brings it back
                         log.exception("worker batch of %d message(s) failed", len(chunk))
-                    for i in chunk:
-                        if i not in ids:
-                            mapped.pop(i, None)
+                    for i in set(chunk).difference(rest):  # not coming back: nothing to keep
+                        mapped.pop(i, None)
                     per_message = (time.perf_counter() - started) * 1000 / done
                     self._ms_per_message += 0.3 * (per_message - self._ms_per_message)
             finally:
