@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -28,9 +29,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from hub import hl7
 from hub.ingest.mllp import FrameDecoder, frame
@@ -120,13 +122,30 @@ class Proc:
 
 def group_cpu_s(pgid: int) -> float:
     """CPU seconds (user + system) used so far by the live processes of a process group (Linux /proc)."""
+    return _cpu_s(lambda comm, fields: int(fields[2]) == pgid)
+
+
+def postgres_cpu_s() -> float:
+    """CPU seconds used so far by the live processes of the local PostgreSQL server (its backends serve
+    the bench's connections for the whole run, so a difference of two readings is the server's work)."""
+    return _cpu_s(lambda comm, fields: comm == "postgres")
+
+
+def client_cpu_s() -> float:
+    """CPU seconds of this process: the MLLP senders and the polling for the processed count."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_s(wanted: Callable[[str, list[str]], bool]) -> float:
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            head, tail = stat.read_text().rsplit(")", 1)
+            comm, fields = head.split("(", 1)[1], tail.split()
+        except (OSError, IndexError, ValueError):
             continue
-        if int(fields[2]) == pgid:
+        if wanted(comm, fields):
             total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 
@@ -218,7 +237,7 @@ def drive(
     procs: list[Proc],
 ) -> Result:
     connections, wait_processed = args.connections, not args.accept_only
-    cpu0 = {p.name: group_cpu_s(p.proc.pid) for p in procs}
+    cpu0 = _cpu_readings(procs, database_url)
     res = Result(mode, len(messages))
     per_conn = [messages[i::connections] for i in range(connections)]
     lats: list[list[float]] = [[] for _ in range(connections)]
@@ -233,7 +252,7 @@ def drive(
     for t in threads:
         t.join()
     res.accepted_s = time.perf_counter() - start
-    res.accept_cpu_s = {p.name: group_cpu_s(p.proc.pid) - cpu0[p.name] for p in procs}
+    res.accept_cpu_s = {k: v - cpu0[k] for k, v in _cpu_readings(procs, database_url).items()}
     res.latencies = [x for lat in lats for x in lat]
     res.not_aa = len(errors)
     if len(res.latencies) != len(messages):
@@ -250,8 +269,19 @@ def drive(
     finally:
         pending.close()
     res.processed_s = time.perf_counter() - start
-    res.cpu_s = {p.name: group_cpu_s(p.proc.pid) - cpu0[p.name] for p in procs}
+    res.cpu_s = {k: v - cpu0[k] for k, v in _cpu_readings(procs, database_url).items()}
     return res
+
+
+def _cpu_readings(procs: list[Proc], database_url: str) -> dict[str, float]:
+    """CPU seconds so far of each hub process, of the PostgreSQL server when it runs on this machine,
+    and of the bench's own senders."""
+    readings = {p.name: group_cpu_s(p.proc.pid) for p in procs}
+    host = urlsplit(database_url).hostname
+    if database_url.startswith("postgresql") and host in ("127.0.0.1", "localhost", "::1"):
+        readings["PostgreSQL"] = postgres_cpu_s()
+    readings["bench senders"] = client_cpu_s()
+    return readings
 
 
 @contextlib.contextmanager

@@ -54,7 +54,10 @@ class Settings(BaseSettings):
     # about to send again), it waits up to commit_gather_ms for them: one fsync for the round, not two.
     commit_gather_ms: float = 1.0
 
-    worker_enabled: bool = True  # in-process worker threads when no broker is set
+    worker_enabled: bool = True  # the embedded worker when no broker is set
+    # ... in a child process of its own (its interpreter lock and a core apart from the intake's), or,
+    # false, as threads of the serving process.
+    worker_process: bool = True
     worker_threads: int = 1
     worker_batch: int = 50
     sweep_interval_s: float = 30.0

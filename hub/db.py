@@ -3,7 +3,10 @@ dependency do, at the boundary."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -153,41 +156,155 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
 
 
 class WriteGate:
-    """One writing transaction at a time among the threads of this process that share an SQLite engine
-    (the intake's committer first, then the worker threads).
+    """One writing transaction at a time among the writers that share an SQLite database (the intake's
+    committer first, then the workers), in this process and, through two lock files beside the
+    database, in every other hub process that opens it (the embedded worker process).
 
     SQLite itself serialises writers, but a writer that finds the file locked sleeps in steps of up to
     100 ms (``busy_timeout``) before it looks again: an ACK waiting behind a worker batch would take that
-    long. Waiting here instead wakes the next writer the moment the previous one commits."""
+    long. Waiting here instead wakes the next writer the moment the previous one commits.
 
-    def __init__(self) -> None:
+    Across processes the gate is ``flock``: ``<db>-write`` is held for the whole writing transaction, and
+    ``<db>-urgent`` by an intake for as long as it waits for its turn. A worker does not start a turn
+    while ``-urgent`` is held, and a worker in a turn ends it after the current message when it is (see
+    ``urgent_waiting``). The kernel drops the locks of a process that dies, so a killed worker never
+    leaves the intake waiting."""
+
+    def __init__(self, path: str = "") -> None:
         self._cond = threading.Condition()
         self._busy = False
         self._urgent = 0
-        self.last_urgent = float("-inf")  # time.monotonic() of the last urgent (intake) write
+        self.last_urgent = float("-inf")  # time.monotonic() of the last urgent (intake) write, any process
+        self._files = _GateFiles(path) if path and path != ":memory:" else None
+        self._announce_lock = threading.Lock()
+        self._announcing = 0
 
     @contextmanager
     def hold(self, *, urgent: bool = False) -> Iterator[None]:
-        with self._cond:
-            if urgent:
+        files = self._files
+        if urgent:
+            with self._cond:
                 self._urgent += 1
                 self.last_urgent = time.monotonic()
-            try:
-                self._cond.wait_for(lambda: not self._busy and (urgent or self._urgent == 0))
-            finally:
-                if urgent:
-                    self._urgent -= 1
-            self._busy = True
+            if files is not None:
+                self._announce(files)
+        elif files is not None:
+            files.await_no_urgent()
+        announced = urgent and files is not None
         try:
-            yield
-        finally:
             with self._cond:
-                self._busy = False
-                self._cond.notify_all()
+                try:
+                    self._cond.wait_for(lambda: not self._busy and (urgent or self._urgent == 0))
+                finally:
+                    if urgent:
+                        self._urgent -= 1
+                self._busy = True
+            try:
+                if files is not None:
+                    files.lock()
+                    if announced:  # the other processes' writers may go on once this turn is over
+                        announced = False
+                        self._withdraw(files)
+                yield
+            finally:
+                if files is not None:
+                    files.unlock()
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+        finally:
+            if announced:
+                self._withdraw(files)  # type: ignore[arg-type]
+
+    def _announce(self, files: _GateFiles) -> None:
+        """Hold ``-urgent`` while any urgent writer of this process waits (the first one takes it)."""
+        with self._announce_lock:
+            self._announcing += 1
+            if self._announcing == 1:
+                files.announce()
+
+    def _withdraw(self, files: _GateFiles) -> None:
+        with self._announce_lock:
+            self._announcing -= 1
+            if self._announcing == 0:
+                files.withdraw()
 
     def urgent_waiting(self) -> bool:
-        """Whether an urgent writer (the intake) waits for the current holder to finish."""
-        return self._urgent > 0
+        """Whether an urgent writer (an intake, in any process) waits for the current holder to finish."""
+        return self._urgent > 0 or (self._files is not None and self._files.urgent_elsewhere())
+
+    def seconds_since_urgent(self) -> float:
+        last = self.last_urgent
+        if self._files is not None:
+            last = max(last, self._files.last_urgent())
+        return time.monotonic() - last
+
+
+class _GateFiles:
+    """The cross-process half of a :class:`WriteGate` (POSIX ``flock``). Files are opened per use (a few
+    microseconds): a process that opens many databases (the test suite) keeps no descriptors for them.
+    A lock belongs to an open file, so a probe opens its own and never touches a lock this process
+    holds."""
+
+    def __init__(self, path: str) -> None:
+        self._write_path = f"{path}-write"
+        self._urgent_path = f"{path}-urgent"
+        self._write = -1
+        self._urgent = -1
+
+    @staticmethod
+    def _open(path: str) -> int:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def announce(self) -> None:
+        fd = self._open(self._urgent_path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # When the intake last asked, for the other processes' idle test (time.monotonic() is one clock
+        # for every process of the machine: CLOCK_MONOTONIC).
+        os.pwrite(fd, struct.pack("d", time.monotonic()), 0)
+        self._urgent = fd
+
+    def withdraw(self) -> None:
+        fd, self._urgent = self._urgent, -1
+        os.close(fd)  # drops the lock
+
+    def await_no_urgent(self) -> None:
+        fd = self._open(self._urgent_path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        finally:
+            os.close(fd)
+
+    def urgent_elsewhere(self) -> bool:
+        fd = self._open(self._urgent_path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def last_urgent(self) -> float:
+        fd = self._open(self._urgent_path)
+        try:
+            raw = os.pread(fd, 8, 0)
+        finally:
+            os.close(fd)
+        return float(struct.unpack("d", raw)[0]) if len(raw) == 8 else float("-inf")
+
+    def lock(self) -> None:
+        fd = self._open(self._write_path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._write = fd
+
+    def unlock(self) -> None:
+        fd, self._write = self._write, -1
+        os.close(fd)
 
 
 _gates: dict[str, WriteGate] = {}  # by database file: the intake's and the workers' engines share one
@@ -195,18 +312,22 @@ _gates_lock = threading.Lock()
 
 
 def _gate(engine: Engine) -> WriteGate:
+    path = str(engine.url.database or "")
     with _gates_lock:
-        return _gates.setdefault(str(engine.url.database), WriteGate())
+        gate = _gates.get(path)
+        if gate is None:
+            gate = _gates[path] = WriteGate(os.path.abspath(path) if path and path != ":memory:" else "")
+        return gate
 
 
 def urgent_write_waiting(engine: Engine) -> bool:
-    """Whether the intake waits to write to this SQLite database (always False on other backends)."""
+    """Whether an intake waits to write to this SQLite database (always False on other backends)."""
     return is_sqlite(engine) and _gate(engine).urgent_waiting()
 
 
 def seconds_since_urgent_write(engine: Engine) -> float:
-    """How long ago the intake last wrote to this SQLite database (infinite if never, in this process)."""
-    return time.monotonic() - _gate(engine).last_urgent
+    """How long ago an intake last asked to write to this SQLite database (infinite if never)."""
+    return _gate(engine).seconds_since_urgent()
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from hub.db import make_engine, processing_engine
 from hub.ingest.listener import MLLPServer
 from hub.ingest.service import Intake
 from hub.tasks.worker import InProcessWorker, Sweeper
+from hub.tasks.worker_process import WorkerProcess
 
 if TYPE_CHECKING:
     from hub.tasks.celery_app import CeleryDispatcher
@@ -30,7 +31,7 @@ class Runtime:
             configure(settings.mappings_dir)
         self.engine = engine or make_engine(settings.sqlalchemy_url)
         self.read_engine = make_engine(settings.sqlalchemy_url, read_only=True)
-        self.worker: InProcessWorker | None = None
+        self.worker: InProcessWorker | WorkerProcess | None = None
         self.worker_engine: Engine | None = None
         self.celery: CeleryDispatcher | None = None
         self.dispatch: Callable[[Sequence[int]], None]
@@ -41,6 +42,9 @@ class Runtime:
                 settings.broker_url, settings.celery_queue, settings.worker_batch, settings.celery_linger_ms
             )
             self.dispatch = self.celery
+        elif settings.worker_enabled and settings.worker_process:
+            self.worker = WorkerProcess(settings)
+            self.dispatch = self.worker.dispatch
         elif settings.worker_enabled:
             self.worker_engine = processing_engine(self.engine)
             self.worker = InProcessWorker(
