@@ -245,3 +245,28 @@ def test_the_worker_process_stops_when_the_serving_process_dies(sqlite_url: str,
             parent.wait(10)
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("in_process", [True, False], ids=["worker-process", "worker-threads"])
+def test_the_runtime_processes_with_either_embedded_worker(
+    sqlite_url: str, tmp_path: Path, in_process: bool
+) -> None:
+    import asyncio
+
+    from hub.runtime import Runtime
+
+    settings = Settings(
+        database_url=sqlite_url, var_dir=tmp_path, mllp_enabled=False, worker_process=in_process
+    )
+    runtime = Runtime(settings)
+    assert isinstance(runtime.worker, WorkerProcess) is in_process
+    asyncio.run(runtime.start())
+    try:
+        ids = _stored(runtime.engine, runtime.intake, 4, "RT")  # dispatched by the intake after its commits
+        deadline = time.monotonic() + 60
+        while _states(runtime.engine, ids) != {"processed": 4} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _states(runtime.engine, ids) == {"processed": 4}
+    finally:
+        asyncio.run(runtime.stop())
