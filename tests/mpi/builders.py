@@ -96,6 +96,17 @@ def patient(
     return res
 
 
+def observation(rid: str, patient: dict[str, Any]) -> dict[str, Any]:
+    """A final Hb Observation of ``patient``: a resource in its compartment."""
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "status": "final",
+        "code": {"text": "Hb"},
+        "subject": {"reference": f"Patient/{patient['id']}"},
+    }
+
+
 def ingest(
     session: Session,
     facility: str,

@@ -17,7 +17,7 @@ from hub.mapping import MappingResult, SenderContext
 from hub.mpi import service
 from hub.store import resources as store
 from hub.store.models import InboundMessage, MessageResource, MpiBlock, MpiReview, MpiSource, ResourceVersion
-from tests.mpi.builders import patient, refer
+from tests.mpi.builders import observation, patient, refer
 
 NIK = "3171015505900003"
 
@@ -35,29 +35,9 @@ def test_three_hospitals_through_the_pipeline(engine: Engine, monkeypatch: pytes
         "RS-B": patient("RS-B", "B-2", "Sari Dewi", "1990-05-15", "female", nik=NIK),
         "PKM-C": patient("PKM-C", "C-3", "Ny. Sari Dewi", "1990-05-15", "female", nik=NIK),
     }
-
-    def fake_map(message: Message, ctx: SenderContext) -> MappingResult:
-        res: dict[str, Any] = dict(patients[ctx.facility])
-        obs = {
-            "resourceType": "Observation",
-            "id": f"obs-{ctx.facility}",
-            "status": "final",
-            "code": {"text": "Hb"},
-            "subject": {"reference": f"Patient/{res['id']}"},
-        }
-        return MappingResult(resources=[res, obs])
-
-    monkeypatch.setattr(pipeline, "map_message", fake_map)
+    _mapping_to(monkeypatch, {f"M{i}": p for i, p in enumerate(patients.values())})
     with Session(engine) as session, session.begin():
-        ids = []
-        for i, (facility, mrn) in enumerate((("RSUD-A", "A-1"), ("RS-B", "B-2"), ("PKM-C", "C-3"))):
-            raw = adt(facility, f"C{i}", mrn)
-            row = InboundMessage(
-                facility=facility, control_id=f"C{i}", raw=raw, content_hash=hashlib.sha256(raw).hexdigest()
-            )
-            session.add(row)
-            session.flush()
-            ids.append(row.id)
+        ids = _store_messages(session, list(patients))
         outcomes = pipeline.process_batch(session, ids)
         assert [o.state for o in outcomes] == ["processed"] * 3, outcomes
     with Session(engine) as session:
@@ -87,14 +67,7 @@ def _mapping_to(monkeypatch: pytest.MonkeyPatch, by_control_id: dict[str, dict[s
     def fake_map(message: Message, ctx: SenderContext) -> MappingResult:
         control_id = message.get("MSH-10")
         res = dict(by_control_id[control_id])
-        obs = {
-            "resourceType": "Observation",
-            "id": f"obs-{control_id}",
-            "status": "final",
-            "code": {"text": "Hb"},
-            "subject": {"reference": f"Patient/{res['id']}"},
-        }
-        return MappingResult(resources=[res, obs])
+        return MappingResult(resources=[res, observation(f"obs-{control_id}", res)])
 
     monkeypatch.setattr(pipeline, "map_message", fake_map)
 

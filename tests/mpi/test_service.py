@@ -16,7 +16,7 @@ from hub.mpi import service
 from hub.mpi.match import NIK_SYSTEM, features
 from hub.store import resources as store
 from hub.store.models import MpiDecision, MpiReview, MpiSource, Resource
-from tests.mpi.builders import ingest, patient, refer
+from tests.mpi.builders import ingest, observation, patient, refer
 
 NIK = "3171015505900003"  # woman born 1990-05-15
 
@@ -70,14 +70,7 @@ def test_data_of_three_hospitals_under_the_golden_compartment(session: Session) 
     sources = [sari(f, m) for f, m in (("RSUD-A", "1"), ("RS-B", "2"), ("PKM-C", "3"))]
     for res in sources:
         ingest(session, res["id"], res)
-        obs = {
-            "resourceType": "Observation",
-            "id": f"obs-{res['id'][:8]}",
-            "status": "final",
-            "code": {"text": "Hb"},
-            "subject": {"reference": f"Patient/{res['id']}"},
-        }
-        store.upsert(session, obs)
+        store.upsert(session, observation(f"obs-{res['id'][:8]}", res))
     ids = service.linked_patient_ids(session, refer(sources[0]))
     observations = session.scalars(
         select(Resource.id).where(Resource.resource_type == "Observation", Resource.patient_id.in_(ids))
