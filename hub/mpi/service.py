@@ -363,24 +363,36 @@ def _resolve_one(
         new = _Row(sid, golden_id_for(sid), facility, True, None, content, now)
         link_kind, weight = "new", None
         rest = candidates
-    # The row and its keys through the driver (COPY on PostgreSQL), as the resource store writes.
-    connection = session.connection()
-    bulk.insert_rows(
-        connection,
-        MpiSource.__table__,  # type: ignore[arg-type]
-        _SOURCE_COLUMNS,
-        [(sid, new.golden_id, facility, link_kind, weight, True, None, content, now, now)],
-    )
-    bulk.insert_rows(
-        connection,
-        MpiBlock.__table__,  # type: ignore[arg-type]
-        _BLOCK_COLUMNS,
-        [(key, sid) for key in sorted(keys)],
+    _insert_source(
+        session, (sid, new.golden_id, facility, link_kind, weight, True, None, content, now, now), keys
     )
     # Every other candidate that is not a certain no-match goes to the stewards: a possible match, or a
     # second golden record the source also matches (two golden records that may be one person).
     _queue_reviews(session, sid, rest)
     return _Resolution(new, {new.golden_id}, replaces, alone=link_kind == "new")
+
+
+# PostgreSQL: the row and its keys in one statement (the keys' foreign key is checked at its end).
+_INSERT_SOURCE_AND_KEYS = (
+    f"WITH source AS (INSERT INTO mpi_source ({', '.join(_SOURCE_COLUMNS)}) VALUES ({bulk.marks(10)}))"
+    ' INSERT INTO mpi_block ("key", source_id) SELECT k, ? FROM unnest(CAST(? AS text[])) AS k'
+)
+
+
+def _insert_source(session: Session, row: bulk.Row, keys: set[str]) -> None:
+    """A new source's row (``_SOURCE_COLUMNS``) and its keys, through the driver as the resource store
+    writes: one statement on PostgreSQL, SQLite's two run in-process."""
+    connection = session.connection()
+    sources: Any = MpiSource.__table__
+    if connection.dialect.name != "postgresql":
+        blocks: Any = MpiBlock.__table__
+        bulk.insert_rows(connection, sources, _SOURCE_COLUMNS, [row])
+        bulk.insert_rows(connection, blocks, _BLOCK_COLUMNS, [(key, row[0]) for key in sorted(keys)])
+        return
+    sql, bound = bulk.driver_rows(
+        connection.dialect, sources, _INSERT_SOURCE_AND_KEYS, _SOURCE_COLUMNS, [row]
+    )
+    connection.exec_driver_sql(sql, (*bound[0], row[0], sorted(keys)))
 
 
 def _golden_size(session: Session, golden_id: str) -> int:
