@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.util import identity_key
 
 from hub.errors import Conflict, NotFound
 from hub.mapping import MappingResult, SenderContext
@@ -284,8 +285,8 @@ class _Resolution:
 # once: through the ORM, the source read, the source insert (a unit-of-work flush) and the key lookups
 # cost several times what the database spends on them.
 _SOURCE_AND_RETIRED = (
-    "SELECT id, golden_id, facility, active, replaced_by, CAST(content AS TEXT) FROM mpi_source"
-    " WHERE id = ? OR replaced_by = ?"
+    "SELECT id, golden_id, facility, active, replaced_by, CAST(content AS TEXT), link_kind, weight"
+    " FROM mpi_source WHERE id = ? OR replaced_by = ?"
 )
 _SOURCE_COLUMNS = (
     "id",
@@ -318,9 +319,10 @@ def _resolve_one(
     rows = connection.exec_driver_sql(bulk.placeholders(connection.dialect, _SOURCE_AND_RETIRED), (sid, sid))
     found: _Row | None = None
     replaces = []
-    for id_, golden, source_facility, active, replaced_by, raw in rows:
+    for id_, golden, source_facility, active, replaced_by, raw, link_kind, weight in rows:
         if id_ == sid:
             found = _Row(id_, golden, source_facility, bool(active), replaced_by, orjson.loads(raw), None)
+            found_link = (link_kind, weight)
         else:
             replaces.append(id_)
     replaces.sort()
@@ -335,7 +337,7 @@ def _resolve_one(
     keys = lookup | _identifier_keys(content)  # block_keys(content, feats)
     _lock_blocks(session, keys)
     if found is not None:
-        row = _source(session, sid)
+        row = _entity(session, found, *found_link)
         row.content = content
         row.updated_at = _now()
         _write_blocks(session, sid, keys)
@@ -377,6 +379,27 @@ _INSERT_SOURCE_AND_KEYS = (
     f"WITH source AS (INSERT INTO mpi_source ({', '.join(_SOURCE_COLUMNS)}) VALUES ({bulk.marks(10)}))"
     ' INSERT INTO mpi_block ("key", source_id) SELECT k, ? FROM unnest(CAST(? AS text[])) AS k'
 )
+
+
+def _entity(session: Session, found: _Row, link_kind: str, weight: float | None) -> MpiSource:
+    """The entity of a row just read through the driver, without reading it again: the one the session
+    holds, else one made of the values read (its timestamps, not read, load if ever asked for)."""
+    held = session.identity_map.get(identity_key(MpiSource, found.id))
+    if held is not None:
+        return held
+    entity = MpiSource(
+        id=found.id,
+        golden_id=found.golden_id,
+        facility=found.facility,
+        link_kind=link_kind,
+        weight=weight,
+        active=found.active,
+        replaced_by=found.replaced_by,
+        content=found.content,
+    )
+    make_transient_to_detached(entity)  # as if loaded: persistent once added, no INSERT
+    session.add(entity)
+    return entity
 
 
 def _insert_source(session: Session, row: bulk.Row, keys: set[str]) -> None:

@@ -4,6 +4,7 @@ resolve_identities → resources stored, with the links in the stored Patients."
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import pytest
@@ -175,3 +176,39 @@ def test_a_first_arrival_costs_four_statements_and_its_golden_waits_for_the_stor
         assert session.get(MpiSource, p["id"]) is not None
         with pytest.raises(NotFound):
             store.read(session, "Patient", goldens[0]["id"])
+
+
+def test_changed_demographics_read_the_source_once(engine: Engine) -> None:
+    """A known patient whose demographics changed: the row read to compare them is the row updated (not
+    read again), the keys follow, the golden record shows the change."""
+    p = patient("RSUD-A", "A-1", "Sari Dewi", "1990-05-15", "female", nik=NIK)
+    with Session(engine) as session, session.begin():
+        first = MappingResult(resources=[dict(p)])
+        service.resolve_identities(session, first, SenderContext(facility="RSUD-A"))
+        golden_id = refer(first.resources[0])
+    changed = {**p, "telecom": [{"system": "phone", "value": "+62811000111"}]}
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    with Session(engine) as session, session.begin():
+        result = MappingResult(resources=[dict(changed)])
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            service.resolve_identities(session, result, SenderContext(facility="RSUD-A"))
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        assert refer(result.resources[0]) == golden_id
+    # Reads of the row by its id (the golden record's rebuild reads its sources by golden id).
+    reads = [sql for sql in statements if re.search(r"FROM mpi_source\s+WHERE (mpi_source\.)?id = ", sql)]
+    assert len(reads) == 1, statements
+    assert any(sql.startswith("UPDATE mpi_source") for sql in statements), statements
+    with Session(engine) as session:
+        row = session.get(MpiSource, p["id"])
+        assert row is not None and row.content["telecom"] == changed["telecom"]
+        assert row.link_kind == "new" and row.active and row.updated_at >= row.created_at
+        keys = set(session.scalars(select(MpiBlock.key).where(MpiBlock.source_id == p["id"])))
+        assert keys == service.block_keys(service._snapshot(changed), service._features(changed))
+        assert "tel:0811000111" in keys
+        assert store.read(session, "Patient", golden_id)["telecom"] == changed["telecom"]
