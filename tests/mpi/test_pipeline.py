@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from hub import pipeline
@@ -18,7 +18,7 @@ from hub.mapping import MappingResult, SenderContext
 from hub.mpi import service
 from hub.store import resources as store
 from hub.store.models import InboundMessage, MessageResource, MpiBlock, MpiReview, MpiSource, ResourceVersion
-from tests.mpi.builders import observation, patient, refer
+from tests.mpi.builders import observation, patient, recorded_statements, refer
 
 NIK = "3171015505900003"
 
@@ -150,20 +150,11 @@ def test_a_first_arrival_costs_four_statements_and_its_golden_waits_for_the_stor
     founds is handed to the caller, who stores it with the message's resources, instead of a store write
     of its own."""
     p = patient("RSUD-A", "A-1", "Sari Dewi", "1990-05-15", "female", nik=NIK)
-    statements: list[str] = []
-
-    def record(*args: Any) -> None:
-        if not str(args[2]).startswith("BEGIN"):  # SQLite's write transaction opening
-            statements.append(str(args[2]))
-
     goldens: list[dict[str, Any]] = []
     with Session(engine) as session, session.begin():
         result = MappingResult(resources=[dict(p)])
-        event.listen(engine, "before_cursor_execute", record)
-        try:
+        with recorded_statements(engine) as statements:
             service.resolve_identities(session, result, SenderContext(facility="RSUD-A"), goldens=goldens)
-        finally:
-            event.remove(engine, "before_cursor_execute", record)
         expected = ["FROM mpi_source", "FROM mpi_block", "INSERT INTO mpi_source", "INSERT INTO mpi_block"]
         if engine.dialect.name == "postgresql":  # the keys' locks; the row and its keys in one statement
             expected = [expected[0], "pg_advisory_xact_lock", expected[1], "INSERT INTO mpi_block"]
@@ -187,18 +178,10 @@ def test_changed_demographics_read_the_source_once(engine: Engine) -> None:
         service.resolve_identities(session, first, SenderContext(facility="RSUD-A"))
         golden_id = refer(first.resources[0])
     changed = {**p, "telecom": [{"system": "phone", "value": "+62811000111"}]}
-    statements: list[str] = []
-
-    def record(*args: Any) -> None:
-        statements.append(str(args[2]))
-
     with Session(engine) as session, session.begin():
         result = MappingResult(resources=[dict(changed)])
-        event.listen(engine, "before_cursor_execute", record)
-        try:
+        with recorded_statements(engine) as statements:
             service.resolve_identities(session, result, SenderContext(facility="RSUD-A"))
-        finally:
-            event.remove(engine, "before_cursor_execute", record)
         assert refer(result.resources[0]) == golden_id
     # Reads of the row by its id (the golden record's rebuild reads its sources by golden id).
     reads = [sql for sql in statements if re.search(r"FROM mpi_source\s+WHERE (mpi_source\.)?id = ", sql)]
