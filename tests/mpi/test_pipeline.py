@@ -18,7 +18,7 @@ from hub.mapping import MappingResult, SenderContext
 from hub.mpi import service
 from hub.store import resources as store
 from hub.store.models import InboundMessage, MessageResource, MpiBlock, MpiReview, MpiSource, ResourceVersion
-from tests.mpi.builders import observation, patient, recorded_statements, refer
+from tests.mpi.builders import ingest, observation, patient, recorded_statements, refer
 
 NIK = "3171015505900003"
 
@@ -195,3 +195,20 @@ def test_changed_demographics_read_the_source_once(engine: Engine) -> None:
         assert keys == service.block_keys(service._snapshot(changed), service._features(changed))
         assert "tel:0811000111" in keys
         assert store.read(session, "Patient", golden_id)["telecom"] == changed["telecom"]
+
+
+def test_changed_demographics_update_the_entity_the_session_holds(engine: Engine) -> None:
+    """A transaction that already holds the source's entity (read by a steward's call or a merge earlier
+    in it) has that entity updated, not a second one made for the same row."""
+    p = patient("RSUD-A", "A-1", "Sari Dewi", "1990-05-15", "female", nik=NIK)
+    changed = {**p, "telecom": [{"system": "phone", "value": "+62811000111"}]}
+    with Session(engine) as session, session.begin():
+        ingest(session, "RSUD-A", dict(p))
+        held = session.get(MpiSource, p["id"])
+        assert held is not None and "telecom" not in held.content
+        ingest(session, "RSUD-A", dict(changed))
+        assert session.get(MpiSource, p["id"]) is held
+        assert held.content["telecom"] == changed["telecom"]
+    with Session(engine) as session:
+        row = session.get(MpiSource, p["id"])
+        assert row is not None and row.content["telecom"] == changed["telecom"]
