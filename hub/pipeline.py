@@ -202,12 +202,16 @@ def _process_one(
         with session.begin_nested():
             hub = get_settings()
             mpi = settings_for(hub.mpi_match_threshold, hub.mpi_possible_threshold, hub.mpi_twin_gate)
-            resolve_identities(session, result, ctx, mpi)
+            # The golden Patients the identity step rebuilt are stored with the message's resources (one
+            # store write, not one more per golden record), ahead of them as before; they are not among
+            # what the message itself produced.
+            goldens: list[dict[str, Any]] = []
+            resolve_identities(session, result, ctx, mpi, goldens=goldens)
             if row.attempts > 0:  # processed before (a replay): what it produced then is replaced
                 session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
             now = datetime.now(UTC)
-            written = store.upsert_many(session, result.resources, message_id=row.id, now=now)
-            _record_written(session, row.id, written)
+            written = store.upsert_many(session, goldens + result.resources, message_id=row.id, now=now)
+            _record_written(session, row.id, written[len(goldens) :])
     except Exception as exc:
         if retrying and is_transient(exc):
             # A deadlock with another worker (or its insert of the same new row): this transaction may

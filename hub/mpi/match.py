@@ -18,6 +18,7 @@ import re
 import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any, Final, Literal
 
 import jellyfish
@@ -223,6 +224,23 @@ _DEFAULT_PLACEHOLDERS: Final = (
 )
 
 
+# Compiled once: features() runs for every new or changed source, and the re module's own cache costs a
+# lookup per call.
+_SEPARATORS: Final = re.compile(r"[\s.\-]")
+_DOUBLED: Final = re.compile(r"(.)\1+")
+_LETTERS: Final = re.compile(r"[a-z]+")
+_ALNUM: Final = re.compile(r"[a-z0-9]+")
+_NON_DIGITS: Final = re.compile(r"\D")
+_DATE: Final = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
+_SPACES_DOTS: Final = re.compile(r"[\s.]")
+_SPACES: Final = re.compile(r"\s")
+
+
+@lru_cache(maxsize=16)
+def _patterns(placeholders: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(p) for p in placeholders)
+
+
 @dataclass(frozen=True, slots=True)
 class MatchConfig:
     """Thresholds and rules; weights are log2(m/u) per agreement level and can be retuned per deployment."""
@@ -290,7 +308,7 @@ def parse_nik(value: str) -> NikInfo | None:
     """The NIK's parts when ``value`` is 16 digits with a known province, non-zero city and district
     codes, a possible day (women: day + 40) and month, and a non-zero serial; else None (kept as given,
     never used for deterministic matching)."""
-    digits = re.sub(r"[\s.\-]", "", value or "")
+    digits = _SEPARATORS.sub("", value or "")
     if len(digits) != 16 or not digits.isdigit():
         return None
     if int(digits[:2]) not in _PROVINCES or digits[2:4] == "00" or digits[4:6] == "00":
@@ -317,7 +335,7 @@ def _canonical_token(token: str) -> str:
         token = token.replace("dj", "J").replace("tj", "c").replace("nj", "ny").replace("sj", "sy")
         token = token.replace("j", "y").replace("J", "j").replace("oe", "u")
     token = token.replace("ch", "kh")
-    return re.sub(r"(.)\1+", r"\1", token)  # doubled letters: Muhammmad, Anggi/Angi
+    return _DOUBLED.sub(r"\1", token)  # doubled letters: Muhammmad, Anggi/Angi
 
 
 def name_tokens(text: str) -> list[str]:
@@ -325,22 +343,22 @@ def name_tokens(text: str) -> list[str]:
     Muhammad/Moh./Mohd. and friends collapsed, old spelling modernised, doubled letters single."""
     text = _ascii(text)
     text = text.split(",")[0] if "," in text and len(text.split(",")[0].split()) > 0 else text
-    raw = re.findall(r"[a-z]+", text.replace(".", " ").replace("'", ""))
+    raw = _LETTERS.findall(text.replace(".", " ").replace("'", ""))
     return [_canonical_token(t) for t in raw if t not in _HONORIFICS]
 
 
 def is_placeholder(text: str, config: MatchConfig | None = None) -> bool:
     """Whether a name is a placeholder identity (newborn under the mother's name, unknown patient)."""
     config = config or MatchConfig()
-    plain = " ".join(re.findall(r"[a-z0-9]+", _ascii(text)))
+    plain = " ".join(_ALNUM.findall(_ascii(text)))
     if not plain:
         return True
-    return any(re.search(p, plain) for p in config.placeholders)
+    return any(p.search(plain) for p in _patterns(config.placeholders))
 
 
 def normalise_phone(value: str) -> str | None:
     """Indonesian numbers to the national form: +62 / 62 / 0062 prefixes become 0; None when too short."""
-    digits = re.sub(r"\D", "", value or "")
+    digits = _NON_DIGITS.sub("", value or "")
     if digits.startswith("0062"):
         digits = digits[4:]
     elif digits.startswith("62") and len(digits) >= 10:
@@ -400,7 +418,7 @@ def _identifier_kind(ident: dict[str, Any]) -> str:
 
 
 def _parse_date(value: Any) -> tuple[int, int, int] | None:
-    m = re.match(r"^(\d{4})-(\d{2})-(\d{2})", str(value or ""))
+    m = _DATE.match(str(value or ""))
     if m is None:
         return None
     y, mo, d = int(m.group(1)), int(m.group(2)), int(m.group(3))
@@ -424,7 +442,7 @@ def _address_codes(address: dict[str, Any]) -> dict[str, str]:
             tail = str(ext.get("url", "")).rstrip("/").rsplit("/", 1)[-1]
             value = ext.get("valueCode") or ext.get("valueString")
             if tail in _REGION_PARTS and value:
-                found[tail] = re.sub(r"\D", "", str(value))
+                found[tail] = _NON_DIGITS.sub("", str(value))
             walk(ext.get("extension"))
 
     walk(address.get("extension"))
@@ -455,11 +473,11 @@ def features(patient: dict[str, Any], config: MatchConfig | None = None) -> Feat
         kind = _identifier_kind(ident)
         value = str(ident["value"]).strip()
         if kind == "nik" and nik_raw is None:
-            nik_raw = re.sub(r"\D", "", value) or value
+            nik_raw = _NON_DIGITS.sub("", value) or value
             nik = parse_nik(value)
         elif kind == "person":
             system = str(ident.get("system") or "|".join(_codes(ident.get("type"))))
-            person_ids.setdefault(system, re.sub(r"[\s.\-]", "", value).upper())
+            person_ids.setdefault(system, _SEPARATORS.sub("", value).upper())
 
     phones = frozenset(
         p
@@ -472,7 +490,7 @@ def features(patient: dict[str, Any], config: MatchConfig | None = None) -> Feat
     home = next((a for a in addresses if a.get("use") in (None, "home")), addresses[0] if addresses else {})
     codes = _address_codes(home)
     # XAD-9 (county/parish code, FHIR address.district) carries the Kemendagri code where senders have one.
-    coded_district = re.sub(r"[\s.]", "", str(home.get("district") or ""))
+    coded_district = _SPACES_DOTS.sub("", str(home.get("district") or ""))
     if "district" not in codes and coded_district.isdigit() and len(coded_district) == 6:
         codes["district"] = coded_district
     district = codes.get("district") or (codes["village"][:6] if "village" in codes else None)
@@ -482,7 +500,7 @@ def features(patient: dict[str, Any], config: MatchConfig | None = None) -> Feat
     city_text = (
         _ascii(str(home.get("city") or ("" if coded_district.isdigit() else coded_district))).strip() or None
     )
-    postal = re.sub(r"\s", "", str(home.get("postalCode") or "")) or None
+    postal = _SPACES.sub("", str(home.get("postalCode") or "")) or None
     gender = patient.get("gender")
     return Features(
         tokens=tokens,

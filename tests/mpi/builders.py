@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 
 from hub.mapping import MappingResult, SenderContext
@@ -96,6 +99,17 @@ def patient(
     return res
 
 
+def observation(rid: str, patient: dict[str, Any]) -> dict[str, Any]:
+    """A final Hb Observation of ``patient``: a resource in its compartment."""
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "status": "final",
+        "code": {"text": "Hb"},
+        "subject": {"reference": f"Patient/{patient['id']}"},
+    }
+
+
 def ingest(
     session: Session,
     facility: str,
@@ -116,3 +130,19 @@ def refer(resource: dict[str, Any]) -> str:
     links = [lk for lk in resource.get("link") or [] if lk["type"] == "refer"]
     assert len(links) == 1, resource.get("link")
     return str(links[0]["other"]["reference"]).removeprefix("Patient/")
+
+
+@contextmanager
+def recorded_statements(engine: Engine) -> Iterator[list[str]]:
+    """The SQL statements ``engine`` runs inside the block (without SQLite's write transaction openings)."""
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        if not str(args[2]).startswith("BEGIN"):
+            statements.append(str(args[2]))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from hub.db import session_scope
@@ -16,7 +16,7 @@ from hub.mpi import service
 from hub.mpi.match import NIK_SYSTEM, features
 from hub.store import resources as store
 from hub.store.models import MpiDecision, MpiReview, MpiSource, Resource
-from tests.mpi.builders import ingest, patient, refer
+from tests.mpi.builders import ingest, observation, patient, recorded_statements, refer
 
 NIK = "3171015505900003"  # woman born 1990-05-15
 
@@ -70,14 +70,7 @@ def test_data_of_three_hospitals_under_the_golden_compartment(session: Session) 
     sources = [sari(f, m) for f, m in (("RSUD-A", "1"), ("RS-B", "2"), ("PKM-C", "3"))]
     for res in sources:
         ingest(session, res["id"], res)
-        obs = {
-            "resourceType": "Observation",
-            "id": f"obs-{res['id'][:8]}",
-            "status": "final",
-            "code": {"text": "Hb"},
-            "subject": {"reference": f"Patient/{res['id']}"},
-        }
-        store.upsert(session, obs)
+        store.upsert(session, observation(f"obs-{res['id'][:8]}", res))
     ids = service.linked_patient_ids(session, refer(sources[0]))
     observations = session.scalars(
         select(Resource.id).where(Resource.resource_type == "Observation", Resource.patient_id.in_(ids))
@@ -394,19 +387,10 @@ def test_unchanged_resend_does_not_rebuild_the_golden(
     monkeypatch.setattr(
         service, "rebuild_golden", lambda s, g, *a, **k: (rebuilt.append(g), real(s, g, *a, **k))[1]
     )
-    statements: list[str] = []
-
-    def record(*args: Any) -> None:
-        if not str(args[2]).startswith("BEGIN"):  # SQLite's write transaction opening
-            statements.append(str(args[2]))
-
     with session_scope(engine) as session:
         result = MappingResult(resources=[dict(p)])
-        event.listen(engine, "before_cursor_execute", record)
-        try:
+        with recorded_statements(engine) as statements:
             service.resolve_identities(session, result, SenderContext(facility="RS_A"))
-        finally:
-            event.remove(engine, "before_cursor_execute", record)
         again = result.resources[0]
     # One read of the source's row (with the sources merged into it): no candidate search, no locks.
     assert len(statements) == 1 and "FROM mpi_source" in statements[0], "\n---\n".join(statements)
