@@ -669,11 +669,18 @@ Rows = dict[str, list[tuple[Any, ...]]]  # kind → (param, value columns…) pe
 def parse_reference(ref: str, declared_type: str | None = None) -> tuple[str, str]:
     """(target_type, target_id) of a reference string; absolute URLs keep their last two segments when
     they look like ``…/Type/id`` and are kept whole otherwise."""
+    ttype, tid = _split_reference(ref)
+    return (ttype, tid) if ttype is not None else (declared_type or "", tid)
+
+
+@lru_cache(maxsize=4096)  # a message's resources reference its patient, encounter, order … over and over
+def _split_reference(ref: str) -> tuple[str | None, str]:
+    """(type, id) of a ``…/Type/id`` reference, or (None, the reference without its version)."""
     ref = ref.split("/_history/")[0]
     parts = ref.split("/")
     if len(parts) >= 2 and parts[-2][:1].isupper() and parts[-2].isalpha():
         return parts[-2], parts[-1]
-    return declared_type or "", ref
+    return None, ref
 
 
 Segment = tuple[str, bool, tuple[str, str] | None]  # (name or choice prefix, is choice, list filter)
@@ -691,26 +698,36 @@ def _compile(path: str) -> tuple[Segment, ...]:
     return tuple(out)
 
 
-# What one value found at a parameter's path becomes: its rows (value columns, without ``param``).
-RowMaker = Callable[["SearchParam", Any], Iterator[tuple[Any, ...]]]
+# What one value found at a parameter's path becomes: its rows (``param``, value columns…), repeats kept.
+RowMaker = Callable[["SearchParam", Any], list[tuple[Any, ...]]]
 
 
 @dataclass(frozen=True, slots=True)
 class _Step:
     """One indexed parameter of a type, compiled: its paths, and what a value found there becomes."""
 
-    name: str
     kind: str
     paths: tuple[tuple[Segment, ...], ...]
     make_rows: RowMaker
     param: SearchParam
-    modifiers: bool  # token and reference values may add ``:of-type`` / ``:identifier`` rows
-    # The keys one of which a resource has when the parameter has a value there (empty when a path
-    # starts with a choice type): most parameters of a type have none on most resources.
-    heads: tuple[str, ...]
+    # The key a value must have for a ``:of-type`` (token) or ``:identifier`` (reference) row, or None.
+    modifier_key: str | None
+
+
+# Where a parameter's values are in a resource of a known shape (its keys, in order): per path, the
+# resource key its first segment names there (a choice type ``effective[x]``: each key it stands for, in
+# the resource's order), the list filter of that segment, and the segments after it.
+Entry = tuple[str, tuple[str, str] | None, tuple[Segment, ...]]
+
+
+# A parameter bound to a resource shape: the key when its values are that key's value, a list's items
+# or the value itself (``status``, ``subject``, ``effectiveDateTime``: most parameters, a look-up, no
+# walk) or None; the entries (what else is absent); the kind, row maker, parameter and modifier key.
+Bound = tuple[str | None, tuple[Entry, ...], str, RowMaker, SearchParam, str | None]
 
 
 _PLANS: dict[str, tuple[_Step, ...]] = {}
+_MODIFIER_KEYS = {TOKEN: "type", REFERENCE: "identifier"}  # see _modifier_row
 
 
 def _plan(resource_type: str) -> tuple[_Step, ...]:
@@ -723,36 +740,54 @@ def _plan(resource_type: str) -> tuple[_Step, ...]:
             if p.type in (SPECIAL, COMPOSITE) or p.name in aliases:
                 continue
             paths = tuple(_compile(path) for path in p.paths)
-            modifiers = p.type in (TOKEN, REFERENCE)
-            heads = () if any(path[0][1] for path in paths) else tuple({path[0][0]: None for path in paths})
-            steps.append(_Step(p.name, p.type, paths, _ROW_MAKERS[p.type], p, modifiers, heads))
+            steps.append(_Step(p.type, paths, _ROW_MAKERS[p.type], p, _MODIFIER_KEYS.get(p.type)))
         plan = _PLANS[resource_type] = tuple(steps)
     return plan
 
 
-def _values(resource: dict[str, Any], step: _Step) -> list[Any]:
-    """The values at a parameter's paths, in path order; a one-key path (``status``, ``subject``: most
-    of them) is a plain look-up."""
-    found: list[Any] = []
-    for path in step.paths:
-        head, choice, wanted = path[0]
-        if choice:
-            found.extend(_walk_compiled(resource, path))
-            continue
-        value = resource.get(head)
-        if value is None:
-            continue
-        if len(path) > 1 or wanted is not None:
-            found.extend(_walk_compiled(resource, path))
-        elif isinstance(value, list):
-            found.extend(value)
+# The parameters of a type bound to the shapes of the resources seen: the resources of one mapping have
+# the same few key tuples, and most of a type's parameters are absent from each (an ORU Observation has
+# values for 7 of its 26), so a resource's extraction visits only the keys it has.
+_SHAPES: dict[tuple[str, tuple[str, ...]], tuple[Bound, ...]] = {}
+_MAX_SHAPES = 4096
+
+
+def _bound(resource_type: str, keys: tuple[str, ...]) -> tuple[Bound, ...]:
+    bound = _SHAPES.get((resource_type, keys))
+    if bound is None:
+        if len(_SHAPES) >= _MAX_SHAPES:  # resources sent by clients: any keys, in any order
+            _SHAPES.clear()
+        bound = tuple(_bind(step, keys) for step in _plan(resource_type))
+        bound = _SHAPES[(resource_type, keys)] = tuple(b for b in bound if b[1])
+    return bound
+
+
+def _bind(step: _Step, keys: tuple[str, ...]) -> Bound:
+    entries: list[Entry] = []
+    for (head, choice, wanted), *rest in step.paths:
+        if not choice:
+            found = [head] if head in keys else []
         else:
-            found.append(value)
+            found = [k for k in keys if k.startswith(head) and k[len(head) : len(head) + 1].isupper()]
+        entries.extend((key, wanted, tuple(rest)) for key in found)
+    simple = len(entries) == 1 and entries[0][1] is None and not entries[0][2]
+    key = entries[0][0] if simple else None
+    return key, tuple(entries), step.kind, step.make_rows, step.param, step.modifier_key
+
+
+def _values(resource: dict[str, Any], entries: tuple[Entry, ...]) -> list[Any]:
+    """The values at a parameter's paths, in path order, lists flattened."""
+    found: list[Any] = []
+    for key, wanted, rest in entries:
+        value = resource[key]
+        items = value if isinstance(value, list) else [value]
+        if wanted is not None:
+            items = [i for i in items if isinstance(i, dict) and i.get(wanted[0]) == wanted[1]]
+        found.extend(_walk_from(items, rest) if rest else items)
     return found
 
 
-def _walk_compiled(resource: dict[str, Any], path: tuple[Segment, ...]) -> list[Any]:
-    current: list[Any] = [resource]
+def _walk_from(current: list[Any], path: tuple[Segment, ...]) -> list[Any]:
     for name, choice, wanted in path:
         nxt: list[Any] = []
         for node in current:
@@ -784,24 +819,41 @@ def _walk_compiled(resource: dict[str, Any], path: tuple[Segment, ...]) -> list[
 def extract_rows(resource: dict[str, Any]) -> Rows:
     """The index rows of ``resource`` per kind: ``(param, value columns…)`` tuples (``KINDS``), one per
     distinct value of a parameter, plus the ``:of-type`` / ``:identifier`` token rows."""
-    out: Rows = {kind: [] for kind in KINDS}
-    tokens = out[TOKEN]
-    keys = resource.keys()
-    for step in _plan(resource.get("resourceType", "")):
-        if step.heads and keys.isdisjoint(step.heads):
+    tokens: list[tuple[Any, ...]] = []
+    out: Rows = {TOKEN: tokens, STRING: [], DATE: [], REFERENCE: [], QUANTITY: [], NUMBER: [], URI: []}
+    for key, entries, kind, make_rows, param, modifier_key in _bound(
+        resource.get("resourceType", ""), tuple(resource)
+    ):
+        if key is None:
+            values = _values(resource, entries)
+        else:
+            value = resource[key]
+            if isinstance(value, list):
+                values = value
+            elif value is None:  # no value makes a row of None
+                continue
+            elif modifier_key is None or not isinstance(value, dict) or modifier_key not in value:
+                made = make_rows(param, value)  # one value, no modifier row: its rows, repeats dropped
+                if made:
+                    out[kind].extend(made if len(made) == 1 else dict.fromkeys(made))
+                continue
+            else:
+                values = [value]
+        if not values:
             continue
-        values = _values(resource, step)
-        if not values:  # most parameters of a type, on most resources
+        if modifier_key is None:
+            made = [row for value in values for row in make_rows(param, value)]
+            out[kind].extend(made if len(made) == 1 else dict.fromkeys(made))
             continue
+        rows = out[kind]
         seen: set[tuple[Any, ...]] = set()
-        rows = out[step.kind]
         for value in values:
-            for row in step.make_rows(step.param, value):
+            for row in make_rows(param, value):
                 if row not in seen:
                     seen.add(row)
-                    rows.append((step.name, *row))
-            if step.modifiers and isinstance(value, dict):
-                extra = _modifier_row(step.param, value)
+                    rows.append(row)
+            if isinstance(value, dict) and modifier_key in value:
+                extra = _modifier_row(param, value)
                 if extra is not None:
                     tokens.append(extra)
     return out
@@ -832,77 +884,94 @@ def _modifier_row(param: SearchParam, value: dict[str, Any]) -> tuple[str, str, 
     return None
 
 
-def _string_rows(param: SearchParam, value: Any) -> Iterator[tuple[Any, ...]]:
-    for text in _strings(value):
-        if text.strip():
-            yield normalize(text), text[:255]
+def _string_rows(param: SearchParam, value: Any) -> list[tuple[Any, ...]]:
+    return [(param.name, normalize(text), text[:255]) for text in _strings(value) if text.strip()]
 
 
-def _date_rows(param: SearchParam, value: Any) -> Iterator[tuple[Any, ...]]:
+def _date_rows(param: SearchParam, value: Any) -> list[tuple[Any, ...]]:
     rng = _date_value(value)
-    if rng is not None:
-        yield rng
+    return [] if rng is None else [(param.name, *rng)]
 
 
-def _reference_rows(param: SearchParam, value: Any) -> Iterator[tuple[Any, ...]]:
-    if isinstance(value, dict) and isinstance(value.get("reference"), str):
-        ttype, tid = parse_reference(value["reference"], value.get("type"))
-        if not param.targets or ttype in param.targets:
-            yield ttype, tid[:255]
+def _reference_rows(param: SearchParam, value: Any) -> list[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        ref = value.get("reference")
+        if isinstance(ref, str):
+            ttype, tid = _split_reference(ref)
+            if ttype is None:
+                ttype = value.get("type") or ""
+            if not param.targets or ttype in param.targets:
+                return [(param.name, ttype, tid[:255])]
+    return []
 
 
-def _quantity_rows(param: SearchParam, value: Any) -> Iterator[tuple[Any, ...]]:
+def _quantity_rows(param: SearchParam, value: Any) -> list[tuple[Any, ...]]:
     if isinstance(value, dict) and isinstance(value.get("value"), int | float):
-        yield (
-            float(value["value"]),
-            str(value.get("system", ""))[:255],
-            str(value.get("code", ""))[:64],
-            str(value.get("unit", ""))[:64],
-        )
+        return [
+            (
+                param.name,
+                float(value["value"]),
+                str(value.get("system", ""))[:255],
+                str(value.get("code", ""))[:64],
+                str(value.get("unit", ""))[:64],
+            )
+        ]
+    return []
 
 
-def _number_rows(param: SearchParam, value: Any) -> Iterator[tuple[Any, ...]]:
+def _number_rows(param: SearchParam, value: Any) -> list[tuple[Any, ...]]:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        yield (float(value),)
+        return [(param.name, float(value))]
+    return []
 
 
-def _uri_rows(param: SearchParam, value: Any) -> Iterator[tuple[Any, ...]]:
-    if isinstance(value, str):
-        yield (value[:255],)
+def _uri_rows(param: SearchParam, value: Any) -> list[tuple[Any, ...]]:
+    return [(param.name, value[:255])] if isinstance(value, str) else []
 
 
-def _token_rows(param: SearchParam, value: Any) -> Iterator[tuple[Any, ...]]:
+def _token_rows(param: SearchParam, value: Any) -> list[tuple[Any, ...]]:
+    name = param.name
     if isinstance(value, bool):
-        yield "", "true" if value else "false", ""
-    elif isinstance(value, str):
-        yield "", value[:255], ""
-    elif isinstance(value, dict):
-        if "coding" in value or ("text" in value and "code" not in value and "value" not in value):
-            text = normalize(value.get("text", "")) if isinstance(value.get("text"), str) else ""
-            for coding in value.get("coding") or []:
-                if isinstance(coding, dict) and coding.get("code"):
-                    display = coding.get("display")
-                    yield (
+        return [(name, "", "true" if value else "false", "")]
+    if isinstance(value, str):
+        return [(name, "", value[:255], "")]
+    if not isinstance(value, dict):
+        return []
+    if "coding" in value or ("text" in value and "code" not in value and "value" not in value):
+        text = normalize(value.get("text", "")) if isinstance(value.get("text"), str) else ""
+        rows = []
+        for coding in value.get("coding") or []:
+            if isinstance(coding, dict) and coding.get("code"):
+                display = coding.get("display")
+                rows.append(
+                    (
+                        name,
                         str(coding.get("system", ""))[:255],
                         str(coding["code"])[:255],
                         text or (normalize(display) if isinstance(display, str) else ""),
                     )
-            if text and not value.get("coding"):
-                yield "", "", text
-        elif "code" in value:  # Coding
-            display = value.get("display")
-            yield (
+                )
+        if text and not value.get("coding"):
+            rows.append((name, "", "", text))
+        return rows
+    if "code" in value:  # Coding
+        display = value.get("display")
+        return [
+            (
+                name,
                 str(value.get("system", ""))[:255],
                 str(value["code"])[:255],
                 normalize(display) if isinstance(display, str) else "",
             )
-        elif "value" in value:  # Identifier or ContactPoint
-            type_text = ""
-            id_type = value.get("type")
-            if isinstance(id_type, dict) and isinstance(id_type.get("text"), str):
-                type_text = normalize(id_type["text"])
-            system = value.get("system", "")
-            yield str(system)[:255], str(value["value"])[:255], type_text
+        ]
+    if "value" in value:  # Identifier or ContactPoint
+        type_text = ""
+        id_type = value.get("type")
+        if isinstance(id_type, dict) and isinstance(id_type.get("text"), str):
+            type_text = normalize(id_type["text"])
+        system = value.get("system", "")
+        return [(name, str(system)[:255], str(value["value"])[:255], type_text)]
+    return []
 
 
 _ROW_MAKERS: dict[str, RowMaker] = {
