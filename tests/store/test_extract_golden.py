@@ -6,7 +6,10 @@ hand-made corner cases). A change that means to change the rows rewrites the gol
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from bench import extract_bench
+from hub.store import search_params
 from tests.store.extract_corpus import GOLDEN, corpus, extract_all
 
 
@@ -24,3 +27,22 @@ def test_extract_rows_matches_the_golden_file() -> None:
     actual = extract_all()
     differing = [name for name in golden if actual[name] != golden[name]]
     assert not differing, f"{len(differing)} resources differ, first {differing[0]}: {actual[differing[0]]}"
+
+
+def test_the_same_rows_when_the_shape_cache_is_cleared_between_resources(monkeypatch: Any) -> None:
+    """The extraction binds each type's parameters to the key tuples it sees and forgets them all when
+    the cache is full (clients may send any keys): with room for one shape, every resource is bound
+    afresh or after another type's, and the rows are still the golden ones."""
+    monkeypatch.setattr(search_params, "_MAX_SHAPES", 1)
+    monkeypatch.setattr(search_params, "_SHAPES", {})
+    golden = json.loads(GOLDEN.read_text())
+    assert extract_all() == golden
+    assert len(search_params._SHAPES) == 1
+
+
+def test_bench_extract_reports_the_rows_of_the_pipeline_message(capsys: Any) -> None:
+    """``python -m bench extract`` maps the pipeline benchmark's ORU^R01 and extracts it: 13 resources
+    (Patient, DiagnosticReport, 10 Observations, Provenance) and their 113 index rows."""
+    assert extract_bench.main(["-n", "3", "--repeat", "1", "--families", extract_bench.PIPELINE_ORU]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith(extract_bench.PIPELINE_ORU) and "(13 resources, 113 rows)" in line
