@@ -830,7 +830,7 @@ def extract_rows(resource: dict[str, Any]) -> Rows:
             value = resource[key]
             if isinstance(value, list):
                 values = value
-            elif value is None:  # no value makes a row of None
+            elif value is None:  # None makes no row in any kind
                 continue
             elif modifier_key is None or not isinstance(value, dict) or modifier_key not in value:
                 made = make_rows(param, value)  # one value, no modifier row: its rows, repeats dropped
