@@ -28,14 +28,22 @@ PIPELINE_ORU = "ORU^R01 (pipeline bench)"
 
 
 def _resources(family: str, n: int) -> list[list[dict[str, Any]]]:
-    """The mapped resources of ``n`` messages of ``family``, one list per message."""
+    """The mapped resources of ``n`` messages of ``family`` as the store indexes them (with the ``meta``
+    it adds: ``hub.store.resources``), one list per message."""
     ctx = SenderContext(facility="RSUD_SEHAT")
     if family == PIPELINE_ORU:
         rnd = random.Random(7)
         texts = [_message(i, rnd) for i in range(n)]
     else:
         texts = _messages(FAMILIES[family], n)
-    return [list(map_message(hl7.parse(text), ctx).resources) for text in texts]
+    return [[_stored(r) for r in map_message(hl7.parse(text), ctx).resources] for text in texts]
+
+
+def _stored(resource: dict[str, Any]) -> dict[str, Any]:
+    meta = {**(resource.get("meta") or {}), "versionId": "1", "lastUpdated": "2026-11-01T01:30:00.000Z"}
+    stored = {"resourceType": resource["resourceType"], "id": resource["id"], "meta": meta}
+    stored.update({k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")})
+    return stored
 
 
 def measure(messages: list[list[dict[str, Any]]], repeat: int) -> dict[str, Any]:

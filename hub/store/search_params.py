@@ -716,8 +716,9 @@ class _Step:
 
 # Where a parameter's values are in a resource of a known shape (its keys, in order): per path, the
 # resource key its first segment names there (a choice type ``effective[x]``: each key it stands for, in
-# the resource's order), the list filter of that segment, and the segments after it.
-Entry = tuple[str, tuple[str, str] | None, tuple[Segment, ...]]
+# the resource's order), the list filter of that segment, the segments after it, and the key of the
+# one plain segment after it when that is all (``meta.tag``, ``name.family``: a look-up, no walk).
+Entry = tuple[str, tuple[str, str] | None, tuple[Segment, ...], str | None]
 
 
 # A parameter bound to a resource shape: the key when its values are that key's value, a list's items
@@ -769,7 +770,8 @@ def _bind(step: _Step, keys: tuple[str, ...]) -> Bound:
             found = [head] if head in keys else []
         else:
             found = [k for k in keys if k.startswith(head) and k[len(head) : len(head) + 1].isupper()]
-        entries.extend((key, wanted, tuple(rest)) for key in found)
+        sub = rest[0][0] if len(rest) == 1 and not rest[0][1] and rest[0][2] is None else None
+        entries.extend((key, wanted, tuple(rest), sub) for key in found)
     simple = len(entries) == 1 and entries[0][1] is None and not entries[0][2]
     key = entries[0][0] if simple else None
     return key, tuple(entries), step.kind, step.make_rows, step.param, step.modifier_key
@@ -778,12 +780,23 @@ def _bind(step: _Step, keys: tuple[str, ...]) -> Bound:
 def _values(resource: dict[str, Any], entries: tuple[Entry, ...]) -> list[Any]:
     """The values at a parameter's paths, in path order, lists flattened."""
     found: list[Any] = []
-    for key, wanted, rest in entries:
+    for key, wanted, rest, sub in entries:
         value = resource[key]
         items = value if isinstance(value, list) else [value]
         if wanted is not None:
             items = [i for i in items if isinstance(i, dict) and i.get(wanted[0]) == wanted[1]]
-        found.extend(_walk_from(items, rest) if rest else items)
+        if not rest:
+            found.extend(items)
+        elif sub is not None:
+            for item in items:
+                if isinstance(item, dict) and sub in item:
+                    value = item[sub]
+                    if isinstance(value, list):
+                        found.extend(value)
+                    else:
+                        found.append(value)
+        else:
+            found.extend(_walk_from(items, rest))
     return found
 
 
