@@ -748,22 +748,25 @@ def _plan(resource_type: str) -> tuple[_Step, ...]:
 
 # The parameters of a type bound to the shapes of the resources seen: the resources of one mapping have
 # the same few key tuples, and most of a type's parameters are absent from each (an ORU Observation has
-# values for 7 of its 26), so a resource's extraction visits only the keys it has.
-_SHAPES: dict[tuple[str, tuple[str, ...]], tuple[Bound, ...]] = {}
+# values for 7 of its 26), so a resource's extraction visits only the keys it has. The keys of ``meta``
+# are part of the shape: every stored resource has one (versionId, lastUpdated), and the four common
+# parameters under it (``_tag``, ``_security``, ``_profile``, ``_source``) rarely have values there.
+Shape = tuple[str, tuple[str, ...], tuple[str, ...] | None]  # type, keys, keys of meta (a dict) or None
+_SHAPES: dict[Shape, tuple[Bound, ...]] = {}
 _MAX_SHAPES = 4096
 
 
-def _bound(resource_type: str, keys: tuple[str, ...]) -> tuple[Bound, ...]:
-    bound = _SHAPES.get((resource_type, keys))
+def _bound(shape: Shape) -> tuple[Bound, ...]:
+    bound = _SHAPES.get(shape)
     if bound is None:
         if len(_SHAPES) >= _MAX_SHAPES:  # resources sent by clients: any keys, in any order
             _SHAPES.clear()
-        bound = tuple(_bind(step, keys) for step in _plan(resource_type))
-        bound = _SHAPES[(resource_type, keys)] = tuple(b for b in bound if b[1])
+        bound = tuple(_bind(step, shape[1], shape[2]) for step in _plan(shape[0]))
+        bound = _SHAPES[shape] = tuple(b for b in bound if b[1])
     return bound
 
 
-def _bind(step: _Step, keys: tuple[str, ...]) -> Bound:
+def _bind(step: _Step, keys: tuple[str, ...], meta_keys: tuple[str, ...] | None) -> Bound:
     entries: list[Entry] = []
     for (head, choice, wanted), *rest in step.paths:
         if not choice:
@@ -771,6 +774,8 @@ def _bind(step: _Step, keys: tuple[str, ...]) -> Bound:
         else:
             found = [k for k in keys if k.startswith(head) and k[len(head) : len(head) + 1].isupper()]
         sub = rest[0][0] if len(rest) == 1 and not rest[0][1] and rest[0][2] is None else None
+        if head == "meta" and sub is not None and meta_keys is not None and sub not in meta_keys:
+            continue
         entries.extend((key, wanted, tuple(rest), sub) for key in found)
     simple = len(entries) == 1 and entries[0][1] is None and not entries[0][2]
     key = entries[0][0] if simple else None
@@ -834,9 +839,13 @@ def extract_rows(resource: dict[str, Any]) -> Rows:
     distinct value of a parameter, plus the ``:of-type`` / ``:identifier`` token rows."""
     tokens: list[tuple[Any, ...]] = []
     out: Rows = {TOKEN: tokens, STRING: [], DATE: [], REFERENCE: [], QUANTITY: [], NUMBER: [], URI: []}
-    for key, entries, kind, make_rows, param, modifier_key in _bound(
-        resource.get("resourceType", ""), tuple(resource)
-    ):
+    meta = resource.get("meta")
+    shape = (
+        resource.get("resourceType", ""),
+        tuple(resource),
+        tuple(meta) if isinstance(meta, dict) else None,
+    )
+    for key, entries, kind, make_rows, param, modifier_key in _bound(shape):
         if key is None:
             values = _values(resource, entries)
         else:

@@ -513,6 +513,16 @@ def _hand_made() -> list[dict[str, Any]]:
         },
         {"resourceType": "Basic", "id": "edge-basic", "meta": meta, "code": _cc("x")},
         {"id": "edge-no-type", "status": "final"},
+        {
+            "resourceType": "Basic",
+            "id": "edge-meta-list",
+            "meta": [{"tag": [{"code": "t3"}]}, {"source": "urn:s"}],
+        },
+        {
+            "resourceType": "Basic",
+            "id": "edge-meta-bare",
+            "meta": {"versionId": "2", "lastUpdated": "2024-03-05"},
+        },
         {"resourceType": "Observation", "id": "edge-empty"},
         {
             "resourceType": "Observation",
