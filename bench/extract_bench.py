@@ -1,7 +1,8 @@
 """Search-index extraction cost per message: ``search_params.extract_rows`` over every resource the
-mapping makes of a message, on one core, without the store. The pipeline spends this inside its
-search-index step (``bench pipeline --profile`` shows it as ``extract_rows``); here it is alone, so an
-A/B pair of the extraction does not drown in the noise of the database writes.
+mapping makes of a message (with the ``meta`` the store adds), on one core, without the store. The
+pipeline spends this inside its search-index step (``bench pipeline`` reports it per message, with the
+caches the rest of the work leaves cold); here it is alone, so an A/B pair of the extraction does not
+drown in the noise of the database writes.
 
     .venv/bin/python -m bench extract [-n 2000] [--repeat 3]
 

@@ -1,7 +1,8 @@
 """``extract_rows`` produces exactly the rows it produced when the golden file was written (the
-extraction before it was specialised per resource type): the same rows, in the same order, for every
-resource of a varied corpus (``tests/store/extract_corpus.py``: the mapped ORU/ADT/VXU/… fixtures and
-hand-made corner cases). A change that means to change the rows rewrites the golden file on purpose."""
+extraction before it was bound to resource shapes): the same rows, in the same order (the index writer
+compares row lists), for every resource of a varied corpus (``tests/store/extract_corpus.py``: the
+mapped ORU/ADT/VXU/… fixtures and hand-made corner cases). A change that means to change the rows, or a
+new or changed mapping fixture, rewrites the golden file on purpose and reviews its diff."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from bench import extract_bench
 from hub.store import search_params
 from tests.store.extract_corpus import GOLDEN, corpus, extract_all
 
+REWRITE = "rewrite the golden file (python -m tests.store.extract_corpus --write) and review its diff"
+
 
 def test_the_corpus_reaches_every_kind_and_the_modifier_rows() -> None:
     golden = json.loads(GOLDEN.read_text())
-    assert set(golden) == {name for name, _ in corpus()}
+    assert set(golden) == {name for name, _ in corpus()}, f"the corpus changed: {REWRITE}"
     kinds = {kind for rows in golden.values() for kind, kind_rows in rows.items() if kind_rows}
     assert kinds == {"token", "string", "date", "reference", "quantity", "number", "uri"}
     params = {row[0] for rows in golden.values() for kind_rows in rows.values() for row in kind_rows}
@@ -26,7 +29,9 @@ def test_extract_rows_matches_the_golden_file() -> None:
     golden = json.loads(GOLDEN.read_text())
     actual = extract_all()
     differing = [name for name in golden if actual[name] != golden[name]]
-    assert not differing, f"{len(differing)} resources differ, first {differing[0]}: {actual[differing[0]]}"
+    assert not differing, (
+        f"{len(differing)} resources differ, first {differing[0]}: {actual[differing[0]]} (if on purpose: {REWRITE})"
+    )
 
 
 def test_the_same_rows_when_the_shape_cache_is_cleared_between_resources(monkeypatch: Any) -> None:
