@@ -122,13 +122,26 @@ class Proc:
 
 def group_cpu_s(pgid: int) -> float:
     """CPU seconds (user + system) used so far by the live processes of a process group (Linux /proc)."""
-    return _cpu_s(lambda comm, fields: int(fields[2]) == pgid)
+    return _cpu_s(lambda comm, fields, pid: int(fields[2]) == pgid)
 
 
-def postgres_cpu_s() -> float:
-    """CPU seconds used so far by the live processes of the local PostgreSQL server (its backends serve
-    the bench's connections for the whole run, so a difference of two readings is the server's work)."""
-    return _cpu_s(lambda comm, fields: comm == "postgres")
+def postgres_cpu_s(database: str) -> float:
+    """CPU seconds used so far by the local PostgreSQL server for ``database``: the backends connected
+    to it (they live for the whole run, so the difference of two readings is their work) and the
+    server's shared writers (WAL writer, checkpointer, background writer), which the run keeps busy.
+    Other databases' backends (another client of the same server) are left out."""
+    shared = ("walwriter", "checkpointer", "background writer")
+
+    def ours(comm: str, fields: list[str], pid: str) -> bool:
+        if comm != "postgres":
+            return False
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return False
+        return f" {database} " in title or any(name in title for name in shared)
+
+    return _cpu_s(ours)
 
 
 def client_cpu_s() -> float:
@@ -137,7 +150,7 @@ def client_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _cpu_s(wanted: Callable[[str, list[str]], bool]) -> float:
+def _cpu_s(wanted: Callable[[str, list[str], str], bool]) -> float:
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -145,7 +158,7 @@ def _cpu_s(wanted: Callable[[str, list[str]], bool]) -> float:
             comm, fields = head.split("(", 1)[1], tail.split()
         except (OSError, IndexError, ValueError):
             continue
-        if wanted(comm, fields):
+        if wanted(comm, fields, stat.parent.name):
             total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 
@@ -279,7 +292,7 @@ def _cpu_readings(procs: list[Proc], database_url: str) -> dict[str, float]:
     readings = {p.name: group_cpu_s(p.proc.pid) for p in procs}
     host = urlsplit(database_url).hostname
     if database_url.startswith("postgresql") and host in ("127.0.0.1", "localhost", "::1"):
-        readings["PostgreSQL"] = postgres_cpu_s()
+        readings["PostgreSQL"] = postgres_cpu_s(urlsplit(database_url).path.lstrip("/"))
     readings["bench senders"] = client_cpu_s()
     return readings
 
