@@ -43,6 +43,7 @@ from hub.config import Settings
 from hub.db import make_engine
 from hub.fhir_api.search import EVERYTHING_DEFAULT_COUNT
 from hub.store.models import Resource, ResourceVersion
+from hub.store.resources import allocate_pks
 from hub.store.schema import scratch_database, upgrade
 from hub.store.search_index import INDEX_MODELS
 from hub.store.search_params import KINDS, extract_rows
@@ -239,9 +240,14 @@ def load(engine: Engine, items: Iterator[dict[str, Any]], batch: int = 2000) -> 
     buf: list[dict[str, Any]] = []
 
     def flush() -> None:
+        with engine.begin() as conn:  # the pks taken in the transaction that writes them
+            write(conn)
+
+    def write(conn: Any) -> None:
+        pks = allocate_pks(conn, len(buf))
         res_rows, ver_rows = [], []
         index_rows: dict[str, list[dict[str, Any]]] = {k: [] for k in INDEX_MODELS}
-        for res in buf:
+        for res, pk in zip(buf, pks, strict=True):
             stored = {
                 "resourceType": res["resourceType"],
                 "id": res["id"],
@@ -252,6 +258,7 @@ def load(engine: Engine, items: Iterator[dict[str, Any]], batch: int = 2000) -> 
             key = {"resource_type": res["resourceType"], "id": res["id"]}
             res_rows.append(
                 {
+                    "pk": pk,
                     **key,
                     "version_id": 1,
                     "last_updated": now,
@@ -271,16 +278,17 @@ def load(engine: Engine, items: Iterator[dict[str, Any]], batch: int = 2000) -> 
                 }
             )
             for kind, extracted in extract_rows(stored).items():
-                owner = {"resource_type": res["resourceType"], "resource_id": res["id"]}
+                owner = {"resource_type": res["resourceType"], "resource_pk": pk}
+                if kind == "reference":
+                    owner["resource_id"] = res["id"]
                 index_rows[kind].extend(
                     {**owner, **dict(zip(KINDS[kind], row, strict=True))} for row in extracted
                 )
         tables = [(Resource.__table__, res_rows), (ResourceVersion.__table__, ver_rows)]
         tables += [(model.__table__, index_rows[kind]) for kind, model in INDEX_MODELS.items()]
-        with engine.begin() as conn:
-            for table, rows in tables:
-                if rows:
-                    _bulk_insert(conn, table, rows)
+        for table, rows in tables:
+            if rows:
+                _bulk_insert(conn, table, rows)
         buf.clear()
 
     for item in items:

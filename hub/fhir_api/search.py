@@ -1,7 +1,7 @@
 """FHIR search against the index tables: parsing a query into criteria, building one SQL statement per
 page, keyset paging, _include/_revinclude, totals, history and the patient compartment ($everything).
 
-Every criterion becomes ``resource.id IN (SELECT resource_id FROM search_<type> WHERE …)`` (``NOT IN`` for
+Every criterion becomes ``resource.pk IN (SELECT resource_pk FROM search_<type> WHERE …)`` (``NOT IN`` for
 ``:not`` and ``:missing``); repeated parameters AND, comma-separated values OR. Pages are cut by keyset
 on the sort keys plus the id, carried in an opaque ``_cursor``, so a page link neither skips nor repeats
 rows while resources are added. A Patient reference whose target is a golden Patient also matches every
@@ -133,6 +133,7 @@ def check_type(resource_type: str) -> str:
 class Row:
     resource_type: str
     id: str
+    pk: int  # resource.pk: _include reads the references of a page by it
     content: bytes
     mode: str = "match"
 
@@ -217,7 +218,7 @@ def parse_query(
             q.driver = driver
             q.conditions.append(driver.condition)
         else:
-            q.conditions.append(criterion(session, resource_type, param, modifier, raw, R.id))
+            q.conditions.append(criterion(session, resource_type, param, modifier, raw, R))
     return q
 
 
@@ -233,8 +234,8 @@ def _driver(session: Session, rtype: str, param: SearchParam, modifier: str, raw
     if targets is None or targets[0] != "Patient":
         return None
     ttype, ids = targets
-    condition = R.id.in_(
-        select(_REF.resource_id).where(
+    condition = R.pk.in_(
+        select(_REF.resource_pk).where(
             _REF.resource_type == rtype,
             _rows_of(_REF, rtype, param.name),
             _target_condition(_REF, ttype, ids),
@@ -301,9 +302,10 @@ def criterion(
     param: SearchParam,
     modifier: str,
     raw: str,
-    id_col: Any,
+    res: Any,
 ) -> Any:
-    """The condition that a resource of ``rtype`` whose id is ``id_col`` matches ``param[:modifier]=raw``."""
+    """The condition that the resource of ``rtype`` whose row has the columns ``res`` (of ``resource``
+    or of an alias of it) matches ``param[:modifier]=raw``."""
     allowed = MODIFIERS[param.type]
     is_type_modifier = param.type == REFERENCE and bool(_TYPE_RE.match(modifier))
     if modifier and modifier not in allowed and not is_type_modifier:
@@ -315,18 +317,18 @@ def criterion(
         if param.type in (SPECIAL, COMPOSITE):
             return false() if raw == "true" else true()
         model = INDEX_MODEL[param.type]
-        has = id_col.in_(
-            select(model.resource_id).where(model.resource_type == rtype, _rows_of(model, rtype, param.name))
+        has = res.pk.in_(
+            select(model.resource_pk).where(model.resource_type == rtype, _rows_of(model, rtype, param.name))
         )
         return not_(has) if raw == "true" else has
     if param.type == SPECIAL:
-        cond = _special(param, values, id_col)
+        cond = _special(param, values, res)
         return not_(cond) if modifier == "not" else cond
     if param.type == COMPOSITE:
-        return or_(*(_composite(session, rtype, param, v, id_col) for v in values))
+        return or_(*(_composite(session, rtype, param, v, res) for v in values))
     if modifier in ("of-type", "identifier"):
-        return id_col.in_(
-            select(_TOKEN.resource_id).where(
+        return res.pk.in_(
+            select(_TOKEN.resource_pk).where(
                 _TOKEN.resource_type == rtype,
                 _rows_of(_TOKEN, rtype, param.name, f":{modifier}"),
                 or_(*(_modifier_token(modifier, v) for v in values)),
@@ -334,12 +336,12 @@ def criterion(
         )
     model = INDEX_MODEL[param.type]
     ors = [_value_condition(session, model, param, modifier, v) for v in values]
-    matching = select(model.resource_id).where(
+    matching = select(model.resource_pk).where(
         model.resource_type == rtype, _rows_of(model, rtype, param.name), or_(*ors)
     )
     if modifier == "not":
-        return id_col.not_in(matching)
-    return id_col.in_(matching)
+        return res.pk.not_in(matching)
+    return res.pk.in_(matching)
 
 
 def _rows_of(model: Any, rtype: str, name: str, suffix: str = "") -> Any:
@@ -365,12 +367,10 @@ def _modifier_token(modifier: str, v: str) -> Any:
     return and_(_TOKEN.system == system, _TOKEN.code == code) if bar else _TOKEN.code == v
 
 
-def _special(param: SearchParam, values: list[str], id_col: Any) -> Any:
+def _special(param: SearchParam, values: list[str], res: Any) -> Any:
     if param.name == "_id":
-        return id_col.in_(values)
-    # _lastUpdated: the instant of the resource row whose id is id_col (main query, chain or _has)
-    column = id_col.__clause_element__() if hasattr(id_col, "__clause_element__") else id_col
-    last_updated = column.table.c.last_updated
+        return res.id.in_(values)
+    last_updated = res.last_updated  # of the main query's row, the chain's or the _has source's
     conds = []
     for v in values:
         prefix, value = _prefix(v)
@@ -381,14 +381,14 @@ def _special(param: SearchParam, values: list[str], id_col: Any) -> Any:
     return or_(*conds)
 
 
-def _composite(session: Session, rtype: str, param: SearchParam, raw: str, id_col: Any) -> Any:
+def _composite(session: Session, rtype: str, param: SearchParam, raw: str, res: Any) -> Any:
     parts = re.split(r"(?<!\\)\$", raw)
     if len(parts) != len(param.components):
         raise BadRequest(f"{param.name} takes {len(param.components)} $-separated parts")
     defs = params_of(rtype)
     return and_(
         *(
-            criterion(session, rtype, defs[name], "", part.replace(",", "\\,"), id_col)
+            criterion(session, rtype, defs[name], "", part.replace(",", "\\,"), res)
             for name, part in zip(param.components, parts, strict=True)
         )
     )
@@ -580,7 +580,7 @@ def _chain(session: Session, rtype: str, param: SearchParam, modifier: str, chai
         inner = select(chained.c.id).where(
             chained.c.resource_type == target,
             chained.c.deleted.is_(False),
-            criterion(session, target, cparam, cmod, raw, chained.c.id),
+            criterion(session, target, cparam, cmod, raw, chained.c),
         )
         if target == "Patient":
             # Resolve now so a golden Patient found by the chain brings its linked sources along.
@@ -596,8 +596,8 @@ def _chain(session: Session, rtype: str, param: SearchParam, modifier: str, chai
         )
     if not ors:
         raise BadRequest(f"no target of {rtype}.{param.name} has a search parameter {cname!r}")
-    return R.id.in_(
-        select(_REF.resource_id).where(
+    return R.pk.in_(
+        select(_REF.resource_pk).where(
             _REF.resource_type == rtype, _rows_of(_REF, rtype, param.name), or_(*ors)
         )
     )
@@ -617,17 +617,17 @@ def _has(session: Session, rtype: str, name: str, raw: str) -> Any:
     if ref_param is None or ref_param.type != REFERENCE or cparam is None:
         raise BadRequest(f"{name}: {other} has no reference parameter {ref_name!r} or parameter {pname!r}")
     source = Resource.__table__.alias("has_source")
-    matching = select(source.c.id).where(
+    matching = select(source.c.pk).where(
         source.c.resource_type == other,
         source.c.deleted.is_(False),
-        criterion(session, other, cparam, mod, raw, source.c.id),
+        criterion(session, other, cparam, mod, raw, source.c),
     )
     return R.id.in_(
         select(_REF.target_id).where(
             _REF.resource_type == other,
             _rows_of(_REF, other, ref_name),
             _REF.target_type == rtype,
-            _REF.resource_id.in_(matching),
+            _REF.resource_pk.in_(matching),
         )
     )
 
@@ -655,13 +655,7 @@ def _sort_expr(rtype: str, name: str, desc: bool) -> Any:
     else:  # NUMBER, QUANTITY
         col, sentinel, typ = model.value, (-1e300 if desc else 1e300), Double
     agg = func.max(col) if desc else func.min(col)
-    sub = (
-        select(agg)
-        .where(
-            model.resource_type == R.resource_type, model.resource_id == R.id, _rows_of(model, rtype, name)
-        )
-        .scalar_subquery()
-    )
+    sub = select(agg).where(model.resource_pk == R.pk, _rows_of(model, rtype, name)).scalar_subquery()
     return func.coalesce(sub, literal(sentinel, typ))
 
 
@@ -699,10 +693,10 @@ def search(session: Session, q: Query) -> Page:
     next_cursor = None
     if len(rows) > q.count:
         rows = rows[: q.count]
-        next_cursor = encode_cursor([_plain(v) for v in rows[-1][2:]])
+        next_cursor = encode_cursor([_plain(v) for v in rows[-1][3:]])
     elif q.cursor is None and total is None:
         total = len(rows)  # the whole result fits on the first page: its size is the total
-    matches = [Row(q.resource_type, r.id, r.content) for r in rows]
+    matches = [Row(q.resource_type, r.id, r.pk, r.content) for r in rows]
     included = resolve_includes(session, matches, q.include, q.revinclude)
     return Page(matches, included, total, next_cursor, q.issues)
 
@@ -731,7 +725,7 @@ def _id_page(q: Query, base_conds: list[Any]) -> Any:
         ids = _driven_ids(q, q.driver, [c for c in conds if c is not q.driver.condition], after, desc)
     page = Resource.__table__.alias("page")
     return (
-        select(page.c.id, page.c.content, page.c.id.label("k0"))
+        select(page.c.id, page.c.content, page.c.pk, page.c.id.label("k0"))
         .join_from(page, ids, and_(page.c.resource_type == q.resource_type, page.c.id == ids.c.id))
         .order_by(page.c.id.desc() if desc else page.c.id.asc())
     )
@@ -774,9 +768,9 @@ def _sorted_page(q: Query, base_conds: list[Any]) -> Any:
     if not any(n == "_id" for n, _ in q.sort):
         keys.append((R.id, False))
     labelled = [expr.label(f"k{i}") for i, (expr, _) in enumerate(keys)]
-    inner = select(R.id, R.content, *labelled).where(*base_conds).subquery()
+    inner = select(R.id, R.content, R.pk, *labelled).where(*base_conds).subquery()
     kcols = [inner.c[f"k{i}"] for i in range(len(keys))]
-    stmt = select(inner.c.id, inner.c.content, *kcols)
+    stmt = select(inner.c.id, inner.c.content, inner.c.pk, *kcols)
     if q.cursor is not None:
         if len(q.cursor) != len(keys):
             raise BadRequest("the paging cursor does not fit this search")
@@ -792,7 +786,7 @@ def _sorted_page(q: Query, base_conds: list[Any]) -> Any:
 
 # Current resources of one type by id (the Practitioners … a page of $everything points at): built once,
 # so a page pays for executing it only (no expression building, no cache-key walk).
-_BY_IDS = select(R.resource_type, R.id, R.content).where(
+_BY_IDS = select(R.resource_type, R.id, R.pk, R.content).where(
     R.resource_type == bindparam("rtype"),
     R.id.in_(bindparam("ids", expanding=True)),
     R.deleted.is_(False),
@@ -809,7 +803,7 @@ def _fetch(session: Session, keys: Iterable[tuple[str, str]]) -> list[Row]:
     for t, ids in sorted(by_type.items()):
         for chunk in _chunks(sorted(ids), 500):
             rows = conn.execute(_BY_IDS, {"rtype": t, "ids": chunk})
-            out.extend(Row(rtype, rid, content, "include") for rtype, rid, content in rows)
+            out.extend(Row(rtype, rid, pk, content, "include") for rtype, rid, pk, content in rows)
     return out
 
 
@@ -863,11 +857,11 @@ def _fetch_referenced(session: Session, wanted: list[Any]) -> list[Row]:
     compound: Any = union  # (typed Any: mypy 2.4 crashes inferring union()'s generic row type)
     pairs = wanted[0] if len(wanted) == 1 else compound(*wanted)
     stmt = (
-        select(R.resource_type, R.id, R.content)
+        select(R.resource_type, R.id, R.pk, R.content)
         .where(tuple_(R.resource_type, R.id).in_(pairs), R.deleted.is_(False))
         .order_by(R.resource_type, R.id)
     )
-    return [Row(r.resource_type, r.id, r.content, "include") for r in session.execute(stmt)]
+    return [Row(r.resource_type, r.id, r.pk, r.content, "include") for r in session.execute(stmt)]
 
 
 def _forward(frontier: list[Row], specs: list[str]) -> list[Any]:
@@ -875,10 +869,10 @@ def _forward(frontier: list[Row], specs: list[str]) -> list[Any]:
     (one per source type; read off ``ix_search_reference_probe``)."""
     parsed = [(spec, *_include_spec(spec)) for spec in specs]
     out: list[Any] = []
-    by_type: dict[str, list[str]] = {}
+    by_type: dict[str, list[int]] = {}
     for r in frontier:
-        by_type.setdefault(r.resource_type, []).append(r.id)
-    for rtype, ids in by_type.items():
+        by_type.setdefault(r.resource_type, []).append(r.pk)
+    for rtype, pks in by_type.items():
         ors = []
         for spec, src_type, pname, target in parsed:
             if src_type not in ("*", rtype):
@@ -894,8 +888,7 @@ def _forward(frontier: list[Row], specs: list[str]) -> list[Any]:
         if not ors:
             continue
         stmt = select(_REF.target_type, _REF.target_id).where(
-            _REF.resource_type == rtype,
-            _REF.resource_id.in_(ids),
+            _REF.resource_pk.in_(pks),  # of rtype: a pk names one resource
             _REF.target_type != "",
             or_(*ors),
         )
@@ -980,8 +973,8 @@ def everything(session: Session, eq: EverythingQuery) -> Page:
         dated = [
             and_(
                 R.resource_type == rtype,
-                R.id.in_(
-                    select(_DATE.resource_id).where(
+                R.pk.in_(
+                    select(_DATE.resource_pk).where(
                         _DATE.resource_type == rtype,
                         _DATE.param == pname,
                         _DATE.low <= high,
@@ -997,7 +990,7 @@ def everything(session: Session, eq: EverythingQuery) -> Page:
             raise BadRequest("the paging cursor does not fit this operation")
         # A row comparison: an index condition of the range scan, not a filter over skipped rows.
         conds.append(tuple_(R.resource_type, R.id) > tuple_(literal(eq.cursor[0]), literal(eq.cursor[1])))
-    parts = [select(R.resource_type, R.id, R.content).where(R.patient_id == m, *conds) for m in members]
+    parts = [select(R.resource_type, R.id, R.pk, R.content).where(R.patient_id == m, *conds) for m in members]
     if len(parts) == 1:
         stmt = parts[0].order_by(R.resource_type, R.id).limit(eq.count + 1)
     else:
@@ -1008,7 +1001,7 @@ def everything(session: Session, eq: EverythingQuery) -> Page:
     if len(rows) > eq.count:
         rows = rows[: eq.count]
         next_cursor = encode_cursor([rows[-1][0], rows[-1][1]])
-    matches = [Row(rtype, rid, content) for rtype, rid, content in rows]  # unpacking beats by-name access
+    matches = [Row(rtype, rid, pk, content) for rtype, rid, pk, content in rows]  # unpacking beats by-name
     included = _referenced(session, matches)
     total = len(matches) if eq.cursor is None and next_cursor is None else None
     return Page(matches, included, total, next_cursor)

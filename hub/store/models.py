@@ -104,10 +104,20 @@ class Resource(Base):
 
     __tablename__ = "resource"
     # (patient_id alone is served by ix_resource_compartment, which it leads.)
-    __table_args__ = (Index("ix_resource_type_updated", "resource_type", "last_updated"),)
+    __table_args__ = (
+        Index("ux_resource_key", "resource_type", "id", unique=True),
+        Index("ix_resource_type_updated", "resource_type", "last_updated"),
+    )
+    # The FHIR key stays the ORM's identity: session.get(Resource, (type, id)) and the identity map.
+    __mapper_args__ = {"primary_key": ["resource_type", "id"]}
 
-    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The surrogate key the search index refers to: allocated in increasing order for new resources
+    # (hub.store.resources) and never reused (resource rows are never removed: a deletion is a version),
+    # so a new resource's index rows append at the right edge of every index that ends or starts with it.
+    # SQLite: the rowid; PostgreSQL: a bigserial.
+    pk: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    resource_type: Mapped[str] = mapped_column(String(64))
+    id: Mapped[str] = mapped_column(String(64))
     version_id: Mapped[int] = mapped_column(Integer, default=1)
     last_updated: Mapped[datetime] = mapped_column(default=utcnow)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -132,8 +142,11 @@ class ResourceVersion(Base):
 # ---------------------------------------------------------------------------------------------------------
 # Search index (issue 4). One table per FHIR search parameter type; one row per extracted value. Rows are
 # rewritten in the resource's own transaction by hub.store.search_index (a write hook of resources.upsert).
-# Every table is keyed for lookup by (resource_type, param, value…) and for rewriting by (resource_type,
-# resource_id). Strings are stored normalised (lower case, accents removed) beside the exact form.
+# Every table is keyed for lookup by (resource_type, param, value…, resource_pk) and for probing and
+# rewriting by resource_pk (``resource.pk``, increasing): a new resource's rows append at the right edge of
+# the probe indexes, and at the right edge of their value's range in the value indexes, instead of at
+# random places (the ids are hashes). Strings are stored normalised (lower case, accents removed) beside
+# the exact form.
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -142,15 +155,15 @@ class SearchToken(Base):
 
     __tablename__ = "search_token"
     __table_args__ = (
-        Index("ix_search_token_value", "resource_type", "param", "code", "system", "resource_id"),
+        Index("ix_search_token_value", "resource_type", "param", "code", "system", "resource_pk"),
         # Probing one resource's values (a criterion tested per candidate, rewriting a resource's rows):
         # covering, so the probe is an index-only scan.
-        Index("ix_search_token_probe", "resource_type", "resource_id", "param", "code", "system"),
+        Index("ix_search_token_probe", "resource_pk", "param", "code", "system"),
     )
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     resource_type: Mapped[str] = mapped_column(String(64))
-    resource_id: Mapped[str] = mapped_column(String(64))
+    resource_pk: Mapped[int] = mapped_column(BigInteger)  # resource.pk
     param: Mapped[str] = mapped_column(String(64))
     system: Mapped[str] = mapped_column(String(255), default="")  # "" when the value has no system
     code: Mapped[str] = mapped_column(String(255))
@@ -169,15 +182,15 @@ class SearchString(Base):
             "resource_type",
             "param",
             "value",
-            "resource_id",
+            "resource_pk",
             postgresql_ops={"value": "varchar_pattern_ops"},
         ),
-        Index("ix_search_string_resource", "resource_type", "resource_id"),
+        Index("ix_search_string_resource", "resource_pk"),
     )
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     resource_type: Mapped[str] = mapped_column(String(64))
-    resource_id: Mapped[str] = mapped_column(String(64))
+    resource_pk: Mapped[int] = mapped_column(BigInteger)  # resource.pk
     param: Mapped[str] = mapped_column(String(64))
     value: Mapped[str] = mapped_column(String(255))  # normalised: lower case, no accents
     exact: Mapped[str] = mapped_column(String(255))  # as written
@@ -188,13 +201,13 @@ class SearchDate(Base):
 
     __tablename__ = "search_date"
     __table_args__ = (
-        Index("ix_search_date_value", "resource_type", "param", "low", "high", "resource_id"),
-        Index("ix_search_date_probe", "resource_type", "resource_id", "param", "low", "high"),
+        Index("ix_search_date_value", "resource_type", "param", "low", "high", "resource_pk"),
+        Index("ix_search_date_probe", "resource_pk", "param", "low", "high"),
     )
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     resource_type: Mapped[str] = mapped_column(String(64))
-    resource_id: Mapped[str] = mapped_column(String(64))
+    resource_pk: Mapped[int] = mapped_column(BigInteger)  # resource.pk
     param: Mapped[str] = mapped_column(String(64))
     low: Mapped[datetime] = mapped_column()
     high: Mapped[datetime] = mapped_column()
@@ -205,20 +218,29 @@ class SearchReference(Base):
     ending in Type/id); any other reference is kept whole in ``target_id`` with ``target_type`` empty."""
 
     __tablename__ = "search_reference"
-    # target_id leads: a reference given without its type (subject=123) still seeks the index.
+    # target_id leads: a reference given without its type (subject=123) still seeks the index. The
+    # referring resource's id comes before its pk: a search driven by a patient reference walks a target's
+    # range in id order, the order of its pages (hub.fhir_api.search.Driver), and the criteria take the
+    # pk from the index. (Its inserts land wherever the target's id sorts whatever the last columns: the
+    # pk could not make them sequential.)
     __table_args__ = (
         Index(
-            "ix_search_reference_target", "target_id", "target_type", "param", "resource_type", "resource_id"
+            "ix_search_reference_target",
+            "target_id",
+            "target_type",
+            "param",
+            "resource_type",
+            "resource_id",
+            "resource_pk",
         ),
         # Probing and _include (the targets of given resources) as index-only scans.
-        Index(
-            "ix_search_reference_probe", "resource_type", "resource_id", "param", "target_type", "target_id"
-        ),
+        Index("ix_search_reference_probe", "resource_pk", "param", "target_type", "target_id"),
     )
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     resource_type: Mapped[str] = mapped_column(String(64))
     resource_id: Mapped[str] = mapped_column(String(64))
+    resource_pk: Mapped[int] = mapped_column(BigInteger)  # resource.pk
     param: Mapped[str] = mapped_column(String(64))
     target_type: Mapped[str] = mapped_column(String(64), default="")
     target_id: Mapped[str] = mapped_column(String(255))  # the id, or the whole reference when not relative
@@ -229,13 +251,13 @@ class SearchQuantity(Base):
 
     __tablename__ = "search_quantity"
     __table_args__ = (
-        Index("ix_search_quantity_value", "resource_type", "param", "value", "resource_id"),
-        Index("ix_search_quantity_resource", "resource_type", "resource_id"),
+        Index("ix_search_quantity_value", "resource_type", "param", "value", "resource_pk"),
+        Index("ix_search_quantity_resource", "resource_pk"),
     )
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     resource_type: Mapped[str] = mapped_column(String(64))
-    resource_id: Mapped[str] = mapped_column(String(64))
+    resource_pk: Mapped[int] = mapped_column(BigInteger)  # resource.pk
     param: Mapped[str] = mapped_column(String(64))
     value: Mapped[float] = mapped_column(Double)
     system: Mapped[str] = mapped_column(String(255), default="")
@@ -248,13 +270,13 @@ class SearchNumber(Base):
 
     __tablename__ = "search_number"
     __table_args__ = (
-        Index("ix_search_number_value", "resource_type", "param", "value", "resource_id"),
-        Index("ix_search_number_resource", "resource_type", "resource_id"),
+        Index("ix_search_number_value", "resource_type", "param", "value", "resource_pk"),
+        Index("ix_search_number_resource", "resource_pk"),
     )
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     resource_type: Mapped[str] = mapped_column(String(64))
-    resource_id: Mapped[str] = mapped_column(String(64))
+    resource_pk: Mapped[int] = mapped_column(BigInteger)  # resource.pk
     param: Mapped[str] = mapped_column(String(64))
     value: Mapped[float] = mapped_column(Double)
 
@@ -269,15 +291,15 @@ class SearchUri(Base):
             "resource_type",
             "param",
             "value",
-            "resource_id",
+            "resource_pk",
             postgresql_ops={"value": "varchar_pattern_ops"},
         ),
-        Index("ix_search_uri_resource", "resource_type", "resource_id"),
+        Index("ix_search_uri_resource", "resource_pk"),
     )
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     resource_type: Mapped[str] = mapped_column(String(64))
-    resource_id: Mapped[str] = mapped_column(String(64))
+    resource_pk: Mapped[int] = mapped_column(BigInteger)  # resource.pk
     param: Mapped[str] = mapped_column(String(64))
     value: Mapped[str] = mapped_column(String(255))
 
@@ -285,11 +307,13 @@ class SearchUri(Base):
 # $everything pages a patient compartment in (resource_type, id) order straight off this index.
 Index("ix_resource_compartment", Resource.patient_id, Resource.resource_type, Resource.id)
 # The live rows of a type in id order: a search finds its page of ids with index-only scans (the predicate
-# matches the ``deleted IS false`` every search carries) and reads the content of that page only.
+# matches the ``deleted IS false`` every search carries) and reads the content of that page only. The
+# criteria probe the index tables by pk: SQLite's indexes carry the rowid anyway, PostgreSQL's includes it.
 Index(
     "ix_resource_live",
     Resource.resource_type,
     Resource.id,
+    postgresql_include=["pk"],
     postgresql_where=Resource.deleted.is_(False),
     sqlite_where=Resource.deleted.is_(False),
 )

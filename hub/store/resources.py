@@ -22,9 +22,9 @@ from hub.errors import Gone, NotFound
 from hub.store import bulk
 from hub.store.models import Resource, ResourceVersion
 
-# One write: (resource_type, id, the stored dict or None when deleted, the stored dict it replaced or
-# None when there was no live version: a new resource, or one deleted before).
-Change = tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]
+# One write: (resource_type, id, the resource's pk, the stored dict or None when deleted, the stored dict
+# it replaced or None when there was no live version: a new resource, or one deleted before).
+Change = tuple[str, str, int, dict[str, Any] | None, dict[str, Any] | None]
 # Called after every write with the changes of one call, in order. The search index registers itself
 # here; keeping it a hook keeps this module free of index details.
 WriteHook = Callable[[Session, list[Change]], None]
@@ -46,6 +46,7 @@ class Written:
 
 @dataclass(frozen=True, slots=True)
 class _Current:
+    pk: int
     version_id: int
     stored: dict[str, Any] | None  # the live version as stored; None when deleted
 
@@ -84,7 +85,16 @@ def upsert(
     return upsert_many(session, [resource], message_id=message_id, now=now)[0]
 
 
-_RESOURCE_COLUMNS = ("resource_type", "id", "version_id", "last_updated", "deleted", "patient_id", "content")
+_RESOURCE_COLUMNS = (
+    "pk",
+    "resource_type",
+    "id",
+    "version_id",
+    "last_updated",
+    "deleted",
+    "patient_id",
+    "content",
+)
 _UPDATE_COLUMNS = ("version_id", "last_updated", "deleted", "patient_id", "content", "resource_type", "id")
 _UPDATE = (
     "UPDATE resource SET version_id = ?, last_updated = ?, deleted = ?, patient_id = ?, content = ?"
@@ -110,6 +120,10 @@ def upsert_many(
     session.flush()  # pending ORM writes (a delete, the MPI's rows) first: the read below must see them
     connection = session.connection()
     found = _current_rows(connection, resources)
+    new_keys = dict.fromkeys(
+        key for r in resources if (key := (r["resourceType"], str(r["id"]))) not in found
+    )
+    pks = dict(zip(new_keys, allocate_pks(connection, len(new_keys)), strict=True))
     out: list[Written] = []
     inserts: list[bulk.Row] = []
     updates: list[bulk.Row] = []
@@ -128,12 +142,14 @@ def upsert_many(
         stored, content = _stored(rtype, rid, body, version, now)
         patient_id = _patient_of(stored)
         if current is None:
-            inserts.append((rtype, rid, version, now, False, patient_id, content))
+            pk = pks[(rtype, rid)]
+            inserts.append((pk, rtype, rid, version, now, False, patient_id, content))
         else:  # inserts run first, so a resource new in this call may be updated later in it
+            pk = current.pk
             updates.append((version, now, False, patient_id, content, rtype, rid))
-        found[(rtype, rid)] = _Current(version, stored)
+        found[(rtype, rid)] = _Current(pk, version, stored)
         versions.append((rtype, rid, version, now, False, message_id, content))
-        changes.append((rtype, rid, stored, old))
+        changes.append((rtype, rid, pk, stored, old))
         out.append(Written(rtype, rid, version, True))
     resource_table = Resource.__table__
     bulk.insert_rows(connection, resource_table, _RESOURCE_COLUMNS, inserts)  # type: ignore[arg-type]
@@ -152,14 +168,31 @@ def _current_rows(connection: Connection, resources: list[dict[str, Any]]) -> di
     types = sorted({str(r["resourceType"]) for r in resources})
     ids = sorted({str(r["id"]) for r in resources})
     sql = (
-        "SELECT resource_type, id, version_id, deleted, content FROM resource"
+        "SELECT resource_type, id, pk, version_id, deleted, content FROM resource"
         f" WHERE resource_type IN ({bulk.marks(len(types))}) AND id IN ({bulk.marks(len(ids))})"
     )
     rows = connection.exec_driver_sql(bulk.placeholders(connection.dialect, sql), (*types, *ids))
     return {
-        (rtype, rid): _Current(version, None if deleted else orjson.loads(content))
-        for rtype, rid, version, deleted, content in rows
+        (rtype, rid): _Current(pk, version, None if deleted else orjson.loads(content))
+        for rtype, rid, pk, version, deleted, content in rows
     }
+
+
+def allocate_pks(connection: Connection, count: int) -> list[int]:
+    """``count`` new ``resource.pk`` values, increasing, in one statement. PostgreSQL draws them from the
+    column's sequence (never handed out twice, whatever rolls back). SQLite takes the ones after the
+    largest pk: a writing transaction holds the database's write lock from its BEGIN IMMEDIATE
+    (``hub.db.make_engine``), so no other writer can take them before this one commits, and since no
+    resource row is ever removed the largest pk is never given out again."""
+    if count == 0:
+        return []
+    if connection.dialect.name == "postgresql":
+        rows = connection.exec_driver_sql(
+            "SELECT nextval('resource_pk_seq') FROM generate_series(1, %s)", (count,)
+        )
+        return sorted(pk for (pk,) in rows)
+    top = connection.exec_driver_sql("SELECT max(pk) FROM resource").scalar() or 0
+    return list(range(top + 1, top + 1 + count))
 
 
 def _expire_entities(session: Session, keys: list[tuple[str, str]]) -> None:
@@ -206,7 +239,7 @@ def delete(session: Session, resource_type: str, rid: str, *, message_id: int | 
         )
     )
     for hook in _write_hooks:
-        hook(session, [(resource_type, rid, None, orjson.loads(current.content))])
+        hook(session, [(resource_type, rid, current.pk, None, orjson.loads(current.content))])
     return Written(resource_type, rid, current.version_id, True)
 
 

@@ -5,7 +5,8 @@ rows inserted; a deleted one loses its rows in every table. An update compares, 
 ``search_params.extract`` finds in the version it replaces with those of the new version, and rewrites
 only the tables where they differ (an A08 that changes a name leaves the token, date and reference rows
 alone). Rows go through the driver (``bulk``): one INSERT per table for all new rows of a write, one
-DELETE per table and type for the rewritten ones.
+DELETE per table for the rewritten ones. Rows belong to their resource by ``resource.pk`` (``resource_pk``;
+search_reference keeps the resource's id too, see ``models.SearchReference``).
 
 Skipping unchanged tables trusts that the stored rows are what today's ``extract`` makes of the old
 version; after a change to the extraction itself, rewrite the index of the affected types.
@@ -42,51 +43,58 @@ INDEX_MODELS: dict[str, type[Any]] = {
 }
 assert tuple(INDEX_MODELS) == tuple(KINDS), "one index table per kind of extracted row"
 
-_KEY = ("resource_type", "resource_id")
+# The owner columns that lead every row, in this order.
+_KEY = {kind: ("resource_type", "resource_pk") for kind in KINDS} | {
+    "reference": ("resource_type", "resource_id", "resource_pk")
+}
 
 
 def index_resources(session: Session, changes: list[Change]) -> None:
     """Bring the index rows of the changed resources in step with their new versions."""
-    stale: dict[str, dict[str, list[str]]] = {kind: {} for kind in KINDS}  # kind → type → ids
+    stale: dict[str, list[int]] = {kind: [] for kind in KINDS}  # kind → pks
     fresh: dict[str, list[bulk.Row]] = {kind: [] for kind in KINDS}
-    for (rtype, rid), (old, new) in _net(changes).items():
+    for (rtype, rid), (pk, old, new) in _net(changes).items():
         after = extract_rows(new) if new is not None else None
+        owner = {kind: (rtype, rid, pk) if len(_KEY[kind]) == 3 else (rtype, pk) for kind in KINDS}
         if old is None:  # nothing indexed: a new resource, or one deleted before
             if after is not None:
                 for kind, rows in after.items():
-                    fresh[kind].extend((rtype, rid, *row) for row in rows)
+                    fresh[kind].extend((*owner[kind], *row) for row in rows)
             continue
         if after is None:  # deleted: every table, whatever the extraction made of it then
             for kind in KINDS:
-                stale[kind].setdefault(rtype, []).append(rid)
+                stale[kind].append(pk)
             continue
         before = extract_rows(old)
         for kind, rows in after.items():
             if rows != before[kind]:
-                stale[kind].setdefault(rtype, []).append(rid)
-                fresh[kind].extend((rtype, rid, *row) for row in rows)
+                stale[kind].append(pk)
+                fresh[kind].extend((*owner[kind], *row) for row in rows)
     connection = session.connection()
     for kind, model in INDEX_MODELS.items():
         table: Table = model.__table__
-        for rtype, rids in stale[kind].items():
-            _delete_rows(connection, table, rtype, rids)
+        if stale[kind]:
+            _delete_rows(connection, table, stale[kind])
         if fresh[kind]:
-            bulk.insert_rows(connection, table, (*_KEY, *KINDS[kind]), fresh[kind])
+            bulk.insert_rows(connection, table, (*_KEY[kind], *KINDS[kind]), fresh[kind])
 
 
-def _net(changes: list[Change]) -> dict[tuple[str, str], tuple[dict[str, Any] | None, dict[str, Any] | None]]:
-    """Per resource, the version it had before these changes and the one it has after them (a resource
-    written twice in one call is indexed once, from its last version)."""
-    net: dict[tuple[str, str], tuple[dict[str, Any] | None, dict[str, Any] | None]] = {}
-    for rtype, rid, new, old in changes:
+_Net = tuple[int, dict[str, Any] | None, dict[str, Any] | None]
+
+
+def _net(changes: list[Change]) -> dict[tuple[str, str], _Net]:
+    """Per resource, its pk, the version it had before these changes and the one it has after them (a
+    resource written twice in one call is indexed once, from its last version)."""
+    net: dict[tuple[str, str], _Net] = {}
+    for rtype, rid, pk, new, old in changes:
         first = net.get((rtype, rid))
-        net[(rtype, rid)] = (old if first is None else first[0], new)
+        net[(rtype, rid)] = (pk, old if first is None else first[1], new)
     return net
 
 
-def _delete_rows(connection: Connection, table: Table, resource_type: str, rids: list[str]) -> None:
-    sql = f"DELETE FROM {table.name} WHERE resource_type = ? AND resource_id IN ({bulk.marks(len(rids))})"
-    connection.exec_driver_sql(bulk.placeholders(connection.dialect, sql), (resource_type, *rids))
+def _delete_rows(connection: Connection, table: Table, pks: list[int]) -> None:
+    sql = f"DELETE FROM {table.name} WHERE resource_pk IN ({bulk.marks(len(pks))})"
+    connection.exec_driver_sql(bulk.placeholders(connection.dialect, sql), tuple(pks))
 
 
 def install() -> None:

@@ -38,7 +38,7 @@ def _index(engine: Engine, model: type[Any], rid: str) -> list[tuple[object, ...
             tuple(r)
             for r in s.execute(
                 select(model.row_id, model.param, value)
-                .where(model.resource_id == rid)
+                .where(model.resource_pk == select(Resource.pk).where(Resource.id == rid).scalar_subquery())
                 .order_by(model.row_id)
             )
         ]

@@ -73,7 +73,7 @@ def test_alias_migration_deletes_the_rows_and_its_downgrade_writes_them_back(fre
                     ),
                     {"rid": rid, "param": param, **{f"v{i}": v for i, v in enumerate(values)}},
                 )
-        upgrade(fresh_database_url)
+        upgrade(fresh_database_url, "0006_resource_patient_index")  # the rows keyed by resource_id still
         with engine.connect() as conn:
             kept = _rows(conn)
         # combo-code is code plus component-code: it keeps rows of its own (search_params._aliases).
