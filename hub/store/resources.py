@@ -120,9 +120,8 @@ def upsert_many(
     session.flush()  # pending ORM writes (a delete, the MPI's rows) first: the read below must see them
     connection = session.connection()
     found = _current_rows(connection, resources)
-    new_keys = dict.fromkeys(
-        key for r in resources if (key := (r["resourceType"], str(r["id"]))) not in found
-    )
+    keys = dict.fromkeys((r["resourceType"], str(r["id"])) for r in resources)
+    new_keys = [key for key in keys if key not in found]
     pks = dict(zip(new_keys, allocate_pks(connection, len(new_keys)), strict=True))
     out: list[Written] = []
     inserts: list[bulk.Row] = []
@@ -187,10 +186,10 @@ def allocate_pks(connection: Connection, count: int) -> list[int]:
     if count == 0:
         return []
     if connection.dialect.name == "postgresql":
-        rows = connection.exec_driver_sql(
-            "SELECT nextval('resource_pk_seq') FROM generate_series(1, %s)", (count,)
+        sql = bulk.placeholders(
+            connection.dialect, "SELECT nextval('resource_pk_seq') FROM generate_series(1, ?)"
         )
-        return sorted(pk for (pk,) in rows)
+        return sorted(pk for (pk,) in connection.exec_driver_sql(sql, (count,)))
     top = connection.exec_driver_sql("SELECT max(pk) FROM resource").scalar() or 0
     return list(range(top + 1, top + 1 + count))
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from hub.db import session_scope
 from hub.store import bulk, resources
-from hub.store.models import Resource, ResourceVersion, SearchDate, SearchString, SearchToken
+from hub.store.models import Resource, ResourceVersion, SearchDate, SearchReference, SearchString, SearchToken
 from tests.fhir_api import builders as b
 
 
@@ -137,3 +137,23 @@ def test_bulk_rows_fail_as_sqlalchemy_errors(engine: Engine) -> None:
     with Session(engine) as s:
         stored = s.get(Resource, ("Basic", "dup"))
         assert stored is not None and stored.content == b"{}"
+
+
+def test_new_resources_get_increasing_pks_that_their_index_rows_carry(engine: Engine) -> None:
+    with session_scope(engine) as s:
+        resources.upsert_many(
+            s, [b.patient("p1"), b.observation("o1", "p1"), b.observation("o1", "p1", code="2222-2")]
+        )
+    with session_scope(engine) as s:
+        resources.upsert_many(s, [b.observation("o2", "p1"), b.patient("p1", family="Wijaya")])
+    with Session(engine) as s:
+        pks = {rid: pk for rid, pk in s.execute(select(Resource.id, Resource.pk))}
+        assert pks["p1"] < pks["o1"] < pks["o2"]  # in order of creation; an update keeps its pk
+        owners = s.execute(
+            select(SearchReference.resource_id, SearchReference.resource_pk).where(
+                SearchReference.param == "subject"
+            )
+        ).all()
+        assert sorted(owners) == [("o1", pks["o1"]), ("o2", pks["o2"])]
+        names = s.scalars(select(SearchString.value).where(SearchString.resource_pk == pks["p1"]))
+        assert "wijaya" in set(names)
