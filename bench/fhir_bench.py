@@ -278,9 +278,7 @@ def load(engine: Engine, items: Iterator[dict[str, Any]], batch: int = 2000) -> 
                 }
             )
             for kind, extracted in extract_rows(stored).items():
-                owner = {"resource_type": res["resourceType"], "resource_pk": pk}
-                if kind == "reference":
-                    owner["resource_id"] = res["id"]
+                owner = {"resource_type": res["resourceType"], "resource_id": res["id"], "resource_pk": pk}
                 index_rows[kind].extend(
                     {**owner, **dict(zip(KINDS[kind], row, strict=True))} for row in extracted
                 )

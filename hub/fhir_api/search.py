@@ -1,8 +1,9 @@
 """FHIR search against the index tables: parsing a query into criteria, building one SQL statement per
 page, keyset paging, _include/_revinclude, totals, history and the patient compartment ($everything).
 
-Every criterion becomes ``resource.pk IN (SELECT resource_pk FROM search_<type> WHERE …)`` (``NOT IN`` for
-``:not`` and ``:missing``); repeated parameters AND, comma-separated values OR. Pages are cut by keyset
+Every criterion becomes ``resource.pk IN (SELECT resource_pk FROM search_<type> WHERE …)`` (on SQLite
+``resource.id IN (SELECT resource_id …)``, see ``_among``; ``NOT IN`` for ``:not`` and ``:missing``);
+repeated parameters AND, comma-separated values OR. Pages are cut by keyset
 on the sort keys plus the id, carried in an opaque ``_cursor``, so a page link neither skips nor repeats
 rows while resources are added. A Patient reference whose target is a golden Patient also matches every
 source Patient the golden record lists under ``link`` (type ``seealso``).
@@ -234,12 +235,13 @@ def _driver(session: Session, rtype: str, param: SearchParam, modifier: str, raw
     if targets is None or targets[0] != "Patient":
         return None
     ttype, ids = targets
-    condition = R.pk.in_(
-        select(_REF.resource_pk).where(
-            _REF.resource_type == rtype,
-            _rows_of(_REF, rtype, param.name),
-            _target_condition(_REF, ttype, ids),
-        )
+    condition = _among(
+        session,
+        R,
+        _REF,
+        _REF.resource_type == rtype,
+        _rows_of(_REF, rtype, param.name),
+        _target_condition(_REF, ttype, ids),
     )
     return Driver(condition, param.name, ttype, tuple(ids))
 
@@ -317,9 +319,7 @@ def criterion(
         if param.type in (SPECIAL, COMPOSITE):
             return false() if raw == "true" else true()
         model = INDEX_MODEL[param.type]
-        has = res.pk.in_(
-            select(model.resource_pk).where(model.resource_type == rtype, _rows_of(model, rtype, param.name))
-        )
+        has = _among(session, res, model, model.resource_type == rtype, _rows_of(model, rtype, param.name))
         return not_(has) if raw == "true" else has
     if param.type == SPECIAL:
         cond = _special(param, values, res)
@@ -327,21 +327,33 @@ def criterion(
     if param.type == COMPOSITE:
         return or_(*(_composite(session, rtype, param, v, res) for v in values))
     if modifier in ("of-type", "identifier"):
-        return res.pk.in_(
-            select(_TOKEN.resource_pk).where(
-                _TOKEN.resource_type == rtype,
-                _rows_of(_TOKEN, rtype, param.name, f":{modifier}"),
-                or_(*(_modifier_token(modifier, v) for v in values)),
-            )
+        return _among(
+            session,
+            res,
+            _TOKEN,
+            _TOKEN.resource_type == rtype,
+            _rows_of(_TOKEN, rtype, param.name, f":{modifier}"),
+            or_(*(_modifier_token(modifier, v) for v in values)),
         )
     model = INDEX_MODEL[param.type]
     ors = [_value_condition(session, model, param, modifier, v) for v in values]
-    matching = select(model.resource_pk).where(
-        model.resource_type == rtype, _rows_of(model, rtype, param.name), or_(*ors)
+    matching = _among(
+        session, res, model, model.resource_type == rtype, _rows_of(model, rtype, param.name), or_(*ors)
     )
-    if modifier == "not":
-        return res.pk.not_in(matching)
-    return res.pk.in_(matching)
+    return not_(matching) if modifier == "not" else matching
+
+
+def _among(session: Session, res: Any, model: Any, *where: Any) -> Any:
+    """The condition that the resource whose row has the columns ``res`` owns one of the rows of
+    ``model``'s table that ``where`` selects (rows of the resource's own type). PostgreSQL gets the pk,
+    which lets it choose, from its statistics, between probing each candidate's rows (the probe indexes
+    lead with the pk, ``ix_resource_live`` includes it) and listing the matches. SQLite plans without
+    statistics and always lists the matches: given their pks under a page's ORDER BY id it tests every
+    live row of the type against the list, in id order (a seek by pk would need a sort); given their
+    ids, which the value indexes hold after the pk, it seeks ``ix_resource_live`` once per id, in order."""
+    if session.get_bind().dialect.name == "sqlite":
+        return res.id.in_(select(model.resource_id).where(*where))
+    return res.pk.in_(select(model.resource_pk).where(*where))
 
 
 def _rows_of(model: Any, rtype: str, name: str, suffix: str = "") -> Any:
@@ -596,11 +608,7 @@ def _chain(session: Session, rtype: str, param: SearchParam, modifier: str, chai
         )
     if not ors:
         raise BadRequest(f"no target of {rtype}.{param.name} has a search parameter {cname!r}")
-    return R.pk.in_(
-        select(_REF.resource_pk).where(
-            _REF.resource_type == rtype, _rows_of(_REF, rtype, param.name), or_(*ors)
-        )
-    )
+    return _among(session, R, _REF, _REF.resource_type == rtype, _rows_of(_REF, rtype, param.name), or_(*ors))
 
 
 def _has(session: Session, rtype: str, name: str, raw: str) -> Any:
@@ -624,10 +632,9 @@ def _has(session: Session, rtype: str, name: str, raw: str) -> Any:
     )
     return R.id.in_(
         select(_REF.target_id).where(
-            _REF.resource_type == other,
+            _REF.resource_pk.in_(matching),  # of type ``other``: read off ix_search_reference_probe alone
             _rows_of(_REF, other, ref_name),
             _REF.target_type == rtype,
-            _REF.resource_pk.in_(matching),
         )
     )
 

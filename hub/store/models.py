@@ -142,11 +142,12 @@ class ResourceVersion(Base):
 # ---------------------------------------------------------------------------------------------------------
 # Search index (issue 4). One table per FHIR search parameter type; one row per extracted value. Rows are
 # rewritten in the resource's own transaction by hub.store.search_index (a write hook of resources.upsert).
-# Every table is keyed for lookup by (resource_type, param, value…, resource_pk) and for probing and
-# rewriting by resource_pk (``resource.pk``, increasing): a new resource's rows append at the right edge of
-# the probe indexes, and at the right edge of their value's range in the value indexes, instead of at
-# random places (the ids are hashes). Strings are stored normalised (lower case, accents removed) beside
-# the exact form.
+# Every table is keyed for lookup by (resource_type, param, value…, resource_pk, resource_id) and for
+# probing and rewriting by resource_pk (``resource.pk``, increasing): a new resource's rows append at the
+# right edge of the probe indexes, and at the right edge of their value's range in the value indexes,
+# instead of at random places (the ids are hashes). The value indexes end with the id as well: SQLite,
+# which plans without statistics, pages a search by seeking the ids they list (hub.fhir_api.search._among).
+# Strings are stored normalised (lower case, accents removed) beside the exact form.
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -155,7 +156,9 @@ class SearchToken(Base):
 
     __tablename__ = "search_token"
     __table_args__ = (
-        Index("ix_search_token_value", "resource_type", "param", "code", "system", "resource_pk"),
+        Index(
+            "ix_search_token_value", "resource_type", "param", "code", "system", "resource_pk", "resource_id"
+        ),
         # Probing one resource's values (a criterion tested per candidate, rewriting a resource's rows):
         # covering, so the probe is an index-only scan.
         Index("ix_search_token_probe", "resource_pk", "param", "code", "system"),
@@ -163,6 +166,7 @@ class SearchToken(Base):
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
     resource_pk: Mapped[int] = mapped_column(BigInteger)  # resource.pk
     param: Mapped[str] = mapped_column(String(64))
     system: Mapped[str] = mapped_column(String(255), default="")  # "" when the value has no system
@@ -183,6 +187,7 @@ class SearchString(Base):
             "param",
             "value",
             "resource_pk",
+            "resource_id",
             postgresql_ops={"value": "varchar_pattern_ops"},
         ),
         Index("ix_search_string_resource", "resource_pk"),
@@ -190,6 +195,7 @@ class SearchString(Base):
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
     resource_pk: Mapped[int] = mapped_column(BigInteger)  # resource.pk
     param: Mapped[str] = mapped_column(String(64))
     value: Mapped[str] = mapped_column(String(255))  # normalised: lower case, no accents
@@ -201,12 +207,13 @@ class SearchDate(Base):
 
     __tablename__ = "search_date"
     __table_args__ = (
-        Index("ix_search_date_value", "resource_type", "param", "low", "high", "resource_pk"),
+        Index("ix_search_date_value", "resource_type", "param", "low", "high", "resource_pk", "resource_id"),
         Index("ix_search_date_probe", "resource_pk", "param", "low", "high"),
     )
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
     resource_pk: Mapped[int] = mapped_column(BigInteger)  # resource.pk
     param: Mapped[str] = mapped_column(String(64))
     low: Mapped[datetime] = mapped_column()
@@ -251,12 +258,13 @@ class SearchQuantity(Base):
 
     __tablename__ = "search_quantity"
     __table_args__ = (
-        Index("ix_search_quantity_value", "resource_type", "param", "value", "resource_pk"),
+        Index("ix_search_quantity_value", "resource_type", "param", "value", "resource_pk", "resource_id"),
         Index("ix_search_quantity_resource", "resource_pk"),
     )
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
     resource_pk: Mapped[int] = mapped_column(BigInteger)  # resource.pk
     param: Mapped[str] = mapped_column(String(64))
     value: Mapped[float] = mapped_column(Double)
@@ -270,12 +278,13 @@ class SearchNumber(Base):
 
     __tablename__ = "search_number"
     __table_args__ = (
-        Index("ix_search_number_value", "resource_type", "param", "value", "resource_pk"),
+        Index("ix_search_number_value", "resource_type", "param", "value", "resource_pk", "resource_id"),
         Index("ix_search_number_resource", "resource_pk"),
     )
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
     resource_pk: Mapped[int] = mapped_column(BigInteger)  # resource.pk
     param: Mapped[str] = mapped_column(String(64))
     value: Mapped[float] = mapped_column(Double)
@@ -292,6 +301,7 @@ class SearchUri(Base):
             "param",
             "value",
             "resource_pk",
+            "resource_id",
             postgresql_ops={"value": "varchar_pattern_ops"},
         ),
         Index("ix_search_uri_resource", "resource_pk"),
@@ -299,6 +309,7 @@ class SearchUri(Base):
 
     row_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     resource_type: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(64))
     resource_pk: Mapped[int] = mapped_column(BigInteger)  # resource.pk
     param: Mapped[str] = mapped_column(String(64))
     value: Mapped[str] = mapped_column(String(255))

@@ -5,8 +5,8 @@ rows inserted; a deleted one loses its rows in every table. An update compares, 
 ``search_params.extract`` finds in the version it replaces with those of the new version, and rewrites
 only the tables where they differ (an A08 that changes a name leaves the token, date and reference rows
 alone). Rows go through the driver (``bulk``): one INSERT per table for all new rows of a write, one
-DELETE per table for the rewritten ones. Rows belong to their resource by ``resource.pk`` (``resource_pk``;
-search_reference keeps the resource's id too, see ``models.SearchReference``).
+DELETE per table for the rewritten ones. Rows belong to their resource by ``resource.pk`` (``resource_pk``)
+and carry its id too (see the index section of ``models``).
 
 Skipping unchanged tables trusts that the stored rows are what today's ``extract`` makes of the old
 version; after a change to the extraction itself, rewrite the index of the affected types.
@@ -43,10 +43,7 @@ INDEX_MODELS: dict[str, type[Any]] = {
 }
 assert tuple(INDEX_MODELS) == tuple(KINDS), "one index table per kind of extracted row"
 
-# The owner columns that lead every row, in this order.
-_KEY = {kind: ("resource_type", "resource_pk") for kind in KINDS} | {
-    "reference": ("resource_type", "resource_id", "resource_pk")
-}
+_KEY = ("resource_type", "resource_id", "resource_pk")
 
 
 def index_resources(session: Session, changes: list[Change]) -> None:
@@ -55,11 +52,11 @@ def index_resources(session: Session, changes: list[Change]) -> None:
     fresh: dict[str, list[bulk.Row]] = {kind: [] for kind in KINDS}
     for (rtype, rid), (pk, old, new) in _net(changes).items():
         after = extract_rows(new) if new is not None else None
-        owner = {kind: (rtype, rid, pk) if len(_KEY[kind]) == 3 else (rtype, pk) for kind in KINDS}
+        owner = (rtype, rid, pk)
         if old is None:  # nothing indexed: a new resource, or one deleted before
             if after is not None:
                 for kind, rows in after.items():
-                    fresh[kind].extend((*owner[kind], *row) for row in rows)
+                    fresh[kind].extend((*owner, *row) for row in rows)
             continue
         if after is None:  # deleted: every table, whatever the extraction made of it then
             for kind in KINDS:
@@ -69,14 +66,14 @@ def index_resources(session: Session, changes: list[Change]) -> None:
         for kind, rows in after.items():
             if rows != before[kind]:
                 stale[kind].append(pk)
-                fresh[kind].extend((*owner[kind], *row) for row in rows)
+                fresh[kind].extend((*owner, *row) for row in rows)
     connection = session.connection()
     for kind, model in INDEX_MODELS.items():
         table: Table = model.__table__
         if stale[kind]:
             _delete_rows(connection, table, stale[kind])
         if fresh[kind]:
-            bulk.insert_rows(connection, table, (*_KEY[kind], *KINDS[kind]), fresh[kind])
+            bulk.insert_rows(connection, table, (*_KEY, *KINDS[kind]), fresh[kind])
 
 
 _Net = tuple[int, dict[str, Any] | None, dict[str, Any] | None]

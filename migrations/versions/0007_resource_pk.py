@@ -3,9 +3,9 @@
 The ids are hashes, so index rows keyed by (resource_type, resource_id) landed at random places in every
 index holding the id: each message dirtied pages all over the probe and value indexes. ``resource.pk``
 grows with every new resource (SQLite: the rowid; PostgreSQL: a bigserial) and the index tables refer to
-it: the probe indexes lead with it and the value indexes end with it. search_reference keeps
-``resource_id`` in its target index, before the pk (searches driven by a patient reference walk a
-target's rows in id order).
+it: the probe indexes lead with it and the value indexes end with it, followed by ``resource_id``
+(SQLite pages a search by seeking the ids a value index lists). search_reference's target index keeps
+``resource_id`` before the pk (searches driven by a patient reference walk a target's rows in id order).
 
 Existing resources get their pks in order of last update (SQLite) or of their place in the table
 (PostgreSQL); index rows whose resource does not exist
@@ -60,10 +60,10 @@ def _live() -> sa.TextClause:
     return sa.text("deleted IS false") if _postgres() else sa.text("deleted IS 0")
 
 
-def _value_index(batch_op: Any, table: str, owner: str) -> None:
+def _value_index(batch_op: Any, table: str, owner: list[str]) -> None:
     name, columns = VALUE[table]
     ops = {"value": "varchar_pattern_ops"} if table in PATTERN_OPS else {}
-    batch_op.create_index(name, [*columns, owner], unique=False, postgresql_ops=ops)
+    batch_op.create_index(name, [*columns, *owner], unique=False, postgresql_ops=ops)
 
 
 def _probe_index(batch_op: Any, table: str, owner: list[str]) -> None:
@@ -139,8 +139,7 @@ def upgrade() -> None:
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.alter_column("resource_pk", existing_type=sa.BigInteger(), nullable=False)
             if table in VALUE:
-                batch_op.drop_column("resource_id")
-                _value_index(batch_op, table, "resource_pk")
+                _value_index(batch_op, table, ["resource_pk", "resource_id"])
             else:
                 batch_op.create_index(TARGET[0], [*TARGET[1], "resource_pk"], unique=False)
             _probe_index(batch_op, table, ["resource_pk"])
@@ -156,18 +155,10 @@ def _drop_indexes(table: str) -> None:
 def downgrade() -> None:
     for table in PROBE:
         _drop_indexes(table)
-        if table in VALUE:
-            op.add_column(table, sa.Column("resource_id", sa.String(length=64), nullable=True))
-            op.execute(
-                f"UPDATE {table} SET resource_id = resource.id FROM resource"
-                f" WHERE resource.pk = {table}.resource_pk"
-            )
         with op.batch_alter_table(table, schema=None) as batch_op:
-            if table in VALUE:
-                batch_op.alter_column("resource_id", existing_type=sa.String(length=64), nullable=False)
             batch_op.drop_column("resource_pk")
             if table in VALUE:
-                _value_index(batch_op, table, "resource_id")
+                _value_index(batch_op, table, ["resource_id"])
             else:
                 batch_op.create_index(TARGET[0], TARGET[1], unique=False)
             _probe_index(batch_op, table, ["resource_type", "resource_id"])

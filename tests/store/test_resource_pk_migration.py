@@ -103,12 +103,13 @@ def _copy_as_0006(written: Engine, old: Engine) -> None:
 
 
 def _index(conn: Connection) -> dict[str, list[tuple[Any, ...]]]:
-    """Every index row with the (type, id) of its resource, sorted."""
+    """Every index row with the (type, id) of the resource its pk names and the type and id it carries
+    itself, sorted."""
     out = {}
     for table, columns in VALUES.items():
         sql = (
-            f"SELECT r.resource_type, r.id, {', '.join('t.' + c for c in columns)} FROM {table} t"
-            " JOIN resource r ON r.pk = t.resource_pk"
+            f"SELECT r.resource_type, r.id, t.resource_type, t.resource_id,"
+            f" {', '.join('t.' + c for c in columns)} FROM {table} t JOIN resource r ON r.pk = t.resource_pk"
         )
         out[table] = sorted(tuple(row) for row in conn.execute(text(sql)))
     return out
@@ -175,6 +176,7 @@ def test_migration_keys_the_index_by_pk_and_searches_find_the_same(fresh_databas
                 expected = _index(a)
                 assert _index(c) == expected
                 assert len(expected["search_token"]) > 50 and expected["search_reference"]
+                assert all(row[:2] == row[2:4] for rows in expected.values() for row in rows)
                 orphans = c.execute(text("SELECT count(*) FROM search_token WHERE resource_pk IS NULL"))
                 assert orphans.scalar_one() == 0
                 count = "SELECT count(*) FROM search_token"
