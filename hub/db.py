@@ -198,6 +198,7 @@ class WriteGate:
                 finally:
                     if urgent:
                         self._urgent -= 1
+                        self.last_urgent = time.monotonic()
                 self._busy = True
             try:
                 if files is not None:
@@ -234,6 +235,9 @@ class WriteGate:
         return self._urgent > 0 or (self._files is not None and self._files.urgent_elsewhere())
 
     def seconds_since_urgent(self) -> float:
+        """How long ago an intake last asked for a turn or got one (0 while one waits)."""
+        if self.urgent_waiting():
+            return 0.0
         last = self.last_urgent
         if self._files is not None:
             last = max(last, self._files.last_urgent())
@@ -266,6 +270,7 @@ class _GateFiles:
 
     def withdraw(self) -> None:
         fd, self._urgent = self._urgent, -1
+        os.pwrite(fd, struct.pack("d", time.monotonic()), 0)  # ... and when it got its turn
         os.close(fd)  # drops the lock
 
     def await_no_urgent(self) -> None:

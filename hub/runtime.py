@@ -52,6 +52,7 @@ class Runtime:
                 settings.worker_threads,
                 settings.worker_batch,
                 read_engine=self.read_engine,
+                burst_share=settings.worker_burst_share,
             )
             self.dispatch = self.worker.dispatch
         else:

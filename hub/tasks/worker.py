@@ -40,13 +40,26 @@ SQLITE_HOLD_MS = 10.0  # on SQLite, how long one worker transaction may keep the
 # of CPU an ORU^R01), and the first ACK after the pause waits for one of them at most.
 SQLITE_IDLE_HOLD_MS = 100.0
 SQLITE_IDLE_S = 0.5
+# While the intake is busy (it asked to write within SQLITE_BUSY_MS: senders keep it committing), worker
+# turns, which the intake's next commit waits for, hold the write lock at most a share of the time
+# (HUB_WORKER_BURST_SHARE): after a turn of t ms the next one waits up to t * (1 - share) / share ms for a
+# pause in the intake. The ACKs of a burst go first and processing catches up after it. Outside bursts
+# (gaps between the intake's commits longer than SQLITE_BUSY_MS) nothing waits.
+SQLITE_BUSY_MS = 5.0
+SQLITE_BURST_REST_MAX_S = 1.0
 
 
 class InProcessWorker:
     def __init__(
-        self, engine: Engine, threads: int = 1, batch: int = 50, read_engine: Engine | None = None
+        self,
+        engine: Engine,
+        threads: int = 1,
+        batch: int = 50,
+        read_engine: Engine | None = None,
+        burst_share: float = 1.0,
     ) -> None:
         self.engine = engine
+        self.burst_share = burst_share  # 1.0: no pause for the intake's bursts
         self.read_engine = read_engine  # set: messages are parsed and mapped before the write turn
         self.batch = max(1, batch)
         self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
@@ -56,6 +69,7 @@ class InProcessWorker:
         ]
         self._sqlite = is_sqlite(engine)
         self._ms_per_message = 1.0  # moving average of the processing time of one message
+        self._next_turn = float("-inf")  # time.monotonic() before which a turn waits for a pause in a burst
         self._idle = threading.Condition()
         self._busy = 0
         self.processed = 0
@@ -84,6 +98,21 @@ class InProcessWorker:
         idle = seconds_since_urgent_write(self.engine) > SQLITE_IDLE_S
         hold = SQLITE_IDLE_HOLD_MS if idle else SQLITE_HOLD_MS
         return max(1, min(self.batch, int(hold / max(self._ms_per_message, 0.01))))
+
+    def _await_intake_pause(self) -> None:
+        """On SQLite, during a burst of the intake: wait for a pause in it, or until this worker's share
+        of the burst allows its next turn."""
+        if not self._sqlite:
+            return
+        while (
+            time.monotonic() < self._next_turn
+            and seconds_since_urgent_write(self.engine) * 1000 < SQLITE_BUSY_MS
+        ):
+            time.sleep(0.002)
+
+    def _rest_after(self, turn_s: float) -> None:
+        share = min(1.0, max(0.01, self.burst_share))
+        self._next_turn = time.monotonic() + min(turn_s * (1 - share) / share, SQLITE_BURST_REST_MAX_S)
 
     def _yield(self) -> bool:
         """On SQLite: end the transaction after the current message when the intake waits to commit."""
@@ -128,6 +157,7 @@ class InProcessWorker:
             try:
                 mapped: Premapped = {}
                 while ids:
+                    self._await_intake_pause()
                     step = self._step()
                     chunk, ids = ids[:step], ids[step:]
                     started = time.perf_counter()
@@ -143,7 +173,11 @@ class InProcessWorker:
                                     session, chunk, retrying=not last, mapped=mapped, yield_when=self._yield
                                 )
 
-                        outcomes = retry_transient(work)
+                        turn = time.monotonic()
+                        try:
+                            outcomes = retry_transient(work)
+                        finally:
+                            self._rest_after(time.monotonic() - turn)
                         self.processed += len(outcomes)
                         if outcomes:
                             # Ended early for the intake: the rest goes first into the next transaction

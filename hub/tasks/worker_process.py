@@ -146,7 +146,11 @@ def _child_main(settings: Settings, inbox: Queue[Any], replies: Queue[str], pare
     worker_engine = processing_engine(engine)
     read_engine = make_engine(settings.sqlalchemy_url, read_only=True)
     worker = InProcessWorker(
-        worker_engine, settings.worker_threads, settings.worker_batch, read_engine=read_engine
+        worker_engine,
+        settings.worker_threads,
+        settings.worker_batch,
+        read_engine=read_engine,
+        burst_share=settings.worker_burst_share,
     )
     worker.start()
     try:
