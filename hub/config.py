@@ -59,8 +59,9 @@ class Settings(BaseSettings):
     # false, as threads of the serving process.
     worker_process: bool = True
     worker_threads: int = 1
-    # On SQLite, while the intake commits back to back, the largest share of the write lock the embedded
-    # worker takes (its turns then pause for the intake); 1.0: no pause.
+    # While the intake commits back to back, the largest share of the time the worker's turns take: the
+    # embedded worker's share of SQLite's write lock, a `hub worker`'s of the time when it shares the
+    # intake's machine (hub.tasks.pacing); 1.0: no pause.
     worker_burst_share: float = 0.1
     worker_batch: int = 50
     sweep_interval_s: float = 30.0

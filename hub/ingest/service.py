@@ -36,6 +36,7 @@ from hub.hl7.reference import structure_for
 from hub.ingest.ack import AckError, ack_code, build_ack, should_send
 from hub.store import bulk
 from hub.store.models import InboundMessage, Sender
+from hub.tasks.pacing import IntakeBeacon
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class Intake:
         self.engine = engine
         self.settings = settings
         self.dispatch = dispatch
+        self._beacon = IntakeBeacon(settings.var_dir)  # tells the machine's workers of a burst
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._senders: dict[str, int] = {}
@@ -122,6 +124,7 @@ class Intake:
         if raw is not None:
             with contextlib.suppress(Exception):
                 raw.close()
+        self._beacon.close()
 
     # -- API for transports ----------------------------------------------------------------------------
     def submit(self, raw: bytes, transport: str = "mllp", *, oversize: int = 0) -> Future[Accepted]:
@@ -228,6 +231,7 @@ class Intake:
                 _fail(item.future, unavailable)
             self._notify()
             return
+        self._beacon.mark()
         to_dispatch: list[int] = []
         for item, row, accepted in results:
             if accepted.state == "received" and not accepted.duplicate:

@@ -14,6 +14,7 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from hub.config import get_settings
+from hub.tasks.pacing import BurstPacer
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,12 @@ def _engine() -> Engine:
     return processing_engine(get_engine())
 
 
+@lru_cache(maxsize=1)
+def _pacer() -> BurstPacer:
+    settings = get_settings()
+    return BurstPacer(settings.var_dir, settings.worker_burst_share)
+
+
 def _process(ids: Sequence[int]) -> None:
     from hub.db import retry_transient, session_scope
     from hub.pipeline import process_batch
@@ -69,7 +76,13 @@ def _process(ids: Sequence[int]) -> None:
         with session_scope(_engine()) as session:
             process_batch(session, ids, retrying=not last)
 
-    retry_transient(work)
+    pacer = _pacer()
+    pacer.before()  # a burst of this machine's intake goes first
+    started = time.monotonic()
+    try:
+        retry_transient(work)
+    finally:
+        pacer.after(time.monotonic() - started)
 
 
 class CeleryDispatcher:
