@@ -9,9 +9,10 @@ read, per message), processed msgs/s (N / time from the first send until no mess
 ``received``), and, as the ceiling, a naive single-process parse of the same messages (``hub.hl7.parse``
 plus reading every OBX-5), with the ratios.
 
-Modes: ``embedded`` = the default of ``make run`` (SQLite file + in-process worker);
+Modes: ``embedded`` = the default of ``make run`` (SQLite file, ``hub serve`` and its worker process);
 ``pg-celery`` = PostgreSQL + Celery on RabbitMQ (``hub worker``), each on a fresh database / queue that
-is dropped afterwards. Targets on the 2-core machine: ACK p99 ≤ 20 ms, accepted ≥ 2,000 msgs/s,
+is dropped afterwards; ``pg-intake`` = ``hub serve`` on PostgreSQL with no worker at all (the intake
+alone: accepted and ACK figures only; not in the default modes). Targets on the 2-core machine: ACK p99 ≤ 20 ms, accepted ≥ 2,000 msgs/s,
 processed ≥ 1,000 msgs/s.
 """
 
@@ -249,7 +250,7 @@ def drive(
     args: argparse.Namespace,
     procs: list[Proc],
 ) -> Result:
-    connections, wait_processed = args.connections, not args.accept_only
+    connections, wait_processed = args.connections, not args.accept_only and mode != "pg-intake"
     cpu0 = _cpu_readings(procs, database_url)
     res = Result(mode, len(messages))
     per_conn = [messages[i::connections] for i in range(connections)]
@@ -323,6 +324,18 @@ def run_mode(mode: str, messages: list[bytes], args: argparse.Namespace, tmp: Pa
             procs.append(Proc(["serve"], env, tmp / "embedded-serve.log"))
             procs[-1].wait_port(mllp)
             return drive(mode, mllp, url, messages, args, procs)
+        if mode == "pg-intake":
+            with pg_database() as url:
+                env = _env(url, tmp / "var", HUB_WORKER_ENABLED="false", **ports, **args.env)
+                subprocess.run([HUB, "db", "upgrade"], env=env, check=True, capture_output=True)
+                procs.append(Proc(["serve"], env, tmp / "pg-intake-serve.log"))
+                procs[-1].wait_port(mllp)
+                try:
+                    return drive(mode, mllp, url, messages, args, procs)
+                finally:
+                    for p in reversed(procs):
+                        p.stop()
+                    procs.clear()
         with pg_database() as url:
             queue = f"hub-bench-{uuid.uuid4().hex[:8]}"
             env = _env(
@@ -376,7 +389,7 @@ def report(res: Result, ceiling: float, connections: int, window: int) -> bool:
             f"   processed  {processed:8.0f} msgs/s  (all done {res.processed_s:.1f} s after the first send)  target ≥ 1,000  {mark(ok_proc)}"
         )
     else:
-        print("   processed  not measured (--accept-only)")
+        print(f"   processed  not measured ({'no worker' if res.mode == 'pg-intake' else '--accept-only'})")
     print(
         f"   ratio to the parse ceiling: accepted {accepted / ceiling:.2f}, processed {processed / ceiling:.2f}"
     )
