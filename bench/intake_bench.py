@@ -316,47 +316,37 @@ def run_mode(mode: str, messages: list[bytes], args: argparse.Namespace, tmp: Pa
     mllp, http = free_port(), free_port()
     ports = {"HUB_MLLP_PORT": str(mllp), "HUB_HTTP_PORT": str(http)}
     procs: list[Proc] = []
+
+    def serve(url: str, env: dict[str, str], *worker: str) -> Result:
+        """Migrate, start ``hub worker`` (when given its arguments) and ``hub serve``, then drive them;
+        the processes stop before the database is dropped."""
+        subprocess.run([HUB, "db", "upgrade"], env=env, check=True, capture_output=True)
+        if worker:
+            procs.append(Proc(["worker", *worker], env, tmp / f"{mode}-worker.log"))
+        procs.append(Proc(["serve"], env, tmp / f"{mode}-serve.log"))
+        procs[-1].wait_port(mllp)
+        try:
+            return drive(mode, mllp, url, messages, args, procs)
+        finally:
+            for p in reversed(procs):
+                p.stop()
+            procs.clear()
+
     try:
         if mode == "embedded":
             url = f"sqlite:///{tmp / 'embedded.db'}"
-            env = _env(url, tmp / "var", **ports, **args.env)
-            subprocess.run([HUB, "db", "upgrade"], env=env, check=True, capture_output=True)
-            procs.append(Proc(["serve"], env, tmp / "embedded-serve.log"))
-            procs[-1].wait_port(mllp)
-            return drive(mode, mllp, url, messages, args, procs)
+            return serve(url, _env(url, tmp / "var", **ports, **args.env))
         if mode == "pg-intake":
             with pg_database() as url:
-                env = _env(url, tmp / "var", HUB_WORKER_ENABLED="false", **ports, **args.env)
-                subprocess.run([HUB, "db", "upgrade"], env=env, check=True, capture_output=True)
-                procs.append(Proc(["serve"], env, tmp / "pg-intake-serve.log"))
-                procs[-1].wait_port(mllp)
-                try:
-                    return drive(mode, mllp, url, messages, args, procs)
-                finally:
-                    for p in reversed(procs):
-                        p.stop()
-                    procs.clear()
+                return serve(url, _env(url, tmp / "var", HUB_WORKER_ENABLED="false", **ports, **args.env))
         with pg_database() as url:
             queue = f"hub-bench-{uuid.uuid4().hex[:8]}"
             env = _env(
                 url, tmp / "var", HUB_BROKER_URL=args.broker, HUB_CELERY_QUEUE=queue, **ports, **args.env
             )
-            subprocess.run([HUB, "db", "upgrade"], env=env, check=True, capture_output=True)
-            procs.append(
-                Proc(
-                    ["worker", "-c", str(args.celery_concurrency), "--pool", args.celery_pool],
-                    env,
-                    tmp / "worker.log",
-                )
-            )
-            procs.append(Proc(["serve"], env, tmp / "pg-serve.log"))
-            procs[-1].wait_port(mllp)
             try:
-                return drive(mode, mllp, url, messages, args, procs)
+                return serve(url, env, "-c", str(args.celery_concurrency), "--pool", args.celery_pool)
             finally:
-                for p in reversed(procs):
-                    p.stop()
-                procs.clear()
                 from kombu import Connection
 
                 with Connection(args.broker, connect_timeout=3) as conn:
