@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from hub.config import get_settings
+from hub.config import LOG_FORMAT, get_settings
 
 app = typer.Typer(help="The hub: HL7 v2 intake, FHIR R4 store and API.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -54,7 +54,7 @@ def serve(
         settings.http_host = host
     if port:
         settings.http_port = port
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
     typer.echo(
         f"hub: HTTP on {settings.http_host}:{settings.http_port}, MLLP on {settings.mllp_host}:{settings.mllp_port}, "
         f"database {_safe_url(settings.sqlalchemy_url)}, "

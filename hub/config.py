@@ -19,6 +19,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # hub serve and its worker process
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore")
 

@@ -236,11 +236,14 @@ class WriteGate:
 
     def seconds_since_urgent(self) -> float:
         """How long ago an intake last asked for a turn or got one (0 while one waits)."""
-        if self.urgent_waiting():
+        if self._urgent > 0:
             return 0.0
         last = self.last_urgent
         if self._files is not None:
-            last = max(last, self._files.last_urgent())
+            waiting, elsewhere = self._files.urgent_state()
+            if waiting:
+                return 0.0
+            last = max(last, elsewhere)
         return time.monotonic() - last
 
 
@@ -281,22 +284,21 @@ class _GateFiles:
             os.close(fd)
 
     def urgent_elsewhere(self) -> bool:
-        fd = self._open(self._urgent_path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return self.urgent_state()[0]
 
-    def last_urgent(self) -> float:
+    def urgent_state(self) -> tuple[bool, float]:
+        """Whether an intake holds ``-urgent`` now, and when one last asked or got its turn (one open)."""
         fd = self._open(self._urgent_path)
         try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                waiting = False
+            except BlockingIOError:
+                waiting = True
             raw = os.pread(fd, 8, 0)
         finally:
             os.close(fd)
-        return float(struct.unpack("d", raw)[0]) if len(raw) == 8 else float("-inf")
+        return waiting, float(struct.unpack("d", raw)[0]) if len(raw) == 8 else float("-inf")
 
     def lock(self) -> None:
         fd = self._open(self._write_path)

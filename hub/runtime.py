@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 
 from hub.config import Settings
-from hub.db import make_engine, processing_engine
+from hub.db import make_engine
 from hub.ingest.listener import MLLPServer
 from hub.ingest.service import Intake
 from hub.tasks.worker import InProcessWorker, Sweeper
@@ -46,15 +46,9 @@ class Runtime:
             self.worker = WorkerProcess(settings)
             self.dispatch = self.worker.dispatch
         elif settings.worker_enabled:
-            self.worker_engine = processing_engine(self.engine)
-            self.worker = InProcessWorker(
-                self.worker_engine,
-                settings.worker_threads,
-                settings.worker_batch,
-                read_engine=self.read_engine,
-                burst_share=settings.worker_burst_share,
-            )
-            self.dispatch = self.worker.dispatch
+            threads = InProcessWorker.embedded(settings, self.engine, self.read_engine)
+            self.worker, self.worker_engine = threads, threads.engine
+            self.dispatch = threads.dispatch
         else:
             self.dispatch = _nowhere
         self.intake = Intake(self.engine, settings, self.dispatch)

@@ -65,7 +65,7 @@ def _engine() -> Engine:
 @lru_cache(maxsize=1)
 def _pacer() -> BurstPacer:
     settings = get_settings()
-    return BurstPacer(settings.var_dir, settings.worker_burst_share)
+    return BurstPacer.for_machine(settings.var_dir, settings.worker_burst_share)
 
 
 def _process(ids: Sequence[int]) -> None:

@@ -1,4 +1,5 @@
-"""Processing that steps aside while the intake of the same machine is in a burst.
+"""Processing that steps aside while the intake of the same machine is in a burst (``BurstPacer``: the
+embedded worker paces its SQLite write turns with it, ``hub worker`` its tasks).
 
 A burst of ACKs and a backlog of processing compete for the same cores when ``hub serve`` and
 ``hub worker`` share a machine: the intake's next ACK then waits for CPU the worker and its database
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 BUSY_S = 0.005  # an intake that committed this recently is in a burst
@@ -67,22 +69,29 @@ def seconds_since_intake(var_dir: Path) -> float:
 
 
 class BurstPacer:
-    """The worker's side: ``before()`` each task, ``after(seconds)`` with what the task took."""
+    """The worker's side: ``before()`` each task (or write turn), ``after(seconds)`` with what it took.
+    ``since_intake`` tells how long ago the intake last committed or asked to: the beacon for a
+    ``hub worker`` (``for_machine``), SQLite's write gate for the embedded worker."""
 
-    def __init__(self, var_dir: Path, share: float) -> None:
-        self.var_dir = Path(var_dir)
+    def __init__(self, share: float, since_intake: Callable[[], float]) -> None:
         self.share = min(1.0, max(0.01, share))
-        self._next = float("-inf")
+        self.since_intake = since_intake
+        self.next_turn = float("-inf")  # time.monotonic() before which a turn waits for a pause in a burst
+
+    @classmethod
+    def for_machine(cls, var_dir: Path, share: float) -> BurstPacer:
+        """Paced by the beacon of the intake on this machine (``<var_dir>/intake-activity``)."""
+        return cls(share, lambda: seconds_since_intake(var_dir))
 
     def before(self) -> float:
-        """Wait for a pause of a busy intake, at most until this worker's share allows its next task;
+        """Wait for a pause of a busy intake, at most until this worker's share allows its next turn;
         returns the seconds waited."""
         if self.share >= 1.0:
             return 0.0
         started = time.monotonic()
-        while time.monotonic() < self._next and seconds_since_intake(self.var_dir) < BUSY_S:
+        while time.monotonic() < self.next_turn and self.since_intake() < BUSY_S:
             time.sleep(0.002)
         return time.monotonic() - started
 
     def after(self, took_s: float) -> None:
-        self._next = time.monotonic() + min(took_s * (1 - self.share) / self.share, REST_MAX_S)
+        self.next_turn = time.monotonic() + min(took_s * (1 - self.share) / self.share, REST_MAX_S)

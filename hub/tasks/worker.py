@@ -18,8 +18,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, select
 
 from hub.background import Periodic
+from hub.config import Settings
 from hub.db import (
     is_sqlite,
+    processing_engine,
     retry_transient,
     seconds_since_urgent_write,
     session_scope,
@@ -29,6 +31,7 @@ from hub.db import (
 from hub.mapping import MappingResult
 from hub.pipeline import Outcome, premap, process_batch
 from hub.store.models import InboundMessage
+from hub.tasks.pacing import BurstPacer
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +43,9 @@ SQLITE_HOLD_MS = 10.0  # on SQLite, how long one worker transaction may keep the
 # of CPU an ORU^R01), and the first ACK after the pause waits for one of them at most.
 SQLITE_IDLE_HOLD_MS = 100.0
 SQLITE_IDLE_S = 0.5
-# While the intake is busy (it asked to write within SQLITE_BUSY_MS: senders keep it committing), worker
-# turns, which the intake's next commit waits for, hold the write lock at most a share of the time
-# (HUB_WORKER_BURST_SHARE): after a turn of t ms the next one waits up to t * (1 - share) / share ms for a
-# pause in the intake. The ACKs of a burst go first and processing catches up after it. Outside bursts
-# (gaps between the intake's commits longer than SQLITE_BUSY_MS) nothing waits.
-SQLITE_BUSY_MS = 5.0
-SQLITE_BURST_REST_MAX_S = 1.0
+# While the intake commits back to back, worker turns (which its next commit waits for) take at most
+# burst_share of the time (hub.tasks.pacing.BurstPacer, paced by SQLite's write gate): the ACKs of a
+# burst go first and processing catches up after it. Outside bursts nothing waits.
 
 
 class InProcessWorker:
@@ -59,7 +58,6 @@ class InProcessWorker:
         burst_share: float = 1.0,
     ) -> None:
         self.engine = engine
-        self.burst_share = burst_share  # 1.0: no pause for the intake's bursts
         self.read_engine = read_engine  # set: messages are parsed and mapped before the write turn
         self.batch = max(1, batch)
         self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
@@ -69,10 +67,25 @@ class InProcessWorker:
         ]
         self._sqlite = is_sqlite(engine)
         self._ms_per_message = 1.0  # moving average of the processing time of one message
-        self._next_turn = float("-inf")  # time.monotonic() before which a turn waits for a pause in a burst
+        self.pacer = BurstPacer(
+            burst_share if self._sqlite else 1.0, lambda: seconds_since_urgent_write(self.engine)
+        )
         self._idle = threading.Condition()
         self._busy = 0
         self.processed = 0
+
+    @classmethod
+    def embedded(cls, settings: Settings, engine: Engine, read_engine: Engine) -> InProcessWorker:
+        """The embedded worker ``settings`` describe, for ``engine``'s database: it writes on a
+        non-durable twin of it (``processing_engine``, disposed with ``worker.engine``) and maps ahead on
+        ``read_engine``."""
+        return cls(
+            processing_engine(engine),
+            settings.worker_threads,
+            settings.worker_batch,
+            read_engine=read_engine,
+            burst_share=settings.worker_burst_share,
+        )
 
     def start(self) -> None:
         for t in self._threads:
@@ -98,21 +111,6 @@ class InProcessWorker:
         idle = seconds_since_urgent_write(self.engine) > SQLITE_IDLE_S
         hold = SQLITE_IDLE_HOLD_MS if idle else SQLITE_HOLD_MS
         return max(1, min(self.batch, int(hold / max(self._ms_per_message, 0.01))))
-
-    def _await_intake_pause(self) -> None:
-        """On SQLite, during a burst of the intake: wait for a pause in it, or until this worker's share
-        of the burst allows its next turn."""
-        if not self._sqlite:
-            return
-        while (
-            time.monotonic() < self._next_turn
-            and seconds_since_urgent_write(self.engine) * 1000 < SQLITE_BUSY_MS
-        ):
-            time.sleep(0.002)
-
-    def _rest_after(self, turn_s: float) -> None:
-        share = min(1.0, max(0.01, self.burst_share))
-        self._next_turn = time.monotonic() + min(turn_s * (1 - share) / share, SQLITE_BURST_REST_MAX_S)
 
     def _yield(self) -> bool:
         """On SQLite: end the transaction after the current message when the intake waits to commit."""
@@ -157,7 +155,7 @@ class InProcessWorker:
             try:
                 mapped: Premapped = {}
                 while ids:
-                    self._await_intake_pause()
+                    self.pacer.before()
                     step = self._step()
                     chunk, ids = ids[:step], ids[step:]
                     started = time.perf_counter()
@@ -177,7 +175,7 @@ class InProcessWorker:
                         try:
                             outcomes = retry_transient(work)
                         finally:
-                            self._rest_after(time.monotonic() - turn)
+                            self.pacer.after(time.monotonic() - turn)
                         self.processed += len(outcomes)
                         if outcomes:
                             # Ended early for the intake: the rest goes first into the next transaction

@@ -25,7 +25,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from typing import Any
 
-from hub.config import Settings
+from hub.config import LOG_FORMAT, Settings
 
 log = logging.getLogger(__name__)
 
@@ -132,26 +132,19 @@ class WorkerProcess:
 
 def _child_main(settings: Settings, inbox: Queue[Any], replies: Queue[str], parent: int) -> None:
     """The child: an ``InProcessWorker`` fed from ``inbox``, until ``None`` or the parent's death."""
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
     if settings.worker_nice > 0:
         os.nice(settings.worker_nice)
     if settings.mappings_dir:
         from hub.mapping import configure
 
         configure(settings.mappings_dir)
-    from hub.db import make_engine, processing_engine
+    from hub.db import make_engine
     from hub.tasks.worker import InProcessWorker
 
     engine = make_engine(settings.sqlalchemy_url)
-    worker_engine = processing_engine(engine)
     read_engine = make_engine(settings.sqlalchemy_url, read_only=True)
-    worker = InProcessWorker(
-        worker_engine,
-        settings.worker_threads,
-        settings.worker_batch,
-        read_engine=read_engine,
-        burst_share=settings.worker_burst_share,
-    )
+    worker = InProcessWorker.embedded(settings, engine, read_engine)
     worker.start()
     try:
         while True:
@@ -171,6 +164,6 @@ def _child_main(settings: Settings, inbox: Queue[Any], replies: Queue[str], pare
             worker.dispatch(item)
     finally:
         worker.stop()
-        worker_engine.dispose()
+        worker.engine.dispose()
         read_engine.dispose()
         engine.dispose()

@@ -47,7 +47,7 @@ def test_an_intake_commit_marks_the_beacon(engine: Engine, tmp_path: Path) -> No
 def test_a_worker_spaces_its_tasks_during_a_burst_and_goes_at_once_after_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pacer = BurstPacer(tmp_path, share=0.1)
+    pacer = BurstPacer.for_machine(tmp_path, share=0.1)
     assert pacer.before() < 0.01  # no task yet: nothing to space
 
     # A burst that lasts 0.3 s (the beacon's clock read is the one thing replaced: a real marking thread
@@ -63,7 +63,7 @@ def test_a_worker_spaces_its_tasks_during_a_burst_and_goes_at_once_after_it(
     assert 0.0 < pacer.before() < 0.3
     assert pacer.before() < 0.01  # the intake is idle now
 
-    unpaced = BurstPacer(tmp_path, share=1.0)
+    unpaced = BurstPacer.for_machine(tmp_path, share=1.0)
     unpaced.after(1.0)
     burst_ends = time.monotonic() + 1
     assert unpaced.before() == 0.0

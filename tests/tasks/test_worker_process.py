@@ -284,14 +284,14 @@ def test_during_a_burst_of_the_intake_a_worker_turn_waits_its_share(
     worker = InProcessWorker(engine, burst_share=0.1)
     unthrottled = InProcessWorker(engine, burst_share=1.0)
     try:
-        worker._rest_after(0.02)
-        unthrottled._rest_after(0.02)
+        worker.pacer.after(0.02)
+        unthrottled.pacer.after(0.02)
         now = time.monotonic()
-        assert 0.17 < worker._next_turn - now <= 0.18
-        assert unthrottled._next_turn <= now
+        assert 0.17 < worker.pacer.next_turn - now <= 0.18
+        assert unthrottled.pacer.next_turn <= now
 
-        worker._rest_after(0.5)  # capped: a long turn never parks the worker for more than a second
-        assert worker._next_turn - time.monotonic() <= 1.0
+        worker.pacer.after(0.5)  # capped: a long turn never parks the worker for more than a second
+        assert worker.pacer.next_turn - time.monotonic() <= 1.0
 
         # A burst of 0.3 s as the gate reports it (the gate's own reading is tested above, across
         # processes; a real committing thread can miss SQLITE_BUSY_MS on a loaded machine).
@@ -302,13 +302,13 @@ def test_during_a_burst_of_the_intake_a_worker_turn_waits_its_share(
             lambda _engine: 0.0 if time.monotonic() < burst_ends else float("inf"),
         )
         started = time.monotonic()
-        worker._await_intake_pause()
+        worker.pacer.before()
         waited = time.monotonic() - started
         assert 0.25 < waited < 0.6  # until the burst ended, well before its 1 s turn
 
-        worker._rest_after(0.5)
+        worker.pacer.after(0.5)
         started = time.monotonic()
-        worker._await_intake_pause()  # the intake is idle: at once
+        worker.pacer.before()  # the intake is idle: at once
         assert time.monotonic() - started < 0.05
     finally:
         engine.dispose()
