@@ -4,6 +4,12 @@ index, Provenance. Reports CPU ms per message and messages/s for one worker, and
 identity step (``resolve_identities``: the MPI's matching and its golden-record writes), which a helper
 tunes on its own, and the CPU of the search-index extraction (``search_params.extract_rows``) alone.
 
+It also splits off the time spent in the database driver: the statements (every call that goes through
+SQLAlchemy's cursor events, the store's driver-level inserts included) and the commits. On SQLite that is
+the database engine's own work (B-tree inserts, writing the dirtied pages to the WAL), which no change in
+the Python above it removes; PostgreSQL's ``COPY`` of index rows runs outside those events and its server
+work in another process, so there the split shows the client's waits only.
+
     python -m bench pipeline [-n 500] [--batch 20] [--url postgresql+psycopg://…/scratch_db] [--profile]
 """
 
@@ -19,6 +25,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import Engine, event
 
 from hub import pipeline
 from hub.config import Settings
@@ -67,6 +75,29 @@ def _timed(owner: Any, name: str) -> Iterator[list[float]]:
         setattr(owner, name, original)
 
 
+@contextmanager
+def _statement_time(engine: Engine) -> Iterator[list[float]]:
+    """CPU and wall seconds spent inside the driver's execute calls on ``engine`` while the block runs."""
+    spent = [0.0, 0.0]
+    started: list[tuple[float, float]] = []
+
+    def before(*_: Any) -> None:
+        started.append((time.process_time(), time.perf_counter()))
+
+    def after(*_: Any) -> None:
+        cpu, wall = started.pop()
+        spent[0] += time.process_time() - cpu
+        spent[1] += time.perf_counter() - wall
+
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield spent
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+        event.remove(engine, "after_cursor_execute", after)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench pipeline")
     parser.add_argument("-n", type=int, default=500)
@@ -87,9 +118,11 @@ def main(argv: list[str]) -> int:
         if profiler:
             profiler.enable()
         states: dict[str, int] = {}
+        commit = [0.0, 0.0]  # CPU, wall
         with (
             _timed(pipeline, "resolve_identities") as identity,
             _timed(search_index, "extract_rows") as extract,
+            _statement_time(worker_engine) as statements,
         ):
             for start in range(0, len(ids), args.batch):
                 with session_scope(worker_engine) as session:
@@ -97,6 +130,11 @@ def main(argv: list[str]) -> int:
                         session, [i for i in ids[start : start + args.batch] if i]
                     ):
                         states[outcome.state] = states.get(outcome.state, 0) + 1
+                    # what is left of the block is the commit (session_scope's exit)
+                    commit[0] -= time.process_time()
+                    commit[1] -= time.perf_counter()
+                commit[0] += time.process_time()
+                commit[1] += time.perf_counter()
         if profiler:
             profiler.disable()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -113,6 +151,12 @@ def main(argv: list[str]) -> int:
         f"{rest:.1f} ms CPU per message = {1000 / rest:.0f} msgs/s per core"
     )
     print(f"  search-index extraction {extract[0] / args.n * 1e6:.0f} µs CPU per message")
+    per = 1000 / args.n
+    print(
+        f"  in the database driver: statements {statements[0] * per:.1f} ms CPU ({statements[1] * per:.1f} wall),"
+        f" commits {commit[0] * per:.1f} ms CPU ({commit[1] * per:.1f} wall) per message;"
+        f" the rest {(cpu - statements[0] - commit[0]) * per:.1f} ms CPU"
+    )
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     return 0 if states.get("processed") == args.n else 1

@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -84,6 +84,7 @@ class IntakeStats:
     duplicates: int = 0
     held: int = 0
     batches: int = 0
+    rechecked: int = 0  # PostgreSQL: messages the pipelined INSERT found stored before (see _store_new)
     batch_sizes: list[int] = field(default_factory=list)
 
 
@@ -257,6 +258,70 @@ class Intake:
     def _store(
         self, batch: list[_Item], senders: dict[str, int | None]
     ) -> list[tuple[_Item, _Row, Accepted]]:
+        if not self._sqlite:
+            stored = self._store_new(batch, senders)
+            if stored is not None:
+                return stored
+        return self._store_checked(batch, senders)
+
+    def _store_new(
+        self, batch: list[_Item], senders: dict[str, int | None]
+    ) -> list[tuple[_Item, _Row, Accepted]] | None:
+        """PostgreSQL's common case in one round trip: a batch whose control ids are all new. Each row goes
+        in through an INSERT that skips a readable message whose (facility, MSH-10) is stored already; the
+        INSERTs and the COMMIT go to the server as one pipeline (the checked path costs four round trips:
+        BEGIN, the SELECT of earlier messages, the INSERTs, COMMIT; each a wait for the server and a
+        wake-up of this thread). A message whose INSERT was skipped is then stored by the checked path,
+        in a transaction of its own: as a duplicate, or held. ``None`` when a control id repeats within
+        the batch: the checked path then takes the whole batch."""
+        keys = [
+            (i.header.sending_facility, i.header.control_id)
+            for i in batch
+            if i.header is not None and i.error is None
+        ]
+        if len(set(keys)) != len(keys):
+            return None
+        now = datetime.now(UTC)
+        out: list[tuple[_Item, _Row, Accepted]] = []
+        new: list[tuple[_Row, dict[str, Any]]] = []
+        for item in batch:  # with no earlier rows, each readable message is `received` (or rejected)
+            out.append(self._store_one(item, senders, {}, new, now))
+        _, bound = bulk.driver_rows(
+            self.engine.dialect, _MESSAGES, _INSERT_SQL, _INSERT_COLUMNS, [_insert_row(v) for _, v in new]
+        )
+        ids: list[int | None] = []
+        with self._cursor() as (driver, cursor):
+            connection: Any = driver.dbapi_connection  # psycopg's: it has pipeline()
+            with connection.pipeline():
+                cursor.executemany(
+                    _NEW_SQL,
+                    [(*row[: len(_NEW_COLUMNS)], row[9], row[0], row[1]) for row in bound],
+                    returning=True,
+                )
+                connection.commit()
+            while True:
+                got = cursor.fetchone()
+                ids.append(None if got is None else int(got[0]))
+                if not cursor.nextset():
+                    break
+        assert len(new) == len(out) == len(ids), "each message of the batch is a new row"
+        skipped: list[int] = []  # positions in ``out`` of the messages stored before
+        for position, ((row, _), rid) in enumerate(zip(new, ids, strict=True)):
+            if rid is None:
+                skipped.append(position)
+            else:
+                row.id = rid
+        if skipped:
+            self.stats.accepted -= len(skipped)  # counted again, as what they are, by the checked path
+            self.stats.rechecked += len(skipped)
+            again = self._store_checked([out[p][0] for p in skipped], senders)
+            for position, result in zip(skipped, again, strict=True):
+                out[position] = result
+        return out
+
+    def _store_checked(
+        self, batch: list[_Item], senders: dict[str, int | None]
+    ) -> list[tuple[_Item, _Row, Accepted]]:
         """One SELECT for the earlier messages with these control ids, one INSERT per new message and one
         UPDATE of duplicate counts, on a connection the committer keeps: statements go to the driver
         (no pool checkout, no SQLAlchemy execution context), so a commit of a few messages costs little
@@ -267,10 +332,7 @@ class Intake:
             for i in batch
             if i.header is not None and i.error is None
         }
-        driver = self._driver()
-        cursor: Any = None
-        try:
-            cursor = driver.cursor()
+        with self._cursor() as (driver, cursor):
             if self._sqlite:
                 # The write lock up front (as the engine's own transactions take it).
                 cursor.execute("BEGIN IMMEDIATE")
@@ -298,6 +360,18 @@ class Intake:
             if counted:
                 cursor.executemany(self._count_sql, [(row.duplicates, row.id) for row in counted])
             driver.commit()
+        return out
+
+    # -- the committer's connection ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[tuple[Any, Any]]:
+        """The kept connection and a cursor on it; after an error the connection is dropped (the next
+        commit starts on a fresh one)."""
+        driver = self._driver()
+        cursor: Any = None
+        try:
+            cursor = driver.cursor()
+            yield driver, cursor
         except BaseException:
             self._drop_driver()
             raise
@@ -305,9 +379,7 @@ class Intake:
             if cursor is not None:
                 with contextlib.suppress(Exception):
                     cursor.close()
-        return out
 
-    # -- the committer's connection ---------------------------------------------------------------------
     def _driver(self) -> Any:
         """The committer's own DBAPI connection (from the engine's pool, with its connect-time settings),
         kept across commits; dropped after an error, so the next commit starts on a fresh one."""
@@ -547,6 +619,25 @@ _INSERT_SQL = (
 
 def _insert_row(values: dict[str, Any]) -> tuple[Any, ...]:
     return (*(values[c] for c in _INSERT_COLUMNS[:-2]), 0, 0)
+
+
+def _new_sql() -> str:
+    """PostgreSQL: INSERT one message unless it is `received` and its (facility, control_id) is stored
+    already (parameters: the row's columns, then its state, facility and control id again). The test is a
+    scalar subquery, which the planner cannot turn into a join over the whole table: one probe of the
+    control-id index."""
+    names = ", ".join(_NEW_COLUMNS)
+    return (
+        f"INSERT INTO inbound_message ({names}, duplicate_count, attempts)"
+        f" SELECT {', '.join(['%s'] * len(_NEW_COLUMNS))}, 0, 0"
+        " WHERE %s <> 'received' OR (SELECT 1 FROM inbound_message m"
+        " WHERE m.facility = %s AND m.control_id = %s LIMIT 1) IS NULL"
+        " RETURNING id"
+    )
+
+
+_NEW_COLUMNS = _INSERT_COLUMNS[:-2]
+_NEW_SQL = _new_sql()
 
 
 _SENDER = select(_SENDERS.c.id, _SENDERS.c.active).where(_SENDERS.c.facility == bindparam("facility"))
