@@ -287,7 +287,7 @@ def test_the_pipelined_insert_probes_the_control_id_index(pg_database_url: str) 
     """PostgreSQL (SQLite has no round trips to save and keeps the checked path): the commit's INSERT
     tests its message against the (facility, control_id) index, never by a join over the whole table
     (which the planner may pick while the table has no statistics)."""
-    from hub.ingest.service import _NEW_COLUMNS, _NEW_SQL
+    from hub.ingest.service import _NEW_COLUMNS, _new_sql
 
     engine = make_engine(pg_database_url)
 
@@ -301,7 +301,8 @@ def test_the_pipelined_insert_probes_the_control_id_index(pg_database_url: str) 
         raw: Any = conn.connection.dbapi_connection
         with raw.cursor() as cursor:
             cursor.execute("SET enable_seqscan = off")  # the table is tiny: ask whether it *can*
-            cursor.execute("EXPLAIN " + _NEW_SQL, [*(row[c] for c in _NEW_COLUMNS), "received", "x", "x"])
+            values = [row[c] for c in _NEW_COLUMNS]
+            cursor.execute("EXPLAIN " + _new_sql(3), values * 3)
             plan = " ".join(str(r[0]) for r in cursor.fetchall())
     engine.dispose()
     assert "ix_inbound_message_control" in plan, plan
