@@ -76,6 +76,12 @@ class _Item:
     header: hl7.Header | None = None
     error: AckError | None = None
     text_sample: str = ""
+    # Worked out by ``_prepare`` on the transport's thread, off the committer's (whose time is every
+    # message's wait): the sha256 of the bytes, the patient key, and the ACK of a message that turns out
+    # new (AA, or CA in enhanced mode).
+    digest: str = ""
+    patient_key: str | None = None
+    new_ack: str = ""
 
 
 @dataclass(slots=True)
@@ -173,9 +179,11 @@ class Intake:
                 item.header = None
             return
         try:
-            item.header = hl7.peek_header(item.raw)
+            item.header = h = hl7.peek_header(item.raw)
         except hl7.HeaderError as exc:
             item.error = AckError(exc.code, exc.text, exc.location)
+            return
+        _derive(item, h)
 
     def _run(self) -> None:
         window = self.settings.commit_window_ms / 1000.0
@@ -455,7 +463,9 @@ class Intake:
         now: datetime,
     ) -> tuple[_Item, _Row, Accepted]:
         h = item.header
-        digest = hashlib.sha256(item.raw).hexdigest()
+        if h is not None and item.error is None and not item.digest:
+            _derive(item, h)  # not prepared by a transport (a direct call)
+        digest = item.digest or hashlib.sha256(item.raw).hexdigest()
         values: dict[str, Any] = {
             "raw": item.raw,
             "content_hash": digest,
@@ -509,11 +519,11 @@ class Intake:
             self.stats.held += 1
         else:
             state = "received"
-            values["patient_key"] = hl7.patient_key(hl7.decode(item.raw, h), h.encoding)
+            values["patient_key"] = item.patient_key
             code = ack_code("AA", h)
             err = None
             self.stats.accepted += 1
-        ack_text = build_ack(h, code, error=err)
+        ack_text = item.new_ack if err is None else build_ack(h, code, error=err)
         row = self._add(values, new, state, code, ack_text)
         existing.setdefault(key, []).append(row)
         return item, row, Accepted(ack_text if should_send(code, h) else None, code, None, state=state)
@@ -647,6 +657,12 @@ _NEW_COLUMNS = _INSERT_COLUMNS[:-2]
 
 
 _SENDER = select(_SENDERS.c.id, _SENDERS.c.active).where(_SENDERS.c.facility == bindparam("facility"))
+
+
+def _derive(item: _Item, h: hl7.Header) -> None:
+    item.digest = hashlib.sha256(item.raw).hexdigest()
+    item.patient_key = hl7.patient_key(hl7.decode(item.raw, h), h.encoding)
+    item.new_ack = build_ack(h, ack_code("AA", h))
 
 
 def _resolve(waiter: Future[Accepted] | Ticket, accepted: Accepted) -> None:
