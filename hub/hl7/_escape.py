@@ -7,6 +7,7 @@ order is what makes ``\\F\\`` inside a component come out as a literal ``|``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,15 @@ def escape(value: str, enc: Encoding = DEFAULT_ENCODING) -> str:
     """The inverse of :func:`unescape` for text the hub writes (ACK texts, ERR user messages)."""
     if not value:
         return value
+    table = _escapes(enc)
+    if not any(c in table for c in value):  # the common case: a control id, a plain text
+        return value
+    return "".join(table.get(c, c) for c in value)
+
+
+@lru_cache(maxsize=32)
+def _escapes(enc: Encoding) -> dict[str, str]:
+    """What each character the delimiters of ``enc`` give a meaning to is written as."""
     table = {
         enc.escape: f"{enc.escape}E{enc.escape}",
         enc.field: f"{enc.escape}F{enc.escape}",
@@ -103,4 +113,4 @@ def escape(value: str, enc: Encoding = DEFAULT_ENCODING) -> str:
     }
     if enc.truncation:
         table[enc.truncation] = f"{enc.escape}P{enc.escape}"
-    return "".join(table.get(c, c) for c in value)
+    return table

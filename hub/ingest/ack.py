@@ -36,6 +36,22 @@ _counter = itertools.count(1)
 _prefix = f"{os.getpid() % 100000:05d}"
 
 
+_stamp: tuple[int, str] = (-1, "")  # the last whole second and its MSH-7 text, shared by every ACK in it
+
+
+def _timestamp(now: datetime | None) -> str:
+    """MSH-7 of an ACK: ``now`` (or the present second) as YYYYMMDDHHMMSS+ZZZZ. ``strftime`` costs as
+    much as the rest of the ACK, so the present second's text is made once."""
+    global _stamp
+    if now is not None:
+        return now.strftime("%Y%m%d%H%M%S%z")
+    second = int(time.time())
+    cached = _stamp  # one read: another thread may replace it meanwhile, with a tuple as good
+    if cached[0] != second:
+        cached = _stamp = (second, datetime.fromtimestamp(second, UTC).strftime("%Y%m%d%H%M%S%z"))
+    return cached[1]
+
+
 def new_control_id() -> str:
     """A control id unique to this process and instant (MSH-10 is ST, 20 characters in v2.5.1)."""
     return f"{int(time.time() * 1000) % 10**10:010d}{_prefix}{next(_counter) % 100000:05d}"
@@ -84,7 +100,7 @@ def build_ack(
     uses the default delimiters and version 2.5.1, and MSA-2 echoes ``control_id`` if one was found."""
     enc = header.encoding if header is not None else DEFAULT_ENCODING
     fs, cs = enc.field, enc.component
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S%z") or ""
+    stamp = _timestamp(now)
     if header is not None:
         raw = header.msh_fields
         sending_app = raw[5] if len(raw) > 5 else ""

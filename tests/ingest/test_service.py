@@ -307,3 +307,18 @@ def test_the_pipelined_insert_probes_the_control_id_index(pg_database_url: str) 
     engine.dispose()
     assert "ix_inbound_message_control" in plan, plan
     assert "Anti Join" not in plan, plan
+
+
+def test_ack_msh7_is_the_present_second_or_the_given_instant() -> None:
+    from hub.hl7 import peek_header
+    from hub.ingest.ack import build_ack
+
+    header = peek_header(adt("T1").encode())
+    for _ in range(3):  # the present second's text is made once and shared: it must still move on
+        before = datetime.now(UTC).replace(microsecond=0)
+        stamp = parse(build_ack(header, "AA")).get("MSH-7")
+        after = datetime.now(UTC)
+        assert before <= datetime.strptime(stamp, "%Y%m%d%H%M%S%z") <= after
+        time.sleep(0.6)
+    given = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert parse(build_ack(header, "AA", now=given)).get("MSH-7") == "20260102030405+0000"
