@@ -183,7 +183,11 @@ class Intake:
         except hl7.HeaderError as exc:
             item.error = AckError(exc.code, exc.text, exc.location)
             return
-        _derive(item, h)
+        try:
+            _derive(item, h)
+        except Exception:  # left to the committer's turn, where any failure is answered, not raised here
+            log.exception("could not prepare a message from %s", h.sending_facility)
+            item.digest = ""
 
     def _run(self) -> None:
         window = self.settings.commit_window_ms / 1000.0
