@@ -31,7 +31,7 @@ from hub.errors import HubError
 from hub.fhir.validate import validate_resources
 from hub.mapping import MappingResult, SenderContext, map_message
 from hub.mpi.service import resolve_identities, settings_for
-from hub.store import bulk
+from hub.store import bulk, search_index
 from hub.store import resources as store
 from hub.store.models import InboundMessage, MessageResource, Sender
 
@@ -109,10 +109,11 @@ def process_batch(
             todo.setdefault(earlier.id, earlier)
     mapped = mapped if mapped is not None else {}
     done: list[_Done] = []
-    for i in sorted(todo):
-        done.append(_process_one(session, todo[i], retrying, mapped.pop(i, None)))
-        if yield_when is not None and len(done) < len(todo) and yield_when():
-            break
+    with search_index.deferred(session) as pending_index:  # the batch's new index rows: one INSERT per table
+        for i in sorted(todo):
+            done.append(_process_one(session, todo[i], retrying, mapped.pop(i, None), pending_index))
+            if yield_when is not None and len(done) < len(todo) and yield_when():
+                break
     _record_outcomes(session, [todo[d.outcome.message_id] for d in done], done)
     return [d.outcome for d in done]
 
@@ -190,7 +191,11 @@ def _map(session: Session, row: InboundMessage) -> MappingResult:
 
 
 def _process_one(
-    session: Session, row: InboundMessage, retrying: bool, result: MappingResult | None = None
+    session: Session,
+    row: InboundMessage,
+    retrying: bool,
+    result: MappingResult | None = None,
+    pending_index: search_index.Deferred | None = None,
 ) -> _Done:
     try:
         ctx = _sender_context(session, row)
@@ -198,6 +203,8 @@ def _process_one(
             result = _map(session, row)
     except Exception as exc:
         return _failure(row, exc)
+    if pending_index is not None:
+        pending_index.mark()
     try:
         with session.begin_nested():
             hub = get_settings()
@@ -213,11 +220,15 @@ def _process_one(
             written = store.upsert_many(session, goldens + result.resources, message_id=row.id, now=now)
             _record_written(session, row.id, written[len(goldens) :])
     except Exception as exc:
+        if pending_index is not None:
+            pending_index.undo()  # its savepoint was rolled back, and with it what it wrote of the held rows
         if retrying and is_transient(exc):
             # A deadlock with another worker (or its insert of the same new row): this transaction may
             # hold what the other one waits for, so only rolling back all of it gets both through.
             raise
         return _failure(row, exc)
+    if pending_index is not None:
+        pending_index.done()
     return _Done(Outcome(row.id, "processed"), now, unmapped=result.unmapped)
 
 

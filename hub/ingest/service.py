@@ -161,7 +161,13 @@ class Intake:
     def _enqueue(self, item: _Item) -> None:
         self._prepare(item)
         if self._thread is None:
-            self._commit([item])
+            try:
+                self._commit([item])
+            finally:  # without a committer thread nothing keeps the connection: back to the pool
+                raw, self._raw = self._raw, None
+                if raw is not None:
+                    with contextlib.suppress(Exception):
+                        raw.close()
         else:
             self._queue.put(item)
 
