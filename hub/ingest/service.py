@@ -290,9 +290,9 @@ class Intake:
         through one INSERT that skips a readable message whose (facility, MSH-10) is stored already
         (``_new_sql``); the INSERT and the COMMIT go to the server as one pipeline (the checked path costs
         four round trips: BEGIN, the SELECT of earlier messages, the INSERTs, COMMIT; each a wait for the
-        server and a wake-up of this thread). A message whose INSERT was skipped is then stored by the checked path,
-        in a transaction of its own: as a duplicate, or held. ``None`` when a control id repeats within
-        the batch: the checked path then takes the whole batch."""
+        server and a wake-up of this thread). A message the INSERT skipped is then stored by the checked
+        path, in a transaction of its own: as a duplicate, or held. ``None`` when a control id repeats
+        within the batch: the checked path then takes the whole batch."""
         keys = [
             (i.header.sending_facility, i.header.control_id)
             for i in batch

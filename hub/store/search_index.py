@@ -5,8 +5,9 @@ rows inserted; a deleted one loses its rows in every table. An update compares, 
 ``search_params.extract`` finds in the version it replaces with those of the new version, and rewrites
 only the tables where they differ (an A08 that changes a name leaves the token, date and reference rows
 alone). Rows go through the driver (``bulk``): one INSERT per table for all new rows of a write, one
-DELETE per table for the rewritten ones. Rows belong to their resource by ``resource.pk`` (``resource_pk``)
-and carry its id too (see the index section of ``models``).
+DELETE per table for the rewritten ones; inside a pipeline batch (``deferred``) the new rows of all its
+messages wait for one INSERT per table at the batch's end. Rows belong to their resource by
+``resource.pk`` (``resource_pk``) and carry its id too (see the index section of ``models``).
 
 Skipping unchanged tables trusts that the stored rows are what today's ``extract`` makes of the old
 version; after a change to the extraction itself, rewrite the index of the affected types.
