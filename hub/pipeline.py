@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import Table, delete, select, text
 from sqlalchemy.orm import Session
 
 from hub import hl7
@@ -31,7 +31,7 @@ from hub.errors import HubError
 from hub.fhir.validate import validate_resources
 from hub.mapping import MappingResult, SenderContext, map_message
 from hub.mpi.service import resolve_identities, settings_for
-from hub.store import bulk, search_index
+from hub.store import bulk, deferred
 from hub.store import resources as store
 from hub.store.models import InboundMessage, MessageResource, Sender
 
@@ -109,9 +109,9 @@ def process_batch(
             todo.setdefault(earlier.id, earlier)
     mapped = mapped if mapped is not None else {}
     done: list[_Done] = []
-    with search_index.deferred(session) as pending_index:  # the batch's new index rows: one INSERT per table
+    with deferred.holding(session) as held:  # versions, links, index rows: one INSERT per table
         for i in sorted(todo):
-            done.append(_process_one(session, todo[i], retrying, mapped.pop(i, None), pending_index))
+            done.append(_process_one(session, todo[i], retrying, mapped.pop(i, None), held))
             if yield_when is not None and len(done) < len(todo) and yield_when():
                 break
     _record_outcomes(session, [todo[d.outcome.message_id] for d in done], done)
@@ -195,7 +195,7 @@ def _process_one(
     row: InboundMessage,
     retrying: bool,
     result: MappingResult | None = None,
-    pending_index: search_index.Deferred | None = None,
+    held: deferred.Held | None = None,
 ) -> _Done:
     try:
         ctx = _sender_context(session, row)
@@ -203,8 +203,8 @@ def _process_one(
             result = _map(session, row)
     except Exception as exc:
         return _failure(row, exc)
-    if pending_index is not None:
-        pending_index.mark()
+    if held is not None:
+        held.mark()
     try:
         with session.begin_nested():
             hub = get_settings()
@@ -220,15 +220,15 @@ def _process_one(
             written = store.upsert_many(session, goldens + result.resources, message_id=row.id, now=now)
             _record_written(session, row.id, written[len(goldens) :])
     except Exception as exc:
-        if pending_index is not None:
-            pending_index.undo()  # its savepoint was rolled back, and with it what it wrote of the held rows
+        if held is not None:
+            held.undo()  # its savepoint was rolled back, and with it what it wrote of the held rows
         if retrying and is_transient(exc):
             # A deadlock with another worker (or its insert of the same new row): this transaction may
             # hold what the other one waits for, so only rolling back all of it gets both through.
             raise
         return _failure(row, exc)
-    if pending_index is not None:
-        pending_index.done()
+    if held is not None:
+        held.done()
     return _Done(Outcome(row.id, "processed"), now, unmapped=result.unmapped)
 
 
@@ -278,12 +278,13 @@ _MESSAGE_RESOURCE_COLUMNS = ("message_id", "resource_type", "resource_id", "vers
 def _record_written(session: Session, message_id: int, written: list[store.Written]) -> None:
     """The message → resource version rows of the operator's view (one driver-level INSERT)."""
     rows = {(message_id, w.resource_type, w.id): w.version_id for w in written}  # last version of a repeat
-    bulk.insert_rows(
-        session.connection(),
-        MessageResource.__table__,  # type: ignore[arg-type]
-        _MESSAGE_RESOURCE_COLUMNS,
-        [(*key, version) for key, version in rows.items()],
-    )
+    table: Table = MessageResource.__table__  # type: ignore[assignment]
+    links = [(*key, version) for key, version in rows.items()]
+    held = deferred.held(session)
+    if held is not None:  # a pipeline batch: written with its other messages' links at its end
+        held.hold(table, _MESSAGE_RESOURCE_COLUMNS, links)
+    else:
+        bulk.insert_rows(session.connection(), table, _MESSAGE_RESOURCE_COLUMNS, links)
 
 
 def _failure(row: InboundMessage, exc: Exception) -> _Done:

@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from hub.errors import Gone, NotFound
-from hub.store import bulk
+from hub.store import bulk, deferred
 from hub.store.models import Resource, ResourceVersion
 
 # One write: (resource_type, id, the resource's pk, the stored dict or None when deleted, the stored dict
@@ -153,7 +153,12 @@ def upsert_many(
     resource_table = Resource.__table__
     bulk.insert_rows(connection, resource_table, _RESOURCE_COLUMNS, inserts)  # type: ignore[arg-type]
     bulk.execute_many(connection, resource_table, _UPDATE, _UPDATE_COLUMNS, updates)  # type: ignore[arg-type]
-    bulk.insert_rows(connection, ResourceVersion.__table__, _VERSION_COLUMNS, versions)  # type: ignore[arg-type]
+    version_table: Table = ResourceVersion.__table__  # type: ignore[assignment]
+    held = deferred.held(session)
+    if held is not None:  # a pipeline batch: written with its other messages' versions at its end
+        held.hold(version_table, _VERSION_COLUMNS, versions)
+    else:
+        bulk.insert_rows(connection, version_table, _VERSION_COLUMNS, versions)
     _expire_entities(session, [(row[5], row[6]) for row in updates])
     if changes:
         for hook in _write_hooks:

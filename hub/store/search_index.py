@@ -5,8 +5,8 @@ rows inserted; a deleted one loses its rows in every table. An update compares, 
 ``search_params.extract`` finds in the version it replaces with those of the new version, and rewrites
 only the tables where they differ (an A08 that changes a name leaves the token, date and reference rows
 alone). Rows go through the driver (``bulk``): one INSERT per table for all new rows of a write, one
-DELETE per table for the rewritten ones; inside a pipeline batch (``deferred``) the new rows of all its
-messages wait for one INSERT per table at the batch's end. Rows belong to their resource by
+DELETE per table for the rewritten ones; inside a pipeline batch (``hub.store.deferred``) the new rows
+of all its messages wait for one INSERT per table at the batch's end. Rows belong to their resource by
 ``resource.pk`` (``resource_pk``) and carry its id too (see the index section of ``models``).
 
 Skipping unchanged tables trusts that the stored rows are what today's ``extract`` makes of the old
@@ -15,14 +15,12 @@ version; after a change to the extraction itself, rewrite the index of the affec
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Table
 from sqlalchemy.orm import Session
 
-from hub.store import bulk
+from hub.store import bulk, deferred
 from hub.store.models import (
     SearchDate,
     SearchNumber,
@@ -49,74 +47,9 @@ assert tuple(INDEX_MODELS) == tuple(KINDS), "one index table per kind of extract
 _KEY = ("resource_type", "resource_id", "resource_pk")
 
 
-class Deferred:
-    """New index rows held back for one INSERT (``COPY`` on PostgreSQL) per table at the end of a batch
-    of messages, instead of one per table per message: on PostgreSQL each is two round trips and a
-    statement's start-up, and a message writes rows into five tables.
-
-    A write that changes a resource with rows held here writes them all first (:meth:`flush`), so its
-    DELETE finds them. Each message runs in a savepoint: :meth:`mark` at its start, then :meth:`undo` if
-    the savepoint was rolled back (its own held rows are dropped, and the earlier messages' rows that a
-    flush inside it wrote, which the rollback took away, are held again) or :meth:`done` if not."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, list[bulk.Row]] = {kind: [] for kind in KINDS}
-        self.pks: set[int] = set()  # the resources with rows held
-        self._mark: dict[str, int] | None = None  # where the current message's rows start
-        self._rewritten: dict[str, list[bulk.Row]] = {}  # earlier rows flushed inside its savepoint
-
-    def hold(self, kind: str, rows: list[bulk.Row]) -> None:
-        self.rows[kind].extend(rows)
-
-    def mark(self) -> None:
-        self._mark = {kind: len(rows) for kind, rows in self.rows.items()}
-        self._rewritten = {kind: [] for kind in KINDS}
-
-    def done(self) -> None:
-        self._mark = None
-        self._rewritten = {}
-
-    def undo(self) -> None:
-        assert self._mark is not None, "undo() after mark()"
-        for kind, start in self._mark.items():
-            self.rows[kind][start:] = []
-            self.rows[kind][:0] = self._rewritten[kind]
-        self.pks = {row[2] for rows in self.rows.values() for row in rows}
-        self.done()
-
-    def flush(self, session: Session) -> None:
-        connection = session.connection()
-        for kind, model in INDEX_MODELS.items():
-            rows = self.rows[kind]
-            if rows:
-                bulk.insert_rows(connection, model.__table__, (*_KEY, *KINDS[kind]), rows)
-            if self._mark is not None:  # inside a message's savepoint: its rollback would undo these
-                self._rewritten[kind].extend(rows[: self._mark[kind]])
-                self._mark[kind] = 0
-        self.rows = {kind: [] for kind in KINDS}
-        self.pks = set()
-
-
-_DEFERRED = "hub.search_index.deferred"
-
-
-@contextmanager
-def deferred(session: Session) -> Iterator[Deferred]:
-    """Hold the new index rows of the writes made in the block; they are written when it ends without an
-    error (:meth:`Deferred.flush`). Nothing in the block may search what it wrote (the pipeline does
-    not: it reads resources by id, and the MPI its own tables)."""
-    held = Deferred()
-    session.info[_DEFERRED] = held
-    try:
-        yield held
-        held.flush(session)
-    finally:
-        session.info.pop(_DEFERRED, None)
-
-
 def index_resources(session: Session, changes: list[Change]) -> None:
     """Bring the index rows of the changed resources in step with their new versions."""
-    held: Deferred | None = session.info.get(_DEFERRED)
+    held = deferred.held(session)
     stale: dict[str, list[int]] = {kind: [] for kind in KINDS}  # kind → pks
     fresh: dict[str, list[bulk.Row]] = {kind: [] for kind in KINDS}
     net = _net(changes)
@@ -145,11 +78,9 @@ def index_resources(session: Session, changes: list[Change]) -> None:
         if stale[kind]:
             _delete_rows(connection, table, stale[kind])
         if held is not None:
-            held.hold(kind, fresh[kind])
+            held.hold(table, (*_KEY, *KINDS[kind]), fresh[kind], pk_at=2)
         elif fresh[kind]:
             bulk.insert_rows(connection, table, (*_KEY, *KINDS[kind]), fresh[kind])
-    if held is not None:
-        held.pks.update(pk for pk, _, new in net.values() if new is not None)
 
 
 _Net = tuple[int, dict[str, Any] | None, dict[str, Any] | None]

@@ -1,6 +1,7 @@
-"""A pipeline batch holds its new search-index rows and writes them at its end, one INSERT per table
-(``search_index.deferred``): what lands must be exactly what writing them message by message gives,
-whatever the batch rewrites of its own earlier rows and whichever of its messages fail."""
+"""A pipeline batch holds its new search-index rows, resource versions and message links and writes them
+at its end, one INSERT per table (``hub.store.deferred``): what lands must be exactly what writing them
+message by message gives, whatever the batch rewrites of its own earlier rows and whichever of its
+messages fail."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ from hub import pipeline
 from hub.config import Settings
 from hub.db import session_scope
 from hub.ingest.service import Intake
-from hub.store import search_index
+from hub.store import deferred
 from hub.store.search_index import INDEX_MODELS
 from tests.builders import adt
 from tests.ordering import burst
 
 
 def _index(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
-    """Every index table's rows, by the resource's type and id (not its pk) and values, sorted."""
+    """Every index table's rows (by the resource's type and id, not its pk, and values), the versions
+    (without their time) and the message links, sorted."""
     out: dict[str, list[tuple[Any, ...]]] = {}
     with engine.connect() as conn:
         for kind, model in INDEX_MODELS.items():
@@ -28,6 +30,10 @@ def _index(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
             columns = [c.name for c in table.columns if c.name not in ("row_id", "resource_pk")]
             rows = conn.execute(text(f"SELECT {', '.join(columns)} FROM {table.name}")).all()
             out[kind] = sorted(tuple(str(v) for v in row) for row in rows)
+        versions = "SELECT resource_type, id, version_id, deleted, message_id FROM resource_version"
+        out["versions"] = sorted(tuple(str(v) for v in row) for row in conn.execute(text(versions)))
+        links = "SELECT message_id, resource_type, resource_id, version_id FROM message_resource"
+        out["links"] = sorted(tuple(str(v) for v in row) for row in conn.execute(text(links)))
     return out
 
 
@@ -45,13 +51,13 @@ def _clear(engine: Engine) -> None:
 def _count_flushes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Each flush of held rows, True when it ran inside a message's savepoint."""
     calls: list[bool] = []
-    real = search_index.Deferred.flush
+    real = deferred.Held.flush
 
-    def counted(self: search_index.Deferred, session: Any) -> None:
+    def counted(self: deferred.Held, session: Any) -> None:
         calls.append(self._mark is not None)
         real(self, session)
 
-    monkeypatch.setattr(search_index.Deferred, "flush", counted)
+    monkeypatch.setattr(deferred.Held, "flush", counted)
     return calls
 
 
@@ -67,7 +73,7 @@ def test_a_batch_indexes_exactly_what_message_by_message_processing_does(
         for mid in ids:
             pipeline.process_batch(s, [mid])  # no batch: every write indexed at once
     one_by_one = _index(engine)
-    assert one_by_one["token"] and one_by_one["reference"]
+    assert one_by_one["token"] and one_by_one["reference"] and one_by_one["versions"] and one_by_one["links"]
     _clear(engine)
     flushes = _count_flushes(monkeypatch)
     with session_scope(engine) as s:
