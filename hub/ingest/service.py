@@ -305,13 +305,17 @@ class Intake:
         new: list[tuple[_Row, dict[str, Any]]] = []
         for item in batch:  # with no earlier rows, each readable message is `received` (or rejected)
             out.append(self._store_one(item, senders, {}, new, now))
-        _, bound = bulk.driver_rows(
-            self.engine.dialect, _MESSAGES, _INSERT_SQL, _INSERT_COLUMNS, [_insert_row(v) for _, v in new]
+        sql, bound = bulk.driver_rows(
+            self.engine.dialect,
+            _MESSAGES,
+            _new_sql(len(new)),
+            _NEW_COLUMNS,
+            [tuple(v[c] for c in _NEW_COLUMNS) for _, v in new],
         )
         with self._cursor() as (driver, cursor):
             connection: Any = driver.dbapi_connection  # psycopg's: it has pipeline()
             with connection.pipeline():
-                cursor.execute(_new_sql(len(bound)), [v for row in bound for v in row[: len(_NEW_COLUMNS)]])
+                cursor.execute(sql, [v for row in bound for v in row])
                 connection.commit()
             returned = sorted(cursor.fetchall())  # (id, facility, control_id): ids in the rows' order
         stored = {(facility, control) for _, facility, control in returned}
@@ -643,8 +647,8 @@ def _insert_row(values: dict[str, Any]) -> tuple[Any, ...]:
 def _new_sql(count: int) -> str:
     """PostgreSQL: INSERT ``count`` messages (their columns, row after row) in one statement, in their
     order, skipping each `received` one whose (facility, control_id) is stored already. One statement
-    for the batch, not one per message: on a small machine the server spends about as much on a
-    statement's own round of parse, plan, execute as on the row it inserts. The test is a scalar
+    for the batch, not one per message: each statement costs the server a round of its own (parse,
+    plan, execute) besides its rows. The test is a scalar
     subquery, which the planner cannot turn into a join over the whole table (as it may turn NOT EXISTS
     while the table has no statistics): one probe of the control-id index per row."""
     from sqlalchemy.dialects import postgresql

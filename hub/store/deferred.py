@@ -1,7 +1,7 @@
 """Rows a pipeline batch holds back and writes at its end, one INSERT (``COPY`` on PostgreSQL) per table,
 instead of one per table per message: on PostgreSQL each is two round trips and a statement's start-up,
-and a message writes rows into eight tables (its resources' versions, its message links, five index
-tables). Only rows nothing in the batch reads back are held: the pipeline reads resources by id and the
+and an ORU^R01 writes rows into seven tables (its resources' versions, its message links, five of the
+index tables). Only rows nothing in the batch reads back are held: the pipeline reads resources by id and the
 MPI its own tables.
 
 A write that changes a resource whose index rows are still held writes everything held first
