@@ -101,7 +101,7 @@ class IdRule(_Strict):
     keys: list[str] = Field(default_factory=list)  # all must be non-empty for the rule to apply
     extra: list[str] = Field(default_factory=list)  # included when present
     function: str | None = None
-    scope: Literal["none", "facility", "patient", "message"] = "facility"
+    scope: Literal["none", "facility", "patient", "message"] = "patient"
 
     @field_validator("keys", "extra")
     @classmethod
