@@ -24,7 +24,9 @@ def _store(engine: Engine, *raws: str) -> list[int]:
 
 
 def test_unknown_message_type_fails_with_reason(engine: Engine) -> None:
-    (mid,) = _store(engine, adt("X1").replace("ADT^A01^ADT_A01", "ZZZ^Z99"))
+    # Nothing in it maps: no message map, and no segment map for its segments (a PID would be mapped).
+    msh = adt("X1").replace("ADT^A01^ADT_A01", "ZZZ^Z99").split("\r", 1)[0]
+    (mid,) = _store(engine, msh + "\rZZ1|1|X1\r")
     with session_scope(engine) as s:
         (outcome,) = pipeline.process_batch(s, [mid])
     assert outcome.state == "failed" and outcome.error_code == "no-map"

@@ -76,12 +76,14 @@ class MappingResult:
 
 
 def map_message(message: Message, ctx: SenderContext) -> MappingResult:
-    """Map one tokenized message. Raises :class:`MappingError` (code ``no-map``) for a message type
-    that has no map, so the message is kept as failed and can be replayed once a map exists."""
+    """Map one tokenized message. A message type without a message map of its own is mapped by its
+    segments (``messages/_default.yaml``; the unmapped report and the warnings say so). Raises
+    :class:`MappingError` (code ``no-map``) when nothing in the message maps, so the message is kept as
+    failed and can be replayed once a map exists."""
     maps = load_maps(_mappings_dir, ctx.overlay)
     rt, message_type = run(message, ctx, maps)
-    mm = maps.messages[message_type]
-    resources, actions, unmapped, nulls = finish(rt, message_type, mm.actions)
+    mm = maps.messages.get(message_type) or maps.fallback
+    resources, actions, unmapped, nulls = finish(rt, message_type, mm.actions if mm is not None else [])
     warnings = rt.warnings
     stale = stale_problems(_mappings_dir, ctx.overlay)
     if stale:

@@ -236,6 +236,11 @@ class CompiledMaps:
     segment_maps: dict[str, CompiledSegmentMap]
     vocabs: dict[str, Vocab]
     time_zone: str | None = None
+    # Serves every message type ``messages`` does not, by its segments (messages/_default.yaml).
+    fallback: CompiledMessageMap | None = None
+    # The maps of the fallback's ``every_message`` entries: what they make (the SFT's Device) does not
+    # count as mapping a message that nothing else maps.
+    header_maps: frozenset[str] = frozenset()
     segment_of_map: dict[str, str] = field(default_factory=dict)
     converters: dict[str, Converter] = field(default_factory=dict)  # by datatype name and file stem
     # Results of pure functions of these maps (coding system names → URIs …), filled as messages come.
@@ -260,6 +265,7 @@ class Runtime:
         "_refs",
         "_ssep",
         "_values",
+        "by_segment",
         "children",
         "ctx",
         "deferred",
@@ -300,6 +306,7 @@ class Runtime:
         self.nulls: list[tuple[dict[str, Any], str, str]] = []
         self.pending_required: list[tuple[dict[str, Any], CompiledSegmentMap, int, int]] = []
         self.warnings: list[str] = []
+        self.by_segment = False  # mapped by the fallback (no message map of its own)
         positions: dict[str, list[int]] = {}
         for i, seg in enumerate(self.segments):
             positions.setdefault(seg.name, []).append(i)
@@ -1680,7 +1687,10 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
     control_id = msh.get(10)
     # MSH routing/processing fields are consumed by intake (ACK, dispatch), the rest here.
     rt.used[0].update((3, 4, 5, 6, 7, 9, 10, 11, 12, 15, 16, 18))
+    software = _software(rt)
     targets = [{"reference": f"{r['resourceType']}/{r['id']}"} for r in rt.resources]
+    if software:
+        targets = [t for t in targets if t["reference"] not in software]
     targets += [{"reference": key} for key in rt.extra]
     recorded = ""
     sent = msh.get(7)
@@ -1744,8 +1754,29 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
             }
         ],
     }
+    if software:
+        # V2-to-FHIR IG message maps, SFT: the first SFT is the software of the sending application
+        # (source), each later one software that relayed the message (derivation).
+        out["entity"] += [
+            {"role": "source" if k == 0 else "derivation", "what": {"reference": ref}}
+            for k, ref in enumerate(software)
+        ]
     if occurred:
         out = {**{k: out[k] for k in ("resourceType", "id", "target")}, "occurredDateTime": occurred, **out}
+    return out
+
+
+def _software(rt: Runtime) -> list[str]:
+    """References to the Devices the message's SFT segments made (SFT.Device), in segment order."""
+    positions = rt._positions.get("SFT")
+    if not positions:
+        return []
+    out: list[str] = []
+    for (_, index), res in rt.made.items():
+        if index in positions and res.get("resourceType") == "Device" and any(r is res for r in rt.resources):
+            ref = f"Device/{res['id']}"
+            if ref not in out:
+                out.append(ref)
     return out
 
 
@@ -1803,8 +1834,9 @@ def run(message: Message, ctx: Any, maps: CompiledMaps) -> tuple[Runtime, str]:
     message_type = f"{msh.get(9, 1)}^{msh.get(9, 2)}"
     mm = maps.messages.get(message_type)
     if mm is None:
-        known = ", ".join(sorted(maps.messages)) if len(maps.messages) < 80 else f"{len(maps.messages)} types"
-        raise MappingError(f"no map for message type {message_type} (maps exist for: {known})", code="no-map")
+        mm = maps.fallback
+        if mm is None:
+            raise MappingError(_no_map_text(message_type, maps), code="no-map")
     rt = Runtime(message, ctx, maps, maps.time_zone or ctx.time_zone)
     last_seen: dict[str, int] = {}  # the latest segment of each name before the current one
     by_segment = mm.by_segment
@@ -1832,7 +1864,26 @@ def run(message: Message, ctx: Any, maps: CompiledMaps) -> tuple[Runtime, str]:
         last_seen[name] = i
     resolve_references(rt)
     drop_incomplete(rt)
+    if mm is maps.fallback:
+        header = maps.header_maps
+        made = {id(res) for res in rt.resources}
+        if not rt.extra and not any(
+            name not in header and id(res) in made for (name, _), res in rt.made.items()
+        ):
+            raise MappingError(
+                _no_map_text(message_type, maps) + "; no segment of it has a segment map", code="no-map"
+            )
+        rt.by_segment = True
+        rt.warn(BY_SEGMENT)
     return rt, message_type
+
+
+BY_SEGMENT = "no message map: mapped by segment"
+
+
+def _no_map_text(message_type: str, maps: CompiledMaps) -> str:
+    known = ", ".join(sorted(maps.messages)) if len(maps.messages) < 80 else f"{len(maps.messages)} types"
+    return f"no map for message type {message_type} (maps exist for: {known})"
 
 
 def finish(
@@ -1850,4 +1901,19 @@ def finish(
         for res, target, path in rt.nulls
         if res.get("id")
     ]
-    return resources, actions, unmapped_report(rt), nulls
+    report = unmapped_report(rt)
+    if rt.by_segment:
+        # First in the report: the message type itself had no map (its segments were mapped one by one).
+        name = _field_name("MSH", 9, rt.version or "2.5.1")
+        report.insert(
+            0,
+            {
+                "segment": "MSH",
+                "index": 0,
+                "field": 9,
+                "name": name,
+                "value": message_type,
+                "note": BY_SEGMENT,
+            },
+        )
+    return resources, actions, report, nulls

@@ -917,6 +917,25 @@ def fn_reference_by_identifier(raws: list[str], index: int, rt: Runtime, args: d
     return {"reference": f"{rtype}/{resource_id(rtype, rt.ctx.facility, c[0], c[1])}"}
 
 
+# The R5 element Device.version.installDate as the IG's cross-version extension (R4 has none).
+INSTALL_DATE_URL = "https://hl7.org/fhir/5.0/StructureDefinition/extension-Device.version.installDate"
+
+
+@_segment_fn("device_version")
+def fn_device_version(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """SFT-2 release number and SFT-6 install date as one ``Device.version`` (V2-to-FHIR IG
+    SFT[Device]: version.value, version.extension installDate)."""
+    release, installed = ([*raws, "", ""])[:2]
+    value = rt.text(release.split(rt.enc.repetition, 1)[0].split(rt.enc.component, 1)[0]).strip()
+    if not value or value == '""':
+        return None
+    out: dict[str, Any] = {"value": value}
+    when = dt_datetime(installed.split(rt.enc.repetition, 1)[0], 0, rt, {}) if installed else None
+    if when:
+        out["extension"] = [{"url": INSTALL_DATE_URL, "valueDateTime": when}]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # Conditions: (unescaped value at the condition's path, rt, args) -> bool.
 

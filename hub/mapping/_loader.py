@@ -50,7 +50,9 @@ from hub.mapping._functions import (
 from hub.mapping._ids import resource_id
 from hub.mapping._schema import (
     Condition,
+    CoverageNotes,
     DatatypeMap,
+    Entry,
     FieldMap,
     IdRule,
     MessageMap,
@@ -145,6 +147,7 @@ class SourceSet:
     datatypes: dict[str, tuple[Path, DatatypeMap]]
     vocab: dict[str, tuple[Path, Vocabulary]]
     sender: tuple[Path, SenderSettings] | None = None
+    coverage: tuple[Path, CoverageNotes] | None = None  # coverage.yaml (base only)
     # Stems of files that failed to read: references to them are not reported again.
     broken: set[str] = field(default_factory=set)
 
@@ -167,12 +170,18 @@ def read_dir(root: Path, problems: list[Problem]) -> SourceSet:
         parsed_sender = read_file(sender_file, SenderSettings, problems)
         if parsed_sender is not None:
             out.sender = (sender_file, parsed_sender)
+    coverage_file = root / "coverage.yaml"
+    if coverage_file.is_file():
+        parsed_notes = read_file(coverage_file, CoverageNotes, problems)
+        if parsed_notes is not None:
+            out.coverage = (coverage_file, parsed_notes)
     return out
 
 
 def merge_overlay(base: SourceSet, overlay: SourceSet, problems: list[Problem]) -> SourceSet:
     out = SourceSet(dict(base.messages), dict(base.segments), dict(base.datatypes), dict(base.vocab))
     out.sender = overlay.sender
+    out.coverage = base.coverage
     out.broken = base.broken | overlay.broken
     for name, (path, vocab) in overlay.vocab.items():
         if name in out.vocab and not vocab.replace:
@@ -217,6 +226,7 @@ def merge_overlay(base: SourceSet, overlay: SourceSet, problems: list[Problem]) 
                 update={
                     "resources": [*base_msg.resources, *mmap.resources],
                     "actions": [*base_msg.actions, *mmap.actions],
+                    "every_message": [*base_msg.every_message, *mmap.every_message],
                 }
             )
             out.messages[mmap.extends] = (path, merged_msg)
@@ -412,28 +422,65 @@ class _Compiler:
         self.segment_maps[name] = compiled
         return compiled
 
+    def entries(self, path: Path, entries: list[Entry]) -> dict[str, list[CompiledEntry]]:
+        by_segment: dict[str, list[CompiledEntry]] = {}
+        for e in entries:
+            sm = self.segment_map(e.map)
+            if sm is None:
+                self.fault(path, f"unknown segment map {e.map!r}")
+                continue
+            if sm.segment != e.segment:
+                self.fault(path, f"segment map {e.map!r} maps {sm.segment}, not {e.segment}")
+            by_segment.setdefault(e.segment, []).append(
+                CompiledEntry(
+                    e.segment,
+                    sm,
+                    e.first,
+                    tuple(e.anchors),
+                    e.parent,
+                    e.reference_only,
+                    None if e.reference_only else sm.make,
+                )
+            )
+        return by_segment
+
+    def auto_entries(self, listed: set[str]) -> list[Entry]:
+        """The fallback's entries for every segment no entry lists that exactly one segment map serves
+        (a segment with several maps, NTE or OBX, needs entries that say which applies where). A map
+        whose resources another map lists (``children:``) is anchored on that map's segment, so an SPM
+        after an OBR is the OBR's specimen."""
+        by_segment: dict[str, list[str]] = {}
+        for name, (_, sm) in self.src.segments.items():
+            by_segment.setdefault(sm.segment, []).append(name)
+        parents: dict[str, list[str]] = {}
+        for _, sm in self.src.segments.values():
+            for f in sm.fields:
+                if f.children:
+                    parents.setdefault(f.children, []).append(sm.segment)
+        out = []
+        for segment, names in sorted(by_segment.items()):
+            if segment in listed or len(names) != 1:
+                continue
+            anchors = list(dict.fromkeys(parents.get(names[0], [])))
+            out.append(Entry(segment=segment, map=names[0], anchors=anchors))
+        return out
+
     def compile(self) -> CompiledMaps:
         messages: dict[str, CompiledMessageMap] = {}
+        fallback: CompiledMessageMap | None = None
+        every: dict[str, list[CompiledEntry]] = {}
         for name in self.src.segments:
             self.segment_map(name)
         for _name, (path, mm) in self.src.messages.items():
-            by_segment: dict[str, list[CompiledEntry]] = {}
-            for e in mm.resources:
-                sm = self.segment_map(e.map)
-                if sm is None:
-                    self.fault(path, f"unknown segment map {e.map!r}")
+            resources = list(mm.resources)
+            if mm.fallback:
+                if fallback is not None:
+                    self.fault(path, f"a second fallback map (the first is {fallback.name})")
                     continue
-                by_segment.setdefault(e.segment, []).append(
-                    CompiledEntry(
-                        e.segment,
-                        sm,
-                        e.first,
-                        tuple(e.anchors),
-                        e.parent,
-                        e.reference_only,
-                        None if e.reference_only else sm.make,
-                    )
-                )
+                if mm.auto:
+                    resources += self.auto_entries({e.segment for e in mm.resources})
+                every = self.entries(path, mm.every_message)
+            by_segment = self.entries(path, resources)
             actions = []
             for a in mm.actions:
                 if a not in ACTIONS:
@@ -441,10 +488,17 @@ class _Compiler:
                 else:
                     actions.append(ACTIONS[a])
             cm = CompiledMessageMap(mm.message, list(mm.events), by_segment, actions)
+            if mm.fallback:
+                fallback = cm
             for event in mm.events:
                 if event in messages:
                     self.fault(path, f"event {event} is already mapped by {messages[event].name}")
                 messages[event] = cm
+        # every_message entries (SFT → Device) join every map that does not list the segment itself.
+        for cm in {id(m): m for m in [*messages.values(), *([fallback] if fallback else [])]}.values():
+            for segment, found in every.items():
+                cm.by_segment.setdefault(segment, list(found))
+        header_maps = frozenset(e.map.name for found in every.values() for e in found)
         converters: dict[str, Converter] = {}
         for stem, (path, dt) in self.src.datatypes.items():
             conv = self.converter(stem, path)
@@ -470,6 +524,8 @@ class _Compiler:
                     child.is_child = True
         return CompiledMaps(
             messages=messages,
+            fallback=fallback,
+            header_maps=header_maps,
             segment_maps=self.segment_maps,
             vocabs=self.vocabs,
             time_zone=zone,

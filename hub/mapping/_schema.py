@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PATH = re.compile(r"^[A-Z][A-Z0-9]{2}-\d{1,3}(\.\d{1,3}){0,2}$")
+# An IG segment map's name, ``SEG[Resource]`` (``OBX[Observation-Component]``, ``DG1[Encounter]``).
+IG_MAP = re.compile(r"^[A-Z][A-Z0-9]{2}\[[A-Za-z][A-Za-z0-9-]*\]$")
 TARGET = re.compile(r"^[a-zA-Z][a-zA-Z0-9]*(\[\]|\[x\])?(\.[a-zA-Z][a-zA-Z0-9]*(\[\]|\[x\])?)*$")
 
 
@@ -122,6 +124,28 @@ class SegmentMap(_Strict):
     id: list[IdRule] = Field(default_factory=list)
     required: list[str] = Field(default_factory=list)
     fields: list[FieldMap] = Field(default_factory=list)
+    # Why the hub leaves a field of this segment unmapped (``PID-1: numbers the segments only``), or a
+    # whole IG segment map of this segment (``DG1[Encounter]: …``): ``hub mappings coverage`` shows it.
+    not_mapped: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("not_mapped")
+    @classmethod
+    def _not_mapped(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_reasons(v)
+
+    def model_post_init(self, _context: Any) -> None:
+        wrong = [k for k in self.not_mapped if k[:3] != self.segment]
+        if wrong:
+            raise ValueError(f"not_mapped names another segment than {self.segment}: {', '.join(wrong)}")
+
+
+def _check_reasons(v: dict[str, str]) -> dict[str, str]:
+    for key, reason in v.items():
+        if not (PATH.match(key) or IG_MAP.match(key) or re.fullmatch(r"[A-Z][A-Z0-9]{2}", key)):
+            raise ValueError(f"{key!r} is not a field (PID-1), a segment (MSA) or an IG map (DG1[Encounter])")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError(f"{key}: give the reason it is not mapped")
+    return v
 
 
 class ComponentMap(_Strict):
@@ -175,14 +199,32 @@ class Entry(_Strict):
 
 
 class MessageMap(_Strict):
-    """``messages/<STRUCTURE>.yaml``: the message types it serves and the segments that make resources."""
+    """``messages/<STRUCTURE>.yaml``: the message types it serves and the segments that make resources.
+
+    One file may be the **fallback** (``fallback: true``, no ``events``): it serves every message type
+    no other file serves, by its segments. Its ``resources`` choose the map of a segment explicitly;
+    with ``auto`` (the default) every other segment that exactly one segment map serves is mapped by
+    that map too, so a segment map added later is used without editing this file. Its
+    ``every_message`` entries apply to every message, with or without a map of its own, for a segment
+    that message's map does not list (SFT → Device)."""
 
     message: str
-    events: list[str]
+    events: list[str] = Field(default_factory=list)
     description: str = ""
     extends: str | None = None  # overlays only
     resources: list[Entry] = Field(default_factory=list)
     actions: list[str] = Field(default_factory=list)  # registry functions that emit MPI actions
+    fallback: bool = False
+    auto: bool = True  # fallback only: pick up every unambiguous segment map
+    every_message: list[Entry] = Field(default_factory=list)  # fallback only
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.fallback and self.events:
+            raise ValueError("a fallback map serves the types no other map serves: give no events")
+        if not self.fallback and not self.extends and not self.events:
+            raise ValueError("events: name the message types (MSH-9.1^MSH-9.2) this map serves")
+        if self.every_message and not (self.fallback or self.extends):
+            raise ValueError("every_message belongs in the fallback map")
 
 
 class Vocabulary(_Strict):
@@ -195,6 +237,29 @@ class Vocabulary(_Strict):
     case_sensitive: bool = False
     replace: bool = False  # overlays only: replace the base table instead of merging over it
     codes: dict[str, Any] = Field(default_factory=dict)
+
+
+class CoverageNotes(_Strict):
+    """``coverage.yaml``: what ``hub mappings coverage`` cannot read from the segment maps. ``engine``:
+    fields the engine maps itself, without a segment map (MSH and EVN → Provenance), as
+    ``{path: target}``; ``not_mapped``: why a segment, an IG segment map or a field that no segment map
+    serves is not mapped (``MSA: …``, ``MSH[MessageHeader]: …``, ``MSH-5: …``)."""
+
+    description: str = ""
+    engine: dict[str, list[str]] = Field(default_factory=dict)
+    not_mapped: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for key in v:
+            _check_path(key)
+        return v
+
+    @field_validator("not_mapped")
+    @classmethod
+    def _not_mapped(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_reasons(v)
 
 
 class SenderSettings(_Strict):

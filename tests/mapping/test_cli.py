@@ -49,4 +49,8 @@ def test_try_with_an_overlay_and_an_unknown_type(tmp_path: Path) -> None:
     qry = tmp_path / "q.hl7"
     qry.write_bytes(zpi.read_bytes().replace(b"ADT^A01", b"QRY^A19"))
     result = runner.invoke(app, ["mappings", "try", str(qry)])
+    assert result.exit_code == 0 and "no message map: mapped by segment" in result.output
+    only_unknown = tmp_path / "z.hl7"
+    only_unknown.write_bytes(b"MSH|^~\\&|SIMRS|RSUD_SEHAT|||20260301||QRY^A19|C1|P|2.5.1\rQRD|x|R\r")
+    result = runner.invoke(app, ["mappings", "try", str(only_unknown)])
     assert result.exit_code == 1 and "no map for message type QRY^A19" in result.output

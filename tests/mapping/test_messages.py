@@ -179,7 +179,10 @@ def test_unmapped_report_lists_unused_fields_and_z_segments() -> None:
 
 
 def test_unknown_message_type_is_rejected_with_a_reason() -> None:
-    text = read(HL7_DIR / "adt_a01.hl7").replace("ADT^A01^ADT_A01", "QRY^A19^QRY_A19")
+    # No message map, and none of its segments has a segment map (with a PID it would be mapped by
+    # segment: tests/mapping/test_fallback.py).
+    msh = read(HL7_DIR / "adt_a01.hl7").split("\r", 1)[0].replace("ADT^A01^ADT_A01", "QRY^A19^QRY_A19")
+    text = msh + "\rQRD|20260301|R|I|Q1|||1^RD|RM-001234|DEM\r"
     with pytest.raises(MappingError) as err:
         map_text(text)
     assert err.value.code == "no-map"
