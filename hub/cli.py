@@ -8,10 +8,14 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from hub.config import LOG_FORMAT, get_settings
+
+if TYPE_CHECKING:
+    from hub.mapping import MappingResult
 
 app = typer.Typer(help="The hub: HL7 v2 intake, FHIR R4 store and API.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -353,17 +357,48 @@ def mappings_check(
     typer.echo(f"{count} mapping files in {root} are valid")
 
 
+def _message_files(paths: list[Path]) -> tuple[list[Path], int]:
+    """The files to read: each named file, and every file under each named folder (sorted, hidden ones
+    left out) that holds HL7 v2 (starts with MSH, FHS or BHS); and how many folder files did not."""
+    files: list[Path] = []
+    skipped = 0
+    for path in paths:
+        if not path.is_dir():
+            files.append(path)
+            continue
+        for found in sorted(p for p in path.rglob("*") if p.is_file()):
+            if any(part.startswith(".") for part in found.relative_to(path).parts):
+                continue
+            try:
+                with found.open("rb") as fh:
+                    head = fh.read(64)
+            except OSError:
+                head = b""
+            if head.lstrip(b"\xef\xbb\xbf\x0b\r\n\t ")[:3] in (b"MSH", b"FHS", b"BHS"):
+                files.append(found)
+            else:
+                skipped += 1
+    return files, skipped
+
+
 @mappings_app.command("try")
 def mappings_try(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="An HL7 v2 message (ER7)."),
+    paths: list[Path] = typer.Argument(
+        ..., exists=True, help="HL7 v2 message files (ER7; batches too) and folders of them."
+    ),
     sender: str | None = typer.Option(None, "--sender", help="Overlay name under mappings/senders/."),
     facility: str | None = typer.Option(None, "--facility", help="Sending facility (default: MSH-4)."),
     time_zone: str | None = typer.Option(
         None, "--time-zone", help="Sender time zone (default: HUB setting)."
     ),
     validate: bool = typer.Option(True, help="Check the resources against the FHIR R4 models."),
+    ndjson: bool = typer.Option(
+        False, "--ndjson", help="One JSON line per message: its Bundle, unmapped report and warnings."
+    ),
 ) -> None:
-    """Print the FHIR Bundle FILE would become, then the unmapped report (and warnings, MPI actions)."""
+    """Print the FHIR Bundle each message would become, then its unmapped report (and warnings, MPI
+    actions), storing nothing. Several messages (files, folders, batches) end with a summary on stderr.
+    Exit status: 0 all mapped, 1 some message was rejected or not mapped, 2 some resource is invalid."""
     import orjson
 
     from hub import hl7
@@ -374,39 +409,93 @@ def mappings_try(
     settings = get_settings()
     if settings.mappings_dir:
         configure(settings.mappings_dir)
-    raw = file.read_bytes()
-    try:
-        header = hl7.peek_header(raw)
-    except hl7.HeaderError as exc:
-        typer.echo(f"rejected: {exc.text} (ERR {exc.code} at {exc.location})", err=True)
-        raise typer.Exit(1) from None
-    ctx = SenderContext(
-        facility=facility or header.sending_facility,
-        overlay=sender,
-        time_zone=time_zone or settings.default_time_zone,
-    )
-    try:
-        result = map_message(hl7.parse(hl7.decode(raw, header)), ctx)
-    except MappingError as exc:
-        typer.echo(f"not mapped ({exc.code}): {exc.message}", err=True)
-        raise typer.Exit(1) from None
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {
-                "fullUrl": f"urn:uuid:{r['id']}",
-                "resource": r,
-                "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
-            }
-            for r in result.resources
-        ],
-    }
+    files, skipped = _message_files(paths)
+    messages = _read_messages(files)
+    several = len(messages) > 1
+    counts = {"mapped": 0, "by segment": 0, "failed": 0, "invalid": 0}
+    failures: dict[str, int] = {}
+    numbers: dict[Path, int] = {}
+    for path, raw in messages:
+        number = numbers[path] = numbers.get(path, 0) + 1
+        where = f"{path} [{number}]: " if several else ""
+        line: dict[str, object] = {"file": str(path), "message": number}
+        try:
+            header = hl7.peek_header(raw)
+            line["type"] = header.message_type
+            line["control_id"] = header.control_id
+            ctx = SenderContext(
+                facility=facility or header.sending_facility,
+                overlay=sender,
+                time_zone=time_zone or settings.default_time_zone,
+            )
+            result = map_message(hl7.parse(hl7.decode(raw, header)), ctx)
+        except hl7.HeaderError as exc:
+            error = {"code": "rejected", "text": f"{exc.text} (ERR {exc.code} at {exc.location})"}
+        except MappingError as exc:
+            error = {"code": exc.code, "text": exc.message}
+        else:
+            error = None
+        if error is not None:
+            counts["failed"] += 1
+            failures[error["code"]] = failures.get(error["code"], 0) + 1
+            if ndjson:
+                typer.echo(orjson.dumps({**line, "bundle": None, "error": error}).decode())
+            prefix = "rejected" if error["code"] == "rejected" else f"not mapped ({error['code']})"
+            typer.echo(f"{where}{prefix}: {error['text']}", err=True)
+            continue
+        counts["mapped"] += 1
+        if any(u.get("note") for u in result.unmapped[:1]):
+            counts["by segment"] += 1
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "fullUrl": f"urn:uuid:{r['id']}",
+                    "resource": r,
+                    "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
+                }
+                for r in result.resources
+            ],
+        }
+        problems = [p for r in result.resources for p in validate_resource(r)] if validate else []
+        if problems:
+            counts["invalid"] += 1
+        if ndjson:
+            line.update(
+                bundle=bundle,
+                unmapped=result.unmapped,
+                warnings=result.warnings,
+                actions=result.actions,
+                nulls=result.nulls,
+            )
+            if validate:
+                line["invalid"] = [str(p) for p in problems]
+            typer.echo(orjson.dumps(line).decode())
+        else:
+            if several:
+                typer.echo(f"== {path} [{number}] {line['type']} {line['control_id']}")
+            _print_result(bundle, result)
+        for problem in problems:
+            typer.echo(f"{where}invalid: {problem}", err=True)
+    if several or skipped or not messages:
+        _print_summary(len(messages), len(numbers), skipped, counts, failures)
+    if counts["failed"] or not messages:
+        raise typer.Exit(1)
+    if counts["invalid"]:
+        raise typer.Exit(2)
+
+
+def _print_result(bundle: dict[str, object], result: MappingResult) -> None:
+    """One message of ``hub mappings try``: the Bundle, then the unmapped report, warnings, actions."""
+    import orjson
+
     typer.echo(orjson.dumps(bundle, option=orjson.OPT_INDENT_2).decode())
     typer.echo(f"\nunmapped ({len(result.unmapped)}):")
     for u in result.unmapped:
         name = f" {u['name']}" if u["name"] else ""
-        typer.echo(f"  [{u['index']}] {u['segment']}-{u['field']}{name}: {u['value']}")
+        note = f" ({u['note']})" if u.get("note") else ""
+        typer.echo(f"  [{u['index']}] {u['segment']}-{u['field']}{name}: {u['value']}{note}")
     for title, items in (
         ("warnings", result.warnings),
         ("actions", result.actions),
@@ -416,12 +505,22 @@ def mappings_try(
             typer.echo(f"{title}:")
             for item in items:
                 typer.echo(f"  {item if isinstance(item, str) else orjson.dumps(item).decode()}")
-    if validate:
-        problems = [p for r in result.resources for p in validate_resource(r)]
-        for problem in problems:
-            typer.echo(f"invalid: {problem}", err=True)
-        if problems:
-            raise typer.Exit(2)
+
+
+def _print_summary(
+    total: int, files: int, skipped: int, counts: dict[str, int], failures: dict[str, int]
+) -> None:
+    text = f"{total} message(s) in {files} file(s): {counts['mapped']} mapped"
+    if counts["by segment"]:
+        text += f" ({counts['by segment']} by segment: no message map)"
+    text += f", {counts['failed']} failed"
+    if failures:
+        text += " (" + ", ".join(f"{code} {n}" for code, n in sorted(failures.items())) + ")"
+    if counts["invalid"]:
+        text += f", {counts['invalid']} with invalid resources"
+    if skipped:
+        text += f"; {skipped} file(s) in the folders hold no HL7 v2 and were left out"
+    typer.echo(text, err=True)
 
 
 @app.command("token")
