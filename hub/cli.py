@@ -419,6 +419,7 @@ def mappings_try(
         number = numbers[path] = numbers.get(path, 0) + 1
         where = f"{path} [{number}]: " if several else ""
         line: dict[str, object] = {"file": str(path), "message": number}
+        error: dict[str, str] | None = None
         try:
             header = hl7.peek_header(raw)
             line["type"] = header.message_type
@@ -433,8 +434,6 @@ def mappings_try(
             error = {"code": "rejected", "text": f"{exc.text} (ERR {exc.code} at {exc.location})"}
         except MappingError as exc:
             error = {"code": exc.code, "text": exc.message}
-        else:
-            error = None
         if error is not None:
             counts["failed"] += 1
             failures[error["code"]] = failures.get(error["code"], 0) + 1
