@@ -445,7 +445,7 @@ def mappings_try(
         counts["mapped"] += 1
         if any(u.get("note") for u in result.unmapped[:1]):
             counts["by segment"] += 1
-        bundle = {
+        bundle: dict[str, object] = {
             "resourceType": "Bundle",
             "type": "transaction",
             "entry": [
