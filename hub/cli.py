@@ -357,6 +357,55 @@ def mappings_check(
     typer.echo(f"{count} mapping files in {root} are valid")
 
 
+# The IG's mapping tables beside the project (the hub does not ship them; --ig points elsewhere).
+DEFAULT_IG = Path(__file__).resolve().parents[1] / ".." / "shared" / "v2-to-fhir-maps"
+
+
+@mappings_app.command("coverage")
+def mappings_coverage(
+    ig: Path = typer.Option(
+        DEFAULT_IG,
+        "--ig",
+        help="The V2-to-FHIR IG's mapping tables as CSV (a folder with segments/*.csv).",
+        show_default="../shared/v2-to-fhir-maps beside the project",
+    ),
+    directory: Path | None = typer.Option(
+        None, "--dir", help="Mappings directory (default: HUB_MAPPINGS_DIR)."
+    ),
+    output: str = typer.Option("text", "--format", help="text, json or markdown"),
+    summary: bool = typer.Option(False, "--summary", help="Totals only, no row by row detail."),
+    segment: list[str] = typer.Option(
+        None, "--segment", help="Only the IG maps of this segment (repeatable), e.g. PID."
+    ),
+) -> None:
+    """For every row of every IG segment map: whether the hub maps it (map file and target) or why
+    not; totals per IG map, per segment and overall."""
+    import orjson
+
+    from hub.mapping import mappings_dir
+    from hub.mapping.coverage import CoverageError, coverage_report, render_markdown, render_text
+
+    if output not in ("text", "json", "markdown"):
+        raise typer.BadParameter("give text, json or markdown", param_hint="--format")
+    root = directory or get_settings().mappings_dir or mappings_dir()
+    try:
+        report = coverage_report(ig.resolve(), root, {s.upper() for s in segment} if segment else None)
+    except CoverageError as exc:
+        typer.echo(f"coverage: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if output == "json":
+        data = report.as_json()
+        if summary:
+            for seg in data["segments"]:
+                for m in seg["maps"]:
+                    del m["rows"]
+        typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    elif output == "markdown":
+        typer.echo(render_markdown(report, summary))
+    else:
+        typer.echo(render_text(report, summary))
+
+
 def _message_files(paths: list[Path]) -> tuple[list[Path], int]:
     """The files to read: each named file, and every file under each named folder (sorted, hidden ones
     left out) that holds HL7 v2 (starts with MSH, FHS or BHS); and how many folder files did not."""
