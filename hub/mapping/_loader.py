@@ -227,6 +227,7 @@ def merge_overlay(base: SourceSet, overlay: SourceSet, problems: list[Problem]) 
                     "resources": [*base_msg.resources, *mmap.resources],
                     "actions": [*base_msg.actions, *mmap.actions],
                     "every_message": [*base_msg.every_message, *mmap.every_message],
+                    "exclude": [*base_msg.exclude, *mmap.exclude],
                 }
             )
             out.messages[mmap.extends] = (path, merged_msg)
@@ -444,14 +445,15 @@ class _Compiler:
             )
         return by_segment
 
-    def auto_entries(self, listed: set[str]) -> list[Entry]:
+    def auto_entries(self, listed: set[str], exclude: set[str]) -> list[Entry]:
         """The fallback's entries for every segment no entry lists that exactly one segment map serves
         (a segment with several maps, NTE or OBX, needs entries that say which applies where). A map
         whose resources another map lists (``children:``) is anchored on that map's segment, so an SPM
         after an OBR is the OBR's specimen."""
         by_segment: dict[str, list[str]] = {}
         for name, (_, sm) in self.src.segments.items():
-            by_segment.setdefault(sm.segment, []).append(name)
+            if name not in exclude:
+                by_segment.setdefault(sm.segment, []).append(name)
         parents: dict[str, list[str]] = {}
         for _, sm in self.src.segments.values():
             for f in sm.fields:
@@ -477,8 +479,11 @@ class _Compiler:
                 if fallback is not None:
                     self.fault(path, f"a second fallback map (the first is {fallback.name})")
                     continue
+                for name in mm.exclude:
+                    if name not in self.src.segments:
+                        self.fault(path, f"exclude names unknown segment map {name!r}")
                 if mm.auto:
-                    resources += self.auto_entries({e.segment for e in mm.resources})
+                    resources += self.auto_entries({e.segment for e in mm.resources}, set(mm.exclude))
                 every = self.entries(path, mm.every_message)
             by_segment = self.entries(path, resources)
             actions = []

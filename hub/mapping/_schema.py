@@ -204,7 +204,8 @@ class MessageMap(_Strict):
     One file may be the **fallback** (``fallback: true``, no ``events``): it serves every message type
     no other file serves, by its segments. Its ``resources`` choose the map of a segment explicitly;
     with ``auto`` (the default) every other segment that exactly one segment map serves is mapped by
-    that map too, so a segment map added later is used without editing this file. Its
+    that map too, so a segment map added later is used without editing this file (``exclude`` names
+    maps that must not apply on their own). Its
     ``every_message`` entries apply to every message, with or without a map of its own, for a segment
     that message's map does not list (SFT → Device)."""
 
@@ -216,6 +217,7 @@ class MessageMap(_Strict):
     actions: list[str] = Field(default_factory=list)  # registry functions that emit MPI actions
     fallback: bool = False
     auto: bool = True  # fallback only: pick up every unambiguous segment map
+    exclude: list[str] = Field(default_factory=list)  # fallback only: maps ``auto`` must not pick up
     every_message: list[Entry] = Field(default_factory=list)  # fallback only
 
     def model_post_init(self, _context: Any) -> None:
@@ -223,8 +225,8 @@ class MessageMap(_Strict):
             raise ValueError("a fallback map serves the types no other map serves: give no events")
         if not self.fallback and not self.extends and not self.events:
             raise ValueError("events: name the message types (MSH-9.1^MSH-9.2) this map serves")
-        if self.every_message and not (self.fallback or self.extends):
-            raise ValueError("every_message belongs in the fallback map")
+        if (self.every_message or self.exclude) and not (self.fallback or self.extends):
+            raise ValueError("every_message and exclude belong in the fallback map")
 
 
 class Vocabulary(_Strict):

@@ -148,6 +148,13 @@ def test_a_segment_map_added_later_is_used_without_editing_the_fallback(maps_cop
     (patient,) = by_type(result, "Patient")
     assert flag["code"] == {"text": "Risiko jatuh"} and flag["subject"] == ref(patient)
     assert [u["segment"] for u in result.unmapped] == ["MSH", "ZKC"]
+    # exclude: a map the fallback must not pick up; the other map of ZKC is then the only one.
+    default = maps_copy / "messages" / "_default.yaml"
+    default.write_text(default.read_text() + "exclude: [ZKC.Basic]\n")
+    assert check_mappings(maps_copy) == []
+    result = map_text(message("ZZZ^Z03", PID, "ZKB|1|Risiko jatuh", "ZKC|1|x"))
+    assert sorted(f["code"]["text"] for f in by_type(result, "Flag")) == ["Risiko jatuh", "x"]  # type: ignore[index]
+    assert [u["segment"] for u in result.unmapped] == ["MSH"]
 
 
 def test_fallback_faults_are_reported(maps_copy: Path) -> None:
@@ -159,7 +166,7 @@ def test_fallback_faults_are_reported(maps_copy: Path) -> None:
         "message: _second\nevents: [ZZZ^Z09]\nevery_message:\n  - {segment: SFT, map: SFT.Device}\n"
     )
     problems = [str(p) for p in check_mappings(maps_copy)]
-    assert any("every_message belongs in the fallback map" in p for p in problems), problems
+    assert any("every_message and exclude belong in the fallback map" in p for p in problems), problems
     second.write_text(
         "message: _second\nevents: [ZZZ^Z09]\nresources:\n  - {segment: PV1, map: PID.Patient}\n"
     )
