@@ -12,34 +12,15 @@ import base64
 import binascii
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hub.mapping._ids import patient_id, resource_id
+from hub.mapping._runtime import Choice as Choice
+from hub.mapping._runtime import Runtime as Runtime
+from hub.mapping._runtime import key_id as key_id
 from hub.mapping._time import TimeFormatError, to_date, to_datetime, to_instant
 
-if TYPE_CHECKING:
-    from hub.mapping._engine import Runtime
-
 NIK_SYSTEM = "https://fhir.kemkes.go.id/id/nik"
-
-
-class Choice:
-    """A value for a choice element (``value[x]``): the FHIR type name completes the element name.
-
-    A plain slotted class rather than a frozen dataclass: one is made for nearly every OBX, and a frozen
-    dataclass's ``__init__`` pays an ``object.__setattr__`` call per attribute."""
-
-    __slots__ = ("type", "value")
-
-    def __init__(self, type: str, value: Any) -> None:
-        self.type = type
-        self.value = value
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Choice) and (self.type, self.value) == (other.type, other.value)
-
-    def __repr__(self) -> str:
-        return f"Choice(type={self.type!r}, value={self.value!r})"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1051,10 +1032,3 @@ def act_unlink(rt: Runtime) -> list[dict[str, Any]]:
         rt.warn("A37 needs two PID segments; no unlink action")
         return []
     return [{"type": "unlink", "patients": [rt.patient_id_at(pids[0]), rt.patient_id_at(pids[1])]}]
-
-
-def key_id(resource_type: str, parts: tuple[str, ...]) -> str:
-    """An id from key parts; a single part starting with ``=`` is an id computed elsewhere."""
-    if len(parts) == 1 and parts[0].startswith("="):
-        return parts[0][1:]
-    return resource_id(resource_type, *parts)

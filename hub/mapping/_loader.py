@@ -21,24 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from hub.errors import MappingError
 from hub.hl7 import unescape
-from hub.mapping._engine import (
-    CompiledEntry,
-    CompiledField,
-    CompiledIdRule,
-    CompiledMaps,
-    CompiledMessageMap,
-    CompiledSegmentMap,
-    Converter,
-    Runtime,
-    Vocab,
-    compile_id,
-    compile_plan,
-    compile_resolve,
-    parse_ref,
-    parse_target,
-    set_value,
-    specialize,
-)
+from hub.mapping._compiler import compile_id, compile_plan, compile_resolve, specialize
 from hub.mapping._functions import (
     ACTIONS,
     CONDITIONS,
@@ -48,6 +31,20 @@ from hub.mapping._functions import (
     TRANSFORMS,
 )
 from hub.mapping._ids import resource_id
+from hub.mapping._runtime import (
+    CompiledEntry,
+    CompiledField,
+    CompiledIdRule,
+    CompiledMaps,
+    CompiledMessageMap,
+    CompiledSegmentMap,
+    Converter,
+    Runtime,
+    Vocab,
+    parse_ref,
+    parse_target,
+    set_value,
+)
 from hub.mapping._schema import (
     Condition,
     CoverageNotes,
