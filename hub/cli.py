@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -459,13 +459,15 @@ def mappings_try(
     if settings.mappings_dir:
         configure(settings.mappings_dir)
     files, skipped = _message_files(paths)
-    messages = _read_messages(files)
-    several = len(messages) > 1
     counts = {"mapped": 0, "by segment": 0, "failed": 0, "invalid": 0}
     failures: dict[str, int] = {}
     numbers: dict[Path, int] = {}
-    for path, raw in messages:
-        number = numbers[path] = numbers.get(path, 0) + 1
+    total = 0
+    several = len(files) > 1
+    for path, number, count, raw in _each_message(files):  # one file in memory at a time
+        total += 1
+        numbers[path] = number
+        several = several or count > 1
         where = f"{path} [{number}]: " if several else ""
         line: dict[str, object] = {"file": str(path), "message": number}
         error: dict[str, str] | None = None
@@ -526,12 +528,29 @@ def mappings_try(
             _print_result(bundle, result)
         for problem in problems:
             typer.echo(f"{where}invalid: {problem}", err=True)
-    if several or skipped or not messages:
-        _print_summary(len(messages), len(numbers), skipped, counts, failures)
-    if counts["failed"] or not messages:
+    if several or skipped or not total:
+        _print_summary(total, len(numbers), skipped, counts, failures)
+    if counts["failed"] or not total:
         raise typer.Exit(1)
     if counts["invalid"]:
         raise typer.Exit(2)
+
+
+def _each_message(files: list[Path]) -> Iterator[tuple[Path, int, int, bytes]]:
+    """(file, number of the message in it, how many it holds, message) for every message of every file
+    (batches split)."""
+    from hub.hl7 import split_messages
+
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            typer.echo(f"{path}: cannot read ({exc.strerror})", err=True)
+            raise typer.Exit(2) from exc
+        messages = list(split_messages(data))
+        del data
+        for number, raw in enumerate(messages, 1):
+            yield path, number, len(messages), raw
 
 
 def _print_result(bundle: dict[str, object], result: MappingResult) -> None:

@@ -68,6 +68,10 @@ def test_files_and_folders_print_one_bundle_each_and_a_failure_sets_the_exit_sta
     assert result.stdout.count('"resourceType": "Bundle"') == 2
     assert f"{query} [1]: not mapped (no-map): no map for message type QRY^A19" in result.stderr
     assert "3 message(s) in 2 file(s): 2 mapped, 1 failed (no-map 1)" in result.stderr
+    one_batch = runner.invoke(app, ["mappings", "try", "--no-validate", str(feed / "batches" / "day.hl7")])
+    assert one_batch.exit_code == 0
+    assert [line for line in one_batch.stdout.splitlines() if line.startswith("== ")] == headers
+    assert "2 message(s) in 1 file(s): 2 mapped, 0 failed" in one_batch.stderr
     as_ndjson = runner.invoke(app, ["mappings", "try", "--ndjson", str(query), str(feed / "oru_r01.hl7")])
     assert as_ndjson.exit_code == 1
     failed, mapped = (json.loads(line) for line in as_ndjson.stdout.splitlines())
