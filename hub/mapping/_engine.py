@@ -15,7 +15,7 @@ from itertools import compress
 from typing import Any
 
 from hub.errors import MappingError
-from hub.hl7 import Message
+from hub.hl7 import EXPLICIT_NULL, Message
 from hub.hl7.reference import field_name
 from hub.mapping._ids import resource_id
 from hub.mapping._runtime import (
@@ -193,6 +193,8 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
         recorded = "1970-01-01T00:00:00Z"
     app = msh.get(3)
     occurred = ""
+    reasons: list[dict[str, Any]] = []
+    operators: list[dict[str, Any]] = []
     evn = rt.nearest(0, "EVN")
     if evn >= 0:
         seg = rt.segments[evn]
@@ -203,6 +205,8 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
                 occurred = to_datetime(when, rt.zone)
             except TimeFormatError as exc:
                 rt.warn(f"EVN: {exc}")
+        if seg.raw(4) or seg.raw(5):
+            reasons, operators = _event_reason_and_operators(rt, evn)
     out: dict[str, Any] = {
         "resourceType": "Provenance",
         "id": resource_id("Provenance", *message_key(rt)),
@@ -243,6 +247,10 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
             }
         ],
     }
+    if operators:
+        out["agent"] += operators
+    if reasons:
+        out["reason"] = reasons
     if software:
         # V2-to-FHIR IG message maps, SFT: the first SFT is the software of the sending application
         # (source), each later one software that relayed the message (derivation).
@@ -253,6 +261,43 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
     if occurred:
         out = {**{k: out[k] for k in ("resourceType", "id", "target")}, "occurredDateTime": occurred, **out}
     return out
+
+
+_EVENT_REASON_ARGS = {"default_system": "HL70062"}
+_DATA_ABSENT = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
+_ENTERER = {
+    "coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "enterer"}
+    ]
+}
+
+
+def _event_reason_and_operators(rt: Runtime, evn: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """V2-to-FHIR IG EVN[Provenance]: EVN-4 event reason (table 0062; "U" is an unknown reason, the
+    data-absent-reason extension) → reason; each EVN-5 operator (XCN → Practitioner) → an agent, the
+    enterer of the event."""
+    seg, enc, converters = rt.segments[evn], rt.enc, rt.maps.converters
+    reasons: list[dict[str, Any]] = []
+    raw = seg.raw(4)
+    cwe, xcn = converters.get("CWE"), converters.get("XCN.Practitioner")
+    if raw and raw != EXPLICIT_NULL and cwe is not None:
+        rt.used[evn].add(4)
+        first = raw.split(enc.repetition, 1)[0]
+        if rt.text(first.split(enc.component, 1)[0]).strip().upper() == "U":
+            reasons.append({"extension": [{"url": _DATA_ABSENT, "valueCode": "unknown"}]})
+        else:
+            concept = cwe(first, 0, rt, _EVENT_REASON_ARGS)  # a code without a system is table 0062's
+            if isinstance(concept, dict) and concept:
+                reasons.append(concept)
+    operators: list[dict[str, Any]] = []
+    raw = seg.raw(5)
+    if raw and raw != EXPLICIT_NULL and xcn is not None:
+        rt.used[evn].add(5)
+        for rep in raw.split(enc.repetition):
+            who = xcn(rep, 0, rt, {}) if rep and rep != EXPLICIT_NULL else None
+            if isinstance(who, dict) and who.get("reference"):
+                operators.append({"type": _ENTERER, "who": who})
+    return reasons, operators
 
 
 def _software(rt: Runtime) -> list[str]:
@@ -382,9 +427,12 @@ def finish(
     actions: list[dict[str, Any]] = []
     for fn in maps_actions:
         actions.extend(fn(rt))
+    # Provenance.target is 1..*: a message that made nothing (A47) has none. It is made first: an EVN-5
+    # operator's Practitioner joins the resources the datatype maps made.
+    made = provenance(rt, message_type) if rt.resources or rt.extra else None
     resources = rt.resources + list(rt.extra.values())
-    if resources:  # Provenance.target is 1..*: a message that made nothing (A47) has none
-        resources.append(provenance(rt, message_type))
+    if made is not None:
+        resources.append(made)
     nulls = [
         {"resource": f"{res['resourceType']}/{res['id']}", "element": target, "path": path}
         for res, target, path in rt.nulls
