@@ -79,8 +79,8 @@ class WorkerProcess:
                     proc.pid,
                     proc.exitcode,
                 )
-                self.restarts += 1
                 self._spawn()
+                self.restarts += 1  # counted once the new child runs, so a reader sees its pid with it
 
     def _abandon(self) -> None:
         """Let go of the current queues without waiting for a reader that may be gone (their feeder
