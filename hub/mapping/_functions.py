@@ -830,6 +830,72 @@ def fn_first_datetime(raws: list[str], index: int, rt: Runtime, args: dict[str, 
     return None
 
 
+_LOINC_SYSTEMS = frozenset(("LN", "LOINC", "HTTP://LOINC.ORG", "2.16.840.1.113883.6.1"))
+_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+
+def _category_code(
+    rt: Runtime, args: dict[str, Any], codes: list[tuple[str, str]], section: str, message: str
+) -> str:
+    """The category code for a result: a LOINC code of ``by_code`` (vital signs, social history,
+    surveys), else the diagnostic service section (OBR-24, table 0074) through ``by_section``, else the
+    message type's default (``by_message``: a lab result message's results are laboratory results)."""
+    by_code = args.get("by_code")
+    if by_code:
+        vocab = rt.vocab(by_code)
+        for code, system in codes:
+            if code and (not system or rt.text(system).strip().upper() in _LOINC_SYSTEMS):
+                found = vocab.lookup(rt.text(code).strip())
+                if found:
+                    return str(found)
+    by_section = args.get("by_section")
+    if section and by_section:
+        found = rt.vocab(by_section).lookup(rt.text(section.split(rt.enc.component, 1)[0]).strip())
+        if found:
+            return str(found)
+        return ""  # a section the table does not place: no guess from the message type
+    return str((args.get("by_message") or {}).get(rt.text(message).strip().upper(), ""))
+
+
+@_segment_fn("observation_category")
+def fn_observation_category(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Observation.category from what the message says: the inputs are OBX-3 (its code and alternate
+    code with their systems), OBR-24 and MSH-9; see :func:`_category_code` for the order in which they
+    decide."""
+    identifier, section, message = ([*raws, "", "", ""])[:3]
+    comp = rt.enc.component
+    parts = [*identifier.split(comp), "", "", "", "", "", ""]
+    codes = [(parts[0], parts[2]), (parts[3], parts[5])]
+    code = _category_code(rt, args, codes, section, message.split(comp, 1)[0])
+    if not code:
+        return None
+    display = {
+        "laboratory": "Laboratory",
+        "vital-signs": "Vital Signs",
+        "imaging": "Imaging",
+        "social-history": "Social History",
+        "survey": "Survey",
+        "exam": "Exam",
+        "procedure": "Procedure",
+        "therapy": "Therapy",
+        "activity": "Activity",
+    }.get(code, code)
+    return {"coding": [{"system": _CATEGORY_SYSTEM, "code": code, "display": display}]}
+
+
+@_segment_fn("report_category")
+def fn_report_category(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """DiagnosticReport.category when OBR-24 is empty: the message type's default section (``by_message``,
+    a v2 table 0074 code such as LAB for a lab result message)."""
+    section, message = ([*raws, "", ""])[:2]
+    if section:
+        return None  # OBR-24 itself is mapped
+    code = (args.get("by_message") or {}).get(rt.text(message.split(rt.enc.component, 1)[0]).strip().upper())
+    if not code:
+        return None
+    return {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": code}]}
+
+
 @_segment_fn("document_content")
 def fn_document_content(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """MDM OBX-2/OBX-5 → Attachment: ED as it is; TX/FT/ST text base64-encoded as text/plain.
