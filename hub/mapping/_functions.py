@@ -1418,8 +1418,11 @@ def _prd_party(rt: Runtime, i: int) -> list[dict[str, Any]]:
         facility = rt.texts(_component(rt, location, 4), 1) if location else []
         if facility and facility[0]:
             org_body: dict[str, Any] = {"name": facility[0]}
-            if len(facility) > 1 and facility[1]:
-                org_body["identifier"] = [{"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{facility[1]}"}]
+            universal = facility[1] if len(facility) > 1 else ""
+            if universal and len(facility) > 2 and facility[2].upper() == "ISO":
+                org_body["identifier"] = [{"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{universal}"}]
+            elif universal:
+                org_body["identifier"] = [{"value": universal}]
             org = _as_resource(rt, "Organization", org_body)
     if org:
         refs.append(org)
@@ -1481,6 +1484,45 @@ def fn_reference_by_patient_identifier(raws: list[str], index: int, rt: Runtime,
         return None
     rtype = str(args["resource"])
     return {"reference": f"{rtype}/{resource_id(rtype, rt.patient_id_at(index), c[0], c[1])}"}
+
+
+@_segment_fn("patient_account")
+def fn_patient_account(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """PID-18 (patient account number, CX) → a Reference to the patient's Account, which is made
+    (identifier, status active, subject). Keyed as PID[Account] keys it (PID-18.1 and its authority
+    PID-18.4, scope patient), so a charge (FT1 → ChargeItem.account) and the ADT/BAR Account are one."""
+    raw = _first_rep(rt, ([*raws, ""])[0])
+    if not raw:
+        return None
+    c = [*rt.texts(raw, 0), "", "", "", ""]
+    if not c[0]:
+        return None
+    pid = rt.nearest(index, "PID")
+    if pid < 0:
+        return None
+    rt.used[pid].add(18)
+    rid = resource_id("Account", rt.patient_id_at(index), c[0], c[3])
+    account: dict[str, Any] = {"resourceType": "Account", "id": rid, "status": "active"}
+    ident = dt_cx(raw, 0, rt, {})
+    if ident:
+        account["identifier"] = [ident]
+    account["subject"] = [{"reference": f"Patient/{rt.patient_id_at(index)}"}]
+    rt.add_extra(account)
+    return {"reference": f"Account/{rid}"}
+
+
+@_segment_fn("dr_period")
+def fn_dr_period(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A DR (date/time range: start ^ end, e.g. FT1-4) → Period; an end before the start is left out."""
+    raw = _first_rep(rt, ([*raws, ""])[0])
+    if not raw or raw == '""':
+        return None
+    c = [*raw.split(rt.enc.component), "", ""]
+    bounds = {
+        k: v for k, part in (("start", c[0]), ("end", c[1])) if part and (v := dt_datetime(part, 0, rt, {}))
+    }
+    _drop_reversed_end(bounds)
+    return bounds or None
 
 
 # === end of the pharmacy, scheduling, referral and problem helpers ===
