@@ -1241,10 +1241,12 @@ def fn_medication_dosage(raws: list[str], index: int, rt: Runtime, args: dict[st
     """One Dosage of a medication order (V2-to-FHIR IG RXO/RXE, TQ1 and RXR [MedicationRequest]).
 
     ``paths``: the order's TQ (RXE-1 / ORC-7), give amount minimum, maximum, units, administration
-    instructions (CWE) and dispensing instructions (text). Timing comes from the TQ1 segments of the
+    instructions (CWE), dispensing instructions (text) and, optionally, a fallback TQ (ORC-7 when RXE-1
+    is empty). Timing comes from the TQ1 segments of the
     order group (ORC to the next ORC), else the TQ; route, site, method and routing instruction from the
     first RXR after the segment (else the first RXR of the group), so one order has one Dosage."""
-    tq, low, high, units, instructions, special = ([*raws, "", "", "", "", "", ""])[:6]
+    tq, low, high, units, instructions, special, order_tq = ([*raws, "", "", "", "", "", "", ""])[:7]
+    tq = tq or order_tq
     dosage: dict[str, Any] = {}
     instruction = _first_rep(rt, instructions)
     if instruction:

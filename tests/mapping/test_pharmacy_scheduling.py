@@ -12,7 +12,7 @@ import pytest
 from hub.fhir.validate import validate_resource
 from tests.mapping._support import HL7_DIR, ROOT, by_type, map_file, map_text, read
 
-FAMILIES = ("rde_", "ras_", "vxu_", "rds_", "siu_", "mdm_", "dft_", "ppr_", "ref_")
+FAMILIES = ("rde_", "ras_", "vxu_", "rds_", "omp_", "siu_", "mdm_", "dft_", "ppr_", "ref_")
 CORPUS = ROOT.parent / "shared" / "corpus"
 
 
@@ -256,3 +256,36 @@ def test_corpus_pharmacy_and_document_messages_map(name: str) -> None:
     assert [w for w in result.warnings if "not valid Base64" not in w] == []
     for res in by_type(result, wanted):
         assert validate_resource(res) == []
+
+
+def test_omp_rxo_order_as_requested() -> None:
+    mr = one(map_file(HL7_DIR / "omp_o09.hl7"), "MedicationRequest")
+    assert mr["intent"] == "original-order"
+    assert mr["priority"] == "stat"  # TQ1-9
+    dose = mr["dosageInstruction"][0]["doseAndRate"][0]["doseRange"]
+    assert (dose["low"]["value"], dose["high"]["value"]) == (5, 10)
+    assert mr["dosageInstruction"][0]["timing"]["repeat"]["period"] == 8
+    assert mr["dispenseRequest"]["quantity"]["value"] == 1
+
+
+def test_rde_without_rxe_timing_reads_the_orc_timing() -> None:
+    text = read(HL7_DIR / "rde_o11.hl7").replace("RXE|^^^20261101100000|", "RXE||")
+    text = text.replace(
+        "ORC|NW|RX-1001^SIMRS|||||||2026",
+        "ORC|NW|RX-1001^SIMRS|||||^BID^^20261101100000^20261105100000^R||2026",
+    )
+    mr = one(map_text(text), "MedicationRequest")
+    timing = mr["dosageInstruction"][0]["timing"]
+    assert timing["code"]["coding"][0]["code"] == "BID"
+    assert timing["repeat"]["boundsPeriod"]["end"] == "2026-11-05T10:00:00+07:00"
+    assert mr["priority"] == "routine"
+
+
+def test_every_trigger_semantic_has_a_fixture() -> None:
+    names = {p.stem for p in HL7_DIR.glob("*.hl7")}
+    required = {
+        "dft_p03", "dft_p11", "ras_o17", "rde_o11_tq1", "omp_o09", "siu_s12_full", "siu_s15_cancel",
+        "siu_s17", "siu_s23", "siu_s26", "mdm_t01", "mdm_t02_full", "mdm_t11", "ppr_pc1", "ppr_pc2",
+        "ppr_pc3", "ref_i12", "ref_i14",
+    }  # fmt: skip
+    assert required <= names, sorted(required - names)
