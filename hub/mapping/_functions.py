@@ -1527,4 +1527,42 @@ def fn_dr_period(raws: list[str], index: int, rt: Runtime, args: dict[str, Any])
     return bounds or None
 
 
+_MINUTES_PER_UNIT = {
+    "S": 1 / 60,
+    "SEC": 1 / 60,
+    "MIN": 1,
+    "M": 1,
+    "H": 60,
+    "HR": 60,
+    "HOUR": 60,
+    "D": 1440,
+    "DAY": 1440,
+}
+
+
+@_segment_fn("appointment_end")
+def fn_appointment_end(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Appointment.end as the start plus the duration when the message gives no end: ``paths`` start
+    (TS, or the TQ whose ``args.start_component`` it is), duration (NM) and its units (CNE, default
+    minutes: SCH-10 / AIS-8). FHIR app-3: a booked
+    appointment has both a start and an end."""
+    from datetime import datetime, timedelta
+
+    start_raw, duration_raw, units_raw = ([*raws, "", "", ""])[:3]
+    start_raw = _first_rep(rt, start_raw)
+    if args.get("start_component"):  # the start inside a TQ (SCH-11.4): the inputs are whole fields
+        start_raw = _component(rt, start_raw, int(args["start_component"]))
+    start = dt_instant(start_raw, 0, rt, {}) if start_raw and start_raw != '""' else None
+    duration = decimal(rt.text(_component(rt, duration_raw, 1)).strip()) if duration_raw else None
+    unit = rt.text(_component(rt, units_raw, 1)).strip().upper() if units_raw else "MIN"
+    per = _MINUTES_PER_UNIT.get(unit or "MIN")
+    if not isinstance(start, str) or duration is None or duration <= 0 or per is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(start)
+    except ValueError:
+        return None
+    return (moment + timedelta(minutes=float(duration) * per)).isoformat()
+
+
 # === end of the pharmacy, scheduling, referral and problem helpers ===

@@ -289,3 +289,15 @@ def test_every_trigger_semantic_has_a_fixture() -> None:
         "ppr_pc3", "ref_i12", "ref_i14",
     }  # fmt: skip
     assert required <= names, sorted(required - names)
+
+
+def test_appointment_end_from_the_duration_when_the_message_gives_none() -> None:
+    full = read(HL7_DIR / "siu_s12_full.hl7")
+    no_end = one(
+        map_text(full.replace("^^20^20261115100000^20261115102000", "^^20^20261115100000")), "Appointment"
+    )
+    assert (no_end["start"], no_end["end"]) == ("2026-11-15T10:00:00+07:00", "2026-11-15T10:20:00+07:00")
+    hours = full.replace("^^20^20261115100000^20261115102000", "").replace("|20|MIN|", "|1|H|")
+    from_ais = one(map_text(hours), "Appointment")  # start AIS-4, duration SCH-9 in hours
+    assert (from_ais["start"], from_ais["end"]) == ("2026-11-15T10:00:00+07:00", "2026-11-15T11:00:00+07:00")
+    assert "minutesDuration" not in from_ais  # SCH-9 is not in minutes
