@@ -12,7 +12,7 @@ import pytest
 from hub.fhir.validate import validate_resource
 from tests.mapping._support import HL7_DIR, ROOT, by_type, map_file, map_text, read
 
-FAMILIES = ("rde_", "ras_", "vxu_", "rds_", "omp_", "siu_", "mdm_", "dft_", "ppr_", "ref_")
+FAMILIES = ("rde_", "ras_", "vxu_", "rds_", "omp_", "rgv_", "siu_", "mdm_", "dft_", "ppr_", "ref_")
 CORPUS = ROOT.parent / "shared" / "corpus"
 
 
@@ -301,3 +301,17 @@ def test_appointment_end_from_the_duration_when_the_message_gives_none() -> None
     from_ais = one(map_text(hours), "Appointment")  # start AIS-4, duration SCH-9 in hours
     assert (from_ais["start"], from_ais["end"]) == ("2026-11-15T10:00:00+07:00", "2026-11-15T11:00:00+07:00")
     assert "minutesDuration" not in from_ais  # SCH-9 is not in minutes
+
+
+def test_rgv_give_is_an_instance_order_based_on_the_order() -> None:
+    result = map_file(HL7_DIR / "rgv_o15.hl7")
+    orders = {r["intent"]: r for r in by_type(result, "MedicationRequest")}
+    assert set(orders) == {"order", "instance-order"}
+    give = orders["instance-order"]
+    assert give["basedOn"] == [{"reference": f"MedicationRequest/{orders['order']['id']}"}]
+    assert (
+        give["dosageInstruction"][0]["timing"]["repeat"]["boundsPeriod"]["start"]
+        == "2026-11-01T14:00:00+07:00"
+    )
+    assert give["dosageInstruction"][0]["text"] == "Berikan sesudah makan siang"
+    assert "identifier" not in give
