@@ -315,3 +315,13 @@ def test_rgv_give_is_an_instance_order_based_on_the_order() -> None:
     )
     assert give["dosageInstruction"][0]["text"] == "Berikan sesudah makan siang"
     assert "identifier" not in give
+
+
+@pytest.mark.parametrize("name", ["ppr_pc1.hl7", "ref_i12.hl7"])
+def test_problem_and_referral_observations_under_their_obr(name: str) -> None:
+    extra = "OBR|1||LAB-77^SIMRS|4548-4^HbA1c^LN|||20261101080000\rOBX|1|NM|4548-4^HbA1c^LN||8.1|%^percent^UCUM|||||F\r"
+    result = map_text(read(HL7_DIR / name) + extra)
+    obs = one(result, "Observation")
+    assert obs["code"]["coding"][0]["code"] == "4548-4"
+    assert obs["valueQuantity"]["value"] == 8.1
+    assert result.warnings == []
