@@ -1376,6 +1376,29 @@ def fn_appointment_participant(raws: list[str], index: int, rt: Runtime, args: d
     return out
 
 
+def _hd_organization(rt: Runtime, hd: list[str]) -> dict[str, Any] | None:
+    """A facility (HD: namespace, universal id, its type) → a Reference to its Organization (made):
+    the name, and the universal id as identifier (an OID as urn:oid when its type is ISO)."""
+    from hub.mapping._loader import _as_resource
+
+    if not hd or not (hd[0] or (len(hd) > 1 and hd[1])):
+        return None
+    universal = hd[1] if len(hd) > 1 else ""
+    body: dict[str, Any] = {"name": hd[0] or universal}
+    if universal and len(hd) > 2 and hd[2].upper() == "ISO":
+        body["identifier"] = [{"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{universal}"}]
+    elif universal:
+        body["identifier"] = [{"value": universal}]
+    return _as_resource(rt, "Organization", body)
+
+
+@_segment_fn("facility_organization")
+def fn_facility_organization(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """An HD field (MSH-4 sending facility) → a Reference to the facility's Organization (made)."""
+    raw = _first_rep(rt, ([*raws, ""])[0])
+    return _hd_organization(rt, rt.texts(raw, 0)) if raw and raw != '""' else None
+
+
 def _prd_party(rt: Runtime, i: int) -> list[dict[str, Any]]:
     """References to the Practitioner and the Organization one PRD (provider data) names; both are made.
     PRD-2 name, PRD-3 address, PRD-5 telecom, PRD-7 identifiers (PLN) → Practitioner; PRD-10 (XON,
@@ -1417,15 +1440,7 @@ def _prd_party(rt: Runtime, i: int) -> list[dict[str, Any]]:
     org = conv["XON"](org_raw, 0, rt, {}) if org_raw and "XON" in conv else None
     if not org:
         location = _first_rep(rt, _field(rt, i, 4))
-        facility = rt.texts(_component(rt, location, 4), 1) if location else []
-        if facility and facility[0]:
-            org_body: dict[str, Any] = {"name": facility[0]}
-            universal = facility[1] if len(facility) > 1 else ""
-            if universal and len(facility) > 2 and facility[2].upper() == "ISO":
-                org_body["identifier"] = [{"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{universal}"}]
-            elif universal:
-                org_body["identifier"] = [{"value": universal}]
-            org = _as_resource(rt, "Organization", org_body)
+        org = _hd_organization(rt, rt.texts(_component(rt, location, 4), 1)) if location else None
     if org:
         refs.append(org)
     return refs

@@ -77,6 +77,11 @@ def test_mdm_t11_cancels_the_document_t02_made() -> None:
     assert validate_resource(cancelled) == []
     assert original["securityLabel"][0]["coding"][0]["code"] == "R"
     assert {i["value"] for i in original["identifier"]} == {"konsul_5001.txt", "RX-1002"}
+    custodian = next(
+        r for r in map_file(HL7_DIR / "mdm_t02_full.hl7").resources if r["resourceType"] == "Organization"
+    )
+    assert original["custodian"]["reference"] == f"Organization/{custodian['id']}"
+    assert custodian["identifier"] == [{"system": "urn:ietf:rfc:3986", "value": "urn:oid:2.16.360.1.1"}]
 
 
 def test_mdm_notification_without_content_is_still_a_document() -> None:
