@@ -1098,3 +1098,545 @@ def act_unlink(rt: Runtime) -> list[dict[str, Any]]:
         rt.warn("A37 needs two PID segments; no unlink action")
         return []
     return [{"type": "unlink", "patients": [rt.patient_id_at(pids[0]), rt.patient_id_at(pids[1])]}]
+
+
+# ===================================================================================================
+# Pharmacy, scheduling, referral and problem helpers (RXE/RXO dosage with its TQ1 and RXR, Appointment
+# participants, REF providers from PRD, PPR problem status).
+# ---------------------------------------------------------------------------------------------------
+
+
+def _order_group(rt: Runtime, index: int) -> range:
+    """The segments of the order ``index`` belongs to: from its ORC (or the message start) to the next
+    ORC or PID (exclusive)."""
+    segs = rt.segments
+    start = index
+    while start > 0 and segs[start].name not in ("ORC", "PID"):
+        start -= 1
+    end = index + 1
+    while end < len(segs) and segs[end].name not in ("ORC", "PID"):
+        end += 1
+    return range(start, end)
+
+
+def _field(rt: Runtime, i: int, n: int) -> str:
+    """Raw field ``n`` of segment ``i`` ("" when absent or an explicit null), marked used."""
+    fields = rt.fields[i]
+    raw = fields[n] if len(fields) > n else ""
+    if raw:
+        rt.used[i].add(n)
+    return "" if raw == '""' else raw
+
+
+def _first_rep(rt: Runtime, raw: str) -> str:
+    return raw.split(rt.enc.repetition)[0] if raw else ""
+
+
+def _component(rt: Runtime, raw: str, n: int) -> str:
+    parts = raw.split(rt.enc.component)
+    return parts[n - 1] if len(parts) >= n else ""
+
+
+# Table 0335 repeat patterns → Timing.repeat frequency/period (the common ones; others keep the code).
+_REPEAT_PATTERNS: dict[str, tuple[int, float, str]] = {
+    "QD": (1, 1, "d"),
+    "OD": (1, 1, "d"),
+    "BID": (2, 1, "d"),
+    "TID": (3, 1, "d"),
+    "QID": (4, 1, "d"),
+    "QOD": (1, 2, "d"),
+    "QW": (1, 1, "wk"),
+    "QAM": (1, 1, "d"),
+    "QPM": (1, 1, "d"),
+    "QHS": (1, 1, "d"),
+}
+_Q_HOURS = re.compile(r"^Q(\d{1,2})H$")
+_DURATION_UNITS = {
+    "s": "s",
+    "sec": "s",
+    "min": "min",
+    "h": "h",
+    "hr": "h",
+    "hour": "h",
+    "d": "d",
+    "day": "d",
+    "wk": "wk",
+    "week": "wk",
+    "mo": "mo",
+    "month": "mo",
+    "a": "a",
+    "yr": "a",
+    "year": "a",
+}
+
+
+def _repeat_code(rt: Runtime, raw: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """A repeat pattern (RPT / TQ-2.1 CWE) → (Timing.code, Timing.repeat frequency elements)."""
+    c = rt.texts(raw, 1) if rt.enc.subcomponent in raw else rt.texts(raw, 0)
+    code, text = ([*c, "", ""])[:2]
+    repeat: dict[str, Any] = {}
+    if not code and not text:
+        return None, repeat
+    concept: dict[str, Any] = {}
+    if code and not text and " " in code:  # free text where the code belongs ("twice a day")
+        code, text = "", code
+    if code:
+        coding: dict[str, Any] = {"system": "http://terminology.hl7.org/CodeSystem/v2-0335", "code": code}
+        if text:
+            coding["display"] = text
+        concept["coding"] = [coding]
+        upper = code.upper()
+        known = _REPEAT_PATTERNS.get(upper)
+        hours = _Q_HOURS.match(upper)
+        if known:
+            repeat = {"frequency": known[0], "period": known[1], "periodUnit": known[2]}
+        elif hours and int(hours.group(1)) > 0:
+            repeat = {"frequency": 1, "period": int(hours.group(1)), "periodUnit": "h"}
+    if text:
+        concept["text"] = text
+    return concept, repeat
+
+
+def _cq_parts(rt: Runtime, raw: str) -> tuple[int | float | None, str]:
+    """A CQ (quantity ^ units CWE) → (number, unit code)."""
+    c = raw.split(rt.enc.component)
+    number = decimal(rt.text(c[0]).strip()) if c and c[0] else None
+    unit = rt.text(c[1].split(rt.enc.subcomponent)[0]).strip() if len(c) > 1 else ""
+    return number, unit
+
+
+def _drop_reversed_end(bounds: dict[str, Any]) -> None:
+    """A period whose end is before its start (seen in real feeds: the cancel time in TQ-5) is not a
+    valid FHIR Period (per-1): keep the start."""
+    start, end = bounds.get("start"), bounds.get("end")
+    if isinstance(start, str) and isinstance(end, str) and len(start) == len(end) and end < start:
+        del bounds["end"]
+
+
+def _timing_from_tq1(rt: Runtime, i: int, dosage: dict[str, Any]) -> dict[str, Any]:
+    """V2-to-FHIR IG TQ1[MedicationRequest]: one TQ1 → Timing (and the dose, text and condition it gives
+    the Dosage)."""
+    timing: dict[str, Any] = {}
+    repeat: dict[str, Any] = {}
+    quantity_raw = _field(rt, i, 2)
+    if quantity_raw and "doseAndRate" not in dosage:
+        number, unit = _cq_parts(rt, quantity_raw)
+        if number is not None:
+            q = (
+                quantity(rt, number, quantity_raw.split(rt.enc.component, 1)[1], 0)
+                if unit
+                else {"value": number}
+            )
+            dosage["doseAndRate"] = [{"doseQuantity": q}]
+    pattern = _first_rep(rt, _field(rt, i, 3))
+    if pattern:
+        concept, freq = _repeat_code(
+            rt, pattern.split(rt.enc.component, 1)[0] if rt.enc.subcomponent in pattern else pattern
+        )
+        if concept:
+            timing["code"] = concept
+        repeat.update(freq)
+    events = [
+        v for rep in _field(rt, i, 4).split(rt.enc.repetition) if rep and (v := dt_datetime(rep, 0, rt, {}))
+    ]
+    if events:
+        timing["event"] = events
+    bounds: dict[str, Any] = {}
+    for key, n in (("start", 7), ("end", 8)):
+        raw = _field(rt, i, n)
+        value = dt_datetime(raw, 0, rt, {}) if raw else None
+        if value:
+            bounds[key] = value
+    _drop_reversed_end(bounds)
+    if bounds:
+        repeat["boundsPeriod"] = bounds
+    condition = rt.text(_field(rt, i, 10)).strip()
+    if condition:
+        dosage.setdefault("additionalInstruction", []).append({"text": condition})
+    text = rt.text(_field(rt, i, 11)).strip()
+    if text and "text" not in dosage:
+        dosage["text"] = text
+    number, unit = _cq_parts(rt, _field(rt, i, 13))
+    if number is not None and _DURATION_UNITS.get(unit.lower()):
+        repeat["duration"] = number
+        repeat["durationUnit"] = _DURATION_UNITS[unit.lower()]
+    total = decimal(rt.text(_field(rt, i, 14)).strip())
+    if isinstance(total, int) and total > 0:
+        repeat["countMax"] = total
+    if repeat:
+        timing["repeat"] = repeat
+    return timing
+
+
+def _timing_from_tq(rt: Runtime, raw: str, dosage: dict[str, Any]) -> dict[str, Any]:
+    """A v2.3-style TQ (ORC-7, RXE-1): quantity ^ interval (repeat pattern & explicit time) ^ duration ^
+    start ^ end ^ priority ^ condition ^ text."""
+    c = (raw.split(rt.enc.component) + [""] * 8)[:8]
+    timing: dict[str, Any] = {}
+    repeat: dict[str, Any] = {}
+    interval = c[1].split(rt.enc.subcomponent)[0] if c[1] else ""
+    if interval:
+        concept, freq = _repeat_code(rt, interval)
+        if concept:
+            timing["code"] = concept
+        repeat.update(freq)
+    bounds = {k: v for k, n in (("start", 3), ("end", 4)) if c[n] and (v := dt_datetime(c[n], 0, rt, {}))}
+    _drop_reversed_end(bounds)
+    if bounds:
+        repeat["boundsPeriod"] = bounds
+    if repeat:
+        timing["repeat"] = repeat
+    condition = rt.text(c[6]).strip()
+    if condition:
+        dosage.setdefault("additionalInstruction", []).append({"text": condition})
+    text = rt.text(c[7]).strip()
+    if text and "text" not in dosage:
+        dosage["text"] = text
+    return timing
+
+
+@_segment_fn("medication_dosage")
+def fn_medication_dosage(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One Dosage of a medication order (V2-to-FHIR IG RXO/RXE, TQ1 and RXR [MedicationRequest]).
+
+    ``paths``: the order's TQ (RXE-1 / ORC-7), give amount minimum, maximum, units, administration
+    instructions (CWE), dispensing instructions (text) and, optionally, a fallback TQ (ORC-7 when RXE-1
+    is empty). Timing comes from the TQ1 segments of the
+    order group (ORC to the next ORC), else the TQ; route, site, method and routing instruction from the
+    first RXR after the segment (else the first RXR of the group), so one order has one Dosage."""
+    tq, low, high, units, instructions, special, order_tq = ([*raws, "", "", "", "", "", "", ""])[:7]
+    tq = tq or order_tq
+    dosage: dict[str, Any] = {}
+    instruction = _first_rep(rt, instructions)
+    if instruction:
+        c = rt.texts(instruction, 0)
+        text = ([*c, "", ""])[1] or c[0]
+        if text:
+            dosage["text"] = text
+    lo = decimal(rt.text(_component(rt, _first_rep(rt, low), 1)).strip()) if low else None
+    hi = decimal(rt.text(_component(rt, _first_rep(rt, high), 1)).strip()) if high else None
+    unit_raw = _first_rep(rt, units)
+    if lo is not None and hi is not None and hi != lo:
+        dosage["doseAndRate"] = [
+            {"doseRange": {"low": quantity(rt, lo, unit_raw, 0), "high": quantity(rt, hi, unit_raw, 0)}}
+        ]
+    elif lo is not None:
+        dosage["doseAndRate"] = [{"doseQuantity": quantity(rt, lo, unit_raw, 0)}]
+    group = _order_group(rt, index)
+    segs = rt.segments
+    timing: dict[str, Any] = {}
+    for i in group:
+        if segs[i].name == "TQ1":
+            found = _timing_from_tq1(rt, i, dosage)
+            if found and not timing:
+                timing = found
+    if not timing and tq:
+        timing = _timing_from_tq(rt, _first_rep(rt, tq), dosage)
+    if timing:
+        dosage["timing"] = timing
+    rxr = [i for i in group if segs[i].name == "RXR"]
+    after = [i for i in rxr if i > index]
+    chosen = after[0] if after else (rxr[0] if rxr else -1)
+    for i in rxr:  # every RXR of the group is read (the RXO and RXE copies are the same route)
+        for n in (1, 2, 4, 5):
+            _field(rt, i, n)
+    if chosen >= 0:
+        conv = rt.maps.converters.get("CWE") or dt_codeable_concept
+        for key, n in (("route", 1), ("site", 2), ("method", 4)):
+            raw = _first_rep(rt, _field(rt, chosen, n))
+            concept = conv(raw, 0, rt, {}) if raw else None
+            if concept:
+                dosage[key] = concept
+        for raw in _field(rt, chosen, 5).split(rt.enc.repetition):
+            concept = conv(raw, 0, rt, {}) if raw else None
+            if concept:
+                dosage.setdefault("additionalInstruction", []).append(concept)
+    extra = dt_text(special, 0, rt, {}) if special else None
+    if extra:
+        dosage.setdefault("additionalInstruction", []).append({"text": extra})
+    return dosage or None
+
+
+@_segment_fn("order_priority")
+def fn_order_priority(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The priority of an order (TQ1-9 of its group, else TQ-6 of ``paths``) as a request priority code
+    (vocab request-priority)."""
+    code = ""
+    for i in _order_group(rt, index):
+        if rt.segments[i].name == "TQ1":
+            code = rt.text(_component(rt, _first_rep(rt, _field(rt, i, 9)), 1)).strip()
+            if code:
+                break
+    if not code:
+        for raw in raws:
+            code = rt.text(_component(rt, _first_rep(rt, raw), 6)).strip()
+            if code:
+                break
+    return rt.vocab("request-priority").lookup(code) if code else None
+
+
+_PARTICIPATION_STATUS = {
+    "BOOKED": "accepted",
+    "CONFIRMED": "accepted",
+    "COMPLETE": "accepted",
+    "STARTED": "accepted",
+    "OVERBOOK": "accepted",
+    "PENDING": "tentative",
+    "WAITLIST": "needs-action",
+    "CANCELLED": "declined",
+    "DELETED": "declined",
+    "NOSHOW": "declined",
+    "DC": "declined",
+}
+# SIU triggers that cancel, discontinue or delete the service or resource the message carries.
+_RESOURCE_CANCEL_TRIGGERS = {"S20", "S21", "S22", "S23", "S24", "S25"}
+
+
+@_segment_fn("appointment_participant")
+def fn_appointment_participant(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """V2-to-FHIR IG AIP/AIL/AIG[Appointment]: one participant: the actor (``args.datatype``: XCN → a
+    Practitioner, PL → a Location; CWE → a Reference by identifier and display only, as the IG's AIG-3),
+    its type, its period start and its status (the resource's filler status; ``declined`` when the
+    trigger cancels or deletes the resource, S20–S25)."""
+    actor_raw, type_raw, start_raw, status_raw = ([*raws, "", "", "", ""])[:4]
+    actor_raw = _first_rep(rt, actor_raw if actor_raw != '""' else "")
+    if not actor_raw:
+        return None
+    kind = str(args.get("datatype", "XCN"))
+    conv = rt.maps.converters
+    actor: Any = None
+    if kind == "CWE":
+        c = [*rt.texts(actor_raw, 0), "", "", ""]
+        if c[0] or c[1]:
+            actor = {}
+            if c[0]:
+                actor["identifier"] = {"value": c[0]}
+            if c[1] or c[0]:
+                actor["display"] = c[1] or c[0]
+    else:
+        converter = conv.get(kind)
+        actor = converter(actor_raw, 0, rt, {}) if converter else None
+    if not actor:
+        return None
+    out: dict[str, Any] = {"actor": actor}
+    type_raw = _first_rep(rt, type_raw if type_raw != '""' else "")
+    concept = (conv.get("CWE") or dt_codeable_concept)(type_raw, 0, rt, {}) if type_raw else None
+    if concept:
+        out["type"] = [concept]
+    start = dt_datetime(start_raw, 0, rt, {}) if start_raw and start_raw != '""' else None
+    if start:
+        out["period"] = {"start": start}
+    trigger = rt.text(rt.segments[0].get(9, 2)).strip().upper() if rt.segments else ""
+    status_code = rt.text(_component(rt, _first_rep(rt, status_raw), 1)).strip().upper()
+    if trigger in _RESOURCE_CANCEL_TRIGGERS:
+        out["status"] = "declined"
+    else:
+        out["status"] = _PARTICIPATION_STATUS.get(status_code, "accepted")
+    return out
+
+
+def _hd_organization(rt: Runtime, hd: list[str]) -> dict[str, Any] | None:
+    """A facility (HD: namespace, universal id, its type) → a Reference to its Organization (made):
+    the name, and the universal id as identifier (an OID as urn:oid when its type is ISO)."""
+    from hub.mapping._loader import _as_resource
+
+    if not hd or not (hd[0] or (len(hd) > 1 and hd[1])):
+        return None
+    universal = hd[1] if len(hd) > 1 else ""
+    body: dict[str, Any] = {"name": hd[0] or universal}
+    if universal and len(hd) > 2 and hd[2].upper() == "ISO":
+        body["identifier"] = [{"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{universal}"}]
+    elif universal:
+        body["identifier"] = [{"value": universal}]
+    return _as_resource(rt, "Organization", body)
+
+
+@_segment_fn("facility_organization")
+def fn_facility_organization(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """An HD field (MSH-4 sending facility) → a Reference to the facility's Organization (made)."""
+    raw = _first_rep(rt, ([*raws, ""])[0])
+    return _hd_organization(rt, rt.texts(raw, 0)) if raw and raw != '""' else None
+
+
+def _prd_party(rt: Runtime, i: int) -> list[dict[str, Any]]:
+    """References to the Practitioner and the Organization one PRD (provider data) names; both are made.
+    PRD-2 name, PRD-3 address, PRD-5 telecom, PRD-7 identifiers (PLN) → Practitioner; PRD-10 (XON,
+    v2.7+), else the facility of PRD-4 (PL-4) → Organization."""
+    from hub.mapping._loader import _as_resource
+
+    conv = rt.maps.converters
+    refs: list[dict[str, Any]] = []
+    body: dict[str, Any] = {}
+    idents = []
+    for raw in _field(rt, i, 7).split(rt.enc.repetition):
+        c = [*rt.texts(raw, 0), "", ""] if raw else []
+        if c and c[0]:
+            ident: dict[str, Any] = {
+                "system": f"urn:hub:id:{rt.ctx.facility}:{c[1] or 'provider'}",
+                "value": c[0],
+            }
+            if c[1]:
+                ident["type"] = {"text": c[1]}
+            idents.append(ident)
+    if idents:
+        body["identifier"] = idents
+    name_raw = _first_rep(rt, _field(rt, i, 2))
+    human = conv["XPN"](name_raw, 0, rt, {}) if name_raw and "XPN" in conv else None
+    if human:
+        body["name"] = [human]
+    telecom = [
+        t for raw in _field(rt, i, 5).split(rt.enc.repetition) if raw and (t := dt_xtn(raw, 0, rt, {}))
+    ]
+    if telecom:
+        body["telecom"] = telecom
+    addr_raw = _first_rep(rt, _field(rt, i, 3))
+    address = conv["XAD"](addr_raw, 0, rt, {}) if addr_raw and "XAD" in conv else None
+    if address:
+        body["address"] = [address]
+    if body.get("identifier") or body.get("name"):
+        refs.append(_as_resource(rt, "Practitioner", body))
+    org_raw = _first_rep(rt, _field(rt, i, 10))
+    org = conv["XON"](org_raw, 0, rt, {}) if org_raw and "XON" in conv else None
+    if not org:
+        location = _first_rep(rt, _field(rt, i, 4))
+        org = _hd_organization(rt, rt.texts(_component(rt, location, 4), 1)) if location else None
+    if org:
+        refs.append(org)
+    return refs
+
+
+@_segment_fn("referral_provider")
+def fn_referral_provider(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """REF (V2-to-FHIR IG has no RF1/PRD map): the PRD segments of the message whose provider role
+    (PRD-1, table 0286) is one of ``args.roles`` (RP referring, RT referred to, CP consulting, PP primary
+    care) → References to the Practitioners and Organizations they name. ``args.first``: only the first
+    (a single Reference, e.g. requester: the practitioner, else the organization)."""
+    roles = {str(r).upper() for r in args.get("roles", [])}
+    refs: list[dict[str, Any]] = []
+    for i, seg in enumerate(rt.segments):
+        if seg.name != "PRD":
+            continue
+        role_raw = _field(rt, i, 1)
+        codes = {rt.text(_component(rt, r, 1)).strip().upper() for r in role_raw.split(rt.enc.repetition)}
+        if codes & roles:
+            refs.extend(_prd_party(rt, i))
+    if args.get("first"):
+        return refs[0] if refs else None
+    return refs or None
+
+
+@_segment_fn("problem_clinical_status")
+def fn_problem_clinical_status(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """PRB → Condition.clinicalStatus: PRB-14 (life cycle status) through vocab condition-clinical, else
+    active; none for a deleted problem (PPR PC3 or PRB-1 DE), whose verificationStatus is entered-in-error
+    (FHIR con-5: no clinicalStatus then)."""
+    trigger, action, status = ([*raws, "", "", ""])[:3]
+    if (
+        rt.text(trigger).strip().upper() == "PC3"
+        or rt.text(_component(rt, action, 1)).strip().upper() == "DE"
+    ):
+        return None
+    code = rt.text(_component(rt, _first_rep(rt, status), 1)).strip()
+    found = rt.vocab("condition-clinical").get(code) if code else None
+    return {
+        "coding": [
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                "code": found or "active",
+            }
+        ]
+    }
+
+
+@_segment_fn("reference_by_patient_identifier")
+def fn_reference_by_patient_identifier(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A Reference to the ``args.resource`` a map keys by an EI (value, namespace) with ``scope:
+    patient``, e.g. TXA-13 parent document → the DocumentReference TXA-12 made for this patient."""
+    raw = ([*raws, ""])[0]
+    if not raw or raw == '""':
+        return None
+    c = [*rt.texts(raw.split(rt.enc.repetition)[0], 0), ""]
+    if not c[0]:
+        return None
+    rtype = str(args["resource"])
+    return {"reference": f"{rtype}/{resource_id(rtype, rt.patient_id_at(index), c[0], c[1])}"}
+
+
+@_segment_fn("patient_account")
+def fn_patient_account(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """PID-18 (patient account number, CX) → a Reference to the patient's Account, which is made
+    (identifier, status active, subject). Keyed as PID[Account] keys it (PID-18.1 and its authority
+    PID-18.4, scope patient), so a charge (FT1 → ChargeItem.account) and the ADT/BAR Account are one."""
+    raw = _first_rep(rt, ([*raws, ""])[0])
+    if not raw:
+        return None
+    c = [*rt.texts(raw, 0), "", "", "", ""]
+    if not c[0]:
+        return None
+    pid = rt.nearest(index, "PID")
+    if pid < 0:
+        return None
+    rt.used[pid].add(18)
+    rid = resource_id("Account", rt.patient_id_at(index), c[0], c[3])
+    account: dict[str, Any] = {"resourceType": "Account", "id": rid, "status": "active"}
+    ident = dt_cx(raw, 0, rt, {})
+    if ident:
+        account["identifier"] = [ident]
+    account["subject"] = [{"reference": f"Patient/{rt.patient_id_at(index)}"}]
+    rt.add_extra(account)
+    return {"reference": f"Account/{rid}"}
+
+
+@_segment_fn("dr_period")
+def fn_dr_period(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A DR (date/time range: start ^ end, e.g. FT1-4) → Period; an end before the start is left out."""
+    raw = _first_rep(rt, ([*raws, ""])[0])
+    if not raw or raw == '""':
+        return None
+    c = [*raw.split(rt.enc.component), "", ""]
+    bounds = {
+        k: v for k, part in (("start", c[0]), ("end", c[1])) if part and (v := dt_datetime(part, 0, rt, {}))
+    }
+    _drop_reversed_end(bounds)
+    return bounds or None
+
+
+_MINUTES_PER_UNIT = {
+    "S": 1 / 60,
+    "SEC": 1 / 60,
+    "MIN": 1,
+    "M": 1,
+    "H": 60,
+    "HR": 60,
+    "HOUR": 60,
+    "D": 1440,
+    "DAY": 1440,
+}
+
+
+@_segment_fn("appointment_end")
+def fn_appointment_end(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Appointment.end as the start plus the duration when the message gives no end: ``paths`` start
+    (TS, or the TQ whose ``args.start_component`` it is), duration (NM) and its units (CNE, default
+    minutes: SCH-10 / AIS-8). FHIR app-3: a booked
+    appointment has both a start and an end."""
+    from datetime import datetime, timedelta
+
+    start_raw, duration_raw, units_raw = ([*raws, "", "", ""])[:3]
+    start_raw = _first_rep(rt, start_raw)
+    if args.get("start_component"):  # the start inside a TQ (SCH-11.4): the inputs are whole fields
+        start_raw = _component(rt, start_raw, int(args["start_component"]))
+    start = dt_instant(start_raw, 0, rt, {}) if start_raw and start_raw != '""' else None
+    duration = decimal(rt.text(_component(rt, duration_raw, 1)).strip()) if duration_raw else None
+    unit = rt.text(_component(rt, units_raw, 1)).strip().upper() if units_raw else "MIN"
+    per = _MINUTES_PER_UNIT.get(unit or "MIN")
+    if not isinstance(start, str) or duration is None or duration <= 0 or per is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(start)
+    except ValueError:
+        return None
+    return (moment + timedelta(minutes=float(duration) * per)).isoformat()
+
+
+# === end of the pharmacy, scheduling, referral and problem helpers ===
