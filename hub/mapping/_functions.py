@@ -132,6 +132,20 @@ def dt_integer(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     return int(value) if isinstance(value, int) else None
 
 
+@_datatype("positiveInt")
+def dt_positive_int(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A FHIR positiveInt (1 and up): anything else, 0 included, is left out."""
+    value = dt_integer(raw, level, rt, args)
+    return value if value is not None and value >= 1 else None
+
+
+@_datatype("unsignedInt")
+def dt_unsigned_int(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A FHIR unsignedInt (0 and up): a negative number is left out."""
+    value = dt_integer(raw, level, rt, args)
+    return value if value is not None and value >= 0 else None
+
+
 MEMO_MAX = 20_000  # entries remembered per compiled maps before starting over
 _OID = re.compile(r"^\d+(\.\d+)+$")
 _HL7_TABLE = re.compile(r"^(HL7)?\d{4}$")
