@@ -411,3 +411,36 @@ def test_the_result_of_an_order_keeps_what_the_order_said(engine: Engine) -> Non
     _send(engine, oru)
     _send(engine, orm)
     assert _body(_sr(engine)) == in_order
+
+
+def test_merging_contributions() -> None:
+    from hub.store.contributions import merge, merged
+
+    admitted = {
+        "status": "in-progress",
+        "class": {"system": "v3", "code": "IMP", "display": "inpatient encounter"},
+        "identifier": [{"system": "urn:visit", "value": "V1"}],
+        "period": {"start": "2026-11-01"},
+        "location": [{"location": {"reference": "Location/w3"}, "status": "active"}],
+    }
+    later = {
+        "status": "unknown",
+        "class": {"system": "v3", "code": "AMB"},
+        "identifier": [{"system": "urn:visit", "value": "V1", "type": {"text": "visit"}}],
+        "period": {"end": "2026-11-05"},
+        "location": [
+            {"location": {"reference": "Location/w3"}, "status": "completed"},
+            {"location": {"reference": "Location/w4"}, "status": "active"},
+        ],
+    }
+    out = merge(admitted, later)
+    assert out["status"] == "in-progress"  # "unknown" never replaces a known status
+    assert out["class"] == {"system": "v3", "code": "AMB"}  # a Coding is one value: no stale display
+    assert out["identifier"] == later["identifier"]  # the same identifier, not a second one
+    assert out["period"] == {"start": "2026-11-01", "end": "2026-11-05"}
+    assert [(x["location"]["reference"], x["status"]) for x in out["location"]] == [
+        ("Location/w3", "completed"),
+        ("Location/w4", "active"),
+    ]
+    assert merge(out, {"status": "finished"})["status"] == "finished"
+    assert merged([admitted, later]) == out and admitted["status"] == "in-progress"  # inputs unchanged

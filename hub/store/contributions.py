@@ -8,8 +8,9 @@ message order (the message's event time, then its id), so a sparse later message
 instead of blanking what an earlier one said, and a replay or a message arriving late gives the same
 result as the messages in order. Merging, later over earlier:
 
-- an object is merged key by key; a scalar is replaced, except that a ``status`` of ``unknown`` (what a
-  message that does not know the status says, e.g. an ORU's PV1) never replaces a known one;
+- an object is merged key by key; a scalar, and a value of a datatype (a Coding, CodeableConcept,
+  Identifier, Quantity or Reference), is replaced, except that a ``status`` of ``unknown`` (what a
+  message that does not know the status says) never replaces a known one;
 - a list keeps the earlier items and adds the later ones: an item naming the same thing (an identifier's
   system and value, a reference, an Encounter location or participant) is merged with it, an equal item
   is not repeated.
@@ -120,9 +121,16 @@ def merge(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# A value of a FHIR datatype is one value: a later Coding, CodeableConcept, Identifier, Quantity or
+# Reference replaces the earlier one whole (merged key by key, a new code would keep the old display).
+_ATOMIC = frozenset({"coding", "code", "system", "reference", "value"})
+
+
 def _merge_value(earlier: Any, later: Any) -> Any:
     if isinstance(earlier, dict) and isinstance(later, dict):
-        return merge(earlier, later)
+        if _ATOMIC.isdisjoint(earlier) and _ATOMIC.isdisjoint(later):
+            return merge(earlier, later)
+        return later
     if isinstance(earlier, list) and isinstance(later, list):
         out = list(earlier)
         keys = [_item_key(x) for x in out]
