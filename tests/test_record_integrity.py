@@ -411,6 +411,16 @@ def test_the_result_of_an_order_keeps_what_the_order_said(engine: Engine) -> Non
     _send(engine, oru)
     _send(engine, orm)
     assert _body(_sr(engine)) == in_order
+    # Both in one batch (the contributions of the first are still held when the second reads them).
+    _truncate(engine)
+    intake = Intake(engine, Settings())
+    ids = [intake.accept(raw.encode()).message_id for raw in (orm, oru)]
+    with session_scope(engine) as session:
+        outcomes = pipeline.process_batch(session, [i for i in ids if i is not None])
+    assert [o.state for o in outcomes] == ["processed", "processed"]
+    assert _body(_sr(engine)) == in_order
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(ResourceContribution)) >= 2
 
 
 def test_merging_contributions() -> None:

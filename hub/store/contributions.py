@@ -31,9 +31,10 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table
+from sqlalchemy import Table
+from sqlalchemy.orm import Session
 
-from hub.store import bulk
+from hub.store import bulk, deferred
 from hub.store.models import ResourceContribution
 from hub.store.search_params import REFERENCE, params_of, walk
 
@@ -166,10 +167,17 @@ def sort_key(message_id: int, instant: str | None) -> str:
     return f"{instant or '0' * 20}{message_id:020d}"
 
 
-def read(connection: Connection, keys: list[Key]) -> dict[Key, Contributions]:
-    """The stored contributions of ``keys`` (two plain INs, like ``resources._current_rows``)."""
+def read(session: Session, keys: list[Key]) -> dict[Key, Contributions]:
+    """The stored contributions of ``keys`` (two plain INs, like ``resources._current_rows``). In a
+    pipeline batch, contributions of these resources that are still held are written first."""
     if not keys:
         return {}
+    held = deferred.held(session)
+    if held is not None:
+        pending = held.rows.get(TABLE.name)
+        if pending and not set(keys).isdisjoint((row[0], row[1]) for row in pending):
+            held.flush(session)
+    connection = session.connection()
     types = sorted({t for t, _ in keys})
     ids = sorted({i for _, i in keys})
     wanted = set(keys)
@@ -185,22 +193,28 @@ def read(connection: Connection, keys: list[Key]) -> dict[Key, Contributions]:
     return out
 
 
+TABLE: Table = ResourceContribution.__table__  # type: ignore[assignment]
 _COLUMNS = ("resource_type", "id", "message_id", "sort_key", "content")
 _DELETE = "DELETE FROM resource_contribution WHERE resource_type = ? AND id = ? AND message_id = ?"
 _DELETE_ALL = "DELETE FROM resource_contribution WHERE resource_type = ? AND id = ?"
 
 
 def write(
-    connection: Connection,
+    session: Session,
     replaced: list[tuple[str, str, int]],
     rows: list[tuple[str, str, int, str, dict[str, Any]]],
     cleared: list[Key] = (),  # type: ignore[assignment]
 ) -> None:
     """Delete the contributions ``replaced`` names (type, id, message id) and every contribution of the
-    resources ``cleared`` names, then insert ``rows`` (type, id, message id, sort key, body)."""
-    table: Table = ResourceContribution.__table__  # type: ignore[assignment]
-    bulk.execute_many(connection, table, _DELETE_ALL, ("resource_type", "id"), list(cleared))
-    bulk.execute_many(connection, table, _DELETE, ("resource_type", "id", "message_id"), replaced)
-    bulk.insert_rows(
-        connection, table, _COLUMNS, [(t, i, m, k, orjson.dumps(body)) for t, i, m, k, body in rows]
-    )
+    resources ``cleared`` names, then insert ``rows`` (type, id, message id, sort key, body): held for
+    the end of a pipeline batch (nothing reads them before a later message's :func:`read` of the same
+    resource, which writes them first)."""
+    connection = session.connection()
+    bulk.execute_many(connection, TABLE, _DELETE_ALL, ("resource_type", "id"), list(cleared))
+    bulk.execute_many(connection, TABLE, _DELETE, ("resource_type", "id", "message_id"), replaced)
+    encoded = [(t, i, m, k, orjson.dumps(body)) for t, i, m, k, body in rows]
+    held = deferred.held(session)
+    if held is not None:
+        held.hold(TABLE, _COLUMNS, encoded)
+    else:
+        bulk.insert_rows(connection, TABLE, _COLUMNS, encoded)

@@ -150,9 +150,7 @@ def upsert_many(
     new_keys = [key for key in keys if key not in found]
     pks = dict(zip(new_keys, allocate_pks(connection, len(new_keys)), strict=True))
     shared = [key for key in keys if key[0] in contributions.SHARED]
-    merging = (
-        _Merging(message_id, order, connection, [k for k in shared if k in found]) if message_id else None
-    )
+    merging = _Merging(message_id, order, session, [k for k in shared if k in found]) if message_id else None
     conflicts: list[dict[str, str]] = []
     out: list[Written] = []
     inserts: list[bulk.Row] = []
@@ -205,7 +203,7 @@ def upsert_many(
     if merging is not None:
         merging.write()
     elif shared:  # a write that is no message's (the FHIR API): it is what is stored from now on
-        contributions.write(connection, [], [], [k for k in shared if k in found])
+        contributions.write(session, [], [], [k for k in shared if k in found])
     resource_table = Resource.__table__
     bulk.insert_rows(connection, resource_table, _RESOURCE_COLUMNS, inserts)  # type: ignore[arg-type]
     bulk.execute_many(connection, resource_table, _UPDATE, _UPDATE_COLUMNS, updates)  # type: ignore[arg-type]
@@ -227,11 +225,11 @@ class _Merging:
     end. A message's contribution that the stored resource already holds (the sending facility's
     Organization in every message) is not kept: the contributions stay few, and the merge is the same."""
 
-    def __init__(self, message_id: int, order: str | None, connection: Connection, existing: list[_Key]):
+    def __init__(self, message_id: int, order: str | None, session: Session, existing: list[_Key]):
         self.message_id = message_id
         self.sort_key = contributions.sort_key(message_id, order)
-        self.connection = connection
-        self.stored = contributions.read(connection, existing)  # as in the database
+        self.session = session
+        self.stored = contributions.read(session, existing)  # as in the database
         self.state: dict[_Key, contributions.Contributions] = {}  # as merged in this call
         self.keep: set[_Key] = set()  # the keys whose contributions are written
 
@@ -278,7 +276,7 @@ class _Merging:
             rows.extend(
                 (*key, m, k, c) for m, (k, c) in final.items() if m not in stored or m == self.message_id
             )
-        contributions.write(self.connection, replaced, rows)
+        contributions.write(self.session, replaced, rows)
 
 
 _Key = tuple[str, str]
