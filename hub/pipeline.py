@@ -2,7 +2,8 @@
 
 Parse → map → resolve identities → upsert resources (+ version and index rows) + Provenance → state
 ``processed``; all in the caller's transaction, one savepoint per message so a failing message becomes
-data (``failed`` with an error code) without undoing its neighbours. Messages of one patient are applied
+data (``failed`` with an error code) without undoing its neighbours, and a message that would move a
+stored resource to another patient is ``held`` (``patient-conflict``) with none of its writes applied. Messages of one patient are applied
 in arrival order: before a message is processed, every earlier ``received`` message with the same
 patient key is processed first, so the order holds whatever the number of workers and whichever task
 arrives first. On PostgreSQL a transaction first takes the advisory locks of its batch's patients (and of
@@ -257,6 +258,7 @@ def _process_one(
         if isinstance(exc, store.PatientConflict):
             # Nothing of it is applied (the savepoint took the MPI's writes back too): an analyst
             # releases it (POST /hl7/messages/{id}/release, hub replay --accept-patient-change).
+            log.warning("message %s held: patient-conflict on %s", row.id, exc.conflicts[0]["resource"])
             return _Done(
                 Outcome(row.id, "held", exc.code),
                 datetime.now(UTC),
