@@ -235,6 +235,11 @@ def replay(
     type: str = typer.Option(None, "--type", help="only this message type, e.g. ORU^R01"),
     sender: str = typer.Option(None, help="only this sending facility"),
     all_: bool = typer.Option(False, "--all", help="every processed or failed message (re-apply maps)"),
+    accept_patient_change: bool = typer.Option(
+        False,
+        "--accept-patient-change",
+        help="with --id: apply a message held for patient-conflict (its resources move to its patient)",
+    ),
 ) -> None:
     """Process stored messages again from their raw bytes (deterministic ids make it an update)."""
     from sqlalchemy import select
@@ -245,6 +250,9 @@ def replay(
 
     if not (state or id or all_ or since or type or sender):
         typer.echo("say what to replay: --state, --id, --since, --type, --sender or --all", err=True)
+        raise typer.Exit(2)
+    if accept_patient_change and not id:
+        typer.echo("--accept-patient-change releases the messages named by --id only", err=True)
         raise typer.Exit(2)
     engine = make_engine(get_settings().sqlalchemy_url)
     stmt = select(InboundMessage.id).order_by(InboundMessage.id)
@@ -260,15 +268,27 @@ def replay(
         stmt = stmt.where(InboundMessage.message_type == type)
     if sender:
         stmt = stmt.where(InboundMessage.facility == sender)
-    with session_scope(engine) as session:
-        ids = list(session.scalars(stmt))
     counts: dict[str, int] = {}
-    for start in range(0, len(ids), 200):
+    try:
         with session_scope(engine) as session:
-            for outcome in process_batch(session, ids[start : start + 200], force=True):
-                counts[outcome.state] = counts.get(outcome.state, 0) + 1
+            ids = list(session.scalars(stmt))
+        for start in range(0, len(ids), 200):
+            with session_scope(engine) as session:
+                batch = ids[start : start + 200]
+                for outcome in process_batch(
+                    session, batch, force=True, accept_patient_change=accept_patient_change
+                ):
+                    counts[outcome.state] = counts.get(outcome.state, 0) + 1
+    finally:
+        engine.dispose()
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to do"
     typer.echo(f"replayed {len(ids)} message(s): {summary}")
+    if counts.get("held"):
+        typer.echo(
+            "held: a message would move a resource to another patient (GET /hl7/messages/{id} names"
+            " both); after checking, apply it with hub replay --id N --accept-patient-change",
+            err=True,
+        )
     if counts.get("failed"):
         raise typer.Exit(1)
 

@@ -2,7 +2,8 @@
 
 Parse → map → resolve identities → upsert resources (+ version and index rows) + Provenance → state
 ``processed``; all in the caller's transaction, one savepoint per message so a failing message becomes
-data (``failed`` with an error code) without undoing its neighbours. Messages of one patient are applied
+data (``failed`` with an error code) without undoing its neighbours, and a message that would move a
+stored resource to another patient is ``held`` (``patient-conflict``) with none of its writes applied. Messages of one patient are applied
 in arrival order: before a message is processed, every earlier ``received`` message with the same
 patient key is processed first, so the order holds whatever the number of workers and whichever task
 arrives first. On PostgreSQL a transaction first takes the advisory locks of its batch's patients (and of
@@ -73,6 +74,7 @@ def process_batch(
     retrying: bool = False,
     mapped: dict[int, MappingResult] | None = None,
     yield_when: Callable[[], bool] | None = None,
+    accept_patient_change: bool = False,
 ) -> list[Outcome]:
     """Process messages by id. Without ``force`` only ``received`` ones are processed (a message taken
     twice, by a redelivered task or the sweeper, is processed once); with ``force`` (replay) failed,
@@ -83,7 +85,9 @@ def process_batch(
     retried transaction maps again rather than reuse dicts the identity step changed. ``yield_when`` is
     asked after each message: once it says yes the batch ends there (its later messages stay
     ``received``, for the caller's next transaction), so a waiting intake waits for one message, not a
-    whole batch."""
+    whole batch. ``accept_patient_change``: an analyst released these messages, so a resource they
+    name for another patient than the one it is stored for moves to theirs; without it such a message is
+    ``held`` (``patient-conflict``), none of its writes applied."""
     wanted = sorted(set(ids))
     if not wanted:
         return []
@@ -111,7 +115,8 @@ def process_batch(
     done: list[_Done] = []
     with deferred.holding(session) as held:  # versions, links, index rows: one INSERT per table
         for i in sorted(todo):
-            done.append(_process_one(session, todo[i], retrying, mapped.pop(i, None), held))
+            accept = accept_patient_change and i in wanted
+            done.append(_process_one(session, todo[i], retrying, mapped.pop(i, None), held, accept))
             if yield_when is not None and len(done) < len(todo) and yield_when():
                 break
     _record_outcomes(session, [todo[d.outcome.message_id] for d in done], done)
@@ -178,6 +183,26 @@ class _Done:
     processed_at: datetime
     error_text: str | None = None
     unmapped: list[dict[str, Any]] | None = None  # a failure keeps the report of the last success
+    conflict: dict[str, Any] | None = None  # held for patient-conflict: the resource and both patients
+
+
+def _event_instant(resources: list[dict[str, Any]]) -> str | None:
+    """The message's event time in UTC (its Provenance: EVN's occurred time, else MSH-7), as
+    ``YYYYMMDDHHMMSSffffff``: the order in which shared resources merge its contribution."""
+    for resource in reversed(resources):  # the Provenance is made last
+        if resource.get("resourceType") != "Provenance":
+            continue
+        value = resource.get("occurredDateTime") or resource.get("recorded")
+        if not isinstance(value, str):
+            return None
+        try:
+            instant = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if instant.tzinfo is None:
+            instant = instant.replace(tzinfo=UTC)
+        return instant.astimezone(UTC).strftime("%Y%m%d%H%M%S%f")
+    return None
 
 
 def _map(session: Session, row: InboundMessage) -> MappingResult:
@@ -196,6 +221,7 @@ def _process_one(
     retrying: bool,
     result: MappingResult | None = None,
     held: deferred.Held | None = None,
+    accept_patient_change: bool = False,
 ) -> _Done:
     try:
         ctx = _sender_context(session, row)
@@ -217,11 +243,28 @@ def _process_one(
             if row.attempts > 0:  # processed before (a replay): what it produced then is replaced
                 session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
             now = datetime.now(UTC)
-            written = store.upsert_many(session, goldens + result.resources, message_id=row.id, now=now)
+            written = store.upsert_many(
+                session,
+                goldens + result.resources,
+                message_id=row.id,
+                now=now,
+                order=_event_instant(result.resources),
+                accept_patient_change=accept_patient_change,
+            )
             _record_written(session, row.id, written[len(goldens) :])
     except Exception as exc:
         if held is not None:
             held.undo()  # its savepoint was rolled back, and with it what it wrote of the held rows
+        if isinstance(exc, store.PatientConflict):
+            # Nothing of it is applied (the savepoint took the MPI's writes back too): an analyst
+            # releases it (POST /hl7/messages/{id}/release, hub replay --accept-patient-change).
+            log.warning("message %s held: patient-conflict on %s", row.id, exc.conflicts[0]["resource"])
+            return _Done(
+                Outcome(row.id, "held", exc.code),
+                datetime.now(UTC),
+                error_text=exc.message[:4000],
+                conflict={**exc.conflicts[0], "resources": [c["resource"] for c in exc.conflicts]},
+            )
         if retrying and is_transient(exc):
             # A deadlock with another worker (or its insert of the same new row): this transaction may
             # hold what the other one waits for, so only rolling back all of it gets both through.
@@ -235,12 +278,12 @@ def _process_one(
 _PROCESSED_COLUMNS = ("state", "unmapped", "processed_at", "id")
 _PROCESSED = (
     "UPDATE inbound_message SET attempts = attempts + 1, state = ?, error_code = NULL, error_text = NULL,"
-    " unmapped = ?, processed_at = ? WHERE id = ?"
+    " patient_conflict = NULL, unmapped = ?, processed_at = ? WHERE id = ?"
 )
-_FAILED_COLUMNS = ("state", "error_code", "error_text", "processed_at", "id")
+_FAILED_COLUMNS = ("state", "error_code", "error_text", "patient_conflict", "processed_at", "id")
 _FAILED = (
     "UPDATE inbound_message SET attempts = attempts + 1, state = ?, error_code = ?, error_text = ?,"
-    " processed_at = ? WHERE id = ?"
+    " patient_conflict = ?, processed_at = ? WHERE id = ?"
 )
 
 
@@ -264,7 +307,14 @@ def _record_outcomes(session: Session, rows: list[InboundMessage], done: list[_D
         _FAILED,
         _FAILED_COLUMNS,
         [
-            (d.outcome.state, d.outcome.error_code, d.error_text, d.processed_at, d.outcome.message_id)
+            (
+                d.outcome.state,
+                d.outcome.error_code,
+                d.error_text,
+                d.conflict,
+                d.processed_at,
+                d.outcome.message_id,
+            )
             for d in failed
         ],
     )

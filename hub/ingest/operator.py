@@ -1,4 +1,5 @@
-"""The operator's view of intake: list and inspect stored messages (``/hl7/messages``)."""
+"""The operator's view of intake: list and inspect stored messages (``/hl7/messages``), and release a
+message held because it would move a resource to another patient (``POST /hl7/messages/{id}/release``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hub.auth import require_role
-from hub.errors import BadRequest, NotFound
-from hub.fhir_api.sessions import read_session
+from hub.errors import BadRequest, Conflict, NotFound
+from hub.fhir_api.sessions import read_session, write_session
 from hub.store.models import InboundMessage, MessageResource
 
 router = APIRouter(prefix="/hl7/messages", tags=["operator"], dependencies=[Depends(require_role("admin"))])
@@ -45,6 +46,8 @@ def _summary(m: InboundMessage) -> dict[str, Any]:
         "duplicate_count": m.duplicate_count,
         "attempts": m.attempts,
         "processed_at": _iso(m.processed_at),
+        # held for patient-conflict: {resource, stored_patient, message_patient, resources}
+        "patient_conflict": m.patient_conflict,
     }
 
 
@@ -101,3 +104,32 @@ def get_message(message_id: int, session: Annotated[Session, Depends(read_sessio
         }
     )
     return _json(body)
+
+
+@router.post(
+    "/{message_id}/release",
+    summary="Apply a message held for patient-conflict: its resources move to the patient it names",
+)
+def release_message(message_id: int, session: Annotated[Session, Depends(write_session)]) -> Response:
+    """An analyst has checked that the message is right about its patient: it is processed again with
+    the patient change accepted (the resources it names move to its patient). Only a message held for
+    ``patient-conflict`` is released; any other is answered 409."""
+    from hub.pipeline import process_batch  # the pipeline imports the mapping engine: only when used
+
+    m = session.get(InboundMessage, message_id)
+    if m is None:
+        raise NotFound(f"message {message_id} is not known")
+    if m.state != "held" or m.error_code != "patient-conflict":
+        raise Conflict(
+            f"message {message_id} is {m.state}"
+            + (f" ({m.error_code})" if m.error_code else "")
+            + "; only a message held for patient-conflict is released (replay others with hub replay)"
+        )
+    conflict = m.patient_conflict
+    outcomes = process_batch(session, [message_id], force=True, accept_patient_change=True)
+    mine = next((o for o in outcomes if o.message_id == message_id), None)
+    session.flush()
+    session.refresh(m)
+    body = _summary(m)
+    body["released"] = conflict
+    return _json(body, 200 if mine is not None and mine.state == "processed" else 409)

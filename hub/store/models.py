@@ -73,7 +73,8 @@ class InboundMessage(Base):
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     transport: Mapped[str] = mapped_column(String(16), default="mllp")  # mllp | http | import
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # received -> processed | failed; rejected (AR, never processed); held (same control id, other content)
+    # received -> processed | failed | held (patient-conflict: would move a resource to another patient);
+    # rejected (AR, never processed); held (control-id-conflict: same control id, other content)
     state: Mapped[str] = mapped_column(String(16), default="received")
     ack_code: Mapped[str] = mapped_column(String(2), default="AA")
     ack: Mapped[str | None] = mapped_column(Text)  # the ACK sent back, ER7
@@ -84,6 +85,8 @@ class InboundMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     processed_at: Mapped[datetime | None] = mapped_column()
     unmapped: Mapped[Any | None] = mapped_column(JSONVariant)  # the unmapped report of the last processing
+    # held for patient-conflict: {"resource", "stored_patient", "message_patient"} (ids only)
+    patient_conflict: Mapped[Any | None] = mapped_column(JSONVariant)
 
 
 class MessageResource(Base):
@@ -123,6 +126,20 @@ class Resource(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     patient_id: Mapped[str | None] = mapped_column(String(64))  # the source Patient's compartment
     content: Mapped[bytes] = mapped_column(LargeBinary)  # orjson bytes, with meta.versionId/lastUpdated
+
+
+class ResourceContribution(Base):
+    """What one message contributed to a shared resource (one that several messages make, such as an
+    Encounter or a ServiceRequest): the stored resource is the merge of its contributions in message
+    order (``hub.store.contributions``)."""
+
+    __tablename__ = "resource_contribution"
+
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # 0: what was stored before
+    sort_key: Mapped[str] = mapped_column(String(40))  # the message's time (UTC), then its id
+    content: Mapped[bytes] = mapped_column(LargeBinary)  # orjson bytes, without meta
 
 
 class ResourceVersion(Base):

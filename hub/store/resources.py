@@ -18,8 +18,8 @@ from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
-from hub.errors import Gone, NotFound
-from hub.store import bulk, deferred
+from hub.errors import Conflict, Gone, NotFound
+from hub.store import bulk, contributions, deferred
 from hub.store.models import Resource, ResourceVersion
 
 # One write: (resource_type, id, the resource's pk, the stored dict or None when deleted, the stored dict
@@ -49,6 +49,23 @@ class _Current:
     pk: int
     version_id: int
     stored: dict[str, Any] | None  # the live version as stored; None when deleted
+
+
+class PatientConflict(Conflict):
+    """A message's version of a resource would move it to another patient: nothing of the call is
+    written. ``conflicts`` lists each such resource with the patient it is stored for and the one the
+    message names (ids only)."""
+
+    code = "patient-conflict"
+
+    def __init__(self, conflicts: list[dict[str, str]]) -> None:
+        first = conflicts[0]
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        super().__init__(
+            f"{first['resource']} belongs to Patient/{first['stored_patient']}; this message names"
+            f" Patient/{first['message_patient']}{more}: held, not applied (release it to apply)"
+        )
+        self.conflicts = conflicts
 
 
 def _strip_meta(resource: dict[str, Any]) -> dict[str, Any]:
@@ -109,11 +126,20 @@ def upsert_many(
     *,
     message_id: int | None = None,
     now: datetime | None = None,
+    order: str | None = None,
+    accept_patient_change: bool = False,
 ) -> list[Written]:
     """``upsert`` for many resources (those of one message, or of a batch of messages, in order): their
     current rows are read in one query, and each table gets one statement for all of them. The rows
     go through the driver (``bulk``), not the ORM; a ``Resource`` entity the session already holds for
-    an updated row is expired, so the ORM never serves a stale version."""
+    an updated row is expired, so the ORM never serves a stale version.
+
+    With a ``message_id`` (the pipeline): a resource of a shared type (``contributions.SHARED``) is
+    stored as the merge of every message's contribution in message order (``order``: the message's
+    event instant, UTC ``YYYYMMDDHHMMSSffffff``); and a resource whose stored version names another
+    patient than this one (``contributions.patients_of``) raises :class:`PatientConflict` before
+    anything is written, unless ``accept_patient_change`` (an analyst released the message: the
+    resource moves, and the contributions of the earlier patient are dropped)."""
     if not resources:
         return []
     now = now or datetime.now(UTC)
@@ -123,6 +149,9 @@ def upsert_many(
     keys = dict.fromkeys((r["resourceType"], str(r["id"])) for r in resources)
     new_keys = [key for key in keys if key not in found]
     pks = dict(zip(new_keys, allocate_pks(connection, len(new_keys)), strict=True))
+    shared = [key for key in keys if key[0] in contributions.SHARED]
+    merging = _Merging(message_id, order, session, [k for k in shared if k in found]) if message_id else None
+    conflicts: list[dict[str, str]] = []
     out: list[Written] = []
     inserts: list[bulk.Row] = []
     updates: list[bulk.Row] = []
@@ -134,6 +163,25 @@ def upsert_many(
         body = _strip_meta(resource)
         current = found.get((rtype, rid))
         old = current.stored if current is not None else None
+        moved: frozenset[str] | None = None
+        if merging is not None and old is not None:
+            mine = contributions.patients_of(body)
+            theirs = contributions.patients_of(old) if mine else frozenset()
+            if mine and theirs and mine.isdisjoint(theirs):
+                if not accept_patient_change:
+                    conflicts.append(
+                        {
+                            "resource": f"{rtype}/{rid}",
+                            "stored_patient": min(theirs),
+                            "message_patient": min(mine),
+                        }
+                    )
+                    continue
+                moved = mine
+        if conflicts:
+            continue  # nothing is written: only the other conflicts are looked for
+        if merging is not None and rtype in contributions.SHARED:
+            body = merging.add(rtype, rid, body, old, moved)
         if current is not None and old is not None and _strip_meta(old) == body:
             out.append(Written(rtype, rid, current.version_id, False))
             continue
@@ -150,6 +198,12 @@ def upsert_many(
         versions.append((rtype, rid, version, now, False, message_id, content))
         changes.append((rtype, rid, pk, stored, old))
         out.append(Written(rtype, rid, version, True))
+    if conflicts:
+        raise PatientConflict(conflicts)
+    if merging is not None:
+        merging.write()
+    elif shared:  # a write that is no message's (the FHIR API): it is what is stored from now on
+        contributions.write(session, [], [], [k for k in shared if k in found])
     resource_table = Resource.__table__
     bulk.insert_rows(connection, resource_table, _RESOURCE_COLUMNS, inserts)  # type: ignore[arg-type]
     bulk.execute_many(connection, resource_table, _UPDATE, _UPDATE_COLUMNS, updates)  # type: ignore[arg-type]
@@ -164,6 +218,68 @@ def upsert_many(
         for hook in _write_hooks:
             hook(session, changes)
     return out
+
+
+class _Merging:
+    """The contributions of one call's shared resources: read once, merged per resource, written at the
+    end. A message's contribution that the stored resource already holds (the sending facility's
+    Organization in every message) is not kept: the contributions stay few, and the merge is the same."""
+
+    def __init__(self, message_id: int, order: str | None, session: Session, existing: list[_Key]):
+        self.message_id = message_id
+        self.sort_key = contributions.sort_key(message_id, order)
+        self.session = session
+        self.stored = contributions.read(session, existing)  # as in the database
+        self.state: dict[_Key, contributions.Contributions] = {}  # as merged in this call
+        self.keep: set[_Key] = set()  # the keys whose contributions are written
+
+    def add(
+        self,
+        rtype: str,
+        rid: str,
+        body: dict[str, Any],
+        old: dict[str, Any] | None,
+        moved: frozenset[str] | None,
+    ) -> dict[str, Any]:
+        """The resource to store for this message's ``body``; ``old``: the live stored version."""
+        key = (rtype, rid)
+        state = self.state.get(key)
+        if state is None:
+            if old is None:  # new, or deleted: nothing earlier counts
+                state = {}
+            else:
+                state = dict(self.stored.get(key) or {})
+                if not state:  # stored before contributions were kept: that content comes first
+                    state[contributions.BASELINE] = (contributions.sort_key(0, None), _strip_meta(old))
+            state.pop(self.message_id, None)  # a replay: this message's contribution is replaced
+            self.state[key] = state
+        elif self.message_id in state:  # a repeat in this message: one contribution
+            body = contributions.merge(state[self.message_id][1], body)
+        if moved is not None:
+            for mid in [m for m, (_, c) in state.items() if contributions.patients_of(c).isdisjoint(moved)]:
+                if mid != self.message_id:
+                    del state[mid]
+            self.keep.add(key)
+        state[self.message_id] = (self.sort_key, body)
+        result = contributions.merged(c for _, c in sorted(state.values(), key=lambda kc: kc[0]))
+        if old is None or self.message_id in self.stored.get(key, {}) or _strip_meta(old) != result:
+            self.keep.add(key)
+        return result
+
+    def write(self) -> None:
+        replaced: list[tuple[str, str, int]] = []
+        rows: list[tuple[str, str, int, str, dict[str, Any]]] = []
+        for key in self.keep:
+            stored = self.stored.get(key) or {}
+            final = self.state[key]
+            replaced.extend((*key, m) for m in stored if m == self.message_id or m not in final)
+            rows.extend(
+                (*key, m, k, c) for m, (k, c) in final.items() if m not in stored or m == self.message_id
+            )
+        contributions.write(self.session, replaced, rows)
+
+
+_Key = tuple[str, str]
 
 
 def _current_rows(connection: Connection, resources: list[dict[str, Any]]) -> dict[tuple[str, str], _Current]:

@@ -41,7 +41,14 @@ def _clear(engine: Engine) -> None:
     with engine.begin() as conn:
         for model in INDEX_MODELS.values():
             conn.execute(text(f"DELETE FROM {model.__table__.name}"))
-        for table in ("message_resource", "resource_version", "mpi_decision", "mpi_review", "mpi_block"):
+        for table in (
+            "message_resource",
+            "resource_contribution",
+            "resource_version",
+            "mpi_decision",
+            "mpi_review",
+            "mpi_block",
+        ):
             conn.execute(text(f"DELETE FROM {table}"))
         conn.execute(text("DELETE FROM mpi_source"))
         conn.execute(text("DELETE FROM resource"))
