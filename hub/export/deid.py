@@ -13,7 +13,7 @@ de-identification guidance applies it to resources, with the generalisations doc
   extensions (no lines, postal code or text); a birth date keeps year and month, and a person 90 or
   older has the birth year of a 90th birthday in the export's year (Safe Harbor's "90 or older"); a
   death date keeps year and month; every other date-time keeps its day (the time of day is removed).
-- **Pseudonymised**: every resource id, and every reference to one, becomes a keyed hash (HMAC-SHA256
+- **Pseudonymised**: every resource id, and every reference to one, becomes a keyed hash (keyed BLAKE2b,
   with a key the hub keeps, ``HUB_EXPORT_PSEUDONYM_KEY`` or a key file under ``HUB_VAR_DIR``), so the
   same resource has the same pseudonym in every export and references between exported resources
   resolve. A source Patient is replaced by its golden record (the master patient index): one person,
@@ -26,7 +26,6 @@ This module is pure (no database): the caller hands it, per batch, the golden id
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 from collections.abc import Mapping
 from datetime import date
@@ -59,15 +58,24 @@ class Deidentifier:
     """Turns one stored resource into its de-identified form (or None when it is not exported)."""
 
     def __init__(self, key: bytes, today: date) -> None:
-        self._key = key
+        self._mac_key = hashlib.blake2b(key, digest_size=64).digest()  # BLAKE2b keys are up to 64 bytes
+        self._memo: dict[str, str] = {}
         self._today = today
         self.golden: dict[str, str] = {}  # source Patient id -> golden Patient id (filled per batch)
 
     def pseudonym(self, resource_type: str, rid: str) -> str:
         if resource_type == "Patient":
             rid = self.golden.get(rid, rid)
-        digest = hmac.new(self._key, f"{resource_type}/{rid}".encode(), hashlib.sha256).hexdigest()
-        return digest[:40]
+        name = f"{resource_type}/{rid}"
+        found = self._memo.get(name)
+        if found is None:
+            if len(self._memo) > 100_000:
+                self._memo.clear()
+            # keyed BLAKE2b (a MAC in its own right, RFC 7693): the same key, the same pseudonym
+            found = self._memo[name] = hashlib.blake2b(
+                name.encode(), key=self._mac_key, digest_size=20
+            ).hexdigest()
+        return found
 
     def resource(self, res: Mapping[str, Any]) -> dict[str, Any] | None:
         rtype = str(res.get("resourceType", ""))

@@ -259,7 +259,10 @@ class _Writer:
         self._size = 0
 
     def write(self, resource: dict[str, Any]) -> None:
-        line = orjson.dumps(resource) + b"\n"
+        self.write_raw(orjson.dumps(resource))
+
+    def write_raw(self, content: bytes) -> None:
+        line = content + b"\n"
         if self._fh is None or (self._size and self._size + len(line) > self.limit):
             self._open()
         assert self._fh is not None
@@ -379,6 +382,10 @@ def _export(
                     deid.golden = _golden_of(engine, rows, rtype)
                 for rid, content in rows:
                     if wanted is not None and rid not in wanted:
+                        continue
+                    if deid is None and not elements:
+                        writer.write_raw(content)  # the stored bytes are the resource's JSON, one line
+                        exported += 1
                         continue
                     resource = orjson.loads(content)
                     if deid is not None:
