@@ -61,6 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(mpi_router, dependencies=[Depends(mpi_guard)])
     app.dependency_overrides[mpi_session] = write_session
 
+    from hub.export.router import router as export_router
+
+    app.include_router(export_router)  # before /fhir/{type}/{id}: /fhir/$export-status/… is its own
+
     from hub.fhir_api.routers import public as fhir_public
     from hub.fhir_api.routers import router as fhir_router
 

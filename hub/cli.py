@@ -91,6 +91,11 @@ def worker(
 
     if settings.worker_nice > 0:
         os.nice(settings.worker_nice)  # the worker's processes inherit it
+    if settings.export_runner:  # Bulk Data export jobs run beside the message processing
+        from hub.db import get_engine
+        from hub.export.jobs import ExportRunner
+
+        ExportRunner(get_engine(settings.sqlalchemy_url), settings).start()
     make_celery(settings.broker_url, settings.celery_queue).worker_main(
         [
             "worker",

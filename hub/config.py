@@ -82,6 +82,23 @@ class Settings(BaseSettings):
     mpi_twin_gate: bool = True
 
     token_ttl_s: int = 3600
+
+    # Bulk Data export (hub.export): where its files go (default: var_dir/exports), how long a finished
+    # job and its files are kept, the size at which an NDJSON file is split, how often a client may poll
+    # its status, the runner threads of each hub process (export_runner: whether this process runs them),
+    # after how long without a heartbeat a running job is taken over, resources read a batch, and the
+    # pseudonymisation key of de-identified exports (default: a key file under var_dir).
+    export_dir: Path | None = None
+    export_ttl_s: float = 86400.0
+    export_file_max_bytes: int = 256 * 1024 * 1024
+    export_min_poll_s: float = 1.0
+    export_retry_after_s: int = 2
+    export_runner: bool = True
+    export_workers: int = 2
+    export_poll_s: float = 1.0
+    export_stale_s: float = 60.0
+    export_batch: int = 1000
+    export_pseudonym_key: str | None = None
     log_level: str = "INFO"
 
     @property

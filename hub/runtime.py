@@ -54,6 +54,9 @@ class Runtime:
         self.intake = Intake(self.engine, settings, self.dispatch)
         self.sweeper = Sweeper(self.engine, self.dispatch, settings.sweep_interval_s, settings.sweep_after_s)
         self.mllp: MLLPServer | None = MLLPServer(self.intake, settings) if settings.mllp_enabled else None
+        from hub.export.jobs import ExportRunner
+
+        self.exports = ExportRunner(self.engine, settings) if settings.export_runner else None
 
     async def start(self) -> None:
         self.intake.start()
@@ -61,6 +64,8 @@ class Runtime:
             self.worker.start()
         if self.settings.broker_url or self.worker is not None:
             self.sweeper.start()
+        if self.exports is not None:
+            self.exports.start()
         if self.mllp is not None:
             await self.mllp.start()
 
@@ -69,6 +74,8 @@ class Runtime:
             await self.mllp.stop()
         self.intake.stop()
         self.sweeper.stop()
+        if self.exports is not None:
+            self.exports.stop()
         if self.celery is not None:
             self.celery.close()
         if self.worker is not None:

@@ -434,3 +434,37 @@ class MpiDecision(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     undone_at: Mapped[datetime | None] = mapped_column()
     undone_by: Mapped[int | None] = mapped_column(BigInteger)  # the id of the undo decision
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bulk Data export (hub.export): one row per ``$export`` kick-off. The runner claims a queued job (or one
+# whose runner stopped sending heartbeats), writes its NDJSON files under the export directory and records
+# the manifest's outputs here; expired jobs are removed with their files.
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ExportJob(Base):
+    __tablename__ = "export_job"
+    __table_args__ = (Index("ix_export_job_state", "state", "heartbeat_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    # queued | running | completed | failed | cancelled
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    level: Mapped[str] = mapped_column(String(16))  # system | patient | group
+    group_id: Mapped[str | None] = mapped_column(String(64))
+    params: Mapped[Any] = mapped_column(JSONVariant)  # _type, _since, _typeFilter, _elements
+    request_url: Mapped[str] = mapped_column(Text)
+    owner: Mapped[str] = mapped_column(String(200))  # the token subject that kicked it off
+    owner_role: Mapped[str] = mapped_column(String(32))
+    deidentified: Mapped[bool] = mapped_column(Boolean, default=False)
+    transaction_time: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    last_polled_at: Mapped[datetime | None] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    exported: Mapped[int] = mapped_column(BigInteger, default=0)  # resources written so far
+    progress: Mapped[str] = mapped_column(String(200), default="")
+    output: Mapped[Any | None] = mapped_column(JSONVariant)  # [{"type", "file", "count"}]
+    errors: Mapped[Any | None] = mapped_column(JSONVariant)  # [{"type": "OperationOutcome", "file", "count"}]
+    completed_at: Mapped[datetime | None] = mapped_column()
+    expires_at: Mapped[datetime | None] = mapped_column()
