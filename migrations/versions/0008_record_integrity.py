@@ -7,7 +7,7 @@ knows instead of blanking what an earlier one said, and a replay or a late messa
 result. A message whose resource would change patient is held, and ``patient_conflict`` says which
 resource and which two patients.
 
-Revision ID: 0009_record_integrity
+Revision ID: 0008_record_integrity
 Revises: 0007_resource_pk
 Create Date: 2026-12-07 11:50:00.000000
 """
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0009_record_integrity"
+revision: str = "0008_record_integrity"
 down_revision: str | Sequence[str] | None = "0007_resource_pk"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

@@ -1,7 +1,7 @@
 """export_job: the Bulk Data export jobs (hub.export)
 
-Revision ID: 0014_export_job
-Revises: 0007_resource_pk
+Revision ID: 0009_export_job
+Revises: 0008_record_integrity
 Create Date: 2026-12-07 11:30:00.000000
 """
 
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0014_export_job"
-down_revision: str | Sequence[str] | None = "0007_resource_pk"
+revision: str = "0009_export_job"
+down_revision: str | Sequence[str] | None = "0008_record_integrity"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
