@@ -7,12 +7,10 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import Response
+from fastapi import Depends, FastAPI
 
 from hub import __version__
 from hub.config import Settings, get_settings
-from hub.errors import HubError
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,16 +31,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="hub", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
 
-    @app.exception_handler(HubError)
-    async def _hub_error(request: Request, exc: HubError) -> Response:
-        from hub.fhir.outcome import operation_outcome
+    from hub.fhir_api.errors import install as install_error_handlers
 
-        return Response(
-            operation_outcome("error", exc.code, exc.message),
-            status_code=exc.http_status,
-            media_type="application/fhir+json",
-            headers=getattr(exc, "headers", None),
-        )
+    install_error_handlers(app)
 
     from hub.ingest.http import router as hl7_router
     from hub.ingest.operator import router as operator_router

@@ -262,6 +262,10 @@ def replay(
         stmt = stmt.where(InboundMessage.facility == sender)
     with session_scope(engine) as session:
         ids = list(session.scalars(stmt))
+    missing = sorted(set(id or []) - set(ids)) if id and not state else []
+    if missing:
+        typer.echo(f"no stored message with id {', '.join(map(str, missing))}", err=True)
+        raise typer.Exit(2)
     counts: dict[str, int] = {}
     for start in range(0, len(ids), 200):
         with session_scope(engine) as session:
@@ -280,6 +284,9 @@ def sender_add(
     time_zone: str = typer.Option(None, "--tz", help="IANA time zone for datetimes without offset"),
     overlay: str = typer.Option(None, help="mapping overlay under mappings/senders/"),
     secret: str = typer.Option(None, help="password for HL7 over HTTP (Basic auth, user = facility)"),
+    charset: str = typer.Option(
+        None, help="character set of messages that leave MSH-18 empty, e.g. 8859/1 or cp1252 ('' clears it)"
+    ),
 ) -> None:
     """Register (or update) a sending facility."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -297,6 +304,21 @@ def sender_add(
         except (ZoneInfoNotFoundError, ValueError):
             typer.echo(f"unknown time zone {time_zone!r} (use an IANA name such as Asia/Jakarta)", err=True)
             raise typer.Exit(2) from None
+    if overlay:
+        from hub.mapping import configure, mappings_dir
+
+        if settings.mappings_dir:
+            configure(settings.mappings_dir)
+        odir = mappings_dir() / "senders" / overlay
+        if not odir.is_dir():
+            typer.echo(f"overlay {overlay!r} does not exist (no folder {odir})", err=True)
+            raise typer.Exit(2)
+    if charset:
+        from hub.hl7 import codec_for
+
+        if codec_for(charset) is None:
+            typer.echo(f"unknown character set {charset!r} (e.g. 8859/1, cp1252, UTF-8)", err=True)
+            raise typer.Exit(2)
     with session_scope(make_engine(settings.sqlalchemy_url)) as session:
         sender = session.scalars(select(Sender).where(Sender.facility == facility)).first()
         created = sender is None
@@ -312,6 +334,8 @@ def sender_add(
             sender.overlay = overlay or None
         if secret:
             sender.http_secret_hash = hash_secret(secret)
+        if charset is not None:
+            sender.charset = charset or None
     typer.echo(f"sender {facility} {'registered' if created else 'updated'}")
 
 

@@ -40,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from hub.errors import BadRequest, Gone, NotFound
+from hub.fhir.types import is_resource_type
 from hub.store.models import (
     Resource,
     ResourceVersion,
@@ -125,8 +126,8 @@ R = Resource.__table__.c
 
 
 def check_type(resource_type: str) -> str:
-    if not _TYPE_RE.match(resource_type):
-        raise NotFound(f"{resource_type} is not a resource type")
+    if not _TYPE_RE.match(resource_type) or not is_resource_type(resource_type):
+        raise NotFound(f"{resource_type[:64]} is not a FHIR R4 resource type")
     return resource_type
 
 
@@ -249,9 +250,12 @@ def _driver(session: Session, rtype: str, param: SearchParam, modifier: str, raw
 def _control(q: Query, name: str, raw: str) -> None:
     if name == "_count":
         try:
-            q.count = max(0, min(int(raw), MAX_COUNT))
+            count = int(raw)
         except ValueError as exc:
-            raise BadRequest(f"_count must be an integer, not {raw!r}") from exc
+            raise BadRequest("_count must be an integer") from exc
+        if count < 0:
+            raise BadRequest(f"_count must be between 0 and {MAX_COUNT}")
+        q.count = min(count, MAX_COUNT)
     elif name == "_sort":
         for key in raw.split(","):
             desc = key.startswith("-")

@@ -190,6 +190,16 @@ class Intake:
             item.error = AckError(exc.code, exc.text, exc.location)
             return
         try:
+            hl7.check_message(
+                item.raw,
+                h,
+                max_segments=self.settings.hl7_max_segments,
+                max_delimiters=self.settings.hl7_max_delimiters,
+            )
+        except hl7.HeaderError as exc:  # a second MSH, or a message past the limits: AR, bytes kept
+            item.error = AckError(exc.code, exc.text, exc.location)
+            return
+        try:
             _derive(item, h)
         except Exception:  # left to the committer's turn, where any failure is answered, not raised here
             log.exception("could not prepare a message from %s", h.sending_facility)
@@ -701,4 +711,6 @@ def _guess_control_id(raw: bytes) -> str:
     if not line.startswith(b"MSH") or len(line) < 4:
         return ""
     parts = line.split(line[3:4])
-    return parts[9].decode("latin-1", "replace")[:50] if len(parts) > 9 else ""
+    if len(parts) <= 9:
+        return ""
+    return "".join(c for c in parts[9].decode("latin-1")[:50] if c.isprintable())

@@ -52,7 +52,7 @@ def test_operator_lists_and_inspects(client: TestClient) -> None:
     assert client.get("/hl7/messages", headers={"Authorization": f"Bearer {clinician}"}).status_code == 403
     assert client.get("/hl7/messages", headers={"Authorization": ""}).status_code == 401
     bad = client.get("/hl7/messages", params={"state": "nonsense"})
-    assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
+    assert bad.status_code == 400 and bad.json()["status"] == 400  # RFC 9457 problem details
 
 
 def test_sender_with_password_must_authenticate(client: TestClient, engine: Engine) -> None:
