@@ -264,6 +264,7 @@ def replay(
         ids = list(session.scalars(stmt))
     missing = sorted(set(id or []) - set(ids)) if id and not state else []
     if missing:
+        engine.dispose()
         typer.echo(f"no stored message with id {', '.join(map(str, missing))}", err=True)
         raise typer.Exit(2)
     counts: dict[str, int] = {}
@@ -319,7 +320,8 @@ def sender_add(
         if codec_for(charset) is None:
             typer.echo(f"unknown character set {charset!r} (e.g. 8859/1, cp1252, UTF-8)", err=True)
             raise typer.Exit(2)
-    with session_scope(make_engine(settings.sqlalchemy_url)) as session:
+    engine = make_engine(settings.sqlalchemy_url)
+    with session_scope(engine) as session:
         sender = session.scalars(select(Sender).where(Sender.facility == facility)).first()
         created = sender is None
         if sender is None:
@@ -336,6 +338,7 @@ def sender_add(
             sender.http_secret_hash = hash_secret(secret)
         if charset is not None:
             sender.charset = charset or None
+    engine.dispose()
     typer.echo(f"sender {facility} {'registered' if created else 'updated'}")
 
 
