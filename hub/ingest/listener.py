@@ -233,7 +233,9 @@ class _Connection(asyncio.Protocol):
             self.peer,
             self.decoder.discarded,
             self.frames,
-            f"; over the {self.server.settings.mllp_max_garbage_bytes}-byte limit, closing" if closing else "",
+            f"; over the {self.server.settings.mllp_max_garbage_bytes}-byte limit, closing"
+            if closing
+            else "",
         )
 
     def close(self) -> None:
