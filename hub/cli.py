@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -65,6 +66,10 @@ def serve(
         f"{'Celery at ' + _safe_url(settings.broker_url) if settings.broker_url else 'in-process worker'}, "
         f"registration {'open' if settings.registration_open else 'closed'}"
     )
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler found before
+    # it: the default one would end the process at once, without the exit handlers that release the
+    # worker process's queues (the "leaked semaphore" warnings). This one ends it normally.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     uvicorn.run(
         create_app(settings),
         host=settings.http_host,
@@ -72,6 +77,10 @@ def serve(
         log_level=settings.log_level.lower(),
         access_log=False,
     )
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @app.command()
