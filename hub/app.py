@@ -7,7 +7,8 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
 
 from hub import __version__
 from hub.config import Settings, get_settings
@@ -57,6 +58,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(fhir_public)
     app.include_router(fhir_router)
+
+    from hub import metrics
+    from hub.auth import require_role
+    from hub.fhir_api.sessions import _engines
+
+    app.add_middleware(metrics.HttpTimer)
+    registries: dict[int, object] = {}
+
+    @app.get("/metrics", dependencies=[Depends(require_role("admin"))], summary="Prometheus metrics")
+    def prometheus_metrics(request: Request) -> Response:
+        engine = _engines(request)[1]
+        registry = registries.get(id(engine))
+        if registry is None:
+            registry = registries[id(engine)] = metrics.registry_for(engine)
+        return metrics.render(registry)  # type: ignore[arg-type]
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

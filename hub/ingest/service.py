@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from hub import hl7
+from hub import hl7, metrics
 from hub.config import Settings
 from hub.db import write_turn
 from hub.hl7.reference import structure_for
@@ -73,6 +73,7 @@ class _Item:
     transport: str
     future: Future[Accepted] | Ticket
     oversize: int = 0
+    queued_at: float = 0.0  # time.perf_counter() when the transport handed it over (ACK latency)
     header: hl7.Header | None = None
     error: AckError | None = None
     text_sample: str = ""
@@ -159,6 +160,7 @@ class Intake:
 
     # -- internals -------------------------------------------------------------------------------------
     def _enqueue(self, item: _Item) -> None:
+        item.queued_at = time.perf_counter()
         self._prepare(item)
         if self._thread is None:
             try:
@@ -263,7 +265,10 @@ class Intake:
             return
         self._beacon.mark()
         to_dispatch: list[int] = []
+        done_at = time.perf_counter()
         for item, row, accepted in results:
+            metrics.INTAKE.labels(item.transport, accepted.code).inc()
+            metrics.ACK_LATENCY.observe(done_at - item.queued_at)
             if accepted.state == "received" and not accepted.duplicate:
                 to_dispatch.append(row.id)
             _resolve(
