@@ -126,16 +126,20 @@ def _huge_path_number(request: Request) -> bool:
     )
 
 
-def _out_of_range(exc: BaseException) -> bool:
-    """An integer the database cannot hold (SQLite raises OverflowError, PostgreSQL a numeric range
-    DataError), possibly wrapped by SQLAlchemy."""
-    if isinstance(exc, OverflowError):
-        return True
+def _bad_value(exc: BaseException) -> str | None:
+    """What a value the database cannot hold was, or None for any other error: an integer above 2^63 − 1
+    (SQLite raises OverflowError, PostgreSQL a numeric range DataError) or a NUL character (PostgreSQL's
+    text refuses it), possibly wrapped by SQLAlchemy. Never the value itself."""
+    orig = getattr(exc, "orig", None) if isinstance(exc, StatementError) else exc
+    if isinstance(orig, OverflowError):
+        return "range"
     if isinstance(exc, DataError):
-        return "out of range" in str(getattr(exc, "orig", exc))
-    if isinstance(exc, StatementError):
-        return isinstance(exc.orig, OverflowError)
-    return False
+        text = str(orig)
+        if "out of range" in text:
+            return "range"
+        if "NUL" in text or "0x00" in text or "\\u0000" in text:
+            return "nul"
+    return None
 
 
 def install(app: FastAPI) -> None:
@@ -163,8 +167,11 @@ def install(app: FastAPI) -> None:
         )
 
     async def _range(request: Request, exc: Exception) -> Response:
-        if not _out_of_range(exc):
+        kind = _bad_value(exc)
+        if kind is None:
             raise exc
+        if kind == "nul":
+            return error_response(request, 400, "invalid", "a parameter or the body holds a NUL character")
         if _huge_path_number(request):
             return error_response(request, 404, "not-found", "no such id (the number is out of range)")
         return error_response(request, 400, "invalid", "a number in the request is out of range")
