@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from hub.config import LOG_FORMAT, get_settings
+from hub.config import get_settings
 
 if TYPE_CHECKING:
     from hub.mapping import MappingResult
@@ -48,7 +48,6 @@ def serve(
     port: int = typer.Option(None, help="HTTP port (HUB_HTTP_PORT)"),
 ) -> None:
     """Run HTTP (FHIR API, HL7 over HTTP), the MLLP listener and, without a broker, the worker."""
-    import logging
 
     import uvicorn
 
@@ -59,7 +58,9 @@ def serve(
         settings.http_host = host
     if port:
         settings.http_port = port
-    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
+    from hub import logs
+
+    logs.configure(settings)
     typer.echo(
         f"hub: HTTP on {settings.http_host}:{settings.http_port}, MLLP on {settings.mllp_host}:{settings.mllp_port}, "
         f"database {_safe_url(settings.sqlalchemy_url)}, "
@@ -76,6 +77,8 @@ def serve(
         port=settings.http_port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        # JSON lines: uvicorn's loggers go through the root logger's JSON handler, not its own.
+        log_config=None if logs.json_logs(settings) else uvicorn.config.LOGGING_CONFIG,
     )
 
 

@@ -88,6 +88,7 @@ class Settings(BaseSettings):
 
     token_ttl_s: int = 3600
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json (one JSON object per line)
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -26,7 +26,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from typing import Any
 
-from hub.config import LOG_FORMAT, Settings
+from hub.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,9 @@ def _child_main(settings: Settings, inbox: Queue[Any], replies: Queue[str], pare
     after the one in hand (the rest stay ``received``; the sweeper of the next ``hub serve`` sends them)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
+    from hub import logs
+
+    logs.configure(settings)
     if settings.worker_nice > 0:
         os.nice(settings.worker_nice)
     if settings.mappings_dir:
