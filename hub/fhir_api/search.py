@@ -221,7 +221,43 @@ def parse_query(
             q.conditions.append(driver.condition)
         else:
             q.conditions.append(criterion(session, resource_type, param, modifier, raw, R))
+    _check_includes(q, strict)
     return q
+
+
+def _check_includes(q: Query, strict: bool) -> None:
+    """An ``_include``/``_revinclude`` naming an unknown type or no reference parameter of it: 400 under
+    ``handling=strict``, else left out with a warning in the Bundle (never a silent empty include)."""
+    for label, specs in (("_include", q.include), ("_revinclude", q.revinclude)):
+        kept = []
+        for spec, iterate in specs:
+            problem = _include_problem(spec)
+            if problem is None:
+                kept.append((spec, iterate))
+                continue
+            msg = f"{label} {spec[:100]!r}: {problem}"
+            if strict:
+                raise BadRequest(msg, code="not-supported")
+            q.issues.append(msg + "; ignored")
+        specs[:] = kept
+
+
+def _include_problem(spec: str) -> str | None:
+    if spec == "*":
+        return None
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        return "expected Type:parameter[:TargetType]"
+    source, name = parts[0], parts[1]
+    if not _TYPE_RE.match(source) or not is_resource_type(source):
+        return f"{source[:64]} is not a resource type"
+    if name != "*":
+        param = params_of(source).get(name)
+        if param is None or param.type != REFERENCE:
+            return f"{source} has no reference search parameter {name[:64]!r}"
+    if len(parts) == 3 and not (_TYPE_RE.match(parts[2]) and is_resource_type(parts[2])):
+        return f"{parts[2][:64]} is not a resource type"
+    return None
 
 
 def _driver(session: Session, rtype: str, param: SearchParam, modifier: str, raw: str) -> Driver | None:

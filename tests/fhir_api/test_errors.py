@@ -150,3 +150,26 @@ def test_fhir_write_body_limit_is_413(client: TestClient, token: Callable[[str],
     headers = {**token("sender"), "Content-Type": "application/fhir+json"}
     _outcome(client.post("/fhir/Patient", content=big, headers=headers), 413)
     _outcome(client.post("/fhir", content=big, headers=headers), 413)
+
+
+def test_unknown_includes_are_400_strict_and_a_warning_lenient(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    strict = {**auth, "Prefer": "handling=strict"}
+    for url in (
+        "/fhir/Patient?_include=Patient:nonsense",
+        "/fhir/Patient?_include=garbage",
+        "/fhir/Patient?_revinclude=Foo:bar",
+        "/fhir/Observation?_include=Observation:subject:Nothing",
+    ):
+        _outcome(client.get(url, headers=strict), 400)
+        lenient = client.get(url, headers=auth)
+        assert lenient.status_code == 200, url
+        issues = [
+            e["resource"]
+            for e in lenient.json().get("entry", [])
+            if e["resource"]["resourceType"] == "OperationOutcome"
+        ]
+        assert issues and "ignored" in issues[0]["issue"][0]["diagnostics"], url
+    assert client.get("/fhir/Observation?_include=Observation:subject", headers=strict).status_code == 200
+    assert client.get("/fhir/Patient?_revinclude=Observation:subject", headers=strict).status_code == 200
