@@ -12,7 +12,6 @@ from fastapi.responses import Response
 
 from hub import __version__
 from hub.config import Settings, get_settings
-from hub.errors import HubError
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,16 +32,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="hub", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
 
-    @app.exception_handler(HubError)
-    async def _hub_error(request: Request, exc: HubError) -> Response:
-        from hub.fhir.outcome import operation_outcome
+    from hub.fhir_api.errors import install as install_error_handlers
 
-        return Response(
-            operation_outcome("error", exc.code, exc.message),
-            status_code=exc.http_status,
-            media_type="application/fhir+json",
-            headers=getattr(exc, "headers", None),
-        )
+    install_error_handlers(app)
 
     from hub.ingest.http import router as hl7_router
     from hub.ingest.operator import router as operator_router
@@ -70,6 +62,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(fhir_public)
     app.include_router(fhir_router)
+
+    from hub import metrics
+    from hub.auth import require_role
+    from hub.fhir_api.sessions import _engines
+
+    app.add_middleware(metrics.HttpTimer)
+    registries: dict[int, object] = {}
+
+    @app.get("/metrics", dependencies=[Depends(require_role("admin"))], summary="Prometheus metrics")
+    def prometheus_metrics(request: Request) -> Response:
+        engine = _engines(request)[1]
+        registry = registries.get(id(engine))
+        if registry is None:
+            registry = registries[id(engine)] = metrics.registry_for(engine)
+        return metrics.render(registry)  # type: ignore[arg-type]
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from hub.config import LOG_FORMAT, get_settings
+from hub.config import get_settings
 
 if TYPE_CHECKING:
     from hub.mapping import MappingResult
@@ -47,7 +48,6 @@ def serve(
     port: int = typer.Option(None, help="HTTP port (HUB_HTTP_PORT)"),
 ) -> None:
     """Run HTTP (FHIR API, HL7 over HTTP), the MLLP listener and, without a broker, the worker."""
-    import logging
 
     import uvicorn
 
@@ -58,20 +58,32 @@ def serve(
         settings.http_host = host
     if port:
         settings.http_port = port
-    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
+    from hub import logs
+
+    logs.configure(settings)
     typer.echo(
         f"hub: HTTP on {settings.http_host}:{settings.http_port}, MLLP on {settings.mllp_host}:{settings.mllp_port}, "
         f"database {_safe_url(settings.sqlalchemy_url)}, "
         f"{'Celery at ' + _safe_url(settings.broker_url) if settings.broker_url else 'in-process worker'}, "
         f"registration {'open' if settings.registration_open else 'closed'}"
     )
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler found before
+    # it: the default one would end the process at once, without the exit handlers that release the
+    # worker process's queues (the "leaked semaphore" warnings). This one ends it normally.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     uvicorn.run(
         create_app(settings),
         host=settings.http_host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        # JSON lines: uvicorn's loggers go through the root logger's JSON handler, not its own.
+        log_config=None if logs.json_logs(settings) else uvicorn.config.LOGGING_CONFIG,
     )
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @app.command()
@@ -277,6 +289,10 @@ def replay(
     try:
         with session_scope(engine) as session:
             ids = list(session.scalars(stmt))
+        missing = sorted(set(id or []) - set(ids)) if id and not state else []
+        if missing:
+            typer.echo(f"no stored message with id {', '.join(map(str, missing))}", err=True)
+            raise typer.Exit(2)
         for start in range(0, len(ids), 200):
             with session_scope(engine) as session:
                 batch = ids[start : start + 200]
@@ -305,6 +321,9 @@ def sender_add(
     time_zone: str = typer.Option(None, "--tz", help="IANA time zone for datetimes without offset"),
     overlay: str = typer.Option(None, help="mapping overlay under mappings/senders/"),
     secret: str = typer.Option(None, help="password for HL7 over HTTP (Basic auth, user = facility)"),
+    charset: str = typer.Option(
+        None, help="character set of messages that leave MSH-18 empty, e.g. 8859/1 or cp1252 ('' clears it)"
+    ),
 ) -> None:
     """Register (or update) a sending facility."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -322,7 +341,23 @@ def sender_add(
         except (ZoneInfoNotFoundError, ValueError):
             typer.echo(f"unknown time zone {time_zone!r} (use an IANA name such as Asia/Jakarta)", err=True)
             raise typer.Exit(2) from None
-    with session_scope(make_engine(settings.sqlalchemy_url)) as session:
+    if overlay:
+        from hub.mapping import configure, mappings_dir
+
+        if settings.mappings_dir:
+            configure(settings.mappings_dir)
+        odir = mappings_dir() / "senders" / overlay
+        if not odir.is_dir():
+            typer.echo(f"overlay {overlay!r} does not exist (no folder {odir})", err=True)
+            raise typer.Exit(2)
+    if charset:
+        from hub.hl7 import codec_for
+
+        if codec_for(charset) is None:
+            typer.echo(f"unknown character set {charset!r} (e.g. 8859/1, cp1252, UTF-8)", err=True)
+            raise typer.Exit(2)
+    engine = make_engine(settings.sqlalchemy_url)
+    with session_scope(engine) as session:
         sender = session.scalars(select(Sender).where(Sender.facility == facility)).first()
         created = sender is None
         if sender is None:
@@ -337,6 +372,9 @@ def sender_add(
             sender.overlay = overlay or None
         if secret:
             sender.http_secret_hash = hash_secret(secret)
+        if charset is not None:
+            sender.charset = charset or None
+    engine.dispose()
     typer.echo(f"sender {facility} {'registered' if created else 'updated'}")
 
 

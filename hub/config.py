@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     mllp_port: int = 2575
     mllp_max_frame_bytes: int = 10 * 1024 * 1024
     mllp_idle_timeout_s: float = 300.0
+    # Bytes outside MLLP frames a connection may send before it is closed (reported once per connection).
+    mllp_max_garbage_bytes: int = 4096
+    # Per message (MLLP and HTTP): at most this many segments and field/component/repetition separators.
+    hl7_max_segments: int = 50_000
+    hl7_max_delimiters: int = 2_000_000
     mllp_tls_cert: Path | None = None
     mllp_tls_key: Path | None = None
     mllp_tls_client_ca: Path | None = None  # set: client certificates are required
@@ -100,6 +105,7 @@ class Settings(BaseSettings):
     export_batch: int = 1000
     export_pseudonym_key: str | None = None
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json (one JSON object per line)
 
     @property
     def sqlalchemy_url(self) -> str:

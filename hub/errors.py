@@ -8,7 +8,9 @@ HubError
  ├── Unauthorized        401
  ├── Forbidden           403
  ├── Conflict            409
+ ├── NotAcceptable       406
  ├── PreconditionFailed  412
+ ├── PayloadTooLarge     413
  ├── Unprocessable       422
  └── ProcessingError     500  (a message that could not be processed; kept as data, replayable)
       ├── MappingError        (no map, or a map that cannot be applied)
@@ -57,6 +59,16 @@ class Forbidden(HubError):
 class Conflict(HubError):
     code = "conflict"
     http_status = 409
+
+
+class NotAcceptable(HubError):
+    code = "not-supported"
+    http_status = 406
+
+
+class PayloadTooLarge(HubError):
+    code = "too-costly"
+    http_status = 413
 
 
 class PreconditionFailed(HubError):

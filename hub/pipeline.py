@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import traceback
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -167,7 +168,12 @@ def _sender_context(session: Session, row: InboundMessage) -> SenderContext:
         ctx = (
             SenderContext(facility=row.facility)
             if sender is None
-            else SenderContext(facility=sender.facility, overlay=sender.overlay, time_zone=sender.time_zone)
+            else SenderContext(
+                facility=sender.facility,
+                overlay=sender.overlay,
+                time_zone=sender.time_zone,
+                charset=sender.charset,
+            )
         )
         if sender is not None:
             known[row.sender_id] = ctx
@@ -208,8 +214,25 @@ def _event_instant(resources: list[dict[str, Any]]) -> str | None:
 def _map(session: Session, row: InboundMessage) -> MappingResult:
     """Parse, map and validate: nothing written, so a message failing here needs no savepoint to undo."""
     header = hl7.peek_header(row.raw)
-    message = hl7.parse(hl7.decode(row.raw, header))
-    result = map_message(message, _sender_context(session, row))
+    ctx = _sender_context(session, row)
+    # Nothing replaced silently: the sender's charset for bytes that are not UTF-8 (no MSH-18), and a
+    # warning in the report for bytes invalid in the charset in force or control characters removed.
+    decoded = hl7.decode_checked(row.raw, header, ctx.charset)
+    message = hl7.parse(decoded.text)
+    result = map_message(message, ctx)
+    for code, text_ in decoded.warnings:
+        result.warnings.append(f"{code}: {text_}")
+        result.unmapped.append(
+            {
+                "segment": "MSH",
+                "index": 0,
+                "field": 18,
+                "name": code,
+                "value": "",
+                "note": text_,
+                "warning": code,
+            }
+        )
     # HUB_VALIDATE: the R4B models check all, a sample, or none of the mapped messages.
     validate_resources(result.resources, get_settings().validate_mode, key=row.id)
     return result
@@ -343,9 +366,18 @@ def _failure(row: InboundMessage, exc: Exception) -> _Done:
         return _fail(row, exc.code, exc.message)
     if isinstance(exc, hl7.HeaderError):
         return _fail(row, "unreadable-header", exc.text)
-    log.exception("message %s failed unexpectedly", row.id)
-    return _fail(row, "internal-error", f"{type(exc).__name__}: {exc}")
+    # Neither the exception's text (a database error's carries the SQL and its parameters: patient data)
+    # nor its traceback's last line: where it happened, and what kind of error it was.
+    log.error(
+        "message %s failed unexpectedly: %s\n%s",
+        row.id,
+        type(exc).__name__,
+        "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+    )
+    return _fail(row, "internal-error", f"{type(exc).__name__} (details in the hub's log)")
 
 
 def _fail(row: InboundMessage, code: str, text_: str) -> _Done:
+    # One line per failed message: id, sender, type and code (never values from the message).
+    log.warning("message %s from %s (%s) failed: %s", row.id, row.facility, row.message_type, code)
     return _Done(Outcome(row.id, "failed", code), datetime.now(UTC), error_text=text_[:4000])

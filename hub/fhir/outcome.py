@@ -25,6 +25,8 @@ _ISSUE_TYPES = {
     "conflict": "conflict",
     "precondition-failed": "conflict",
     "processing": "processing",
+    "not-supported": "not-supported",
+    "too-costly": "too-costly",
 }
 
 

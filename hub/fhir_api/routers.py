@@ -16,20 +16,35 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from hub.auth import Principal, require_principal
-from hub.errors import BadRequest
+from hub.errors import BadRequest, NotAcceptable, PayloadTooLarge
 from hub.fhir_api import bundle as bundles
 from hub.fhir_api import search as fhir_search
 from hub.fhir_api import writes
 from hub.fhir_api.capability import capability_statement
 from hub.fhir_api.outcome import warnings_outcome
 from hub.fhir_api.sessions import read_connection, read_scope, read_session, write_session
+from hub.limits import TooLarge, read_limited
 from hub.store import resources as store
 from hub.store.search_params import date_range, params_of
 
 FHIR_JSON = bundles.FHIR_JSON
 
-public = APIRouter(prefix="/fhir", tags=["fhir"])
-router = APIRouter(prefix="/fhir", tags=["fhir"])
+_JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json", "application/json+fhir"})
+
+
+def check_format(request: Request) -> None:
+    """``_format`` (and an Accept header that wants only XML): the hub answers JSON only, so anything
+    else is 406, never a silent JSON answer."""
+    fmt = request.query_params.get("_format")
+    if fmt is not None and fmt.split(";")[0].strip().lower() not in _JSON_FORMATS:
+        raise NotAcceptable("only JSON is served (_format=json or application/fhir+json)")
+    accept = request.headers.get("accept", "").lower()
+    if accept and "xml" in accept and "json" not in accept and "*/*" not in accept:
+        raise NotAcceptable("only JSON is served (Accept: application/fhir+json)")
+
+
+public = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(check_format)])
+router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(check_format)])
 
 
 def _base(request: Request) -> str:
@@ -64,9 +79,12 @@ def _count(raw: str | None, default: int) -> int:
     if raw is None:
         return default
     try:
-        return max(1, min(int(raw), fhir_search.MAX_COUNT))
+        count = int(raw)
     except ValueError as exc:
-        raise BadRequest(f"_count must be an integer, not {raw!r}") from exc
+        raise BadRequest("_count must be an integer") from exc
+    if count < 0:
+        raise BadRequest(f"_count must be between 0 and {fhir_search.MAX_COUNT}")
+    return max(1, min(count, fhir_search.MAX_COUNT))
 
 
 def _next_url(base: str, path: str, params: list[tuple[str, str]], cursor: str | None) -> str | None:
@@ -86,8 +104,13 @@ def _readable(principal: Principal, rows: list[fhir_search.Row]) -> list[fhir_se
 
 
 async def raw_body(request: Request) -> bytes:
-    """The request body, read before the (synchronous, thread-pooled) route runs."""
-    return await request.body()
+    """The request body, read before the (synchronous, thread-pooled) route runs; one larger than
+    ``HUB_MLLP_MAX_FRAME_BYTES`` is 413 and read no further."""
+    limit = request.app.state.settings.mllp_max_frame_bytes
+    try:
+        return await read_limited(request, limit)
+    except TooLarge as exc:
+        raise PayloadTooLarge(f"the body exceeds the {limit}-byte limit") from exc
 
 
 # --- capability ---------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from hub.errors import BadRequest, Gone, NotFound
+from hub.fhir.types import is_resource_type
 from hub.store.models import (
     Resource,
     ResourceVersion,
@@ -125,8 +126,8 @@ R = Resource.__table__.c
 
 
 def check_type(resource_type: str) -> str:
-    if not _TYPE_RE.match(resource_type):
-        raise NotFound(f"{resource_type} is not a resource type")
+    if not _TYPE_RE.match(resource_type) or not is_resource_type(resource_type):
+        raise NotFound(f"{resource_type[:64]} is not a FHIR R4 resource type")
     return resource_type
 
 
@@ -220,7 +221,43 @@ def parse_query(
             q.conditions.append(driver.condition)
         else:
             q.conditions.append(criterion(session, resource_type, param, modifier, raw, R))
+    _check_includes(q, strict)
     return q
+
+
+def _check_includes(q: Query, strict: bool) -> None:
+    """An ``_include``/``_revinclude`` naming an unknown type or no reference parameter of it: 400 under
+    ``handling=strict``, else left out with a warning in the Bundle (never a silent empty include)."""
+    for label, specs in (("_include", q.include), ("_revinclude", q.revinclude)):
+        kept = []
+        for spec, iterate in specs:
+            problem = _include_problem(spec)
+            if problem is None:
+                kept.append((spec, iterate))
+                continue
+            msg = f"{label} {spec[:100]!r}: {problem}"
+            if strict:
+                raise BadRequest(msg, code="not-supported")
+            q.issues.append(msg + "; ignored")
+        specs[:] = kept
+
+
+def _include_problem(spec: str) -> str | None:
+    if spec == "*":
+        return None
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        return "expected Type:parameter[:TargetType]"
+    source, name = parts[0], parts[1]
+    if not _TYPE_RE.match(source) or not is_resource_type(source):
+        return f"{source[:64]} is not a resource type"
+    if name != "*":
+        param = params_of(source).get(name)
+        if param is None or param.type != REFERENCE:
+            return f"{source} has no reference search parameter {name[:64]!r}"
+    if len(parts) == 3 and not (_TYPE_RE.match(parts[2]) and is_resource_type(parts[2])):
+        return f"{parts[2][:64]} is not a resource type"
+    return None
 
 
 def _driver(session: Session, rtype: str, param: SearchParam, modifier: str, raw: str) -> Driver | None:
@@ -249,9 +286,12 @@ def _driver(session: Session, rtype: str, param: SearchParam, modifier: str, raw
 def _control(q: Query, name: str, raw: str) -> None:
     if name == "_count":
         try:
-            q.count = max(0, min(int(raw), MAX_COUNT))
+            count = int(raw)
         except ValueError as exc:
-            raise BadRequest(f"_count must be an integer, not {raw!r}") from exc
+            raise BadRequest("_count must be an integer") from exc
+        if count < 0:
+            raise BadRequest(f"_count must be between 0 and {MAX_COUNT}")
+        q.count = min(count, MAX_COUNT)
     elif name == "_sort":
         for key in raw.split(","):
             desc = key.startswith("-")

@@ -7,6 +7,8 @@ caller answers AR while still keeping the bytes.
 
 from __future__ import annotations
 
+import codecs
+import re
 from dataclasses import dataclass
 
 from hub.hl7._escape import Encoding
@@ -106,6 +108,8 @@ def peek_header(raw: bytes) -> Header:
         raise HeaderError(
             "MSH-2 encoding characters repeat or are not delimiters", code="102", location="MSH^1^2"
         )
+    if _CONTROL.search(line):
+        raise HeaderError("MSH holds control characters (NUL or the like)", code="102", location="MSH^1")
     enc = encoding_from_msh(line)
     parts = line.split(sep)
     fields = ("MSH", sep, *parts[1:])  # index = HL7 field number
@@ -150,6 +154,49 @@ def peek_header(raw: bytes) -> Header:
     )
 
 
+def check_message(raw: bytes, header: Header, *, max_segments: int, max_delimiters: int) -> None:
+    """What intake checks beyond MSH, without tokenizing: one message only (a second MSH inside the bytes
+    would otherwise vanish into the first one's unmapped report: batches come as FHS/BHS files through
+    ``hub import``), and at most ``max_segments`` segments and ``max_delimiters`` field, component,
+    repetition and subcomponent separators, so no message can expand into millions of strings."""
+    data = strip_bom(raw)
+    marker = b"MSH" + header.encoding.field.encode("latin-1")
+    position = 0
+    while True:
+        i = data.find(marker, position + 1)
+        if i < 0:
+            break
+        if data[i - 1 : i] in (b"\r", b"\n"):
+            before = data[:i]
+            segment = (before.count(b"\r") or before.count(b"\n")) + 1
+            raise HeaderError(
+                f"a second message (MSH, segment {segment}) in one frame or body: send one message per frame"
+                " or body, or the messages as an HL7 batch file (FHS/BHS)",
+                code="100",
+                location="MSH^2",
+            )
+        position = i
+    segments = data.count(b"\r") or data.count(b"\n")
+    if segments > max_segments:
+        raise HeaderError(
+            f"message of more than {max_segments} segments (the limit per message)",
+            code="207",
+            location="MSH",
+        )
+    enc = header.encoding
+    delimiters = sum(
+        data.count(c.encode("latin-1"))
+        for c in (enc.field, enc.component, enc.repetition, enc.subcomponent)
+        if c
+    )
+    if delimiters > max_delimiters:
+        raise HeaderError(
+            f"message of more than {max_delimiters} fields, components and repetitions (the limit per message)",
+            code="207",
+            location="MSH",
+        )
+
+
 def _hd(fields: tuple[str, ...], n: int, enc: Encoding) -> str:
     """An HD field as one key: its namespace id, else its universal id."""
     if n >= len(fields):
@@ -159,8 +206,70 @@ def _hd(fields: tuple[str, ...], n: int, enc: Encoding) -> str:
 
 def decode(raw: bytes, header: Header) -> str:
     """The message as text, in the charset MSH-18 names (UTF-8 when absent). Undecodable bytes become
-    U+FFFD rather than failing: the raw bytes are kept, so nothing is lost."""
+    U+FFFD rather than failing: the raw bytes are kept, so nothing is lost. The pipeline uses
+    :func:`decode_checked`, which says so."""
     return strip_bom(raw).decode(header.codec, errors="replace")
+
+
+# C0 controls other than TAB, LF and CR, and DEL: not allowed in a FHIR string (nor in a PostgreSQL text).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def codec_for(charset: str) -> str | None:
+    """The Python codec of an HL7 table 0211 name (``8859/1``) or of a Python codec name (``latin-1``,
+    ``cp1252``); None when neither."""
+    codec = _CHARSETS.get(charset.strip().upper())
+    if codec:
+        return codec
+    try:
+        return codecs.lookup(charset.strip()).name if charset.strip() else None
+    except LookupError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    text: str
+    codec: str  # the codec the text was decoded with
+    warnings: tuple[tuple[str, str], ...]  # (code, text): invalid-encoding, control-characters
+
+
+def decode_checked(raw: bytes, header: Header, fallback: str | None = None) -> Decoded:
+    """The message as text, nothing replaced silently. Without MSH-18 a sender's ``fallback`` charset
+    (``hub sender add --charset``) decodes bytes that are not UTF-8; bytes invalid in the charset in
+    force become U+FFFD with an ``invalid-encoding`` warning; control characters (NUL and the others no
+    FHIR string may hold) are removed with a ``control-characters`` warning. Warnings name the charset
+    and count bytes, never the text."""
+    data = strip_bom(raw)
+    warnings: list[tuple[str, str]] = []
+    codec = header.codec
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError as exc:
+        fb = codec_for(fallback) if fallback and not header.charset else None
+        if fb is not None and fb != codec:
+            codec = fb
+            try:
+                text = data.decode(fb)
+            except UnicodeDecodeError as exc2:
+                text = data.decode(fb, errors="replace")
+                warnings.append(_invalid(fb, exc2.start))
+        else:
+            text = data.decode(codec, errors="replace")
+            warnings.append(_invalid(codec, exc.start, named=bool(header.charset)))
+    if _CONTROL.search(text):
+        count = len(_CONTROL.findall(text))
+        text = _CONTROL.sub("", text)
+        warnings.append(("control-characters", f"{count} control character(s) (NUL and the like) removed"))
+    return Decoded(text, codec, tuple(warnings))
+
+
+def _invalid(codec: str, offset: int, named: bool = True) -> tuple[str, str]:
+    where = "MSH-18" if named else "no MSH-18 and no sender charset: UTF-8"
+    return (
+        "invalid-encoding",
+        f"bytes not valid {codec} ({where}) from byte {offset}; replaced by U+FFFD, raw bytes kept",
+    )
 
 
 def patient_key(text: str, enc: Encoding) -> str | None:
@@ -183,4 +292,4 @@ def patient_key(text: str, enc: Encoding) -> str | None:
     if not ident:
         return None
     authority = value_at(raw, enc, 4).strip()
-    return f"{ident}^{authority}"[:250]
+    return _CONTROL.sub("", f"{ident}^{authority}")[:250]

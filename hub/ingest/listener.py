@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 # Frames a connection may have in flight (sent, not yet acknowledged) before the hub stops reading it
 # until ACKs catch up: a sender that pipelines without reading cannot make the hub buffer without end.
 MAX_IN_FLIGHT = 1000
+# A connection that has sent bytes outside frames and no frame at all is closed after this long idle
+# (not HUB_MLLP_IDLE_TIMEOUT_S): whatever it is, it is not an MLLP sender waiting between messages.
+GARBAGE_IDLE_S = 10.0
 
 
 def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
@@ -113,6 +116,9 @@ class _Connection(asyncio.Protocol):
         self.closing = False  # no more frames are read; close once the outstanding ACKs are written
         self._last_read = 0.0
         self._idle: asyncio.TimerHandle | None = None
+        self.frames = 0  # frames received on this connection
+        self._garbage_reported = False
+        self._garbage_timer = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -132,7 +138,18 @@ class _Connection(asyncio.Protocol):
         # returns must find the connection, or its ACK would wait for the next commit's wake-up.
         self.server._waiting[self] = None
         submitted = False
-        for item in self.decoder.feed(data):
+        items = self.decoder.feed(data)
+        self.frames += len(items)
+        if self.decoder.discarded > self.server.settings.mllp_max_garbage_bytes:
+            self._report_garbage(closing=True)
+            self.closing = True  # answer the frames it did send, then close
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        elif self.decoder.discarded and not self.frames and not self._garbage_timer:
+            self._garbage_timer = True  # not an MLLP sender so far: not held for the whole idle timeout
+            if self._idle is not None:
+                self._idle.cancel()
+            self._idle = asyncio.get_running_loop().call_later(GARBAGE_IDLE_S, self._check_idle)
+        for item in items:
             if isinstance(item, Oversize):
                 self.tickets.append(intake.submit_ticket(item.head, "mllp", oversize=item.size))
                 submitted = True
@@ -143,6 +160,8 @@ class _Connection(asyncio.Protocol):
             # into one group commit); the ACKs go back in the order of the frames.
             self.tickets.append(intake.submit_ticket(item, "mllp"))
             submitted = True
+        if not submitted and self.closing and not self.tickets:
+            self.close()
         if submitted:
             if self.tickets[-1].done:  # committed on this thread (an intake that was not started)
                 self.server._flush()
@@ -156,6 +175,8 @@ class _Connection(asyncio.Protocol):
         return bool(self.tickets)  # True keeps the transport open for the outstanding ACKs
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.decoder.discarded:
+            self._report_garbage(closing=False)
         if isinstance(exc, OSError):  # resets, TLS errors
             log.info("MLLP connection %s dropped: %s", self.peer, type(exc).__name__)
         elif exc is not None:
@@ -202,6 +223,21 @@ class _Connection(asyncio.Protocol):
             self.close()
         return not tickets
 
+    def _report_garbage(self, *, closing: bool) -> None:
+        """One log line per connection that sent bytes outside MLLP frames (never the bytes)."""
+        if self._garbage_reported:
+            return
+        self._garbage_reported = True
+        log.warning(
+            "MLLP connection %s sent %d byte(s) outside frames (%d frame(s))%s",
+            self.peer,
+            self.decoder.discarded,
+            self.frames,
+            f"; over the {self.server.settings.mllp_max_garbage_bytes}-byte limit, closing"
+            if closing
+            else "",
+        )
+
     def close(self) -> None:
         self.closing = True
         if self.transport is not None:
@@ -212,6 +248,8 @@ class _Connection(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         timeout = self.server.settings.mllp_idle_timeout_s
+        if self.decoder.discarded and not self.frames:
+            timeout = min(timeout, GARBAGE_IDLE_S)
         idle_for = loop.time() - self._last_read
         if idle_for >= timeout and not self.tickets:
             log.info("MLLP connection %s idle, closing", self.peer)

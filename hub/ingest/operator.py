@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from hub.auth import require_role
@@ -83,6 +83,37 @@ def list_messages(
     if len(rows) == limit:
         body["next_before_id"] = rows[-1].id
     return _json(body)
+
+
+@router.get("/stats", summary="Messages by state, sender and type; the age of the oldest 'received'")
+def message_stats(session: Annotated[Session, Depends(read_session)]) -> Response:
+    m = InboundMessage
+    rows = session.execute(
+        select(m.state, m.facility, m.message_type, func.count(), func.min(m.received_at))
+        .group_by(m.state, m.facility, m.message_type)
+        .order_by(m.state, m.facility, m.message_type)
+    ).all()
+    now = datetime.now(UTC)
+    by_state = dict.fromkeys(STATES, 0)
+    groups = []
+    oldest: datetime | None = None
+    for state, facility, message_type, count, first in rows:
+        by_state[state] = by_state.get(state, 0) + int(count)
+        groups.append(
+            {"state": state, "facility": facility, "message_type": message_type, "count": int(count)}
+        )
+        if state == "received" and first is not None:
+            first = first if first.tzinfo else first.replace(tzinfo=UTC)
+            oldest = first if oldest is None or first < oldest else oldest
+    return _json(
+        {
+            "total": sum(by_state.values()),
+            "by_state": by_state,
+            "groups": groups,
+            "oldest_received_at": _iso(oldest),
+            "oldest_received_age_s": round((now - oldest).total_seconds(), 3) if oldest else None,
+        }
+    )
 
 
 @router.get("/{message_id}", summary="One message: raw text, ACK, state, error, resources, unmapped report")

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from hub import hl7
+from hub import hl7, metrics
 from hub.config import Settings
 from hub.db import write_turn
 from hub.hl7.reference import structure_for
@@ -73,6 +73,7 @@ class _Item:
     transport: str
     future: Future[Accepted] | Ticket
     oversize: int = 0
+    queued_at: float = 0.0  # time.perf_counter() when the transport handed it over (ACK latency)
     header: hl7.Header | None = None
     error: AckError | None = None
     text_sample: str = ""
@@ -159,6 +160,7 @@ class Intake:
 
     # -- internals -------------------------------------------------------------------------------------
     def _enqueue(self, item: _Item) -> None:
+        item.queued_at = time.perf_counter()
         self._prepare(item)
         if self._thread is None:
             try:
@@ -187,6 +189,16 @@ class Intake:
         try:
             item.header = h = hl7.peek_header(item.raw)
         except hl7.HeaderError as exc:
+            item.error = AckError(exc.code, exc.text, exc.location)
+            return
+        try:
+            hl7.check_message(
+                item.raw,
+                h,
+                max_segments=self.settings.hl7_max_segments,
+                max_delimiters=self.settings.hl7_max_delimiters,
+            )
+        except hl7.HeaderError as exc:  # a second MSH, or a message past the limits: AR, bytes kept
             item.error = AckError(exc.code, exc.text, exc.location)
             return
         try:
@@ -253,7 +265,10 @@ class Intake:
             return
         self._beacon.mark()
         to_dispatch: list[int] = []
+        done_at = time.perf_counter()
         for item, row, accepted in results:
+            metrics.INTAKE.labels(item.transport, accepted.code).inc()
+            metrics.ACK_LATENCY.observe(done_at - item.queued_at)
             if accepted.state == "received" and not accepted.duplicate:
                 to_dispatch.append(row.id)
             _resolve(
@@ -701,4 +716,6 @@ def _guess_control_id(raw: bytes) -> str:
     if not line.startswith(b"MSH") or len(line) < 4:
         return ""
     parts = line.split(line[3:4])
-    return parts[9].decode("latin-1", "replace")[:50] if len(parts) > 9 else ""
+    if len(parts) <= 9:
+        return ""
+    return "".join(c for c in parts[9].decode("latin-1")[:50] if c.isprintable())

@@ -58,6 +58,7 @@ class SenderContext:
     overlay: str | None = None
     time_zone: str = "Asia/Jakarta"
     message_id: int | None = None
+    charset: str | None = None  # the sender's character set for messages without MSH-18
 
 
 @dataclass(slots=True)

@@ -18,7 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hub.db import session_scope
-from hub.errors import BadRequest, NotFound
+from hub.errors import BadRequest, NotFound, PayloadTooLarge
+from hub.limits import TooLarge, read_limited
 from hub.mpi import service
 from hub.mpi.match import features
 from hub.store import resources as store
@@ -40,7 +41,11 @@ def _json(body: Any, status: int = 200, media_type: str = "application/json") ->
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    limit = request.app.state.settings.mllp_max_frame_bytes
+    try:
+        raw = await read_limited(request, limit)
+    except TooLarge as exc:
+        raise PayloadTooLarge(f"the body exceeds the {limit}-byte limit") from exc
     try:
         body = orjson.loads(raw or b"{}")
     except orjson.JSONDecodeError as exc:

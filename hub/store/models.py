@@ -45,6 +45,9 @@ class Sender(Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     time_zone: Mapped[str] = mapped_column(String(64), default="Asia/Jakarta")
     overlay: Mapped[str | None] = mapped_column(String(100))
+    # The character set of a sender whose messages leave MSH-18 empty (``hub sender add --charset``): bytes
+    # that are not UTF-8 are decoded with it (an HL7 table 0211 name such as 8859/1, or a codec name).
+    charset: Mapped[str | None] = mapped_column(String(40))
     http_secret_hash: Mapped[str | None] = mapped_column(String(200))
     auto_registered: Mapped[bool] = mapped_column(Boolean, default=False)
     active: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -101,6 +101,20 @@ class InProcessWorker:
         for i in ids:
             self._queue.put(i)
 
+    def drop_pending(self) -> int:
+        """Forget the ids queued and not yet taken (they stay ``received``: the sweeper sends them again);
+        the batches in hand finish. The number dropped."""
+        dropped = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return dropped
+            if item is None:  # a stop request: keep it
+                self._queue.put(None)
+                return dropped
+            dropped += 1
+
     def _step(self) -> int:
         """Messages per transaction. On SQLite a transaction holds the file's only write lock and the
         intake's next commit (so the next ACKs) waits for it: there, as many as fit in about

@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 import uuid
@@ -25,12 +26,12 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from typing import Any
 
-from hub.config import LOG_FORMAT, Settings
+from hub.config import Settings
 
 log = logging.getLogger(__name__)
 
 _SYNC = "sync"
-_PARENT_CHECK_S = 1.0  # how often an idle child checks that its parent is still alive
+_PARENT_CHECK_S = 0.2  # how often the child checks that its parent is still alive
 
 
 class WorkerProcess:
@@ -123,16 +124,26 @@ class WorkerProcess:
             self._inbox.put(None)
             proc.join(timeout)
         if proc.is_alive():
-            log.warning("the worker process %s did not stop in %.0f s; terminating it", proc.pid, timeout)
-            proc.terminate()
+            log.warning("the worker process %s did not stop in %.0f s; killing it", proc.pid, timeout)
+            proc.kill()  # it ignores SIGTERM (see _child_main)
             proc.join(5)
         with self._lock:
             self._abandon()
 
 
 def _child_main(settings: Settings, inbox: Queue[Any], replies: Queue[str], parent: int) -> None:
-    """The child: an ``InProcessWorker`` fed from ``inbox``, until ``None`` or the parent's death."""
-    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
+    """The child: an ``InProcessWorker`` fed from ``inbox``, until ``None`` or the parent's death.
+
+    It ignores SIGINT and SIGTERM: a signal sent to the whole process group (Ctrl-C, a service manager's
+    stop) is the serving process's to handle, which stops the child through ``inbox`` once the intake is
+    closed; killed by the signal instead, the child would be restarted during the shutdown. Should the
+    serving process die, the child notices within ``_PARENT_CHECK_S``, takes no new message and ends
+    after the one in hand (the rest stay ``received``; the sweeper of the next ``hub serve`` sends them)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from hub import logs
+
+    logs.configure(settings)
     if settings.worker_nice > 0:
         os.nice(settings.worker_nice)
     if settings.mappings_dir:
@@ -146,15 +157,27 @@ def _child_main(settings: Settings, inbox: Queue[Any], replies: Queue[str], pare
     read_engine = make_engine(settings.sqlalchemy_url, read_only=True)
     worker = InProcessWorker.embedded(settings, engine, read_engine)
     worker.start()
+    orphaned = threading.Event()
+
+    def watch_parent() -> None:
+        while not orphaned.is_set():
+            if os.getppid() != parent:
+                log.warning("the serving process %s is gone; the worker process stops", parent)
+                orphaned.set()
+                worker.drop_pending()  # not the queued ids: only the batch in hand is finished
+                return
+            time.sleep(_PARENT_CHECK_S)
+
+    watcher = threading.Thread(target=watch_parent, name="hub-parent-watch", daemon=True)
+    watcher.start()
     try:
-        while True:
+        while not orphaned.is_set():
             try:
                 item = inbox.get(timeout=_PARENT_CHECK_S)
             except queue.Empty:
-                if os.getppid() != parent:
-                    log.warning("the serving process %s is gone; the worker process stops", parent)
-                    return
                 continue
+            if orphaned.is_set():
+                return
             if item is None:
                 return
             if isinstance(item, tuple) and item[0] == _SYNC:
@@ -163,6 +186,7 @@ def _child_main(settings: Settings, inbox: Queue[Any], replies: Queue[str], pare
                 continue
             worker.dispatch(item)
     finally:
+        orphaned.set()
         worker.stop()
         worker.engine.dispose()
         read_engine.dispose()

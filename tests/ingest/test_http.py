@@ -52,7 +52,7 @@ def test_operator_lists_and_inspects(client: TestClient) -> None:
     assert client.get("/hl7/messages", headers={"Authorization": f"Bearer {clinician}"}).status_code == 403
     assert client.get("/hl7/messages", headers={"Authorization": ""}).status_code == 401
     bad = client.get("/hl7/messages", params={"state": "nonsense"})
-    assert bad.status_code == 400 and bad.json()["resourceType"] == "OperationOutcome"
+    assert bad.status_code == 400 and bad.json()["status"] == 400  # RFC 9457 problem details
 
 
 def test_sender_with_password_must_authenticate(client: TestClient, engine: Engine) -> None:
@@ -70,3 +70,23 @@ def test_sender_with_password_must_authenticate(client: TestClient, engine: Engi
     assert client.post("/hl7/v2", content=body, auth=("RS_PRIVATE", "wrong")).status_code == 401
     ok = client.post("/hl7/v2", content=body, auth=("RS_PRIVATE", "s3cret"))
     assert ok.status_code == 200 and parse(ok.text).get("MSA-1") == "AA"
+
+
+def test_message_stats_count_by_state_sender_and_type(client: TestClient) -> None:
+    empty = client.get("/hl7/messages/stats").json()
+    assert empty["total"] == 0 and empty["oldest_received_age_s"] is None
+    client.post("/hl7/v2", content=adt("ST1").encode())
+    client.post("/hl7/v2", content=adt("ST2", mrn="M2").encode())
+    client.post("/hl7/v2", content=adt("ST3", facility="RS_LAIN").encode())
+    client.post("/hl7/v2", content=b"MSH|bad")
+    stats = client.get("/hl7/messages/stats").json()
+    assert stats["total"] == 4
+    assert stats["by_state"]["received"] == 3 and stats["by_state"]["rejected"] == 1
+    assert {"state": "received", "facility": "RSUD_SEHAT", "message_type": "ADT^A01", "count": 2} in stats[
+        "groups"
+    ]
+    assert stats["oldest_received_age_s"] >= 0 and stats["oldest_received_at"]
+    clinician = issue_token(client.app.state.settings, "clinician")  # type: ignore[attr-defined]
+    assert (
+        client.get("/hl7/messages/stats", headers={"Authorization": f"Bearer {clinician}"}).status_code == 403
+    )

@@ -212,3 +212,40 @@ def test_stopping_closes_idle_connections(engine: Engine) -> None:
         intake.stop()
 
     asyncio.run(main())
+
+
+def test_garbage_outside_frames_is_reported_and_the_connection_closed(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(frame(adt("G1").encode()) + b"GET / HTTP/1.1\r\n" + b"x" * 3000)
+        await writer.drain()
+        (ack,) = await _read_acks(reader, 1)
+        assert parse(ack).get("MSA-2") == "G1"
+        writer.write(b"y" * 2000)  # past the 4 KiB of garbage a connection may send
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(100), 5) == b""  # closed by the hub
+        writer.close()
+
+    with caplog.at_level("INFO", logger="hub.ingest.listener"):
+        _run(engine, body)
+    lines = [r.getMessage() for r in caplog.records if "outside frames" in r.getMessage()]
+    assert len(lines) == 1 and "closing" in lines[0] and "(1 frame(s))" in lines[0]
+
+
+def test_a_connection_sending_only_garbage_is_not_held(
+    engine: Engine, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(listener, "GARBAGE_IDLE_S", 0.3)
+
+    async def body(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"hello?\r\n")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(100), 5) == b""  # not the 300 s idle timeout
+        writer.close()
+
+    with caplog.at_level("INFO", logger="hub.ingest.listener"):
+        _run(engine, body)
+    assert any("sent 8 byte(s) outside frames (0 frame(s))" in r.getMessage() for r in caplog.records)
