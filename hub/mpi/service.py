@@ -555,22 +555,37 @@ def find_candidates(
             session.scalars(select(MpiSource.golden_id).where(MpiSource.id.in_(forbidden_sources)))
         )
     best: dict[str, Candidate] = {}
+    parsed = [(row, _features_of_stored(row.raw, settings.match)) for row in rows]
+    suspect = nik_is_suspect(feats, ((row.golden_id, other) for row, other in parsed))
     # Sources of one person often share every compared feature (they differ in their MRNs): compare once.
     results: dict[tuple[Any, ...], MatchResult] = {}
-    for row in rows:
+    for row, other in parsed:
         if row.golden_id in forbidden_goldens:
             continue
-        other = _features_of_stored(row.raw, settings.match)
         fkey = _features_key(other)
         result = results.get(fkey)
         if result is None:
-            result = results[fkey] = compare(feats, other, settings.match)
+            result = results[fkey] = compare(feats, other, settings.match, nik_suspect=suspect)
         if result.outcome == "no-match":
             continue
         current = best.get(row.golden_id)
         if current is None or _rank(result) > _rank(current.result):
             best[row.golden_id] = Candidate(row.golden_id, row.id, result)
     return sorted(best.values(), key=lambda c: _rank(c.result), reverse=True)
+
+
+def nik_is_suspect(feats: Features, carriers: Iterable[tuple[str, Features]]) -> bool:
+    """Whether the valid NIK of ``feats`` is suspect: among ``carriers`` (golden id, features of a stored
+    source), those with the same NIK belong to two golden records or more, placeholders (a newborn under
+    the mother's NIK) left out. A NIK that different people carry (a family card number, a parent's NIK)
+    then counts for nothing: it no longer links anyone automatically."""
+    if feats.nik is None or feats.placeholder:
+        return False
+    nik = feats.nik.nik
+    people = {
+        golden for golden, f in carriers if f.nik is not None and f.nik.nik == nik and not f.placeholder
+    }
+    return len(people) >= 2
 
 
 def _rank(result: MatchResult) -> tuple[int, float]:
@@ -598,7 +613,8 @@ def _queue_reviews(session: Session, sid: str, candidates: Iterable[Candidate]) 
     for cand in cands:
         existing = existing_reviews.get(cand.source_id)
         comparisons = [
-            {"field": c.field, "level": c.level, "weight": c.weight} for c in cand.result.comparisons
+            {"field": c.field, "level": c.level, "weight": c.weight, **({"note": c.note} if c.note else {})}
+            for c in cand.result.comparisons
         ]
         if existing is not None:
             if existing.status == "open":  # refresh the scores; a decided review stays decided
