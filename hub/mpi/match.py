@@ -758,18 +758,41 @@ def _typo_not_sequence(a: Features, b: Features) -> bool:
     return False
 
 
+# Frequent Indonesian given names, one spelling each, that lie a typo apart from another of them ("Sari"
+# / "Sri", "Dedi" / "Dodi", "Rina" / "Rini"): two different ones of these are two names, not a typo.
+_GIVEN_NAMES: Final = frozenset(
+    _canonical_token(n)
+    for n in (
+        "adi andi ani ana ari arif asri budi bagus dedi dodi deni dani doni dian dina dini diah dewi eka "
+        "eko eni evi edi fitri hadi hani heni hana indah intan irma iwan joko lia lina lisa nia nina nana "
+        "rina rini rani reni rita ria rudi sari sri santi sinta siti tina tini tuti titi toni tono wati "
+        "yati yani yuni yanti yeni yudi yuda"
+    ).split()
+)
+
+
 def _counterpart(token: str, others: tuple[str, ...]) -> bool:
     """Whether ``token`` stands for one of ``others``: equal, an initial of it, or a typo of it: one letter
     changed, dropped, added or two swapped (two in a name of seven letters or more). Names one letter
-    apart ("Dedi" / "Dodi") cannot be told from a typo; names further apart ("Hasan" / "Husen", "Nur" /
-    "Nurul") can. (Names written together, "Nur Hayati" / "Nurhayati", compare as exact before this.)"""
+    apart cannot be told from a typo unless both are known given names ("Sari" / "Sri", "Dedi" /
+    "Dodi": two names); names further apart ("Hasan" / "Husen", "Nur" / "Nurul") can. (Names written
+    together, "Nur Hayati" / "Nurhayati", compare as exact before this.)"""
+    known = token in _GIVEN_NAMES
     return any(
         u == token
         or (len(token) == 1 and u.startswith(token))
         or (len(u) == 1 and token.startswith(u))
-        or OSA.distance(token, u) <= (2 if max(len(u), len(token)) >= 7 else 1)
+        or (
+            OSA.distance(token, u) <= (2 if max(len(u), len(token)) >= 7 else 1)
+            and not (known and u in _GIVEN_NAMES)
+        )
         for u in others
     )
+
+
+def _given_token(tokens: tuple[str, ...]) -> str:
+    """The given name: the first token that is not one nearly everybody carries (else the first)."""
+    return next((t for t in tokens if t not in _COMMON_TOKENS), tokens[0] if tokens else "")
 
 
 def _different_given_name(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
@@ -923,6 +946,17 @@ def compare(
         # A person identifier one typo away (a digit changed or two swapped) is as good as an agreeing one,
         # unless the two numbers could be consecutive (twins registered together): then only beside a name
         # that does not differ, since twins' names do.
+        # Twins registered together get consecutive NIKs: two valid NIKs a few serial numbers apart beside
+        # names that are not the same are two people, not a mistyped NIK.
+        twin_niks = (
+            nik_level == "close"
+            and a.nik is not None
+            and b.nik is not None
+            and abs(int(a.nik.nik) - int(b.nik.nik)) < 10
+            and name_level != "exact"
+            and _given_token(a.tokens) != _given_token(b.tokens)
+        )
+        strong_name = strong_name and not twin_niks
         strong_id = by_field.get("identifier") == "agree" or (
             by_field.get("identifier") == "close"
             and ((name_level in _NAME_NOT_DIFFERENT and not other_given) or _typo_not_sequence(a, b))
