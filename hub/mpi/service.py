@@ -24,6 +24,7 @@ from sqlalchemy import Connection, bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 
+from hub.config import get_settings
 from hub.errors import Conflict, NotFound
 from hub.mapping import MappingResult, SenderContext
 from hub.mpi.match import (
@@ -35,6 +36,7 @@ from hub.mpi.match import (
     features,
     worth_comparing,
 )
+from hub.mpi.survivorship import build_golden, check_rules
 from hub.store import bulk
 from hub.store import resources as store
 from hub.store.models import MpiBlock, MpiDecision, MpiReview, MpiSource, Resource
@@ -44,20 +46,6 @@ log = logging.getLogger(__name__)
 GOLDEN_TAG = {"system": "https://hub.kemkes.go.id/fhir/CodeSystem/mpi", "code": "golden"}
 _NAMESPACE = uuid.UUID("0d6c1f9e-3b7a-5c4e-9a51-7f2d8e6b4c30")
 _LINK_TYPES = ("refer", "seealso", "replaced-by", "replaces")
-# Elements of the golden record taken whole from the best source that has them.
-_GOLDEN_ELEMENTS = (
-    "name",
-    "telecom",
-    "gender",
-    "birthDate",
-    "deceasedBoolean",
-    "deceasedDateTime",
-    "address",
-    "maritalStatus",
-    "multipleBirthBoolean",
-    "multipleBirthInteger",
-    "communication",
-)
 # A blocking key shared by more sources than MAX_BLOCK is ignored; a decision scores at most MAX_COMPARED
 # candidates (see hub.mpi.match.worth_comparing).
 MAX_BLOCK = 500
@@ -66,24 +54,53 @@ MAX_COMPARED = 8
 
 @dataclass(frozen=True, slots=True)
 class MpiSettings:
-    """How the MPI decides and builds golden records. ``sender_trust``: higher wins when two senders
-    disagree on an element (then the most recent wins)."""
+    """How the MPI decides and builds golden records. ``sender_trust``: facility → trust, higher wins
+    where an element's survivorship rules say ``trust``; ``survivorship``: element → rule names, in place
+    of the defaults of :mod:`hub.mpi.survivorship`."""
 
     match: MatchConfig = field(default_factory=MatchConfig)
     sender_trust: Mapping[str, int] | None = None
+    survivorship: Mapping[str, tuple[str, ...]] | None = None
 
 
 DEFAULT_SETTINGS = MpiSettings()
 
 
-@lru_cache(maxsize=8)
 def settings_for(match_threshold: float, possible_threshold: float, twin_gate: bool) -> MpiSettings:
-    """MpiSettings from the hub's ``HUB_MPI_*`` settings (cached: the pipeline asks per message)."""
+    """MpiSettings from the hub's ``HUB_MPI_*`` settings: the thresholds and gate given, the sender trust
+    (``HUB_MPI_SENDER_TRUST``) and survivorship rules (``HUB_MPI_SURVIVORSHIP``) as configured."""
+    hub = get_settings()
+    return _settings_for(
+        match_threshold,
+        possible_threshold,
+        twin_gate,
+        tuple(sorted(hub.mpi_sender_trust.items())),
+        tuple(sorted((k, tuple(v)) for k, v in hub.mpi_survivorship.items())),
+    )
+
+
+@lru_cache(maxsize=8)
+def _settings_for(
+    match_threshold: float,
+    possible_threshold: float,
+    twin_gate: bool,
+    trust: tuple[tuple[str, int], ...],
+    rules: tuple[tuple[str, tuple[str, ...]], ...],
+) -> MpiSettings:
+    # Cached: the pipeline asks per message.
     return MpiSettings(
         match=MatchConfig(
             match_threshold=match_threshold, possible_threshold=possible_threshold, twin_gate=twin_gate
-        )
+        ),
+        sender_trust=dict(trust) or None,
+        survivorship=check_rules(dict(rules)) if rules else None,
     )
+
+
+def configured_settings() -> MpiSettings:
+    """The MpiSettings of the hub's configuration (steward decisions rebuild golden records with them)."""
+    hub = get_settings()
+    return settings_for(hub.mpi_match_threshold, hub.mpi_possible_threshold, hub.mpi_twin_gate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -654,9 +671,10 @@ def rebuild_golden(
     sources: Sequence[Any] | None = None,
     deferred: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write the golden Patient from its current sources (or delete it when it has none left). Each
-    element comes from the best source that has it: active before retired, the most trusted sender, then
-    the most recent; identifiers are the union over all sources. ``sources``: the caller already holds
+    """Write the golden Patient from its current sources (or delete it when it has none left), each
+    element by its survivorship rules (:mod:`hub.mpi.survivorship`: a fuller name beats a shorter one it
+    holds, a NIK-bearing source one without, the most recent address and telecom, the configured sender
+    trust; every identifier kept), each recording its source. ``sources``: the caller already holds
     them all (a source that just founded this golden record), so they are not read again. ``deferred``:
     the golden Patient is appended there, for the caller to store, instead of being stored here."""
     if sources is None:
@@ -667,34 +685,13 @@ def rebuild_golden(
         if current is not None and not current.deleted:
             store.delete(session, "Patient", golden_id)
         return
-    trust = settings.sender_trust or {}
-    ranked = sorted(
+    golden = build_golden(
+        golden_id,
         sources,
-        key=lambda s: (s.active, trust.get(s.facility, 0), _utc(s.updated_at), s.id),
-        reverse=True,
+        rules=settings.survivorship,
+        trust=settings.sender_trust,
+        tag=GOLDEN_TAG,
     )
-    golden: dict[str, Any] = {
-        "resourceType": "Patient",
-        "id": golden_id,
-        "meta": {"tag": [dict(GOLDEN_TAG)]},
-    }
-    identifiers: list[dict[str, Any]] = []
-    seen: set[tuple[str, str]] = set()
-    for src in ranked:
-        for ident in (src.content or {}).get("identifier") or []:
-            key = (str(ident.get("system") or ""), str(ident.get("value") or ""))
-            if key[1] and key not in seen:
-                seen.add(key)
-                identifiers.append(ident)
-    if identifiers:
-        golden["identifier"] = identifiers
-    golden["active"] = True
-    for element in _GOLDEN_ELEMENTS:
-        for src in ranked:
-            value = (src.content or {}).get(element)
-            if value not in (None, [], ""):
-                golden[element] = value
-                break
     golden["link"] = [{"other": {"reference": f"Patient/{s.id}"}, "type": "seealso"} for s in sources]
     if deferred is not None:
         deferred.append(golden)
@@ -955,8 +952,9 @@ def _move(
 
 def _after_change(session: Session, goldens: Iterable[str | None], sources: Iterable[str | None]) -> None:
     session.flush()
+    settings = configured_settings()
     for golden in sorted({g for g in goldens if g}):
-        rebuild_golden(session, golden)
+        rebuild_golden(session, golden, settings)
     for sid in sorted({s for s in sources if s}):
         _sync_stored_source(session, sid)
 
