@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session, aliased, make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 
 from hub.config import get_settings
@@ -1007,15 +1007,50 @@ def unlink(session: Session, source_id: str, *, actor: str, reason: str = "") ->
     return decision
 
 
+def review_pairs(session: Session, status: str = "open") -> list[tuple[int, list[int]]]:
+    """The reviews of ``status`` as one entry per pair, highest weight first: (the review shown, the other
+    reviews of the same pair). Open reviews pair the two records' current golden records (two sources
+    of one person against two of another are one question for a steward); decided ones their sources."""
+    source_row, candidate_row = aliased(MpiSource), aliased(MpiSource)
+    rows = session.execute(
+        select(
+            MpiReview.id,
+            MpiReview.source_id,
+            MpiReview.candidate_source_id,
+            source_row.golden_id,
+            candidate_row.golden_id,
+        )
+        .outerjoin(source_row, source_row.id == MpiReview.source_id)
+        .outerjoin(candidate_row, candidate_row.id == MpiReview.candidate_source_id)
+        .where(MpiReview.status == status)
+        .order_by(MpiReview.weight.desc(), MpiReview.id)
+    ).all()
+    entries: dict[frozenset[str], tuple[int, list[int]]] = {}
+    for review_id, source_id, candidate_id, source_golden, candidate_golden in rows:
+        if status == "open" and source_golden and candidate_golden and source_golden != candidate_golden:
+            key = frozenset((f"g:{source_golden}", f"g:{candidate_golden}"))
+        else:
+            key = frozenset((f"s:{source_id}", f"s:{candidate_id}"))
+        if key in entries:
+            entries[key][1].append(review_id)
+        else:
+            entries[key] = (review_id, [])
+    return list(entries.values())
+
+
 def decide_review(
     session: Session, review_id: int, decision: str, *, actor: str, reason: str = ""
 ) -> MpiDecision:
-    """A steward's answer to a possible match: ``link`` (same person) or ``not-duplicate``."""
+    """A steward's answer to a possible match: ``link`` (same person) or ``not-duplicate``; a
+    ``not-duplicate`` also answers the other open reviews of the same pair (other sources of the same two
+    golden records)."""
     review = session.get(MpiReview, review_id)
     if review is None:
         raise NotFound(f"review {review_id} does not exist")
     if review.status != "open":
         raise Conflict(f"review {review_id} was already decided ({review.status})")
+    siblings = next((rest for first, rest in review_pairs(session) if review_id in (first, *rest)), [])
+    siblings = [r for r in siblings if r != review_id]
     if decision == "link":
         result = link(
             session,
@@ -1045,6 +1080,14 @@ def decide_review(
     else:
         raise Conflict(f"unknown review decision {decision!r}")
     review.decided_at = _now()
+    # A link moves this review's source only: the pair's other reviews stay open until they are settled
+    # (both sides in one golden record) or answered; "not a duplicate" answers them all.
+    if decision == "link":
+        siblings = []
+    for other in session.scalars(
+        select(MpiReview).where(MpiReview.id.in_(siblings), MpiReview.status == "open")
+    ):
+        other.status, other.decided_at = review.status, review.decided_at
     return result
 
 
