@@ -415,6 +415,16 @@ def review_page() -> Response:
     return Response(_PAGE, media_type="text/html; charset=utf-8")
 
 
+@router.get("/mpi/review/suspect-niks")
+def suspect_nik_list(
+    limit: int = Query(default=100, ge=1, le=1000), session: Session = Depends(get_session)
+) -> Response:
+    """NIKs carried by two people or more (golden records; placeholders left out): they link nobody
+    automatically. Each with the golden records and the sources that carry it."""
+    items = service.suspect_niks(session, limit)
+    return _json({"total": len(items), "items": items})
+
+
 @router.get("/mpi/review/decisions")
 def decision_list(
     source: str | None = None,

@@ -34,6 +34,7 @@ from hub.mpi.match import (
     blocking_keys,
     compare,
     features,
+    parse_nik,
     worth_comparing,
 )
 from hub.mpi.survivorship import build_golden, check_rules
@@ -603,6 +604,33 @@ def nik_is_suspect(feats: Features, carriers: Iterable[tuple[str, Features]]) ->
         golden for golden, f in carriers if f.nik is not None and f.nik.nik == nik and not f.placeholder
     }
     return len(people) >= 2
+
+
+def suspect_niks(session: Session, limit: int = 100) -> list[dict[str, Any]]:
+    """The NIKs flagged as suspect (see :func:`nik_is_suspect`): each with the golden records (people) and
+    the sources that carry it, the most widely shared first."""
+    shared = session.execute(
+        select(MpiBlock.key)
+        .join(MpiSource, MpiSource.id == MpiBlock.source_id)
+        .where(MpiBlock.key.like("nik:%"))
+        .group_by(MpiBlock.key)
+        .having(func.count(func.distinct(MpiSource.golden_id)) >= 2)
+    ).scalars()
+    out: list[dict[str, Any]] = []
+    for key in shared:
+        rows = session.execute(
+            select(MpiSource.id, MpiSource.golden_id, MpiSource.content)
+            .join(MpiBlock, MpiBlock.source_id == MpiSource.id)
+            .where(MpiBlock.key == key)
+            .order_by(MpiSource.id)
+        ).all()
+        carriers = [(sid, golden) for sid, golden, content in rows if not _features(content).placeholder]
+        people = sorted({golden for _, golden in carriers})
+        nik = key.removeprefix("nik:")
+        if len(people) >= 2 and parse_nik(nik) is not None:
+            out.append({"nik": nik, "people": people, "sources": [sid for sid, _ in carriers]})
+    out.sort(key=lambda entry: (-len(entry["people"]), entry["nik"]))
+    return out[:limit]
 
 
 def _rank(result: MatchResult) -> tuple[int, float]:

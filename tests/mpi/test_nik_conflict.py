@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from hub.mpi import service
 from hub.mpi.match import NIK_CONFLICT, compare, features
 from hub.store.models import MpiReview, MpiSource
 from tests.mpi.builders import ingest, patient, refer
@@ -78,6 +79,9 @@ def test_newborn_under_the_mothers_nik_links_nobody(session: Session) -> None:
     again = patient("PKM-C", "4", "Ny. Sari Dewi", "1990-05-15", "female", nik=MOTHER_NIK)
     ingest(session, "PKM-C", again)
     assert refer(again) == refer(mother)
+    # The named newborn and the mother are two people under one NIK: it is flagged, the placeholder aside.
+    (flagged,) = service.suspect_niks(session)
+    assert flagged["nik"] == MOTHER_NIK and baby["id"] not in flagged["sources"]
 
 
 def test_a_nik_shared_by_five_people_links_nobody(session: Session) -> None:
@@ -106,6 +110,8 @@ def test_a_nik_shared_by_five_people_links_nobody(session: Session) -> None:
         if c["field"] == "nik" and c["level"] in ("suspect", "conflict")
     ]
     assert suspect  # the steward sees the conflict and the suspect number
+    (flagged,) = service.suspect_niks(session)
+    assert flagged["nik"] == KK and len(flagged["people"]) == 6 and len(flagged["sources"]) == 6
     # The father again at another hospital, with everything agreeing: found by his demographics.
     father_again = patient("PKM-E", "7", "Hendra Wijaya", "1970-03-02", "male", nik=KK, phone="081300000001")
     ingest(session, "PKM-E", father_again)
