@@ -526,9 +526,11 @@ def adt_message(reg: Registration, event: str, control_id: str) -> bytes:
 def generate_indonesian(n: int, *, seed: int = 5, senders: int = 4) -> list[tuple[str, Registration]]:
     """``n`` people, each registered at 1–3 of ``senders`` facilities (the first record clean, later ones
     corrupted), plus the people an MPI must keep apart although they share a household: newborn
-    placeholders under their mother's name and NIK, twins (same birth date, address, phone and family
-    name, consecutive NIKs) and a son named after his father. Returns (person key, registration) in
-    arrival order (shuffled)."""
+    placeholders under their mother's name and NIK, newborns given a name but still under the mother's
+    NIK, twins (same birth date, address, phone and family name, consecutive NIKs), a son named after his
+    father (half of them under the father's NIK), relatives registered with this person's NIK (a
+    household head's or parent's NIK typed for another member) and families of five under one family-card
+    (KK) number. Returns (person key, registration) in arrival order (shuffled)."""
     rng = random.Random(seed)
     facilities = [f"RS{i:02d}" for i in range(senders)]
     out: list[tuple[str, Registration]] = []
@@ -559,6 +561,58 @@ def generate_indonesian(n: int, *, seed: int = 5, senders: int = 4) -> list[tupl
                 p.line,
             )
             out.append((f"{p.key}-baby", baby))
+        if p.gender == "female" and 1975 < p.birth[0] < 2004 and rng.random() < 0.02:
+            # A newborn given a name at once, still under the mother's NIK (and her address and phone).
+            names = _MALE_FIRST if (sex := rng.choice(("male", "female"))) == "male" else _FEMALE_FIRST
+            child = replace(
+                _person(0, rng),
+                key=f"{p.key}-child",
+                first=rng.choice(names),
+                middle=None,
+                gender=sex,
+                birth=(2026, rng.randint(1, 11), rng.randint(1, 28)),
+                nik=p.nik,
+                district=p.district,
+                line=p.line,
+                phone=p.phone,
+            )
+            register(child, 1)
+        if rng.random() < 0.04:
+            # Someone of the household registered with this person's NIK (the household head's, a
+            # parent's, a spouse's: a common data-entry error): another person, the same address and
+            # phone, often the same family name, born years apart.
+            member = replace(
+                _person(0, rng),
+                key=f"{p.key}-kin",
+                last=p.last if rng.random() < 0.6 else rng.choice(_SECOND),
+                nik=p.nik,
+                district=p.district,
+                line=p.line,
+                phone=p.phone,
+            )
+            register(member, rng.choice((1, 1, 2)))
+        if rng.random() < 0.004:
+            # A family card (KK) number typed as every member's NIK: five people, one number.
+            kk = _nik(
+                p.district, (rng.randint(2000, 2020), rng.randint(1, 12), rng.randint(1, 28)), False, rng
+            )
+            head = replace(_person(0, rng), gender="male", first=rng.choice(_MALE_FIRST))
+            family = [replace(head, key=f"{p.key}-kk0", birth=(rng.randint(1950, 1980), 5, 17))]
+            for k in range(1, 5):
+                kid = _person(0, rng)
+                family.append(
+                    replace(
+                        kid,
+                        key=f"{p.key}-kk{k}",
+                        last=head.last,
+                        birth=(rng.randint(1950, 2020), kid.birth[1], kid.birth[2]),
+                    )
+                )
+            for member in family:
+                register(
+                    replace(member, nik=kk, district=head.district, line=head.line, phone=head.phone),
+                    rng.choice((1, 2)),
+                )
         roll = rng.random()
         if roll < 0.03:
             # A twin: everything shared but the first name; the next NIK serial.
@@ -575,7 +629,9 @@ def generate_indonesian(n: int, *, seed: int = 5, senders: int = 4) -> list[tupl
             # A son named after his father, living with him: same name, address and phone, born 20–35
             # years later, his own NIK.
             birth = (p.birth[0] + rng.randint(20, 35), rng.randint(1, 12), rng.randint(1, 28))
-            son = replace(p, key=f"{p.key}-son", birth=birth, nik=_nik(p.district, birth, False, rng))
+            # Half of them registered under the father's NIK.
+            own = _nik(p.district, birth, False, rng)
+            son = replace(p, key=f"{p.key}-son", birth=birth, nik=p.nik if rng.random() < 0.5 else own)
             register(son, rng.choice((1, 2)))
     rng.shuffle(out)
     return out
@@ -627,9 +683,17 @@ def _score_store(session: Any, person_of_mrn: dict[str, str]) -> dict[str, Any]:
         by_person[person].append(sid)
     truth = _pairs_within(by_person.values())
     auto = _pairs_within(goldens.values())
+    # A false merge: one golden record holding the registrations of two people or more.
+    false_merges = sum(1 for members in goldens.values() if len({person_of[m] for m in members}) > 1)
+    reasons: dict[str, int] = defaultdict(int)
+    for (reason,) in session.execute(select(MpiReview.reason).where(MpiReview.status == "open")):
+        reasons[reason] += 1
     return {
         "sources": len(person_of),
         "true_pairs": len(truth),
+        "false_merges": false_merges,
+        "false_pairs": len(auto - truth),
+        "review_reasons": dict(sorted(reasons.items())),
         "auto_link": Scores.of(auto, truth).as_dict(),
         "auto_plus_review": Scores.of(auto | review, truth).as_dict(),
         "review_queue": len(review),
@@ -673,7 +737,8 @@ def run_indonesian(
     p50, p99 = _percentiles(timings)
     return {
         "data": f"Indonesian synthetic: {n} people, {len(records)} registrations, {report.pop('true_pairs')} true "
-        "pairs (with twins, namesake sons and newborn placeholders)",
+        "pairs (with twins, namesake sons, newborns under the mother's NIK, relatives under a household "
+        "member's NIK and families under one family-card number)",
         "path": "ADT^A04/A08 → Intake → process_batch" if ingest else "resolve_identities",
         **report,
         ("ms_per_message_p50" if ingest else "decision_ms_p50"): p50,
@@ -989,7 +1054,9 @@ def run_scale(
     }
 
 
-def run(*, febrl4: bool = True, indonesian: int = 0, url: str | None = None) -> dict[str, Any]:
+def run(
+    *, febrl4: bool = True, indonesian: int = 0, url: str | None = None, seed: int = 5, ingest: bool = True
+) -> dict[str, Any]:
     """The benchmark: FEBRL4 and, when ``indonesian`` > 0, that many generated Indonesian people."""
     out: dict[str, Any] = {}
     if febrl4:
@@ -998,7 +1065,7 @@ def run(*, febrl4: bool = True, indonesian: int = 0, url: str | None = None) -> 
         out["febrl4_trained_no_twin_gate"] = run_febrl4(MatchConfig(twin_gate=False), train=True)
         out["febrl3"] = run_febrl3()
     if indonesian:
-        out["indonesian"] = run_indonesian(indonesian, url=url)
+        out["indonesian"] = run_indonesian(indonesian, url=url, seed=seed, ingest=ingest)
     return out
 
 
@@ -1020,13 +1087,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale-url", help="e.g. postgresql+psycopg://postgres@127.0.0.1:5432/hubm_bench_1m")
     parser.add_argument("--probes", type=int, default=1000, help="decisions timed in the latency run")
     parser.add_argument("--reload", action="store_true", help="load the --scale database even if loaded")
+    parser.add_argument(
+        "--seed", type=int, default=5, help="the Indonesian population generated (another seed: other people)"
+    )
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="Indonesian set straight to resolve_identities instead of ADT messages through Intake",
+    )
     parser.add_argument("--probe-seed", type=int, default=8, help="which people the latency run probes")
     args = parser.parse_args(argv)
     import json
 
     if args.scale and not (args.scale_url or "").startswith("postgresql"):
         parser.error("--scale needs a PostgreSQL --scale-url")
-    report = run(febrl4=not args.no_febrl4, indonesian=args.indonesian, url=args.url)
+    report = run(
+        febrl4=not args.no_febrl4,
+        indonesian=args.indonesian,
+        url=args.url,
+        seed=args.seed,
+        ingest=not args.direct,
+    )
     if args.scale:
         report["scale"] = run_scale(
             args.scale, args.scale_url, probes=args.probes, probe_seed=args.probe_seed, reload=args.reload

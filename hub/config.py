@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     mpi_match_threshold: float = 16.0
     mpi_possible_threshold: float = 8.0
     mpi_twin_gate: bool = True
+    # Golden-record survivorship (hub.mpi.survivorship, docs/mpi.md): the trust of sending facilities
+    # (JSON, e.g. {"RSUP-PUSAT": 10, "PKM-C": 1}; higher wins where an element's rules say "trust") and
+    # rules per element in place of the defaults (JSON, e.g. {"address": ["trust", "recent"]}).
+    mpi_sender_trust: dict[str, int] = Field(default_factory=dict)
+    mpi_survivorship: dict[str, list[str]] = Field(default_factory=dict)
 
     token_ttl_s: int = 3600
 

@@ -26,6 +26,7 @@ from rapidfuzz.distance import OSA, JaroWinkler, Levenshtein
 from rapidfuzz.fuzz import token_set_ratio, token_sort_ratio
 
 __all__ = [
+    "NIK_CONFLICT",
     "NIK_SYSTEM",
     "Comparison",
     "Features",
@@ -601,6 +602,7 @@ class Comparison:
     field: str
     level: str  # an agreement level of MatchConfig.weights[field], or "missing"
     weight: float
+    note: str = ""  # why the level was set aside (a NIK conflict's evidence), for the steward
 
     @property
     def agrees(self) -> bool:
@@ -756,18 +758,103 @@ def _typo_not_sequence(a: Features, b: Features) -> bool:
     return False
 
 
+# Frequent Indonesian given names, one spelling each, that lie a typo apart from another of them ("Sari"
+# / "Sri", "Dedi" / "Dodi", "Rina" / "Rini"): two different ones of these are two names, not a typo.
+_GIVEN_NAMES: Final = frozenset(
+    _canonical_token(n)
+    for n in [
+        "adi",
+        "andi",
+        "ani",
+        "ana",
+        "ari",
+        "arif",
+        "asri",
+        "budi",
+        "bagus",
+        "dedi",
+        "dodi",
+        "deni",
+        "dani",
+        "doni",
+        "dian",
+        "dina",
+        "dini",
+        "diah",
+        "dewi",
+        "eka",
+        "eko",
+        "eni",
+        "evi",
+        "edi",
+        "fitri",
+        "hadi",
+        "hani",
+        "heni",
+        "hana",
+        "indah",
+        "intan",
+        "irma",
+        "iwan",
+        "joko",
+        "lia",
+        "lina",
+        "lisa",
+        "nia",
+        "nina",
+        "nana",
+        "rina",
+        "rini",
+        "rani",
+        "reni",
+        "rita",
+        "ria",
+        "rudi",
+        "sari",
+        "sri",
+        "santi",
+        "sinta",
+        "siti",
+        "tina",
+        "tini",
+        "tuti",
+        "titi",
+        "toni",
+        "tono",
+        "wati",
+        "yati",
+        "yani",
+        "yuni",
+        "yanti",
+        "yeni",
+        "yudi",
+        "yuda",
+    ]
+)
+
+
 def _counterpart(token: str, others: tuple[str, ...]) -> bool:
     """Whether ``token`` stands for one of ``others``: equal, an initial of it, or a typo of it: one letter
     changed, dropped, added or two swapped (two in a name of seven letters or more). Names one letter
-    apart ("Dedi" / "Dodi") cannot be told from a typo; names further apart ("Hasan" / "Husen", "Nur" /
-    "Nurul") can. (Names written together, "Nur Hayati" / "Nurhayati", compare as exact before this.)"""
+    apart cannot be told from a typo unless both are known given names ("Sari" / "Sri", "Dedi" /
+    "Dodi": two names); names further apart ("Hasan" / "Husen", "Nur" / "Nurul") can. (Names written
+    together, "Nur Hayati" / "Nurhayati", compare as exact before this.)"""
+    known = token in _GIVEN_NAMES
     return any(
         u == token
         or (len(token) == 1 and u.startswith(token))
         or (len(u) == 1 and token.startswith(u))
-        or OSA.distance(token, u) <= (2 if max(len(u), len(token)) >= 7 else 1)
+        or (
+            OSA.distance(token, u) <= (2 if max(len(u), len(token)) >= 7 else 1)
+            and not (known and u in _GIVEN_NAMES)
+        )
         for u in others
     )
+
+
+def _given_token(tokens: tuple[str, ...]) -> str:
+    """The given name: the first token that is not one nearly everybody carries (else the first)."""
+    return next((t for t in tokens if t not in _COMMON_TOKENS), tokens[0] if tokens else "")
 
 
 def _different_given_name(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
@@ -824,13 +911,70 @@ def levels(a: Features, b: Features) -> list[tuple[str, str | None]]:
     return out
 
 
-def compare(a: Features, b: Features, config: MatchConfig | None = None) -> MatchResult:
-    """Score two patients and decide: match (auto-link), possible (review) or no-match."""
+NIK_CONFLICT: Final = "NIK conflict"
+
+
+def _nik_conflict(a: Features, b: Features, by_field: Mapping[str, str | None]) -> str | None:
+    """Why two records that carry the same valid NIK are nevertheless not shown to be one person, or None.
+
+    In Indonesia a household head's or a parent's NIK, or the family card (KK) number, typed into the NIK
+    field is a common data-entry error, and newborns are registered under the mother's NIK: an agreeing
+    NIK is evidence, not proof. It is not taken as proof when the two records disagree on who they are:
+    - birth dates years apart (two years or more), unless the year differs by one typed digit in two
+      records whose day and month are the NIK's own (digits 7–10) and whose names and sex agree;
+    - a different given name (each name has one the other lacks: how relatives differ) beside a sex, a
+      birth date or a rest of the name that does not agree either;
+    - the name and the birth date or the sex flatly disagree, or the birth date and the sex do."""
+    name, birth, gender = by_field.get("name"), by_field.get("birthDate"), by_field.get("gender")
+    other_given = name not in (None, "exact") and _different_given_name(a.tokens, b.tokens)
+    nik = a.nik
+    if a.birth_date is not None and b.birth_date is not None and nik is not None:
+        gap = abs(a.birth_date[0] - b.birth_date[0])
+        if gap >= 2:
+            typo = (
+                birth == "typo"
+                and a.birth_date[1:] == b.birth_date[1:] == (nik.birth_month, nik.birth_day)
+                and gender != "disagree"
+                and name in ("exact", "close", "fuzzy")
+                and not other_given
+            )
+            if not typo:
+                return f"birth dates {gap} years apart"
+    if other_given and (
+        gender == "disagree"
+        or name in ("partial", "disagree")
+        or birth not in ("exact", "transposed", "typo")
+    ):
+        return "different given names" + (" and sex" if gender == "disagree" else "")
+    if name == "disagree" and (birth == "disagree" or gender == "disagree"):
+        return "name and " + ("birth date" if birth == "disagree" else "sex") + " disagree"
+    if birth == "disagree" and gender == "disagree":
+        return "birth date and sex disagree"
+    return None
+
+
+def compare(
+    a: Features, b: Features, config: MatchConfig | None = None, *, nik_suspect: bool = False
+) -> MatchResult:
+    """Score two patients and decide: match (auto-link), possible (review) or no-match.
+
+    ``nik_suspect``: the NIK the two share is already carried by several different people (see
+    :func:`hub.mpi.service.find_candidates`); it then counts for nothing, as if neither record had it."""
     config = config or MatchConfig()
     levels_ = levels(a, b)
     nik_level = dict(levels_).get("nik")
+    by_field = {f: lvl for f, lvl in levels_}
+    note = ""
+    suspect = nik_suspect and nik_level == "agree" and not (a.placeholder or b.placeholder)
+    if suspect:
+        note = "suspect NIK: carried by several different people"
+    elif nik_level == "agree" and not (a.placeholder or b.placeholder):
+        note = _nik_conflict(a, b, by_field) or ""
     comparisons = tuple(
-        Comparison(f, lvl or "missing", config.weight(f, lvl) if lvl else 0.0) for f, lvl in levels_
+        Comparison(f, lvl or "missing", config.weight(f, lvl) if lvl else 0.0)
+        if not (note and f == "nik")
+        else Comparison(f, "suspect" if suspect else "conflict", 0.0, note)
+        for f, lvl in levels_
     )
     total = round(sum(c.weight for c in comparisons), 3)
     demographic = sum(c.weight for c in comparisons if c.field in _DEMOGRAPHIC)
@@ -844,16 +988,11 @@ def compare(a: Features, b: Features, config: MatchConfig | None = None) -> Matc
             "possible" if total >= config.possible_threshold or nik_level == "agree" else "no-match",
             "placeholder",
         )
-    if nik_level == "agree":
-        # Flat contradiction: the name disagrees and so does the birth date or the sex. A shared or mistyped
-        # NIK must not merge two people.
-        contradict = by_field.get("name") == "disagree" and (
-            by_field.get("birthDate") == "disagree" or by_field.get("gender") == "disagree"
-        )
-        contradict = contradict or (
-            by_field.get("birthDate") == "disagree" and by_field.get("gender") == "disagree"
-        )
-        return result("possible", "nik-contradiction") if contradict else result("match", "nik")
+    if note and not suspect:
+        # The NIK agrees but the people do not: a steward looks at it, whatever the score says.
+        return result("possible", NIK_CONFLICT)
+    if nik_level == "agree" and not suspect:
+        return result("match", "nik")
     if total >= config.match_threshold:
         if nik_level == "disagree":
             return result("possible", "nik-differs")
@@ -869,6 +1008,17 @@ def compare(a: Features, b: Features, config: MatchConfig | None = None) -> Matc
         # A person identifier one typo away (a digit changed or two swapped) is as good as an agreeing one,
         # unless the two numbers could be consecutive (twins registered together): then only beside a name
         # that does not differ, since twins' names do.
+        # Twins registered together get consecutive NIKs: two valid NIKs a few serial numbers apart beside
+        # names that are not the same are two people, not a mistyped NIK.
+        twin_niks = (
+            nik_level == "close"
+            and a.nik is not None
+            and b.nik is not None
+            and abs(int(a.nik.nik) - int(b.nik.nik)) < 10
+            and name_level != "exact"
+            and _given_token(a.tokens) != _given_token(b.tokens)
+        )
+        strong_name = strong_name and not twin_niks
         strong_id = by_field.get("identifier") == "agree" or (
             by_field.get("identifier") == "close"
             and ((name_level in _NAME_NOT_DIFFERENT and not other_given) or _typo_not_sequence(a, b))
@@ -882,10 +1032,10 @@ def compare(a: Features, b: Features, config: MatchConfig | None = None) -> Matc
             # passport) links automatically, and only beside the name or the birth date: twins share a
             # birth date and an address, a father and his namesake son a name and an address, but
             # neither a BPJS number.
-            return result("possible", "weak-demographics")
+            return result("possible", NIK_CONFLICT if suspect else "weak-demographics")
         return result("match", "score")
     if total >= config.possible_threshold:
-        return result("possible", "score")
+        return result("possible", NIK_CONFLICT if suspect else "score")
     return result("no-match", "score")
 
 

@@ -8,7 +8,7 @@ application replaces it with its own session dependency and authentication via `
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ from hub.db import session_scope
 from hub.errors import BadRequest, NotFound, PayloadTooLarge
 from hub.limits import TooLarge, read_limited
 from hub.mpi import service
-from hub.mpi.match import features
+from hub.mpi.match import NIK_SYSTEM, features
 from hub.store import resources as store
 from hub.store.models import MpiBlock, MpiDecision, MpiReview, MpiSource
 
@@ -147,7 +147,57 @@ def patient_pix(
 # ----------------------------------------------------------------------------------------- review queue
 
 
+# The comparison level a steward reads, from the scorer's agreement levels: "exact" (the values are the
+# same, or mean the same), "partial" (close: a typo, a token left out, a transposed date, the same city but
+# not the same district) or "disagree"; "missing" where one side has no value.
+_EXACT_LEVELS = {
+    "name": {"exact"},
+    "birthDate": {"exact"},
+    "gender": {"agree"},
+    "locality": {"district"},
+    "postalCode": {"agree"},
+    "line": {"agree"},
+    "telecom": {"agree"},
+    "identifier": {"agree"},
+    "nik": {"agree", "conflict", "suspect"},  # the same number; its conflict is told in the note
+}
+
+
+def comparison_grade(field: str, level: str) -> str:
+    """``exact`` / ``partial`` / ``disagree`` / ``missing`` of one field's agreement level."""
+    if level == "missing":
+        return "missing"
+    if level == "disagree":
+        return "disagree"
+    return "exact" if level in _EXACT_LEVELS.get(field, set()) else "partial"
+
+
+def _identifier_label(ident: dict[str, Any]) -> str:
+    system = str(ident.get("system") or "")
+    codes = [str(c.get("code")) for c in (ident.get("type") or {}).get("coding") or [] if isinstance(c, dict)]
+    if system == NIK_SYSTEM or "NNIDN" in codes:
+        return "NIK"
+    if "bpjs" in system.lower():
+        return "BPJS"
+    if "passport" in system.lower() or "PPN" in codes:
+        return "Passport"
+    if "MR" in codes:
+        return "MRN"
+    return codes[0] if codes else "identifier"
+
+
+def _address_text(address: dict[str, Any]) -> str:
+    parts = [*(str(x) for x in address.get("line") or [])]
+    parts += [str(address[k]) for k in ("district", "city", "state", "postalCode") if address.get(k)]
+    for ext in address.get("extension") or []:
+        for sub in ext.get("extension") or [] if isinstance(ext, dict) else []:
+            if isinstance(sub, dict) and sub.get("url") == "district" and sub.get("valueCode"):
+                parts.append(f"district {sub['valueCode']}")
+    return ", ".join(parts) or str(address.get("text") or "")
+
+
 def _summary(session: Session, sid: str) -> dict[str, Any]:
+    """What the steward compares of one source: demographics, every identifier, address and phone."""
     row = session.get(MpiSource, sid)
     if row is None:
         return {"id": sid}
@@ -162,11 +212,24 @@ def _summary(session: Session, sid: str) -> dict[str, Any]:
         or " ".join([*names[0].get("given", []), names[0].get("family", "")]).strip(),
         "birthDate": content.get("birthDate"),
         "gender": content.get("gender"),
+        "identifiers": [
+            {"label": _identifier_label(i), "system": i.get("system"), "value": str(i.get("value"))}
+            for i in content.get("identifier") or []
+            if isinstance(i, dict) and i.get("value")
+        ],
+        "addresses": [_address_text(a) for a in content.get("address") or [] if isinstance(a, dict)],
+        "phones": [
+            str(t.get("value"))
+            for t in content.get("telecom") or []
+            if isinstance(t, dict) and t.get("value") and t.get("system") in (None, "phone", "sms")
+        ],
     }
 
 
-def _review_dict(session: Session, review: MpiReview) -> dict[str, Any]:
-    comparisons = review.comparisons or []
+def _review_dict(session: Session, review: MpiReview, others: Sequence[int] = ()) -> dict[str, Any]:
+    comparisons = [
+        {**c, "grade": comparison_grade(str(c["field"]), str(c["level"]))} for c in review.comparisons or []
+    ]
     return {
         "id": review.id,
         "status": review.status,
@@ -177,6 +240,7 @@ def _review_dict(session: Session, review: MpiReview) -> dict[str, Any]:
         "agree": [c["field"] for c in comparisons if c["weight"] > 0],
         "disagree": [c["field"] for c in comparisons if c["weight"] < 0],
         "comparisons": comparisons,
+        "sameReviewPair": list(others),
         "created": review.created_at.isoformat() if review.created_at else None,
     }
 
@@ -198,15 +262,15 @@ def review_list(
     offset: int = Query(default=0, ge=0),
     session: Session = Depends(get_session),
 ) -> Response:
-    """Possible matches, highest weight first, with the fields that agreed and disagreed."""
-    reviews = session.scalars(
-        select(MpiReview)
-        .where(MpiReview.status == status)
-        .order_by(MpiReview.weight.desc(), MpiReview.id)
-        .limit(limit)
-        .offset(offset)
-    )
-    return _json({"items": [_review_dict(session, r) for r in reviews]})
+    """Possible matches, highest weight first, one entry per pair of records (``total``: entries in the
+    queue; ``limit`` and ``offset`` page through them), with every field's comparison level."""
+    pairs = service.review_pairs(session, status)
+    page = pairs[offset : offset + limit]
+    reviews = {
+        r.id: r for r in session.scalars(select(MpiReview).where(MpiReview.id.in_([p[0] for p in page])))
+    }
+    items = [_review_dict(session, reviews[first], rest) for first, rest in page if first in reviews]
+    return _json({"total": len(pairs), "offset": offset, "limit": limit, "items": items})
 
 
 # The review page is a shell: it holds no patient data, so a browser may load it without a bearer token
@@ -216,53 +280,98 @@ def review_list(
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>MPI review queue</title>
 <style>
-body{font-family:system-ui,sans-serif;margin:2rem}table{border-collapse:collapse;width:100%}
-td,th{border:1px solid #ccc;padding:.4rem;vertical-align:top}.agree{color:#060}.disagree{color:#a00}
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:72rem}
+table{border-collapse:collapse;width:100%;margin:.3rem 0 1.5rem}
+td,th{border:1px solid #ccc;padding:.35rem .5rem;vertical-align:top;text-align:left}
+th{background:#f4f4f4;width:9rem}.review h2{font-size:1rem;margin:0}
+.grade{display:inline-block;margin-right:.6rem;white-space:nowrap}
+.exact{color:#060}.partial{color:#8a5a00}.disagree{color:#a00}.missing{color:#777}.note{color:#a00;font-weight:600}
+nav{margin:1rem 0}
 </style></head><body>
-<h1>Possible matches (<span id="count">…</span>)</h1>
+<h1>Possible matches (<span id="count">…</span> in the queue)</h1>
 <p><label>Steward token <input id="token" type="password" autocomplete="off"></label>
 <button id="load">Load the queue</button> <label>Reason <input id="why"></label></p>
-<table><thead><tr><th>Weight</th><th>Patient</th><th>Candidate</th><th>Fields</th><th>Decision</th></tr></thead>
-<tbody id="rows"></tbody></table>
+<nav><button id="prev">Previous</button> <span id="range"></span> <button id="next">Next</button></nav>
+<div id="rows"></div>
 <p id="status" role="status"></p>
 <script>
 const $ = (id) => document.getElementById(id);
+const PAGE = 20;
+let offset = 0, total = 0;
 const auth = () => ({authorization: "Bearer " + sessionStorage.getItem("hub.token")});
-function cell(lines) {
-  const td = document.createElement("td");
-  lines.filter((x) => x !== null && x !== undefined && x !== "").forEach((text, i) => {
+const MARK = {exact: "\u2713", partial: "\u2248", disagree: "\u2717", missing: "\u2013"};
+const LABEL = {name: "name", birthDate: "birth date", gender: "sex", nik: "NIK", identifier: "BPJS/passport",
+  line: "street", locality: "region", postalCode: "postal code", telecom: "phone"};
+// What each row of the side-by-side table shows, and which compared fields it grades.
+const ROWS = [
+  ["Name", (p) => [p.name], ["name"]],
+  ["Birth date", (p) => [p.birthDate], ["birthDate"]],
+  ["Sex", (p) => [p.gender], ["gender"]],
+  ["Identifiers", (p) => (p.identifiers || []).map((i) => `${i.label} ${i.value}`), ["nik", "identifier"]],
+  ["Address", (p) => p.addresses || [], ["line", "locality", "postalCode"]],
+  ["Phone", (p) => p.phones || [], ["telecom"]],
+  ["Facility", (p) => [p.facility], []],
+];
+function cell(tag, lines) {
+  const td = document.createElement(tag);
+  (lines || []).filter((x) => x !== null && x !== undefined && x !== "").forEach((text, i) => {
     if (i) td.append(document.createElement("br"));
     td.append(String(text));
   });
   return td;
 }
-const person = (p) => cell([p.name || "?", p.birthDate, p.gender, p.facility]);
-function fields(item) {
+function grades(item, fields) {
   const td = document.createElement("td");
-  for (const [names, cls, mark] of [[item.agree, "agree", "✓"], [item.disagree, "disagree", "✗"]]) {
-    for (const name of names) {
-      const span = document.createElement("span");
-      span.className = cls;
-      span.textContent = `${mark} ${name} `;
-      td.append(span);
+  td.className = "levels";
+  for (const c of item.comparisons.filter((c) => fields.includes(c.field))) {
+    const span = document.createElement("span");
+    span.className = `grade ${c.grade}`;
+    span.dataset.field = c.field;
+    span.dataset.grade = c.grade;
+    span.textContent = `${MARK[c.grade] || ""} ${LABEL[c.field] || c.field}: ${c.grade}`;
+    td.append(span);
+    if (c.note) {
+      const note = document.createElement("span");
+      note.className = "note";
+      note.textContent = c.note;
+      td.append(note);
     }
   }
   return td;
 }
-function row(item) {
-  const tr = document.createElement("tr");
-  tr.id = `review-${item.id}`;
-  const buttons = document.createElement("td");
-  for (const [action, label] of [["link", "Same person"], ["not-duplicate", "Not a duplicate"]]) {
+function section(item) {
+  const box = document.createElement("section");
+  box.className = "review";
+  box.id = `review-${item.id}`;
+  const head = document.createElement("h2");
+  head.textContent = `Weight ${item.weight.toFixed(1)} \u2014 ${item.reason}`;
+  const buttons = document.createElement("p");
+  for (const [action, label] of [["link", "Same person"], ["not-duplicate", "Not the same person"]]) {
     const button = document.createElement("button");
     button.textContent = label;
     button.dataset.action = action;
     button.addEventListener("click", () => decide(item.id, action));
     buttons.append(button, " ");
   }
-  tr.append(cell([item.weight.toFixed(1), item.reason]), person(item.source), person(item.candidate),
-    fields(item), buttons);
-  return tr;
+  const table = document.createElement("table");
+  const top = document.createElement("tr");
+  top.append(cell("th", [""]), cell("th", ["Patient"]), cell("th", ["Candidate"]), cell("th", ["Comparison"]));
+  table.append(top);
+  for (const [label, values, fields] of ROWS) {
+    const tr = document.createElement("tr");
+    tr.dataset.row = label;
+    tr.append(cell("th", [label]), cell("td", values(item.source)), cell("td", values(item.candidate)),
+      grades(item, fields));
+    table.append(tr);
+  }
+  box.append(head, table, buttons);
+  return box;
+}
+function showRange(shown) {
+  $("count").textContent = total;
+  $("range").textContent = total ? `${offset + 1}\u2013${offset + shown} of ${total}` : "none";
+  $("prev").disabled = offset === 0;
+  $("next").disabled = offset + shown >= total;
 }
 async function load() {
   const typed = $("token").value.trim();
@@ -271,14 +380,19 @@ async function load() {
     $("status").textContent = "Paste a steward token first (hub token --role steward).";
     return;
   }
-  const r = await fetch("/mpi/review?limit=200", {headers: auth()});
+  const r = await fetch(`/mpi/review?limit=${PAGE}&offset=${offset}`, {headers: auth()});
   if (!r.ok) {
     $("status").textContent = `The queue could not be loaded (HTTP ${r.status}).`;
     return;
   }
-  const items = (await r.json()).items;
-  $("rows").replaceChildren(...items.map(row));
-  $("count").textContent = items.length;
+  const body = await r.json();
+  total = body.total;
+  if (!body.items.length && offset > 0) {
+    offset = Math.max(0, offset - PAGE);
+    return load();
+  }
+  $("rows").replaceChildren(...body.items.map(section));
+  showRange(body.items.length);
   $("status").textContent = "";
 }
 async function decide(id, action) {
@@ -287,10 +401,13 @@ async function decide(id, action) {
   $("status").textContent = r.ok ? `Review ${id}: ${action} recorded.` : `Review ${id}: HTTP ${r.status}.`;
   if (r.ok) {
     $(`review-${id}`).remove();
-    $("count").textContent = $("rows").children.length;
+    total -= 1;
+    showRange($("rows").children.length);
   }
 }
-$("load").addEventListener("click", load);
+$("load").addEventListener("click", () => { offset = 0; load(); });
+$("prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE); load(); });
+$("next").addEventListener("click", () => { offset += PAGE; load(); });
 if (sessionStorage.getItem("hub.token")) load();
 </script></body></html>"""
 
@@ -301,6 +418,16 @@ page_router = APIRouter()
 def review_page() -> Response:
     """The review queue as a small web page for data stewards (public shell; the data needs a token)."""
     return Response(_PAGE, media_type="text/html; charset=utf-8")
+
+
+@router.get("/mpi/review/suspect-niks")
+def suspect_nik_list(
+    limit: int = Query(default=100, ge=1, le=1000), session: Session = Depends(get_session)
+) -> Response:
+    """NIKs carried by two people or more (golden records; placeholders left out): they link nobody
+    automatically. Each with the golden records and the sources that carry it."""
+    items = service.suspect_niks(session, limit)
+    return _json({"total": len(items), "items": items})
 
 
 @router.get("/mpi/review/decisions")

@@ -21,9 +21,10 @@ from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session, aliased, make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 
+from hub.config import get_settings
 from hub.errors import Conflict, NotFound
 from hub.mapping import MappingResult, SenderContext
 from hub.mpi.match import (
@@ -33,8 +34,10 @@ from hub.mpi.match import (
     blocking_keys,
     compare,
     features,
+    parse_nik,
     worth_comparing,
 )
+from hub.mpi.survivorship import build_golden, check_rules
 from hub.store import bulk
 from hub.store import resources as store
 from hub.store.models import MpiBlock, MpiDecision, MpiReview, MpiSource, Resource
@@ -44,20 +47,6 @@ log = logging.getLogger(__name__)
 GOLDEN_TAG = {"system": "https://hub.kemkes.go.id/fhir/CodeSystem/mpi", "code": "golden"}
 _NAMESPACE = uuid.UUID("0d6c1f9e-3b7a-5c4e-9a51-7f2d8e6b4c30")
 _LINK_TYPES = ("refer", "seealso", "replaced-by", "replaces")
-# Elements of the golden record taken whole from the best source that has them.
-_GOLDEN_ELEMENTS = (
-    "name",
-    "telecom",
-    "gender",
-    "birthDate",
-    "deceasedBoolean",
-    "deceasedDateTime",
-    "address",
-    "maritalStatus",
-    "multipleBirthBoolean",
-    "multipleBirthInteger",
-    "communication",
-)
 # A blocking key shared by more sources than MAX_BLOCK is ignored; a decision scores at most MAX_COMPARED
 # candidates (see hub.mpi.match.worth_comparing).
 MAX_BLOCK = 500
@@ -66,24 +55,53 @@ MAX_COMPARED = 8
 
 @dataclass(frozen=True, slots=True)
 class MpiSettings:
-    """How the MPI decides and builds golden records. ``sender_trust``: higher wins when two senders
-    disagree on an element (then the most recent wins)."""
+    """How the MPI decides and builds golden records. ``sender_trust``: facility → trust, higher wins
+    where an element's survivorship rules say ``trust``; ``survivorship``: element → rule names, in place
+    of the defaults of :mod:`hub.mpi.survivorship`."""
 
     match: MatchConfig = field(default_factory=MatchConfig)
     sender_trust: Mapping[str, int] | None = None
+    survivorship: Mapping[str, tuple[str, ...]] | None = None
 
 
 DEFAULT_SETTINGS = MpiSettings()
 
 
-@lru_cache(maxsize=8)
 def settings_for(match_threshold: float, possible_threshold: float, twin_gate: bool) -> MpiSettings:
-    """MpiSettings from the hub's ``HUB_MPI_*`` settings (cached: the pipeline asks per message)."""
+    """MpiSettings from the hub's ``HUB_MPI_*`` settings: the thresholds and gate given, the sender trust
+    (``HUB_MPI_SENDER_TRUST``) and survivorship rules (``HUB_MPI_SURVIVORSHIP``) as configured."""
+    hub = get_settings()
+    return _settings_for(
+        match_threshold,
+        possible_threshold,
+        twin_gate,
+        tuple(sorted(hub.mpi_sender_trust.items())),
+        tuple(sorted((k, tuple(v)) for k, v in hub.mpi_survivorship.items())),
+    )
+
+
+@lru_cache(maxsize=8)
+def _settings_for(
+    match_threshold: float,
+    possible_threshold: float,
+    twin_gate: bool,
+    trust: tuple[tuple[str, int], ...],
+    rules: tuple[tuple[str, tuple[str, ...]], ...],
+) -> MpiSettings:
+    # Cached: the pipeline asks per message.
     return MpiSettings(
         match=MatchConfig(
             match_threshold=match_threshold, possible_threshold=possible_threshold, twin_gate=twin_gate
-        )
+        ),
+        sender_trust=dict(trust) or None,
+        survivorship=check_rules(dict(rules)) if rules else None,
     )
+
+
+def configured_settings() -> MpiSettings:
+    """The MpiSettings of the hub's configuration (steward decisions rebuild golden records with them)."""
+    hub = get_settings()
+    return settings_for(hub.mpi_match_threshold, hub.mpi_possible_threshold, hub.mpi_twin_gate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,22 +573,64 @@ def find_candidates(
             session.scalars(select(MpiSource.golden_id).where(MpiSource.id.in_(forbidden_sources)))
         )
     best: dict[str, Candidate] = {}
+    parsed = [(row, _features_of_stored(row.raw, settings.match)) for row in rows]
+    suspect = nik_is_suspect(feats, ((row.golden_id, other) for row, other in parsed))
     # Sources of one person often share every compared feature (they differ in their MRNs): compare once.
     results: dict[tuple[Any, ...], MatchResult] = {}
-    for row in rows:
+    for row, other in parsed:
         if row.golden_id in forbidden_goldens:
             continue
-        other = _features_of_stored(row.raw, settings.match)
         fkey = _features_key(other)
         result = results.get(fkey)
         if result is None:
-            result = results[fkey] = compare(feats, other, settings.match)
+            result = results[fkey] = compare(feats, other, settings.match, nik_suspect=suspect)
         if result.outcome == "no-match":
             continue
         current = best.get(row.golden_id)
         if current is None or _rank(result) > _rank(current.result):
             best[row.golden_id] = Candidate(row.golden_id, row.id, result)
     return sorted(best.values(), key=lambda c: _rank(c.result), reverse=True)
+
+
+def nik_is_suspect(feats: Features, carriers: Iterable[tuple[str, Features]]) -> bool:
+    """Whether the valid NIK of ``feats`` is suspect: among ``carriers`` (golden id, features of a stored
+    source), those with the same NIK belong to two golden records or more, placeholders (a newborn under
+    the mother's NIK) left out. A NIK that different people carry (a family card number, a parent's NIK)
+    then counts for nothing: it no longer links anyone automatically."""
+    if feats.nik is None or feats.placeholder:
+        return False
+    nik = feats.nik.nik
+    people = {
+        golden for golden, f in carriers if f.nik is not None and f.nik.nik == nik and not f.placeholder
+    }
+    return len(people) >= 2
+
+
+def suspect_niks(session: Session, limit: int = 100) -> list[dict[str, Any]]:
+    """The NIKs flagged as suspect (see :func:`nik_is_suspect`): each with the golden records (people) and
+    the sources that carry it, the most widely shared first."""
+    shared = session.execute(
+        select(MpiBlock.key)
+        .join(MpiSource, MpiSource.id == MpiBlock.source_id)
+        .where(MpiBlock.key.like("nik:%"))
+        .group_by(MpiBlock.key)
+        .having(func.count(func.distinct(MpiSource.golden_id)) >= 2)
+    ).scalars()
+    out: list[dict[str, Any]] = []
+    for key in shared:
+        rows = session.execute(
+            select(MpiSource.id, MpiSource.golden_id, MpiSource.content)
+            .join(MpiBlock, MpiBlock.source_id == MpiSource.id)
+            .where(MpiBlock.key == key)
+            .order_by(MpiSource.id)
+        ).all()
+        carriers = [(sid, golden) for sid, golden, content in rows if not _features(content).placeholder]
+        people = sorted({golden for _, golden in carriers})
+        nik = key.removeprefix("nik:")
+        if len(people) >= 2 and parse_nik(nik) is not None:
+            out.append({"nik": nik, "people": people, "sources": [sid for sid, _ in carriers]})
+    out.sort(key=lambda entry: (-len(entry["people"]), entry["nik"]))
+    return out[:limit]
 
 
 def _rank(result: MatchResult) -> tuple[int, float]:
@@ -598,7 +658,8 @@ def _queue_reviews(session: Session, sid: str, candidates: Iterable[Candidate]) 
     for cand in cands:
         existing = existing_reviews.get(cand.source_id)
         comparisons = [
-            {"field": c.field, "level": c.level, "weight": c.weight} for c in cand.result.comparisons
+            {"field": c.field, "level": c.level, "weight": c.weight, **({"note": c.note} if c.note else {})}
+            for c in cand.result.comparisons
         ]
         if existing is not None:
             if existing.status == "open":  # refresh the scores; a decided review stays decided
@@ -638,9 +699,10 @@ def rebuild_golden(
     sources: Sequence[Any] | None = None,
     deferred: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write the golden Patient from its current sources (or delete it when it has none left). Each
-    element comes from the best source that has it: active before retired, the most trusted sender, then
-    the most recent; identifiers are the union over all sources. ``sources``: the caller already holds
+    """Write the golden Patient from its current sources (or delete it when it has none left), each
+    element by its survivorship rules (:mod:`hub.mpi.survivorship`: a fuller name beats a shorter one it
+    holds, a NIK-bearing source one without, the most recent address and telecom, the configured sender
+    trust; every identifier kept), each recording its source. ``sources``: the caller already holds
     them all (a source that just founded this golden record), so they are not read again. ``deferred``:
     the golden Patient is appended there, for the caller to store, instead of being stored here."""
     if sources is None:
@@ -651,34 +713,13 @@ def rebuild_golden(
         if current is not None and not current.deleted:
             store.delete(session, "Patient", golden_id)
         return
-    trust = settings.sender_trust or {}
-    ranked = sorted(
+    golden = build_golden(
+        golden_id,
         sources,
-        key=lambda s: (s.active, trust.get(s.facility, 0), _utc(s.updated_at), s.id),
-        reverse=True,
+        rules=settings.survivorship,
+        trust=settings.sender_trust,
+        tag=GOLDEN_TAG,
     )
-    golden: dict[str, Any] = {
-        "resourceType": "Patient",
-        "id": golden_id,
-        "meta": {"tag": [dict(GOLDEN_TAG)]},
-    }
-    identifiers: list[dict[str, Any]] = []
-    seen: set[tuple[str, str]] = set()
-    for src in ranked:
-        for ident in (src.content or {}).get("identifier") or []:
-            key = (str(ident.get("system") or ""), str(ident.get("value") or ""))
-            if key[1] and key not in seen:
-                seen.add(key)
-                identifiers.append(ident)
-    if identifiers:
-        golden["identifier"] = identifiers
-    golden["active"] = True
-    for element in _GOLDEN_ELEMENTS:
-        for src in ranked:
-            value = (src.content or {}).get(element)
-            if value not in (None, [], ""):
-                golden[element] = value
-                break
     golden["link"] = [{"other": {"reference": f"Patient/{s.id}"}, "type": "seealso"} for s in sources]
     if deferred is not None:
         deferred.append(golden)
@@ -939,8 +980,9 @@ def _move(
 
 def _after_change(session: Session, goldens: Iterable[str | None], sources: Iterable[str | None]) -> None:
     session.flush()
+    settings = configured_settings()
     for golden in sorted({g for g in goldens if g}):
-        rebuild_golden(session, golden)
+        rebuild_golden(session, golden, settings)
     for sid in sorted({s for s in sources if s}):
         _sync_stored_source(session, sid)
 
@@ -993,15 +1035,50 @@ def unlink(session: Session, source_id: str, *, actor: str, reason: str = "") ->
     return decision
 
 
+def review_pairs(session: Session, status: str = "open") -> list[tuple[int, list[int]]]:
+    """The reviews of ``status`` as one entry per pair, highest weight first: (the review shown, the other
+    reviews of the same pair). Open reviews pair the two records' current golden records (two sources
+    of one person against two of another are one question for a steward); decided ones their sources."""
+    source_row, candidate_row = aliased(MpiSource), aliased(MpiSource)
+    rows = session.execute(
+        select(
+            MpiReview.id,
+            MpiReview.source_id,
+            MpiReview.candidate_source_id,
+            source_row.golden_id,
+            candidate_row.golden_id,
+        )
+        .outerjoin(source_row, source_row.id == MpiReview.source_id)
+        .outerjoin(candidate_row, candidate_row.id == MpiReview.candidate_source_id)
+        .where(MpiReview.status == status)
+        .order_by(MpiReview.weight.desc(), MpiReview.id)
+    ).all()
+    entries: dict[frozenset[str], tuple[int, list[int]]] = {}
+    for review_id, source_id, candidate_id, source_golden, candidate_golden in rows:
+        if status == "open" and source_golden and candidate_golden and source_golden != candidate_golden:
+            key = frozenset((f"g:{source_golden}", f"g:{candidate_golden}"))
+        else:
+            key = frozenset((f"s:{source_id}", f"s:{candidate_id}"))
+        if key in entries:
+            entries[key][1].append(review_id)
+        else:
+            entries[key] = (review_id, [])
+    return list(entries.values())
+
+
 def decide_review(
     session: Session, review_id: int, decision: str, *, actor: str, reason: str = ""
 ) -> MpiDecision:
-    """A steward's answer to a possible match: ``link`` (same person) or ``not-duplicate``."""
+    """A steward's answer to a possible match: ``link`` (same person) or ``not-duplicate``; a
+    ``not-duplicate`` also answers the other open reviews of the same pair (other sources of the same two
+    golden records)."""
     review = session.get(MpiReview, review_id)
     if review is None:
         raise NotFound(f"review {review_id} does not exist")
     if review.status != "open":
         raise Conflict(f"review {review_id} was already decided ({review.status})")
+    siblings = next((rest for first, rest in review_pairs(session) if review_id in (first, *rest)), [])
+    siblings = [r for r in siblings if r != review_id]
     if decision == "link":
         result = link(
             session,
@@ -1031,6 +1108,14 @@ def decide_review(
     else:
         raise Conflict(f"unknown review decision {decision!r}")
     review.decided_at = _now()
+    # A link moves this review's source only: the pair's other reviews stay open until they are settled
+    # (both sides in one golden record) or answered; "not a duplicate" answers them all.
+    if decision == "link":
+        siblings = []
+    for other in session.scalars(
+        select(MpiReview).where(MpiReview.id.in_(siblings), MpiReview.status == "open")
+    ):
+        other.status, other.decided_at = review.status, review.decided_at
     return result
 
 

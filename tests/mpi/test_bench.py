@@ -31,6 +31,19 @@ def test_generator_has_known_duplicates_placeholders_twins_and_namesakes() -> No
     assert any(p.endswith("-baby") for p in people)
     assert any(p.endswith("-twin") for p in people) and any(p.endswith("-son") for p in people)
     assert any(features(patient_of(r)).placeholder for _, r in records)
+    # People under another's NIK: relatives, named newborns, sons, families under one KK number.
+    carriers: dict[str, set[str]] = {}
+    for person, reg in records:
+        if reg.nik:
+            carriers.setdefault(reg.nik, set()).add(person)
+    assert any(p.endswith("-kin") for p in people) and any(p.endswith("-child") for p in people)
+    assert max(len(c) for c in carriers.values()) >= 2
+
+
+def test_household_niks_merge_nobody_in_a_small_population() -> None:
+    report = run_indonesian(300, seed=8, ingest=False)
+    assert report["false_merges"] == 0 and report["false_pairs"] == 0
+    assert report["review_reasons"].get("NIK conflict", 0) > 0
 
 
 def test_adt_message_carries_the_registration() -> None:

@@ -89,7 +89,7 @@ def test_shared_nik_with_contradicting_demographics_is_only_possible() -> None:
     mother = patient("RSA", "1", "Siti Aminah", "1990-05-15", "female", nik=NIK_SARI)
     husband = patient("RSB", "2", "Bambang Wijaya", "1982-02-20", "male", nik=NIK_SARI)
     result = score(mother, husband)
-    assert (result.outcome, result.reason) == ("possible", "nik-contradiction")
+    assert (result.outcome, result.reason) == ("possible", "NIK conflict")
 
 
 def test_an_invalid_nik_is_never_deterministic() -> None:

@@ -191,3 +191,22 @@ def test_review_page_is_a_shell_without_patient_data(engine: Engine, client: Asg
     assert "Possible matches" in resp.text and "Dewi" not in resp.text
     assert anonymous.get("/mpi/review").status_code == 401
     assert [i["source"]["name"] for i in client.get("/mpi/review").json()["items"]] == ["Dewi Lestary"]
+
+
+def test_review_list_has_the_total_paging_levels_and_suspect_niks(engine: Engine, client: AsgiClient) -> None:
+    nik = "3273011505620004"
+    load(engine, "RSUD-A", patient("RSUD-A", "1", "Dewi Lestari", "1992-08-17", "female"))
+    load(engine, "RS-B", patient("RS-B", "2", "Dewi Lestary", "1992-08-17", "female"))
+    load(engine, "RSUD-A", patient("RSUD-A", "3", "Budi Santoso", "1962-05-15", "male", nik=nik))
+    load(engine, "RS-B", patient("RS-B", "4", "Agus Santoso", "1969-08-02", "male", nik=nik))
+    body = client.get("/mpi/review", params={"limit": 1}).json()
+    assert body["total"] == 2 and body["limit"] == 1 and len(body["items"]) == 1
+    second = client.get("/mpi/review", params={"limit": 1, "offset": 1}).json()["items"]
+    assert len(second) == 1 and second[0]["id"] != body["items"][0]["id"]
+    items = {i["reason"]: i for i in client.get("/mpi/review").json()["items"]}
+    grades = {c["field"]: c["grade"] for c in items["score"]["comparisons"]}
+    assert grades["name"] == "partial" and grades["birthDate"] == "exact"
+    conflict = items["NIK conflict"]
+    assert {i["label"] for i in conflict["candidate"]["identifiers"]} == {"MRN", "NIK"}
+    suspects = client.get("/mpi/review/suspect-niks").json()
+    assert suspects["total"] == 1 and suspects["items"][0]["nik"] == nik

@@ -191,7 +191,7 @@ def test_nik_shared_by_different_people_goes_to_review(session: Session) -> None
     ingest(session, "RS-B", husband)
     assert refer(mother) != refer(husband)
     review = session.scalars(select(MpiReview)).one()
-    assert review.reason == "nik-contradiction"
+    assert review.reason == "NIK conflict"
 
 
 def test_newborn_placeholder_is_not_auto_linked_to_the_mother(session: Session) -> None:
