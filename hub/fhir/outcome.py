@@ -25,6 +25,7 @@ _ISSUE_TYPES = {
     "conflict": "conflict",
     "precondition-failed": "conflict",
     "processing": "processing",
+    "throttled": "throttled",
 }
 
 

@@ -1,8 +1,12 @@
 """HL7 v2 over HTTP: ``POST /hl7/v2`` with the ER7 message as body; the ACK is the response body
 (200 for AA/AE and CA/CE, 400 for AR/CR, 503 when the store cannot commit: nothing was accepted).
 
-A sender registered with a password must authenticate with HTTP Basic (user = its MSH-4 facility);
-a wrong or missing password is answered 401 and nothing is stored.
+Every request needs a sender credential: a bearer token of the ``sender`` role (its ``facility`` claim
+names the facilities it may send for) or HTTP Basic with a registered sender's password (user = its
+MSH-4). A missing or wrong credential is answered 401 and nothing is stored; a message whose MSH-4 is
+not one of the credential's facilities is kept as ``rejected`` (``sender-not-authorized``) and answered
+AR. Over the intake rate limit (``HUB_RATE_INTAKE_PER_S``) the answer is 429 with ``Retry-After`` and an
+AR ACK, and nothing is stored.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hub import hl7
+from hub.auth import bearer, require_principal
 from hub.auth_secrets import check_secret
+from hub.errors import HubError
 from hub.ingest.service import Intake, StorageUnavailable
+from hub.ratelimit import RateLimited, rate_limited_ack
 from hub.store.models import Sender
 
 router = APIRouter(tags=["hl7"])
@@ -51,6 +58,40 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
     return user, password
 
 
+def _refused(text: str, status: int = 401) -> Response:
+    return Response(
+        text,
+        status_code=status,
+        headers={"WWW-Authenticate": 'Bearer realm="hub", Basic realm="hub HL7 v2"'}
+        if status == 401
+        else None,
+    )
+
+
+async def _credential(request: Request, facility: str) -> frozenset[str] | Response:
+    """The facilities the request's credential may send for: a sender's bearer token (its ``facility``
+    claim), or HTTP Basic with a registered sender's password (user = the facility). Anything else is
+    refused before the message is read further."""
+    if bearer(request) is not None:
+        try:
+            principal = await require_principal(request)
+        except HubError as exc:
+            return _refused(exc.message)
+        if not principal.has("intake"):
+            return _refused(f"role {principal.role} may not send messages", 403)
+        return frozenset(principal.facilities)
+    creds = _basic_credentials(request)
+    if creds is None:
+        return _refused(
+            "HL7 over HTTP needs a sender credential (a bearer token, or HTTP Basic: user = MSH-4)"
+        )
+    request.state.audit_agent = creds[0]
+    stored = await asyncio.to_thread(_sender_secret, request, creds[0])
+    if stored is None or not check_secret(creds[1], stored):
+        return _refused(f"sender {creds[0]} could not be authenticated")
+    return frozenset({creds[0]})
+
+
 @router.post("/hl7/v2", summary="Send one HL7 v2 message (ER7); the response body is its ACK")
 async def post_hl7(request: Request) -> Response:
     intake: Intake = request.app.state.runtime.intake
@@ -59,18 +100,22 @@ async def post_hl7(request: Request) -> Response:
         facility = hl7.peek_header(body).sending_facility
     except hl7.HeaderError:
         facility = ""
-    if facility:
-        stored = await asyncio.to_thread(_sender_secret, request, facility)
-        if stored is not None:
-            creds = _basic_credentials(request)
-            if creds is None or creds[0] != facility or not check_secret(creds[1], stored):
-                return Response(
-                    f"sender {facility} must authenticate (HTTP Basic, user = MSH-4)",
-                    status_code=401,
-                    headers={"WWW-Authenticate": 'Basic realm="hub HL7 v2"'},
-                )
+    allowed = await _credential(request, facility)
+    if isinstance(allowed, Response):
+        return allowed
+    limiter = getattr(request.app.state, "intake_limiter", None)
+    if limiter is not None:
+        try:
+            limiter.check(facility or "-")
+        except RateLimited as exc:
+            return Response(
+                rate_limited_ack(body, exc.retry_after),
+                status_code=429,
+                media_type=HL7_MEDIA_TYPE,
+                headers={"Retry-After": str(exc.retry_after)},
+            )
     try:
-        accepted = await asyncio.wrap_future(intake.submit(body, "http"))
+        accepted = await asyncio.wrap_future(intake.submit(body, "http", allowed=allowed))
     except StorageUnavailable:
         return Response("store unavailable; message not accepted, resend later", status_code=503)
     status = 400 if accepted.code in ("AR", "CR") else 200

@@ -27,17 +27,22 @@ def client(engine: Engine, database_url: str, tmp_path: Path) -> Iterator[TestCl
         yield c
 
 
+def _as_sender(client: TestClient, facility: str = "RSUD_SEHAT") -> dict[str, str]:
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    return {"Authorization": "Bearer " + issue_token(settings, "sender", facilities=[facility])}
+
+
 def test_post_hl7_returns_ack(client: TestClient) -> None:
-    r = client.post("/hl7/v2", content=adt("H1").encode())
+    r = client.post("/hl7/v2", content=adt("H1").encode(), headers=_as_sender(client))
     assert r.status_code == 200
     assert parse(r.text).get("MSA-1") == "AA" and parse(r.text).get("MSA-2") == "H1"
-    r = client.post("/hl7/v2", content=b"garbage")
+    r = client.post("/hl7/v2", content=b"garbage", headers=_as_sender(client))
     assert r.status_code == 400 and parse(r.text).get("MSA-1") == "AR"
 
 
 def test_operator_lists_and_inspects(client: TestClient) -> None:
-    client.post("/hl7/v2", content=adt("H2").encode())
-    client.post("/hl7/v2", content=b"MSH|bad")
+    client.post("/hl7/v2", content=adt("H2").encode(), headers=_as_sender(client))
+    client.post("/hl7/v2", content=b"MSH|bad", headers=_as_sender(client))
     listing = client.get("/hl7/messages", params={"state": "rejected"}).json()["messages"]
     assert len(listing) == 1 and listing[0]["state"] == "rejected"
     listing = client.get("/hl7/messages", params={"sender": "RSUD_SEHAT", "type": "ADT^A01"}).json()[
@@ -66,7 +71,7 @@ def test_sender_with_password_must_authenticate(client: TestClient, engine: Engi
             )
         )
     body = adt("P1", facility="RS_PRIVATE").encode()
-    assert client.post("/hl7/v2", content=body).status_code == 401
+    assert client.post("/hl7/v2", content=body, headers={"Authorization": ""}).status_code == 401
     assert client.post("/hl7/v2", content=body, auth=("RS_PRIVATE", "wrong")).status_code == 401
     ok = client.post("/hl7/v2", content=body, auth=("RS_PRIVATE", "s3cret"))
     assert ok.status_code == 200 and parse(ok.text).get("MSA-1") == "AA"
