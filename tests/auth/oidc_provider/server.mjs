@@ -20,6 +20,7 @@ const provider = new Provider(cfg.issuer, {
     response_types: [],
     scope: c.scope,
     token_endpoint_auth_method: 'client_secret_basic',
+    id_token_signed_response_alg: cfg.alg,
     hub_roles: c.roles,
     hub_facility: c.facility ?? null,
   })),
