@@ -710,6 +710,7 @@ def search_audit(request: Request, principal: Principal = Depends(require_permis
     params = list(request.query_params.multi_items())
     with read_scope(request) as session:
         rows, next_before = search_rows(session, params)
+        events = [to_fhir(r) for r in rows]
     base = str(request.base_url).rstrip("/") + "/fhir"
     links = [{"relation": "self", "url": str(request.url)}]
     if next_before is not None:
@@ -728,8 +729,8 @@ def search_audit(request: Request, principal: Principal = Depends(require_permis
             "type": "searchset",
             "link": links,
             "entry": [
-                {"fullUrl": f"{base}/AuditEvent/{r.id}", "resource": to_fhir(r), "search": {"mode": "match"}}
-                for r in rows
+                {"fullUrl": f"{base}/AuditEvent/{e['id']}", "resource": e, "search": {"mode": "match"}}
+                for e in events
             ],
         }
     )
@@ -746,9 +747,9 @@ def read_audit(
     trail_of(request.app).flush()
     with read_scope(request) as session:
         row = session.get(AuditRecord, int(event_id))
-    if row is None:
-        raise NotFound(f"AuditEvent/{event_id} is not known")
-    return _fhir(to_fhir(row))
+        if row is None:
+            raise NotFound(f"AuditEvent/{event_id} is not known")
+        return _fhir(to_fhir(row))
 
 
 def record_now(
