@@ -193,6 +193,8 @@ class Principal:
         ``patient`` when only a patient scope does (and the token names its patient), else None."""
         if not self._ceiling(resource_type, interaction):
             return None
+        if resource_type == "AuditEvent" and not self.has("audit"):
+            return None  # the audit trail is the admins' (hub.audit), whatever the scopes
         best: Access | None = None
         for ctx, rtype, perms in self._parsed:
             if rtype not in ("*", resource_type) or interaction not in perms:
@@ -232,21 +234,46 @@ class BearerRequired(Unauthorized):
 # Tokens already verified, until their expiry: verifying a JWT costs ≈0.1–0.3 ms, a good part of a read's
 # budget, and a client sends the same token with every request. Keyed by the settings' identity too.
 # Cleared whole when full (tokens are short-lived anyway).
-_VERIFIED: dict[tuple[int, str], tuple[Principal, float, float]] = {}
+# An entry: (principal, not before, expires, the provider's key set and the token's kid). A token of the
+# provider is taken from here only while its key is still published: when a token with a new kid made
+# the hub fetch the keys again and the old key is gone, tokens signed by it stop working at once.
+_Entry = tuple[Principal, float, float, "JWKS | None", "str | None"]
+_VERIFIED: dict[tuple[tuple[Any, ...], str], _Entry] = {}
 _VERIFIED_MAX = 4096
 
 
+def _trust(settings: Settings) -> tuple[Any, ...]:
+    """What a token's verification depends on besides the token: entries verified under other settings
+    (another key directory, provider, audience or skew) are not reused."""
+    return (
+        settings.var_dir,
+        settings.oidc_issuer,
+        settings.oidc_audience,
+        settings.oidc_leeway_s,
+        settings.oidc_algorithms,
+    )
+
+
 def decode_token(settings: Settings, token: str) -> Principal:
-    key = (id(settings), token)
-    hit = _VERIFIED.get(key)
-    now = time.time()
-    if hit is not None and hit[2] <= now < hit[1]:
-        return hit[0]
-    principal, not_before, expires = _verify(settings, token)
+    key = (_trust(settings), token)
+    hit = _cached(key)
+    if hit is not None:
+        return hit
+    entry = _verify(settings, token)
     if len(_VERIFIED) >= _VERIFIED_MAX:
         _VERIFIED.clear()
-    _VERIFIED[key] = (principal, expires, not_before)
-    return principal
+    _VERIFIED[key] = entry
+    return entry[0]
+
+
+def _cached(key: tuple[tuple[Any, ...], str]) -> Principal | None:
+    hit = _VERIFIED.get(key)
+    if hit is None or not hit[1] <= time.time() < hit[2]:
+        return None
+    jwks = hit[3]
+    if jwks is not None and hit[4] not in jwks.kids:
+        return None
+    return hit[0]
 
 
 def _is_local(token: str) -> bool:
@@ -256,7 +283,7 @@ def _is_local(token: str) -> bool:
         raise BearerRequired(f"the bearer token is not valid ({exc})") from exc
 
 
-def _verify(settings: Settings, token: str) -> tuple[Principal, float, float]:
+def _verify(settings: Settings, token: str) -> _Entry:
     if _is_local(token):
         return _verify_local(settings, token)
     if not settings.oidc_issuer:
@@ -266,7 +293,7 @@ def _verify(settings: Settings, token: str) -> tuple[Principal, float, float]:
     return _verify_oidc(settings, token)
 
 
-def _verify_local(settings: Settings, token: str) -> tuple[Principal, float, float]:
+def _verify_local(settings: Settings, token: str) -> _Entry:
     try:
         claims = jwt.decode(
             token,
@@ -291,7 +318,7 @@ def _verify_local(settings: Settings, token: str) -> tuple[Principal, float, flo
         client_id=str(claims["client_id"]) if claims.get("client_id") else None,
         emergency=str(claims["btg"]) if claims.get("btg") else None,
     )
-    return principal, float(claims.get("nbf", 0)), float(claims["exp"])
+    return principal, float(claims.get("nbf", 0)), float(claims["exp"]), None, None
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -320,13 +347,14 @@ def _claim(claims: dict[str, Any], path: str) -> Any:
     return value
 
 
-def _verify_oidc(settings: Settings, token: str) -> tuple[Principal, float, float]:
+def _verify_oidc(settings: Settings, token: str) -> _Entry:
     algorithms = [a.strip() for a in settings.oidc_algorithms.split(",") if a.strip()]
     try:
         header = jwt.get_unverified_header(token)
         if header.get("alg") not in algorithms:
             raise BearerRequired(f"the bearer token's algorithm {header.get('alg')!r} is not accepted")
-        key = jwks_for(settings).key(header.get("kid"))
+        jwks = jwks_for(settings)
+        key = jwks.key(header.get("kid"))
         claims = jwt.decode(
             token,
             key,
@@ -368,7 +396,8 @@ def _verify_oidc(settings: Settings, token: str) -> tuple[Principal, float, floa
         issuer=str(claims["iss"]),
     )
     leeway = float(settings.oidc_leeway_s)
-    return principal, float(claims.get("nbf", 0)) - leeway, float(claims["exp"]) + leeway
+    nbf, exp = float(claims.get("nbf", 0)) - leeway, float(claims["exp"]) + leeway
+    return principal, nbf, exp, jwks, header.get("kid")
 
 
 class JWKS:
@@ -399,6 +428,11 @@ class JWKS:
                 continue  # a key type or curve this verifier does not know: tokens signed by it fail
         self._keys = keys
         self._fetched = time.monotonic()
+
+    @property
+    def kids(self) -> Any:
+        """The key ids published at the last fetch (``None`` stands for a key without one)."""
+        return self._keys.keys()
 
     def key(self, kid: str | None) -> Any:
         with self._lock:
@@ -455,9 +489,9 @@ async def require_principal(request: Request) -> Principal:
     if token is None:
         raise BearerRequired("an Authorization: Bearer token is required")
     settings = request.app.state.settings
-    hit = _VERIFIED.get((id(settings), token))
-    if hit is not None and hit[2] <= time.time() < hit[1]:
-        principal = hit[0]
+    hit = _cached((_trust(settings), token))
+    if hit is not None:
+        principal = hit
     elif _is_local(token):
         principal = decode_token(settings, token)
     else:
