@@ -216,7 +216,9 @@ def verify(engine: Engine, chunk: int = 5000) -> tuple[int, Broken | None]:
 class AuditTrail:
     """The background writer: :meth:`record` queues (no I/O), the writer thread appends in batches."""
 
-    def __init__(self, engine: Engine, flush_ms: float = 200.0) -> None:
+    def __init__(self, engine: Engine | str, flush_ms: float = 200.0) -> None:
+        # An engine (the running hub's), or a URL: then each batch opens an engine of its own and disposes
+        # of it (an app served without its lifespan, e.g. `uvicorn --lifespan off`, has none to share).
         self.engine = engine
         self.flush_s = max(flush_ms, 1.0) / 1000.0
         self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
@@ -264,7 +266,16 @@ class AuditTrail:
     def _write(self, batch: list[Event]) -> None:
         for attempt in range(5):
             try:
-                append(self.engine, batch)
+                if isinstance(self.engine, str):
+                    from hub.db import make_engine
+
+                    engine = make_engine(self.engine)
+                    try:
+                        append(engine, batch)
+                    finally:
+                        engine.dispose()
+                else:
+                    append(self.engine, batch)
                 self.written += len(batch)
                 break
             except Exception:  # the store is down: keep the events and try again, then say so
@@ -297,12 +308,7 @@ def trail_of(app: Any) -> AuditTrail:
     if trail is None:
         runtime = getattr(app.state, "runtime", None)
         settings = app.state.settings
-        if runtime is not None:
-            engine = runtime.engine
-        else:
-            from hub.db import get_engine
-
-            engine = get_engine(settings.sqlalchemy_url)
+        engine: Engine | str = runtime.engine if runtime is not None else settings.sqlalchemy_url
         trail = app.state.audit = AuditTrail(engine, settings.audit_flush_ms)
     return trail
 
