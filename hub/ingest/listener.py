@@ -18,9 +18,11 @@ from collections import deque
 from pathlib import Path
 from typing import Any, cast
 
+from hub import hl7
 from hub.config import Settings
 from hub.ingest.mllp import END, START, FrameDecoder, Oversize
-from hub.ingest.service import Intake, Ticket
+from hub.ingest.service import Accepted, Intake, Ticket
+from hub.ratelimit import RateLimited, RateLimiter, rate_limited_ack
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +83,33 @@ class MLLPServer:
         self.trust_msh4 = (
             not self.allow and settings.mllp_tls_client_ca is None and _is_loopback(settings.mllp_host)
         )
+        self.limiter: RateLimiter | None = None
+        if settings.rate_intake_per_s > 0:
+            self.limiter = RateLimiter(settings.rate_intake_per_s, settings.rate_intake_burst, "sender")
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: dict[_Connection, None] = {}  # connections with ACKs outstanding, in arrival order
         self._open: set[_Connection] = set()
         self._flush_scheduled = False
         intake.on_commit(self._committed)
+
+    def throttled(self, frame_bytes: bytes) -> Ticket | None:
+        """A done ticket answering AR (not stored) when the frame's facility is over its rate, else None."""
+        if self.limiter is None:
+            return None
+
+        try:
+            facility = hl7.peek_header(frame_bytes).sending_facility
+        except hl7.HeaderError:
+            facility = "-"
+        try:
+            self.limiter.check(facility or "-")
+        except RateLimited as exc:
+            return Ticket(
+                Accepted(rate_limited_ack(frame_bytes, exc.retry_after), "AR", None, state="throttled"),
+                done=True,
+            )
+        return None
 
     @property
     def connections(self) -> int:
@@ -204,6 +227,11 @@ class _Connection(asyncio.Protocol):
                 break
             # Every frame of this read goes to the intake at once (a pipelining sender gets its messages
             # into one group commit); the ACKs go back in the order of the frames.
+            refused = self.server.throttled(item)
+            if refused is not None:  # over its sender's rate: AR, nothing stored, answered in its turn
+                self.tickets.append(refused)
+                submitted = True
+                continue
             self.tickets.append(intake.submit_ticket(item, "mllp", allowed=self.allowed))
             submitted = True
         if submitted:

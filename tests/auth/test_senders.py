@@ -282,3 +282,25 @@ def test_client_credentials_grant(client: TestClient, engine: Engine, settings: 
         client.post("/auth/token", data={"grant_type": "password"}).json()["error"]
         == "unsupported_grant_type"
     )
+
+
+def test_mllp_rate_limit_answers_ar_and_stores_nothing(engine: Engine) -> None:
+    settings = Settings(mllp_port=0, rate_intake_per_s=0.01, rate_intake_burst=1, open_registration=True)
+    intake = Intake(engine, settings)
+
+    async def main() -> list[str]:
+        intake.start()
+        server = MLLPServer(intake, settings)
+        await server.start()
+        try:
+            return await _send(server.port, [adt("R1").encode(), adt("R2").encode()])
+        finally:
+            await server.stop()
+            intake.stop()
+
+    first, second = asyncio.run(main())
+    assert parse(first).get("MSA-1") == "AA"
+    assert parse(second).get("MSA-1") == "AR" and parse(second).get("MSA-2") == "R2"
+    assert "rate limit" in second
+    with engine.connect() as conn:
+        assert set(conn.execute(select(InboundMessage.control_id)).scalars()) == {"R1"}
