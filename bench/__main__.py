@@ -11,7 +11,7 @@ import importlib
 import inspect
 import sys
 
-BENCHES = ("intake", "accept", "pipeline", "mapping", "extract", "fhir", "mpi", "export", "fuzz")
+BENCHES = ("intake", "accept", "pipeline", "mapping", "extract", "fhir", "mpi", "export", "fuzz", "audit")
 
 
 def main(argv: list[str]) -> int:

@@ -27,12 +27,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            audit = getattr(app.state, "audit", None)
+            if audit is not None:
+                audit.stop()  # what was recorded is written before the store closes
             await runtime.stop()
 
     app = FastAPI(title="hub", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
 
+    from hub.audit import AuditMiddleware
     from hub.fhir_api.errors import install as install_error_handlers
+    from hub.ratelimit import RateLimiter
+
+    app.add_middleware(AuditMiddleware)
+    if settings.rate_api_per_s > 0:
+        app.state.rate_limiter = RateLimiter(settings.rate_api_per_s, settings.rate_api_burst, "client")
+    if settings.rate_intake_per_s > 0:
+        app.state.intake_limiter = RateLimiter(
+            settings.rate_intake_per_s, settings.rate_intake_burst, "sender"
+        )
 
     install_error_handlers(app)
 
@@ -41,6 +54,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(hl7_router)
     app.include_router(operator_router)
+
+    from hub.audit import router as audit_router
+    from hub.auth_api import public as auth_public
+    from hub.auth_api import router as auth_router
+
+    app.include_router(auth_public)
+    app.include_router(auth_router)
+    app.include_router(audit_router)  # before the FHIR routers: /fhir/AuditEvent is the audit trail's
 
     from hub.auth import mpi_guard
     from hub.fhir_api.sessions import write_session

@@ -23,6 +23,31 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 sender_app = typer.Typer(help="Sending facilities.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(sender_app, name="sender")
+client_app = typer.Typer(
+    help="Systems registered for the client-credentials grant (/auth/token).", no_args_is_help=True
+)
+audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
+app.add_typer(client_app, name="client")
+app.add_typer(audit_app, name="audit")
+
+
+def _audit(kind: str, reason: str) -> None:
+    """Record an admin change made from the command line in the audit trail."""
+    import getpass
+
+    from hub.audit import record_now
+    from hub.db import make_engine
+
+    settings = get_settings()
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        record_now(
+            engine, kind, agent=f"shell:{getpass.getuser()}", role="admin", reason=reason, method="CLI"
+        )
+    except Exception as exc:  # no schema yet (`hub db upgrade`), or the store is down: say so, go on
+        typer.echo(f"warning: not recorded in the audit trail ({type(exc).__name__})", err=True)
+    finally:
+        engine.dispose()
 
 
 def _safe_url(url: str) -> str:
@@ -71,6 +96,9 @@ def serve(
     # it: the default one would end the process at once, without the exit handlers that release the
     # worker process's queues (the "leaked semaphore" warnings). This one ends it normally.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    tls: dict[str, str] = {}
+    if settings.http_tls_cert and settings.http_tls_key:
+        tls = {"ssl_certfile": str(settings.http_tls_cert), "ssl_keyfile": str(settings.http_tls_key)}
     uvicorn.run(
         create_app(settings),
         host=settings.http_host,
@@ -79,6 +107,7 @@ def serve(
         access_log=False,
         # JSON lines: uvicorn's loggers go through the root logger's JSON handler, not its own.
         log_config=None if logs.json_logs(settings) else uvicorn.config.LOGGING_CONFIG,
+        **tls,  # type: ignore[arg-type]
     )
 
 
@@ -375,6 +404,7 @@ def sender_add(
         if charset is not None:
             sender.charset = charset or None
     engine.dispose()
+    _audit("admin", f"sender {facility} {'registered' if created else 'updated'}")
     typer.echo(f"sender {facility} {'registered' if created else 'updated'}")
 
 
@@ -658,14 +688,107 @@ def token(
     role: str = typer.Option(..., "--role", help="sender, clinician, ministry, steward or admin"),
     subject: str = typer.Option(None, "--subject", help="the sub claim (default: role plus a random suffix)"),
     scope: list[str] = typer.Option(None, "--scope", help="SMART v2 scope (repeatable; default: the role's)"),
+    facility: list[str] = typer.Option(None, "--facility", help="a sender's facility, MSH-4 (repeatable)"),
+    patient: str = typer.Option(None, "--patient", help="the patient of patient/… scopes"),
     ttl: int = typer.Option(None, "--ttl", help="lifetime in seconds (default: HUB_TOKEN_TTL_S)"),
 ) -> None:
-    """Print a signed bearer token for the FHIR API."""
+    """Print a signed bearer token for the FHIR API (recorded in the audit trail)."""
     from hub.auth import ROLES, issue_token
 
     if role not in ROLES:
         raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}", param_hint="--role")
-    typer.echo(issue_token(get_settings(), role, subject=subject, scopes=scope or None, ttl_s=ttl))
+    if role == "sender" and not facility:
+        raise typer.BadParameter("a sender token needs the facilities it sends for", param_hint="--facility")
+    out = issue_token(
+        get_settings(),
+        role,
+        subject=subject,
+        scopes=scope or None,
+        ttl_s=ttl,
+        facilities=facility,
+        patient=patient,
+    )
+    _audit("login", f"token issued on the command line: role {role}, subject {subject or '(random)'}")
+    typer.echo(out)
+
+
+@client_app.command("add")
+def client_add(
+    client_id: str = typer.Argument(..., help="the client_id"),
+    role: str = typer.Option(..., "--role", help="sender, clinician, ministry, steward or admin"),
+    scope: list[str] = typer.Option(None, "--scope", help="SMART v2 scope it may ask for (repeatable)"),
+    facility: list[str] = typer.Option(None, "--facility", help="a sender's facility, MSH-4 (repeatable)"),
+    secret: str = typer.Option(None, "--secret", help="client secret (client_secret_basic / _post)"),
+    jwks: Path = typer.Option(None, "--jwks", help="JSON file of its public keys (private_key_jwt)"),
+) -> None:
+    """Register (or update) a system for the client-credentials grant."""
+    import json
+
+    from hub.auth import ROLE_SCOPES, ROLES, parse_scope
+    from hub.auth_secrets import hash_secret
+    from hub.db import make_engine, session_scope
+    from hub.store.models import ApiClient
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}", param_hint="--role")
+    if role == "sender" and not facility:
+        raise typer.BadParameter("a sender needs the facilities it sends for", param_hint="--facility")
+    scopes = list(scope or ROLE_SCOPES[role])
+    bad = [s for s in scopes if parse_scope(s) is None]
+    if bad:
+        raise typer.BadParameter(f"not SMART v2 scopes: {' '.join(bad)}", param_hint="--scope")
+    if not secret and jwks is None:
+        raise typer.BadParameter("give --secret or --jwks", param_hint="--secret")
+    keys = json.loads(jwks.read_text()) if jwks is not None else None
+    if keys is not None and "keys" not in keys:
+        keys = {"keys": [keys]}
+    with session_scope(make_engine(get_settings().sqlalchemy_url)) as session:
+        found = session.get(ApiClient, client_id)
+        created = found is None
+        client = found or ApiClient(client_id=client_id)
+        client.role, client.scopes, client.facilities = role, " ".join(scopes), " ".join(facility or [])
+        client.active = True
+        if secret:
+            client.secret_hash = hash_secret(secret)
+        if keys is not None:
+            client.jwks = keys
+        session.add(client)
+    _audit("admin", f"client {client_id} {'registered' if created else 'updated'} (role {role})")
+    typer.echo(f"client {client_id} {'registered' if created else 'updated'}")
+
+
+@client_app.command("list")
+def client_list() -> None:
+    """List registered clients."""
+    from sqlalchemy import select
+
+    from hub.db import make_engine, session_scope
+    from hub.store.models import ApiClient
+
+    with session_scope(make_engine(get_settings().sqlalchemy_url)) as session:
+        for c in session.scalars(select(ApiClient).order_by(ApiClient.client_id)):
+            auth = "+".join(a for a, on in (("secret", c.secret_hash), ("jwks", c.jwks)) if on)
+            typer.echo(f"{c.client_id:24} {c.role:10} {auth:12} {c.facilities or '-':20} {c.scopes}")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the audit trail's hash chain; exits 1 naming the first broken link."""
+    from hub.audit import verify
+    from hub.db import make_engine
+
+    engine = make_engine(get_settings().sqlalchemy_url)
+    try:
+        checked, broken = verify(engine)
+    finally:
+        engine.dispose()
+    if broken is not None:
+        typer.echo(
+            f"audit trail broken at row {broken.row_id}: {broken.problem} ({checked} rows before it intact)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    typer.echo(f"audit trail intact: {checked} rows")
 
 
 def main() -> None:

@@ -109,6 +109,39 @@ class Settings(BaseSettings):
     export_stale_s: float = 60.0
     export_batch: int = 1000
     export_pseudonym_key: str | None = None
+
+    # An external OpenID provider whose JWT access tokens the hub accepts beside its own (hub.auth).
+    oidc_issuer: str = ""  # empty: only the hub's own tokens
+    oidc_audience: str = ""  # the `aud` the tokens must carry (empty: not checked)
+    oidc_jwks_url: str = ""  # empty: the jwks_uri of <issuer>/.well-known/openid-configuration
+    oidc_algorithms: str = "RS256,ES256"
+    oidc_leeway_s: int = 60  # clock skew allowed on exp / nbf / iat
+    oidc_jwks_min_refresh_s: float = 10.0  # an unknown kid fetches the keys again at most this often
+    oidc_role_claim: str = "roles"  # a dotted path: realm_access.roles for Keycloak's realm roles
+    oidc_role_prefix: str = ""  # e.g. "hub-": the provider's role hub-sender is the hub's sender
+    oidc_scope_claim: str = "scope"
+    oidc_facility_claim: str = "facility"
+    oidc_patient_claim: str = "patient"
+
+    # MLLP senders without a client certificate: comma-separated FACILITY=ADDRESS[/PREFIX] pairs
+    # (several for one facility allowed); with any set, a connection from an address not listed sends
+    # for no facility. Client certificates are mapped to senders by their subject CN (= MSH-4).
+    mllp_allow: str = ""
+
+    # HTTPS for the HTTP listener (uvicorn's TLS).
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
+
+    # Rate limits (token buckets): requests per second and burst per API client (token subject or client
+    # id); messages per second and burst per sending facility on intake. 0: no limit.
+    rate_api_per_s: float = 0.0
+    rate_api_burst: int = 100
+    rate_intake_per_s: float = 0.0
+    rate_intake_burst: int = 500
+
+    # The audit trail (hub.audit): accesses are written by a background writer at most this late.
+    audit_flush_ms: float = 200.0
+    break_glass_ttl_s: int = 3600  # how long an emergency access lasts
     log_level: str = "INFO"
     log_format: str = "text"  # text | json (one JSON object per line)
 

@@ -316,14 +316,12 @@ def run_job(engine: Engine, settings: Settings, job_id: str, stop: threading.Eve
                 expires_at=now() + timedelta(seconds=settings.export_ttl_s),
             )
         )
-        if done.rowcount == 1:  # type: ignore[attr-defined]
-            from hub.export.audit import record_export
-
-            record_export(
-                session, snapshot.owner, snapshot.owner_role, job_id, snapshot.deidentified, outputs
-            )
     if done.rowcount != 1:  # type: ignore[attr-defined]
         shutil.rmtree(directory, ignore_errors=True)  # cancelled at the last moment
+        return
+    from hub.export.audit import record_export
+
+    record_export(engine, snapshot.owner, snapshot.owner_role, job_id, snapshot.deidentified, outputs)
 
 
 @dataclass(slots=True)

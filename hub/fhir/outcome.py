@@ -27,6 +27,7 @@ _ISSUE_TYPES = {
     "processing": "processing",
     "not-supported": "not-supported",
     "too-costly": "too-costly",
+    "throttled": "throttled",
 }
 
 

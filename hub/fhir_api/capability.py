@@ -90,7 +90,12 @@ def capability_statement(base: str) -> bytes:
                             ]
                         }
                     ],
-                    "description": "Authorization: Bearer JWT issued by `hub token`; SMART v2 scopes.",
+                    "description": (
+                        "Authorization: Bearer JWT (the hub's own: `hub token`, or client credentials at "
+                        "/auth/token; or the configured OpenID provider's); SMART v2 scopes within each "
+                        "role's ceiling; see /.well-known/smart-configuration. AuditEvent: the audit trail, "
+                        "admins only (patient, agent, date, type, subtype, outcome, entity, purpose)."
+                    ),
                 },
                 "resource": resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],

@@ -16,7 +16,8 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from hub.auth import Principal, require_principal
-from hub.errors import BadRequest, NotAcceptable, PayloadTooLarge
+from hub.errors import BadRequest, Forbidden, NotAcceptable, PayloadTooLarge
+from hub.fhir_api import access as patient_access
 from hub.fhir_api import bundle as bundles
 from hub.fhir_api import search as fhir_search
 from hub.fhir_api import writes
@@ -127,7 +128,8 @@ def history_system(
     principal: Principal = Depends(require_principal),
     session: Session = Depends(read_session),
 ) -> Response:
-    principal.require("*", "r")
+    if principal.require("*", "r") != "all":
+        raise Forbidden("the system history needs access to every patient")
     return _history(request, session, "_history", None, None)
 
 
@@ -142,10 +144,15 @@ def run_search(
     params: list[tuple[str, str]],
 ) -> bytes:
     fhir_search.check_type(resource_type)
-    q = fhir_search.parse_query(session, resource_type, params, strict=_strict(request))
+    access = principal.require(resource_type, "s")
+    query_params = patient_access.restrict_search(session, principal, access, resource_type, params)
+    q = fhir_search.parse_query(session, resource_type, query_params, strict=_strict(request))
     page = fhir_search.search(session, q)
-    # _include/_revinclude bring only the types the token may read.
+    # _include/_revinclude bring only the types the token may read (and under patient access, only the
+    # patient's own resources).
     page.included = _readable(principal, page.included)
+    if access == "patient":
+        page.included = patient_access.filter_rows(session, principal, page.included)
     base = _base(request)
     self_url = f"{base}/{resource_type}" + (f"?{urlencode(params)}" if params else "")
     return bundles.searchset(
@@ -198,7 +205,7 @@ def patient_everything(
     request: Request,
     principal: Principal = Depends(require_principal),
 ) -> Response:
-    principal.require("Patient", "r")
+    access = principal.require("Patient", "r")
     qp = request.query_params
     types = [t for raw in qp.getlist("_type") for t in raw.split(",") if t]
     eq = fhir_search.EverythingQuery(
@@ -211,6 +218,7 @@ def patient_everything(
         end=_instant("end", qp.get("end"), upper=True),
     )
     with read_scope(request) as session:
+        patient_access.check_patient(session, principal, access, patient_id)
         page = fhir_search.everything(session, eq)
     page.matches = _readable(principal, page.matches)
     page.included = _readable(principal, page.included)
@@ -264,7 +272,8 @@ def history_type(
     session: Session = Depends(read_session),
 ) -> Response:
     fhir_search.check_type(resource_type)
-    principal.require(resource_type, "r")
+    if principal.require(resource_type, "r") != "all":
+        raise Forbidden(f"the history of every {resource_type} needs access to every patient")
     return _history(request, session, f"{resource_type}/_history", resource_type, None)
 
 
@@ -277,7 +286,8 @@ def history_instance(
     session: Session = Depends(read_session),
 ) -> Response:
     fhir_search.check_type(resource_type)
-    principal.require(resource_type, "r")
+    access = principal.require(resource_type, "r")
+    patient_access.check_resource(session, principal, access, resource_type, rid)
     return _history(request, session, f"{resource_type}/{rid}/_history", resource_type, rid)
 
 
@@ -290,7 +300,8 @@ def vread(
     session: Session = Depends(read_session),
 ) -> Response:
     fhir_search.check_type(resource_type)
-    principal.require(resource_type, "r")
+    access = principal.require(resource_type, "r")
+    patient_access.check_resource(session, principal, access, resource_type, rid)
     if not version_id.isdigit():
         raise BadRequest(f"{version_id!r} is not a version id")
     entry = fhir_search.vread(session, resource_type, rid, int(version_id))
@@ -315,6 +326,7 @@ def search_compartment(
         raise BadRequest(f"{resource_type} has no patient search parameter (not in the Patient compartment)")
     params = [("patient", f"Patient/{patient_id}"), *request.query_params.multi_items()]
     with read_scope(request) as session:
+        patient_access.check_patient(session, principal, principal.require(resource_type, "s"), patient_id)
         return _fhir(run_search(session, request, principal, resource_type, params))
 
 
@@ -345,8 +357,11 @@ def read(
     principal: Principal = Depends(require_principal),
 ) -> Response:
     fhir_search.check_type(resource_type)
-    principal.require(resource_type, "r")
+    access = principal.require(resource_type, "r")
     with read_connection(request) as conn:
+        if access == "patient":
+            with Session(bind=conn) as session:
+                patient_access.check_resource(session, principal, access, resource_type, rid)
         content, version_id, last_updated = store.read_bytes(conn, resource_type, rid)
     headers = {"ETag": f'W/"{version_id}"', "Last-Modified": _http_date(last_updated)}
     if _not_modified(request, version_id, last_updated):
@@ -381,6 +396,8 @@ def _read_entry(request: Request, principal: Principal) -> Any:
         path, _, query = url.partition("?")
         parts = [p for p in path.split("/") if p]
         if len(parts) == 2:
+            access = principal.require(parts[0], "r")
+            patient_access.check_resource(session, principal, access, parts[0], parts[1])
             return 200, store.read_bytes(session, parts[0], parts[1])[0]
         return 200, run_search(session, request, principal, parts[0], parse_qsl(query))
 

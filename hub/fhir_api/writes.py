@@ -21,7 +21,7 @@ import orjson
 from sqlalchemy.orm import Session
 
 from hub.auth import Principal
-from hub.errors import BadRequest, HubError, NotFound, PreconditionFailed, Unprocessable
+from hub.errors import BadRequest, Forbidden, HubError, NotFound, PreconditionFailed, Unprocessable
 from hub.fhir_api.bundle import fhir_instant
 from hub.fhir_api.outcome import error_outcome
 from hub.fhir_api.search import check_type, find_ids
@@ -190,7 +190,12 @@ def delete(session: Session, resource_type: str, rid: str) -> None:
 
 
 def identity_facility(principal: Principal) -> str:
-    """The MPI's "sender" of a FHIR-native write: the token's subject (a hospital's client id)."""
+    """The MPI's "sender" of a FHIR-native write: a sender's facility (the first its token is bound to),
+    else the token's subject. A sender bound to no facility writes nothing."""
+    if principal.role == "sender":
+        if not principal.facilities:
+            raise Forbidden(f"sender {principal.subject} is bound to no facility")
+        return principal.facilities[0]
     return f"fhir:{principal.subject}"
 
 

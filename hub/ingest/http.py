@@ -2,8 +2,12 @@
 (200 for AA/AE and CA/CE, 400 for AR/CR, 413 with an AR for a body over ``HUB_MLLP_MAX_FRAME_BYTES``, read
 no further; 503 when the store cannot commit: nothing was accepted). Every answer, errors too, is an ACK.
 
-A sender registered with a password must authenticate with HTTP Basic (user = its MSH-4 facility);
-a wrong or missing password is answered 401 and nothing is stored.
+Every request needs a sender credential: a bearer token of the ``sender`` role (its ``facility`` claim
+names the facilities it may send for) or HTTP Basic with a registered sender's password (user = its
+MSH-4). A missing or wrong credential is answered 401 and nothing is stored; a message whose MSH-4 is
+not one of the credential's facilities is kept as ``rejected`` (``sender-not-authorized``) and answered
+AR. Over the intake rate limit (``HUB_RATE_INTAKE_PER_S``) the answer is 429 with ``Retry-After`` and an
+AR ACK, and nothing is stored.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hub import hl7
+from hub.auth import bearer, require_principal
 from hub.auth_secrets import check_secret
+from hub.errors import HubError
 from hub.fhir_api.errors import HL7_MEDIA_TYPE, hl7_error_ack
 from hub.ingest.service import Intake, StorageUnavailable
 from hub.limits import TooLarge, read_limited
+from hub.ratelimit import RateLimited, rate_limited_ack
 from hub.store.models import Sender
 
 router = APIRouter(tags=["hl7"])
@@ -53,6 +60,43 @@ def _basic_credentials(request: Request) -> tuple[str, str] | None:
     return user, password
 
 
+def _refused(text: str, status: int = 401, raw: bytes | None = None) -> Response:
+    """An HL7 sender is answered in HL7: an AR ACK (with MSA/ERR) naming why, whatever the status."""
+    return Response(
+        hl7_error_ack(text, raw=raw),
+        status_code=status,
+        media_type=HL7_MEDIA_TYPE,
+        headers={"WWW-Authenticate": 'Bearer realm="hub", Basic realm="hub HL7 v2"'}
+        if status == 401
+        else None,
+    )
+
+
+async def _credential(request: Request, facility: str, raw: bytes) -> frozenset[str] | Response:
+    """The facilities the request's credential may send for: a sender's bearer token (its ``facility``
+    claim), or HTTP Basic with a registered sender's password (user = the facility). Anything else is
+    refused before the message is read further."""
+    if bearer(request) is not None:
+        try:
+            principal = await require_principal(request)
+        except HubError as exc:
+            return _refused(exc.message, raw=raw)
+        if not principal.has("intake"):
+            return _refused(f"role {principal.role} may not send messages", 403, raw)
+        return frozenset(principal.facilities)
+    creds = _basic_credentials(request)
+    if creds is None:
+        return _refused(
+            "HL7 over HTTP needs a sender credential (a bearer token, or HTTP Basic: user = MSH-4)",
+            raw=raw,
+        )
+    request.state.audit_agent = creds[0]
+    stored = await asyncio.to_thread(_sender_secret, request, creds[0])
+    if stored is None or not check_secret(creds[1], stored):
+        return _refused(f"sender {creds[0]} could not be authenticated", raw=raw)
+    return frozenset({creds[0]})
+
+
 @router.post("/hl7/v2", summary="Send one HL7 v2 message (ER7); the response body is its ACK")
 async def post_hl7(request: Request) -> Response:
     intake: Intake = request.app.state.runtime.intake
@@ -69,21 +113,22 @@ async def post_hl7(request: Request) -> Response:
         facility = hl7.peek_header(body).sending_facility
     except hl7.HeaderError:
         facility = ""
-    if facility:
-        stored = await asyncio.to_thread(_sender_secret, request, facility)
-        if stored is not None:
-            creds = _basic_credentials(request)
-            if creds is None or creds[0] != facility or not check_secret(creds[1], stored):
-                return Response(
-                    hl7_error_ack(
-                        f"sender {facility} must authenticate (HTTP Basic, user = MSH-4)", raw=body
-                    ),
-                    status_code=401,
-                    media_type=HL7_MEDIA_TYPE,
-                    headers={"WWW-Authenticate": 'Basic realm="hub HL7 v2"'},
-                )
+    allowed = await _credential(request, facility, body)
+    if isinstance(allowed, Response):
+        return allowed
+    limiter = getattr(request.app.state, "intake_limiter", None)
+    if limiter is not None:
+        try:
+            limiter.check(facility or "-")
+        except RateLimited as exc:
+            return Response(
+                rate_limited_ack(body, exc.retry_after),
+                status_code=429,
+                media_type=HL7_MEDIA_TYPE,
+                headers={"Retry-After": str(exc.retry_after)},
+            )
     try:
-        accepted = await asyncio.wrap_future(intake.submit(body, "http"))
+        accepted = await asyncio.wrap_future(intake.submit(body, "http", allowed=allowed))
     except StorageUnavailable:
         return _unavailable()
     status = 400 if accepted.code in ("AR", "CR") else 200

@@ -11,15 +11,18 @@ connection, in order.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 from collections import deque
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
+from hub import hl7
 from hub.config import Settings
 from hub.ingest.mllp import END, START, FrameDecoder, Oversize
-from hub.ingest.service import Intake, Ticket
+from hub.ingest.service import Accepted, Intake, Ticket
+from hub.ratelimit import RateLimited, RateLimiter, rate_limited_ack
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +44,75 @@ def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext
     return ctx
 
 
+def parse_allow_list(spec: str) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:
+    """``FACILITY=ADDRESS[/PREFIX],…`` (HUB_MLLP_ALLOW) as (network, facility) pairs."""
+    out: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+    for item in spec.split(","):
+        if not item.strip():
+            continue
+        facility, sep, address = item.partition("=")
+        if not sep or not facility.strip():
+            raise ValueError(f"HUB_MLLP_ALLOW: {item!r} is not FACILITY=ADDRESS[/PREFIX]")
+        out.append((ipaddress.ip_network(address.strip(), strict=False), facility.strip()))
+    return out
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def certificate_facilities(peercert: dict[str, Any] | None) -> frozenset[str]:
+    """The facilities a verified client certificate sends for: its subject's common name(s) (= MSH-4)."""
+    if not peercert:
+        return frozenset()
+    names = set()
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                names.add(str(value))
+    return frozenset(names)
+
+
 class MLLPServer:
     def __init__(self, intake: Intake, settings: Settings) -> None:
         self.intake = intake
         self.settings = settings
+        self.allow = parse_allow_list(settings.mllp_allow)
+        # Without client certificates or an allow-list the MSH-4 a connection writes is believed only on
+        # loopback; on any other address such a listener accepts no facility (every message AR, kept).
+        self.trust_msh4 = (
+            not self.allow and settings.mllp_tls_client_ca is None and _is_loopback(settings.mllp_host)
+        )
+        self.limiter: RateLimiter | None = None
+        if settings.rate_intake_per_s > 0:
+            self.limiter = RateLimiter(settings.rate_intake_per_s, settings.rate_intake_burst, "sender")
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiting: dict[_Connection, None] = {}  # connections with ACKs outstanding, in arrival order
         self._open: set[_Connection] = set()
         self._flush_scheduled = False
         intake.on_commit(self._committed)
+
+    def throttled(self, frame_bytes: bytes) -> Ticket | None:
+        """A done ticket answering AR (not stored) when the frame's facility is over its rate, else None."""
+        if self.limiter is None:
+            return None
+
+        try:
+            facility = hl7.peek_header(frame_bytes).sending_facility
+        except hl7.HeaderError:
+            facility = "-"
+        try:
+            self.limiter.check(facility or "-")
+        except RateLimited as exc:
+            return Ticket(
+                Accepted(rate_limited_ack(frame_bytes, exc.retry_after), "AR", None, state="throttled"),
+                done=True,
+            )
+        return None
 
     @property
     def connections(self) -> int:
@@ -74,6 +136,26 @@ class MLLPServer:
             lambda: _Connection(self), s.mllp_host, s.mllp_port, ssl=ctx, backlog=512
         )
         log.info("MLLP listening on %s:%s%s", s.mllp_host, self.port, " (TLS)" if ctx else "")
+        if not self.trust_msh4 and not self.allow and s.mllp_tls_client_ca is None:
+            log.warning(
+                "MLLP on %s identifies no sender (set HUB_MLLP_TLS_CLIENT_CA or HUB_MLLP_ALLOW)", s.mllp_host
+            )
+
+    def facilities_for(self, transport: asyncio.BaseTransport) -> frozenset[str] | None:
+        """What a new connection may send for: its client certificate's, else its address's on the
+        allow-list, else anything (loopback without either), else nothing."""
+        if self.settings.mllp_tls_client_ca is not None:
+            found = certificate_facilities(transport.get_extra_info("peercert"))
+            if found:
+                return found
+        if self.allow:
+            peer = transport.get_extra_info("peername")
+            try:
+                addr = ipaddress.ip_address(peer[0]) if peer else None
+            except ValueError:
+                addr = None
+            return frozenset(f for net, f in self.allow if addr is not None and addr in net)
+        return None if self.trust_msh4 else frozenset()
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -119,11 +201,13 @@ class _Connection(asyncio.Protocol):
         self.frames = 0  # frames received on this connection
         self._garbage_reported = False
         self._garbage_timer = False
+        self.allowed: frozenset[str] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         self.peer = transport.get_extra_info("peername")
+        self.allowed = self.server.facilities_for(transport)
         self.server._open.add(self)
         loop = asyncio.get_running_loop()
         self._last_read = loop.time()
@@ -151,14 +235,21 @@ class _Connection(asyncio.Protocol):
             self._idle = asyncio.get_running_loop().call_later(GARBAGE_IDLE_S, self._check_idle)
         for item in items:
             if isinstance(item, Oversize):
-                self.tickets.append(intake.submit_ticket(item.head, "mllp", oversize=item.size))
+                self.tickets.append(
+                    intake.submit_ticket(item.head, "mllp", oversize=item.size, allowed=self.allowed)
+                )
                 submitted = True
                 self.closing = True  # the rest of that frame cannot be trusted; the sender reconnects
                 self.transport.pause_reading()  # type: ignore[union-attr]
                 break
             # Every frame of this read goes to the intake at once (a pipelining sender gets its messages
             # into one group commit); the ACKs go back in the order of the frames.
-            self.tickets.append(intake.submit_ticket(item, "mllp"))
+            refused = self.server.throttled(item)
+            if refused is not None:  # over its sender's rate: AR, nothing stored, answered in its turn
+                self.tickets.append(refused)
+                submitted = True
+                continue
+            self.tickets.append(intake.submit_ticket(item, "mllp", allowed=self.allowed))
             submitted = True
         if not submitted and self.closing and not self.tickets:
             self.close()

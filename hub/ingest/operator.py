@@ -12,12 +12,14 @@ from fastapi.responses import Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from hub.auth import require_role
+from hub.auth import require_permission
 from hub.errors import BadRequest, Conflict, NotFound
 from hub.fhir_api.sessions import read_session, write_session
 from hub.store.models import InboundMessage, MessageResource
 
-router = APIRouter(prefix="/hl7/messages", tags=["operator"], dependencies=[Depends(require_role("admin"))])
+router = APIRouter(
+    prefix="/hl7/messages", tags=["operator"], dependencies=[Depends(require_permission("admin"))]
+)
 
 STATES = ("received", "processed", "failed", "rejected", "held")
 

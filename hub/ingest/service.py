@@ -74,8 +74,11 @@ class _Item:
     future: Future[Accepted] | Ticket
     oversize: int = 0
     queued_at: float = 0.0  # time.perf_counter() when the transport handed it over (ACK latency)
+    # The facilities (MSH-4) the transport's credential may send for; None: not checked (``hub import``).
+    allowed: frozenset[str] | None = None
     header: hl7.Header | None = None
     error: AckError | None = None
+    flag: str | None = None  # the error_code a rejected message is kept with, when not its ERR code
     text_sample: str = ""
     # Worked out by ``_prepare`` on the transport's thread, off the committer's (whose time is every
     # message's wait): the sha256 of the bytes, the patient key, and the ACK of a message that turns out
@@ -136,21 +139,36 @@ class Intake:
         self._beacon.close()
 
     # -- API for transports ----------------------------------------------------------------------------
-    def submit(self, raw: bytes, transport: str = "mllp", *, oversize: int = 0) -> Future[Accepted]:
+    def submit(
+        self,
+        raw: bytes,
+        transport: str = "mllp",
+        *,
+        oversize: int = 0,
+        allowed: frozenset[str] | None = None,
+    ) -> Future[Accepted]:
         """Queue raw message bytes; the future resolves once they are committed (or raises
-        :class:`StorageUnavailable`)."""
+        :class:`StorageUnavailable`). With ``allowed``, a message whose MSH-4 is not one of those
+        facilities is kept as ``rejected`` (error ``sender-not-authorized``) and answered AR."""
         fut: Future[Accepted] = Future()
-        self._enqueue(_Item(raw=raw, transport=transport, future=fut, oversize=oversize))
+        self._enqueue(_Item(raw=raw, transport=transport, future=fut, oversize=oversize, allowed=allowed))
         return fut
 
     def accept(self, raw: bytes, transport: str = "mllp") -> Accepted:
         return self.submit(raw, transport).result()
 
-    def submit_ticket(self, raw: bytes, transport: str = "mllp", *, oversize: int = 0) -> Ticket:
+    def submit_ticket(
+        self,
+        raw: bytes,
+        transport: str = "mllp",
+        *,
+        oversize: int = 0,
+        allowed: frozenset[str] | None = None,
+    ) -> Ticket:
         """As :meth:`submit`, answered through a :class:`Ticket`: the caller learns that tickets are done
         from the callbacks of :meth:`on_commit`, once per commit rather than once per message."""
         ticket = Ticket()
-        self._enqueue(_Item(raw=raw, transport=transport, future=ticket, oversize=oversize))
+        self._enqueue(_Item(raw=raw, transport=transport, future=ticket, oversize=oversize, allowed=allowed))
         return ticket
 
     def on_commit(self, callback: Callable[[], None]) -> None:
@@ -191,6 +209,11 @@ class Intake:
         except hl7.HeaderError as exc:
             item.error = AckError(exc.code, exc.text, exc.location)
             return
+        if item.allowed is not None and h.sending_facility not in item.allowed:
+            item.error = AckError(
+                "207", f"this sender is not authorized to send for facility {h.sending_facility!r}", "MSH^1^4"
+            )
+            item.flag = "sender-not-authorized"
         try:
             hl7.check_message(
                 item.raw,
@@ -564,7 +587,7 @@ class Intake:
         code = ack_code("AR", h)
         control = h.control_id if h is not None else _guess_control_id(item.raw)
         ack_text = build_ack(h, code, error=err, control_id=control)
-        values["error_code"] = f"hl7-{err.code}"
+        values["error_code"] = item.flag or f"hl7-{err.code}"
         values["error_text"] = err.text
         row = self._add(values, new, "rejected", code, ack_text)
         self.stats.rejected += 1

@@ -259,7 +259,7 @@ def _who_why(body: dict[str, Any], request: Request) -> tuple[str, str]:
 def review_list(
     status: str = "open",
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=2**63 - 1),
     session: Session = Depends(get_session),
 ) -> Response:
     """Possible matches, highest weight first, one entry per pair of records (``total``: entries in the

@@ -471,3 +471,64 @@ class ExportJob(Base):
     errors: Mapped[Any | None] = mapped_column(JSONVariant)  # [{"type": "OperationOutcome", "file", "count"}]
     completed_at: Mapped[datetime | None] = mapped_column()
     expires_at: Mapped[datetime | None] = mapped_column()
+
+
+# The audit trail (hub.audit): one row per access, append-only, each row's hash covering the previous
+# row's, and the chain's head (last id and hash) in a row of its own so that a removed tail shows too.
+class AuditRecord(Base):
+    """One access to the hub: who, what, when, from where, and the outcome (an AuditEvent, IHE BALP)."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (
+        Index("ix_audit_event_patient", "patient_id", "id"),
+        Index("ix_audit_event_agent", "agent", "id"),
+        Index("ix_audit_event_recorded", "recorded"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    recorded: Mapped[datetime] = mapped_column()
+    kind: Mapped[str] = mapped_column(String(32))  # read, search, everything, create, stats, mpi, …
+    action: Mapped[str] = mapped_column(String(1))  # C R U D E
+    outcome: Mapped[str] = mapped_column(String(2))  # 0 success, 4 minor failure (refused), 8 serious
+    status: Mapped[int] = mapped_column(Integer)  # the HTTP status answered
+    agent: Mapped[str] = mapped_column(String(200), default="")  # the token's subject ("" without one)
+    role: Mapped[str] = mapped_column(String(20), default="")
+    client: Mapped[str] = mapped_column(String(200), default="")
+    issuer: Mapped[str] = mapped_column(String(300), default="")
+    address: Mapped[str] = mapped_column(String(100), default="")
+    method: Mapped[str] = mapped_column(String(8), default="")
+    path: Mapped[str] = mapped_column(String(500), default="")
+    query: Mapped[str] = mapped_column(Text, default="")
+    entity_type: Mapped[str] = mapped_column(String(64), default="")
+    entity_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    purpose: Mapped[str] = mapped_column(String(32), default="")  # BTG: an emergency access
+    reason: Mapped[str] = mapped_column(Text, default="")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The audit chain's head: one row (id 1)."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class ApiClient(Base):
+    """A system registered for the OAuth2 client-credentials grant (``POST /auth/token``): a hospital's
+    or the ministry's, authenticated by a client secret or a signed JWT (``private_key_jwt``)."""
+
+    __tablename__ = "api_client"
+
+    client_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    role: Mapped[str] = mapped_column(String(20))
+    scopes: Mapped[str] = mapped_column(Text, default="")  # space-separated SMART scopes it may ask for
+    facilities: Mapped[str] = mapped_column(Text, default="")  # space-separated MSH-4 (senders)
+    secret_hash: Mapped[str | None] = mapped_column(String(200))
+    jwks: Mapped[Any | None] = mapped_column(JSONVariant)  # public keys for private_key_jwt
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -35,7 +35,8 @@ def client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
 @pytest.fixture
 def token(settings: Settings) -> Callable[[str], dict[str, str]]:
     def make(role: str = "clinician") -> dict[str, str]:
-        return {"Authorization": f"Bearer {issue_token(settings, role)}"}
+        facilities = ["RS-TEST"] if role == "sender" else None  # a sender is bound to its facility
+        return {"Authorization": f"Bearer {issue_token(settings, role, facilities=facilities)}"}
 
     return make
 

@@ -60,7 +60,7 @@ def test_hub_token_cli(settings: Settings, monkeypatch: Any) -> None:
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
-    principal = decode_token(settings, result.output.strip())
+    principal = decode_token(settings, result.stdout.strip())
     assert principal.role == "clinician" and "user/*.rs" in principal.scopes
     assert (settings.var_dir / "jwt-signing.key").stat().st_mode & 0o077 == 0
     bad = CliRunner().invoke(cli_app, ["token", "--role", "nobody"])

@@ -72,7 +72,9 @@ def test_fhirpy_reads_searches_and_writes(
     )
     assert {e["resource"]["resourceType"] for e in with_patient["entry"]} == {"Observation", "Patient"}
 
-    sender = SyncFHIRClient(base_url, authorization=f"Bearer {issue_token(settings, 'sender')}")
+    sender = SyncFHIRClient(
+        base_url, authorization=f"Bearer {issue_token(settings, 'sender', facilities=['RS-FHIRPY'])}"
+    )
     new = sender.resource("Patient", name=[{"family": "Lestari", "given": ["Dewi"]}], gender="female")
     new.save()
     assert new["id"] and new["meta"]["versionId"] == "1"

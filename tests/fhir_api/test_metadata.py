@@ -31,6 +31,8 @@ def test_capability_statement_is_valid_and_exact(client: TestClient, auth: dict[
         assert wanted in types
     strict = {**auth, "Prefer": "handling=strict"}
     for res in rest["resource"]:
+        if res["type"] == "AuditEvent":  # the audit trail: admins only, its own parameters (tests/auth)
+            continue
         for param in res["searchParam"]:
             query = "x$2024" if param["type"] == "composite" else ":missing=true"
             sep = "=" if param["type"] == "composite" else ""

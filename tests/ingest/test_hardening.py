@@ -42,6 +42,12 @@ def client(engine: Engine, database_url: str, tmp_path: Path) -> Iterator[TestCl
         yield c
 
 
+def _sender(client: TestClient) -> dict[str, str]:
+    """A sender's token for the builders' facility (HL7 over HTTP needs a sender credential)."""
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    return {"Authorization": "Bearer " + issue_token(settings, "sender", facilities=["RSUD_SEHAT"])}
+
+
 def _rows(engine: Engine) -> list[InboundMessage]:
     with Session(engine) as s:
         return list(s.scalars(select(InboundMessage).order_by(InboundMessage.id)))
@@ -84,13 +90,13 @@ def test_streamed_body_over_the_limit_is_read_no_further() -> None:
 
 
 def test_http_body_within_the_limit_is_accepted(client: TestClient) -> None:
-    r = client.post("/hl7/v2", content=_big(size=LIMIT - 2000))
+    r = client.post("/hl7/v2", content=_big(size=LIMIT - 2000), headers=_sender(client))
     assert r.status_code == 200 and hl7.parse(r.text).get("MSA-1") == "AA"
 
 
 def test_two_messages_in_one_body_are_refused_naming_the_second(client: TestClient, engine: Engine) -> None:
     body = (adt("TWO1") + adt("TWO2", trigger="A03")).encode()
-    r = client.post("/hl7/v2", content=body)
+    r = client.post("/hl7/v2", content=body, headers=_sender(client))
     assert r.status_code == 400
     ack = hl7.parse(r.text)
     assert ack.get("MSA-1") == "AR" and ack.get("MSA-2") == "TWO1"
@@ -125,7 +131,9 @@ def test_unauthenticated_http_sender_gets_an_ack(client: TestClient, engine: Eng
                 facility="RS_LOCKED", name="x", time_zone="Asia/Jakarta", http_secret_hash=hash_secret("pw")
             )
         )
-    r = client.post("/hl7/v2", content=adt("L1", facility="RS_LOCKED").encode())
+    r = client.post(
+        "/hl7/v2", content=adt("L1", facility="RS_LOCKED").encode(), headers={"Authorization": ""}
+    )
     assert r.status_code == 401 and r.headers["content-type"].startswith("x-application/hl7-v2+er7")
     ack = hl7.parse(r.text)
     assert ack.get("MSA-1") == "AR" and ack.get("MSA-2") == "L1"

@@ -27,17 +27,22 @@ def client(engine: Engine, database_url: str, tmp_path: Path) -> Iterator[TestCl
         yield c
 
 
+def _as_sender(client: TestClient, facility: str = "RSUD_SEHAT") -> dict[str, str]:
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    return {"Authorization": "Bearer " + issue_token(settings, "sender", facilities=[facility])}
+
+
 def test_post_hl7_returns_ack(client: TestClient) -> None:
-    r = client.post("/hl7/v2", content=adt("H1").encode())
+    r = client.post("/hl7/v2", content=adt("H1").encode(), headers=_as_sender(client))
     assert r.status_code == 200
     assert parse(r.text).get("MSA-1") == "AA" and parse(r.text).get("MSA-2") == "H1"
-    r = client.post("/hl7/v2", content=b"garbage")
+    r = client.post("/hl7/v2", content=b"garbage", headers=_as_sender(client))
     assert r.status_code == 400 and parse(r.text).get("MSA-1") == "AR"
 
 
 def test_operator_lists_and_inspects(client: TestClient) -> None:
-    client.post("/hl7/v2", content=adt("H2").encode())
-    client.post("/hl7/v2", content=b"MSH|bad")
+    client.post("/hl7/v2", content=adt("H2").encode(), headers=_as_sender(client))
+    client.post("/hl7/v2", content=b"MSH|bad", headers=_as_sender(client))
     listing = client.get("/hl7/messages", params={"state": "rejected"}).json()["messages"]
     assert len(listing) == 1 and listing[0]["state"] == "rejected"
     listing = client.get("/hl7/messages", params={"sender": "RSUD_SEHAT", "type": "ADT^A01"}).json()[
@@ -66,7 +71,7 @@ def test_sender_with_password_must_authenticate(client: TestClient, engine: Engi
             )
         )
     body = adt("P1", facility="RS_PRIVATE").encode()
-    assert client.post("/hl7/v2", content=body).status_code == 401
+    assert client.post("/hl7/v2", content=body, headers={"Authorization": ""}).status_code == 401
     assert client.post("/hl7/v2", content=body, auth=("RS_PRIVATE", "wrong")).status_code == 401
     ok = client.post("/hl7/v2", content=body, auth=("RS_PRIVATE", "s3cret"))
     assert ok.status_code == 200 and parse(ok.text).get("MSA-1") == "AA"
@@ -75,10 +80,14 @@ def test_sender_with_password_must_authenticate(client: TestClient, engine: Engi
 def test_message_stats_count_by_state_sender_and_type(client: TestClient) -> None:
     empty = client.get("/hl7/messages/stats").json()
     assert empty["total"] == 0 and empty["oldest_received_age_s"] is None
-    client.post("/hl7/v2", content=adt("ST1").encode())
-    client.post("/hl7/v2", content=adt("ST2", mrn="M2").encode())
-    client.post("/hl7/v2", content=adt("ST3", facility="RS_LAIN").encode())
-    client.post("/hl7/v2", content=b"MSH|bad")
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    sender = {
+        "Authorization": "Bearer " + issue_token(settings, "sender", facilities=["RSUD_SEHAT", "RS_LAIN"])
+    }
+    client.post("/hl7/v2", content=adt("ST1").encode(), headers=sender)
+    client.post("/hl7/v2", content=adt("ST2", mrn="M2").encode(), headers=sender)
+    client.post("/hl7/v2", content=adt("ST3", facility="RS_LAIN").encode(), headers=sender)
+    client.post("/hl7/v2", content=b"MSH|bad", headers=sender)
     stats = client.get("/hl7/messages/stats").json()
     assert stats["total"] == 4
     assert stats["by_state"]["received"] == 3 and stats["by_state"]["rejected"] == 1

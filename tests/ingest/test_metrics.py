@@ -34,8 +34,10 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_metrics_count_messages_queue_and_latency(client: TestClient) -> None:
     before = _samples(client.get("/metrics").text)
-    client.post("/hl7/v2", content=adt("M1").encode())
-    client.post("/hl7/v2", content=b"garbage")
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    sender = {"Authorization": "Bearer " + issue_token(settings, "sender", facilities=["RSUD_SEHAT"])}
+    client.post("/hl7/v2", content=adt("M1").encode(), headers=sender)
+    client.post("/hl7/v2", content=b"garbage", headers=sender)
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     after = _samples(r.text)
