@@ -573,7 +573,9 @@ def mappings_try(
                 overlay=sender,
                 time_zone=time_zone or settings.default_time_zone,
             )
-            result = map_message(hl7.parse(hl7.decode(raw, header)), ctx)
+            decoded = hl7.decode_checked(raw, header)
+            result = map_message(hl7.parse(decoded.text), ctx)
+            result.warnings.extend(f"{code}: {text}" for code, text in decoded.warnings)
         except hl7.HeaderError as exc:
             error = {"code": "rejected", "text": f"{exc.text} (ERR {exc.code} at {exc.location})"}
         except MappingError as exc:

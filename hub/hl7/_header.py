@@ -176,6 +176,8 @@ def check_message(raw: bytes, header: Header, *, max_segments: int, max_delimite
                 location="MSH^2",
             )
         position = i
+    if len(data) <= min(max_segments, max_delimiters):
+        return  # each segment and each separator takes a byte at least: nothing to count
     segments = data.count(b"\r") or data.count(b"\n")
     if segments > max_segments:
         raise HeaderError(
@@ -213,6 +215,7 @@ def decode(raw: bytes, header: Header) -> str:
 
 # C0 controls other than TAB, LF and CR, and DEL: not allowed in a FHIR string (nor in a PostgreSQL text).
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 
 
 def codec_for(charset: str) -> str | None:
@@ -257,7 +260,8 @@ def decode_checked(raw: bytes, header: Header, fallback: str | None = None) -> D
         else:
             text = data.decode(codec, errors="replace")
             warnings.append(_invalid(codec, exc.start, named=bool(header.charset)))
-    if _CONTROL.search(text):
+    # Every charset of table 0211 the hub reads is ASCII-compatible: a control character is its byte.
+    if len(data.translate(None, _CONTROL_BYTES)) != len(data) and _CONTROL.search(text):
         count = len(_CONTROL.findall(text))
         text = _CONTROL.sub("", text)
         warnings.append(("control-characters", f"{count} control character(s) (NUL and the like) removed"))

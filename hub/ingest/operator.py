@@ -12,10 +12,11 @@ from fastapi.responses import Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from hub import hl7
 from hub.auth import require_permission
 from hub.errors import BadRequest, Conflict, NotFound
 from hub.fhir_api.sessions import read_session, write_session
-from hub.store.models import InboundMessage, MessageResource
+from hub.store.models import InboundMessage, MessageResource, Sender
 
 router = APIRouter(
     prefix="/hl7/messages", tags=["operator"], dependencies=[Depends(require_permission("admin"))]
@@ -87,6 +88,19 @@ def list_messages(
     return _json(body)
 
 
+def _raw_text(session: Session, m: InboundMessage) -> tuple[str, str]:
+    """The raw message as the pipeline reads it (MSH-18, else the sender's charset for bytes that are not
+    UTF-8), and the codec used; bytes unreadable even so show as U+FFFD here, and stay as received."""
+    raw = bytes(m.raw)
+    try:
+        header = hl7.peek_header(raw)
+    except hl7.HeaderError:
+        return raw.decode("utf-8", errors="replace"), "utf-8"
+    charset = session.scalar(select(Sender.charset).where(Sender.id == m.sender_id)) if m.sender_id else None
+    decoded = hl7.decode_checked(raw, header, charset)
+    return decoded.text, decoded.codec
+
+
 @router.get("/stats", summary="Messages by state, sender and type; the age of the oldest 'received'")
 def message_stats(session: Annotated[Session, Depends(read_session)]) -> Response:
     m = InboundMessage
@@ -125,9 +139,11 @@ def get_message(message_id: int, session: Annotated[Session, Depends(read_sessio
         raise NotFound(f"message {message_id} is not known")
     produced = session.scalars(select(MessageResource).where(MessageResource.message_id == message_id)).all()
     body = _summary(m)
+    raw_text, raw_encoding = _raw_text(session, m)
     body.update(
         {
-            "raw": m.raw.decode("utf-8", errors="replace"),
+            "raw": raw_text,
+            "raw_encoding": raw_encoding,
             "ack": m.ack,
             "resources": [
                 {"reference": f"{r.resource_type}/{r.resource_id}", "version_id": r.version_id}

@@ -220,3 +220,14 @@ def test_no_map_failures_are_logged(engine: Engine, caplog: pytest.LogCaptureFix
         with session_scope(engine) as s:
             pipeline.process_batch(s, [accepted.message_id])  # type: ignore[list-item]
     assert f"message {accepted.message_id} from RSUD_SEHAT (ZZZ^Z99) failed: no-map" in caplog.text
+
+
+def test_the_operator_sees_a_latin1_message_decoded_with_the_senders_charset(
+    client: TestClient, engine: Engine
+) -> None:
+    with Session(engine) as s, s.begin():
+        s.add(Sender(facility="RSUD_SEHAT", name="x", time_zone="Asia/Jakarta", charset="8859/1"))
+    assert client.post("/hl7/v2", content=LATIN1).status_code == 200
+    (row,) = _rows(engine)
+    detail = client.get(f"/hl7/messages/{row.id}").json()
+    assert "Müller^Jörg" in detail["raw"] and detail["raw_encoding"] == "latin-1"
