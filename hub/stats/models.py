@@ -1,0 +1,54 @@
+"""The statistics fact tables, kept up to date by ``hub.stats.upkeep`` in the transaction of every write.
+
+``stats_fact``: one row per counted resource (an Encounter, a Condition, an Immunization, a laboratory
+Observation, a deceased Patient), with the source Patient it belongs to. ``stats_person``: one row per
+Patient (source or golden) with its golden record and the golden record's sex, birth date and home region.
+A query joins the two, so a merge or a relink (which rewrites the source Patient) moves a person's facts to
+the new golden record without touching the facts.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from sqlalchemy import Boolean, Date, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from hub.store.models import Base
+
+
+class StatsFact(Base):
+    __tablename__ = "stats_fact"
+    __table_args__ = (
+        # The queries: one kind over a date range, with the columns they group by or count.
+        Index("ix_stats_fact_kind_start", "kind", "start", "code", "patient_id"),
+        Index("ix_stats_fact_kind_end", "kind", "end"),
+        Index("ix_stats_fact_patient", "patient_id"),
+    )
+
+    resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # encounter | condition | immunization | lab | death
+    kind: Mapped[str] = mapped_column(String(16))
+    patient_id: Mapped[str | None] = mapped_column(String(64))  # the (source) Patient
+    facility: Mapped[str] = mapped_column(String(200), default="")
+    start: Mapped[date | None] = mapped_column(Date)  # the event's date (an encounter's start)
+    end: Mapped[date | None] = mapped_column(Date)  # an encounter's end (discharge)
+    code: Mapped[str] = mapped_column(String(64), default="")  # ICD-10, CVX, LOINC, encounter class
+    category: Mapped[str] = mapped_column(String(8), default="")  # ICD-10 3-character category
+    chapter: Mapped[str] = mapped_column(String(8), default="")  # ICD-10 chapter (roman numeral)
+    dose: Mapped[int | None] = mapped_column(Integer)  # an immunization's dose number
+    positive: Mapped[bool | None] = mapped_column(Boolean)  # a lab result's positivity (None: unknown)
+
+
+class StatsPerson(Base):
+    __tablename__ = "stats_person"
+    __table_args__ = (Index("ix_stats_person_golden", "golden_id"),)
+
+    patient_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    golden_id: Mapped[str] = mapped_column(String(64))
+    sex: Mapped[str] = mapped_column(String(16), default="unknown")
+    birth_date: Mapped[date | None] = mapped_column(Date)
+    province: Mapped[str] = mapped_column(String(8), default="unknown")
+    regency: Mapped[str] = mapped_column(String(8), default="unknown")
+    district: Mapped[str] = mapped_column(String(8), default="unknown")
