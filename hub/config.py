@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     mpi_twin_gate: bool = True
 
     token_ttl_s: int = 3600
+
+    # Ministry statistics (hub.stats): a YAML file of settings (suppression threshold, rounding, age bands,
+    # notifiable conditions, a population table, the DHIS2 mapping); None: the defaults.
+    stats_config: Path | None = None
+    dhis2_url: str = ""  # `hub stats push`: the DHIS2 server (its api/dataValueSets is appended)
+    dhis2_username: str = ""
+    dhis2_password: str = ""
     log_level: str = "INFO"
 
     @property
