@@ -21,8 +21,8 @@ class StatsFact(Base):
     __tablename__ = "stats_fact"
     __table_args__ = (
         # The queries: one kind over a date range, with the columns they group by or count.
-        Index("ix_stats_fact_kind_start", "kind", "start", "code", "patient_id"),
-        Index("ix_stats_fact_kind_end", "kind", "end"),
+        Index("ix_stats_fact_kind_start", "kind", "started", "code", "patient_id"),
+        Index("ix_stats_fact_kind_end", "kind", "ended"),
         Index("ix_stats_fact_patient", "patient_id"),
     )
 
@@ -32,8 +32,8 @@ class StatsFact(Base):
     kind: Mapped[str] = mapped_column(String(16))
     patient_id: Mapped[str | None] = mapped_column(String(64))  # the (source) Patient
     facility: Mapped[str] = mapped_column(String(200), default="")
-    start: Mapped[date | None] = mapped_column(Date)  # the event's date (an encounter's start)
-    end: Mapped[date | None] = mapped_column(Date)  # an encounter's end (discharge)
+    started: Mapped[date | None] = mapped_column(Date)  # the event's date (an encounter's start)
+    ended: Mapped[date | None] = mapped_column(Date)  # an encounter's end (discharge)
     code: Mapped[str] = mapped_column(String(64), default="")  # ICD-10, CVX, LOINC, encounter class
     category: Mapped[str] = mapped_column(String(8), default="")  # ICD-10 3-character category
     chapter: Mapped[str] = mapped_column(String(8), default="")  # ICD-10 chapter (roman numeral)

@@ -128,10 +128,10 @@ P = StatsPerson.__table__
 
 def _age_years(dialect: str) -> ColumnElement[Any]:
     if dialect == "postgresql":
-        return literal_column("date_part('year', age(stats_fact.start, stats_person.birth_date))")
+        return literal_column("date_part('year', age(stats_fact.started, stats_person.birth_date))")
     return literal_column(
-        "((CAST(strftime('%Y', stats_fact.start) AS INTEGER) - CAST(strftime('%Y', stats_person.birth_date)"
-        " AS INTEGER)) - (strftime('%m-%d', stats_fact.start) < strftime('%m-%d', stats_person.birth_date)))"
+        "((CAST(strftime('%Y', stats_fact.started) AS INTEGER) - CAST(strftime('%Y', stats_person.birth_date)"
+        " AS INTEGER)) - (strftime('%m-%d', stats_fact.started) < strftime('%m-%d', stats_person.birth_date)))"
     )
 
 
@@ -146,9 +146,9 @@ def _band_expr(dialect: str, bands: tuple[Band, ...]) -> ColumnElement[Any]:
 
 def _los(dialect: str) -> ColumnElement[Any]:
     if dialect == "postgresql":
-        diff: ColumnElement[Any] = literal_column('(stats_fact."end" - stats_fact.start)')
+        diff: ColumnElement[Any] = literal_column('(stats_fact.ended - stats_fact.started)')
     else:
-        diff = literal_column('CAST(julianday(stats_fact."end") - julianday(stats_fact.start) AS INTEGER)')
+        diff = literal_column('CAST(julianday(stats_fact.ended) - julianday(stats_fact.started) AS INTEGER)')
     return case((diff > 0, diff), else_=literal(1))
 
 
@@ -219,7 +219,7 @@ def _aggregates(ind: Indicator, dialect: str) -> list[ColumnElement[Any]]:
 
 def _where(req: Request, periods: list[Period], config: StatsConfig, dialect: str) -> list[ColumnElement[bool]]:
     ind = req.indicator
-    when = F.c.end if ind.on_end else F.c.start
+    when = F.c.ended if ind.on_end else F.c.started
     clauses: list[ColumnElement[bool]] = [F.c.kind == ind.kind]
     clauses.append(or_(*[and_(when >= p.start, when < p.end) for p in periods]))
     if ind.classes:

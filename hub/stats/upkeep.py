@@ -173,8 +173,8 @@ _FACT_COLUMNS = (
     "kind",
     "patient_id",
     "facility",
-    "start",
-    "end",
+    "started",
+    "ended",
     "code",
     "category",
     "chapter",
@@ -341,7 +341,7 @@ def _encounter_starts(connection: Connection, ids: list[str]) -> dict[str | None
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
         sql = (
-            "SELECT resource_id, start FROM stats_fact WHERE resource_type = 'Encounter'"
+            "SELECT resource_id, started FROM stats_fact WHERE resource_type = 'Encounter'"
             f" AND resource_id IN ({bulk.marks(len(chunk))})"
         )
         for rid, start in connection.exec_driver_sql(bulk.placeholders(connection.dialect, sql), tuple(chunk)):

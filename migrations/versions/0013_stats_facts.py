@@ -28,8 +28,8 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("patient_id", sa.String(length=64), nullable=True),
         sa.Column("facility", sa.String(length=200), nullable=False),
-        sa.Column("start", sa.Date(), nullable=True),
-        sa.Column("end", sa.Date(), nullable=True),
+        sa.Column("started", sa.Date(), nullable=True),
+        sa.Column("ended", sa.Date(), nullable=True),
         sa.Column("code", sa.String(length=64), nullable=False),
         sa.Column("category", sa.String(length=8), nullable=False),
         sa.Column("chapter", sa.String(length=8), nullable=False),
@@ -37,8 +37,8 @@ def upgrade() -> None:
         sa.Column("positive", sa.Boolean(), nullable=True),
         sa.PrimaryKeyConstraint("resource_type", "resource_id"),
     )
-    op.create_index("ix_stats_fact_kind_start", "stats_fact", ["kind", "start", "code", "patient_id"])
-    op.create_index("ix_stats_fact_kind_end", "stats_fact", ["kind", "end"])
+    op.create_index("ix_stats_fact_kind_start", "stats_fact", ["kind", "started", "code", "patient_id"])
+    op.create_index("ix_stats_fact_kind_end", "stats_fact", ["kind", "ended"])
     op.create_index("ix_stats_fact_patient", "stats_fact", ["patient_id"])
     op.create_table(
         "stats_person",
