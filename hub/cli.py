@@ -23,6 +23,10 @@ sender_app = typer.Typer(help="Sending facilities.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(sender_app, name="sender")
 
+from hub.stats.cli import stats_app  # noqa: E402
+
+app.add_typer(stats_app, name="stats")
+
 
 def _safe_url(url: str) -> str:
     """The URL without its password, for messages."""

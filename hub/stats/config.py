@@ -30,9 +30,32 @@ DEFAULT_SHARES = {"<1": 0.016, "1-4": 0.064, "5-14": 0.165, "15-49": 0.522, "50+
 # diphtheria, pertussis, tetanus, neonatal tetanus, acute flaccid paralysis / polio, rabies, malaria,
 # anthrax, leptospirosis, avian influenza / COVID-19, chikungunya, hepatitis A, meningitis.
 DEFAULT_NOTIFIABLE = (
-    "A00", "A01", "A09", "A03", "A90", "A91", "B05", "A36", "A37", "A35", "A33", "A80", "A82",
-    "B50", "B51", "B52", "B53", "B54", "A22", "A27", "J09", "U07", "A92", "B15", "A39",
-)  # fmt: skip
+    "A00",
+    "A01",
+    "A09",
+    "A03",
+    "A90",
+    "A91",
+    "B05",
+    "A36",
+    "A37",
+    "A35",
+    "A33",
+    "A80",
+    "A82",
+    "B50",
+    "B51",
+    "B52",
+    "B53",
+    "B54",
+    "A22",
+    "A27",
+    "J09",
+    "U07",
+    "A92",
+    "B15",
+    "A39",
+)
 
 _BAND = re.compile(r"^(<\s*(\d+)|(\d+)\s*-\s*(\d+)|(\d+)\s*\+)$")
 

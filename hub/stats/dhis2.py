@@ -89,7 +89,9 @@ def data_value_set(
     return doc
 
 
-def push(url: str, username: str, password: str, doc: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+def push(
+    url: str, username: str, password: str, doc: dict[str, Any], timeout: float = 60.0
+) -> dict[str, Any]:
     """POST the document to ``<url>/api/dataValueSets``; returns DHIS2's import summary."""
     if not url:
         raise BadRequest("no DHIS2 server: set HUB_DHIS2_URL")

@@ -28,14 +28,22 @@ def measure(ind: Indicator) -> dict[str, Any]:
         "title": ind.title,
         "status": "active",
         "description": f"{ind.title} ({ind.title_id}); unit: {ind.unit}; code: {ind.codes}",
-        "scoring": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-scoring",
-                                "code": "proportion" if rate else "cohort"}]},  # fmt: skip
+        "scoring": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/measure-scoring",
+                    "code": "proportion" if rate else "cohort",
+                }
+            ]
+        },
         "group": [
             {
                 "population": [{"code": _code("initial-population"), "criteria": _criteria(ind)}],
                 "stratifier": [
-                    {"code": {"coding": [{"system": DIMENSION_SYSTEM, "code": d}], "text": d},
-                     "criteria": _criteria(ind)}  # fmt: skip
+                    {
+                        "code": {"coding": [{"system": DIMENSION_SYSTEM, "code": d}], "text": d},
+                        "criteria": _criteria(ind),
+                    }
                     for d in ind.dims
                     if d != "period"
                 ],
@@ -72,8 +80,14 @@ def evaluate_measure(
 ) -> dict[str, Any]:
     total = evaluate(conn, Request(ind, [period], [], codes), config, suppressed=suppressed)
     counted = ind.measure in ("people", "events", "bed-days")
-    group: dict[str, Any] = {"population": [_count(total.total.get("value") if counted else
-                                                   total.total.get("numerator"), bool(total.total.get("suppressed")))]}  # fmt: skip
+    group: dict[str, Any] = {
+        "population": [
+            _count(
+                total.total.get("value") if counted else total.total.get("numerator"),
+                bool(total.total.get("suppressed")),
+            )
+        ]
+    }
     if not counted:
         group["measureScore"] = {"value": total.total.get("value"), "unit": ind.unit}
     stratifiers = []
@@ -89,8 +103,12 @@ def evaluate_measure(
             else:
                 stratum["measureScore"] = {"value": row.get("value")}
             strata.append(stratum)
-        stratifiers.append({"code": [{"coding": [{"system": DIMENSION_SYSTEM, "code": dim}], "text": dim}],
-                            "stratum": strata})  # fmt: skip
+        stratifiers.append(
+            {
+                "code": [{"coding": [{"system": DIMENSION_SYSTEM, "code": dim}], "text": dim}],
+                "stratum": strata,
+            }
+        )
     group["stratifier"] = stratifiers
     return {
         "resourceType": "MeasureReport",
@@ -100,8 +118,12 @@ def evaluate_measure(
         "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "period": {"start": period.start.isoformat(), "end": _last_day(period)},
         "group": [group],
-        "extension": [{"url": "https://hub.kemkes.go.id/fhir/StructureDefinition/stats-suppression",
-                       "valueString": "applied" if suppressed else "none"}],  # fmt: skip
+        "extension": [
+            {
+                "url": "https://hub.kemkes.go.id/fhir/StructureDefinition/stats-suppression",
+                "valueString": "applied" if suppressed else "none",
+            }
+        ],
     }
 
 

@@ -85,4 +85,6 @@ def parse_periods(value: str) -> list[Period]:
 def date_range(start: date, end_inclusive: date) -> Period:
     if end_inclusive < start:
         raise BadRequest("periodEnd is before periodStart")
-    return Period(f"{start.isoformat()}/{end_inclusive.isoformat()}", start, end_inclusive + timedelta(days=1))
+    return Period(
+        f"{start.isoformat()}/{end_inclusive.isoformat()}", start, end_inclusive + timedelta(days=1)
+    )

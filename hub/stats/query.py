@@ -4,13 +4,12 @@ suppression (``hub.stats.suppression``)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
-from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, ColumnElement, and_, case, func, literal, literal_column, or_, select
-from sqlalchemy.sql.expression import ColumnClause
+from sqlalchemy import ColumnElement, Connection, and_, case, func, literal, literal_column, or_, select
 
 from hub.errors import BadRequest, NotFound
 from hub.stats.config import Band, StatsConfig
@@ -57,26 +56,100 @@ INDICATORS: dict[str, Indicator] = {
     i.id: i
     for i in (
         Indicator("encounters", "Encounters", "Kunjungan", "encounters", "encounter", "events", _ENC),
-        Indicator("admissions", "Admissions", "Rawat inap masuk", "admissions", "encounter", "events", _ENC,
-                  classes=INPATIENT),  # fmt: skip
-        Indicator("discharges", "People discharged", "Pasien keluar", "people", "encounter", "people", _ENC,
-                  on_end=True, classes=INPATIENT),  # fmt: skip
-        Indicator("bed-days", "Bed-days of the stays ended", "Hari rawat", "days", "encounter", "bed-days",
-                  _ENC, on_end=True, classes=INPATIENT),  # fmt: skip
-        Indicator("alos", "Average length of stay", "Rata-rata lama dirawat (AvLOS)", "days", "encounter",
-                  "alos", _ENC, on_end=True, classes=INPATIENT),  # fmt: skip
-        Indicator("diagnoses", "People diagnosed", "Orang terdiagnosis", "people", "condition", "people", _ICD),
-        Indicator("notifiable", "Notifiable conditions (people)", "Penyakit potensial KLB/wabah", "people",
-                  "condition", "people", _ICD + ", among the configured notifiable conditions",
-                  default_by=("code", "period")),  # fmt: skip
-        Indicator("immunizations", "Vaccine doses given", "Dosis imunisasi", "doses", "immunization", "events",
-                  "CVX vaccine code", dims=(*ALL_DIMS, "dose")),  # fmt: skip
-        Indicator("immunization-coverage", "Immunisation coverage", "Cakupan imunisasi", "%", "immunization",
-                  "coverage", "CVX vaccine code", dims=("period", "province", "regency", "sex", "age", "code")),
-        Indicator("lab-tests", "People tested", "Orang diperiksa laboratorium", "people", "lab", "people",
-                  "LOINC code"),  # fmt: skip
-        Indicator("lab-positivity", "Positivity of the people tested", "Positivity rate", "%", "lab",
-                  "positivity", "LOINC code"),  # fmt: skip
+        Indicator(
+            "admissions",
+            "Admissions",
+            "Rawat inap masuk",
+            "admissions",
+            "encounter",
+            "events",
+            _ENC,
+            classes=INPATIENT,
+        ),
+        Indicator(
+            "discharges",
+            "People discharged",
+            "Pasien keluar",
+            "people",
+            "encounter",
+            "people",
+            _ENC,
+            on_end=True,
+            classes=INPATIENT,
+        ),
+        Indicator(
+            "bed-days",
+            "Bed-days of the stays ended",
+            "Hari rawat",
+            "days",
+            "encounter",
+            "bed-days",
+            _ENC,
+            on_end=True,
+            classes=INPATIENT,
+        ),
+        Indicator(
+            "alos",
+            "Average length of stay",
+            "Rata-rata lama dirawat (AvLOS)",
+            "days",
+            "encounter",
+            "alos",
+            _ENC,
+            on_end=True,
+            classes=INPATIENT,
+        ),
+        Indicator(
+            "diagnoses", "People diagnosed", "Orang terdiagnosis", "people", "condition", "people", _ICD
+        ),
+        Indicator(
+            "notifiable",
+            "Notifiable conditions (people)",
+            "Penyakit potensial KLB/wabah",
+            "people",
+            "condition",
+            "people",
+            _ICD + ", among the configured notifiable conditions",
+            default_by=("code", "period"),
+        ),
+        Indicator(
+            "immunizations",
+            "Vaccine doses given",
+            "Dosis imunisasi",
+            "doses",
+            "immunization",
+            "events",
+            "CVX vaccine code",
+            dims=(*ALL_DIMS, "dose"),
+        ),
+        Indicator(
+            "immunization-coverage",
+            "Immunisation coverage",
+            "Cakupan imunisasi",
+            "%",
+            "immunization",
+            "coverage",
+            "CVX vaccine code",
+            dims=("period", "province", "regency", "sex", "age", "code"),
+        ),
+        Indicator(
+            "lab-tests",
+            "People tested",
+            "Orang diperiksa laboratorium",
+            "people",
+            "lab",
+            "people",
+            "LOINC code",
+        ),
+        Indicator(
+            "lab-positivity",
+            "Positivity of the people tested",
+            "Positivity rate",
+            "%",
+            "lab",
+            "positivity",
+            "LOINC code",
+        ),
         Indicator("deaths", "Deaths", "Kematian", "people", "death", "people", "(none)", dims=PERSON_DIMS),
     )
 }
@@ -103,7 +176,11 @@ class Request:
 
 
 def parse_by(ind: Indicator, value: str | None) -> list[str]:
-    by = [d.strip() for d in (value or "").split(",") if d.strip()] if value is not None else list(ind.default_by)
+    by = (
+        [d.strip() for d in (value or "").split(",") if d.strip()]
+        if value is not None
+        else list(ind.default_by)
+    )
     unknown = [d for d in by if d not in ind.dims]
     if unknown:
         raise BadRequest(f"indicator {ind.id} has no dimension {', '.join(unknown)} ({', '.join(ind.dims)})")
@@ -146,9 +223,9 @@ def _band_expr(dialect: str, bands: tuple[Band, ...]) -> ColumnElement[Any]:
 
 def _los(dialect: str) -> ColumnElement[Any]:
     if dialect == "postgresql":
-        diff: ColumnElement[Any] = literal_column('(stats_fact.ended - stats_fact.started)')
+        diff: ColumnElement[Any] = literal_column("(stats_fact.ended - stats_fact.started)")
     else:
-        diff = literal_column('CAST(julianday(stats_fact.ended) - julianday(stats_fact.started) AS INTEGER)')
+        diff = literal_column("CAST(julianday(stats_fact.ended) - julianday(stats_fact.started) AS INTEGER)")
     return case((diff > 0, diff), else_=literal(1))
 
 
@@ -171,8 +248,10 @@ def _code_filter(ind: Indicator, codes: list[str], config: StatsConfig) -> Colum
                 clauses.append(F.c.code.in_(sorted(variants)))
         condition = or_(*clauses) if clauses else None
         if ind.id == "notifiable":
-            listed = or_(F.c.category.in_([c for c in config.notifiable if len(c) == 3]),
-                         F.c.code.in_([c for c in config.notifiable if len(c) != 3]))  # fmt: skip
+            listed = or_(
+                F.c.category.in_([c for c in config.notifiable if len(c) == 3]),
+                F.c.code.in_([c for c in config.notifiable if len(c) != 3]),
+            )
             condition = listed if condition is None else and_(listed, condition)
         return condition
     if codes:
@@ -217,7 +296,9 @@ def _aggregates(ind: Indicator, dialect: str) -> list[ColumnElement[Any]]:
     raise AssertionError(ind.measure)
 
 
-def _where(req: Request, periods: list[Period], config: StatsConfig, dialect: str) -> list[ColumnElement[bool]]:
+def _where(
+    req: Request, periods: list[Period], config: StatsConfig, dialect: str
+) -> list[ColumnElement[bool]]:
     ind = req.indicator
     when = F.c.ended if ind.on_end else F.c.started
     clauses: list[ColumnElement[bool]] = [F.c.kind == ind.kind]
@@ -238,7 +319,9 @@ def _where(req: Request, periods: list[Period], config: StatsConfig, dialect: st
     return clauses
 
 
-def _run(conn: Connection, req: Request, periods: list[Period], dims: list[str], config: StatsConfig) -> list[Any]:
+def _run(
+    conn: Connection, req: Request, periods: list[Period], dims: list[str], config: StatsConfig
+) -> list[Any]:
     dialect = conn.dialect.name
     exprs = [_dim_expr(d, dialect, config).label(f"d{i}") for i, d in enumerate(dims)]
     stmt = (
@@ -257,21 +340,26 @@ def evaluate(conn: Connection, req: Request, config: StatsConfig, *, suppressed:
     raw: list[tuple[tuple[Any, ...], tuple[Any, ...]]] = []
     if "period" in req.by:
         for period in req.periods:
-            for row in _run(conn, req, [period], dims, config):
-                values = tuple(row)
-                raw.append(((period.code, *values[: len(dims)]), values[len(dims) :]))
+            for found in _run(conn, req, [period], dims, config):
+                got = tuple(found)
+                raw.append(((period.code, *got[: len(dims)]), got[len(dims) :]))
         key_dims = ["period", *dims]
     else:
-        for row in _run(conn, req, req.periods, dims, config):
-            values = tuple(row)
-            raw.append((values[: len(dims)], values[len(dims) :]))
+        for found in _run(conn, req, req.periods, dims, config):
+            got = tuple(found)
+            raw.append((got[: len(dims)], got[len(dims) :]))
         key_dims = dims
     raw = _complete(raw, key_dims, req, len(_aggregates(ind, conn.dialect.name)))
     total_row = _run(conn, req, req.periods, [], config)
     total_aggs = tuple(total_row[0]) if total_row else (0,)
     # Cells in the order of the dimensions (periods as asked).
     order = {p.code: i for i, p in enumerate(req.periods)}
-    raw.sort(key=lambda kv: tuple((order.get(v, 0), "") if k == "period" else (0, str(v)) for k, v in zip(key_dims, kv[0], strict=True)))
+    raw.sort(
+        key=lambda kv: tuple(
+            (order.get(v, 0), "") if k == "period" else (0, str(v))
+            for k, v in zip(key_dims, kv[0], strict=True)
+        )
+    )
     population = load_population(config.population) if ind.measure == "coverage" else None
     cells: list[Cell] = []
     for key, aggs in raw:
@@ -294,7 +382,9 @@ def evaluate(conn: Connection, req: Request, config: StatsConfig, *, suppressed:
             row["value"] = None
             row["suppressed"] = True
         else:
-            row.update(_value(ind, cell.extra["aggs"], cell.extra["values"], req, config, population, rounding))
+            row.update(
+                _value(ind, cell.extra["aggs"], cell.extra["values"], req, config, population, rounding)
+            )
         rows.append(row)
     total: dict[str, Any]
     if total_hidden:
@@ -303,8 +393,13 @@ def evaluate(conn: Connection, req: Request, config: StatsConfig, *, suppressed:
         total = _value(ind, total_aggs, {}, req, config, population, rounding)
     info: dict[str, Any] = {"applied": suppressed, "threshold": config.threshold if suppressed else None}
     if suppressed:
-        info.update({"complementary": True, "rounding": config.rounding or None,
-                     "suppressed_cells": sum(1 for c in cells if c.suppressed)})  # fmt: skip
+        info.update(
+            {
+                "complementary": True,
+                "rounding": config.rounding or None,
+                "suppressed_cells": sum(1 for c in cells if c.suppressed),
+            }
+        )
     return Result(ind, req.periods, key_dims, rows, total, info)
 
 
@@ -332,8 +427,6 @@ def _complete(
     present = {k for k, _ in raw}
     out = list(raw)
     zero = (0,) * width
-    import itertools
-
     for key in itertools.product(*axes):
         if key not in present:
             out.append((key, zero))
@@ -346,16 +439,14 @@ def _counts(ind: Indicator, aggs: tuple[Any, ...]) -> tuple[int, ...]:
     return (int(aggs[0] or 0),)
 
 
-def denominator(
-    values: dict[str, Any], req: Request, config: StatsConfig, population: Any
-) -> int | None:
+def denominator(values: dict[str, Any], req: Request, config: StatsConfig, population: Any) -> int | None:
     region = values.get("regency") or values.get("province") or req.regency or req.province or "0"
     if region == UNKNOWN or req.district or values.get("district"):
         return None
     sex = values.get("sex")
     if sex not in (None, "male", "female"):
         return None
-    base = population.of(str(region), sex)
+    base: int | None = population.of(str(region), sex)
     if base is None:
         return None
     band = values.get("age") or req.age
@@ -417,8 +508,4 @@ def csv_columns(result: Result) -> list[str]:
     return columns
 
 
-def _unused(d: date) -> None:  # pragma: no cover - keeps the date import for type checkers
-    del d
-
-
-__all__ = ["ColumnClause", "INDICATORS", "Request", "evaluate", "indicator"]
+__all__ = ["INDICATORS", "Request", "evaluate", "indicator"]

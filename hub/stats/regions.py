@@ -54,6 +54,15 @@ def _norm(name: str) -> str:
     return text
 
 
+def _kind(name: str) -> str:
+    lowered = name.strip().lower()
+    if lowered.startswith("kota"):
+        return "kota"
+    if lowered.startswith(("kabupaten", "kab.", "kab ")):
+        return "kabupaten"
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class Regions:
     names: dict[str, str]  # code -> name (provinces, regencies, districts)
@@ -73,6 +82,8 @@ class Regions:
         codes = self.by_name.get((level, key), [])
         if within:
             codes = [c for c in codes if c.startswith(within)]
+        if len(codes) > 1 and _kind(name):  # Kota Bandung and Kabupaten Bandung
+            codes = [c for c in codes if _kind(self.names[c]) == _kind(name)]
         return codes[0] if len(codes) == 1 else None
 
 

@@ -21,8 +21,8 @@ from hub.stats import dhis2
 from hub.stats.config import StatsConfig, load_config
 from hub.stats.measure import evaluate_measure, measure, measures
 from hub.stats.periods import date_range, parse_periods
-from hub.stats.query import INDICATORS, Request as StatsRequest
-from hub.stats.query import check_region, csv_columns, evaluate, indicator, parse_by, to_json
+from hub.stats.query import INDICATORS, check_region, csv_columns, evaluate, indicator, parse_by, to_json
+from hub.stats.query import Request as StatsRequest
 
 # Who may read the statistics: the one place to change it.
 STATS_ACCESS = require_role("ministry", "admin")
@@ -78,9 +78,9 @@ def stats_list(principal: Principal = Depends(STATS_ACCESS)) -> Response:
 @router.get("/stats/dhis2/dataValueSets")
 def stats_dhis2(
     request: Request,
-    dataSet: str = Query(...),  # noqa: N803 (DHIS2's parameter names)
+    dataSet: str = Query(...),
     period: str = Query(...),
-    orgUnit: str | None = Query(default=None),  # noqa: N803
+    orgUnit: str | None = Query(default=None),
     principal: Principal = Depends(STATS_ACCESS),
 ) -> Response:
     with read_connection(request) as conn:
@@ -100,7 +100,7 @@ def stats_indicator(
     facility: str | None = Query(default=None),
     age: str | None = Query(default=None),
     suppression: str | None = Query(default=None),
-    format: str | None = Query(default=None),  # noqa: A002
+    format: str | None = Query(default=None),
     principal: Principal = Depends(STATS_ACCESS),
 ) -> Response:
     ind = indicator(name)
@@ -160,9 +160,9 @@ def measure_read(name: str, principal: Principal = Depends(STATS_ACCESS)) -> Res
 def measure_evaluate(
     request: Request,
     name: str,
-    periodStart: str = Query(...),  # noqa: N803 (FHIR's parameter names)
-    periodEnd: str = Query(...),  # noqa: N803
-    reportType: str = Query(default="summary"),  # noqa: N803
+    periodStart: str = Query(...),
+    periodEnd: str = Query(...),
+    reportType: str = Query(default="summary"),
     code: str | None = Query(default=None),
     suppression: str | None = Query(default=None),
     principal: Principal = Depends(STATS_ACCESS),

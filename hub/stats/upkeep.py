@@ -112,7 +112,7 @@ def _facility(resource: Mapping[str, Any]) -> str:
     if isinstance(provider, dict):
         ident = provider.get("identifier")
         if isinstance(ident, dict) and isinstance(ident.get("value"), str):
-            return ident["value"][:200]
+            return str(ident["value"])[:200]
     for ident in resource.get("identifier") or []:
         system = ident.get("system") if isinstance(ident, dict) else None
         if isinstance(system, str) and system.startswith("urn:hub:id:"):
@@ -185,7 +185,7 @@ _PERSON_COLUMNS = ("patient_id", "golden_id", "sex", "birth_date", "province", "
 Fact = tuple[Any, ...]
 
 
-def fact_of(resource: Mapping[str, Any], encounter_start: Mapping[str, date | None]) -> Fact | None:
+def fact_of(resource: Mapping[str, Any], encounter_start: Mapping[str | None, date | None]) -> Fact | None:
     """The fact a stored resource contributes, or None (not counted: cancelled, refuted, no date…)."""
     rtype = resource.get("resourceType")
     rid = str(resource.get("id"))
@@ -222,8 +222,20 @@ def fact_of(resource: Mapping[str, Any], encounter_start: Mapping[str, date | No
         if start is None:
             return None
         category = code.replace(".", "")[:3]
-        return ("Condition", rid, "condition", patient, facility, start, None, code[:64], category,
-                icd10_chapter(code), None, None)  # fmt: skip
+        return (
+            "Condition",
+            rid,
+            "condition",
+            patient,
+            facility,
+            start,
+            None,
+            code[:64],
+            category,
+            icd10_chapter(code),
+            None,
+            None,
+        )
     if rtype == "Immunization":
         if status in ("not-done", "entered-in-error"):
             return None
@@ -239,13 +251,25 @@ def fact_of(resource: Mapping[str, Any], encounter_start: Mapping[str, date | No
                 dose = applied["doseNumberPositiveInt"]
             elif isinstance(applied, dict) and str(applied.get("doseNumberString", "")).isdigit():
                 dose = int(applied["doseNumberString"])
-        return ("Immunization", rid, "immunization", patient, facility, start, None, code[:64], "", "", dose,
-                None)  # fmt: skip
+        return (
+            "Immunization",
+            rid,
+            "immunization",
+            patient,
+            facility,
+            start,
+            None,
+            code[:64],
+            "",
+            "",
+            dose,
+            None,
+        )
     if rtype == "Observation":
         if status in ("cancelled", "entered-in-error", "registered"):
             return None
         code = _coded(resource.get("code"), LOINC)
-        if not code or not _is_laboratory(resource) and positivity(resource) is None:
+        if not code or (not _is_laboratory(resource) and positivity(resource) is None):
             return None
         start = (
             _date(resource.get("effectiveDateTime"))
@@ -254,8 +278,20 @@ def fact_of(resource: Mapping[str, Any], encounter_start: Mapping[str, date | No
         )
         if start is None:
             return None
-        return ("Observation", rid, "lab", patient, facility, start, None, code[:64], "", "", None,
-                positivity(resource))  # fmt: skip
+        return (
+            "Observation",
+            rid,
+            "lab",
+            patient,
+            facility,
+            start,
+            None,
+            code[:64],
+            "",
+            "",
+            None,
+            positivity(resource),
+        )
     if rtype == "Patient":
         died = _date(resource.get("deceasedDateTime"))
         if died is None:
@@ -266,7 +302,9 @@ def fact_of(resource: Mapping[str, Any], encounter_start: Mapping[str, date | No
 
 def _is_golden(patient: Mapping[str, Any]) -> bool:
     tags = (patient.get("meta") or {}).get("tag") or []
-    return any(isinstance(t, dict) and t.get("system") == GOLDEN_SYSTEM and t.get("code") == "golden" for t in tags)
+    return any(
+        isinstance(t, dict) and t.get("system") == GOLDEN_SYSTEM and t.get("code") == "golden" for t in tags
+    )
 
 
 def person_attributes(patient: Mapping[str, Any]) -> tuple[str, date | None, str, str, str]:
@@ -275,8 +313,13 @@ def person_attributes(patient: Mapping[str, Any]) -> tuple[str, date | None, str
     province = regency = district = None
     if address is not None:
         province, regency, district = resolve_address(address)
-    return (str(sex), _date(patient.get("birthDate")), province or "unknown", regency or "unknown",
-            district or "unknown")  # fmt: skip
+    return (
+        str(sex),
+        _date(patient.get("birthDate")),
+        province or "unknown",
+        regency or "unknown",
+        district or "unknown",
+    )
 
 
 def _golden_of(connection: Connection, patient: Mapping[str, Any]) -> str:
@@ -344,7 +387,9 @@ def _encounter_starts(connection: Connection, ids: list[str]) -> dict[str | None
             "SELECT resource_id, started FROM stats_fact WHERE resource_type = 'Encounter'"
             f" AND resource_id IN ({bulk.marks(len(chunk))})"
         )
-        for rid, start in connection.exec_driver_sql(bulk.placeholders(connection.dialect, sql), tuple(chunk)):
+        for rid, start in connection.exec_driver_sql(
+            bulk.placeholders(connection.dialect, sql), tuple(chunk)
+        ):
             out[rid] = start if isinstance(start, date) or start is None else date.fromisoformat(str(start))
     return out
 
@@ -372,13 +417,14 @@ def _apply_patients(connection: Connection, patients: list[tuple[str, dict[str, 
             "SELECT patient_id, sex, birth_date, province, regency, district FROM stats_person"
             f" WHERE patient_id IN ({bulk.marks(len(missing))})"
         )
-        for pid, *attrs in connection.exec_driver_sql(bulk.placeholders(connection.dialect, sql), tuple(missing)):
-            birth = attrs[1]
+        for pid, sex, birth, province, regency, district in connection.exec_driver_sql(
+            bulk.placeholders(connection.dialect, sql), tuple(missing)
+        ):
             if birth is not None and not isinstance(birth, date):
                 birth = date.fromisoformat(str(birth))
-            known[pid] = (attrs[0], birth, attrs[2], attrs[3], attrs[4])
-    for rid, (golden, *attrs) in own.items():
-        rows.append((rid, golden, *known.get(golden, tuple(attrs))))
+            known[pid] = (sex, birth, province, regency, district)
+    for rid, (golden, *own_attrs) in own.items():
+        rows.append((rid, golden, *known.get(golden, tuple(own_attrs))))
     bulk.insert_rows(connection, _table(StatsPerson), _PERSON_COLUMNS, rows)
     table = _table(StatsPerson)
     update = (

@@ -97,7 +97,9 @@ def encounter(eid: str, pid: str, start: date, end: date | None, klass: str, fac
     }
 
 
-def condition(cid: str, pid: str, code: str, onset: date | None, encounter_id: str | None = None) -> dict[str, Any]:
+def condition(
+    cid: str, pid: str, code: str, onset: date | None, encounter_id: str | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "resourceType": "Condition",
         "id": cid,
@@ -128,13 +130,29 @@ def lab(oid: str, pid: str, loinc: str, when: date, positive: bool) -> dict[str,
         "resourceType": "Observation",
         "id": oid,
         "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                  "code": "laboratory"}]}],  # fmt: skip
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "laboratory",
+                    }
+                ]
+            }
+        ],
         "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
         "subject": {"reference": f"Patient/{pid}"},
         "effectiveDateTime": f"{when.isoformat()}T09:00:00+07:00",
-        "interpretation": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
-                                        "code": "POS" if positive else "NEG"}]}],  # fmt: skip
+        "interpretation": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                        "code": "POS" if positive else "NEG",
+                    }
+                ]
+            }
+        ],
     }
 
 
@@ -169,8 +187,15 @@ def build_population(seed: int = 7, size: int = 160) -> Population:
             end = day + timedelta(days=1 + n % 5) if inpatient else day
             eid = f"e{n}{i}"
             out.append(encounter(eid, s, day, end, "IMP" if inpatient else "AMB", facility))
-            person.facts.append({"kind": "encounter", "start": day, "end": end, "class": "IMP" if inpatient else "AMB",
-                                 "facility": facility})  # fmt: skip
+            person.facts.append(
+                {
+                    "kind": "encounter",
+                    "start": day,
+                    "end": end,
+                    "class": "IMP" if inpatient else "AMB",
+                    "facility": facility,
+                }
+            )
             if n % 2 == 0:  # dengue: A90 (a third as A91), the date from the encounter for some
                 code = "A91" if n % 10 == 0 else "A90"
                 onset = None if n % 5 == 0 else day
@@ -196,7 +221,9 @@ def person_age(person: Person, on: date) -> int:
 
 
 def band(age: int) -> str:
-    return "<1" if age < 1 else "1-4" if age <= 4 else "5-14" if age <= 14 else "15-49" if age <= 49 else "50+"
+    return (
+        "<1" if age < 1 else "1-4" if age <= 4 else "5-14" if age <= 14 else "15-49" if age <= 49 else "50+"
+    )
 
 
 @pytest.fixture
