@@ -11,7 +11,7 @@ import importlib
 import inspect
 import sys
 
-BENCHES = ("intake", "accept", "pipeline", "mapping", "extract", "fhir", "mpi")
+BENCHES = ("intake", "accept", "pipeline", "mapping", "extract", "fhir", "mpi", "stats")
 
 
 def main(argv: list[str]) -> int:

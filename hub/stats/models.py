@@ -1,10 +1,11 @@
 """The statistics fact tables, kept up to date by ``hub.stats.upkeep`` in the transaction of every write.
 
 ``stats_fact``: one row per counted resource (an Encounter, a Condition, an Immunization, a laboratory
-Observation, a deceased Patient), with the source Patient it belongs to. ``stats_person``: one row per
-Patient (source or golden) with its golden record and the golden record's sex, birth date and home region.
-A query joins the two, so a merge or a relink (which rewrites the source Patient) moves a person's facts to
-the new golden record without touching the facts.
+Observation, a deceased Patient), with the source Patient it belongs to and that person's golden record,
+sex, birth date and home region. ``stats_person``: one row per Patient (source or golden) with its golden
+record and the golden record's attributes. A merge or a relink (which rewrites the source Patient) and a
+golden record's new address update the facts of the people concerned, so a query reads ``stats_fact``
+alone.
 """
 
 from __future__ import annotations
@@ -16,14 +17,19 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from hub.store.models import Base
 
+INCLUDED = ("golden_id", "province", "regency", "district", "sex", "birth_date", "facility", "positive")
+
 
 class StatsFact(Base):
     __tablename__ = "stats_fact"
     __table_args__ = (
-        # The queries: one kind over a date range, with the columns they group by or count.
-        Index("ix_stats_fact_kind_start", "kind", "started", "code", "patient_id"),
+        # The queries: one kind over a date range (and code), with what they group by and count beside
+        # it on PostgreSQL (index-only scans).
+        Index("ix_stats_fact_kind_start", "kind", "started", "code", postgresql_include=list(INCLUDED)),
         Index("ix_stats_fact_kind_end", "kind", "ended"),
+        # Moving a person's facts (a merge, a relink) and a golden record's (its attributes changed).
         Index("ix_stats_fact_patient", "patient_id"),
+        Index("ix_stats_fact_golden", "golden_id"),
     )
 
     resource_type: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -39,6 +45,13 @@ class StatsFact(Base):
     chapter: Mapped[str] = mapped_column(String(8), default="")  # ICD-10 chapter (roman numeral)
     dose: Mapped[int | None] = mapped_column(Integer)  # an immunization's dose number
     positive: Mapped[bool | None] = mapped_column(Boolean)  # a lab result's positivity (None: unknown)
+    # The person, as in stats_person (copied so that a query reads this table alone).
+    golden_id: Mapped[str] = mapped_column(String(64), default="")
+    sex: Mapped[str] = mapped_column(String(16), default="unknown")
+    birth_date: Mapped[date | None] = mapped_column(Date)
+    province: Mapped[str] = mapped_column(String(8), default="unknown")
+    regency: Mapped[str] = mapped_column(String(8), default="unknown")
+    district: Mapped[str] = mapped_column(String(8), default="unknown")
 
 
 class StatsPerson(Base):

@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, Connection, and_, case, func, literal, lit
 
 from hub.errors import BadRequest, NotFound
 from hub.stats.config import Band, StatsConfig
-from hub.stats.models import StatsFact, StatsPerson
+from hub.stats.models import StatsFact
 from hub.stats.periods import Period
 from hub.stats.regions import UNKNOWN, load_population, regions
 from hub.stats.suppression import Cell, round_to, suppress
@@ -200,21 +200,20 @@ def check_region(level: str, value: str | None) -> str | None:
 
 
 F = StatsFact.__table__
-P = StatsPerson.__table__
 
 
 def _age_years(dialect: str) -> ColumnElement[Any]:
     if dialect == "postgresql":
-        return literal_column("date_part('year', age(stats_fact.started, stats_person.birth_date))")
+        return literal_column("date_part('year', age(stats_fact.started, stats_fact.birth_date))")
     return literal_column(
-        "((CAST(strftime('%Y', stats_fact.started) AS INTEGER) - CAST(strftime('%Y', stats_person.birth_date)"
-        " AS INTEGER)) - (strftime('%m-%d', stats_fact.started) < strftime('%m-%d', stats_person.birth_date)))"
+        "((CAST(strftime('%Y', stats_fact.started) AS INTEGER) - CAST(strftime('%Y', stats_fact.birth_date)"
+        " AS INTEGER)) - (strftime('%m-%d', stats_fact.started) < strftime('%m-%d', stats_fact.birth_date)))"
     )
 
 
 def _band_expr(dialect: str, bands: tuple[Band, ...]) -> ColumnElement[Any]:
     years = _age_years(dialect)
-    whens: list[tuple[Any, Any]] = [(P.c.birth_date.is_(None), literal(UNKNOWN))]
+    whens: list[tuple[Any, Any]] = [(F.c.birth_date.is_(None), literal(UNKNOWN))]
     for band in bands:
         cond = years >= band.low if band.high is None else and_(years >= band.low, years <= band.high)
         whens.append((cond, literal(band.label)))
@@ -273,7 +272,7 @@ def _dim_expr(dim: str, dialect: str, config: StatsConfig) -> ColumnElement[Any]
     if dim == "facility":
         return F.c.facility
     if dim in ("province", "regency", "district", "sex"):
-        return func.coalesce(P.c[dim], UNKNOWN)
+        return F.c[dim]
     if dim == "age":
         return _band_expr(dialect, config.bands)
     if dim == "code":
@@ -284,7 +283,7 @@ def _dim_expr(dim: str, dialect: str, config: StatsConfig) -> ColumnElement[Any]
 
 
 def _aggregates(ind: Indicator, dialect: str) -> list[ColumnElement[Any]]:
-    person = func.coalesce(P.c.golden_id, F.c.patient_id)
+    person = F.c.golden_id
     if ind.measure == "events":
         return [func.count()]
     if ind.measure in ("people", "coverage"):
@@ -311,7 +310,7 @@ def _where(
     for level in ("province", "regency", "district"):
         value = getattr(req, level)
         if value:
-            clauses.append(func.coalesce(P.c[level], UNKNOWN) == value)
+            clauses.append(F.c[level] == value)
     if req.facility:
         clauses.append(F.c.facility == req.facility)
     if req.age:
@@ -324,11 +323,7 @@ def _run(
 ) -> list[Any]:
     dialect = conn.dialect.name
     exprs = [_dim_expr(d, dialect, config).label(f"d{i}") for i, d in enumerate(dims)]
-    stmt = (
-        select(*exprs, *_aggregates(req.indicator, dialect))
-        .select_from(F.outerjoin(P, P.c.patient_id == F.c.patient_id))
-        .where(*_where(req, periods, config, dialect))
-    )
+    stmt = select(*exprs, *_aggregates(req.indicator, dialect)).where(*_where(req, periods, config, dialect))
     if exprs:
         stmt = stmt.group_by(*[literal_column(f"d{i}") for i in range(len(exprs))])
     return list(conn.execute(stmt).all())

@@ -339,35 +339,154 @@ def _table(model: type) -> Table:
     return model.__table__  # type: ignore[attr-defined,no-any-return]
 
 
-def _delete(connection: Connection, table: str, column: str, values: list[str], extra: str = "") -> None:
+def _in(connection: Connection, sql: str, values: list[str], before: tuple[Any, ...] = ()) -> list[Any]:
+    """Run ``sql`` (its ``{}`` an IN list) over ``values`` in chunks; the rows of all chunks."""
+    out: list[Any] = []
     for i in range(0, len(values), 500):
         chunk = values[i : i + 500]
-        sql = f"DELETE FROM {table} WHERE {column} IN ({bulk.marks(len(chunk))}){extra}"
-        connection.exec_driver_sql(bulk.placeholders(connection.dialect, sql), tuple(chunk))
+        text_ = bulk.placeholders(connection.dialect, sql.format(bulk.marks(len(chunk))))
+        result = connection.exec_driver_sql(text_, (*before, *chunk))
+        if result.returns_rows:
+            out.extend(result.all())
+    return out
 
 
-def apply(connection: Connection, latest: Iterable[tuple[str, str, dict[str, Any] | None]]) -> None:
-    """Rewrite the facts and person rows of these resources (type, id, stored dict or None when deleted)."""
-    items = [(t, i, s) for t, i, s in latest if t in TYPES]
+def _as_date(value: Any) -> date | None:
+    if value is None or isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value))
+
+
+# A person row: (golden_id, sex, birth_date, province, regency, district).
+Person = tuple[str, str, date | None, str, str, str]
+_UNKNOWN_PERSON = ("unknown", None, "unknown", "unknown", "unknown")
+
+
+def _persons(connection: Connection, ids: list[str]) -> dict[str, Person]:
+    rows = _in(
+        connection,
+        "SELECT patient_id, golden_id, sex, birth_date, province, regency, district FROM stats_person"
+        " WHERE patient_id IN ({})",
+        ids,
+    )
+    return {
+        pid: (golden, sex, _as_date(birth), prov, reg, dist)
+        for pid, golden, sex, birth, prov, reg, dist in rows
+    }
+
+
+_FACT_PERSON = "golden_id = ?, sex = ?, birth_date = ?, province = ?, regency = ?, district = ?"
+
+
+def _apply_patients(
+    connection: Connection, patients: list[tuple[str, dict[str, Any] | None, bool]]
+) -> dict[str, Person]:
+    """Rewrite the person rows of these Patients; returns the person of each. A source whose golden record
+    or attributes changed has its facts moved (a merge, a relink, a corrected address); a golden record
+    whose attributes changed passes them to its sources and their facts."""
+    if not patients:
+        return {}
+    existing = _persons(connection, [i for i, _s, _e in patients])
+    goldens: dict[str, tuple[str, date | None, str, str, str]] = {}
+    sources: dict[str, tuple[str, tuple[str, date | None, str, str, str]]] = {}
+    deleted: list[str] = []
+    for rid, stored, _existed in patients:
+        if stored is None:
+            deleted.append(rid)
+        elif _is_golden(stored):
+            goldens[rid] = person_attributes(stored)
+        else:
+            sources[rid] = (_golden_of(connection, stored), person_attributes(stored))
+    wanted = sorted({g for g, _a in sources.values()} - set(goldens))
+    golden_rows = _persons(connection, wanted) if wanted else {}
+    new: dict[str, Person] = {}
+    for rid, attrs in goldens.items():
+        new[rid] = (rid, *attrs)
+    for rid, (golden, attrs) in sources.items():
+        if golden in goldens:
+            attrs = goldens[golden]
+        elif golden in golden_rows:
+            attrs = golden_rows[golden][1:]
+        new[rid] = (golden, *attrs)
+    changed = [rid for rid, person in new.items() if existing.get(rid) != person]
+    gone = [rid for rid in deleted if rid in existing]
+    if changed or gone:
+        _in(connection, "DELETE FROM stats_person WHERE patient_id IN ({})", [*changed, *gone])
+        bulk.insert_rows(
+            connection, _table(StatsPerson), _PERSON_COLUMNS, [(rid, *new[rid]) for rid in changed]
+        )
+    table = _table(StatsFact)
+    moved = [(*new[rid], rid) for rid in changed if rid not in goldens or rid in existing]
+    if moved:
+        bulk.execute_many(
+            connection,
+            table,
+            f"UPDATE stats_fact SET {_FACT_PERSON} WHERE patient_id = ?",
+            (*_PERSON_COLUMNS[1:], "patient_id"),
+            moved,
+        )
+    spread = [
+        (rid, attrs) for rid, attrs in goldens.items() if rid in existing and existing[rid][1:] != attrs
+    ]
+    if spread:
+        columns = ("sex", "birth_date", "province", "regency", "district", "golden_id")
+        set_attrs = "sex = ?, birth_date = ?, province = ?, regency = ?, district = ?"
+        rows = [(*attrs, rid) for rid, attrs in spread]
+        bulk.execute_many(
+            connection,
+            _table(StatsPerson),
+            f"UPDATE stats_person SET {set_attrs} WHERE golden_id = ? AND patient_id <> golden_id",
+            columns,
+            rows,
+        )
+        bulk.execute_many(
+            connection, table, f"UPDATE stats_fact SET {set_attrs} WHERE golden_id = ?", columns, rows
+        )
+    return new
+
+
+_ORDER = {"Patient": 0, "Encounter": 1}
+
+
+def apply(connection: Connection, latest: Iterable[tuple[str, str, dict[str, Any] | None, bool]]) -> None:
+    """Rewrite the facts and person rows of these resources: (type, id, the stored dict or None when
+    deleted, whether a live version existed before: a new resource has no facts to remove)."""
+    items = [item for item in latest if item[0] in TYPES]
     if not items:
         return
-    # Encounters first: a Condition without a date of its own takes its encounter's start.
-    items.sort(key=lambda item: item[0] != "Encounter")
+    # Patients first (the facts carry their person), encounters next (a Condition without a date of its
+    # own takes its encounter's start).
+    items.sort(key=lambda item: _ORDER.get(item[0], 2))
+    persons = _apply_patients(connection, [(i, s, e) for t, i, s, e in items if t == "Patient"])
+    for rtype in {t for t, _i, _s, existed in items if existed}:
+        ids = [i for t, i, _s, existed in items if t == rtype and existed]
+        _in(
+            connection,
+            "DELETE FROM stats_fact WHERE resource_type = ? AND resource_id IN ({})",
+            ids,
+            (rtype,),
+        )
     starts: dict[str | None, date | None] = {}
-    facts: list[Fact] = []
-    for rtype in {t for t, _i, _s in items}:
-        ids = [i for t, i, _s in items if t == rtype]
-        _delete(connection, "stats_fact", "resource_id", ids, f" AND resource_type = '{rtype}'")
-    need = {
-        enc
-        for t, _i, s in items
-        if t == "Condition" and s is not None
-        for enc in [_ref_id(s.get("encounter"), "Encounter")]
-        if enc
-    }
+    need = sorted(
+        {
+            enc
+            for t, _i, s, _e in items
+            if t == "Condition" and s is not None and not _has_own_date(s)
+            for enc in [_ref_id(s.get("encounter"), "Encounter")]
+            if enc
+        }
+        - {i for t, i, _s, _e in items if t == "Encounter"}
+    )
     if need:
-        starts.update(_encounter_starts(connection, sorted(need)))
-    for rtype, rid, stored in items:
+        rows = _in(
+            connection,
+            "SELECT resource_id, started FROM stats_fact"
+            " WHERE resource_type = 'Encounter' AND resource_id IN ({})",
+            need,
+        )
+        starts.update({rid: _as_date(start) for rid, start in rows})
+    facts: list[Fact] = []
+    for rtype, rid, stored, _existed in items:
         if stored is None:
             continue
         fact = fact_of(stored, starts)
@@ -375,79 +494,40 @@ def apply(connection: Connection, latest: Iterable[tuple[str, str, dict[str, Any
             starts[rid] = fact[5] if fact is not None else None
         if fact is not None:
             facts.append(fact)
-    bulk.insert_rows(connection, _table(StatsFact), _FACT_COLUMNS, facts)
-    _apply_patients(connection, [(i, s) for t, i, s in items if t == "Patient"])
-
-
-def _encounter_starts(connection: Connection, ids: list[str]) -> dict[str | None, date | None]:
-    out: dict[str | None, date | None] = {}
-    for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
-        sql = (
-            "SELECT resource_id, started FROM stats_fact WHERE resource_type = 'Encounter'"
-            f" AND resource_id IN ({bulk.marks(len(chunk))})"
-        )
-        for rid, start in connection.exec_driver_sql(
-            bulk.placeholders(connection.dialect, sql), tuple(chunk)
-        ):
-            out[rid] = start if isinstance(start, date) or start is None else date.fromisoformat(str(start))
-    return out
-
-
-def _apply_patients(connection: Connection, patients: list[tuple[str, dict[str, Any] | None]]) -> None:
-    if not patients:
+    if not facts:
         return
-    _delete(connection, "stats_person", "patient_id", [i for i, _s in patients])
-    rows: list[tuple[Any, ...]] = []
-    goldens: list[tuple[str, tuple[Any, ...]]] = []
-    own: dict[str, tuple[Any, ...]] = {}
-    for rid, stored in patients:
-        if stored is None:
-            continue
-        attrs = person_attributes(stored)
-        if _is_golden(stored):
-            goldens.append((rid, attrs))
-            rows.append((rid, rid, *attrs))
-        else:
-            own[rid] = (_golden_of(connection, stored), *attrs)
-    known = {g: a for g, a in goldens}
-    missing = sorted({v[0] for v in own.values()} - set(known))
-    if missing:
-        sql = (
-            "SELECT patient_id, sex, birth_date, province, regency, district FROM stats_person"
-            f" WHERE patient_id IN ({bulk.marks(len(missing))})"
-        )
-        for pid, sex, birth, province, regency, district in connection.exec_driver_sql(
-            bulk.placeholders(connection.dialect, sql), tuple(missing)
-        ):
-            if birth is not None and not isinstance(birth, date):
-                birth = date.fromisoformat(str(birth))
-            known[pid] = (sex, birth, province, regency, district)
-    for rid, (golden, *own_attrs) in own.items():
-        rows.append((rid, golden, *known.get(golden, tuple(own_attrs))))
-    bulk.insert_rows(connection, _table(StatsPerson), _PERSON_COLUMNS, rows)
-    table = _table(StatsPerson)
-    update = (
-        "UPDATE stats_person SET sex = ?, birth_date = ?, province = ?, regency = ?, district = ?"
-        " WHERE golden_id = ? AND patient_id <> golden_id"
-    )
-    bulk.execute_many(
-        connection,
-        table,
-        update,
-        ("sex", "birth_date", "province", "regency", "district", "golden_id"),
-        [(*attrs, golden) for golden, attrs in goldens],
+    unknown = sorted({str(f[3]) for f in facts if f[3] and f[3] not in persons})
+    if unknown:
+        persons.update(_persons(connection, unknown))
+    out: list[tuple[Any, ...]] = []
+    for fact in facts:
+        pid = fact[3]
+        person = persons.get(pid) if pid else None
+        out.append((*fact, *(person if person is not None else (pid or "", *_UNKNOWN_PERSON))))
+    bulk.insert_rows(connection, table_fact(), _FACT_COLUMNS + _PERSON_COLUMNS[1:], out)
+
+
+def table_fact() -> Table:
+    return _table(StatsFact)
+
+
+def _has_own_date(condition: Mapping[str, Any]) -> bool:
+    return bool(
+        condition.get("onsetDateTime")
+        or (condition.get("onsetPeriod") or {}).get("start")
+        or condition.get("recordedDate")
     )
 
 
 def on_write(session: Session, changes: list[Change]) -> None:
     """The write hook: the last state of each counted resource of one write."""
-    latest: dict[tuple[str, str], dict[str, Any] | None] = {}
-    for rtype, rid, _pk, stored, _old in changes:
+    latest: dict[tuple[str, str], tuple[dict[str, Any] | None, bool]] = {}
+    for rtype, rid, _pk, stored, old in changes:
         if rtype in TYPES:
-            latest[(rtype, rid)] = stored
+            earlier = latest.get((rtype, rid))
+            latest[(rtype, rid)] = (stored, old is not None or (earlier is not None and earlier[1]))
     if latest:
-        apply(session.connection(), [(t, i, s) for (t, i), s in latest.items()])
+        apply(session.connection(), [(t, i, s, e) for (t, i), (s, e) in latest.items()])
 
 
 def rebuild(connection: Connection, batch: int = 2000) -> int:
@@ -468,7 +548,7 @@ def rebuild(connection: Connection, batch: int = 2000) -> int:
             if not rows:
                 break
             last = rows[-1][0]
-            loaded = [(rtype, str(rid), orjson.loads(content)) for _pk, rid, content in rows]
+            loaded = [(rtype, str(rid), orjson.loads(content), False) for _pk, rid, content in rows]
             if rtype == "Patient":
                 loaded.sort(key=lambda item: not _is_golden(item[2]))
             apply(connection, loaded)

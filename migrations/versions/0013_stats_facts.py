@@ -10,6 +10,7 @@ Create Date: 2026-12-07 12:00:00.000000
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -18,6 +19,20 @@ revision: str = "0013_stats_facts"
 down_revision: str | Sequence[str] | None = "0007_resource_pk"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+INCLUDED = ("golden_id", "province", "regency", "district", "sex", "birth_date", "facility", "positive")
+
+
+def _person_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("golden_id", sa.String(length=64), nullable=False),
+        sa.Column("sex", sa.String(length=16), nullable=False),
+        sa.Column("birth_date", sa.Date(), nullable=True),
+        sa.Column("province", sa.String(length=8), nullable=False),
+        sa.Column("regency", sa.String(length=8), nullable=False),
+        sa.Column("district", sa.String(length=8), nullable=False),
+    ]
 
 
 def upgrade() -> None:
@@ -35,20 +50,22 @@ def upgrade() -> None:
         sa.Column("chapter", sa.String(length=8), nullable=False),
         sa.Column("dose", sa.Integer(), nullable=True),
         sa.Column("positive", sa.Boolean(), nullable=True),
+        *_person_columns(),
         sa.PrimaryKeyConstraint("resource_type", "resource_id"),
     )
-    op.create_index("ix_stats_fact_kind_start", "stats_fact", ["kind", "started", "code", "patient_id"])
+    op.create_index(
+        "ix_stats_fact_kind_start",
+        "stats_fact",
+        ["kind", "started", "code"],
+        postgresql_include=list(INCLUDED),
+    )
     op.create_index("ix_stats_fact_kind_end", "stats_fact", ["kind", "ended"])
     op.create_index("ix_stats_fact_patient", "stats_fact", ["patient_id"])
+    op.create_index("ix_stats_fact_golden", "stats_fact", ["golden_id"])
     op.create_table(
         "stats_person",
         sa.Column("patient_id", sa.String(length=64), nullable=False),
-        sa.Column("golden_id", sa.String(length=64), nullable=False),
-        sa.Column("sex", sa.String(length=16), nullable=False),
-        sa.Column("birth_date", sa.Date(), nullable=True),
-        sa.Column("province", sa.String(length=8), nullable=False),
-        sa.Column("regency", sa.String(length=8), nullable=False),
-        sa.Column("district", sa.String(length=8), nullable=False),
+        *_person_columns(),
         sa.PrimaryKeyConstraint("patient_id"),
     )
     op.create_index("ix_stats_person_golden", "stats_person", ["golden_id"])
@@ -57,6 +74,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_stats_person_golden", table_name="stats_person")
     op.drop_table("stats_person")
+    op.drop_index("ix_stats_fact_golden", table_name="stats_fact")
     op.drop_index("ix_stats_fact_patient", table_name="stats_fact")
     op.drop_index("ix_stats_fact_kind_end", table_name="stats_fact")
     op.drop_index("ix_stats_fact_kind_start", table_name="stats_fact")
