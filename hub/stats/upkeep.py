@@ -386,7 +386,9 @@ def _apply_patients(
     whose attributes changed passes them to its sources and their facts."""
     if not patients:
         return {}
-    existing = _persons(connection, [i for i, _s, _e in patients])
+    # A Patient without a live version before this write has no person row (a deletion removes it).
+    known_before = [i for i, _s, existed in patients if existed]
+    existing = _persons(connection, known_before) if known_before else {}
     goldens: dict[str, tuple[str, date | None, str, str, str]] = {}
     sources: dict[str, tuple[str, tuple[str, date | None, str, str, str]]] = {}
     deleted: list[str] = []
@@ -410,13 +412,17 @@ def _apply_patients(
         new[rid] = (golden, *attrs)
     changed = [rid for rid, person in new.items() if existing.get(rid) != person]
     gone = [rid for rid in deleted if rid in existing]
-    if changed or gone:
-        _in(connection, "DELETE FROM stats_person WHERE patient_id IN ({})", [*changed, *gone])
+    stale = [rid for rid in changed if rid in existing] + gone
+    if stale:
+        _in(connection, "DELETE FROM stats_person WHERE patient_id IN ({})", stale)
+    if changed:
         bulk.insert_rows(
             connection, _table(StatsPerson), _PERSON_COLUMNS, [(rid, *new[rid]) for rid in changed]
         )
     table = _table(StatsFact)
-    moved = [(*new[rid], rid) for rid in changed if rid not in goldens or rid in existing]
+    # Facts recorded before their Patient (written apart, in that order, through the FHIR API) keep the
+    # Patient's own id as their person until the Patient changes again or ``hub stats rebuild`` runs.
+    moved = [(*new[rid], rid) for rid in changed if rid in existing]
     if moved:
         bulk.execute_many(
             connection,
