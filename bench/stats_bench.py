@@ -25,6 +25,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from bench.pipeline_bench import _SYLLABLES, _timed
+from bench.pipeline_bench import _message as _oru
 from hub import pipeline
 from hub.config import Settings
 from hub.db import make_engine, processing_engine, session_scope
@@ -59,7 +60,8 @@ def _fill(url: str, scale: float) -> None:
         regency = f"({arr(regencies)})[1 + ({k}) % {len(regencies)}]"
         return (
             f"'g' || (({k}) % {goldens}), CASE WHEN ({k}) % 2 = 0 THEN 'female' ELSE 'male' END,"
-            f" date '1950-01-01' + (({k}) * 7919 % 27000), left({regency}, 2), {regency}, {regency} || '01'"
+            f" date '1950-01-01' + CAST(CAST({k} AS bigint) * 7919 % 27000 AS integer), left({regency}, 2),"
+            f" {regency}, {regency} || '01'"
         )
 
     person_columns = "golden_id, sex, birth_date, province, regency, district"
@@ -177,7 +179,7 @@ def _message(i: int, rnd: random.Random) -> str:
     return "\r".join(lines) + "\r"
 
 
-def _upkeep(n: int, url: str) -> tuple[float, float]:
+def _upkeep(n: int, url: str, kind: str = "adt") -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         url = url or f"sqlite:///{Path(tmp) / 'bench.db'}"
         upgrade(url)
@@ -185,7 +187,8 @@ def _upkeep(n: int, url: str) -> tuple[float, float]:
         intake = Intake(engine, Settings(var_dir=Path(tmp)))
         worker = processing_engine(engine)
         rnd = random.Random(5)
-        ids = [intake.accept(_message(i, rnd).encode()).message_id for i in range(n)]
+        make = _message if kind == "adt" else _oru
+        ids = [intake.accept(make(i, rnd).encode()).message_id for i in range(n)]
         regions()  # the region table loads once per process, not per message
         cpu = time.process_time()
         with _timed(upkeep, "apply") as spent:
@@ -196,7 +199,7 @@ def _upkeep(n: int, url: str) -> tuple[float, float]:
         cpu = time.process_time() - cpu
         with worker.connect() as conn:
             facts = conn.execute(text("SELECT count(*) FROM stats_fact")).scalar()
-        assert facts and facts >= 2 * n, facts
+        assert facts and facts >= 2 * n, facts  # every message leaves facts behind
         worker.dispose()
         engine.dispose()
     return cpu / n * 1000, spent[0] / n * 1000
@@ -211,12 +214,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--url", default="", help="database for the upkeep measurement (default SQLite)")
     parser.add_argument("--skip-queries", action="store_true")
     args, _ = parser.parse_known_args(argv)
-    total, hook = _upkeep(args.n, args.url)
-    print(
-        f"stats upkeep: {args.n} ADT^A03 (encounter, diagnosis, lab result): {total:.2f} ms CPU per message,"
-        f" of which the statistics facts {hook:.3f} ms = {100 * hook / total:.1f} %"
-    )
-    status = 0 if hook / total <= 0.05 else 1
+    status = 0
+    for kind, label in (
+        ("adt", "ADT^A03 (encounter, diagnosis, lab result)"),
+        ("oru", "ORU^R01 (10 lab results)"),
+    ):
+        total, hook = _upkeep(args.n, args.url, kind)
+        print(
+            f"stats upkeep: {args.n} {label}: {total:.2f} ms CPU per message,"
+            f" of which the statistics facts {hook:.3f} ms = {100 * hook / total:.1f} %"
+        )
+        status = max(status, 0 if hook / total <= 0.05 else 1)
     if args.skip_queries:
         return status
     try:
