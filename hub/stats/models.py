@@ -17,16 +17,20 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from hub.store.models import Base
 
-INCLUDED = ("golden_id", "province", "regency", "district", "sex", "birth_date", "facility", "positive")
+# What a query reads besides the index keys (PostgreSQL: carried in the indexes, for index-only scans).
+PERSON = ("golden_id", "province", "regency", "district", "sex", "birth_date")
+BY_CODE = (*PERSON, "facility", "positive", "started", "ended", "dose")
+BY_DATE = (*BY_CODE, "code", "category", "chapter")
 
 
 class StatsFact(Base):
     __tablename__ = "stats_fact"
     __table_args__ = (
-        # The queries: one kind over a date range (and code), with what they group by and count beside
-        # it on PostgreSQL (index-only scans).
-        Index("ix_stats_fact_kind_start", "kind", "started", "code", postgresql_include=list(INCLUDED)),
-        Index("ix_stats_fact_kind_end", "kind", "ended"),
+        # A code, a category (a condition's) or a class list, over a date range.
+        Index("ix_stats_fact_code", "kind", "category", "code", "started", postgresql_include=list(BY_CODE)),
+        # All of a kind over a date range (no code, or an ICD-10 chapter).
+        Index("ix_stats_fact_kind_start", "kind", "started", postgresql_include=list(BY_DATE)),
+        Index("ix_stats_fact_kind_end", "kind", "ended", postgresql_include=list(BY_DATE)),
         # Moving a person's facts (a merge, a relink) and a golden record's (its attributes changed).
         Index("ix_stats_fact_patient", "patient_id"),
         Index("ix_stats_fact_golden", "golden_id"),

@@ -9,7 +9,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, case, func, literal, literal_column, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    case,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+)
 
 from hub.errors import BadRequest, NotFound
 from hub.stats.config import Band, StatsConfig
@@ -232,6 +242,8 @@ _CATEGORY = re.compile(r"^[A-Z]\d\d$")
 
 
 def _code_filter(ind: Indicator, codes: list[str], config: StatsConfig) -> ColumnElement[bool] | None:
+    """The ``code`` filter. Every code comparison names its category too (a condition's first three
+    characters, "" for other kinds), so the (kind, category, code, started) index serves it."""
     clauses: list[ColumnElement[bool]] = []
     if ind.kind == "condition":
         for raw in codes:
@@ -244,17 +256,24 @@ def _code_filter(ind: Indicator, codes: list[str], config: StatsConfig) -> Colum
                 variants = {code, code.replace(".", "")}
                 if "." not in code and len(code) > 3:
                     variants.add(code[:3] + "." + code[3:])
-                clauses.append(F.c.code.in_(sorted(variants)))
+                clauses.append(
+                    and_(F.c.category == code.replace(".", "")[:3], F.c.code.in_(sorted(variants)))
+                )
         condition = or_(*clauses) if clauses else None
         if ind.id == "notifiable":
             listed = or_(
-                F.c.category.in_([c for c in config.notifiable if len(c) == 3]),
-                F.c.code.in_([c for c in config.notifiable if len(c) != 3]),
+                F.c.category.in_(sorted({c.replace(".", "")[:3] for c in config.notifiable if len(c) == 3})),
+                and_(
+                    F.c.category.in_(
+                        sorted({c.replace(".", "")[:3] for c in config.notifiable if len(c) != 3})
+                    ),
+                    F.c.code.in_([c for c in config.notifiable if len(c) != 3]),
+                ),
             )
             condition = listed if condition is None else and_(listed, condition)
         return condition
     if codes:
-        return F.c.code.in_([c.strip() for c in codes])
+        return and_(F.c.category == "", F.c.code.in_([c.strip() for c in codes]))
     return None
 
 
@@ -303,7 +322,7 @@ def _where(
     clauses: list[ColumnElement[bool]] = [F.c.kind == ind.kind]
     clauses.append(or_(*[and_(when >= p.start, when < p.end) for p in periods]))
     if ind.classes:
-        clauses.append(F.c.code.in_(ind.classes))
+        clauses.append(and_(F.c.category == "", F.c.code.in_(ind.classes)))
     code = _code_filter(ind, req.codes, config)
     if code is not None:
         clauses.append(code)
@@ -318,35 +337,52 @@ def _where(
     return clauses
 
 
+def _period_expr(req: Request) -> ColumnElement[Any]:
+    when = F.c.ended if req.indicator.on_end else F.c.started
+    return case(*[(and_(when >= p.start, when < p.end), literal(p.code)) for p in req.periods])
+
+
+def _overlapping(periods: list[Period]) -> bool:
+    spans = sorted((p.start, p.end) for p in periods)
+    return any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+
+
 def _run(
     conn: Connection, req: Request, periods: list[Period], dims: list[str], config: StatsConfig
-) -> list[Any]:
+) -> tuple[list[tuple[tuple[Any, ...], tuple[Any, ...]]], tuple[Any, ...] | None]:
+    """The cells (dimension values, aggregates) of one statement over ``periods`` (the periods themselves
+    a dimension through a CASE when they do not overlap); without dimensions, the total instead."""
     dialect = conn.dialect.name
-    exprs = [_dim_expr(d, dialect, config).label(f"d{i}") for i, d in enumerate(dims)]
-    stmt = select(*exprs, *_aggregates(req.indicator, dialect)).where(*_where(req, periods, config, dialect))
-    if exprs:
-        stmt = stmt.group_by(*[literal_column(f"d{i}") for i in range(len(exprs))])
-    return list(conn.execute(stmt).all())
+    exprs = [
+        (_period_expr(req) if d == "period" else _dim_expr(d, dialect, config)).label(f"d{i}")
+        for i, d in enumerate(dims)
+    ]
+    aggs = _aggregates(req.indicator, dialect)
+    stmt = select(*exprs, *aggs).where(*_where(req, periods, config, dialect))
+    if not exprs:
+        row = conn.execute(stmt).first()
+        return [], tuple(row) if row is not None else (0,) * len(aggs)
+    keys: list[ColumnElement[Any]] = [literal_column(f"d{i}") for i in range(len(exprs))]
+    found = conn.execute(stmt.group_by(*keys)).all()
+    return [(tuple(r)[: len(dims)], tuple(r)[len(dims) :]) for r in found], None
 
 
 def evaluate(conn: Connection, req: Request, config: StatsConfig, *, suppressed: bool = True) -> Result:
     ind = req.indicator
     dims = [d for d in req.by if d != "period"]
-    raw: list[tuple[tuple[Any, ...], tuple[Any, ...]]] = []
-    if "period" in req.by:
+    key_dims = (["period"] if "period" in req.by else []) + dims
+    total_aggs: tuple[Any, ...] | None
+    if "period" in req.by and _overlapping(req.periods):  # a week and its month: one statement each
+        raw: list[tuple[tuple[Any, ...], tuple[Any, ...]]] = []
         for period in req.periods:
-            for found in _run(conn, req, [period], dims, config):
-                got = tuple(found)
-                raw.append(((period.code, *got[: len(dims)]), got[len(dims) :]))
-        key_dims = ["period", *dims]
+            found, _t = _run(conn, req, [period], dims, config)
+            raw += [((period.code, *key), aggs) for key, aggs in found]
+        total_aggs = None
     else:
-        for found in _run(conn, req, req.periods, dims, config):
-            got = tuple(found)
-            raw.append((got[: len(dims)], got[len(dims) :]))
-        key_dims = dims
+        raw, total_aggs = _run(conn, req, req.periods, key_dims, config)
+    if total_aggs is None:
+        total_aggs = _run(conn, req, req.periods, [], config)[1] or (0,)
     raw = _complete(raw, key_dims, req, len(_aggregates(ind, conn.dialect.name)))
-    total_row = _run(conn, req, req.periods, [], config)
-    total_aggs = tuple(total_row[0]) if total_row else (0,)
     # Cells in the order of the dimensions (periods as asked).
     order = {p.code: i for i, p in enumerate(req.periods)}
     raw.sort(

@@ -21,7 +21,9 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-INCLUDED = ("golden_id", "province", "regency", "district", "sex", "birth_date", "facility", "positive")
+PERSON = ("golden_id", "province", "regency", "district", "sex", "birth_date")
+BY_CODE = (*PERSON, "facility", "positive", "started", "ended", "dose")
+BY_DATE = (*BY_CODE, "code", "category", "chapter")
 
 
 def _person_columns() -> list[sa.Column[Any]]:
@@ -54,12 +56,17 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("resource_type", "resource_id"),
     )
     op.create_index(
-        "ix_stats_fact_kind_start",
+        "ix_stats_fact_code",
         "stats_fact",
-        ["kind", "started", "code"],
-        postgresql_include=list(INCLUDED),
+        ["kind", "category", "code", "started"],
+        postgresql_include=list(BY_CODE),
     )
-    op.create_index("ix_stats_fact_kind_end", "stats_fact", ["kind", "ended"])
+    op.create_index(
+        "ix_stats_fact_kind_start", "stats_fact", ["kind", "started"], postgresql_include=list(BY_DATE)
+    )
+    op.create_index(
+        "ix_stats_fact_kind_end", "stats_fact", ["kind", "ended"], postgresql_include=list(BY_DATE)
+    )
     op.create_index("ix_stats_fact_patient", "stats_fact", ["patient_id"])
     op.create_index("ix_stats_fact_golden", "stats_fact", ["golden_id"])
     op.create_table(
@@ -78,4 +85,5 @@ def downgrade() -> None:
     op.drop_index("ix_stats_fact_patient", table_name="stats_fact")
     op.drop_index("ix_stats_fact_kind_end", table_name="stats_fact")
     op.drop_index("ix_stats_fact_kind_start", table_name="stats_fact")
+    op.drop_index("ix_stats_fact_code", table_name="stats_fact")
     op.drop_table("stats_fact")
