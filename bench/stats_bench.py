@@ -213,6 +213,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-n", type=int, default=300, help="messages for the upkeep measurement")
     parser.add_argument("--url", default="", help="database for the upkeep measurement (default SQLite)")
     parser.add_argument("--skip-queries", action="store_true")
+    parser.add_argument("--skip-upkeep", action="store_true")
     args, _ = parser.parse_known_args(argv)
     status = 0
     for kind, label in (

@@ -269,7 +269,10 @@ def fact_of(resource: Mapping[str, Any], encounter_start: Mapping[str | None, da
         if status in ("cancelled", "entered-in-error", "registered"):
             return None
         code = _coded(resource.get("code"), LOINC)
-        if not code or (not _is_laboratory(resource) and positivity(resource) is None):
+        if not code:
+            return None
+        positive = positivity(resource)
+        if positive is None and not _is_laboratory(resource):
             return None
         start = (
             _date(resource.get("effectiveDateTime"))
@@ -290,7 +293,7 @@ def fact_of(resource: Mapping[str, Any], encounter_start: Mapping[str | None, da
             "",
             "",
             None,
-            positivity(resource),
+            positive,
         )
     if rtype == "Patient":
         died = _date(resource.get("deceasedDateTime"))
@@ -506,8 +509,12 @@ def apply(connection: Connection, latest: Iterable[tuple[str, str, dict[str, Any
     if unknown:
         persons.update(_persons(connection, unknown))
     out: list[tuple[Any, ...]] = []
+    # A resource that names no facility (an Observation) takes its Patient's, when written with it.
+    facilities = {i: _facility(s) for t, i, s, _e in items if t == "Patient" and s is not None}
     for fact in facts:
         pid = fact[3]
+        if not fact[4] and pid in facilities:
+            fact = (*fact[:4], facilities[pid], *fact[5:])
         person = persons.get(pid) if pid else None
         out.append((*fact, *(person if person is not None else (pid or "", *_UNKNOWN_PERSON))))
     bulk.insert_rows(connection, table_fact(), _FACT_COLUMNS + _PERSON_COLUMNS[1:], out)
