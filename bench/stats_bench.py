@@ -179,7 +179,21 @@ def _message(i: int, rnd: random.Random) -> str:
     return "\r".join(lines) + "\r"
 
 
-def _upkeep(n: int, url: str, kind: str = "adt") -> tuple[float, float]:
+def _upkeep(n: int, url: str, kind: str = "adt", hook: bool = True) -> tuple[float, float]:
+    """CPU ms per message processed, and of it in ``upkeep.apply``; ``hook=False``: without the statistics
+    write hook at all (the rows it holds for the batch's end are part of the difference)."""
+    from hub.store import resources
+
+    if not hook:
+        resources._write_hooks.remove(upkeep.on_write)
+    try:
+        return _upkeep_run(n, url, kind, hook)
+    finally:
+        if not hook:
+            resources.register_write_hook(upkeep.on_write)
+
+
+def _upkeep_run(n: int, url: str, kind: str, hook: bool) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         url = url or f"sqlite:///{Path(tmp) / 'bench.db'}"
         upgrade(url)
@@ -199,7 +213,7 @@ def _upkeep(n: int, url: str, kind: str = "adt") -> tuple[float, float]:
         cpu = time.process_time() - cpu
         with worker.connect() as conn:
             facts = conn.execute(text("SELECT count(*) FROM stats_fact")).scalar()
-        assert facts and facts >= 2 * n, facts  # every message leaves facts behind
+        assert (facts or 0) >= 2 * n if hook else facts == 0, facts  # every message leaves facts behind
         worker.dispose()
         engine.dispose()
     return cpu / n * 1000, spent[0] / n * 1000
@@ -216,16 +230,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--skip-upkeep", action="store_true")
     args, _ = parser.parse_known_args(argv)
     status = 0
-    for kind, label in (
-        ("adt", "ADT^A03 (encounter, diagnosis, lab result)"),
-        ("oru", "ORU^R01 (10 lab results)"),
-    ):
-        total, hook = _upkeep(args.n, args.url, kind)
+    kinds = {"adt": "ADT^A03 (encounter, diagnosis, lab result)", "oru": "ORU^R01 (10 lab results)"}
+    for kind, label in [] if args.skip_upkeep else list(kinds.items()):
+        with_hook, without = [], []
+        spent = 0.0
+        for _round in range(2):  # alternated, the best of each: the machine is shared
+            without.append(_upkeep(args.n, args.url, kind, hook=False)[0])
+            total, spent = _upkeep(args.n, args.url, kind, hook=True)
+            with_hook.append(total)
+        best, base = min(with_hook), min(without)
+        added = 100 * (best - base) / base
         print(
-            f"stats upkeep: {args.n} {label}: {total:.2f} ms CPU per message,"
-            f" of which the statistics facts {hook:.3f} ms = {100 * hook / total:.1f} %"
+            f"stats upkeep: {args.n} {label}: {best:.2f} ms CPU per message with the statistics facts,"
+            f" {base:.2f} without: +{added:.1f} % (upkeep.apply itself {spent:.3f} ms)"
         )
-        status = max(status, 0 if hook / total <= 0.05 else 1)
+        status = max(status, 0 if added <= 5 else 1)
     if args.skip_queries:
         return status
     try:

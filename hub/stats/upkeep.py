@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from hub.stats.models import StatsFact, StatsPerson
 from hub.stats.regions import home_address, resolve_address
-from hub.store import bulk
+from hub.store import bulk, deferred
 from hub.store.resources import Change, register_write_hook
 
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
@@ -342,8 +343,30 @@ def _table(model: type) -> Table:
     return model.__table__  # type: ignore[attr-defined,no-any-return]
 
 
+# Inside a pipeline batch (hub.store.deferred) the new rows wait for the batch's end, one INSERT per
+# table for all its messages; anything that reads or changes these tables writes what is held first.
+_holding: ContextVar[tuple[Session, deferred.Held] | None] = ContextVar("hub_stats_holding", default=None)
+
+
+def _before_read() -> None:
+    current = _holding.get()
+    if current is not None and (current[1].rows.get("stats_fact") or current[1].rows.get("stats_person")):
+        current[1].flush(current[0])
+
+
+def _insert(
+    connection: Connection, table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    current = _holding.get()
+    if current is not None:
+        current[1].hold(table, columns, rows)
+    else:
+        bulk.insert_rows(connection, table, columns, rows)
+
+
 def _in(connection: Connection, sql: str, values: list[str], before: tuple[Any, ...] = ()) -> list[Any]:
     """Run ``sql`` (its ``{}`` an IN list) over ``values`` in chunks; the rows of all chunks."""
+    _before_read()
     out: list[Any] = []
     for i in range(0, len(values), 500):
         chunk = values[i : i + 500]
@@ -419,14 +442,13 @@ def _apply_patients(
     if stale:
         _in(connection, "DELETE FROM stats_person WHERE patient_id IN ({})", stale)
     if changed:
-        bulk.insert_rows(
-            connection, _table(StatsPerson), _PERSON_COLUMNS, [(rid, *new[rid]) for rid in changed]
-        )
+        _insert(connection, _table(StatsPerson), _PERSON_COLUMNS, [(rid, *new[rid]) for rid in changed])
     table = _table(StatsFact)
     # Facts recorded before their Patient (written apart, in that order, through the FHIR API) keep the
     # Patient's own id as their person until the Patient changes again or ``hub stats rebuild`` runs.
     moved = [(*new[rid], rid) for rid in changed if rid in existing]
     if moved:
+        _before_read()
         bulk.execute_many(
             connection,
             table,
@@ -438,6 +460,7 @@ def _apply_patients(
         (rid, attrs) for rid, attrs in goldens.items() if rid in existing and existing[rid][1:] != attrs
     ]
     if spread:
+        _before_read()
         columns = ("sex", "birth_date", "province", "regency", "district", "golden_id")
         set_attrs = "sex = ?, birth_date = ?, province = ?, regency = ?, district = ?"
         rows = [(*attrs, rid) for rid, attrs in spread]
@@ -517,7 +540,7 @@ def apply(connection: Connection, latest: Iterable[tuple[str, str, dict[str, Any
             fact = (*fact[:4], facilities[pid], *fact[5:])
         person = persons.get(pid) if pid else None
         out.append((*fact, *(person if person is not None else (pid or "", *_UNKNOWN_PERSON))))
-    bulk.insert_rows(connection, table_fact(), _FACT_COLUMNS + _PERSON_COLUMNS[1:], out)
+    _insert(connection, table_fact(), _FACT_COLUMNS + _PERSON_COLUMNS[1:], out)
 
 
 def table_fact() -> Table:
@@ -540,7 +563,12 @@ def on_write(session: Session, changes: list[Change]) -> None:
             earlier = latest.get((rtype, rid))
             latest[(rtype, rid)] = (stored, old is not None or (earlier is not None and earlier[1]))
     if latest:
-        apply(session.connection(), [(t, i, s, e) for (t, i), (s, e) in latest.items()])
+        held = deferred.held(session)
+        token = _holding.set((session, held) if held is not None else None)
+        try:
+            apply(session.connection(), [(t, i, s, e) for (t, i), (s, e) in latest.items()])
+        finally:
+            _holding.reset(token)
 
 
 def rebuild(connection: Connection, batch: int = 2000) -> int:
