@@ -337,6 +337,16 @@ def _where(
     return clauses
 
 
+# Dimensions a person has one value of (the golden record's): cells of these alone share no one.
+_PARTITIONS = {"province", "regency", "district", "sex"}
+
+
+def _summable(ind: Indicator, dims: list[str]) -> bool:
+    """Whether the total is the sum of the cells: events and days always are; people are when no person
+    can be in two cells."""
+    return ind.measure in ("events", "bed-days", "alos") or set(dims) <= _PARTITIONS
+
+
 def _period_expr(req: Request) -> ColumnElement[Any]:
     when = F.c.ended if req.indicator.on_end else F.c.started
     return case(*[(and_(when >= p.start, when < p.end), literal(p.code)) for p in req.periods])
@@ -380,6 +390,10 @@ def evaluate(conn: Connection, req: Request, config: StatsConfig, *, suppressed:
         total_aggs = None
     else:
         raw, total_aggs = _run(conn, req, req.periods, key_dims, config)
+    overlapping = "period" in req.by and _overlapping(req.periods)
+    if total_aggs is None and not overlapping and _summable(ind, key_dims):
+        width = len(_aggregates(ind, conn.dialect.name))
+        total_aggs = tuple(sum(int(a[i] or 0) for _k, a in raw) for i in range(width)) if raw else None
     if total_aggs is None:
         total_aggs = _run(conn, req, req.periods, [], config)[1] or (0,)
     raw = _complete(raw, key_dims, req, len(_aggregates(ind, conn.dialect.name)))
