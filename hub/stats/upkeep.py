@@ -348,9 +348,13 @@ def _table(model: type) -> Table:
 _holding: ContextVar[tuple[Session, deferred.Held] | None] = ContextVar("hub_stats_holding", default=None)
 
 
-def _before_read() -> None:
+def _before_read(table: str, at: int, values: Iterable[str]) -> None:
+    """Write what the batch holds first when a held row of ``table`` has one of ``values`` at ``at``."""
     current = _holding.get()
-    if current is not None and (current[1].rows.get("stats_fact") or current[1].rows.get("stats_person")):
+    if current is None or not current[1].rows.get(table):
+        return
+    wanted = set(values)
+    if any(row[at] in wanted for row in current[1].rows[table]):
         current[1].flush(current[0])
 
 
@@ -364,9 +368,17 @@ def _insert(
         bulk.insert_rows(connection, table, columns, rows)
 
 
-def _in(connection: Connection, sql: str, values: list[str], before: tuple[Any, ...] = ()) -> list[Any]:
-    """Run ``sql`` (its ``{}`` an IN list) over ``values`` in chunks; the rows of all chunks."""
-    _before_read()
+def _in(
+    connection: Connection,
+    sql: str,
+    values: list[str],
+    before: tuple[Any, ...] = (),
+    guard: tuple[str, int] | None = None,
+) -> list[Any]:
+    """Run ``sql`` (its ``{}`` an IN list) over ``values`` in chunks; the rows of all chunks. ``guard``:
+    the table and row position whose held rows with these values must be written first."""
+    if guard is not None:
+        _before_read(guard[0], guard[1], values)
     out: list[Any] = []
     for i in range(0, len(values), 500):
         chunk = values[i : i + 500]
@@ -394,6 +406,7 @@ def _persons(connection: Connection, ids: list[str]) -> dict[str, Person]:
         "SELECT patient_id, golden_id, sex, birth_date, province, regency, district FROM stats_person"
         " WHERE patient_id IN ({})",
         ids,
+        guard=("stats_person", 0),
     )
     return {
         pid: (golden, sex, _as_date(birth), prov, reg, dist)
@@ -412,9 +425,7 @@ def _apply_patients(
     whose attributes changed passes them to its sources and their facts."""
     if not patients:
         return {}
-    # A Patient without a live version before this write has no person row (a deletion removes it).
-    known_before = [i for i, _s, existed in patients if existed]
-    existing = _persons(connection, known_before) if known_before else {}
+    existing = _persons(connection, [i for i, _s, _e in patients])
     goldens: dict[str, tuple[str, date | None, str, str, str]] = {}
     sources: dict[str, tuple[str, tuple[str, date | None, str, str, str]]] = {}
     deleted: list[str] = []
@@ -440,7 +451,7 @@ def _apply_patients(
     gone = [rid for rid in deleted if rid in existing]
     stale = [rid for rid in changed if rid in existing] + gone
     if stale:
-        _in(connection, "DELETE FROM stats_person WHERE patient_id IN ({})", stale)
+        _in(connection, "DELETE FROM stats_person WHERE patient_id IN ({})", stale, guard=("stats_person", 0))
     if changed:
         _insert(connection, _table(StatsPerson), _PERSON_COLUMNS, [(rid, *new[rid]) for rid in changed])
     table = _table(StatsFact)
@@ -448,7 +459,7 @@ def _apply_patients(
     # Patient's own id as their person until the Patient changes again or ``hub stats rebuild`` runs.
     moved = [(*new[rid], rid) for rid in changed if rid in existing]
     if moved:
-        _before_read()
+        _before_read("stats_fact", 3, [row[-1] for row in moved])
         bulk.execute_many(
             connection,
             table,
@@ -460,7 +471,8 @@ def _apply_patients(
         (rid, attrs) for rid, attrs in goldens.items() if rid in existing and existing[rid][1:] != attrs
     ]
     if spread:
-        _before_read()
+        _before_read("stats_person", 1, [rid for rid, _a in spread])
+        _before_read("stats_fact", len(_FACT_COLUMNS), [rid for rid, _a in spread])
         columns = ("sex", "birth_date", "province", "regency", "district", "golden_id")
         set_attrs = "sex = ?, birth_date = ?, province = ?, regency = ?, district = ?"
         rows = [(*attrs, rid) for rid, attrs in spread]
@@ -490,14 +502,28 @@ def apply(connection: Connection, latest: Iterable[tuple[str, str, dict[str, Any
     # own takes its encounter's start).
     items.sort(key=lambda item: _ORDER.get(item[0], 2))
     persons = _apply_patients(connection, [(i, s, e) for t, i, s, e in items if t == "Patient"])
-    for rtype in {t for t, _i, _s, existed in items if existed}:
-        ids = [i for t, i, _s, existed in items if t == rtype and existed]
-        _in(
-            connection,
-            "DELETE FROM stats_fact WHERE resource_type = ? AND resource_id IN ({})",
-            ids,
-            (rtype,),
+    # Whatever facts these resources had go (one statement for all their types; a resource new to the
+    # store has none, unless the tables were left behind by a store emptied under them).
+    by_type: dict[str, list[str]] = {}
+    for t, i, _s, _e in items:
+        by_type.setdefault(t, []).append(i)
+    _before_read("stats_fact", 1, [i for _t, i, _s, _e in items])
+    clauses = " OR ".join(
+        f"(resource_type = ? AND resource_id IN ({bulk.marks(len(v))}))" for v in by_type.values()
+    )
+    params = tuple(x for t, v in by_type.items() for x in (t, *v))
+    if len(params) <= 900:
+        connection.exec_driver_sql(
+            bulk.placeholders(connection.dialect, f"DELETE FROM stats_fact WHERE {clauses}"), params
         )
+    else:
+        for rtype, ids in by_type.items():
+            _in(
+                connection,
+                "DELETE FROM stats_fact WHERE resource_type = ? AND resource_id IN ({})",
+                ids,
+                (rtype,),
+            )
     starts: dict[str | None, date | None] = {}
     need = sorted(
         {
@@ -515,6 +541,7 @@ def apply(connection: Connection, latest: Iterable[tuple[str, str, dict[str, Any
             "SELECT resource_id, started FROM stats_fact"
             " WHERE resource_type = 'Encounter' AND resource_id IN ({})",
             need,
+            guard=("stats_fact", 1),
         )
         starts.update({rid: _as_date(start) for rid, start in rows})
     facts: list[Fact] = []
