@@ -11,7 +11,19 @@ import importlib
 import inspect
 import sys
 
-BENCHES = ("intake", "accept", "pipeline", "mapping", "extract", "fhir", "mpi", "export", "fuzz", "audit")
+BENCHES = (
+    "intake",
+    "accept",
+    "pipeline",
+    "mapping",
+    "extract",
+    "fhir",
+    "mpi",
+    "export",
+    "fuzz",
+    "audit",
+    "stats",
+)
 
 
 def main(argv: list[str]) -> int:

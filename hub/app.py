@@ -78,6 +78,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(export_router)  # before /fhir/{type}/{id}: /fhir/$export-status/… is its own
 
+    from hub.stats.router import fhir_router as stats_fhir_router
+    from hub.stats.router import page_router as stats_page_router
+    from hub.stats.router import router as stats_router
+
+    app.include_router(stats_page_router)  # the dashboard's shell and its chart library: public
+    app.include_router(stats_router)  # before the FHIR routers: /fhir/Measure is computed, not stored
+    app.include_router(stats_fhir_router)
+
     from hub.fhir_api.routers import public as fhir_public
     from hub.fhir_api.routers import router as fhir_router
 

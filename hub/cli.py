@@ -50,6 +50,11 @@ def _audit(kind: str, reason: str) -> None:
         engine.dispose()
 
 
+from hub.stats.cli import stats_app  # noqa: E402
+
+app.add_typer(stats_app, name="stats")
+
+
 def _safe_url(url: str) -> str:
     """The URL without its password, for messages."""
     from sqlalchemy.engine import make_url

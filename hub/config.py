@@ -142,6 +142,13 @@ class Settings(BaseSettings):
     # The audit trail (hub.audit): accesses are written by a background writer at most this late.
     audit_flush_ms: float = 200.0
     break_glass_ttl_s: int = 3600  # how long an emergency access lasts
+
+    # Ministry statistics (hub.stats): a YAML file of settings (suppression threshold, rounding, age bands,
+    # notifiable conditions, a population table, the DHIS2 mapping); None: the defaults.
+    stats_config: Path | None = None
+    dhis2_url: str = ""  # `hub stats push`: the DHIS2 server (its api/dataValueSets is appended)
+    dhis2_username: str = ""
+    dhis2_password: str = ""
     log_level: str = "INFO"
     log_format: str = "text"  # text | json (one JSON object per line)
 

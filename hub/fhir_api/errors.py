@@ -49,8 +49,8 @@ _STATUS_CODES = {
 
 
 def _audience(path: str) -> str:
-    if path == "/fhir" or path.startswith("/fhir/"):
-        return "fhir"
+    if path == "/fhir" or path.startswith(("/fhir/", "/stats")):
+        return "fhir"  # the statistics answer as /fhir/Measure/$evaluate-measure does
     if path == "/hl7/v2":
         return "hl7"
     return "problem"

@@ -90,7 +90,7 @@ def may(role: str, method: str, path: str, rtype: str) -> bool:
     key = (method, path)
     if role == "admin":
         return key != ("POST", "/hl7/v2")  # intake is a sender's
-    if path.startswith(("/stats", "/export")):
+    if path.startswith(("/stats", "/export", "/fhir/Measure")):  # aggregates: the stats permission
         return role in ("ministry",)
     if path.endswith("/$export") or "/$export-" in path:  # bulk export: de-identified for the ministry
         return role == "ministry"
