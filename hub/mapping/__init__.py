@@ -73,6 +73,9 @@ class MappingResult:
     actions: list[dict[str, Any]] = field(default_factory=list)
     # Fields sent as "" (explicit null: clear the receiver's value), as {"resource", "element", "path"}.
     nulls: list[dict[str, Any]] = field(default_factory=list)
+    # "Type/id" of the resources that complete the stored version instead of replacing it (a message
+    # map entry's ``fill_only``: an ORU's Encounter never blanks the ADT's).
+    fill_only: frozenset[str] = frozenset()
 
 
 def map_message(message: Message, ctx: SenderContext) -> MappingResult:
@@ -89,5 +92,10 @@ def map_message(message: Message, ctx: SenderContext) -> MappingResult:
     if stale:
         warnings.append(f"edited mapping files are faulty, the last good maps were used: {stale[0]}")
     return MappingResult(
-        resources=resources, unmapped=unmapped, warnings=warnings, actions=actions, nulls=nulls
+        resources=resources,
+        unmapped=unmapped,
+        warnings=warnings,
+        actions=actions,
+        nulls=nulls,
+        fill_only=frozenset(rt.fill_only),
     )

@@ -1654,3 +1654,72 @@ def fn_appointment_end(raws: list[str], index: int, rt: Runtime, args: dict[str,
 
 
 # === end of the pharmacy, scheduling, referral and problem helpers ===
+
+
+# === specimen helpers ===
+
+
+@_segment_fn("specimen_parent")
+def fn_specimen_parent(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """SPM-3 parent specimen ids (EIP: placer ^ filler, each an EI) → References to the parent Specimens,
+    which are made (identifiers PGN/FGN, the patient as subject) and keyed as SPM.Specimen keys a
+    specimen (SPM-2.1 value and namespace, else SPM-2.2, scope patient): the parent sent later in an
+    SPM of its own is the same resource (V2-to-FHIR IG SPM[Specimen]: parent)."""
+    raw = ([*raws, ""])[0]
+    if not raw or raw == '""':
+        return None
+    out: list[dict[str, Any]] = []
+    patient = rt.patient_id_at(index)
+    # The subject is the message's Patient resource (the id the References to it carry).
+    made = rt.made.get(("PID.Patient", rt.nearest(index, "PID")))
+    subject = f"Patient/{made['id']}" if made and made.get("id") else f"Patient/{patient}"
+    for rep in raw.split(rt.enc.repetition):
+        comps = [*rep.split(rt.enc.component), "", ""]
+        idents = [
+            ident
+            for part, kind in ((comps[0], "PGN"), (comps[1], "FGN"))
+            if part and (ident := dt_ei(part, 1, rt, {"type": kind}))
+        ]
+        if not idents:
+            continue
+        key = comps[0] or comps[1]
+        sub = [*rt.texts(key, 1), ""]
+        rid = (
+            resource_id("Specimen", patient, sub[0], sub[1])
+            if sub[1]
+            else resource_id("Specimen", patient, sub[0])
+        )
+        specimen: dict[str, Any] = {
+            "resourceType": "Specimen",
+            "id": rid,
+            "identifier": idents,
+            "subject": {"reference": subject},
+        }
+        rt.add_extra(specimen)
+        ref = {"reference": f"Specimen/{rid}"}
+        if ref not in out:
+            out.append(ref)
+    return out or None
+
+
+@_segment_fn("specimen_container")
+def fn_specimen_container(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """SPM-27 container type and SPM-6 additives (CWE) → one ``Specimen.container`` (V2-to-FHIR IG
+    SPM[Specimen]: container.type, container.additiveCodeableConcept; FHIR has one additive per
+    container, so the first additive)."""
+    kind_raw, additive_raw = ([*raws, "", ""])[:2]
+    cwe = rt.maps.converters.get("CWE")
+    if cwe is None:
+        return None
+    out: dict[str, Any] = {}
+    kind_raw = _first_rep(rt, kind_raw)
+    if kind_raw and kind_raw != '""':
+        kind = cwe(kind_raw, 0, rt, {})
+        if kind:
+            out["type"] = kind
+    additive_raw = _first_rep(rt, additive_raw)
+    if additive_raw and additive_raw != '""':
+        additive = cwe(additive_raw, 0, rt, {})
+        if additive:
+            out["additiveCodeableConcept"] = additive
+    return [out] if out else None

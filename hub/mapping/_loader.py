@@ -438,6 +438,7 @@ class _Compiler:
                     e.parent,
                     e.reference_only,
                     None if e.reference_only else sm.make,
+                    e.fill_only and not e.reference_only,
                 )
             )
         return by_segment

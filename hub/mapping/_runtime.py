@@ -236,6 +236,7 @@ class CompiledEntry:
     parent: str | None
     reference_only: bool = False
     make: Callable[[Runtime, int, int], None] | None = None  # the map's make, unless reference_only
+    fill_only: bool = False  # the resource completes the stored one (Entry.fill_only)
 
 
 @dataclass(slots=True)
@@ -291,6 +292,7 @@ class Runtime:
         "extra",
         "facility_key",
         "fields",
+        "fill_only",
         "keys",
         "made",
         "maps",
@@ -318,6 +320,7 @@ class Runtime:
         self.children: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.resources: list[dict[str, Any]] = []
         self.extra: dict[str, dict[str, Any]] = {}
+        self.fill_only: set[str] = set()  # "Type/id" of the resources that complete the stored ones
         self.keys: set[str] = set()
         # (resource, its map's reference fields, segment index, parent index), resolved after the build
         self.deferred: list[tuple[dict[str, Any], tuple[CompiledField, ...] | Resolver, int, int]] = []

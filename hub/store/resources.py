@@ -109,11 +109,14 @@ def upsert_many(
     *,
     message_id: int | None = None,
     now: datetime | None = None,
+    fill_only: frozenset[str] | set[str] = frozenset(),
 ) -> list[Written]:
     """``upsert`` for many resources (those of one message, or of a batch of messages, in order): their
     current rows are read in one query, and each table gets one statement for all of them. The rows
     go through the driver (``bulk``), not the ORM; a ``Resource`` entity the session already holds for
-    an updated row is expired, so the ORM never serves a stale version."""
+    an updated row is expired, so the ORM never serves a stale version. A resource named in ``fill_only``
+    ("Type/id") completes its live stored version instead of replacing it: the stored elements are kept
+    and only the elements it lacks are added (an ORU's Encounter beside the ADT's)."""
     if not resources:
         return []
     now = now or datetime.now(UTC)
@@ -134,6 +137,8 @@ def upsert_many(
         body = _strip_meta(resource)
         current = found.get((rtype, rid))
         old = current.stored if current is not None else None
+        if old is not None and fill_only and f"{rtype}/{rid}" in fill_only:
+            body = _completed(_strip_meta(old), body)
         if current is not None and old is not None and _strip_meta(old) == body:
             out.append(Written(rtype, rid, current.version_id, False))
             continue
@@ -164,6 +169,12 @@ def upsert_many(
         for hook in _write_hooks:
             hook(session, changes)
     return out
+
+
+def _completed(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` with the top-level elements of ``new`` it lacks (nothing it has is changed)."""
+    missing = {k: v for k, v in new.items() if k not in stored}
+    return {**stored, **missing} if missing else stored
 
 
 def _current_rows(connection: Connection, resources: list[dict[str, Any]]) -> dict[tuple[str, str], _Current]:
