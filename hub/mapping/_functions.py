@@ -234,11 +234,13 @@ def _codeable_concept(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -
         c = [rt.text(p).strip() for p in parts]
     else:
         c = [p.strip() for p in parts]
-    if len(c) < 9:
-        c += [""] * (9 - len(c))
+    if len(c) < 12:
+        c += [""] * (12 - len(c))
     if c[0] and not c[2] and args.get("default_system"):
         c[2] = str(args["default_system"])
-    codings = [x for x in (_coding(rt, c[0], c[1], c[2]), _coding(rt, c[3], c[4], c[5])) if x is not None]
+    # The identifier, the alternate (CWE-4..6) and the second alternate (CWE-10..12, v2.7+) triplets.
+    triplets = ((c[0], c[1], c[2]), (c[3], c[4], c[5]), (c[9], c[10], c[11]))
+    codings = [x for x in (_coding(rt, *t) for t in triplets) if x is not None]
     out: dict[str, Any] = {}
     if codings:
         out["coding"] = codings
@@ -723,7 +725,8 @@ _OBX_TYPES = {
     "NR": "NR",
     "CQ": "CQ",
     "ID": "string",
-    "IS": "string",
+    "IS": "IS",
+    "VR": "VR",
 }
 _CHOICE_TYPE = {
     "decimal": "Quantity",
@@ -755,6 +758,13 @@ def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[st
         text = dt_text(value, 0, rt, {})
         return Choice("String", text) if text else None
     rep = rt.enc.repetition
+    if kind == "IS":  # a user-defined table's code (IG: IS[CodeableConcept])
+        code = rt.text(_first_rep(rt, value).split(rt.enc.component, 1)[0]).strip()
+        return Choice("CodeableConcept", {"coding": [{"code": code}]}) if code else None
+    if kind == "VR":  # a value range, low ^ high (IG: valueString OBX-5.1 + "-" + OBX-5.2)
+        bounds = [rt.text(part).strip() for part in [*_first_rep(rt, value).split(rt.enc.component), ""][:2]]
+        text = "-".join(bounds) if bounds[1] else bounds[0]
+        return Choice("String", text) if text else None
     if kind == "decimal":
         number = decimal(rt.text(value.split(rep, 1)[0] if rep in value else value))
         if number is None:

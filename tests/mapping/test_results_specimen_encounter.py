@@ -212,3 +212,24 @@ def test_provenance_is_valid_when_msh3_and_msh4_are_empty() -> None:
     (prov,) = by_type(named, "Provenance")
     assert prov["agent"][0]["who"]["identifier"]["value"] == "SIMRS"
     assert validate_resource(prov) == []
+
+
+def test_obx_is_vr_values_instance_identifier_and_a_second_alternate_code() -> None:
+    text = "\r".join(
+        [
+            msh("LAB-V1", "ORU^R01^ORU_R01", "LAB_SEHAT", version="2.7"),
+            "PID|1||MRN0103^^^LAB_SEHAT^MR||Wati^Sri||19900214|F",
+            "OBR|1|ORD-V1|FIL-V1|68991-9^Epidemiologically important^LN^^^^^^^LOCAL-1^Local panel^L",
+            "OBX|1|IS|8675-3^Kind^LN||POS||||||F||||||||||INST-1^LIS",
+            "OBX|2|VR|8676-1^Range^LN||10^20||||||F",
+        ]
+    )
+    result = map_text(text)
+    first, second = by_type(result, "Observation")
+    assert first["valueCodeableConcept"] == {"coding": [{"code": "POS"}]}  # IG: IS[CodeableConcept]
+    assert first["identifier"][0]["value"] == "INST-1"
+    assert first["identifier"][0]["type"]["coding"][0]["code"] == "FILL"
+    assert second["valueString"] == "10-20"  # IG: OBX-5.1 + "-" + OBX-5.2
+    codes = [c["code"] for c in _one(result, "DiagnosticReport")["code"]["coding"]]
+    assert codes == ["68991-9", "LOCAL-1"]  # CWE-10..12, the second alternate triplet
+    assert all(validate_resource(r) == [] for r in result.resources)
