@@ -1733,3 +1733,19 @@ def fn_specimen_container(raws: list[str], index: int, rt: Runtime, args: dict[s
         if additive:
             out["additiveCodeableConcept"] = additive
     return [out] if out else None
+
+
+@_segment_fn("administration_part_of")
+def fn_administration_part_of(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """An OBX in the order group of an RXA (VXU ORDER.OBSERVATION, RAS) → a Reference to what that RXA
+    made, the Immunization or the MedicationAdministration (V2-to-FHIR IG VXU_V04: Observation.partOf).
+    Only an RXA *before* the OBX governs it: a patient-level OBX (before any ORC/RXA) is part of none."""
+    positions = [i for i in rt._positions.get("RXA", ()) if i < index]
+    if not positions:
+        return None
+    rxa = positions[-1]
+    for name in args.get("maps", ("RXA.Immunization", "RXA.MedicationAdministration")):
+        made = rt.made.get((str(name), rxa))
+        if made is not None and made.get("id"):
+            return {"reference": f"{made['resourceType']}/{made['id']}"}
+    return None

@@ -233,3 +233,22 @@ def test_obx_is_vr_values_instance_identifier_and_a_second_alternate_code() -> N
     codes = [c["code"] for c in _one(result, "DiagnosticReport")["code"]["coding"]]
     assert codes == ["68991-9", "LOCAL-1"]  # CWE-10..12, the second alternate triplet
     assert all(validate_resource(r) == [] for r in result.resources)
+
+
+def test_vxu_obx_of_the_order_group_is_part_of_the_immunization_a_patient_obx_is_not() -> None:
+    text = "\r".join(
+        [
+            msh("VXU-P1", "VXU^V04^VXU_V04", "RSUD_SEHAT"),
+            "PID|1||MRN0001^^^RSUD_SEHAT^MR||Santoso^Budi||19800101|M",
+            "OBX|1|NM|29463-7^Body weight^LN||70|kg^^UCUM|||||F|||20261101",
+            "ORC|RE||IMM-9001^SIMRS",
+            "RXA|0|1|20261101091500||08^Hep B^CVX|0.5|mL^^UCUM",
+            "OBX|1|CE|64994-7^Vaccine funding program eligibility category^LN|1|V02^VFC eligible^HL70064||||||F",
+        ]
+    )
+    result = map_text(text)
+    immunization = _one(result, "Immunization")
+    weight, eligibility = by_type(result, "Observation")
+    assert "partOf" not in weight
+    assert eligibility["partOf"] == [{"reference": _ref(immunization)}]
+    assert all(validate_resource(r) == [] for r in result.resources)
