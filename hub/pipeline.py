@@ -218,7 +218,12 @@ def _process_one(
                 session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
             now = datetime.now(UTC)
             written = store.upsert_many(
-                session, goldens + result.resources, message_id=row.id, now=now, fill_only=result.fill_only
+                session,
+                goldens + result.resources,
+                message_id=row.id,
+                now=now,
+                fill_only=result.fill_only,
+                keep_stored=result.keep_stored,
             )
             _record_written(session, row.id, written[len(goldens) :])
     except Exception as exc:

@@ -76,6 +76,9 @@ class MappingResult:
     # "Type/id" of the resources that complete the stored version instead of replacing it (a message
     # map entry's ``fill_only``: an ORU's Encounter never blanks the ADT's).
     fill_only: frozenset[str] = frozenset()
+    # "Type/id" of the resources that update the stored version, keeping the stored elements they lack
+    # (``keep_stored``: a result's ServiceRequest never blanks what the order message said).
+    keep_stored: frozenset[str] = frozenset()
 
 
 def map_message(message: Message, ctx: SenderContext) -> MappingResult:
@@ -98,4 +101,5 @@ def map_message(message: Message, ctx: SenderContext) -> MappingResult:
         actions=actions,
         nulls=nulls,
         fill_only=frozenset(rt.fill_only),
+        keep_stored=frozenset(rt.keep_stored),
     )

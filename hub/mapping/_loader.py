@@ -439,6 +439,7 @@ class _Compiler:
                     e.reference_only,
                     None if e.reference_only else sm.make,
                     e.fill_only and not e.reference_only,
+                    e.keep_stored and not e.reference_only,
                 )
             )
         return by_segment

@@ -252,3 +252,70 @@ def test_vxu_obx_of_the_order_group_is_part_of_the_immunization_a_patient_obx_is
     assert "partOf" not in weight
     assert eligibility["partOf"] == [{"reference": _ref(immunization)}]
     assert all(validate_resource(r) == [] for r in result.resources)
+
+
+ORM_ORDER = "\r".join(
+    [
+        msh("ORM-K1", "ORM^O01^ORM_O01", "RSUD_SEHAT"),
+        "PID|1||MRN0001^^^RSUD_SEHAT^MR||Santoso^Budi||19800101|M",
+        "ORC|NW|PO-K1^SIMRS|||||||20261101080000+0700|||67890^Pratama^Andi^^^dr.",
+        "OBR|1|PO-K1^SIMRS||2345-7^Glucose^LN|||20261101070000+0700||||||Puasa 10 jam"
+        "||BLD&Whole blood&HL70070^^^LA&Left arm&HL70163" + "|" * 16 + "R73.9^Hyperglycaemia^I10",
+    ]
+)
+ORU_RESULT = "\r".join(
+    [
+        msh("ORU-K1", "ORU^R01^ORU_R01", "RSUD_SEHAT"),
+        "PID|1||MRN0001^^^RSUD_SEHAT^MR||Santoso^Budi||19800101|M",
+        "ORC|RE|PO-K1^SIMRS|LAB-K1^LIS||CM",
+        "OBR|1|PO-K1^SIMRS|LAB-K1^LIS|2345-7^Glucose^LN|||20261101070000+0700"
+        "||||||||BLD&Whole blood&HL70070||||||||||F",
+        "OBX|1|NM|2345-7^Glucose^LN||5.4|mmol/L|||||F",
+    ]
+)
+
+
+def test_a_result_updates_the_order_without_blanking_what_the_order_said(engine: Engine) -> None:
+    order, result = map_text(ORM_ORDER), map_text(ORU_RESULT)
+    request = _one(order, "ServiceRequest")
+    assert _ref(request) == _ref(_one(result, "ServiceRequest"))  # one order, one resource
+    assert _ref(request) in result.keep_stored and _ref(_one(result, "Specimen")) in result.keep_stored
+    assert order.keep_stored == frozenset()  # the order message itself replaces
+    intake = Intake(engine, Settings())
+    ids = [intake.accept((raw + "\r").encode()).message_id for raw in (ORM_ORDER, ORU_RESULT)]
+    with session_scope(engine) as s:
+        assert {o.state for o in pipeline.process_batch(s, ids)} == {"processed"}  # type: ignore[arg-type]
+    with session_scope(engine) as s:
+        stored = store.read(s, "ServiceRequest", request["id"])
+        specimen = store.read(s, "Specimen", _one(order, "Specimen")["id"])
+    assert stored["status"] == "completed"  # the result's ORC-5 CM
+    assert [i["value"] for i in stored["identifier"]] == ["PO-K1", "LAB-K1"]  # the filler number added
+    assert stored["requester"] == request["requester"]  # kept: the result names no requester
+    assert stored["note"] == request["note"] and stored["reasonCode"] == request["reasonCode"]
+    assert specimen["collection"]["bodySite"]["coding"][0]["code"] == "LA"  # the order's body site kept
+
+
+def test_completing_a_stored_resource_never_gives_a_choice_element_a_second_type(engine: Engine) -> None:
+    first = {
+        "resourceType": "Specimen",
+        "id": "sp-choice",
+        "collection": {"collectedDateTime": "2026-11-01T07:00:00+07:00", "bodySite": {"text": "left arm"}},
+        "note": [{"text": "from the order"}],
+    }
+    update = {
+        "resourceType": "Specimen",
+        "id": "sp-choice",
+        "collection": {"collectedPeriod": {"start": "2026-11-01"}},
+    }
+    with session_scope(engine) as s:
+        store.upsert_many(s, [first])
+        store.upsert_many(s, [update], keep_stored={"Specimen/sp-choice"})
+        stored = store.read(s, "Specimen", "sp-choice")
+    assert stored["collection"] == {
+        "collectedPeriod": {"start": "2026-11-01"},
+        "bodySite": {"text": "left arm"},
+    }
+    assert stored["note"] == [{"text": "from the order"}]
+    with session_scope(engine) as s:
+        store.upsert_many(s, [update], fill_only={"Specimen/sp-choice"})  # the stored period stays
+        assert store.read(s, "Specimen", "sp-choice")["meta"]["versionId"] == "2"
