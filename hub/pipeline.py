@@ -217,14 +217,7 @@ def _process_one(
             if row.attempts > 0:  # processed before (a replay): what it produced then is replaced
                 session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
             now = datetime.now(UTC)
-            written = store.upsert_many(
-                session,
-                goldens + result.resources,
-                message_id=row.id,
-                now=now,
-                fill_only=result.fill_only,
-                keep_stored=result.keep_stored,
-            )
+            written = store.upsert_many(session, goldens + result.resources, message_id=row.id, now=now)
             _record_written(session, row.id, written[len(goldens) :])
     except Exception as exc:
         if held is not None:

@@ -73,12 +73,6 @@ class MappingResult:
     actions: list[dict[str, Any]] = field(default_factory=list)
     # Fields sent as "" (explicit null: clear the receiver's value), as {"resource", "element", "path"}.
     nulls: list[dict[str, Any]] = field(default_factory=list)
-    # "Type/id" of the resources that complete the stored version instead of replacing it (a message
-    # map entry's ``fill_only``: an ORU's Encounter never blanks the ADT's).
-    fill_only: frozenset[str] = frozenset()
-    # "Type/id" of the resources that update the stored version, keeping the stored elements they lack
-    # (``keep_stored``: a result's ServiceRequest never blanks what the order message said).
-    keep_stored: frozenset[str] = frozenset()
 
 
 def map_message(message: Message, ctx: SenderContext) -> MappingResult:
@@ -100,6 +94,4 @@ def map_message(message: Message, ctx: SenderContext) -> MappingResult:
         warnings=warnings,
         actions=actions,
         nulls=nulls,
-        fill_only=frozenset(rt.fill_only),
-        keep_stored=frozenset(rt.keep_stored),
     )

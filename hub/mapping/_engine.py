@@ -410,11 +410,6 @@ def run(message: Message, ctx: Any, maps: CompiledMaps) -> tuple[Runtime, str]:
                     make(rt, i, parent)
                 else:
                     build(entry, rt, i, parent)
-                if entry.fill_only or entry.keep_stored:
-                    res = rt.made.get((entry.map.name, i))
-                    if res is not None and res.get("id"):
-                        key = f"{res['resourceType']}/{res['id']}"
-                        (rt.fill_only if entry.fill_only else rt.keep_stored).add(key)
         last_seen[name] = i
     resolve_references(rt)
     drop_incomplete(rt)

@@ -438,8 +438,6 @@ class _Compiler:
                     e.parent,
                     e.reference_only,
                     None if e.reference_only else sm.make,
-                    e.fill_only and not e.reference_only,
-                    e.keep_stored and not e.reference_only,
                 )
             )
         return by_segment

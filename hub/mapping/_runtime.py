@@ -236,8 +236,6 @@ class CompiledEntry:
     parent: str | None
     reference_only: bool = False
     make: Callable[[Runtime, int, int], None] | None = None  # the map's make, unless reference_only
-    fill_only: bool = False  # the resource completes the stored one (Entry.fill_only)
-    keep_stored: bool = False  # the resource updates the stored one, keeping what it lacks
 
 
 @dataclass(slots=True)
@@ -293,8 +291,6 @@ class Runtime:
         "extra",
         "facility_key",
         "fields",
-        "fill_only",
-        "keep_stored",
         "keys",
         "made",
         "maps",
@@ -322,8 +318,6 @@ class Runtime:
         self.children: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.resources: list[dict[str, Any]] = []
         self.extra: dict[str, dict[str, Any]] = {}
-        self.fill_only: set[str] = set()  # "Type/id" of the resources that complete the stored ones
-        self.keep_stored: set[str] = set()  # "Type/id" of the resources that update the stored ones
         self.keys: set[str] = set()
         # (resource, its map's reference fields, segment index, parent index), resolved after the build
         self.deferred: list[tuple[dict[str, Any], tuple[CompiledField, ...] | Resolver, int, int]] = []

@@ -196,14 +196,6 @@ class Entry(_Strict):
     # Compute the resource's id so References resolve, but emit nothing: e.g. an ORU's PV1 points at the
     # Encounter the ADT feed owns without overwriting it.
     reference_only: bool = False
-    # The resource completes the stored one instead of replacing it: elements the stored version has
-    # are kept, the ones it lacks are added. An order's or a result's PV1 makes the Encounter in full,
-    # yet never blanks what the ADT feed said of the visit nor turns its status back to "unknown".
-    fill_only: bool = False
-    # The resource updates the stored one: its elements replace the stored ones, and the stored elements
-    # this message does not carry are kept. A result's ORC/OBR updates the order's status without
-    # blanking what the order message said of it (requester, reason, notes).
-    keep_stored: bool = False
 
 
 class MessageMap(_Strict):

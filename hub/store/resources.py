@@ -109,17 +109,11 @@ def upsert_many(
     *,
     message_id: int | None = None,
     now: datetime | None = None,
-    fill_only: frozenset[str] | set[str] = frozenset(),
-    keep_stored: frozenset[str] | set[str] = frozenset(),
 ) -> list[Written]:
     """``upsert`` for many resources (those of one message, or of a batch of messages, in order): their
     current rows are read in one query, and each table gets one statement for all of them. The rows
     go through the driver (``bulk``), not the ORM; a ``Resource`` entity the session already holds for
-    an updated row is expired, so the ORM never serves a stale version. A resource named in ``fill_only``
-    ("Type/id") completes its live stored version instead of replacing it: the stored elements are kept
-    and only the elements it lacks are added (an ORU's Encounter beside the ADT's); one named in
-    ``keep_stored`` updates it: its elements replace the stored ones, the stored elements it lacks stay
-    (an ORU's ServiceRequest beside the ORM's)."""
+    an updated row is expired, so the ORM never serves a stale version."""
     if not resources:
         return []
     now = now or datetime.now(UTC)
@@ -140,12 +134,6 @@ def upsert_many(
         body = _strip_meta(resource)
         current = found.get((rtype, rid))
         old = current.stored if current is not None else None
-        if old is not None and (fill_only or keep_stored):
-            key = f"{rtype}/{rid}"
-            if key in fill_only:
-                body = _completed(_strip_meta(old), body)
-            elif key in keep_stored:
-                body = _completed(body, _strip_meta(old))
         if current is not None and old is not None and _strip_meta(old) == body:
             out.append(Written(rtype, rid, current.version_id, False))
             continue
@@ -175,52 +163,6 @@ def upsert_many(
     if changes:
         for hook in _write_hooks:
             hook(session, changes)
-    return out
-
-
-# FHIR R4 choice elements (name[x]) the maps write: a choice is one element whatever its type, so
-# completing ``collectedDateTime`` with ``collectedPeriod`` would make two.
-_CHOICE_STEMS = (
-    "abatement",
-    "additive",
-    "asNeeded",
-    "collected",
-    "deceased",
-    "dose",
-    "effective",
-    "medication",
-    "multipleBirth",
-    "occurrence",
-    "onset",
-    "performed",
-    "product",
-    "rate",
-    "reported",
-    "value",
-)
-
-
-def _choice_stem(key: str) -> str | None:
-    for stem in _CHOICE_STEMS:
-        if key.startswith(stem) and len(key) > len(stem) and key[len(stem)].isupper():
-            return stem
-    return None
-
-
-def _completed(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with the elements of ``other`` it lacks, element by element down through complex
-    elements (``collection.bodySite`` beside ``collection.collectedDateTime``); what ``base`` has is never
-    changed, lists included, and a choice element ``base`` has is not given a second type."""
-    out = dict(base)
-    stems = {stem for key in base if (stem := _choice_stem(key)) is not None}
-    for key, value in other.items():
-        have = out.get(key)
-        if have is None:
-            stem = _choice_stem(key)
-            if stem is None or stem not in stems:
-                out[key] = value
-        elif isinstance(have, dict) and isinstance(value, dict):
-            out[key] = _completed(have, value)
     return out
 
 
