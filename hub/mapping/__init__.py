@@ -90,5 +90,9 @@ def map_message(message: Message, ctx: SenderContext) -> MappingResult:
     if stale:
         warnings.append(f"edited mapping files are faulty, the last good maps were used: {stale[0]}")
     return MappingResult(
-        resources=resources, unmapped=unmapped, warnings=warnings, actions=actions, nulls=nulls
+        resources=resources,
+        unmapped=unmapped,
+        warnings=warnings,
+        actions=actions,
+        nulls=nulls,
     )

@@ -231,17 +231,18 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
                         }
                     ]
                 },
-                "who": {
-                    "identifier": {"system": "urn:hub:sender", "value": rt.ctx.facility},
-                    "display": f"{app} {rt.ctx.facility}".strip() if app else rt.ctx.facility,
-                },
+                "who": _sender(rt.ctx.facility, app),
             }
         ],
         "entity": [
             {
                 "role": "source",
                 "what": {
-                    "identifier": {"system": f"urn:hub:hl7v2:{rt.facility_key}", "value": control_id},
+                    **(
+                        {"identifier": {"system": f"urn:hub:hl7v2:{rt.facility_key}", "value": control_id}}
+                        if control_id
+                        else {}
+                    ),
                     "display": f"{message_type} {control_id}".strip(),
                 },
             }
@@ -261,6 +262,20 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
     if occurred:
         out = {**{k: out[k] for k in ("resourceType", "id", "target")}, "occurredDateTime": occurred, **out}
     return out
+
+
+def _sender(facility: str, app: str) -> dict[str, Any]:
+    """Provenance.agent.who: the sending facility (MSH-4, or the sender the connection named); without
+    one, the sending application (MSH-3). FHIR strings are never empty, so an empty MSH-3 and MSH-4 give
+    a Reference with only a display."""
+    if facility:
+        return {
+            "identifier": {"system": "urn:hub:sender", "value": facility},
+            "display": f"{app} {facility}".strip() if app else facility,
+        }
+    if app:
+        return {"identifier": {"system": "urn:hub:sending-application", "value": app}, "display": app}
+    return {"display": "sender not named (MSH-3 and MSH-4 empty)"}
 
 
 _EVENT_REASON_ARGS = {"default_system": "HL70062"}

@@ -234,11 +234,13 @@ def _codeable_concept(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -
         c = [rt.text(p).strip() for p in parts]
     else:
         c = [p.strip() for p in parts]
-    if len(c) < 9:
-        c += [""] * (9 - len(c))
+    if len(c) < 12:
+        c += [""] * (12 - len(c))
     if c[0] and not c[2] and args.get("default_system"):
         c[2] = str(args["default_system"])
-    codings = [x for x in (_coding(rt, c[0], c[1], c[2]), _coding(rt, c[3], c[4], c[5])) if x is not None]
+    # The identifier, the alternate (CWE-4..6) and the second alternate (CWE-10..12, v2.7+) triplets.
+    triplets = ((c[0], c[1], c[2]), (c[3], c[4], c[5]), (c[9], c[10], c[11]))
+    codings = [x for x in (_coding(rt, *t) for t in triplets) if x is not None]
     out: dict[str, Any] = {}
     if codings:
         out["coding"] = codings
@@ -723,7 +725,8 @@ _OBX_TYPES = {
     "NR": "NR",
     "CQ": "CQ",
     "ID": "string",
-    "IS": "string",
+    "IS": "IS",
+    "VR": "VR",
 }
 _CHOICE_TYPE = {
     "decimal": "Quantity",
@@ -755,6 +758,13 @@ def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[st
         text = dt_text(value, 0, rt, {})
         return Choice("String", text) if text else None
     rep = rt.enc.repetition
+    if kind == "IS":  # a user-defined table's code (IG: IS[CodeableConcept])
+        code = rt.text(_first_rep(rt, value).split(rt.enc.component, 1)[0]).strip()
+        return Choice("CodeableConcept", {"coding": [{"code": code}]}) if code else None
+    if kind == "VR":  # a value range, low ^ high (IG: valueString OBX-5.1 + "-" + OBX-5.2)
+        bounds = [rt.text(part).strip() for part in [*_first_rep(rt, value).split(rt.enc.component), ""][:2]]
+        text = "-".join(bounds) if bounds[1] else bounds[0]
+        return Choice("String", text) if text else None
     if kind == "decimal":
         number = decimal(rt.text(value.split(rep, 1)[0] if rep in value else value))
         if number is None:
@@ -1654,3 +1664,88 @@ def fn_appointment_end(raws: list[str], index: int, rt: Runtime, args: dict[str,
 
 
 # === end of the pharmacy, scheduling, referral and problem helpers ===
+
+
+# === specimen helpers ===
+
+
+@_segment_fn("specimen_parent")
+def fn_specimen_parent(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """SPM-3 parent specimen ids (EIP: placer ^ filler, each an EI) → References to the parent Specimens,
+    which are made (identifiers PGN/FGN, the patient as subject) and keyed as SPM.Specimen keys a
+    specimen (SPM-2.1 value and namespace, else SPM-2.2, scope patient): the parent sent later in an
+    SPM of its own is the same resource (V2-to-FHIR IG SPM[Specimen]: parent)."""
+    raw = ([*raws, ""])[0]
+    if not raw or raw == '""':
+        return None
+    out: list[dict[str, Any]] = []
+    patient = rt.patient_id_at(index)
+    # The subject is the message's Patient resource (the id the References to it carry).
+    made = rt.made.get(("PID.Patient", rt.nearest(index, "PID")))
+    subject = f"Patient/{made['id']}" if made and made.get("id") else f"Patient/{patient}"
+    for rep in raw.split(rt.enc.repetition):
+        comps = [*rep.split(rt.enc.component), "", ""]
+        idents = [
+            ident
+            for part, kind in ((comps[0], "PGN"), (comps[1], "FGN"))
+            if part and (ident := dt_ei(part, 1, rt, {"type": kind}))
+        ]
+        if not idents:
+            continue
+        key = comps[0] or comps[1]
+        sub = [*rt.texts(key, 1), ""]
+        rid = (
+            resource_id("Specimen", patient, sub[0], sub[1])
+            if sub[1]
+            else resource_id("Specimen", patient, sub[0])
+        )
+        specimen: dict[str, Any] = {
+            "resourceType": "Specimen",
+            "id": rid,
+            "identifier": idents,
+            "subject": {"reference": subject},
+        }
+        rt.add_extra(specimen)
+        ref = {"reference": f"Specimen/{rid}"}
+        if ref not in out:
+            out.append(ref)
+    return out or None
+
+
+@_segment_fn("specimen_container")
+def fn_specimen_container(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """SPM-27 container type and SPM-6 additives (CWE) → one ``Specimen.container`` (V2-to-FHIR IG
+    SPM[Specimen]: container.type, container.additiveCodeableConcept; FHIR has one additive per
+    container, so the first additive)."""
+    kind_raw, additive_raw = ([*raws, "", ""])[:2]
+    cwe = rt.maps.converters.get("CWE")
+    if cwe is None:
+        return None
+    out: dict[str, Any] = {}
+    kind_raw = _first_rep(rt, kind_raw)
+    if kind_raw and kind_raw != '""':
+        kind = cwe(kind_raw, 0, rt, {})
+        if kind:
+            out["type"] = kind
+    additive_raw = _first_rep(rt, additive_raw)
+    if additive_raw and additive_raw != '""':
+        additive = cwe(additive_raw, 0, rt, {})
+        if additive:
+            out["additiveCodeableConcept"] = additive
+    return [out] if out else None
+
+
+@_segment_fn("administration_part_of")
+def fn_administration_part_of(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """An OBX in the order group of an RXA (VXU ORDER.OBSERVATION, RAS) → a Reference to what that RXA
+    made, the Immunization or the MedicationAdministration (V2-to-FHIR IG VXU_V04: Observation.partOf).
+    Only an RXA *before* the OBX governs it: a patient-level OBX (before any ORC/RXA) is part of none."""
+    positions = [i for i in rt._positions.get("RXA", ()) if i < index]
+    if not positions:
+        return None
+    rxa = positions[-1]
+    for name in args.get("maps", ("RXA.Immunization", "RXA.MedicationAdministration")):
+        made = rt.made.get((str(name), rxa))
+        if made is not None and made.get("id"):
+            return {"reference": f"{made['resourceType']}/{made['id']}"}
+    return None
