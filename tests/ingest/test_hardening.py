@@ -227,7 +227,7 @@ def test_the_operator_sees_a_latin1_message_decoded_with_the_senders_charset(
 ) -> None:
     with Session(engine) as s, s.begin():
         s.add(Sender(facility="RSUD_SEHAT", name="x", time_zone="Asia/Jakarta", charset="8859/1"))
-    assert client.post("/hl7/v2", content=LATIN1).status_code == 200
+    assert client.post("/hl7/v2", content=LATIN1, headers=_sender(client)).status_code == 200
     (row,) = _rows(engine)
     detail = client.get(f"/hl7/messages/{row.id}").json()
     assert "Müller^Jörg" in detail["raw"] and detail["raw_encoding"] == "latin-1"
