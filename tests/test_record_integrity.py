@@ -454,3 +454,31 @@ def test_merging_contributions() -> None:
     ]
     assert merge(out, {"status": "finished"})["status"] == "finished"
     assert merged([admitted, later]) == out and admitted["status"] == "in-progress"  # inputs unchanged
+
+
+def test_a_choice_element_holds_one_type_after_a_merge() -> None:
+    """The order's OBR-7 makes ``collection.collectedDateTime``, the result's OBR-7/8 a ``collectedPeriod``:
+    the merged Specimen has the later one only (a choice element with two types is invalid R4)."""
+    from hub.store.contributions import merge
+
+    ordered = {"collection": {"collectedDateTime": "2026-11-01T08:00:00+07:00", "quantity": {"value": 5}}}
+    resulted = {
+        "collection": {
+            "collectedPeriod": {"start": "2026-11-01T08:00:00+07:00", "end": "2026-11-01T08:10:00+07:00"}
+        }
+    }
+    out = merge(ordered, resulted)
+    assert set(out["collection"]) == {"collectedPeriod", "quantity"}
+    assert set(merge(out, ordered)["collection"]) == {"collectedDateTime", "quantity"}
+    # two lists of R4 (reasonCode, reasonReference) are not one choice element
+    reasons = {"reasonCode": [{"text": "fever"}]}
+    assert set(merge(reasons, {"reasonReference": [{"reference": "Condition/c1"}]})) == {
+        "reasonCode",
+        "reasonReference",
+    }
+    # names that merely start alike are not choices of one another
+    assert merge({"valueQuantity": {"value": 1}, "status": "final"}, {"statusReason": {"text": "x"}}) == {
+        "valueQuantity": {"value": 1},
+        "status": "final",
+        "statusReason": {"text": "x"},
+    }

@@ -26,6 +26,7 @@ store compares before it writes a new version (``hub.store.resources.PatientConf
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
@@ -109,11 +110,79 @@ def _item_key(item: Any) -> tuple[str, ...] | None:
     return None
 
 
+# The type suffixes of FHIR R4 choice elements (``value[x]``, ``collected[x]``, ``onset[x]`` …).
+_CHOICE_TYPES = [
+    "Address",
+    "Age",
+    "Annotation",
+    "Attachment",
+    "Base64Binary",
+    "Boolean",
+    "Canonical",
+    "Code",
+    "CodeableConcept",
+    "Coding",
+    "ContactPoint",
+    "Count",
+    "Date",
+    "DateTime",
+    "Decimal",
+    "Distance",
+    "Dosage",
+    "Duration",
+    "HumanName",
+    "Id",
+    "Identifier",
+    "Instant",
+    "Integer",
+    "Markdown",
+    "Money",
+    "Oid",
+    "Period",
+    "PositiveInt",
+    "Quantity",
+    "Range",
+    "Ratio",
+    "Reference",
+    "SampledData",
+    "Signature",
+    "String",
+    "Time",
+    "Timing",
+    "UnsignedInt",
+    "Uri",
+    "Url",
+    "Uuid",
+]
+_CHOICE = re.compile(r"^([a-z][A-Za-z]*?)(" + "|".join(sorted(_CHOICE_TYPES, key=len, reverse=True)) + r")$")
+
+
+def _other_choices(out: dict[str, Any], key: str, value: Any) -> list[str]:
+    """The keys of ``out`` that are the same choice element as ``key`` in another type (a later
+    ``collectedPeriod`` replaces an earlier ``collectedDateTime``: one element holds one type). A choice
+    element holds one value, never a list: ``reasonCode`` and ``reasonReference`` are two lists of R4."""
+    m = _CHOICE.match(key)
+    if m is None or isinstance(value, list):
+        return []
+    base = m.group(1)
+    return [
+        k
+        for k in out
+        if k != key
+        and k.startswith(base)
+        and not isinstance(out[k], list)
+        and (c := _CHOICE.match(k)) is not None
+        and c.group(1) == base
+    ]
+
+
 def merge(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
     """``later`` merged over ``earlier`` (neither is changed)."""
     out = dict(earlier)
     for key, value in later.items():
         if key not in out:
+            for other in _other_choices(out, key, value):
+                del out[other]
             out[key] = value
         elif key == "status" and value == "unknown" and isinstance(out[key], str):
             continue
