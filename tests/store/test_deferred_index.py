@@ -44,6 +44,8 @@ def _clear(engine: Engine) -> None:
         for table in ("message_resource", "resource_version", "mpi_decision", "mpi_review", "mpi_block"):
             conn.execute(text(f"DELETE FROM {table}"))
         conn.execute(text("DELETE FROM mpi_source"))
+        for table in ("stats_fact", "stats_person"):  # the statistics facts of the resources removed
+            conn.execute(text(f"DELETE FROM {table}"))
         conn.execute(text("DELETE FROM resource"))
         conn.execute(text("UPDATE inbound_message SET state = 'received', attempts = 0"))
 
