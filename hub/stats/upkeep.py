@@ -425,7 +425,10 @@ def _apply_patients(
     whose attributes changed passes them to its sources and their facts."""
     if not patients:
         return {}
-    existing = _persons(connection, [i for i, _s, _e in patients])
+    # A Patient new to the store has no person row: resource rows are never removed (a deletion is a
+    # version, which removes the person row here), so only a rewrite needs the lookup.
+    known_before = [i for i, _s, existed in patients if existed]
+    existing = _persons(connection, known_before) if known_before else {}
     goldens: dict[str, tuple[str, date | None, str, str, str]] = {}
     sources: dict[str, tuple[str, tuple[str, date | None, str, str, str]]] = {}
     deleted: list[str] = []
@@ -502,17 +505,20 @@ def apply(connection: Connection, latest: Iterable[tuple[str, str, dict[str, Any
     # own takes its encounter's start).
     items.sort(key=lambda item: _ORDER.get(item[0], 2))
     persons = _apply_patients(connection, [(i, s, e) for t, i, s, e in items if t == "Patient"])
-    # Whatever facts these resources had go (one statement for all their types; a resource new to the
-    # store has none, unless the tables were left behind by a store emptied under them).
+    # Whatever facts the rewritten resources had go (one statement for all their types); a resource new
+    # to the store has none.
     by_type: dict[str, list[str]] = {}
-    for t, i, _s, _e in items:
-        by_type.setdefault(t, []).append(i)
-    _before_read("stats_fact", 1, [i for _t, i, _s, _e in items])
+    for t, i, _s, existed in items:
+        if existed:
+            by_type.setdefault(t, []).append(i)
+    _before_read("stats_fact", 1, [i for ids in by_type.values() for i in ids])
     clauses = " OR ".join(
         f"(resource_type = ? AND resource_id IN ({bulk.marks(len(v))}))" for v in by_type.values()
     )
     params = tuple(x for t, v in by_type.items() for x in (t, *v))
-    if len(params) <= 900:
+    if not by_type:
+        pass
+    elif len(params) <= 900:
         connection.exec_driver_sql(
             bulk.placeholders(connection.dialect, f"DELETE FROM stats_fact WHERE {clauses}"), params
         )

@@ -51,6 +51,8 @@ def _clear(engine: Engine) -> None:
         ):
             conn.execute(text(f"DELETE FROM {table}"))
         conn.execute(text("DELETE FROM mpi_source"))
+        for table in ("stats_fact", "stats_person"):  # the statistics facts of the resources removed
+            conn.execute(text(f"DELETE FROM {table}"))
         conn.execute(text("DELETE FROM resource"))
         conn.execute(text("UPDATE inbound_message SET state = 'received', attempts = 0"))
 
