@@ -1032,35 +1032,62 @@ def everything(session: Session, eq: EverythingQuery) -> Page:
             for rtype, pname in CLINICAL_DATE.items()
         ]
         conds.append(or_(R.resource_type.not_in(list(CLINICAL_DATE)), *dated))
+    skip = 0  # entries of the cursor's own resource (itself, then what it points at) on earlier pages
     if eq.cursor is not None:
-        if len(eq.cursor) != 2:
+        if len(eq.cursor) != 3 or not isinstance(eq.cursor[2], int) or eq.cursor[2] < 0:
             raise BadRequest("the paging cursor does not fit this operation")
+        skip = eq.cursor[2]
         # A row comparison: an index condition of the range scan, not a filter over skipped rows.
-        conds.append(tuple_(R.resource_type, R.id) > tuple_(literal(eq.cursor[0]), literal(eq.cursor[1])))
+        conds.append(tuple_(R.resource_type, R.id) >= tuple_(literal(eq.cursor[0]), literal(eq.cursor[1])))
     parts = [select(R.resource_type, R.id, R.pk, R.content).where(R.patient_id == m, *conds) for m in members]
+    # Each compartment resource takes at least one entry of the page, except the cursor's own when its
+    # entries were begun on the page before: count + 2 rows fill any page.
+    limit = eq.count + 2
     if len(parts) == 1:
-        stmt = parts[0].order_by(R.resource_type, R.id).limit(eq.count + 1)
+        stmt = parts[0].order_by(R.resource_type, R.id).limit(limit)
     else:
         merged = union_all(*parts).subquery("compartment")
-        stmt = select(merged).order_by(merged.c.resource_type, merged.c.id).limit(eq.count + 1)
+        stmt = select(merged).order_by(merged.c.resource_type, merged.c.id).limit(limit)
     rows = conn.execute(stmt).all()
-    next_cursor = None
-    if len(rows) > eq.count:
-        rows = rows[: eq.count]
-        next_cursor = encode_cursor([rows[-1][0], rows[-1][1]])
-    matches = [Row(rtype, rid, pk, content) for rtype, rid, pk, content in rows]  # unpacking beats by-name
-    included = _referenced(session, matches)
+    candidates = [Row(rtype, rid, pk, content) for rtype, rid, pk, content in rows]  # unpacking is fast
+    matches, included, next_cursor = _fill_page(session, candidates, eq.count, skip)
     total = len(matches) if eq.cursor is None and next_cursor is None else None
     return Page(matches, included, total, next_cursor)
 
 
-def _referenced(session: Session, matches: list[Row]) -> list[Row]:
-    """Practitioners, organisations, locations … that the page's resources point at, found by scanning
-    the stored bytes (compact orjson, so every reference reads ``"reference":"Type/id"``) rather than by
-    one index probe per resource."""
-    # One scan over the page's bytes (a newline cannot occur inside compact JSON's strings).
-    found = _REFERENCE_RE.findall(b"\n".join(row.content for row in matches))
-    return _fetch(session, {(t.decode(), i.decode()) for t, i in set(found)})
+def _fill_page(
+    session: Session, candidates: list[Row], count: int, skip: int
+) -> tuple[list[Row], list[Row], str | None]:
+    """A page of ``$everything`` of at most ``count`` entries: compartment resources in (type, id)
+    order, each followed by the Practitioners, Organizations, Locations … it points at (sorted, and once
+    a page). ``skip`` entries of the first resource were on the page before. The cursor names the
+    resource whose entries the page did not finish and how many of them it held, so the next page goes
+    on from there: every entry is on some page."""
+    pointed = {
+        (row.resource_type, row.id): sorted(
+            {(t.decode(), i.decode()) for t, i in _REFERENCE_RE.findall(row.content)}
+        )
+        for row in candidates
+    }
+    found = {(r.resource_type, r.id): r for r in _fetch(session, {k for ks in pointed.values() for k in ks})}
+    matches: list[Row] = []
+    included: list[Row] = []
+    on_page: set[tuple[str, str]] = set()
+    used = 0
+    for position, row in enumerate(candidates):
+        entries: list[Row] = [row, *(found[k] for k in pointed[(row.resource_type, row.id)] if k in found)]
+        start = skip if position == 0 else 0
+        for offset in range(start, len(entries)):
+            entry = entries[offset]
+            key = (entry.resource_type, entry.id)
+            if offset and key in on_page:
+                continue  # already on this page (pointed at by an earlier resource)
+            if used == count:
+                return matches, included, encode_cursor([row.resource_type, row.id, offset])
+            (included if offset else matches).append(entry)
+            on_page.add(key)
+            used += 1
+    return matches, included, None
 
 
 # --- history ------------------------------------------------------------------------------------------

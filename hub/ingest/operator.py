@@ -36,6 +36,7 @@ def _summary(m: InboundMessage) -> dict[str, Any]:
     return {
         "id": m.id,
         "facility": m.facility,
+        "application": m.application,
         "control_id": m.control_id,
         "message_type": m.message_type,
         "message_structure": m.message_structure,

@@ -7,9 +7,12 @@ one transaction and commits; only then are the ACKs released and the new message
 processing (group commit: one fsync for many messages keeps ACK latency low at high rates).
 
 Per message, the header decides: unreadable MSH → kept as ``rejected`` with AR; unknown facility while
-registration is closed → kept as ``rejected`` with AR; (facility, MSH-10) seen before with the same bytes
-→ the original ACK again, nothing stored; the same control id with other content → kept as ``held`` (not
-applied) with AE; otherwise stored as ``received`` with AA (CA in enhanced mode).
+registration is closed → kept as ``rejected`` with AR; (MSH-4 facility, MSH-3 application, MSH-10) seen
+before with the same bytes → the original ACK again, nothing stored; the same key with other content →
+kept as ``held`` (not applied) with AE; otherwise stored as ``received`` with AA (CA in enhanced mode).
+HL7 makes a control id unique per sending application: two applications of one facility that use the
+same number send two messages. The sender is the MSH-4 facility, or the MSH-3 application when MSH-4 is
+empty (see :func:`sender_key`); a rejected message keeps the facility and application it named.
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ class Intake:
         self._committed: list[Callable[[], None]] = []
         self._raw: Any = None  # the committer's DBAPI connection
         self._sqlite = engine.dialect.name == "sqlite"
-        self._earlier_cache: dict[tuple[int, int], str] = {}
+        self._earlier_cache: dict[tuple[int, int, int], str] = {}
         self._count_sql = bulk.placeholders(
             engine.dialect, "UPDATE inbound_message SET duplicate_count = duplicate_count + ? WHERE id = ?"
         )
@@ -332,7 +335,7 @@ class Intake:
         path, in a transaction of its own: as a duplicate, or held. ``None`` when a control id repeats
         within the batch: the checked path then takes the whole batch."""
         keys = [
-            (i.header.sending_facility, i.header.control_id)
+            (i.header.sending_facility, i.header.sending_application, i.header.control_id)
             for i in batch
             if i.header is not None and i.error is None
         ]
@@ -355,18 +358,18 @@ class Intake:
             with connection.pipeline():
                 cursor.execute(sql, [v for row in bound for v in row])
                 connection.commit()
-            returned = sorted(cursor.fetchall())  # (id, facility, control_id): ids in the rows' order
-        stored = {(facility, control) for _, facility, control in returned}
+            returned = sorted(cursor.fetchall())  # (id, facility, application, control_id), in order
+        stored = {(facility, app, control) for _, facility, app, control in returned}
         inserted = iter(returned)
         assert len(new) == len(out), "each message of the batch is a new row"
         skipped: list[int] = []  # positions in ``out`` of the messages stored before
         for position, (row, values) in enumerate(new):
-            key = (values["facility"], values["control_id"])
+            key = (values["facility"], values["application"], values["control_id"])
             if values["state"] == "received" and key not in stored:
                 skipped.append(position)
                 continue
-            rid, facility, control = next(inserted)
-            if (facility, control) != key:  # never: the INSERT numbers its rows in the VALUES' order
+            rid, facility, app, control = next(inserted)
+            if (facility, app, control) != key:  # never: the INSERT numbers its rows in the VALUES' order
                 raise RuntimeError(f"intake INSERT returned message {rid} out of order")
             row.id = rid
         if skipped:
@@ -386,7 +389,7 @@ class Intake:
         more than its fsync."""
         now = datetime.now(UTC)
         keys = {
-            (i.header.sending_facility, i.header.control_id)
+            (i.header.sending_facility, i.header.sending_application, i.header.control_id)
             for i in batch
             if i.header is not None and i.error is None
         }
@@ -394,16 +397,20 @@ class Intake:
             if self._sqlite:
                 # The write lock up front (as the engine's own transactions take it).
                 cursor.execute("BEGIN IMMEDIATE")
-            existing: dict[tuple[str, str], list[_Row]] = {}
+            existing: dict[tuple[str, str, str], list[_Row]] = {}
             if keys:
-                # Two plain INs (then the exact pairs in Python) search the (facility, control_id) index
-                # on every backend; a row-value IN makes SQLite scan the whole index, once per commit.
-                controls = sorted({c for _, c in keys})
-                facilities = sorted({f for f, _ in keys})
-                cursor.execute(self._earlier_sql(len(controls), len(facilities)), [*controls, *facilities])
-                for rid, facility, control, digest, state, code, ack in cursor.fetchall():
-                    if (facility, control) in keys:
-                        existing.setdefault((facility, control), []).append(
+                # Plain INs (then the exact keys in Python) search the (facility, application,
+                # control_id) index on every backend; a row-value IN makes SQLite scan the whole index.
+                controls = sorted({c for _, _, c in keys})
+                facilities = sorted({f for f, _, _ in keys})
+                apps = sorted({a for _, a, _ in keys})
+                cursor.execute(
+                    self._earlier_sql(len(controls), len(facilities), len(apps)),
+                    [*facilities, *apps, *controls],
+                )
+                for rid, facility, app, control, digest, state, code, ack in cursor.fetchall():
+                    if (facility, app, control) in keys:
+                        existing.setdefault((facility, app, control), []).append(
                             _Row(rid, digest, state, code, ack)
                         )
             out: list[tuple[_Item, _Row, Accepted]] = []
@@ -454,17 +461,18 @@ class Intake:
         with contextlib.suppress(Exception):
             raw.invalidate()  # a connection that failed mid-transaction is not reused
 
-    def _earlier_sql(self, controls: int, facilities: int) -> str:
-        sql = self._earlier_cache.get((controls, facilities))
+    def _earlier_sql(self, controls: int, facilities: int, applications: int) -> str:
+        """Parameters: the facilities, then the applications, then the control ids."""
+        sql = self._earlier_cache.get((controls, facilities, applications))
         if sql is None:
             sql = bulk.placeholders(
                 self.engine.dialect,
                 f"SELECT {', '.join(_EARLIER_COLUMNS)} FROM inbound_message"
-                f" WHERE control_id IN ({bulk.marks(controls)}) AND facility IN ({bulk.marks(facilities)})"
-                " ORDER BY id",
+                f" WHERE facility IN ({bulk.marks(facilities)}) AND application IN ({bulk.marks(applications)})"
+                f" AND control_id IN ({bulk.marks(controls)}) ORDER BY id",
             )
             if len(self._earlier_cache) < 256:
-                self._earlier_cache[(controls, facilities)] = sql
+                self._earlier_cache[(controls, facilities, applications)] = sql
         return sql
 
     def _insert(self, cursor: Any, rows: list[dict[str, Any]]) -> list[int]:
@@ -494,7 +502,7 @@ class Intake:
         for item in batch:
             if item.header is None or item.error is not None:
                 continue
-            facility = item.header.sending_facility
+            facility = sender_key(item.header)
             cached = self._senders.get(facility)
             if cached is not None:
                 out[facility] = cached
@@ -510,7 +518,7 @@ class Intake:
         self,
         item: _Item,
         senders: dict[str, int | None],
-        existing: dict[tuple[str, str], list[_Row]],
+        existing: dict[tuple[str, str, str], list[_Row]],
         new: list[tuple[_Row, dict[str, Any]]],
         now: datetime,
     ) -> tuple[_Item, _Row, Accepted]:
@@ -518,12 +526,14 @@ class Intake:
         if h is not None and item.error is None and not item.digest:
             _derive(item, h)  # not prepared by a transport (a direct call)
         digest = item.digest or hashlib.sha256(item.raw).hexdigest()
+        named = (h.sending_facility, h.sending_application) if h else _guess_sender(item.raw)
         values: dict[str, Any] = {
             "raw": item.raw,
             "content_hash": digest,
             "transport": item.transport,
             "received_at": now,
-            "facility": h.sending_facility if h else "",
+            "facility": named[0],
+            "application": named[1],
             "control_id": h.control_id if h else "",
             "message_type": h.message_type if h else "",
             "message_structure": (
@@ -540,16 +550,11 @@ class Intake:
         if item.error is not None:
             return self._reject(item, values, new, item.error)
         assert h is not None
-        sender_id = senders.get(h.sending_facility)
+        sender_id = senders.get(sender_key(h))
         if sender_id is None:
-            unknown = AckError(
-                "204",
-                f"sending facility {h.sending_facility!r} (MSH-4) is not registered with the hub",
-                "MSH^1^4",
-            )
-            return self._reject(item, values, new, unknown)
+            return self._reject(item, values, new, self._unknown_sender(h))
         values["sender_id"] = sender_id
-        key = (h.sending_facility, h.control_id)
+        key = (h.sending_facility, h.sending_application, h.control_id)
         earlier = existing.get(key, [])
         err: AckError | None
         same = next((r for r in earlier if r.content_hash == digest), None)
@@ -579,6 +584,23 @@ class Intake:
         row = self._add(values, new, state, code, ack_text)
         existing.setdefault(key, []).append(row)
         return item, row, Accepted(ack_text if should_send(code, h) else None, code, None, state=state)
+
+    def _unknown_sender(self, h: hl7.Header) -> AckError:
+        """Why a readable message has no sender: nothing names it, or (registration closed) it is not
+        registered, or it was deactivated."""
+        if not sender_key(h):
+            return AckError(
+                "101",
+                "MSH-4 sending facility and MSH-3 sending application are both empty: the sender is unknown",
+                "MSH^1^4",
+            )
+        if h.sending_facility:
+            named = f"sending facility {h.sending_facility!r} (MSH-4)"
+        else:
+            named = f"sending application {h.sending_application!r} (MSH-3, MSH-4 empty)"
+        if self.settings.registration_open:  # open registration registers everyone: this one was disabled
+            return AckError("204", f"{named} is deactivated on the hub", "MSH^1^4")
+        return AckError("204", f"{named} is not registered with the hub", "MSH^1^4")
 
     def _reject(
         self, item: _Item, values: dict[str, Any], new: list[tuple[_Row, dict[str, Any]]], err: AckError
@@ -651,9 +673,10 @@ class _Row:
 
 _MESSAGES = InboundMessage.metadata.tables["inbound_message"]
 _SENDERS = Sender.metadata.tables["sender"]
-_EARLIER_COLUMNS = ("id", "facility", "control_id", "content_hash", "state", "ack_code", "ack")
+_EARLIER_COLUMNS = ("id", "facility", "application", "control_id", "content_hash", "state", "ack_code", "ack")
 _INSERT_COLUMNS = (
     "facility",
+    "application",
     "control_id",
     "message_type",
     "message_structure",
@@ -684,7 +707,7 @@ def _insert_row(values: dict[str, Any]) -> tuple[Any, ...]:
 @lru_cache(maxsize=64)
 def _new_sql(count: int) -> str:
     """PostgreSQL: INSERT ``count`` messages (their columns, row after row) in one statement, in their
-    order, skipping each `received` one whose (facility, control_id) is stored already. One statement
+    order, skipping each `received` one whose (facility, application, control_id) is stored already. One statement
     for the batch, not one per message: each statement costs the server a round of its own (parse,
     plan, execute) besides its rows. The test is a scalar
     subquery, which the planner cannot turn into a join over the whole table (as it may turn NOT EXISTS
@@ -700,8 +723,9 @@ def _new_sql(count: int) -> str:
         f"INSERT INTO inbound_message ({names}, duplicate_count, attempts)"
         f" SELECT {names}, 0, 0 FROM (VALUES {rows}) AS u({names}, n)"
         " WHERE u.state <> 'received' OR (SELECT 1 FROM inbound_message m"
-        " WHERE m.facility = u.facility AND m.control_id = u.control_id LIMIT 1) IS NULL"
-        " ORDER BY n RETURNING id, facility, control_id"
+        " WHERE m.facility = u.facility AND m.application = u.application"
+        " AND m.control_id = u.control_id LIMIT 1) IS NULL"
+        " ORDER BY n RETURNING id, facility, application, control_id"
     )
 
 
@@ -731,6 +755,30 @@ def _fail(waiter: Future[Accepted] | Ticket, exc: Exception) -> None:
         waiter.done = True
     elif not waiter.done():
         waiter.set_exception(exc)
+
+
+def sender_key(h: hl7.Header) -> str:
+    """Who sent a message, as the ``sender`` table knows it: the MSH-4 facility, else (MSH-4 empty) the
+    MSH-3 application; "" when both are empty."""
+    return h.sending_facility or h.sending_application
+
+
+def _guess_sender(raw: bytes) -> tuple[str, str]:
+    """(MSH-4, MSH-3) of a message whose MSH failed checks, as far as the line splits."""
+    line = hl7.strip_bom(raw).lstrip(b"\r\n\t ").split(b"\r", 1)[0].split(b"\n", 1)[0]
+    if not line.startswith(b"MSH") or len(line) < 8:
+        return "", ""
+    parts = line.split(line[3:4])
+    comp = parts[1][:1] if len(parts) > 1 and parts[1] else b"^"
+
+    def hd(n: int) -> str:
+        if n >= len(parts):
+            return ""
+        first, _, rest = parts[n].partition(comp)
+        value = first or rest.split(comp, 1)[0]
+        return value.decode("latin-1", "replace").strip()[:200]
+
+    return hd(3), hd(2)
 
 
 def _guess_control_id(raw: bytes) -> str:

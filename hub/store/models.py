@@ -59,7 +59,8 @@ class InboundMessage(Base):
 
     __tablename__ = "inbound_message"
     __table_args__ = (
-        Index("ix_inbound_message_control", "facility", "control_id"),
+        # The duplicate key: HL7 makes MSH-10 unique per sending application (MSH-3) of a facility (MSH-4).
+        Index("ix_inbound_message_control", "facility", "application", "control_id"),
         Index("ix_inbound_message_state", "state", "id"),
         Index("ix_inbound_message_patient", "patient_key", "id"),
         Index("ix_inbound_message_received", "received_at"),
@@ -68,6 +69,7 @@ class InboundMessage(Base):
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     sender_id: Mapped[int | None] = mapped_column(ForeignKey("sender.id"))
     facility: Mapped[str] = mapped_column(String(200), default="")  # MSH-4 as sent ("" when unreadable)
+    application: Mapped[str] = mapped_column(String(200), default="", server_default="")  # MSH-3 as sent
     control_id: Mapped[str] = mapped_column(String(200), default="")  # MSH-10
     message_type: Mapped[str] = mapped_column(String(40), default="")  # MSH-9.1^MSH-9.2, e.g. ORU^R01
     message_structure: Mapped[str] = mapped_column(String(40), default="")  # MSH-9.3 or derived

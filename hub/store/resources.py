@@ -21,6 +21,7 @@ from sqlalchemy.orm.util import identity_key
 from hub.errors import Conflict, Gone, NotFound
 from hub.store import bulk, contributions, deferred
 from hub.store.models import Resource, ResourceVersion
+from hub.store.search_params import compartment_paths, walk
 
 # One write: (resource_type, id, the resource's pk, the stored dict or None when deleted, the stored dict
 # it replaced or None when there was no live version: a new resource, or one deleted before).
@@ -80,8 +81,17 @@ def _strip_meta(resource: dict[str, Any]) -> dict[str, Any]:
 
 def _patient_of(resource: dict[str, Any]) -> str | None:
     """The Patient compartment a resource belongs to (its own id for a Patient)."""
-    if resource.get("resourceType") == "Patient":
+    rtype = resource.get("resourceType")
+    if rtype == "Patient":
         return str(resource["id"])
+    paths = compartment_paths(str(rtype))
+    if paths:  # FHIR R4's Patient CompartmentDefinition: its parameters, in its order
+        for path in paths:
+            for ref in walk(resource, path):
+                target = ref.get("reference", "") if isinstance(ref, dict) else ""
+                if isinstance(target, str) and target.startswith("Patient/"):
+                    return target[8:]
+        return None
     for key in ("subject", "patient", "beneficiary"):
         ref = resource.get(key)
         if isinstance(ref, dict):

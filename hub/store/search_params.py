@@ -359,7 +359,8 @@ _DEFINITIONS: dict[str, tuple[SearchParam, ...]] = {
         _p("status", TOKEN, "status"),
         _p("type", TOKEN, "type"),
         _p("beneficiary", REFERENCE, "beneficiary", _PAT),
-        _p("patient", REFERENCE, "beneficiary", _PAT),
+        # R4's Patient compartment: beneficiary, subscriber or policy-holder.
+        _p("patient", REFERENCE, "beneficiary|subscriber|policyHolder", _PAT),
         _p("subscriber", REFERENCE, "subscriber"),
         _p("policy-holder", REFERENCE, "policyHolder"),
         _p("payor", REFERENCE, "payor"),
@@ -430,6 +431,58 @@ _DEFINITIONS: dict[str, tuple[SearchParam, ...]] = {
         _p("when", DATE, "occurred[x]"),
         _p("signature-type", TOKEN, "signature.type"),
     ),
+    "Account": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("type", TOKEN, "type"),
+        _p("name", STRING, "name"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("owner", REFERENCE, "owner", "Organization"),
+        _p("period", DATE, "servicePeriod"),
+    ),
+    "ChargeItem": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("code", TOKEN, "code"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("context", REFERENCE, "context"),
+        _p("occurrence", DATE, "occurrence[x]"),
+        _p("entered-date", DATE, "enteredDate"),
+        _p("account", REFERENCE, "account", "Account"),
+        _p("quantity", QUANTITY, "quantity"),
+        _p("performer-actor", REFERENCE, "performer.actor"),
+    ),
+    "EpisodeOfCare": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("type", TOKEN, "type"),
+        _p("patient", REFERENCE, "patient", _PAT),
+        _p("organization", REFERENCE, "managingOrganization", "Organization"),
+        _p("date", DATE, "period"),
+        _p("condition", REFERENCE, "diagnosis.condition", "Condition"),
+        _p("care-manager", REFERENCE, "careManager"),
+    ),
+    "MedicationAdministration": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("code", TOKEN, "medicationCodeableConcept"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("context", REFERENCE, "context"),
+        _p("effective-time", DATE, "effective[x]"),
+        _p("request", REFERENCE, "request", "MedicationRequest"),
+        _p("performer", REFERENCE, "performer.actor"),
+    ),
+    "CareTeam": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("category", TOKEN, "category"),
+        _p("subject", REFERENCE, "subject"),
+        _p("patient", REFERENCE, "subject", _PAT),
+        _p("participant", REFERENCE, "participant.member"),
+        _p("date", DATE, "period"),
+    ),
     "AuditEvent": (
         _p("date", DATE, "recorded"),
         _p("type", TOKEN, "type"),
@@ -479,7 +532,57 @@ CLINICAL_DATE: dict[str, str] = {
     "Provenance": "recorded",
     "AuditEvent": "date",
     "RiskAssessment": "date",
+    "ChargeItem": "entered-date",
+    "EpisodeOfCare": "date",
+    "MedicationAdministration": "effective-time",
+    "CareTeam": "date",
 }
+
+# FHIR R4's Patient CompartmentDefinition (http://hl7.org/fhir/CompartmentDefinition/patient), for the
+# types this hub keeps: the search parameters that put a resource in a patient's compartment, in the
+# definition's order. A resource is in the compartment of the first Patient these parameters refer to.
+PATIENT_COMPARTMENT: dict[str, tuple[str, ...]] = {
+    "Account": ("subject",),
+    "AllergyIntolerance": ("patient", "recorder", "asserter"),
+    "Appointment": ("actor",),
+    "AuditEvent": ("patient",),
+    "CareTeam": ("patient", "participant"),
+    "ChargeItem": ("subject",),
+    "Condition": ("patient", "asserter"),
+    "Coverage": ("policy-holder", "subscriber", "beneficiary", "payor"),
+    "DiagnosticReport": ("subject",),
+    "DocumentReference": ("subject", "author"),
+    "Encounter": ("patient",),
+    "EpisodeOfCare": ("patient",),
+    "Immunization": ("patient",),
+    "MedicationAdministration": ("patient", "performer", "subject"),
+    "MedicationDispense": ("subject", "patient", "receiver"),
+    "MedicationRequest": ("subject",),
+    "Observation": ("subject", "performer"),
+    "Procedure": ("patient", "performer"),
+    "Provenance": ("patient",),
+    "RelatedPerson": ("patient",),
+    "RiskAssessment": ("subject",),
+    "ServiceRequest": ("subject", "performer", "requester"),
+    "Specimen": ("subject",),
+}
+
+
+def compartment_paths(resource_type: str) -> tuple[str, ...]:
+    """The element paths of ``resource_type``'s Patient-compartment parameters (those it registers)."""
+    found = _COMPARTMENT_PATHS.get(resource_type)
+    if found is None:
+        params = params_of(resource_type)
+        paths: list[str] = []
+        for name in PATIENT_COMPARTMENT.get(resource_type, ()):
+            param = params.get(name)
+            if param is not None and param.type == REFERENCE:
+                paths.extend(p for p in param.paths if p not in paths)
+        found = _COMPARTMENT_PATHS[resource_type] = tuple(paths)
+    return found
+
+
+_COMPARTMENT_PATHS: dict[str, tuple[str, ...]] = {}
 
 
 def params_of(resource_type: str) -> dict[str, SearchParam]:

@@ -174,10 +174,11 @@ def test_duplicate_lookup_searches_the_index(engine: Engine) -> None:
     finally:
         intake.stop()
     assert intake.stats.batches == 2  # IX0 alone, then IX1-IX3 in one commit
-    # The statement the committer sends to the driver for that commit: three control ids, one facility.
-    statement = intake._earlier_sql(3, 1)
-    assert intake._earlier_cache[(3, 1)] == statement
-    params = ("IX1", "IX2", "IX3", "RSUD_SEHAT")
+    # The statement the committer sends to the driver for that commit: three control ids, one facility,
+    # one application.
+    statement = intake._earlier_sql(3, 1, 1)
+    assert intake._earlier_cache[(3, 1, 1)] == statement
+    params = ("RSUD_SEHAT", "SIMRS", "IX1", "IX2", "IX3")
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             plan = " ".join(
@@ -322,3 +323,89 @@ def test_ack_msh7_is_the_present_second_or_the_given_instant() -> None:
         time.sleep(0.6)
     given = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert parse(build_ack(header, "AA", now=given)).get("MSH-7") == "20260102030405+0000"
+
+
+def _from(app: str, facility: str, control: str, family: str = "Santoso") -> bytes:
+    """An ADT^A01 from MSH-3 ``app`` at MSH-4 ``facility``."""
+    return adt(control, family=family, facility=facility).replace("|SIMRS|", f"|{app}|", 1).encode()
+
+
+def test_two_applications_of_one_facility_reusing_a_control_id_are_two_messages(engine: Engine) -> None:
+    dispatched: list[int] = []
+    intake = Intake(engine, Settings(), dispatched.extend)
+    lab = intake.accept(_from("LIS", "RSUD_SEHAT", "1001", family="Santoso"))
+    adm = intake.accept(_from("SIMRS", "RSUD_SEHAT", "1001", family="Wijaya"))
+    assert lab.code == adm.code == "AA" and not adm.duplicate
+    rows = _rows(engine)
+    assert [(r.application, r.facility, r.control_id, r.state) for r in rows] == [
+        ("LIS", "RSUD_SEHAT", "1001", "received"),
+        ("SIMRS", "RSUD_SEHAT", "1001", "received"),
+    ]
+    assert dispatched == [rows[0].id, rows[1].id]
+    # Same key and same content: a duplicate (the original ACK, nothing stored).
+    again = intake.accept(_from("LIS", "RSUD_SEHAT", "1001", family="Santoso"))
+    assert again.duplicate and again.ack == lab.ack and again.message_id == rows[0].id
+    # Same key, other content: held, as before.
+    other = intake.accept(_from("LIS", "RSUD_SEHAT", "1001", family="Lain"))
+    assert other.code == "AE" and other.state == "held"
+    assert [r.state for r in _rows(engine)] == ["received", "received", "held"]
+
+
+def test_two_applications_in_one_commit_are_two_messages(engine: Engine) -> None:
+    """Both in one batch (the PostgreSQL pipelined path takes it whole: the keys differ)."""
+    intake = _intake(engine)
+    batch = []
+    for app in ("LIS", "RIS"):
+        item = _Item(raw=_from(app, "RSUD_SEHAT", "7"), transport="mllp", future=Future())
+        intake._prepare(item)
+        batch.append(item)
+    intake._commit(batch)
+    codes = [item.future.result().code for item in batch]  # type: ignore[union-attr]
+    assert codes == ["AA", "AA"]
+    assert [(r.application, r.state) for r in _rows(engine)] == [("LIS", "received"), ("RIS", "received")]
+
+
+def test_empty_msh4_is_accepted_while_registration_is_open(engine: Engine) -> None:
+    dispatched: list[int] = []
+    intake = Intake(engine, Settings(), dispatched.extend)
+    res = intake.accept(_from("PUSKESMAS_APP", "", "E1"))
+    assert res.code == "AA" and res.ack is not None
+    assert "not registered" not in res.ack
+    (row,) = _rows(engine)
+    assert row.state == "received" and row.facility == "" and row.application == "PUSKESMAS_APP"
+    assert dispatched == [row.id]
+    with Session(engine) as s:
+        sender = s.scalars(select(Sender)).one()
+        assert sender.facility == "PUSKESMAS_APP" and sender.auto_registered and row.sender_id == sender.id
+
+
+def test_empty_msh3_and_msh4_is_rejected_without_saying_not_registered(engine: Engine) -> None:
+    intake = _intake(engine)
+    res = intake.accept(_from("", "", "E2"))
+    assert res.code == "AR" and res.ack is not None
+    ack = parse(res.ack)
+    assert ack.get("ERR-3") == "101" and "not registered" not in res.ack
+    (row,) = _rows(engine)
+    assert row.state == "rejected" and row.error_code == "hl7-101"
+
+
+def test_rejected_message_keeps_the_facility_and_application_it_named(engine: Engine) -> None:
+    intake = _intake(engine, open_registration=False)
+    closed = intake.accept(_from("LIS", "STRANGER", "R1"))
+    assert closed.code == "AR"
+    unreadable = intake.accept(
+        b"MSH|^~\\&|LIS^1.2.3^ISO|^2.16.360.1^ISO|B|C|20260101||ADT^A01||P|2.5\rPID|1\r"
+    )
+    assert unreadable.code == "AR"  # no MSH-10
+    rows = _rows(engine)
+    assert [(r.application, r.facility, r.state) for r in rows] == [
+        ("LIS", "STRANGER", "rejected"),
+        ("LIS", "2.16.360.1", "rejected"),
+    ]
+
+
+def test_closed_registration_names_msh3_when_msh4_is_empty(engine: Engine) -> None:
+    intake = _intake(engine, open_registration=False)
+    res = intake.accept(_from("LIS", "", "R2"))
+    assert res.code == "AR" and res.ack is not None
+    assert "'LIS' (MSH-3" in parse(res.ack).get("ERR-8")

@@ -36,6 +36,11 @@ def test_alias_migration_lists_the_aliases_the_extraction_skips() -> None:
         for rtype, aliases in ALIASES.items()
         for name, stored in aliases.items()
     }
+    # Since 0008: Coverage's patient is beneficiary, subscriber or policy-holder (rows of its own, which
+    # 0008 writes), and the types 0008 registers alias their patient to subject (they had no rows).
+    del frozen[("Coverage", "patient")]
+    for rtype in ("Account", "CareTeam", "ChargeItem", "MedicationAdministration"):
+        frozen[(rtype, "patient")] = ("reference", "subject", ("Patient",))
     assert frozen == current
 
 
