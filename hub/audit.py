@@ -124,10 +124,20 @@ def append(engine: Engine, events: Sequence[Event]) -> list[int]:
         conn.execute(text("UPDATE audit_head SET last_id = last_id WHERE id = 1"))
         head = conn.execute(select(AuditHead.last_id, AuditHead.last_hash).where(AuditHead.id == 1)).first()
         if head is None:
-            conn.execute(insert(AuditHead), {"id": 1, "last_id": 0, "last_hash": GENESIS})
-            last_id, last_hash = 0, GENESIS
-        else:
-            last_id, last_hash = int(head.last_id), str(head.last_hash)
+            # The chain's first append: two writers may both find no head; the loser waits for the
+            # winner's row (PostgreSQL: ON CONFLICT) and chains onto it.
+            conn.execute(
+                text(
+                    "INSERT INTO audit_head (id, last_id, last_hash) VALUES (1, 0, :h) ON CONFLICT (id) DO NOTHING"
+                ),
+                {"h": GENESIS},
+            )
+            conn.execute(text("UPDATE audit_head SET last_id = last_id WHERE id = 1"))
+            head = conn.execute(
+                select(AuditHead.last_id, AuditHead.last_hash).where(AuditHead.id == 1)
+            ).first()
+            assert head is not None
+        last_id, last_hash = int(head.last_id), str(head.last_hash)
         rows = []
         ids = []
         for ev in events:

@@ -177,8 +177,10 @@ def test_reused_numbers_for_another_patient_leave_each_patient_its_own_record(
     assert all(one[k]["meta"]["versionId"] == before[k]["meta"]["versionId"] for k in one)
     # The patients' own resources (those naming a Patient) are two sets apart; what they share is
     # what names no patient (the doctors, the hospital, its wards).
-    mine1 = {k for k, r in one.items() if _patient_refs(r)}
-    mine2 = {k for k, r in two.items() if _patient_refs(r)}
+    # A message's Provenance is in its patient's compartment (its target names the Patient) and belongs
+    # to that patient alone, like the resources naming a Patient.
+    mine1 = {k for k, r in one.items() if _patient_refs(r) or k.startswith("Provenance/")}
+    mine2 = {k for k, r in two.items() if _patient_refs(r) or k.startswith("Provenance/")}
     assert not mine1 & mine2 and len(mine1) == len(mine2) > 10
     assert {f"Patient/{g1}", f"Patient/{P1}"} <= one.keys() and not {
         f"Patient/{g2}",
