@@ -420,12 +420,12 @@ def _batches(
     conditions = [R.resource_type == rtype, R.deleted.is_(False), R.last_updated <= job.transaction_time]
     if since is not None:
         conditions.append(R.last_updated > since)
-    if job.level != "system":
-        chunk_ids = list(patients)
-        if rtype == "Patient":
-            conditions.append(R.id.in_(chunk_ids) if chunk_ids else R.id.is_not(None))
-        else:
-            conditions.append(R.patient_id.in_(chunk_ids) if chunk_ids else R.patient_id.is_not(None))
+    if job.level == "group":  # the Group's patients only (none: nothing to export)
+        if not patients:
+            return
+        conditions.append((R.id if rtype == "Patient" else R.patient_id).in_(list(patients)))
+    elif job.level == "patient" and rtype != "Patient":  # every patient's compartment
+        conditions.append(R.patient_id.is_not(None))
     last = 0
     while True:
         with engine.connect() as conn:

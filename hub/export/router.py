@@ -148,7 +148,7 @@ def _group_members(session: Any, group_id: str) -> list[str]:
             ids.append(ref[8:])
     for ch in group.get("characteristic") or []:
         ids.extend(_having(session, ch))
-    return expand_patients(session, ids) if ids else ["\x00none"]
+    return expand_patients(session, ids) if ids else []
 
 
 def _having(session: Any, characteristic: dict[str, Any]) -> list[str]:

@@ -230,6 +230,9 @@ def test_patient_and_group_exports(
     # Joko's records only: the golden Patient and its source (identified exports carry both)
     assert {p["name"][0]["family"] for p in group["Patient"]} == {"Hartawan"}
     assert "Observation" not in group  # Joko has no results
+    put({"resourceType": "Group", "id": "empty", "type": "person", "actual": True})
+    _, nobody = _export(api, engine, export_settings, "admin", path="/fhir/Group/empty/$export")
+    assert nobody == {}  # a Group without members exports nothing
     missing = api.get("/fhir/Group/nope/$export", headers={**ASYNC, **_auth(export_settings, "admin")})
     assert missing.status_code == 404
     assert missing.json()["resourceType"] == "OperationOutcome"
