@@ -354,7 +354,7 @@ def _before_read(table: str, at: int, values: Iterable[str]) -> None:
     if current is None or not current[1].rows.get(table):
         return
     wanted = set(values)
-    if any(row[at] in wanted for row in current[1].rows[table]):
+    if wanted and any(row[at] in wanted for row in current[1].rows[table]):
         current[1].flush(current[0])
 
 
