@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
+from hub.audit import note_results
 from hub.auth import Principal, require_principal
 from hub.errors import BadRequest, Forbidden, NotAcceptable, PayloadTooLarge
 from hub.fhir_api import access as patient_access
@@ -153,6 +154,7 @@ def run_search(
     page.included = _readable(principal, page.included)
     if access == "patient":
         page.included = patient_access.filter_rows(session, principal, page.included)
+    note_results(request, page.matches, page.included)
     base = _base(request)
     self_url = f"{base}/{resource_type}" + (f"?{urlencode(params)}" if params else "")
     return bundles.searchset(
@@ -222,6 +224,7 @@ def patient_everything(
         page = fhir_search.everything(session, eq)
     page.matches = _readable(principal, page.matches)
     page.included = _readable(principal, page.included)
+    note_results(request, page.matches, page.included)
     base = _base(request)
     params = list(qp.multi_items())
     path = f"Patient/{patient_id}/$everything"
