@@ -224,7 +224,9 @@ def patient_everything(
         page = fhir_search.everything(session, eq)
     page.matches = _readable(principal, page.matches)
     page.included = _readable(principal, page.included)
-    note_results(request, page.matches, page.included)
+    # The compartment is the named patient's (the trail's patient search covers its linked sources): only
+    # the rows it points at may hold other patients.
+    note_results(request, page.included)
     base = _base(request)
     params = list(qp.multi_items())
     path = f"Patient/{patient_id}/$everything"
