@@ -444,6 +444,7 @@ def create(
         now=now,
         targets=targets,
         facility=writes.identity_facility(principal),
+        writer=principal,
     )
     writes.record_provenance(session, principal, targets, now)
     return _written(request, result)
@@ -472,6 +473,7 @@ def update(
         now=now,
         targets=targets,
         facility=writes.identity_facility(principal),
+        writer=principal,
     )
     writes.record_provenance(session, principal, targets, now)
     return _written(request, result)
@@ -501,6 +503,7 @@ def conditional_update(
         now=now,
         targets=targets,
         facility=writes.identity_facility(principal),
+        writer=principal,
     )
     writes.record_provenance(session, principal, targets, now)
     return _written(request, result)
@@ -515,5 +518,5 @@ def delete(
 ) -> Response:
     fhir_search.check_type(resource_type)
     principal.require(resource_type, "d")
-    writes.delete(session, resource_type, rid)
+    writes.delete(session, resource_type, rid, principal)
     return Response(status_code=204)
