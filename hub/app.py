@@ -24,6 +24,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = Runtime(settings)
         app.state.runtime = runtime
         await runtime.start()
+        from hub.audit import trail_of
+
+        trail_of(app)  # appends what the journal of a killed process holds, before the first request
         try:
             yield
         finally:

@@ -3,10 +3,19 @@
 every refusal (401, 403, 429) — with who (subject, role, client, issuer), what (resource and patient),
 when, from where and the outcome.
 
-**Written off the request path.** :class:`AuditMiddleware` (plain ASGI, a few microseconds a request)
-hands each finished request to :class:`AuditTrail`, whose writer thread appends what gathered in
-``HUB_AUDIT_FLUSH_MS`` in one transaction. Successful HL7 v2 intake is not repeated here: every accepted
-message is already its own row (``inbound_message``); refused intake is audited.
+**Durable before the answer leaves, written off the request path.** :class:`AuditMiddleware` (plain ASGI)
+hands each request to :class:`AuditTrail` as its response starts: the event is appended to a local
+:class:`Journal` (one line, ``fdatasync``'ed unless ``HUB_AUDIT_JOURNAL_SYNC`` is off) before the status
+line is passed on, then queued; the writer thread appends what gathered in ``HUB_AUDIT_FLUSH_MS`` to the
+chain in one transaction and removes the journal segment those events were in. A process that was killed
+leaves its segments behind; the next one to start appends what of them is not in the trail yet
+(:meth:`AuditTrail.recover`). Successful HL7 v2 intake is not repeated here: every accepted message is
+already its own row (``inbound_message``); refused intake is audited.
+
+**Every patient of a search.** A search or ``$everything`` notes the rows it answered with
+(:func:`note_results`: Patient ids, and the ``resource.pk`` of the others); the writer looks up their
+patients in one query per batch and records one event per patient (IHE BALP ``PatientQuery``, whose
+patient entity is 1..1), so a patient's access history finds every search that returned its data.
 
 **Append-only, hash-chained.** Each row's ``hash`` is the SHA-256 of the previous row's hash and the
 row's own fields; the chain's head (last id and hash) is a row of ``audit_head``, updated in the same
@@ -22,14 +31,19 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
+import fcntl
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -75,6 +89,10 @@ class Event:
     purpose: str = ""
     reason: str = ""
     resolve_patient: bool = field(default=False, repr=False)
+    # What a search answered with (note_results): Patient ids, and the resource.pk of the other rows whose
+    # patients the writer looks up. Not stored as such: the event becomes one row per patient.
+    result_patients: tuple[str, ...] = field(default=(), repr=False)
+    result_pks: tuple[int, ...] = field(default=(), repr=False)
 
 
 _FIELDS = (
@@ -119,6 +137,7 @@ def append(engine: Engine, events: Sequence[Event]) -> list[int]:
 
     with write_turn(engine), engine.begin() as conn:
         _resolve_patients(conn, events)
+        events = _per_patient(conn, events)
         # The UPDATE first: it takes the head's row lock (PostgreSQL) or the write lock (SQLite) before the
         # head is read, so two writers never chain onto the same row.
         conn.execute(text("UPDATE audit_head SET last_id = last_id WHERE id = 1"))
@@ -176,6 +195,39 @@ def _resolve_patients(conn: Any, events: Sequence[Event]) -> None:
             e.patient_id = found.get((e.entity_type, e.entity_id))
 
 
+def _per_patient(conn: Any, events: Sequence[Event]) -> list[Event]:
+    """A search's event as one event per patient whose data it returned (BALP ``PatientQuery``): the
+    patients of the noted rows, looked up in one query per 500 rows of the whole batch."""
+    pks = sorted({pk for e in events for pk in e.result_pks})
+    owner: dict[int, str] = {}
+    for i in range(0, len(pks), 500):
+        chunk = pks[i : i + 500]
+        owner.update(
+            conn.execute(
+                select(Resource.pk, Resource.patient_id).where(
+                    Resource.pk.in_(chunk), Resource.patient_id.is_not(None)
+                )
+            ).all()
+        )
+    out: list[Event] = []
+    for e in events:
+        if not (e.result_pks or e.result_patients):
+            out.append(e)
+            continue
+        ids = set(e.result_patients)
+        ids.update(owner[pk] for pk in e.result_pks if pk in owner)
+        if e.patient_id:
+            ids.add(e.patient_id)
+        if not ids:
+            out.append(dataclasses.replace(e, result_pks=(), result_patients=()))
+            continue
+        out.extend(
+            dataclasses.replace(e, patient_id=pid[:64], result_pks=(), result_patients=())
+            for pid in sorted(ids)
+        )
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Broken:
     row_id: int
@@ -223,28 +275,189 @@ def verify(engine: Engine, chunk: int = 5000) -> tuple[int, Broken | None]:
     return checked, None
 
 
-class AuditTrail:
-    """The background writer: :meth:`record` queues (no I/O), the writer thread appends in batches."""
+class Journal:
+    """Append-only local files of the access events not yet in the trail: one JSON line per event,
+    written (and ``fdatasync``'ed when ``sync``) before the response leaves. The writer seals the current
+    segment each cycle (a fresh one takes the new events) and removes it once its events are committed.
+    Each segment is ``flock``'ed by the process that writes it, so a starting process replays only the
+    segments of processes that are gone."""
 
-    def __init__(self, engine: Engine | str, flush_ms: float = 200.0) -> None:
+    SUFFIX = ".audit.jsonl"
+
+    def __init__(self, directory: Path, sync: bool = True) -> None:
+        self.dir = Path(directory)
+        self.sync = sync
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._fd = -1
+        self.path: Path | None = None
+        self._dirty = False
+        self._open()
+
+    def _open(self) -> None:
+        path = self.dir / f"{os.getpid()}-{uuid.uuid4().hex}{self.SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if self.sync:  # the new file's name is durable too
+            dfd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        self._fd, self.path, self._dirty = fd, path, False
+
+    def write(self, event: Event) -> None:
+        os.write(self._fd, orjson.dumps(event) + b"\n")
+        if self.sync:
+            os.fdatasync(self._fd)
+        self._dirty = True
+
+    def seal(self) -> tuple[int, Path] | None:
+        """The current segment, if anything was written to it, replaced by a fresh one."""
+        if not self._dirty or self.path is None:
+            return None
+        sealed = (self._fd, self.path)
+        self._open()
+        return sealed
+
+    @staticmethod
+    def remove(sealed: tuple[int, Path] | None, *, unlink: bool = True) -> None:
+        if sealed is None:
+            return
+        fd, path = sealed
+        if unlink:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        os.close(fd)  # releases its lock: left in place, the next start replays it
+
+    def close(self) -> None:
+        if self.path is not None:
+            self.remove((self._fd, self.path), unlink=not self._dirty)
+            self.path = None
+
+    def orphans(self) -> Iterator[tuple[Path, list[Event]]]:
+        """The segments no living process holds, with their events (a torn last line is skipped); each
+        is locked while the caller handles it and removed when the caller resumes."""
+        for path in sorted(self.dir.glob(f"*{self.SUFFIX}")):
+            if path == self.path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a living process's
+                with os.fdopen(os.dup(fd), "rb") as fh:
+                    data = fh.read()
+                events = []
+                for line in data.split(b"\n"):
+                    if not line:
+                        continue
+                    try:
+                        events.append(_event_of(orjson.loads(line)))
+                    except (orjson.JSONDecodeError, TypeError, ValueError):
+                        log.warning("audit journal %s: an unreadable line was skipped", path.name)
+                yield path, events
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            finally:
+                os.close(fd)
+
+
+def _event_of(raw: dict[str, Any]) -> Event:
+    raw["recorded"] = datetime.fromisoformat(raw["recorded"])
+    raw["result_patients"] = tuple(raw.get("result_patients") or ())
+    raw["result_pks"] = tuple(raw.get("result_pks") or ())
+    return Event(**raw)
+
+
+def _missing(engine: Engine, events: list[Event]) -> list[Event]:
+    """The journal's events the trail does not hold yet (a crash may come after the commit and before
+    the segment's removal): matched on the instant, the request and the agent."""
+    out = []
+    tick = timedelta(milliseconds=1)
+    with engine.connect() as conn:
+        for e in events:
+            at = _utc(e.recorded)
+            found = conn.execute(
+                select(AuditRecord.id)
+                .where(
+                    AuditRecord.recorded >= at - tick,
+                    AuditRecord.recorded <= at + tick,
+                    AuditRecord.method == e.method,
+                    AuditRecord.path == e.path,
+                    AuditRecord.agent == e.agent,
+                    AuditRecord.status == e.status,
+                )
+                .limit(1)
+            ).first()
+            if found is None:
+                out.append(e)
+    return out
+
+
+class AuditTrail:
+    """The background writer: :meth:`record` journals and queues, the writer thread appends in batches."""
+
+    def __init__(self, engine: Engine | str, flush_ms: float = 200.0, journal: Journal | None = None) -> None:
         # An engine (the running hub's), or a URL: then each batch opens an engine of its own and disposes
         # of it (an app served without its lifespan, e.g. `uvicorn --lifespan off`, has none to share).
         self.engine = engine
         self.flush_s = max(flush_ms, 1.0) / 1000.0
+        self.journal = journal
         self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._jlock = threading.Lock()  # journal line and queue order are one: a seal drains the queue
         self._thread: threading.Thread | None = None
         self._pending = 0
         self._idle = threading.Condition()
         self.written = 0
         self.failures = 0
+        self.recovered = 0
 
     def record(self, event: Event) -> None:
-        with self._idle:
-            self._pending += 1
-        self._queue.put(event)
+        with self._jlock:
+            if self.journal is not None:
+                try:
+                    self.journal.write(event)
+                except OSError:
+                    log.exception("could not journal an audit event (it is queued all the same)")
+            with self._idle:
+                self._pending += 1
+            self._queue.put(event)
         if self._thread is None:
             self._start()
+
+    def recover(self) -> int:
+        """Append what the journals of killed processes hold and the trail does not (at start)."""
+        if self.journal is None:
+            return 0
+        n = 0
+        for path, events in self.journal.orphans():
+            missing: list[Event] = self._with_engine(lambda engine, ev=events: _missing(engine, ev))
+            for i in range(0, len(missing), 2000):
+                chunk = missing[i : i + 2000]
+                self._with_engine(lambda engine, c=chunk: append(engine, c))
+            if missing:
+                log.warning(
+                    "audit: %d events of an interrupted process appended from %s", len(missing), path.name
+                )
+            n += len(missing)
+        self.recovered += n
+        return n
+
+    def _with_engine(self, fn: Any) -> Any:
+        if isinstance(self.engine, str):
+            from hub.db import make_engine
+
+            engine = make_engine(self.engine)
+            try:
+                return fn(engine)
+            finally:
+                engine.dispose()
+        return fn(self.engine)
 
     def _start(self) -> None:
         with self._lock:
@@ -260,33 +473,35 @@ class AuditTrail:
             time.sleep(self.flush_s)
             batch = [first]
             stop = False
-            while len(batch) < 2000:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            self._write(batch)
+            with self._jlock:
+                sealed = self.journal.seal() if self.journal is not None else None
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+            ok = True
+            for i in range(0, len(batch), 2000):
+                ok = self._write(batch[i : i + 2000]) and ok
+            # Written: the segment goes. Not written (the store was down): it stays for the next start.
+            Journal.remove(sealed, unlink=ok)
+            with self._idle:
+                self._pending -= len(batch)
+                self._idle.notify_all()
             if stop:
                 return
 
-    def _write(self, batch: list[Event]) -> None:
+    def _write(self, batch: list[Event]) -> bool:
+        ok = False
         for attempt in range(5):
             try:
-                if isinstance(self.engine, str):
-                    from hub.db import make_engine
-
-                    engine = make_engine(self.engine)
-                    try:
-                        append(engine, batch)
-                    finally:
-                        engine.dispose()
-                else:
-                    append(self.engine, batch)
+                self._with_engine(lambda engine: append(engine, batch))
                 self.written += len(batch)
+                ok = True
                 break
             except Exception:  # the store is down: keep the events and try again, then say so
                 if attempt == 4:
@@ -294,9 +509,7 @@ class AuditTrail:
                     log.exception("could not write %d audit events", len(batch))
                 else:
                     time.sleep(0.2 * (attempt + 1))
-        with self._idle:
-            self._pending -= len(batch)
-            self._idle.notify_all()
+        return ok
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until everything recorded so far is written."""
@@ -311,16 +524,30 @@ class AuditTrail:
             self._queue.put(None)
             self._thread.join(timeout=5)
             self._thread = None
+        if self.journal is not None and self._pending == 0:
+            self.journal.close()
 
 
 def trail_of(app: Any) -> AuditTrail:
     trail: AuditTrail | None = getattr(app.state, "audit", None)
     if trail is None:
-        runtime = getattr(app.state, "runtime", None)
-        settings = app.state.settings
-        engine: Engine | str = runtime.engine if runtime is not None else settings.sqlalchemy_url
-        trail = app.state.audit = AuditTrail(engine, settings.audit_flush_ms)
+        with _TRAIL_LOCK:
+            trail = getattr(app.state, "audit", None)
+            if trail is None:
+                runtime = getattr(app.state, "runtime", None)
+                settings = app.state.settings
+                engine: Engine | str = runtime.engine if runtime is not None else settings.sqlalchemy_url
+                journal = Journal(Path(settings.var_dir) / "audit-journal", settings.audit_journal_sync)
+                trail = AuditTrail(engine, settings.audit_flush_ms, journal)
+                try:
+                    trail.recover()
+                except Exception:  # the store is down: the segments stay for the next start
+                    log.exception("could not replay the audit journal")
+                app.state.audit = trail
     return trail
+
+
+_TRAIL_LOCK = threading.Lock()
 
 
 # --- what a request was ---------------------------------------------------------------------------------
@@ -401,6 +628,23 @@ def classify(method: str, path: str, query: str) -> tuple[str, str, str, str, st
     return head, "E" if method != "GET" else "R", "", "", None, False
 
 
+def note_results(request: Any, *row_lists: Iterable[Any]) -> None:
+    """Note the rows a search or ``$everything`` answered with (``hub.fhir_api.search.Row``): the event
+    becomes one per patient whose data they hold. A loop over the page, no query: the writer looks the
+    patients of non-Patient rows up by ``pk``."""
+    state = request.state
+    noted = getattr(state, "audit_results", None)
+    if noted is None:
+        noted = state.audit_results = ([], [])
+    patients, pks = noted
+    for rows in row_lists:
+        for r in rows:
+            if r.resource_type == "Patient":
+                patients.append(r.id)
+            else:
+                pks.append(r.pk)
+
+
 def _outcome(status: int) -> str:
     if status < 400:
         return "0"
@@ -408,7 +652,8 @@ def _outcome(status: int) -> str:
 
 
 class AuditMiddleware:
-    """Plain ASGI (no per-request task or copy of the body): records each finished request."""
+    """Plain ASGI (no per-request task or copy of the body): records each request as its response starts,
+    so the event is journaled before the client sees an answer."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -417,18 +662,21 @@ class AuditMiddleware:
         if scope["type"] != "http" or scope["path"].startswith(PUBLIC):
             await self.app(scope, receive, send)
             return
-        status = [500]
+        recorded = [False]
 
-        async def send_status(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
+        async def send_audited(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and not recorded[0]:
+                recorded[0] = True
+                with contextlib.suppress(Exception):  # auditing must never turn an answer into an error
+                    self._record(scope, int(message["status"]))
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, send_audited)
         finally:
-            with contextlib.suppress(Exception):  # auditing must never turn an answer into an error
-                self._record(scope, status[0])
+            if not recorded[0]:  # no answer was started (the server answers 500)
+                with contextlib.suppress(Exception):
+                    self._record(scope, 500)
 
     def _record(self, scope: dict[str, Any], status: int) -> None:
         state = scope.get("state") or {}
@@ -463,6 +711,9 @@ class AuditMiddleware:
                 ev.purpose, ev.reason = "BTG", principal.emergency
         elif state.get("audit_agent"):
             ev.agent = str(state["audit_agent"])[:200]
+        results = state.get("audit_results")
+        if results is not None and status < 400:
+            ev.result_patients, ev.result_pks = tuple(results[0]), tuple(results[1])
         if state.get("audit_patient"):  # a break-the-glass declaration
             ev.patient_id = str(state["audit_patient"])[:64]
             ev.purpose, ev.reason = "BTG", str(state.get("audit_reason") or "")
@@ -795,4 +1046,14 @@ def rows_as_dicts(rows: Iterable[Any]) -> Iterator[dict[str, Any]]:
         yield {f: getattr(r, f) for f in ("id", *_FIELDS)}
 
 
-__all__ = ["AuditMiddleware", "AuditTrail", "Event", "append", "record_now", "router", "verify"]
+__all__ = [
+    "AuditMiddleware",
+    "AuditTrail",
+    "Event",
+    "Journal",
+    "append",
+    "note_results",
+    "record_now",
+    "router",
+    "verify",
+]

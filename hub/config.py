@@ -141,6 +141,9 @@ class Settings(BaseSettings):
 
     # The audit trail (hub.audit): accesses are written by a background writer at most this late.
     audit_flush_ms: float = 200.0
+    # Each access event is journaled under var_dir/audit-journal before its answer leaves; fdatasync'ed
+    # unless this is off (then it survives a killed process but not a power loss).
+    audit_journal_sync: bool = True
     break_glass_ttl_s: int = 3600  # how long an emergency access lasts
 
     # Ministry statistics (hub.stats): a YAML file of settings (suppression threshold, rounding, age bands,

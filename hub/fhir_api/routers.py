@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
+from hub.audit import note_results
 from hub.auth import Principal, require_principal
 from hub.errors import BadRequest, Forbidden, NotAcceptable, PayloadTooLarge
 from hub.fhir_api import access as patient_access
@@ -153,6 +154,7 @@ def run_search(
     page.included = _readable(principal, page.included)
     if access == "patient":
         page.included = patient_access.filter_rows(session, principal, page.included)
+    note_results(request, page.matches, page.included)
     base = _base(request)
     self_url = f"{base}/{resource_type}" + (f"?{urlencode(params)}" if params else "")
     return bundles.searchset(
@@ -222,6 +224,9 @@ def patient_everything(
         page = fhir_search.everything(session, eq)
     page.matches = _readable(principal, page.matches)
     page.included = _readable(principal, page.included)
+    # The compartment is the named patient's (the trail's patient search covers its linked sources): only
+    # the rows it points at may hold other patients.
+    note_results(request, page.included)
     base = _base(request)
     params = list(qp.multi_items())
     path = f"Patient/{patient_id}/$everything"
@@ -439,6 +444,7 @@ def create(
         now=now,
         targets=targets,
         facility=writes.identity_facility(principal),
+        writer=principal,
     )
     writes.record_provenance(session, principal, targets, now)
     return _written(request, result)
@@ -467,6 +473,7 @@ def update(
         now=now,
         targets=targets,
         facility=writes.identity_facility(principal),
+        writer=principal,
     )
     writes.record_provenance(session, principal, targets, now)
     return _written(request, result)
@@ -496,6 +503,7 @@ def conditional_update(
         now=now,
         targets=targets,
         facility=writes.identity_facility(principal),
+        writer=principal,
     )
     writes.record_provenance(session, principal, targets, now)
     return _written(request, result)
@@ -510,5 +518,5 @@ def delete(
 ) -> Response:
     fhir_search.check_type(resource_type)
     principal.require(resource_type, "d")
-    writes.delete(session, resource_type, rid)
+    writes.delete(session, resource_type, rid, principal)
     return Response(status_code=204)

@@ -2,6 +2,13 @@
 batch Bundles, all through ``hub.store.resources`` (so the version rows and the search index follow) and
 each recorded by a Provenance naming the token's subject, in the caller's transaction.
 
+**A sender writes only its facilities' resources.** Before a sender's write (create, update,
+conditional update, delete, and each Bundle entry) touches a stored resource, :func:`check_owner` asks
+the store who made it: the facilities of the HL7 v2 messages that wrote its versions
+(``resource_version.message_id``) and the ``urn:hub:sender`` agents of the Provenances that target it
+(a message's, and each FHIR write's). A resource another facility, an admin, or nobody known made is
+403; golden Patients are the MPI's. Other roles are not restricted here (their ceilings apply).
+
 A created resource that carries an identifier with system and value gets a deterministic id (uuid5 of
 type, system and value, as the HL7 v2 pipeline does), so a repeated create upserts instead of
 duplicating. Identity linking of FHIR-native Patients is the MPI's (``hub.mpi.service``) to slot in here.
@@ -18,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hub.auth import Principal
@@ -25,8 +33,11 @@ from hub.errors import BadRequest, Forbidden, HubError, NotFound, PreconditionFa
 from hub.fhir_api.bundle import fhir_instant
 from hub.fhir_api.outcome import error_outcome
 from hub.fhir_api.search import check_type, find_ids
-from hub.mpi.service import GOLDEN_TAG
+from hub.mpi.service import GOLDEN_TAG, is_golden
 from hub.store import resources as store
+from hub.store.models import InboundMessage, Resource, ResourceVersion, SearchReference
+
+SENDER_SYSTEM = "urn:hub:sender"  # Provenance.agent.who.identifier of a sending facility (as the v2 maps)
 
 ID_NAMESPACE = uuid.UUID("6f1c9a4e-2b1d-5d8e-9c4a-0d6a1f0e7b21")
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
@@ -97,14 +108,75 @@ def validate(resource: dict[str, Any]) -> None:
         raise Unprocessable("; ".join(problems[:20]), code="processing")
 
 
+def owners(session: Session, resource_type: str, rid: str) -> set[str] | None:
+    """Who made the stored ``resource_type/rid`` (None: it is not stored): ``facility:F`` for each sending
+    facility of its messages and Provenances, ``subject:S`` for a sender's FHIR write recorded before
+    facilities were, ``other:…`` for any other author."""
+    stored = session.execute(
+        select(Resource.content).where(Resource.resource_type == resource_type, Resource.id == rid)
+    ).first()
+    if stored is None:
+        return None
+    if resource_type == "Patient" and is_golden(orjson.loads(stored[0])):
+        return {"other:mpi"}
+    found = {
+        f"facility:{f}"
+        for f in session.scalars(
+            select(InboundMessage.facility)
+            .join(ResourceVersion, ResourceVersion.message_id == InboundMessage.id)
+            .where(ResourceVersion.resource_type == resource_type, ResourceVersion.id == rid)
+            .distinct()
+        )
+    }
+    provenances = session.scalars(
+        select(Resource.content)
+        .join(SearchReference, SearchReference.resource_pk == Resource.pk)
+        .where(
+            SearchReference.target_id == rid,
+            SearchReference.target_type == resource_type,
+            SearchReference.param == "target",
+            SearchReference.resource_type == "Provenance",
+        )
+    )
+    for content in provenances:
+        for agent in orjson.loads(content).get("agent") or []:
+            who = agent.get("who") or {}
+            ident = who.get("identifier") or {}
+            if ident.get("system") == SENDER_SYSTEM and ident.get("value"):
+                found.add(f"facility:{ident['value']}")
+            elif str(who.get("display", "")).startswith("sender:"):
+                found.add(f"subject:{who['display'].removeprefix('sender:')}")
+            elif agent.get("type", {}).get("coding", [{}])[0].get("code") == "author":
+                found.add(f"other:{who.get('display', '')}")
+    return found
+
+
+def check_owner(session: Session, writer: Principal | None, resource_type: str, rid: str) -> None:
+    """403 unless ``writer`` may change the stored ``resource_type/rid``: a sender only what its own
+    facilities made (or a resource not stored yet); every other role is checked by its ceiling alone."""
+    if writer is None or writer.role != "sender":
+        return
+    made_by = owners(session, resource_type, rid)
+    if made_by is None:
+        return
+    mine = {f"facility:{f}" for f in writer.facilities} | {f"subject:{writer.subject}"}
+    if not made_by or not made_by <= mine:
+        raise Forbidden(
+            f"{resource_type}/{rid} was not written by the facilities of sender {writer.subject}: "
+            "a sender changes only its own facilities' resources"
+        )
+
+
 def _put(
     session: Session,
     resource: dict[str, Any],
     now: datetime,
     targets: list[str],
     facility: str | None = None,
+    writer: Principal | None = None,
 ) -> WriteResult:
     validate(resource)
+    check_owner(session, writer, resource["resourceType"], str(resource.get("id")))
     if facility is not None and resource.get("resourceType") == "Patient":
         link_identity(session, resource, facility)
     written = store.upsert(session, resource, now=now)
@@ -122,6 +194,7 @@ def create(
     now: datetime | None = None,
     targets: list[str] | None = None,
     facility: str | None = None,
+    writer: Principal | None = None,
 ) -> WriteResult:
     resource = dict(_check_body(resource_type, body))
     targets = targets if targets is not None else []
@@ -132,7 +205,7 @@ def create(
         if found:
             return _result(session, 200, resource_type, found[0])
     resource["id"] = new_id(resource)
-    return _put(session, resource, now or datetime.now(UTC), targets, facility)
+    return _put(session, resource, now or datetime.now(UTC), targets, facility, writer)
 
 
 def update(
@@ -145,6 +218,7 @@ def update(
     now: datetime | None = None,
     targets: list[str] | None = None,
     facility: str | None = None,
+    writer: Principal | None = None,
 ) -> WriteResult:
     resource = _check_body(resource_type, body)
     _check_id(rid)
@@ -157,7 +231,9 @@ def update(
             raise PreconditionFailed(f"{resource_type}/{rid} does not exist (If-Match {if_match})") from exc
         if if_match.strip().removeprefix("W/").strip('"') != str(version):
             raise PreconditionFailed(f"{resource_type}/{rid} is at version {version}, not {if_match}")
-    return _put(session, resource, now or datetime.now(UTC), targets if targets is not None else [], facility)
+    return _put(
+        session, resource, now or datetime.now(UTC), targets if targets is not None else [], facility, writer
+    )
 
 
 def conditional_update(
@@ -169,6 +245,7 @@ def conditional_update(
     now: datetime | None = None,
     targets: list[str] | None = None,
     facility: str | None = None,
+    writer: Principal | None = None,
 ) -> WriteResult:
     resource = dict(_check_body(resource_type, body))
     found = _find_source_ids(session, resource_type, criteria)
@@ -182,10 +259,13 @@ def conditional_update(
         resource["id"] = found[0]
     else:
         resource["id"] = _check_id(str(resource.get("id") or new_id(resource)))
-    return _put(session, resource, now or datetime.now(UTC), targets if targets is not None else [], facility)
+    return _put(
+        session, resource, now or datetime.now(UTC), targets if targets is not None else [], facility, writer
+    )
 
 
-def delete(session: Session, resource_type: str, rid: str) -> None:
+def delete(session: Session, resource_type: str, rid: str, writer: Principal | None = None) -> None:
+    check_owner(session, writer, resource_type, rid)
     store.delete(session, resource_type, rid)
 
 
@@ -225,7 +305,14 @@ def record_provenance(session: Session, principal: Principal, targets: list[str]
                             }
                         ]
                     },
-                    "who": {"display": f"{principal.role}:{principal.subject}"},
+                    "who": {
+                        "display": f"{principal.role}:{principal.subject}",
+                        **(
+                            {"identifier": {"system": SENDER_SYSTEM, "value": identity_facility(principal)}}
+                            if principal.role == "sender"
+                            else {}
+                        ),
+                    },
                 }
             ],
         },
@@ -335,7 +422,7 @@ def _apply(
         principal.require(rtype, "d")
         if len(parts) != 2:
             raise BadRequest("conditional delete is not supported")
-        store.delete(session, rtype, parts[1])
+        delete(session, rtype, parts[1], principal)
         return b'{"response":{"status":"204 No Content"}}'
     resource = entry.get("resource")
     if method == "POST":
@@ -343,7 +430,7 @@ def _apply(
         if "_assigned" in entry:
             res = dict(_check_body(rtype, resource))
             res["id"] = entry["_assigned"]
-            result = _put(session, res, now, targets, facility)
+            result = _put(session, res, now, targets, facility, principal)
         else:
             result = create(
                 session,
@@ -353,6 +440,7 @@ def _apply(
                 now=now,
                 targets=targets,
                 facility=facility,
+                writer=principal,
             )
     elif method == "PUT":
         principal.require(rtype, "u")
@@ -366,10 +454,18 @@ def _apply(
                 now=now,
                 targets=targets,
                 facility=facility,
+                writer=principal,
             )
         elif query:
             result = conditional_update(
-                session, rtype, parse_qsl(query), resource, now=now, targets=targets, facility=facility
+                session,
+                rtype,
+                parse_qsl(query),
+                resource,
+                now=now,
+                targets=targets,
+                facility=facility,
+                writer=principal,
             )
         else:
             raise BadRequest("PUT needs Type/id or Type?criteria")

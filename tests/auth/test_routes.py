@@ -19,6 +19,8 @@ from sqlalchemy import Engine
 
 from hub.app import create_app
 from hub.auth import issue_token
+from hub.db import session_scope
+from hub.store import resources
 from tests.auth.conftest import FACILITY, make_settings
 from tests.builders import adt
 from tests.fhir_api import builders as b
@@ -154,6 +156,18 @@ def setup(database_url: str, tmp_path: Path, engine: Engine) -> dict[str, Any]:
     callers["idp-clinician"] = {
         "Authorization": "Bearer " + idp_token(trusted, "trusted", roles=["clinician"], scope="user/*.rs")
     }
+    # The sender's facility made the record's Patient and Organization (a sender changes only those).
+    with session_scope(engine) as session:
+        resources.upsert(
+            session,
+            {
+                "resourceType": "Provenance",
+                "id": "prov-route",
+                "target": [{"reference": "Patient/p1"}, {"reference": "Organization/org1"}],
+                "recorded": "2024-01-01T00:00:00Z",
+                "agent": [{"who": {"identifier": {"system": "urn:hub:sender", "value": FACILITY}}}],
+            },
+        )
     for role in ROLES:  # admin last: its deletes come after every other caller's reads
         facilities = [FACILITY] if role == "sender" else None
         callers[role] = {"Authorization": "Bearer " + issue_token(settings, role, facilities=facilities)}
