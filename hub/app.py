@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 audit.stop()  # what was recorded is written before the store closes
             await runtime.stop()
 
-    app = FastAPI(title="hub", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="hub", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
 
     from hub.audit import AuditMiddleware
@@ -51,6 +51,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     install_error_handlers(app)
+
+    from hub.site import router as site_router
+
+    app.include_router(site_router)  # `/` and the API reference at /docs, its assets served from here
 
     from hub.ingest.http import router as hl7_router
     from hub.ingest.operator import router as operator_router
