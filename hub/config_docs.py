@@ -178,7 +178,15 @@ SECTIONS: list[tuple[str, str, list[Entry]]] = [
                 "requests a second per API client (its client id, else the token's subject; 0: no limit)",
             ),
             ("rate_api_burst", "burst of requests per API client"),
-            ("audit_flush_ms", "accesses are written to the audit trail at most this late"),
+            (
+                "audit_flush_ms",
+                "accesses, journaled before each answer leaves, reach the audit trail at most this late",
+            ),
+            (
+                "audit_journal_sync",
+                "fdatasync the audit journal before each answer (off: it survives a killed process,"
+                " not a power loss)",
+            ),
         ],
     ),
     (
