@@ -169,3 +169,16 @@ def test_send_without_a_hub_says_so(tmp_path: Path) -> None:
     result = runner.invoke(app, ["send", str(f), "--port", str(free_port()), "--timeout", "2"])
     assert result.exit_code == 2
     assert "cannot connect to MLLP" in result.output
+
+
+def test_the_shipped_batch_file_imports_and_processes(cli_env: str, engine: Engine) -> None:
+    """``fixtures/batch/``: the sample batch file the documentation points at loads as it is."""
+    batch = Path(__file__).resolve().parent.parent / "fixtures" / "batch" / "pkm_menteng_history.hl7"
+    result = runner.invoke(app, ["import", str(batch)])
+    assert result.exit_code == 0, result.output
+    summary = _summary(result.output)
+    assert summary["total"] == summary["accepted"] >= 3, summary
+    with Session(engine) as s:
+        rows = list(s.scalars(select(InboundMessage)))
+    assert len(rows) == summary["accepted"]
+    assert {r.state for r in rows} == {"processed"}, [(r.control_id, r.state, r.error_code) for r in rows]
