@@ -207,3 +207,21 @@ def test_every_route_the_pages_name_exists(tmp_path: Path) -> None:
                     wrong.append(f"{path.relative_to(ROOT)}: {route}")
     assert wrong == []
     assert seen > 50
+
+
+def _anchors(page: Path) -> set[str]:
+    """The anchors of a page's headings, as GitHub makes them (lower case, punctuation dropped, spaces to
+    hyphens)."""
+    headings = re.findall(r"^#{1,6} +(.+?) *$", FENCE.sub("", page.read_text(encoding="utf-8")), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("path", USER_TEXTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_to_a_section_name_one_that_exists(path: Path) -> None:
+    links = re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", path.read_text(encoding="utf-8"))
+    broken = [
+        f"{target}#{anchor}"
+        for target, anchor in links
+        if "://" not in target and anchor not in _anchors(path.parent / target if target else path)
+    ]
+    assert broken == []
