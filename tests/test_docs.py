@@ -68,6 +68,13 @@ def test_readme_links_every_docs_page() -> None:
     assert [p.name for p in PAGES if f"(docs/{p.name})" not in readme] == []
 
 
+def test_readme_is_a_start_not_the_manual() -> None:
+    """What the hub is, the two commands, the tour and where to go next: the rest is in docs/."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 200
+    assert "make run" in readme and "make test" in readme and "## A five-minute tour" in readme
+
+
 @pytest.mark.parametrize("path", USER_TEXTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
