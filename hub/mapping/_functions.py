@@ -1020,6 +1020,38 @@ CONDITIONS: dict[str, ConditionFn] = {
 }
 
 
+def _whole_field(fn: ConditionFn) -> ConditionFn:
+    """A condition that reads the field's raw first repetition (every component), not its first value."""
+    fn.whole_field = True  # type: ignore[attr-defined]
+    return fn
+
+
+def is_vaccine_code(raw: str, rt: Runtime, systems: list[Any]) -> bool:
+    """A CWE (RXA-5 administered code) names a vaccine: one of its codings (CWE-1..3, the alternate
+    CWE-4..6, the second alternate CWE-10..12) is in a vaccine code system (``systems``: CVX, HL70292 …)
+    or is an ATC code of group J07 (vaccines)."""
+    first = raw.split(rt.enc.repetition, 1)[0] if raw else ""
+    if not first or first == '""':
+        return False
+    c = [*rt.texts(first, 0), *[""] * 12]
+    wanted = {str(s).upper() for s in systems}
+    for code, system in ((c[0], c[2]), (c[3], c[5]), (c[9], c[11])):
+        name = system.upper()
+        if not code:
+            continue
+        if name in wanted or coding_system(rt, system) == "http://hl7.org/fhir/sid/cvx":
+            return True
+        if name == "ATC" and code.upper().startswith("J07"):
+            return True
+    return False
+
+
+CONDITIONS["vaccine_code"] = _whole_field(is_vaccine_code)
+CONDITIONS["not_vaccine_code"] = _whole_field(
+    lambda v, rt, a: bool(v.strip()) and not is_vaccine_code(v, rt, a)
+)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Id functions: (segment index, rt) -> key parts, or None when the rule does not apply.
 
