@@ -1020,6 +1020,38 @@ CONDITIONS: dict[str, ConditionFn] = {
 }
 
 
+def _whole_field(fn: ConditionFn) -> ConditionFn:
+    """A condition that reads the field's raw first repetition (every component), not its first value."""
+    fn.whole_field = True  # type: ignore[attr-defined]
+    return fn
+
+
+def is_vaccine_code(raw: str, rt: Runtime, systems: list[Any]) -> bool:
+    """A CWE (RXA-5 administered code) names a vaccine: one of its codings (CWE-1..3, the alternate
+    CWE-4..6, the second alternate CWE-10..12) is in a vaccine code system (``systems``: CVX, HL70292 …)
+    or is an ATC code of group J07 (vaccines)."""
+    first = raw.split(rt.enc.repetition, 1)[0] if raw else ""
+    if not first or first == '""':
+        return False
+    c = [*rt.texts(first, 0), *[""] * 12]
+    wanted = {str(s).upper() for s in systems}
+    for code, system in ((c[0], c[2]), (c[3], c[5]), (c[9], c[11])):
+        name = system.upper()
+        if not code:
+            continue
+        if name in wanted or coding_system(rt, system) == "http://hl7.org/fhir/sid/cvx":
+            return True
+        if name == "ATC" and code.upper().startswith("J07"):
+            return True
+    return False
+
+
+CONDITIONS["vaccine_code"] = _whole_field(is_vaccine_code)
+CONDITIONS["not_vaccine_code"] = _whole_field(
+    lambda v, rt, a: bool(v.strip()) and not is_vaccine_code(v, rt, a)
+)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Id functions: (segment index, rt) -> key parts, or None when the rule does not apply.
 
@@ -1749,3 +1781,131 @@ def fn_administration_part_of(raws: list[str], index: int, rt: Runtime, args: di
         if made is not None and made.get("id"):
             return {"reference": f"{made['resourceType']}/{made['id']}"}
     return None
+
+
+# The R5 element Observation.specimen (0..1) as the IG's cross-version extension, for an OBX-33 that
+# names several specimens (V2-to-FHIR IG OBX[Observation]: IF OBX-33 COUNT>1).
+OBSERVATION_SPECIMEN_URL = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Observation.specimen"
+
+
+@_segment_fn("related_specimen")
+def fn_related_specimen(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-33 (observation related specimen identifier, EIP, repeating) with one repetition → a
+    Reference to that Specimen, made and keyed as SPM.Specimen keys it (V2-to-FHIR IG OBX[Observation]:
+    specimen when OBX-33 COUNT=1). With several repetitions: none (see :func:`fn_related_specimens`)."""
+    raw = ([*raws, ""])[0]
+    if not raw or raw == '""' or rt.enc.repetition in raw.strip(rt.enc.repetition):
+        return None
+    refs = fn_specimen_parent([raw.strip(rt.enc.repetition)], index, rt, {})
+    return refs[0] if refs else None
+
+
+@_segment_fn("related_specimens")
+def fn_related_specimens(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-33 with several repetitions → one extension (R5 Observation.specimen) per Specimen, each
+    made and keyed as SPM.Specimen keys it (V2-to-FHIR IG OBX[Observation]: IF OBX-33 COUNT>1)."""
+    raw = ([*raws, ""])[0]
+    reps = [r for r in raw.split(rt.enc.repetition) if r and r != '""'] if raw else []
+    if len(reps) < 2:
+        return None
+    refs = fn_specimen_parent([rt.enc.repetition.join(reps)], index, rt, {}) or []
+    return [{"url": OBSERVATION_SPECIMEN_URL, "valueReference": ref} for ref in refs] or None
+
+
+@_segment_fn("producer_organization")
+def fn_producer_organization(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-15 producer's ID (CWE: the laboratory that produced the result) → a Reference to its
+    Organization, which is made: CWE-1 as identifier (its system from CWE-3, else the sender's), CWE-2
+    as name (V2-to-FHIR IG OBX[Observation]: performer (Organization), CWE[Organization])."""
+    from hub.mapping._loader import _as_resource
+
+    raw = _first_rep(rt, ([*raws, ""])[0])
+    if not raw or raw == '""':
+        return None
+    c = [*rt.texts(raw, 0), "", "", ""]
+    if not (c[0] or c[1]):
+        return None
+    body: dict[str, Any] = {}
+    if c[0]:
+        system = coding_system(rt, c[2]) if c[2] else None
+        body["identifier"] = [{"system": system or f"urn:hub:id:{rt.facility_key}", "value": c[0]}]
+    if c[1]:
+        body["name"] = c[1]
+    return _as_resource(rt, "Organization", body)
+
+
+# V2 table 0912 (participation): MDIR, the medical director of the performing organization.
+_MEDICAL_DIRECTOR = {
+    "coding": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/v2-0912",
+            "code": "MDIR",
+            "display": "Medical Director",
+        }
+    ]
+}
+
+
+@_segment_fn("performing_organization")
+def fn_performing_organization(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-23 performing organization (XON), OBX-24 its address (XAD) and OBX-25 its medical director
+    (XCN) → the Observation's performer (V2-to-FHIR IG OBX[Observation]): without a director a Reference
+    to the Organization (made, with the address); with one a Reference to a PractitionerRole (made:
+    the director as practitioner, the Organization, code MDIR of table 0912)."""
+
+    org_raw, addr_raw, director_raw = ([*raws, "", "", ""])[:3]
+    conv = rt.maps.converters
+    org_raw = _first_rep(rt, org_raw if org_raw != '""' else "")
+    org = conv["XON"](org_raw, 0, rt, {}) if org_raw and "XON" in conv else None
+    addr_raw = _first_rep(rt, addr_raw if addr_raw != '""' else "")
+    address = conv["XAD"](addr_raw, 0, rt, {}) if org and addr_raw and "XAD" in conv else None
+    if org and address:
+        made = rt.extra.get(org["reference"])
+        if made is not None and address not in made.setdefault("address", []):
+            made["address"].append(address)
+    director_raw = _first_rep(rt, director_raw if director_raw != '""' else "")
+    director = conv["XCN"](director_raw, 0, rt, {}) if director_raw and "XCN" in conv else None
+    if not director:
+        return org
+    body: dict[str, Any] = {"practitioner": director, "code": [_MEDICAL_DIRECTOR]}
+    if org:
+        body["organization"] = org
+    key = "|".join(str(x.get("reference", "")) for x in (director, org or {}))
+    rid = resource_id("PractitionerRole", "MDIR", key)
+    rt.add_extra({"resourceType": "PractitionerRole", "id": rid, **body})
+    ref: dict[str, Any] = {"reference": f"PractitionerRole/{rid}"}
+    if director.get("display"):
+        ref["display"] = director["display"]
+    return ref
+
+
+_RANGE = re.compile(r"^\s*(-?\d+(?:[.,]\d+)?)\s*(?:-|–|\.\.|to)\s*(-?\d+(?:[.,]\d+)?)\s*$")
+_BOUND = re.compile(r"^\s*(<=|>=|<|>|≤|≥)\s*(-?\d+(?:[.,]\d+)?)\s*$")
+
+
+@_segment_fn("reference_range")
+def fn_reference_range(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-7 references range (ST) → one ``Observation.referenceRange``: the text as sent (V2-to-FHIR
+    IG OBX[Observation]: referenceRange.text) and, for a numeric result (OBX-2 NM, SN), the bounds it
+    states ("12.0-16.0", "<5", ">=60") as low/high in the OBX-6 units, so a client can compare."""
+    range_raw, units_raw, vtype_raw = ([*raws, "", "", ""])[:3]
+    if not range_raw or range_raw == '""':
+        return None
+    text = rt.text(range_raw).strip()
+    if not text:
+        return None
+    out: dict[str, Any] = {}
+    if rt.text(vtype_raw).strip().upper() in ("NM", "SN", ""):
+        units = _first_rep(rt, units_raw if units_raw != '""' else "")
+        pair, bound = _RANGE.match(text), _BOUND.match(text)
+        if pair:
+            low, high = decimal(pair.group(1).replace(",", ".")), decimal(pair.group(2).replace(",", "."))
+            if low is not None and high is not None and low <= high:
+                out["low"] = quantity(rt, low, units, 0)
+                out["high"] = quantity(rt, high, units, 0)
+        elif bound:
+            value = decimal(bound.group(2).replace(",", "."))
+            if value is not None:
+                out["high" if bound.group(1) in ("<", "<=", "≤") else "low"] = quantity(rt, value, units, 0)
+    out["text"] = text
+    return out
