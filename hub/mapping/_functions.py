@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import re
 from collections.abc import Callable
 from typing import Any
@@ -668,6 +669,20 @@ def tf_choice(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
 @_transform("annotation")
 def tf_annotation(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
     return {"text": str(value)}
+
+
+@_transform("narrative")
+def tf_narrative(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A free-text description (PV2-12 visit description) as the resource's narrative (``text``), the
+    text escaped into the XHTML div FHIR requires; status additional (it is not generated from the
+    resource's elements)."""
+    text = str(value).strip()
+    if not text:
+        return None
+    return {
+        "status": "additional",
+        "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{html.escape(text)}</div>',
+    }
 
 
 @_transform("period_start")
@@ -1908,4 +1923,41 @@ def fn_reference_range(raws: list[str], index: int, rt: Runtime, args: dict[str,
             if value is not None:
                 out["high" if bound.group(1) in ("<", "<=", "≤") else "low"] = quantity(rt, value, units, 0)
     out["text"] = text
+# === visit helpers ===
+
+
+@_segment_fn("visit_diagnosis")
+def fn_visit_diagnosis(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One diagnosis of an Encounter or an EpisodeOfCare from a DG1 (V2-to-FHIR IG DG1[Encounter],
+    DG1[EpisodeOfCare]): the Condition the DG1 made (``args.map``, DG1.Condition) as ``condition``,
+    DG1-6 diagnosis type (table 0052, vocab ``args.vocab``: A admitting → diagnosis-role AD, the
+    sender's coding kept beside) as ``args.role_element`` (``use`` on an Encounter, ``role`` on an
+    EpisodeOfCare) and DG1-15 priority as ``rank`` (a positiveInt; 0 or no number gives none). No
+    Condition (no code in the DG1): no diagnosis."""
+    kind_raw, priority_raw = ([*raws, "", ""])[:2]
+    condition = rt.made.get((str(args.get("map", "DG1.Condition")), index))
+    if not condition or not condition.get("id") or "code" not in condition:
+        return None
+    out: dict[str, Any] = {"condition": {"reference": f"Condition/{condition['id']}"}}
+    kind_raw = _first_rep(rt, kind_raw)
+    cwe = rt.maps.converters.get("CWE")
+    if kind_raw and kind_raw != '""' and cwe is not None:
+        concept = cwe(kind_raw, 0, rt, {"default_system": "HL70052"})
+        if isinstance(concept, dict) and concept:
+            vocab = rt.vocab(str(args.get("vocab", "diagnosis-role")))
+            codings = concept.get("coding") or []
+            found = vocab.lookup(codings[0].get("code", "")) if codings else None
+            if isinstance(found, dict):
+                coding = (
+                    {"system": vocab.system, **found}
+                    if vocab.system and "system" not in found
+                    else dict(found)
+                )
+                if coding not in codings:
+                    concept = {**concept, "coding": [coding, *codings]}
+            out[str(args.get("role_element", "use"))] = concept
+    if priority_raw and priority_raw != '""':
+        rank = dt_positive_int(_first_rep(rt, priority_raw), 0, rt, {})
+        if isinstance(rank, int):
+            out["rank"] = rank
     return out
