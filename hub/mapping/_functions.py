@@ -13,6 +13,7 @@ import binascii
 import html
 import re
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from hub.mapping._ids import patient_id, resource_id
@@ -1284,6 +1285,45 @@ def _drop_reversed_end(bounds: dict[str, Any]) -> None:
         del bounds["end"]
 
 
+_TM = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
+_UCUM_TIME = {"s": 1, "min": 60, "h": 3600, "d": 86400, "wk": 604800}
+
+
+def _tm_time(value: str) -> str:
+    """A v2 TM (HH[MM[SS[.S]]][+/-ZZZZ]) → FHIR time "HH:MM:SS"; "" when it is not one."""
+    found = _TM.match(value)
+    if not found:
+        return ""
+    hh, mm, ss = found.group(1), found.group(2) or "00", found.group(3) or "00"
+    if int(hh) > 23 or int(mm) > 59 or int(ss) > 59:
+        return ""
+    return f"{hh}:{mm}:{ss}"
+
+
+def _duration(rt: Runtime, raw: str) -> dict[str, Any] | None:
+    """A CQ duration ("5^d", "30^min") → a FHIR Duration in UCUM time units, None when it is not one."""
+    number, unit = _cq_parts(rt, _first_rep(rt, raw))
+    code = _DURATION_UNITS.get(unit.lower()) if number is not None else None
+    if code is None or number is None or number < 0:
+        return None
+    return {"value": number, "unit": code, "system": "http://unitsofmeasure.org", "code": code}
+
+
+def _add_duration(start: str, duration: dict[str, Any]) -> str | None:
+    """``start`` (a FHIR dateTime with a time and offset) plus a Duration in s, min, h, d or wk; None
+    when the start has no time or the unit has no fixed length (mo, a)."""
+    seconds = _UCUM_TIME.get(duration["code"])
+    if seconds is None or "T" not in start:
+        return None
+    try:
+        at = datetime.fromisoformat(start)
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        return None
+    return (at + timedelta(seconds=duration["value"] * seconds)).isoformat()
+
+
 def _timing_from_tq1(rt: Runtime, i: int, dosage: dict[str, Any]) -> dict[str, Any]:
     """V2-to-FHIR IG TQ1[MedicationRequest]: one TQ1 → Timing (and the dose, text and condition it gives
     the Dosage)."""
@@ -1291,13 +1331,8 @@ def _timing_from_tq1(rt: Runtime, i: int, dosage: dict[str, Any]) -> dict[str, A
     repeat: dict[str, Any] = {}
     quantity_raw = _field(rt, i, 2)
     if quantity_raw and "doseAndRate" not in dosage:
-        number, unit = _cq_parts(rt, quantity_raw)
-        if number is not None:
-            q = (
-                quantity(rt, number, quantity_raw.split(rt.enc.component, 1)[1], 0)
-                if unit
-                else {"value": number}
-            )
+        q = dt_cq(_first_rep(rt, quantity_raw), 0, rt, {})
+        if q:
             dosage["doseAndRate"] = [{"doseQuantity": q}]
     pattern = _first_rep(rt, _field(rt, i, 3))
     if pattern:
@@ -1307,9 +1342,16 @@ def _timing_from_tq1(rt: Runtime, i: int, dosage: dict[str, Any]) -> dict[str, A
         if concept:
             timing["code"] = concept
         repeat.update(freq)
-    events = [
-        v for rep in _field(rt, i, 4).split(rt.enc.repetition) if rep and (v := dt_datetime(rep, 0, rt, {}))
-    ]
+    # TQ1-4 explicit times: a TM ("0800") is a time of day (Timing.repeat.timeOfDay), a full date/time
+    # (sent by some systems) an event.
+    events: list[str] = []
+    for rep in _field(rt, i, 4).split(rt.enc.repetition):
+        explicit = rt.text(rep.split(rt.enc.component, 1)[0]).strip()
+        time_of_day = _tm_time(explicit)
+        if time_of_day:
+            repeat.setdefault("timeOfDay", []).append(time_of_day)
+        elif explicit and (v := dt_datetime(rep, 0, rt, {})):
+            events.append(v)
     if events:
         timing["event"] = events
     bounds: dict[str, Any] = {}
@@ -1319,6 +1361,14 @@ def _timing_from_tq1(rt: Runtime, i: int, dosage: dict[str, Any]) -> dict[str, A
         if value:
             bounds[key] = value
     _drop_reversed_end(bounds)
+    # TQ1-6 service duration: the end of the bounds from the start, else the bounds as a Duration.
+    service = _duration(rt, _field(rt, i, 6))
+    if service is not None and "start" in bounds and "end" not in bounds:
+        end = _add_duration(bounds["start"], service)
+        if end:
+            bounds["end"] = end
+    elif service is not None and not bounds:
+        repeat["boundsDuration"] = service
     if bounds:
         repeat["boundsPeriod"] = bounds
     condition = rt.text(_field(rt, i, 10)).strip()
@@ -1428,16 +1478,92 @@ def fn_medication_dosage(raws: list[str], index: int, rt: Runtime, args: dict[st
     return dosage or None
 
 
+# Segments that may stand between an OBR and the timing (TQ1/TQ2) of its order.
+_OBR_TIMING_BEFORE = frozenset({"TQ1", "TQ2", "PRT"})  # ORC, TQ1, TQ2, OBR (ORM, OML, OMG)
+_OBR_TIMING_AFTER = frozenset({"TQ1", "TQ2", "PRT", "NTE"})  # OBR, NTE, TQ1, TQ2 (ORU, OUL)
+
+
+def _order_tq1s(rt: Runtime, index: int) -> list[int]:
+    """The TQ1 segments that time the order of segment ``index``. An OBR's are the TQ1s between its ORC
+    and it (the ORC's timing group in ORM/OML/OMG) or right after it (the OBR's timing group in ORU),
+    never another OBR's; a pharmacy segment's are those of its order group (ORC to the next ORC)."""
+    segs = rt.segments
+    if segs[index].name != "OBR":
+        return [i for i in _order_group(rt, index) if segs[i].name == "TQ1"]
+    before: list[int] = []
+    i = index - 1
+    while i > 0 and segs[i].name in _OBR_TIMING_BEFORE:
+        if segs[i].name == "TQ1":
+            before.insert(0, i)
+        i -= 1
+    if before and segs[i].name == "ORC":
+        return before
+    after: list[int] = []
+    i = index + 1
+    while i < len(segs) and segs[i].name in _OBR_TIMING_AFTER:
+        if segs[i].name == "TQ1":
+            after.append(i)
+        i += 1
+    return after
+
+
+@_segment_fn("service_timing")
+def fn_service_timing(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """V2-to-FHIR IG TQ1[ServiceRequest]: the order's first TQ1 with a timing (repeat pattern, times,
+    start/end, durations, count) → ServiceRequest.occurrenceTiming; without one, the v2.3 TQ of
+    ``paths`` (ORC-7, OBR-27: interval, start, end)."""
+    timing: dict[str, Any] = {}
+    scratch: dict[str, Any] = {"doseAndRate": None}  # a TQ1's dose and texts are not the Timing's
+    for i in _order_tq1s(rt, index):
+        found = _timing_from_tq1(rt, i, scratch)
+        if found and not timing:
+            timing = found
+    for raw in raws:
+        if timing:
+            break
+        if raw:
+            timing = _timing_from_tq(rt, _first_rep(rt, raw), scratch)
+    return Choice("Timing", timing) if timing else None
+
+
+@_segment_fn("order_tq1")
+def fn_order_tq1(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Field ``args.field`` of the order's first TQ1 that has it, as ``args.as``: ``quantity`` (a CQ,
+    TQ1-2 → ServiceRequest.quantityQuantity) or ``annotation`` (a text, TQ1-11 → note); else the same
+    component of the v2.3 TQ in ``paths`` (ORC-7: 1 quantity, 8 text)."""
+    n = int(args["field"])
+    kind = str(args.get("as", "annotation"))
+    raw = ""
+    for i in _order_tq1s(rt, index):
+        raw = _first_rep(rt, _field(rt, i, n))
+        if raw:
+            break
+    level = 0
+    tq_component = {2: 1, 11: 8}.get(n)
+    if not raw and tq_component:
+        for tq in raws:
+            raw = _component(rt, _first_rep(rt, tq), tq_component)
+            if raw:
+                level = 1
+                break
+    if not raw:
+        return None
+    if kind == "quantity":
+        q = dt_cq(raw, level, rt, {})
+        return Choice("Quantity", q) if q else None
+    text = rt.text(raw).strip()
+    return {"text": text} if text else None
+
+
 @_segment_fn("order_priority")
 def fn_order_priority(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
-    """The priority of an order (TQ1-9 of its group, else TQ-6 of ``paths``) as a request priority code
-    (vocab request-priority)."""
+    """The priority of an order (TQ1-9 of its TQ1s, see ``_order_tq1s``, else TQ-6 of ``paths``) as a
+    request priority code (vocab request-priority)."""
     code = ""
-    for i in _order_group(rt, index):
-        if rt.segments[i].name == "TQ1":
-            code = rt.text(_component(rt, _first_rep(rt, _field(rt, i, 9)), 1)).strip()
-            if code:
-                break
+    for i in _order_tq1s(rt, index):
+        code = rt.text(_component(rt, _first_rep(rt, _field(rt, i, 9)), 1)).strip()
+        if code:
+            break
     if not code:
         for raw in raws:
             code = rt.text(_component(rt, _first_rep(rt, raw), 6)).strip()
