@@ -957,8 +957,13 @@ def fn_document_content(raws: list[str], index: int, rt: Runtime, args: dict[str
 @_segment_fn("patient_contact")
 def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """NK1 → Patient.contact (V2-to-FHIR IG NK1[Patient]): name NK1-2, relationship NK1-3 and NK1-7,
-    address NK1-4, telecom NK1-5/NK1-6."""
+    address NK1-4, telecom NK1-5/NK1-6 (work), then (inputs 7 on, all optional) period NK1-8/NK1-9,
+    organization NK1-13 (XON → Organization) with its contact person NK1-30/NK1-31/NK1-32 as the
+    Organization's contact, gender NK1-15, telecom NK1-40/NK1-41."""
     name, relationship, address, phone, business, role = (raws + [""] * 6)[:6]
+    start, end, org, sex, person, person_phone, person_address, nk_telecom, person_telecom = (
+        [_unless_null(r) for r in raws[6:]] + [""] * 9
+    )[:9]
     conv = rt.maps.converters
     out: dict[str, Any] = {}
     rels = [
@@ -976,8 +981,8 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
         if human:
             out["name"] = human
     telecom = [
-        t
-        for raw in (phone, business)
+        {**t, "use": "work"} if k == 1 and "use" not in t else t  # NK1-6: the business number
+        for k, raw in enumerate((phone, business, nk_telecom, person_telecom))
         for rep in (raw.split(rt.enc.repetition) if raw and raw != '""' else [])
         if (t := dt_xtn(rep, 0, rt, {}))
     ]
@@ -987,7 +992,53 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
         addr = conv["XAD"](address.split(rt.enc.repetition)[0], 0, rt, {})
         if addr:
             out["address"] = addr
-    return out if (out.keys() - {"relationship"}) else None
+    if sex:
+        code = rt.text(_component(rt, _first_rep(rt, sex), 1)).strip()
+        gender = rt.vocab("administrative-gender").get(code) if code else None
+        if isinstance(gender, str):
+            out["gender"] = gender
+    organization = _contact_organization(rt, org, person, person_phone, person_address)
+    if organization:
+        out["organization"] = organization
+    period = {
+        k: when
+        for k, raw in (("start", start), ("end", end))
+        if raw and (when := dt_date(_first_rep(rt, raw), 0, rt, {}))
+    }
+    if period:
+        out["period"] = period
+    return out if (out.keys() - {"relationship", "gender", "period"}) else None
+
+
+def _unless_null(raw: str) -> str:
+    return "" if raw == '""' else raw
+
+
+def _contact_organization(rt: Runtime, org: str, person: str, phone: str, address: str) -> Any:
+    """NK1-13 (XON → the Organization, made) with NK1-30/-31/-32, the contact person there, as its
+    ``contact`` (V2-to-FHIR IG NK1[Patient]: contact.organization(Organization.contact.*))."""
+    xon = rt.maps.converters.get("XON.Organization")
+    first = _first_rep(rt, org)
+    ref = xon(first, 0, rt, {}) if xon is not None and first else None
+    if not isinstance(ref, dict) or not ref.get("reference"):
+        return None
+    made = rt.extra.get(ref["reference"])
+    conv = rt.maps.converters
+    contact: dict[str, Any] = {}
+    if person and (human := conv["XPN"](_first_rep(rt, person), 0, rt, {})):
+        contact["name"] = human
+    telecom = [
+        t for rep in (phone.split(rt.enc.repetition) if phone else []) if (t := dt_xtn(rep, 0, rt, {}))
+    ]
+    if telecom:
+        contact["telecom"] = telecom
+    if address and (addr := conv["XAD"](_first_rep(rt, address), 0, rt, {})):
+        contact["address"] = addr
+    if contact and made is not None:
+        contacts = made.setdefault("contact", [])
+        if contact not in contacts:
+            contacts.append(contact)
+    return ref
 
 
 @_segment_fn("reference_by_identifier")
@@ -2087,3 +2138,65 @@ def fn_visit_diagnosis(raws: list[str], index: int, rt: Runtime, args: dict[str,
         if isinstance(rank, int):
             out["rank"] = rank
     return out
+# ---------------------------------------------------------------------------------------------------
+# The patient and the people around them (V2-to-FHIR IG PID[Patient], PD1[Patient], NK1[Patient]).
+
+
+@_transform("extension")
+def tf_extension(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A value as an extension: ``{url: args.url, value<args.type>: value}``; with ``args.part`` the
+    value sits in a sub-extension of that url (``patient-citizenship`` → ``code``, ``patient-animal`` →
+    ``species``), as the complex extensions of the FHIR core define."""
+    if value is None or (isinstance(value, str | dict | list) and not value):
+        return None
+    inner = {f"value{args.get('type', 'String')}": value}
+    part = args.get("part")
+    if part:
+        return {"url": str(args["url"]), "extension": [{"url": str(part), **inner}]}
+    return {"url": str(args["url"]), **inner}
+
+
+@_segment_fn("complex_extension")
+def fn_complex_extension(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One complex extension of ``args.url`` whose sub-extensions ``args.parts`` (one per input, in
+    order) carry the first repetition of each input as a CodeableConcept (CWE), e.g. PID-35 species
+    and PID-36 breed → ``patient-animal``. None when no input is valued."""
+    cwe = rt.maps.converters.get("CWE")
+    if cwe is None:
+        return None
+    parts: list[dict[str, Any]] = []
+    for name, raw in zip(args.get("parts", ()), raws, strict=False):
+        first = _first_rep(rt, raw)
+        if first and first != '""' and (concept := cwe(first, 0, rt, {})):
+            parts.append({"url": str(name), "valueCodeableConcept": concept})
+    return {"url": str(args["url"]), "extension": parts} if parts else None
+
+
+@_segment_fn("patient_addresses")
+def fn_patient_addresses(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """PID-11 (every repetition, XAD) with PID-12 county code as the V2-to-FHIR IG PID[Patient] says:
+    the district of the only address when that address has no county (XAD-9) of its own, else (another
+    county, or several addresses: PID-12 cannot say which) an address of its own holding the district;
+    without PID-11, an address with only the district."""
+    addresses_raw, county_raw = ([*raws, "", ""])[:2]
+    xad = rt.maps.converters.get("XAD")
+    out: list[dict[str, Any]] = []
+    reps = [r for r in addresses_raw.split(rt.enc.repetition) if r and r != '""'] if addresses_raw else []
+    for rep in reps:
+        addr = xad(rep, 0, rt, {}) if xad is not None else None
+        if addr and addr not in out:
+            out.append(addr)
+    county = rt.text(_component(rt, _first_rep(rt, county_raw), 1)).strip() if county_raw != '""' else ""
+    if county:
+        if len(reps) == 1 and len(out) == 1 and not out[0].get("district"):
+            out[0] = {**out[0], "district": county}
+        elif not (len(out) == 1 and out[0].get("district") == county):
+            out.append({"district": county})
+    return out or None
+
+
+@_id_fn("segment_per_patient")
+def id_segment_per_patient(index: int, rt: Runtime) -> tuple[str, ...] | None:
+    """One resource per patient for a segment that occurs once per patient (PD1-7 living will → one
+    Observation, updated by each message): the segment's name, scoped to the patient by the rule."""
+    return ("segment", rt.segments[index].name)
