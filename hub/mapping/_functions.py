@@ -1814,7 +1814,8 @@ def fn_reference_by_patient_identifier(raws: list[str], index: int, rt: Runtime,
 def fn_patient_account(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """PID-18 (patient account number, CX) → a Reference to the patient's Account, which is made
     (identifier, status active, subject). Keyed as PID[Account] keys it (PID-18.1 and its authority
-    PID-18.4, scope patient), so a charge (FT1 → ChargeItem.account) and the ADT/BAR Account are one."""
+    PID-18.4, scope patient), so a charge (FT1 → ChargeItem.account) and the ADT/BAR Account are one;
+    when the message map made that Account (PID.Account), only the Reference is returned."""
     raw = _first_rep(rt, ([*raws, ""])[0])
     if not raw:
         return None
@@ -1825,7 +1826,11 @@ def fn_patient_account(raws: list[str], index: int, rt: Runtime, args: dict[str,
     if pid < 0:
         return None
     rt.used[pid].add(18)
-    rid = resource_id("Account", rt.patient_id_at(index), c[0], c[3])
+    # The authority's first subcomponent (HD namespace id), as the map's key path PID-18.4 reads it.
+    authority = c[3].split(rt.enc.subcomponent, 1)[0].strip() if rt.enc.subcomponent else c[3]
+    rid = resource_id("Account", rt.patient_id_at(index), c[0], authority)
+    if f"Account/{rid}" in rt.keys:  # the message map made it already (PID.Account)
+        return {"reference": f"Account/{rid}"}
     account: dict[str, Any] = {"resourceType": "Account", "id": rid, "status": "active"}
     ident = dt_cx(raw, 0, rt, {})
     if ident:
