@@ -2105,6 +2105,9 @@ def fn_reference_range(raws: list[str], index: int, rt: Runtime, args: dict[str,
             if value is not None:
                 out["high" if bound.group(1) in ("<", "<=", "≤") else "low"] = quantity(rt, value, units, 0)
     out["text"] = text
+    return out
+
+
 # === visit helpers ===
 
 
@@ -2143,6 +2146,8 @@ def fn_visit_diagnosis(raws: list[str], index: int, rt: Runtime, args: dict[str,
         if isinstance(rank, int):
             out["rank"] = rank
     return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # The patient and the people around them (V2-to-FHIR IG PID[Patient], PD1[Patient], NK1[Patient]).
 
