@@ -117,8 +117,12 @@ def test_two_hub_serves_one_worker_registration_closed(deployment: dict[str, str
 
     # Both started with the same HUB_MLLP_PORT: the second opened no MLLP listener, or one would have
     # failed. Both say registration is closed.
-    for log in ("serve-a.log", "serve-b.log"):
-        assert "registration closed" in (Path(env["HUB_VAR_DIR"]).parent / log).read_text()
+    logs = {
+        log: (Path(env["HUB_VAR_DIR"]).parent / log).read_text() for log in ("serve-a.log", "serve-b.log")
+    }
+    assert all("registration closed" in text for text in logs.values())
+    assert f"MLLP on 127.0.0.1:{env['HUB_MLLP_PORT']}" in logs["serve-a.log"]
+    assert "no MLLP listener" in logs["serve-b.log"] and "MLLP on" not in logs["serve-b.log"]
 
     # The audit trail both processes appended to is one intact chain.
     time.sleep(1)  # the writers flush every HUB_AUDIT_FLUSH_MS
