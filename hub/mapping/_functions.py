@@ -1909,3 +1909,57 @@ def fn_reference_range(raws: list[str], index: int, rt: Runtime, args: dict[str,
                 out["high" if bound.group(1) in ("<", "<=", "≤") else "low"] = quantity(rt, value, units, 0)
     out["text"] = text
     return out
+
+
+@_segment_fn("note_annotation")
+def fn_note_annotation(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """An NTE as one Annotation (V2-to-FHIR IG NTE[Observation], NTE[Appointment-Comment]): NTE-3 the
+    text (FT: repetitions are lines), NTE-5 entered by → authorReference (a Practitioner, made), NTE-6
+    entered date/time → time. With ``args.comment_type``, NTE-4 (comment type) as the annotationType
+    extension. No text, no Annotation (text is required)."""
+    text_raw, author_raw, time_raw, type_raw = ([*raws, "", "", "", ""])[:4]
+    text = dt_text(text_raw, 0, rt, {}) if text_raw and text_raw != '""' else None
+    if not text:
+        return None
+    out: dict[str, Any] = {}
+    conv = rt.maps.converters
+    author_raw = _first_rep(rt, author_raw if author_raw != '""' else "")
+    author = conv["XCN"](author_raw, 0, rt, {}) if author_raw and "XCN" in conv else None
+    if author:
+        out["authorReference"] = author
+    when = dt_datetime(_first_rep(rt, time_raw), 0, rt, {}) if time_raw and time_raw != '""' else None
+    if when:
+        out["time"] = when
+    out["text"] = text
+    type_raw = _first_rep(rt, type_raw if type_raw != '""' else "")
+    if args.get("comment_type") and type_raw:
+        concept = (conv.get("CWE") or dt_codeable_concept)(type_raw, 0, rt, {"default_system": "HL70364"})
+        if concept:
+            out["extension"] = [
+                {
+                    "url": "http://hl7.org/fhir/StructureDefinition/annotationType",
+                    "valueCodeableConcept": concept,
+                }
+            ]
+    return out
+
+
+@_segment_fn("coded_comment_content")
+def fn_coded_comment_content(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """NTE-9 coded comment (CWE) → a text/plain attachment (V2-to-FHIR IG NTE[DocumentReference]:
+    content.attachment.data = CWE-9 original text, a line feed, then each coding as code-display-system)."""
+    raw = ([*raws, ""])[0]
+    if not raw or raw == '""':
+        return None
+    lines: list[str] = []
+    for rep in raw.split(rt.enc.repetition):
+        c = [*rt.texts(rep, 0), *[""] * 12]
+        if c[8]:
+            lines.append(c[8])
+        for triplet in ((c[0], c[1], c[2]), (c[3], c[4], c[5]), (c[9], c[10], c[11])):
+            if any(triplet):
+                lines.append("-".join(triplet))
+    if not lines:
+        return None
+    data = base64.b64encode("\n".join(lines).encode()).decode("ascii")
+    return {"contentType": "text/plain", "data": data}
