@@ -1963,3 +1963,45 @@ def fn_coded_comment_content(raws: list[str], index: int, rt: Runtime, args: dic
         return None
     data = base64.b64encode("\n".join(lines).encode()).decode("ascii")
     return {"contentType": "text/plain", "data": data}
+
+
+def _shift(start: Any, amount_raw: str, units_raw: str, rt: Runtime, allow_zero: bool) -> str | None:
+    """An instant (ISO text) moved by an NM amount in CNE units (default minutes), or None."""
+    from datetime import datetime, timedelta
+
+    if not isinstance(start, str) or not amount_raw or amount_raw == '""':
+        return None
+    amount = decimal(rt.text(_component(rt, _first_rep(rt, amount_raw), 1)).strip())
+    unit = rt.text(_component(rt, _first_rep(rt, units_raw), 1)).strip().upper() if units_raw else ""
+    per = _MINUTES_PER_UNIT.get(unit or "MIN")
+    if amount is None or per is None or amount < 0 or (amount == 0 and not allow_zero):
+        return None
+    try:
+        moment = datetime.fromisoformat(start)
+    except ValueError:
+        return None
+    return (moment + timedelta(minutes=float(amount) * per)).isoformat()
+
+
+@_segment_fn("appointment_participant_timed")
+def fn_appointment_participant_timed(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """An AIG/AIL/AIP participant (:func:`fn_appointment_participant`: actor, type, start, status, the
+    first four inputs) with the rest of its period (V2-to-FHIR IG AIG/AIL/AIP[Appointment]): without a
+    start date/time, the appointment's start (SCH-11.4) plus the start offset in its units; the end, the
+    start plus the duration in its units. Inputs 5–9: offset, offset units, duration, duration units,
+    SCH-11."""
+    out = fn_appointment_participant(raws[:4], index, rt, args)
+    if not out:
+        return out
+    offset, offset_units, duration, duration_units, timing = ([*raws[4:], "", "", "", "", ""])[:5]
+    start = (out.get("period") or {}).get("start")
+    if start is None:
+        sch_start = _component(rt, _first_rep(rt, timing), 4) if timing else ""
+        base = dt_instant(sch_start, 0, rt, {}) if sch_start and sch_start != '""' else None
+        start = _shift(base, offset, offset_units, rt, allow_zero=True)
+        if start:
+            out["period"] = {"start": start}
+    end = _shift(start, duration, duration_units, rt, allow_zero=False)
+    if end:
+        out.setdefault("period", {})["end"] = end
+    return out
