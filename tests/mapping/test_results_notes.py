@@ -91,3 +91,62 @@ def test_appointment_notes_are_r5_note_extensions_and_the_r4_comment() -> None:
     ]
     assert coded["valueCodeableConcept"]["coding"][0]["code"] == "PUASA"
     assert all(validate_resource(r) == [] for r in result.resources)
+
+
+AUT = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+
+
+def _mdm(txa8: str, extra: str = "") -> str:
+    fields = {
+        1: "1",
+        2: "DS^Discharge summary",
+        3: "TX",
+        4: "20261105110000",
+        9: "12345^Wijaya^Siti^^^dr.",
+        12: "DOC-P1^SIMRS",
+        17: "AU",
+        8: txa8,
+        21: "Koreksi diagnosis",
+        23: "777^Putra^Eko",
+    }
+    txa = "|".join(["TXA", *(fields.get(n, "") for n in range(1, 26))])
+    return "\r".join(
+        [
+            msh("TXA-P1", "MDM^T08^MDM_T02"),
+            "EVN|T08|20261105120000",
+            PID,
+            txa,
+            "OBX|1|TX|DS||Ringkasan||||||F",
+            extra,
+        ]
+    )
+
+
+def test_txa_edit_is_a_provenance_of_the_document() -> None:
+    result = map_text(_mdm("20261105113000+0700"))
+    (doc,) = by_type(result, "DocumentReference")
+    edits = [
+        p
+        for p in by_type(result, "Provenance")
+        if p["target"] == [{"reference": f"DocumentReference/{doc['id']}"}]
+    ]
+    (edit,) = edits
+    assert edit["recorded"] == "2026-11-05T11:30:00+07:00"
+    assert edit["reason"] == [{"text": "Koreksi diagnosis"}]
+    roles = {a["role"][0]["coding"][0]["code"]: _get(result, a["who"]) for a in edit["agent"]}
+    assert all(a["role"][0]["coding"][0]["system"] == AUT for a in edit["agent"])
+    assert roles["AUT"]["name"][0]["family"] == "Wijaya"
+    assert roles["IRCP"]["name"][0]["family"] == "Putra"
+    assert all("type" not in a for a in edit["agent"])  # not a FHIR writer: ownership stays the sender's
+    # the message's own Provenance is still last and names the document
+    message_provenance = result.resources[-1]
+    assert message_provenance["resourceType"] == "Provenance" and message_provenance["id"] != edit["id"]
+    assert all(validate_resource(r) == [] for r in result.resources)
+    # a replay of the same edit is the same Provenance
+    again = map_text(_mdm("20261105113000+0700").replace("TXA-P1", "TXA-P2"))
+    assert edit["id"] in {p["id"] for p in by_type(again, "Provenance")}
+
+
+def test_no_edit_time_no_edit_provenance() -> None:
+    result = map_text(_mdm(""))
+    assert len(by_type(result, "Provenance")) == 1  # the message's own
