@@ -2005,3 +2005,79 @@ def fn_appointment_participant_timed(raws: list[str], index: int, rt: Runtime, a
     if end:
         out.setdefault("period", {})["end"] = end
     return out
+
+
+@_segment_fn("allergy_recorder")
+def fn_allergy_recorder(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """IAM-14 reported by (XPN) and IAM-15 relationship to patient (CWE, table 0063) → the
+    AllergyIntolerance's recorder (V2-to-FHIR IG IAM[AllergyIntolerance]): no relationship, a
+    Practitioner of that name; SEL, the patient; another relationship, a RelatedPerson of the patient
+    (made: name, relationship through vocab relationship, keyed by the patient, name and relationship)."""
+    from hub.mapping._loader import _as_resource
+    from hub.mapping._runtime import _translate, parse_ref
+
+    name_raw, rel_raw = ([*raws, "", ""])[:2]
+    name_raw = _first_rep(rt, name_raw if name_raw != '""' else "")
+    rel_raw = _first_rep(rt, rel_raw if rel_raw != '""' else "")
+    conv = rt.maps.converters
+    human = conv["XPN"](name_raw, 0, rt, {}) if name_raw and "XPN" in conv else None
+    rel_code = rt.text(_component(rt, rel_raw, 1)).strip().upper() if rel_raw else ""
+    made = rt.made.get(("PID.Patient", rt.nearest(index, "PID")))
+    patient = f"Patient/{made['id']}" if made and made.get("id") else f"Patient/{rt.patient_id_at(index)}"
+    if rel_code == "SEL":
+        return {"reference": patient}
+    if not human:
+        return None
+    if not rel_code:
+        return _as_resource(rt, "Practitioner", {"name": [human]})
+    concept = (conv.get("CWE") or dt_codeable_concept)(rel_raw, 0, rt, {"default_system": "HL70063"})
+    if concept and "relationship" in rt.maps.vocabs:
+        concept = _translate(rt, "relationship", concept, parse_ref("IAM-15"))
+    display = " ".join([*human.get("given", []), human.get("family", "")]).strip()
+    rid = resource_id("RelatedPerson", rt.patient_id_at(index), display, rel_code)
+    person: dict[str, Any] = {"resourceType": "RelatedPerson", "id": rid, "patient": {"reference": patient}}
+    person["name"] = [human]
+    if concept:
+        person["relationship"] = [concept]
+    rt.add_extra(person)
+    ref: dict[str, Any] = {"reference": f"RelatedPerson/{rid}"}
+    if display:
+        ref["display"] = display
+    return ref
+
+
+@_segment_fn("codings")
+def fn_codings(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Every coding of a CWE field's repetitions, to be added beside a concept's own (V2-to-FHIR IG
+    IAM-27 clinician identified code: "added as additional .coding entries" of AllergyIntolerance.code)."""
+    raw = ([*raws, ""])[0]
+    if not raw or raw == '""':
+        return None
+    cwe = rt.maps.converters.get("CWE") or dt_codeable_concept
+    out: list[dict[str, Any]] = []
+    for rep in raw.split(rt.enc.repetition):
+        concept = cwe(rep, 0, rt, {}) if rep and rep != '""' else None
+        for coding in (concept or {}).get("coding", []):
+            if coding not in out:
+                out.append(coding)
+    return out or None
+
+
+@_segment_fn("location_with_address")
+def fn_location_with_address(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A PL (RXA-27 administer-at, else the v2.5 RXA-11 administered-at location) → a Reference to its
+    Location (made), with the address the segment gives for it (RXA-28, XAD) as Location.address
+    (V2-to-FHIR IG RXA[Immunization]: location(Location.address))."""
+    place_raw, fallback_raw, addr_raw = ([*raws, "", "", ""])[:3]
+    conv = rt.maps.converters
+    place_raw = _first_rep(rt, place_raw if place_raw != '""' else "") or _first_rep(
+        rt, fallback_raw if fallback_raw != '""' else ""
+    )
+    location = conv["PL"](place_raw, 0, rt, {}) if place_raw and "PL" in conv else None
+    addr_raw = _first_rep(rt, addr_raw if addr_raw != '""' else "")
+    address = conv["XAD"](addr_raw, 0, rt, {}) if location and addr_raw and "XAD" in conv else None
+    if location and address:
+        made = rt.extra.get(location["reference"])
+        if made is not None and "address" not in made:
+            made["address"] = address  # Location.address is 0..1
+    return location
