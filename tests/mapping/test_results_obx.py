@@ -177,3 +177,39 @@ def test_related_specimen_one_is_the_specimen_several_are_r5_extensions() -> Non
     refs = [e["valueReference"] for e in _ext(sodium, R5_SPECIMEN)]
     assert len(refs) == 2 and refs[0] == obs["2345-7"]["specimen"]
     assert _get(result, refs[1])["identifier"][0]["value"] == "SP-2"
+
+
+def test_a_specimen_observation_has_its_range_method_performer_and_device() -> None:
+    oru = "\r".join(
+        [
+            msh("LAB-R3", "ORU^R01^ORU_R01", "LAB_SEHAT", version="2.5.1"),
+            "PID|1||MRN0203^^^LAB_SEHAT^MR||Wati^Sri||19900214|F",
+            "OBR|1|ORD-R3|FIL-R3|24323-8^Metabolic panel^LN|||20261101070000+0700",
+            "OBX|1|NM|2345-7^Glucose^LN||250|mg/dL|70-99|H|||F",
+            "SPM|1|SP-9&LAB_SEHAT||119297000^Blood specimen^SCT",
+            _obx(
+                {
+                    1: "1",
+                    2: "NM",
+                    3: "20233-3^Specimen volume^LN",
+                    5: "5",
+                    6: "mL",
+                    7: "2-10",
+                    11: "F",
+                    16: "D88^Putri^Ayu",
+                    17: "VOL^Volumetric^L",
+                    18: "PIP-1^LAB_SEHAT",
+                    19: "20261101080000+0700",
+                    23: ORG,
+                }
+            ),
+        ]
+    )
+    result = map_text(oru)
+    volume = next(o for o in by_type(result, "Observation") if o["code"]["coding"][0]["code"] == "20233-3")
+    assert volume["referenceRange"][0]["low"]["value"] == 2
+    assert volume["method"]["coding"][0]["code"] == "VOL"
+    assert _get(result, volume["device"])["identifier"][0]["value"] == "PIP-1"
+    assert [_get(result, p)["resourceType"] for p in volume["performer"]] == ["Practitioner", "Organization"]
+    assert _ext(volume, ANALYSIS)[0]["valueDateTime"] == "2026-11-01T08:00:00+07:00"
+    assert all(validate_resource(r) == [] for r in result.resources)
