@@ -213,3 +213,29 @@ def test_a_specimen_observation_has_its_range_method_performer_and_device() -> N
     assert [_get(result, p)["resourceType"] for p in volume["performer"]] == ["Practitioner", "Organization"]
     assert _ext(volume, ANALYSIS)[0]["valueDateTime"] == "2026-11-01T08:00:00+07:00"
     assert all(validate_resource(r) == [] for r in result.resources)
+
+
+def test_a_patient_observation_before_any_obr_is_no_result_of_the_later_order() -> None:
+    oru = "\r".join(
+        [
+            msh("PO-1", "ORU^R01^ORU_R01"),
+            "PID|1||MRN0801^^^RSUD_SEHAT^MR||Sari^Indah||19920202|F",
+            "OBX|1|NM|29463-7^Body weight^LN||61|kg^^UCUM|||||F|||20261101070000+0700",
+            "NTE|1||ditimbang tanpa sepatu",
+            "PV1|1|O",
+            "OBR|1|ORD-P1|FIL-P1|2345-7^Glucose^LN|||20261101070000+0700",
+            "OBX|1|NM|2345-7^Glucose^LN||250|mg/dL|||||F",
+        ]
+    )
+    result = map_text(oru)
+    assert result.warnings == []
+    obs = {o["code"]["coding"][0]["code"]: o for o in by_type(result, "Observation")}
+    weight, glucose = obs["29463-7"], obs["2345-7"]
+    assert "basedOn" not in weight and "specimen" not in weight
+    assert weight["category"][0]["coding"][0]["code"] == "vital-signs"
+    assert weight["note"] == [{"text": "ditimbang tanpa sepatu"}]
+    assert weight["subject"] == glucose["subject"] and weight["encounter"] == glucose["encounter"]
+    assert glucose["basedOn"]
+    # the weight is keyed by its code and time: another message with the same weighing updates it
+    again = map_text(oru.replace("PO-1", "PO-2").replace("ORD-P1|FIL-P1", "ORD-P2|FIL-P2"))
+    assert weight["id"] in {o["id"] for o in by_type(again, "Observation")}
