@@ -17,6 +17,7 @@ from typing import Any
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._runtime import Choice as Choice
 from hub.mapping._runtime import Runtime as Runtime
+from hub.mapping._runtime import is_empty
 from hub.mapping._runtime import key_id as key_id
 from hub.mapping._time import TimeFormatError, to_date, to_datetime, to_instant
 
@@ -758,6 +759,8 @@ def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[st
         text = dt_text(value, 0, rt, {})
         return Choice("String", text) if text else None
     rep = rt.enc.repetition
+    if rep in value and kind not in ("Attachment", "AttachmentReference") and _repeats(value, rep) > 1:
+        return None  # several values: each is a component (observation_components, IG Observation-Component)
     if kind == "IS":  # a user-defined table's code (IG: IS[CodeableConcept])
         code = rt.text(_first_rep(rt, value).split(rt.enc.component, 1)[0]).strip()
         return Choice("CodeableConcept", {"coding": [{"code": code}]}) if code else None
@@ -2081,3 +2084,33 @@ def fn_location_with_address(raws: list[str], index: int, rt: Runtime, args: dic
         if made is not None and "address" not in made:
             made["address"] = address  # Location.address is 0..1
     return location
+
+
+def _repeats(value: str, rep: str) -> int:
+    return sum(1 for r in value.split(rep) if r and r != '""')
+
+
+@_segment_fn("observation_components")
+def fn_observation_components(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-5 with several repetitions (not text, whose repetitions are lines; not NA) → one component per
+    value, each with the OBX-3 code and the value as :func:`fn_observation_value` reads it (V2-to-FHIR
+    IG ORU_R01: OBX-5 LST.count > 1 → OBX[Observation-Component]: component[each].code, .value[x])."""
+    vtype, value, units, code_raw = ([*raws, "", "", "", ""])[:4]
+    rep = rt.enc.repetition
+    if not value or rep not in value or _repeats(value, rep) < 2:
+        return None
+    kind = _OBX_TYPES.get(rt.text(vtype).strip().upper(), "text" if not vtype.strip() else "string")
+    if kind in ("text", "string", "Attachment", "AttachmentReference"):
+        return None
+    cwe = rt.maps.converters.get("CWE") or dt_codeable_concept
+    code = cwe(_first_rep(rt, code_raw), 0, rt, {}) if code_raw and code_raw != '""' else None
+    if not code:
+        return None
+    out: list[dict[str, Any]] = []
+    for one in value.split(rep):
+        if not one or one == '""':
+            continue
+        found = fn_observation_value([vtype, one, units], index, rt, {})
+        if isinstance(found, Choice) and not is_empty(found.value):
+            out.append({"code": code, f"value{found.type}": found.value})
+    return out or None

@@ -239,3 +239,30 @@ def test_a_patient_observation_before_any_obr_is_no_result_of_the_later_order() 
     # the weight is keyed by its code and time: another message with the same weighing updates it
     again = map_text(oru.replace("PO-1", "PO-2").replace("ORD-P1|FIL-P1", "ORD-P2|FIL-P2"))
     assert weight["id"] in {o["id"] for o in by_type(again, "Observation")}
+
+
+def test_several_values_in_one_obx_are_components_with_its_code() -> None:
+    oru = "\r".join(
+        [
+            msh("CMP-1", "ORU^R01^ORU_R01"),
+            "PID|1||MRN0901^^^RSUD_SEHAT^MR||Sari^Indah||19920202|F",
+            "OBR|1|ORD-C9|FIL-C9|600-7^Blood culture^LN|||20261101070000+0700",
+            "OBX|1|CWE|600-7^Bacteria identified^LN||3092008^Staphylococcus aureus^SCT~112283007^Escherichia coli^SCT||||||F",
+            "OBX|2|NM|8867-4^Heart rate^LN||72~75|/min|||||F",
+            "OBX|3|TX|8251-1^Service comment^LN||baris satu~baris dua||||||F",
+        ]
+    )
+    result = map_text(oru)
+    obs = {o["code"]["coding"][0]["code"]: o for o in by_type(result, "Observation")}
+    culture = obs["600-7"]
+    assert "valueCodeableConcept" not in culture
+    assert [c["valueCodeableConcept"]["coding"][0]["code"] for c in culture["component"]] == [
+        "3092008",
+        "112283007",
+    ]
+    assert all(c["code"] == culture["code"] for c in culture["component"])
+    assert [c["valueQuantity"]["value"] for c in obs["8867-4"]["component"]] == [72, 75]
+    # text repetitions stay lines of one value
+    assert obs["8251-1"]["valueString"] == "baris satu\nbaris dua"
+    assert "component" not in obs["8251-1"]
+    assert all(validate_resource(r) == [] for r in result.resources)
