@@ -1029,22 +1029,26 @@ def _whole_field(fn: ConditionFn) -> ConditionFn:
     return fn
 
 
-def is_vaccine_code(raw: str, rt: Runtime, systems: list[Any]) -> bool:
+def is_vaccine_code(raw: str, rt: Runtime, args: list[Any]) -> bool:
     """A CWE (RXA-5 administered code) names a vaccine: one of its codings (CWE-1..3, the alternate
-    CWE-4..6, the second alternate CWE-10..12) is in a vaccine code system (``systems``: CVX, HL70292 …)
-    or is an ATC code of group J07 (vaccines)."""
+    CWE-4..6, the second alternate CWE-10..12) is in a vaccine code system of the vocabulary ``args[0]``
+    (``vaccine-codes``: a coding system name → ``all``, or the code prefixes that are vaccines, e.g.
+    ATC → J07). A sender overlay adds its own (a local formulary's vaccine codes)."""
     first = raw.split(rt.enc.repetition, 1)[0] if raw else ""
-    if not first or first == '""':
+    if not first or first == '""' or not args:
         return False
+    vocab = rt.vocab(str(args[0]))
     c = [*rt.texts(first, 0), *[""] * 12]
-    wanted = {str(s).upper() for s in systems}
     for code, system in ((c[0], c[2]), (c[3], c[5]), (c[9], c[11])):
-        name = system.upper()
-        if not code:
+        if not code or not system:
             continue
-        if name in wanted or coding_system(rt, system) == "http://hl7.org/fhir/sid/cvx":
-            return True
-        if name == "ATC" and code.upper().startswith("J07"):
+        found = vocab.lookup(system)
+        if found is None and coding_system(rt, system) == "http://hl7.org/fhir/sid/cvx":
+            found = "all"
+        if found is None:
+            continue
+        prefixes = str(found).split()
+        if "all" in prefixes or any(code.upper().startswith(p.upper()) for p in prefixes):
             return True
     return False
 
