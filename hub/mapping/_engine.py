@@ -59,7 +59,20 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
     smap.fill(rt, index, res, seg_fields, len(seg_fields))
     if smap.merge_into is not None:
         seg_name = rt.maps.segment_of_map.get(smap.merge_into, "")
-        target = rt.made.get((smap.merge_into, rt.nearest(index, seg_name)))
+        at = rt.nearest(index, seg_name)
+        target = rt.made.get((smap.merge_into, at))
+        if target is None:  # another map made that segment's resource of this type (an OBX of the patient)
+            target = next(
+                (
+                    made
+                    for (name, i), made in rt.made.items()
+                    if i == at
+                    and made.get("resourceType") == smap.resource
+                    and made.get("id")
+                    and rt.maps.segment_of_map.get(name) == seg_name
+                ),
+                None,
+            )
         if target is None:
             rt.warn(f"{smap.name} at segment {index}: no {smap.merge_into} resource to merge into")
             return

@@ -19,6 +19,7 @@ from typing import Any
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._runtime import Choice as Choice
 from hub.mapping._runtime import Runtime as Runtime
+from hub.mapping._runtime import is_empty
 from hub.mapping._runtime import key_id as key_id
 from hub.mapping._time import TimeFormatError, to_date, to_datetime, to_instant
 
@@ -774,6 +775,8 @@ def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[st
         text = dt_text(value, 0, rt, {})
         return Choice("String", text) if text else None
     rep = rt.enc.repetition
+    if rep in value and kind not in ("Attachment", "AttachmentReference") and _repeats(value, rep) > 1:
+        return None  # several values: each is a component (observation_components, IG Observation-Component)
     if kind == "IS":  # a user-defined table's code (IG: IS[CodeableConcept])
         code = rt.text(_first_rep(rt, value).split(rt.enc.component, 1)[0]).strip()
         return Choice("CodeableConcept", {"coding": [{"code": code}]}) if code else None
@@ -1093,22 +1096,26 @@ def _whole_field(fn: ConditionFn) -> ConditionFn:
     return fn
 
 
-def is_vaccine_code(raw: str, rt: Runtime, systems: list[Any]) -> bool:
+def is_vaccine_code(raw: str, rt: Runtime, args: list[Any]) -> bool:
     """A CWE (RXA-5 administered code) names a vaccine: one of its codings (CWE-1..3, the alternate
-    CWE-4..6, the second alternate CWE-10..12) is in a vaccine code system (``systems``: CVX, HL70292 …)
-    or is an ATC code of group J07 (vaccines)."""
+    CWE-4..6, the second alternate CWE-10..12) is in a vaccine code system of the vocabulary ``args[0]``
+    (``vaccine-codes``: a coding system name → ``all``, or the code prefixes that are vaccines, e.g.
+    ATC → J07). A sender overlay adds its own (a local formulary's vaccine codes)."""
     first = raw.split(rt.enc.repetition, 1)[0] if raw else ""
-    if not first or first == '""':
+    if not first or first == '""' or not args:
         return False
+    vocab = rt.vocab(str(args[0]))
     c = [*rt.texts(first, 0), *[""] * 12]
-    wanted = {str(s).upper() for s in systems}
     for code, system in ((c[0], c[2]), (c[3], c[5]), (c[9], c[11])):
-        name = system.upper()
-        if not code:
+        if not code or not system:
             continue
-        if name in wanted or coding_system(rt, system) == "http://hl7.org/fhir/sid/cvx":
-            return True
-        if name == "ATC" and code.upper().startswith("J07"):
+        found = vocab.lookup(system)
+        if found is None and coding_system(rt, system) == "http://hl7.org/fhir/sid/cvx":
+            found = "all"
+        if found is None:
+            continue
+        prefixes = str(found).split()
+        if "all" in prefixes or any(code.upper().startswith(p.upper()) for p in prefixes):
             return True
     return False
 
@@ -2210,3 +2217,203 @@ def id_segment_per_patient(index: int, rt: Runtime) -> tuple[str, ...] | None:
     """One resource per patient for a segment that occurs once per patient (PD1-7 living will → one
     Observation, updated by each message): the segment's name, scoped to the patient by the rule."""
     return ("segment", rt.segments[index].name)
+@_segment_fn("note_annotation")
+def fn_note_annotation(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """An NTE as one Annotation (V2-to-FHIR IG NTE[Observation], NTE[Appointment-Comment]): NTE-3 the
+    text (FT: repetitions are lines), NTE-5 entered by → authorReference (a Practitioner, made), NTE-6
+    entered date/time → time. With ``args.comment_type``, NTE-4 (comment type) as the annotationType
+    extension. No text, no Annotation (text is required)."""
+    text_raw, author_raw, time_raw, type_raw = ([*raws, "", "", "", ""])[:4]
+    text = dt_text(text_raw, 0, rt, {}) if text_raw and text_raw != '""' else None
+    if not text:
+        return None
+    out: dict[str, Any] = {}
+    conv = rt.maps.converters
+    author_raw = _first_rep(rt, author_raw if author_raw != '""' else "")
+    author = conv["XCN"](author_raw, 0, rt, {}) if author_raw and "XCN" in conv else None
+    if author:
+        out["authorReference"] = author
+    when = dt_datetime(_first_rep(rt, time_raw), 0, rt, {}) if time_raw and time_raw != '""' else None
+    if when:
+        out["time"] = when
+    out["text"] = text
+    type_raw = _first_rep(rt, type_raw if type_raw != '""' else "")
+    if args.get("comment_type") and type_raw:
+        concept = (conv.get("CWE") or dt_codeable_concept)(type_raw, 0, rt, {"default_system": "HL70364"})
+        if concept:
+            out["extension"] = [
+                {
+                    "url": "http://hl7.org/fhir/StructureDefinition/annotationType",
+                    "valueCodeableConcept": concept,
+                }
+            ]
+    return out
+
+
+@_segment_fn("coded_comment_content")
+def fn_coded_comment_content(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """NTE-9 coded comment (CWE) → a text/plain attachment (V2-to-FHIR IG NTE[DocumentReference]:
+    content.attachment.data = CWE-9 original text, a line feed, then each coding as code-display-system)."""
+    raw = ([*raws, ""])[0]
+    if not raw or raw == '""':
+        return None
+    lines: list[str] = []
+    for rep in raw.split(rt.enc.repetition):
+        c = [*rt.texts(rep, 0), *[""] * 12]
+        if c[8]:
+            lines.append(c[8])
+        for triplet in ((c[0], c[1], c[2]), (c[3], c[4], c[5]), (c[9], c[10], c[11])):
+            if any(triplet):
+                lines.append("-".join(triplet))
+    if not lines:
+        return None
+    data = base64.b64encode("\n".join(lines).encode()).decode("ascii")
+    return {"contentType": "text/plain", "data": data}
+
+
+def _shift(start: Any, amount_raw: str, units_raw: str, rt: Runtime, allow_zero: bool) -> str | None:
+    """An instant (ISO text) moved by an NM amount in CNE units (default minutes), or None."""
+    from datetime import datetime, timedelta
+
+    if not isinstance(start, str) or not amount_raw or amount_raw == '""':
+        return None
+    amount = decimal(rt.text(_component(rt, _first_rep(rt, amount_raw), 1)).strip())
+    unit = rt.text(_component(rt, _first_rep(rt, units_raw), 1)).strip().upper() if units_raw else ""
+    per = _MINUTES_PER_UNIT.get(unit or "MIN")
+    if amount is None or per is None or amount < 0 or (amount == 0 and not allow_zero):
+        return None
+    try:
+        moment = datetime.fromisoformat(start)
+    except ValueError:
+        return None
+    return (moment + timedelta(minutes=float(amount) * per)).isoformat()
+
+
+@_segment_fn("appointment_participant_timed")
+def fn_appointment_participant_timed(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """An AIG/AIL/AIP participant (:func:`fn_appointment_participant`: actor, type, start, status, the
+    first four inputs) with the rest of its period (V2-to-FHIR IG AIG/AIL/AIP[Appointment]): without a
+    start date/time, the appointment's start (SCH-11.4) plus the start offset in its units; the end, the
+    start plus the duration in its units. Inputs 5–9: offset, offset units, duration, duration units,
+    SCH-11."""
+    out = fn_appointment_participant(raws[:4], index, rt, args)
+    if not out:
+        return out
+    offset, offset_units, duration, duration_units, timing = ([*raws[4:], "", "", "", "", ""])[:5]
+    start = (out.get("period") or {}).get("start")
+    if start is None:
+        sch_start = _component(rt, _first_rep(rt, timing), 4) if timing else ""
+        base = dt_instant(sch_start, 0, rt, {}) if sch_start and sch_start != '""' else None
+        start = _shift(base, offset, offset_units, rt, allow_zero=True)
+        if start:
+            out["period"] = {"start": start}
+    end = _shift(start, duration, duration_units, rt, allow_zero=False)
+    if end:
+        out.setdefault("period", {})["end"] = end
+    return out
+
+
+@_segment_fn("allergy_recorder")
+def fn_allergy_recorder(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """IAM-14 reported by (XPN) and IAM-15 relationship to patient (CWE, table 0063) → the
+    AllergyIntolerance's recorder (V2-to-FHIR IG IAM[AllergyIntolerance]): no relationship, a
+    Practitioner of that name; SEL, the patient; another relationship, a RelatedPerson of the patient
+    (made: name, relationship through vocab relationship, keyed by the patient, name and relationship)."""
+    from hub.mapping._loader import _as_resource
+    from hub.mapping._runtime import _translate, parse_ref
+
+    name_raw, rel_raw = ([*raws, "", ""])[:2]
+    name_raw = _first_rep(rt, name_raw if name_raw != '""' else "")
+    rel_raw = _first_rep(rt, rel_raw if rel_raw != '""' else "")
+    conv = rt.maps.converters
+    human = conv["XPN"](name_raw, 0, rt, {}) if name_raw and "XPN" in conv else None
+    rel_code = rt.text(_component(rt, rel_raw, 1)).strip().upper() if rel_raw else ""
+    made = rt.made.get(("PID.Patient", rt.nearest(index, "PID")))
+    patient = f"Patient/{made['id']}" if made and made.get("id") else f"Patient/{rt.patient_id_at(index)}"
+    if rel_code == "SEL":
+        return {"reference": patient}
+    if not human:
+        return None
+    if not rel_code:
+        return _as_resource(rt, "Practitioner", {"name": [human]})
+    concept = (conv.get("CWE") or dt_codeable_concept)(rel_raw, 0, rt, {"default_system": "HL70063"})
+    if concept and "relationship" in rt.maps.vocabs:
+        concept = _translate(rt, "relationship", concept, parse_ref("IAM-15"))
+    display = " ".join([*human.get("given", []), human.get("family", "")]).strip()
+    rid = resource_id("RelatedPerson", rt.patient_id_at(index), display, rel_code)
+    person: dict[str, Any] = {"resourceType": "RelatedPerson", "id": rid, "patient": {"reference": patient}}
+    person["name"] = [human]
+    if concept:
+        person["relationship"] = [concept]
+    rt.add_extra(person)
+    ref: dict[str, Any] = {"reference": f"RelatedPerson/{rid}"}
+    if display:
+        ref["display"] = display
+    return ref
+
+
+@_segment_fn("codings")
+def fn_codings(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Every coding of a CWE field's repetitions, to be added beside a concept's own (V2-to-FHIR IG
+    IAM-27 clinician identified code: "added as additional .coding entries" of AllergyIntolerance.code)."""
+    raw = ([*raws, ""])[0]
+    if not raw or raw == '""':
+        return None
+    cwe = rt.maps.converters.get("CWE") or dt_codeable_concept
+    out: list[dict[str, Any]] = []
+    for rep in raw.split(rt.enc.repetition):
+        concept = cwe(rep, 0, rt, {}) if rep and rep != '""' else None
+        for coding in (concept or {}).get("coding", []):
+            if coding not in out:
+                out.append(coding)
+    return out or None
+
+
+@_segment_fn("location_with_address")
+def fn_location_with_address(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A PL (RXA-27 administer-at, else the v2.5 RXA-11 administered-at location) → a Reference to its
+    Location (made), with the address the segment gives for it (RXA-28, XAD) as Location.address
+    (V2-to-FHIR IG RXA[Immunization]: location(Location.address))."""
+    place_raw, fallback_raw, addr_raw = ([*raws, "", "", ""])[:3]
+    conv = rt.maps.converters
+    place_raw = _first_rep(rt, place_raw if place_raw != '""' else "") or _first_rep(
+        rt, fallback_raw if fallback_raw != '""' else ""
+    )
+    location = conv["PL"](place_raw, 0, rt, {}) if place_raw and "PL" in conv else None
+    addr_raw = _first_rep(rt, addr_raw if addr_raw != '""' else "")
+    address = conv["XAD"](addr_raw, 0, rt, {}) if location and addr_raw and "XAD" in conv else None
+    if location and address:
+        made = rt.extra.get(location["reference"])
+        if made is not None and "address" not in made:
+            made["address"] = address  # Location.address is 0..1
+    return location
+
+
+def _repeats(value: str, rep: str) -> int:
+    return sum(1 for r in value.split(rep) if r and r != '""')
+
+
+@_segment_fn("observation_components")
+def fn_observation_components(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-5 with several repetitions (not text, whose repetitions are lines; not NA) → one component per
+    value, each with the OBX-3 code and the value as :func:`fn_observation_value` reads it (V2-to-FHIR
+    IG ORU_R01: OBX-5 LST.count > 1 → OBX[Observation-Component]: component[each].code, .value[x])."""
+    vtype, value, units, code_raw = ([*raws, "", "", "", ""])[:4]
+    rep = rt.enc.repetition
+    if not value or rep not in value or _repeats(value, rep) < 2:
+        return None
+    kind = _OBX_TYPES.get(rt.text(vtype).strip().upper(), "text" if not vtype.strip() else "string")
+    if kind in ("text", "string", "Attachment", "AttachmentReference"):
+        return None
+    cwe = rt.maps.converters.get("CWE") or dt_codeable_concept
+    code = cwe(_first_rep(rt, code_raw), 0, rt, {}) if code_raw and code_raw != '""' else None
+    if not code:
+        return None
+    out: list[dict[str, Any]] = []
+    for one in value.split(rep):
+        if not one or one == '""':
+            continue
+        found = fn_observation_value([vtype, one, units], index, rt, {})
+        if isinstance(found, Choice) and not is_empty(found.value):
+            out.append({"code": code, f"value{found.type}": found.value})
+    return out or None
