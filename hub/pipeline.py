@@ -273,6 +273,8 @@ def _process_one(
                 now=now,
                 order=_event_instant(result.resources),
                 accept_patient_change=accept_patient_change,
+                cancels=result.cancels,
+                replaces=result.replaces,
             )
             _record_written(session, row.id, written[len(goldens) :])
     except Exception as exc:
