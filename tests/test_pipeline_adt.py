@@ -152,3 +152,33 @@ def test_a_replayed_discharge_stays_cancelled(engine: Engine) -> None:
         (rid,) = s.scalars(select(Resource.id).where(Resource.resource_type == "Encounter")).all()
         enc = resources.read(s, "Encounter", rid)
     assert enc["status"] == "in-progress" and "end" not in enc["period"]
+
+
+def test_a42_and_a49_retire_the_prior_account(engine: Engine) -> None:
+    def with_account(message: str, account: str, mrg: str = "") -> str:
+        segments = message.rstrip("\r").split("\r")
+        segments[2] += "|" * 10 + f"{account}^^^RSUD_SEHAT^AN"  # PID-18
+        if mrg:
+            segments.insert(3, f"MRG|RM770001^^^RSUD_SEHAT^MR||{mrg}^^^RSUD_SEHAT^AN")
+        return "\r".join(segments) + "\r"
+
+    intake = Intake(engine, Settings())
+    messages = [
+        with_account(_adt(1, "A01", "ADT_A01"), "ACC1"),
+        with_account(_adt(2, "A42", "ADT_A39"), "ACC2", mrg="ACC1"),
+        with_account(_adt(3, "A49", "ADT_A30"), "ACC3", mrg="ACC2"),
+    ]
+    for m in messages:
+        mid = intake.accept(m.encode()).message_id
+        with session_scope(engine) as s:
+            (outcome,) = pipeline.process_batch(s, [mid])  # type: ignore[list-item]
+        assert outcome.state == "processed"
+    with Session(engine) as s:
+        ids = s.scalars(select(Resource.id).where(Resource.resource_type == "Account")).all()
+        accounts = {a["identifier"][0]["value"]: a for a in (resources.read(s, "Account", i) for i in ids)}
+    assert {k: a["status"] for k, a in accounts.items()} == {
+        "ACC1": "inactive",
+        "ACC2": "inactive",
+        "ACC3": "active",
+    }
+    assert len({a["subject"][0]["reference"] for a in accounts.values()}) == 1
