@@ -621,6 +621,8 @@ def mappings_try(
                 warnings=result.warnings,
                 actions=result.actions,
                 nulls=result.nulls,
+                cancels=result.cancels,
+                replaces=result.replaces,
             )
             if validate:
                 line["invalid"] = [str(p) for p in problems]
@@ -670,6 +672,8 @@ def _print_result(bundle: dict[str, object], result: MappingResult) -> None:
         ("warnings", result.warnings),
         ("actions", result.actions),
         ("explicit nulls", result.nulls),
+        ("cancels", result.cancels),
+        ("replaces", result.replaces),
     ):
         if items:
             typer.echo(f"{title}:")

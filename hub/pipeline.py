@@ -275,6 +275,8 @@ def _process_one(
                     now=now,
                     order=_event_instant(result.resources),
                     accept_patient_change=accept_patient_change,
+                    cancels=result.cancels,
+                    replaces=result.replaces,
                 )
             finally:
                 session.info.pop(store.MESSAGE_FACILITY, None)

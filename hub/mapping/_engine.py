@@ -483,6 +483,41 @@ def run(message: Message, ctx: Any, maps: CompiledMaps) -> tuple[Runtime, str]:
 BY_SEGMENT = "no message map: mapped by segment"
 
 
+def replaced_participants(rt: Runtime, message_type: str) -> list[dict[str, str]]:
+    """An ADT trigger that changes one kind of participant of the visit (vocab
+    ``replaced-participant``: A54 the attender, A61 the consultant): ``{"resource": "Encounter/<id>",
+    "participant": "ATND"}`` for each Encounter the message made, for the store to drop that type from
+    the participants earlier messages contributed."""
+    kind, _, trigger = message_type.partition("^")
+    if kind != "ADT":
+        return []
+    code = rt.vocab("replaced-participant").lookup(trigger)
+    if not isinstance(code, str) or not code:
+        return []
+    return [
+        {"resource": f"Encounter/{r['id']}", "participant": code}
+        for r in rt.resources
+        if r.get("resourceType") == "Encounter" and r.get("id")
+    ]
+
+
+def cancelled_events(rt: Runtime, message_type: str) -> list[dict[str, str]]:
+    """An ADT trigger that cancels an earlier event of the visit (vocab ``cancelled-event``: A13 the
+    A03, A12 the A02, A55 the A54 …): ``{"resource": "Encounter/<id>", "event": "ADT^A03"}`` for each
+    Encounter the message made, for the store to set that event's contribution aside."""
+    kind, _, trigger = message_type.partition("^")
+    if kind != "ADT":
+        return []
+    event = rt.vocab("cancelled-event").lookup(trigger)
+    if not isinstance(event, str) or not event:
+        return []
+    return [
+        {"resource": f"Encounter/{r['id']}", "event": f"ADT^{event}"}
+        for r in rt.resources
+        if r.get("resourceType") == "Encounter" and r.get("id")
+    ]
+
+
 def _no_map_text(message_type: str, maps: CompiledMaps) -> str:
     known = ", ".join(sorted(maps.messages)) if len(maps.messages) < 80 else f"{len(maps.messages)} types"
     return f"no map for message type {message_type} (maps exist for: {known})"
