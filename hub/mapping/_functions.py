@@ -1375,10 +1375,11 @@ def fn_medication_dosage(raws: list[str], index: int, rt: Runtime, args: dict[st
 
     ``paths``: the order's TQ (RXE-1 / ORC-7), give amount minimum, maximum, units, administration
     instructions (CWE), dispensing instructions (text) and, optionally, a fallback TQ (ORC-7 when RXE-1
-    is empty). Timing comes from the TQ1 segments of the
+    is empty) and, optionally, the total daily dose (RXE-19 → maxDosePerPeriod). Timing comes from the
+    TQ1 segments of the
     order group (ORC to the next ORC), else the TQ; route, site, method and routing instruction from the
     first RXR after the segment (else the first RXR of the group), so one order has one Dosage."""
-    tq, low, high, units, instructions, special, order_tq = ([*raws, "", "", "", "", "", "", ""])[:7]
+    tq, low, high, units, instructions, special, order_tq, daily = ([*raws, *[""] * 8])[:8]
     tq = tq or order_tq
     dosage: dict[str, Any] = {}
     instruction = _first_rep(rt, instructions)
@@ -1428,6 +1429,10 @@ def fn_medication_dosage(raws: list[str], index: int, rt: Runtime, args: dict[st
     extra = dt_text(special, 0, rt, {}) if special else None
     if extra:
         dosage.setdefault("additionalInstruction", []).append({"text": extra})
+    total = dt_cq(_first_rep(rt, daily), 0, rt, {}) if daily and daily != '""' else None
+    if total:  # RXE-19 total daily dose: the most per day
+        day = {"value": 1, "unit": "d", "system": "http://unitsofmeasure.org", "code": "d"}
+        dosage["maxDosePerPeriod"] = {"numerator": total, "denominator": day}
     return dosage or None
 
 
@@ -1875,3 +1880,50 @@ def fn_administration_part_of(raws: list[str], index: int, rt: Runtime, args: di
         if made is not None and made.get("id"):
             return {"reference": f"{made['resourceType']}/{made['id']}"}
     return None
+
+
+# ===================================================================================================
+# Orders: NTE annotations with their author and time, NDL (the result interpreter, technician and
+# transcriptionist of an OBR), the v2 confidentiality code as a security label.
+# ---------------------------------------------------------------------------------------------------
+
+
+@_segment_fn("nte_annotation")
+def fn_nte_annotation(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """V2-to-FHIR IG NTE[ServiceRequest]: ``paths`` NTE-3 comment, NTE-5 entered by (XCN → a
+    Practitioner), NTE-6 entered date/time → one Annotation (text, authorReference, time). A note
+    without a comment is none (Annotation.text is required)."""
+    comment, entered_by, entered_at = ([*raws, "", "", ""])[:3]
+    text = dt_text(comment, 0, rt, {}) if comment and comment != '""' else None
+    if not text:
+        return None
+    note: dict[str, Any] = {"text": text}
+    author = _first_rep(rt, entered_by)
+    if author and author != '""':
+        conv = rt.maps.converters.get("XCN")
+        ref = conv(author, 0, rt, {}) if conv is not None else None
+        if ref:
+            note["authorReference"] = ref
+    if entered_at and entered_at != '""':
+        at = dt_datetime(_first_rep(rt, entered_at), 0, rt, {})
+        if at:
+            note["time"] = at
+    return note
+
+
+@_datatype("NDL")
+def dt_ndl(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """NDL (CNN name & id ^ start ^ end ^ point of care ...) → a Reference to the Practitioner, through
+    the XCN map: CNN-1..8 are XCN-1..8 (id, family, given, middle, suffix, prefix, degree, source
+    table), CNN-9..11 XCN-9's HD. A field sent XCN-style (``123^Family^Given``, no subcomponents in
+    the first component) is read as an XCN."""
+    conv = rt.maps.converters.get("XCN")
+    if conv is None or level != 0:
+        return None
+    sub, comp = rt.enc.subcomponent, rt.enc.component
+    first = raw.split(comp, 1)[0]
+    if not sub or sub not in first:
+        return conv(raw, 0, rt, args)
+    subs = [*first.split(sub), *[""] * 11][:11]
+    xcn = comp.join([*subs[:8], sub.join(subs[8:11]).rstrip(sub)]).rstrip(comp)
+    return conv(xcn, 0, rt, args) if xcn else None
