@@ -108,11 +108,15 @@ def drop_incomplete(rt: Runtime) -> None:
     """Resources missing a required element (after Z-segments and NTEs merged into them) are not made;
     the warning names the segment, which then also shows in the unmapped report."""
     dropped: set[str] = set()
-    for res, smap, index, parent in rt.pending_required:
+    kept = []
+    for item in rt.pending_required:
+        res, smap, index, parent = item
         if all(map(res.__contains__, smap.required)):  # nearly always: nothing to look into
+            kept.append(item)
             continue
         missing = [r for r in smap.required if r not in res and not any(k.startswith(r) for k in res)]
         if not missing:
+            kept.append(item)
             continue
         dropped.add(f"{res['resourceType']}/{res['id']}")
         seg = rt.segments[index]
@@ -126,6 +130,10 @@ def drop_incomplete(rt: Runtime) -> None:
     if dropped:
         for res in rt.resources:
             _drop_references(res, dropped)
+        # A resource whose only references were to dropped ones (an order's Provenance whose one
+        # target was not made) now lacks a required element itself: one more pass over the rest.
+        rt.pending_required = kept
+        drop_incomplete(rt)
 
 
 def _drop_references(res: dict[str, Any], dropped: set[str]) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from hub.mapping._engine import _sender
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._runtime import Choice as Choice
 from hub.mapping._runtime import Runtime as Runtime
@@ -1480,10 +1481,11 @@ def fn_medication_dosage(raws: list[str], index: int, rt: Runtime, args: dict[st
 
     ``paths``: the order's TQ (RXE-1 / ORC-7), give amount minimum, maximum, units, administration
     instructions (CWE), dispensing instructions (text) and, optionally, a fallback TQ (ORC-7 when RXE-1
-    is empty). Timing comes from the TQ1 segments of the
+    is empty) and, optionally, the total daily dose (RXE-19 → maxDosePerPeriod). Timing comes from the
+    TQ1 segments of the
     order group (ORC to the next ORC), else the TQ; route, site, method and routing instruction from the
     first RXR after the segment (else the first RXR of the group), so one order has one Dosage."""
-    tq, low, high, units, instructions, special, order_tq = ([*raws, "", "", "", "", "", "", ""])[:7]
+    tq, low, high, units, instructions, special, order_tq, daily = ([*raws, *[""] * 8])[:8]
     tq = tq or order_tq
     dosage: dict[str, Any] = {}
     instruction = _first_rep(rt, instructions)
@@ -1533,6 +1535,10 @@ def fn_medication_dosage(raws: list[str], index: int, rt: Runtime, args: dict[st
     extra = dt_text(special, 0, rt, {}) if special else None
     if extra:
         dosage.setdefault("additionalInstruction", []).append({"text": extra})
+    total = dt_cq(_first_rep(rt, daily), 0, rt, {}) if daily and daily != '""' else None
+    if total:  # RXE-19 total daily dose: the most per day
+        day = {"value": 1, "unit": "d", "system": "http://unitsofmeasure.org", "code": "d"}
+        dosage["maxDosePerPeriod"] = {"numerator": total, "denominator": day}
     return dosage or None
 
 
@@ -2417,3 +2423,198 @@ def fn_observation_components(raws: list[str], index: int, rt: Runtime, args: di
         if isinstance(found, Choice) and not is_empty(found.value):
             out.append({"code": code, f"value{found.type}": found.value})
     return out or None
+# ===================================================================================================
+# Orders: NTE annotations with their author and time, NDL (the result interpreter, technician and
+# transcriptionist of an OBR), the v2 confidentiality code as a security label.
+# ---------------------------------------------------------------------------------------------------
+
+
+@_segment_fn("nte_annotation")
+def fn_nte_annotation(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """V2-to-FHIR IG NTE[ServiceRequest]: ``paths`` NTE-3 comment, NTE-5 entered by (XCN → a
+    Practitioner), NTE-6 entered date/time → one Annotation (text, authorReference, time). A note
+    without a comment is none (Annotation.text is required)."""
+    comment, entered_by, entered_at = ([*raws, "", "", ""])[:3]
+    text = dt_text(comment, 0, rt, {}) if comment and comment != '""' else None
+    if not text:
+        return None
+    note: dict[str, Any] = {"text": text}
+    author = _first_rep(rt, entered_by)
+    if author and author != '""':
+        conv = rt.maps.converters.get("XCN")
+        ref = conv(author, 0, rt, {}) if conv is not None else None
+        if ref:
+            note["authorReference"] = ref
+    if entered_at and entered_at != '""':
+        at = dt_datetime(_first_rep(rt, entered_at), 0, rt, {})
+        if at:
+            note["time"] = at
+    return note
+
+
+@_datatype("NDL")
+def dt_ndl(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """NDL (CNN name & id ^ start ^ end ^ point of care ...) → a Reference to the Practitioner, through
+    the XCN map: CNN-1..8 are XCN-1..8 (id, family, given, middle, suffix, prefix, degree, source
+    table), CNN-9..11 XCN-9's HD. A field sent XCN-style (``123^Family^Given``, no subcomponents in
+    the first component) is read as an XCN."""
+    conv = rt.maps.converters.get("XCN")
+    if conv is None or level != 0:
+        return None
+    sub, comp = rt.enc.subcomponent, rt.enc.component
+    first = raw.split(comp, 1)[0]
+    if not sub or sub not in first:
+        return conv(raw, 0, rt, args)
+    subs = [*first.split(sub), *[""] * 11][:11]
+    xcn = comp.join([*subs[:8], sub.join(subs[8:11]).rstrip(sub)]).rstrip(comp)
+    return conv(xcn, 0, rt, args) if xcn else None
+
+
+# The order's Provenance (V2-to-FHIR IG ORC[Provenance]): its agents, entering device and location.
+_PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+
+
+def _coded_resource(rt: Runtime, raw: str, resource_type: str) -> dict[str, Any] | None:
+    """A CWE naming an Organization (ORC-17) or a Device (ORC-18): a resource identified by the code in
+    its coding system (else the sender's), named by the text; a Reference to it."""
+    c = [*rt.texts(raw, 0), "", "", ""]
+    code, text = c[0].strip(), c[1].strip()
+    if not code and not text:
+        return None
+    system = coding_system(rt, c[2].strip()) or f"urn:hub:id:{rt.facility_key}"
+    body: dict[str, Any] = {}
+    if code:
+        body["identifier"] = [{"system": system, "value": code}]
+    name = text or code
+    if resource_type == "Device":
+        body["deviceName"] = [{"name": name, "type": "user-friendly-name"}]
+    else:
+        body["name"] = name
+    rid = (
+        resource_id(resource_type, system, code)
+        if code
+        else resource_id(resource_type, rt.ctx.facility, text)
+    )
+    rt.add_extra({"resourceType": resource_type, "id": rid, **body})
+    return {"reference": f"{resource_type}/{rid}", "display": name}
+
+
+@_segment_fn("order_agent")
+def fn_order_agent(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Provenance agents of an order: each repetition of ``paths[0]`` (an XCN person, or with
+    ``args.device`` a CWE device) with the participant type ``args.type`` (none for a device), and
+    ``paths[1]`` (a CWE organization, ORC-17) as the first agent's onBehalfOf."""
+    person, organization = ([*raws, "", ""])[:2]
+    agents: list[dict[str, Any]] = []
+    conv = rt.maps.converters.get("XCN")
+    for rep in person.split(rt.enc.repetition) if person else []:
+        if not rep or rep == '""':
+            continue
+        who = (
+            _coded_resource(rt, rep, "Device")
+            if args.get("device")
+            else (conv(rep, 0, rt, {}) if conv else None)
+        )
+        if not who:
+            continue
+        agent: dict[str, Any] = {}
+        if args.get("type"):
+            agent["type"] = {"coding": [{"system": _PARTICIPANT_TYPE, "code": str(args["type"])}]}
+        agent["who"] = who
+        agents.append(agent)
+    org_raw = _first_rep(rt, organization)
+    if agents and org_raw and org_raw != '""':
+        org = _coded_resource(rt, org_raw, "Organization")
+        if org:
+            agents[0]["onBehalfOf"] = org
+    return agents or None
+
+
+@_segment_fn("order_location")
+def fn_order_location(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The ordering facility (ORC-21 XON name and identifier, ORC-22 address, ORC-23 phone) as a
+    Location; a Reference to it. Keyed by the XON identifier, else by the name within the sender."""
+    name_raw, address_raw, phone_raw = ([*raws, "", "", ""])[:3]
+    xon = _first_rep(rt, name_raw)
+    if not xon or xon == '""':
+        return None
+    name = rt.text(xon.split(rt.enc.component, 1)[0]).strip()
+    ident = dt_identifier_at(xon, 0, rt, {"value": 10, "fallback_value": 3, "authority": 6, "type": 7})
+    body: dict[str, Any] = {}
+    if ident:
+        body["identifier"] = [ident]
+    if name:
+        body["name"] = name
+    if not body:
+        return None
+    xad = rt.maps.converters.get("XAD")
+    address = (
+        xad(_first_rep(rt, address_raw), 0, rt, {}) if xad and address_raw and address_raw != '""' else None
+    )
+    if address:
+        body["address"] = address
+    phones = [
+        p
+        for rep in phone_raw.split(rt.enc.repetition)
+        if rep and rep != '""' and (p := dt_xtn(rep, 0, rt, {}))
+    ]
+    if phones:
+        body["telecom"] = phones
+    if ident and ident.get("value"):
+        rid = resource_id("Location", str(ident.get("system", "")), str(ident["value"]))
+    else:
+        rid = resource_id("Location", rt.ctx.facility, name)
+    rt.add_extra({"resourceType": "Location", "id": rid, **body})
+    ref: dict[str, Any] = {"reference": f"Location/{rid}"}
+    if name:
+        ref["display"] = name
+    return ref
+
+
+@_segment_fn("ordering_provider_address")
+def fn_ordering_provider_address(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """``paths`` ORC-12 ordering provider and ORC-24 its address: the ORC-12 Practitioner (through the
+    XCN map, the same Reference ORC-12 alone gives) with the address added; None without ORC-12."""
+    person, address_raw = ([*raws, "", ""])[:2]
+    rep = _first_rep(rt, person)
+    conv = rt.maps.converters.get("XCN")
+    if not rep or rep == '""' or conv is None:
+        return None
+    ref = conv(rep, 0, rt, {})
+    if not ref:
+        return None
+    xad = rt.maps.converters.get("XAD")
+    practitioner = rt.extra.get(str(ref.get("reference", "")))
+    if xad and practitioner is not None and address_raw and address_raw != '""':
+        address = xad(_first_rep(rt, address_raw), 0, rt, {})
+        if address and address not in practitioner.setdefault("address", []):
+            practitioner["address"].append(address)
+    return ref
+
+
+@_segment_fn("message_sender")
+def fn_message_sender(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The sending facility as the message's Provenance names it (agent ``author``, ``urn:hub:sender``)
+    with ``args.as: agent``, or the source message (its control id, ``paths``: MSH-9, MSH-10) with
+    ``args.as: entity``: an order's Provenance says who sent it and in which message, as the message's
+    own does (and so always has the agent FHIR requires). With ``args.as: recorded``, the first of
+    ``paths`` (ORC-9) as an instant, else the message's date/time (MSH-7); give a path on another
+    segment too (MSH-10), so the function runs when ORC-9 is empty."""
+    msh = rt.segments[0]
+    if args.get("as") == "recorded":
+        for raw in [raws[0] if raws else "", msh.get(7)]:
+            at = dt_instant(_first_rep(rt, raw), 0, rt, {}) if raw and raw != '""' else None
+            if at:
+                return at
+        return None
+    if args.get("as") == "entity":
+        control_id = msh.get(10)
+        message_type = f"{msh.get(9, 1)}^{msh.get(9, 2)}"
+        what: dict[str, Any] = {"display": f"{message_type} {control_id}".strip()}
+        if control_id:
+            what = {"identifier": {"system": f"urn:hub:hl7v2:{rt.facility_key}", "value": control_id}, **what}
+        return {"role": "source", "what": what}
+    return {
+        "type": {"coding": [{"system": _PARTICIPANT_TYPE, "code": "author"}]},
+        "who": _sender(rt.ctx.facility, msh.get(3)),
+    }
