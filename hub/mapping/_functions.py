@@ -1864,3 +1864,17 @@ def id_segment_per_patient(index: int, rt: Runtime) -> tuple[str, ...] | None:
     """One resource per patient for a segment that occurs once per patient (PD1-7 living will → one
     Observation, updated by each message): the segment's name, scoped to the patient by the rule."""
     return ("segment", rt.segments[index].name)
+
+
+@_segment_fn("message_recorded")
+def fn_message_recorded(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The message's date/time (MSH-7) as an instant, for a Provenance a segment makes beside the
+    message's own (PID[Provenance-Patient].recorded): the same value, so a replay changes nothing.
+    The inputs only say when the Provenance applies; MSH-7 itself is the engine's (coverage)."""
+    sent = rt.segments[0].get(7) if rt.segments else ""
+    if not sent:
+        return None
+    try:
+        return to_instant(sent, rt.zone)
+    except TimeFormatError:
+        return None  # the message's Provenance warns about it

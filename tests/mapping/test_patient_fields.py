@@ -221,3 +221,42 @@ def test_nk1_related_person_language_and_contact_person() -> None:
     assert [t["value"] for t in employer["telecom"]] == ["+62224444", "+62225555"]
     assert employer["address"][0]["city"] == "Cimahi"
     assert not [u for u in result.unmapped if u["segment"] == "NK1"]
+
+
+def test_pid_21_mother_as_related_person() -> None:
+    fields = {**PID_FIELDS, 21: "MRN0001^^^RSUD_SEHAT^MR~3201010101800001^^^^NNIDN"}
+    result = map_text(message(segment("PID", fields)))
+    assert [p for r in result.resources for p in validate_resource(r)] == []
+    (patient,) = by_type(result, "Patient")
+    (mother,) = by_type(result, "RelatedPerson")
+    assert mother["patient"] == {"reference": f"Patient/{patient['id']}"}
+    assert [i["value"] for i in mother["identifier"]] == ["MRN0001", "3201010101800001"]
+    assert mother["identifier"][1]["system"] == "https://fhir.kemkes.go.id/id/nik"
+    assert mother["relationship"][0]["coding"][0]["code"] == "MTH"
+    assert "MRN0001" not in str(patient)
+    # Keyed by the mother's identifier within the patient: a replay updates the same RelatedPerson.
+    again = map_text(message(segment("PID", fields), control_id="PTF9"))
+    assert by_type(again, "RelatedPerson")[0]["id"] == mother["id"]
+    assert by_type(map_text(message(segment("PID", PID_FIELDS))), "RelatedPerson") == []
+
+
+def test_pid_33_34_last_update_as_provenance_of_the_patient() -> None:
+    fields = {**PID_FIELDS, 33: "20261031101500+0700", 34: "PKM_COBLONG^2.16.360.1.1^ISO"}
+    result = map_text(message(segment("PID", fields)))
+    assert [p for r in result.resources for p in validate_resource(r)] == []
+    (patient,) = by_type(result, "Patient")
+    update, message_provenance = by_type(result, "Provenance")
+    assert update["target"] == [{"reference": f"Patient/{patient['id']}"}]
+    assert update["occurredDateTime"] == "2026-10-31T10:15:00+07:00"
+    assert update["recorded"] == message_provenance["recorded"]
+    assert update["activity"]["coding"][0]["code"] == "UPDATE"
+    (agent,) = update["agent"]
+    assert agent["type"]["coding"][0]["code"] == "performer"
+    (org,) = [
+        o for o in by_type(result, "Organization") if agent["who"]["reference"] == f"Organization/{o['id']}"
+    ]
+    assert org["name"] == "PKM_COBLONG"
+    # The message's own Provenance still names the sender, and the update is among what it made.
+    assert message_provenance["agent"][0]["who"]["identifier"]["value"] == "RSUD_SEHAT"
+    assert not [u for u in result.unmapped if u["segment"] == "PID"]
+    assert len(by_type(map_text(message(segment("PID", PID_FIELDS))), "Provenance")) == 1
