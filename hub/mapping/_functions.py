@@ -17,6 +17,7 @@ from typing import Any
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._runtime import Choice as Choice
 from hub.mapping._runtime import Runtime as Runtime
+from hub.mapping._runtime import _translate, parse_ref
 from hub.mapping._runtime import key_id as key_id
 from hub.mapping._time import TimeFormatError, to_date, to_datetime, to_instant
 
@@ -958,6 +959,9 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
         )
         if c
     ]
+    if rels and relationship and relationship != '""':
+        # NK1-3 through the IG's Relationship map (vocab relationship), as for the RelatedPerson.
+        rels[0] = _translate(rt, "relationship", rels[0], _NK1_3)
     if rels:
         out["relationship"] = rels
     if name and name != '""':
@@ -992,6 +996,9 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
     if period:
         out["period"] = period
     return out if (out.keys() - {"relationship", "gender", "period"}) else None
+
+
+_NK1_3 = parse_ref("NK1-3")
 
 
 def _unless_null(raw: str) -> str:

@@ -171,6 +171,8 @@ def test_nk1_patient_contact_period_gender_organization() -> None:
     )
     (patient,) = by_type(result, "Patient")
     person, employer = patient["contact"]
+    # NK1-3 through the IG's Relationship map (v3 RoleCode first, the sender's coding kept beside).
+    assert [c["code"] for c in person["relationship"][0]["coding"]] == ["SPS", "SPO"]
     assert person["period"] == {"start": "2020-01-01", "end": "2030-12-31"}
     assert person["gender"] == "male"
     # NK1-6 without a use code is the business number (IG: contact.telecom[2].use "work").
