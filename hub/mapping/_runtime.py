@@ -501,6 +501,8 @@ def _check(
     own: str,
 ) -> bool:
     fn, ref, args = when
+    if ref is not None and getattr(fn, "whole_field", False):  # e.g. every coding system of a CWE
+        return fn(rt.raw_at(ref, index, True)[0], rt, args)
     value = rt.value(ref, index, mark=True) if ref is not None else own
     return fn(value, rt, args)
 
