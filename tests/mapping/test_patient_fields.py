@@ -262,3 +262,13 @@ def test_pid_33_34_last_update_as_provenance_of_the_patient() -> None:
     assert message_provenance["agent"][0]["who"]["identifier"]["value"] == "RSUD_SEHAT"
     assert not [u for u in result.unmapped if u["segment"] == "PID"]
     assert len(by_type(map_text(message(segment("PID", PID_FIELDS))), "Provenance")) == 1
+
+
+def test_pid_13_home_unless_the_sender_says_otherwise() -> None:
+    fields = {**PID_FIELDS, 13: "(022)2501234~^PRN^CP^^^^^^^^^+62811111~^ORN^PH^^^^^^^^^+62227777"}
+    patient = patient_of(message(segment("PID", fields)))
+    assert [(t["value"], t.get("use")) for t in patient["telecom"]][:3] == [
+        ("(022)2501234", "home"),  # v2.3 style, no XTN-2: the home number (IG telecom[1].use)
+        ("+62811111", "mobile"),  # XTN-3 CP: a mobile
+        ("+62227777", "home"),
+    ]
