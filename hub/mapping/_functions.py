@@ -392,7 +392,7 @@ _TELECOM_USE = {
 @_datatype("ContactPoint")
 def dt_xtn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """XTN → ContactPoint: XTN-1 (v2.3 formatted number), else XTN-4 email, else XTN-5..8 parts;
-    XTN-2 use (table 0201) and XTN-3 equipment (table 0202)."""
+    XTN-2 use (table 0201) and XTN-3 equipment (table 0202); ``args.default_use`` when XTN-2 is empty."""
     c = rt.texts(raw, level)
     c += [""] * (12 - len(c))
     use_code, equipment = c[1].upper(), c[2].upper()
@@ -410,6 +410,8 @@ def dt_xtn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
         return None
     out: dict[str, Any] = {"system": system or ("email" if "@" in value else "phone"), "value": value}
     use = "mobile" if equipment == "CP" else _TELECOM_USE.get(use_code)
+    if not use and not use_code:
+        use = args.get("default_use")  # PID-13 home (V2-to-FHIR IG: when XTN-2 is not valued)
     if use:
         out["use"] = use
     return out

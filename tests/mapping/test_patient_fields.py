@@ -265,10 +265,30 @@ def test_pid_33_34_last_update_as_provenance_of_the_patient() -> None:
 
 
 def test_pid_13_home_unless_the_sender_says_otherwise() -> None:
-    fields = {**PID_FIELDS, 13: "(022)2501234~^PRN^CP^^^^^^^^^+62811111~^ORN^PH^^^^^^^^^+62227777"}
+    fields = {
+        **PID_FIELDS,
+        13: "(022)2501234~^PRN^CP^^^^^^^^^+62811111~^ORN^PH^^^^^^^^^+62227777~^ASN^PH^^^^^^^^^+62228888",
+    }
     patient = patient_of(message(segment("PID", fields)))
-    assert [(t["value"], t.get("use")) for t in patient["telecom"]][:3] == [
+    assert [(t["value"], t.get("use")) for t in patient["telecom"]][:4] == [
         ("(022)2501234", "home"),  # v2.3 style, no XTN-2: the home number (IG telecom[1].use)
         ("+62811111", "mobile"),  # XTN-3 CP: a mobile
-        ("+62227777", "home"),
+        ("+62227777", "home"),  # XTN-2 ORN (other residence) says home itself
+        ("+62228888", None),  # XTN-2 ASN (answering service): the sender said, and it is no home use
     ]
+
+
+def test_nk1_3_other_is_not_self() -> None:
+    """Table 0063 OTH is "Other" (IG: v2-0131 O), never v3 ONESELF; GCH a grandchild (IG map)."""
+    nk1 = [
+        segment("NK1", {1: str(k + 1), 2: f"Wibowo^Nama{k}", 3: code})
+        for k, code in enumerate(("OTH", "GCH"))
+    ]
+    result = map_text(message("PID|1||MRN0009^^^RSUD_SEHAT^MR||Wibowo^Rina||19900202|F", *nk1))
+    first = [p["relationship"][0]["coding"][0] for p in by_type(result, "RelatedPerson")]
+    assert [(c["system"].rsplit("/", 1)[1], c["code"]) for c in first] == [
+        ("v2-0131", "O"),
+        ("v3-RoleCode", "GRNDCHILD"),
+    ]
+    (patient,) = by_type(result, "Patient")
+    assert patient["contact"][0]["relationship"][0]["coding"][0]["code"] == "O"
