@@ -20,7 +20,7 @@ from hub.mapping._engine import _sender
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._runtime import Choice as Choice
 from hub.mapping._runtime import Runtime as Runtime
-from hub.mapping._runtime import is_empty
+from hub.mapping._runtime import _translate, is_empty, parse_ref
 from hub.mapping._runtime import key_id as key_id
 from hub.mapping._time import TimeFormatError, to_date, to_datetime, to_instant
 
@@ -393,7 +393,7 @@ _TELECOM_USE = {
 @_datatype("ContactPoint")
 def dt_xtn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """XTN → ContactPoint: XTN-1 (v2.3 formatted number), else XTN-4 email, else XTN-5..8 parts;
-    XTN-2 use (table 0201) and XTN-3 equipment (table 0202)."""
+    XTN-2 use (table 0201) and XTN-3 equipment (table 0202); ``args.default_use`` when XTN-2 is empty."""
     c = rt.texts(raw, level)
     c += [""] * (12 - len(c))
     use_code, equipment = c[1].upper(), c[2].upper()
@@ -411,6 +411,8 @@ def dt_xtn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
         return None
     out: dict[str, Any] = {"system": system or ("email" if "@" in value else "phone"), "value": value}
     use = "mobile" if equipment == "CP" else _TELECOM_USE.get(use_code)
+    if not use and not use_code:
+        use = args.get("default_use")  # PID-13 home (V2-to-FHIR IG: when XTN-2 is not valued)
     if use:
         out["use"] = use
     return out
@@ -978,6 +980,9 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
         )
         if c
     ]
+    if rels and relationship and relationship != '""':
+        # NK1-3 through the IG's Relationship map (vocab relationship), as for the RelatedPerson.
+        rels[0] = _translate(rt, "relationship", rels[0], _NK1_3)
     if rels:
         out["relationship"] = rels
     if name and name != '""':
@@ -1012,6 +1017,9 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
     if period:
         out["period"] = period
     return out if (out.keys() - {"relationship", "gender", "period"}) else None
+
+
+_NK1_3 = parse_ref("NK1-3")
 
 
 def _unless_null(raw: str) -> str:
@@ -2223,6 +2231,8 @@ def id_segment_per_patient(index: int, rt: Runtime) -> tuple[str, ...] | None:
     """One resource per patient for a segment that occurs once per patient (PD1-7 living will → one
     Observation, updated by each message): the segment's name, scoped to the patient by the rule."""
     return ("segment", rt.segments[index].name)
+
+
 @_segment_fn("note_annotation")
 def fn_note_annotation(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """An NTE as one Annotation (V2-to-FHIR IG NTE[Observation], NTE[Appointment-Comment]): NTE-3 the
@@ -2423,6 +2433,8 @@ def fn_observation_components(raws: list[str], index: int, rt: Runtime, args: di
         if isinstance(found, Choice) and not is_empty(found.value):
             out.append({"code": code, f"value{found.type}": found.value})
     return out or None
+
+
 # ===================================================================================================
 # Orders: NTE annotations with their author and time, NDL (the result interpreter, technician and
 # transcriptionist of an OBR), the v2 confidentiality code as a security label.
@@ -2618,3 +2630,17 @@ def fn_message_sender(raws: list[str], index: int, rt: Runtime, args: dict[str, 
         "type": {"coding": [{"system": _PARTICIPANT_TYPE, "code": "author"}]},
         "who": _sender(rt.ctx.facility, msh.get(3)),
     }
+
+
+@_segment_fn("message_recorded")
+def fn_message_recorded(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The message's date/time (MSH-7) as an instant, for a Provenance a segment makes beside the
+    message's own (PID[Provenance-Patient].recorded): the same value, so a replay changes nothing.
+    The inputs only say when the Provenance applies; MSH-7 itself is the engine's (coverage)."""
+    sent = rt.segments[0].get(7) if rt.segments else ""
+    if not sent:
+        return None
+    try:
+        return to_instant(sent, rt.zone)
+    except TimeFormatError:
+        return None  # the message's Provenance warns about it
