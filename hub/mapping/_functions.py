@@ -18,6 +18,7 @@ from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._runtime import Choice as Choice
 from hub.mapping._runtime import Runtime as Runtime
 from hub.mapping._runtime import key_id as key_id
+from hub.mapping._runtime import parse_ref
 from hub.mapping._time import TimeFormatError, to_date, to_datetime, to_instant
 
 NIK_SYSTEM = "https://fhir.kemkes.go.id/id/nik"
@@ -1899,3 +1900,40 @@ def fn_subscriber_id(raws: list[str], index: int, rt: Runtime, args: dict[str, A
     if not value and policy and policy != '""':
         value = _first_text(rt, policy)
     return value or None
+
+
+_GT1_NUMBER = (parse_ref("GT1-2.1"), parse_ref("GT1-2.4"))
+_GT1_PERSON = (parse_ref("GT1-3.1"), parse_ref("GT1-3.2"), parse_ref("GT1-11.1"), parse_ref("GT1-8"))
+
+
+@_segment_fn("guarantor")
+def fn_guarantor(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """GT1 → one ``Account.guarantor``: the party is the Patient when GT1-11 (relationship, table
+    0063) is SEL, else the guarantor RelatedPerson GT1.RelatedPerson makes (keyed as that map keys
+    it: GT1-2 guarantor number, else GT1-3 name, GT1-11 and GT1-8 within the patient), else an
+    Organization (GT1-21 guarantor organization name, XON); GT1-13/GT1-14 the period."""
+    relationship, name, number, organization, begin, end = ([*raws, "", "", "", "", "", ""])[:6]
+    pid = rt.patient_id_at(index)
+    party: dict[str, Any] | None = None
+    if is_self(rt, relationship):
+        party = {"reference": f"Patient/{pid}"}
+    elif (number and number != '""' and (key := [rt.value(r, index) for r in _GT1_NUMBER])[0]) or (
+        name and name != '""' and (key := [rt.value(r, index) for r in _GT1_PERSON])[0]
+    ):
+        party = {"reference": f"RelatedPerson/{resource_id('RelatedPerson', pid, *key)}"}
+    elif organization and organization != '""':
+        org = _first_rep(rt, organization)
+        ident = dt_identifier_at(org, 0, rt, {"value": 10, "fallback_value": 3, "authority": 6, "type": 7})
+        party = _organization(rt, _first_text(rt, org), [ident] if ident and ident.get("value") else [], {})
+    if party is None:
+        return None
+    out: dict[str, Any] = {"party": party}
+    period = {
+        k: v
+        for k, raw in (("start", begin), ("end", end))
+        if raw and raw != '""' and (v := dt_date(_first_rep(rt, raw), 0, rt, {}))
+    }
+    _drop_reversed_end(period)
+    if period:
+        out["period"] = period
+    return out
