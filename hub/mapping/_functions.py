@@ -1937,3 +1937,28 @@ def fn_guarantor(raws: list[str], index: int, rt: Runtime, args: dict[str, Any])
     if period:
         out["period"] = period
     return out
+
+
+@_segment_fn("procedure_performed")
+def fn_procedure_performed(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """PR1-5 procedure date/time and PR1-7 procedure minutes → ``Procedure.performed[x]`` (V2-to-FHIR
+    IG PR1[Procedure]): a performedPeriod from PR1-5 to PR1-5 plus PR1-7 minutes when PR1-7 is valued
+    and PR1-5 is precise to the minute, else performedDateTime PR1-5."""
+    from datetime import datetime, timedelta
+
+    when_raw, minutes_raw = ([*raws, "", ""])[:2]
+    when_raw = _first_rep(rt, when_raw) if when_raw != '""' else ""
+    if not when_raw:
+        return None
+    start = dt_datetime(when_raw, 0, rt, {})
+    if not isinstance(start, str):
+        return None
+    minutes = decimal(rt.text(_component(rt, minutes_raw, 1)).strip()) if minutes_raw else None
+    if minutes is None or minutes <= 0 or "T" not in start:
+        return Choice("DateTime", start)
+    try:
+        moment = datetime.fromisoformat(start)
+    except ValueError:
+        return Choice("DateTime", start)
+    end = (moment + timedelta(minutes=float(minutes))).isoformat()
+    return Choice("Period", {"start": start, "end": end})
