@@ -2644,3 +2644,210 @@ def fn_message_recorded(raws: list[str], index: int, rt: Runtime, args: dict[str
         return to_instant(sent, rt.zone)
     except TimeFormatError:
         return None  # the message's Provenance warns about it
+
+
+# ---------------------------------------------------------------------------------------------------
+# Insurance (IN1/IN2 → Coverage) and guarantors (GT1 → Account.guarantor).
+
+COVERAGE_CLASS = "http://terminology.hl7.org/CodeSystem/coverage-class"
+# HL7 table 0063 code of the patient itself (IN1-17 insured's, GT1-11 guarantor's relationship).
+_SELF_CODES = frozenset({"SEL"})
+
+
+def _first_text(rt: Runtime, raw: str, n: int = 1) -> str:
+    """The text of component ``n`` (its first subcomponent) of the first repetition of ``raw``."""
+    comp = _component(rt, _first_rep(rt, raw), n)
+    return rt.text(comp.split(rt.enc.subcomponent, 1)[0] if rt.enc.subcomponent else comp).strip()
+
+
+def is_self(rt: Runtime, relationship_raw: str) -> bool:
+    """Whether a table 0063 relationship (CWE) says the party is the patient (SEL)."""
+    return _first_text(rt, relationship_raw).upper() in _SELF_CODES
+
+
+@_segment_fn("coverage_class")
+def fn_coverage_class(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One ``Coverage.class`` of ``args.type`` (coverage-class: plan, group …): the value is the first
+    input's first component (IN1-2 health plan id, IN1-8 group number), the name the second input's
+    first component (IN1-9 group name), else the first input's second component (IN1-2.2 plan text)."""
+    first, second = ([*raws, "", ""])[:2]
+    value = _first_text(rt, first) if first and first != '""' else ""
+    if not value:
+        return None
+    name = _first_text(rt, second) if second and second != '""' else _first_text(rt, first, 2)
+    out: dict[str, Any] = {
+        "type": {"coding": [{"system": COVERAGE_CLASS, "code": str(args.get("type", "plan"))}]},
+        "value": value,
+    }
+    if name:
+        out["name"] = name
+    return out
+
+
+def _party_reference(
+    rt: Runtime, index: int, relationship_raw: str, name_raw: str, resource: str = "RelatedPerson"
+) -> Any:
+    """The Patient when the relationship is SEL, else the RelatedPerson a map keys as (relationship
+    code, family name, given name) within the patient: IN1.RelatedPerson, GT1.RelatedPerson."""
+    if is_self(rt, relationship_raw):
+        return {"reference": f"Patient/{rt.patient_id_at(index)}"}
+    relationship = _first_text(rt, relationship_raw)
+    family = _first_text(rt, name_raw)
+    if not relationship or not family:
+        return None
+    given = _first_text(rt, name_raw, 2)
+    return {
+        "reference": f"{resource}/{resource_id(resource, rt.patient_id_at(index), relationship, family, given)}"
+    }
+
+
+@_segment_fn("insured_party")
+def fn_insured_party(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """IN1-17 relationship and IN1-16 insured's name → ``Coverage.subscriber`` (V2-to-FHIR IG
+    IN1[Coverage]): the Patient when IN1-17 is SEL, else the insured RelatedPerson IN1.RelatedPerson
+    makes (keyed by IN1-17.1, IN1-16.1 and IN1-16.2 within the patient, as that map keys it)."""
+    relationship, name = ([*raws, "", ""])[:2]
+    return _party_reference(rt, index, relationship, name)
+
+
+def _organization(rt: Runtime, name: str, identifiers: list[dict[str, Any]], extra: dict[str, Any]) -> Any:
+    from hub.mapping._loader import _as_resource
+
+    body: dict[str, Any] = {}
+    if identifiers:
+        body["identifier"] = identifiers
+    if name:
+        body["name"] = name
+    if not body:
+        return None
+    body.update({k: v for k, v in extra.items() if v})
+    return _as_resource(rt, "Organization", body)
+
+
+def _cx_list(rt: Runtime, raw: str, skip_types: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    out = []
+    for rep in raw.split(rt.enc.repetition) if raw and raw != '""' else []:
+        if skip_types and rt.text(_component(rt, rep, 5)).strip().upper() in skip_types:
+            continue
+        ident = dt_cx(rep, 0, rt, {})
+        if ident and ident not in out:
+            out.append(ident)
+    return out
+
+
+@_segment_fn("payor_organization")
+def fn_payor_organization(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The insurer (V2-to-FHIR IG IN1[Coverage] payor): an Organization named by IN1-4 (XON; its
+    XON-10/XON-3 identifier), identified by IN1-3 insurance company id (CX), with IN1-5 address and
+    IN1-7 phone. Keyed by its first identifier (IN1-3), else by its name within the sender."""
+    company, ids, address, phone = ([*raws, "", "", "", ""])[:4]
+    company = _first_rep(rt, company) if company != '""' else ""
+    identifiers = _cx_list(rt, ids)
+    if company:
+        own = dt_identifier_at(company, 0, rt, {"value": 10, "fallback_value": 3, "authority": 6, "type": 7})
+        if own and own.get("value") and own not in identifiers:
+            identifiers.append(own)
+    conv = rt.maps.converters
+    addr_raw = _first_rep(rt, address) if address != '""' else ""
+    addr = conv["XAD"](addr_raw, 0, rt, {}) if addr_raw and "XAD" in conv else None
+    telecom = [
+        t
+        for rep in (phone.split(rt.enc.repetition) if phone and phone != '""' else [])
+        if (t := dt_xtn(rep, 0, rt, {}))
+    ]
+    return _organization(
+        rt,
+        _first_text(rt, company) if company else "",
+        identifiers,
+        {"address": [addr] if addr else None, "telecom": telecom},
+    )
+
+
+@_segment_fn("policy_holder")
+def fn_policy_holder(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """IN1-11 insured's group employer name (XON) and IN1-10 its id (CX) → ``Coverage.policyHolder``,
+    an Organization (V2-to-FHIR IG IN1[Coverage]). An IN1-10 typed SN is the subscriber's number
+    (see ``subscriber_id``), not the employer's."""
+    employer, ids = ([*raws, "", ""])[:2]
+    employer = _first_rep(rt, employer) if employer != '""' else ""
+    identifiers = _cx_list(rt, ids, frozenset({"SN"}))
+    return _organization(rt, _first_text(rt, employer) if employer else "", identifiers, {})
+
+
+@_segment_fn("subscriber_id")
+def fn_subscriber_id(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """``Coverage.subscriberId`` (R4: a string; the IG's R5 subscriberId extension): IN1-49 insured's
+    id number, else an IN1-10 typed SN (subscriber number), else IN1-36 policy number."""
+    insured, group_ids, policy = ([*raws, "", "", ""])[:3]
+    value = _first_text(rt, insured) if insured and insured != '""' else ""
+    if not value and group_ids and group_ids != '""':
+        for rep in group_ids.split(rt.enc.repetition):
+            if rt.text(_component(rt, rep, 5)).strip().upper() == "SN":
+                value = rt.text(_component(rt, rep, 1)).strip()
+                if value:
+                    break
+    if not value and policy and policy != '""':
+        value = _first_text(rt, policy)
+    return value or None
+
+
+_GT1_NUMBER = (parse_ref("GT1-2.1"), parse_ref("GT1-2.4"))
+_GT1_PERSON = (parse_ref("GT1-3.1"), parse_ref("GT1-3.2"), parse_ref("GT1-11.1"), parse_ref("GT1-8"))
+
+
+@_segment_fn("guarantor")
+def fn_guarantor(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """GT1 → one ``Account.guarantor``: the party is the Patient when GT1-11 (relationship, table
+    0063) is SEL, else the guarantor RelatedPerson GT1.RelatedPerson makes (keyed as that map keys
+    it: GT1-2 guarantor number, else GT1-3 name, GT1-11 and GT1-8 within the patient), else an
+    Organization (GT1-21 guarantor organization name, XON); GT1-13/GT1-14 the period."""
+    relationship, name, number, organization, begin, end = ([*raws, "", "", "", "", "", ""])[:6]
+    pid = rt.patient_id_at(index)
+    party: dict[str, Any] | None = None
+    if is_self(rt, relationship):
+        party = {"reference": f"Patient/{pid}"}
+    elif (number and number != '""' and (key := [rt.value(r, index) for r in _GT1_NUMBER])[0]) or (
+        name and name != '""' and (key := [rt.value(r, index) for r in _GT1_PERSON])[0]
+    ):
+        party = {"reference": f"RelatedPerson/{resource_id('RelatedPerson', pid, *key)}"}
+    elif organization and organization != '""':
+        org = _first_rep(rt, organization)
+        ident = dt_identifier_at(org, 0, rt, {"value": 10, "fallback_value": 3, "authority": 6, "type": 7})
+        party = _organization(rt, _first_text(rt, org), [ident] if ident and ident.get("value") else [], {})
+    if party is None:
+        return None
+    out: dict[str, Any] = {"party": party}
+    period = {
+        k: v
+        for k, raw in (("start", begin), ("end", end))
+        if raw and raw != '""' and (v := dt_date(_first_rep(rt, raw), 0, rt, {}))
+    }
+    _drop_reversed_end(period)
+    if period:
+        out["period"] = period
+    return out
+
+
+@_segment_fn("procedure_performed")
+def fn_procedure_performed(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """PR1-5 procedure date/time and PR1-7 procedure minutes → ``Procedure.performed[x]`` (V2-to-FHIR
+    IG PR1[Procedure]): a performedPeriod from PR1-5 to PR1-5 plus PR1-7 minutes when PR1-7 is valued
+    and PR1-5 is precise to the minute, else performedDateTime PR1-5."""
+    from datetime import datetime, timedelta
+
+    when_raw, minutes_raw = ([*raws, "", ""])[:2]
+    when_raw = _first_rep(rt, when_raw) if when_raw != '""' else ""
+    if not when_raw:
+        return None
+    start = dt_datetime(when_raw, 0, rt, {})
+    if not isinstance(start, str):
+        return None
+    minutes = decimal(rt.text(_component(rt, minutes_raw, 1)).strip()) if minutes_raw else None
+    if minutes is None or minutes <= 0 or "T" not in start:
+        return Choice("DateTime", start)
+    try:
+        moment = datetime.fromisoformat(start)
+    except ValueError:
+        return Choice("DateTime", start)
+    end = (moment + timedelta(minutes=float(minutes))).isoformat()
+    return Choice("Period", {"start": start, "end": end})
