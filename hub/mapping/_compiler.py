@@ -862,7 +862,8 @@ def compile_resolve(smap: CompiledSegmentMap, segment_of_map: dict[str, str]) ->
     """The deferred (reference) fields of a segment map as one generated function doing what
     :func:`resolve_references` does for them. Only the fields' positions reach the text; map names,
     segment names and targets are bound."""
-    if not smap.deferred:
+    if not smap.deferred or any(f.when is not None for f in smap.deferred):
+        # A conditional reference (a PRT's role decides where it goes): resolve_references does it.
         smap.resolve = None
         return
     ns: dict[str, Any] = {"set_value": set_value, "bisect_right": bisect_right}

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from hub.hl7 import EXPLICIT_NULL
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._runtime import Choice as Choice
 from hub.mapping._runtime import Runtime as Runtime
@@ -1004,6 +1005,67 @@ def fn_device_version(raws: list[str], index: int, rt: Runtime, args: dict[str, 
     when = dt_datetime(installed.split(rt.enc.repetition, 1)[0], 0, rt, {}) if installed else None
     if when:
         out["extension"] = [{"url": INSTALL_DATE_URL, "valueDateTime": when}]
+    return out
+
+
+@_segment_fn("practitioner")
+def fn_practitioner(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The person of a PRT or ROL (XCN, first repetition) as a Reference to a Practitioner (V2-to-FHIR
+    IG XCN[Practitioner]) whose address is the second input (XAD: PRT-14, ROL-11 → the IG's
+    practitioner(Practitioner.address))."""
+    person, address = ([*raws, "", ""])[:2]
+    if not person or person == EXPLICIT_NULL:
+        return None
+    rep = rt.enc.repetition
+    conv = rt.maps.converters
+    ref = conv["XCN.Practitioner"](person.split(rep, 1)[0], 0, rt, {})
+    if not isinstance(ref, dict) or not address or address == EXPLICIT_NULL:
+        return ref
+    found = rt.extra.get(str(ref.get("reference", "")))
+    if found is not None:
+        for raw in address.split(rep):
+            value = conv["XAD"](raw, 0, rt, {}) if raw and raw != EXPLICIT_NULL else None
+            if value and value not in found.get("address", []):
+                found.setdefault("address", []).append(value)
+    return ref
+
+
+@_segment_fn("participant")
+def fn_participant(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One participant of an Encounter or a CareTeam from a PRT or ROL (V2-to-FHIR IG PRT/ROL maps):
+    the Reference to the resource the map ``args.map`` made from this segment (its PractitionerRole)
+    as ``args.element`` (``individual``, ``member``), the role (the first input, CWE, table
+    ``args.role_system``, translated by the vocabulary ``args.role_vocab`` with the sender's coding
+    kept beside) as ``args.role`` (``type``, ``role``) and the period (the second and third
+    inputs). None when that map made nothing from the segment."""
+    role, start, end = ([*raws, "", "", ""])[:3]
+    made = rt.made.get((str(args.get("map", "")), index))
+    if made is None or not any(r is made for r in rt.resources):
+        return None
+    rep = rt.enc.repetition
+    out: dict[str, Any] = {}
+    if role and role != EXPLICIT_NULL:
+        concept = rt.maps.converters["CWE"](
+            role.split(rep, 1)[0], 0, rt, {"default_system": args.get("role_system", "HL70443")}
+        )
+        vocab = rt.vocab(str(args["role_vocab"])) if args.get("role_vocab") else None
+        if concept and vocab is not None and concept.get("coding"):
+            found = vocab.lookup(concept["coding"][0].get("code", ""))
+            if isinstance(found, dict):
+                coding = (
+                    {"system": vocab.system, **found} if vocab.system and "system" not in found else found
+                )
+                concept["coding"] = [dict(coding), *concept["coding"]]
+        if concept:
+            out[str(args.get("role", "type"))] = [concept]
+    out[str(args.get("element", "individual"))] = {"reference": f"{made['resourceType']}/{made['id']}"}
+    period: dict[str, Any] = {}
+    for key, raw in (("start", start), ("end", end)):
+        when = dt_datetime(raw.split(rep, 1)[0], 0, rt, {}) if raw and raw != EXPLICIT_NULL else None
+        if when:
+            period[key] = when
+    if period:
+        out["period"] = period
     return out
 
 

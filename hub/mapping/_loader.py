@@ -414,6 +414,7 @@ class _Compiler:
             required=list(sm.required),
             merge_into=sm.merge_into,
             when=self.condition(path, sm.when),
+            reads=frozenset(r.segment for cf in fields for r in (*cf.sources, *cf.inputs)),
         )
         compiled.compute_id = compile_id(compiled.resource, compiled.id_rules, compiled.segment)
         compile_plan(compiled)
@@ -438,6 +439,7 @@ class _Compiler:
                     e.parent,
                     e.reference_only,
                     None if e.reference_only else sm.make,
+                    self.condition(path, e.when),
                 )
             )
         return by_segment

@@ -196,6 +196,9 @@ class Entry(_Strict):
     # Compute the resource's id so References resolve, but emit nothing: e.g. an ORU's PV1 points at the
     # Encounter the ADT feed owns without overwriting it.
     reference_only: bool = False
+    # Apply only when this holds for the segment (the IG message maps' conditions: a PRT after the PID
+    # with role PP is the patient's primary care provider, another PRT there a related person).
+    when: Condition | None = None
 
 
 class MessageMap(_Strict):

@@ -1,0 +1,160 @@
+"""PRT and ROL (participations, roles): the V2-to-FHIR IG's PRT[PractitionerRole], PRT[Device],
+PRT[RelatedPerson], PRT[Observation-Location], ROL[…] maps and the message maps that link them to the
+patient, the visit, the order, the report and the observation the segment follows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.mapping._support import HL7_DIR, by_type, map_file, map_text
+
+
+def _one(result: Any, resource_type: str, **match: Any) -> dict[str, Any]:
+    found = [r for r in by_type(result, resource_type) if all(r.get(k) == v for k, v in match.items())]
+    assert len(found) == 1, (resource_type, match, found)
+    return found[0]
+
+
+def _ref(resource: dict[str, Any]) -> dict[str, str]:
+    return {"reference": f"{resource['resourceType']}/{resource['id']}"}
+
+
+def _role(result: Any, code: str) -> dict[str, Any]:
+    roles = [r for r in by_type(result, "PractitionerRole") if r["code"][0]["coding"][0]["code"] == code]
+    assert len(roles) == 1, (code, roles)
+    return roles[0]
+
+
+def _practitioner(result: Any, role: dict[str, Any]) -> dict[str, Any]:
+    ref = role["practitioner"]["reference"]
+    return next(r for r in result.resources if f"{r['resourceType']}/{r['id']}" == ref)
+
+
+ORU = HL7_DIR / "oru_r01_prt.hl7"
+
+
+def test_oru_prt_after_pid_pp_is_the_general_practitioner() -> None:
+    result = map_file(ORU)
+    patient = _one(result, "Patient")
+    gp = _role(result, "PP")
+    assert patient["generalPractitioner"] == [_ref(gp)]
+    assert gp["code"][0]["coding"][0]["system"] == "http://terminology.hl7.org/CodeSystem/v2-0912"
+    assert gp["telecom"] == [{"system": "phone", "value": "+62 (22) 7001234", "use": "work"}]
+    doctor = _practitioner(result, gp)
+    assert doctor["identifier"][0]["value"] == "D7001"
+    # PRT-14 is the practitioner's address (IG: practitioner(Practitioner.address)).
+    assert doctor["address"][0]["city"] == "Bandung"
+    assert gp["active"] is True
+
+
+def test_oru_prt_after_pid_other_role_is_a_related_person() -> None:
+    result = map_file(ORU)
+    patient = _one(result, "Patient")
+    mother = _one(result, "RelatedPerson")
+    assert mother["patient"] == _ref(patient)
+    assert mother["relationship"][0]["coding"][0]["code"] == "MTH"
+    assert mother["name"] == [{"family": "Lestari", "given": ["Sri"]}]
+    assert mother["period"] == {"start": "2020-01-01"}
+    assert mother["address"][0]["use"] == "home"
+    assert mother["telecom"][0]["use"] == "home"
+    # The mother is no practitioner: no PractitionerRole with her role.
+    assert not [r for r in by_type(result, "PractitionerRole") if r["code"][0]["coding"][0]["code"] == "MTH"]
+
+
+def test_oru_prt_after_pv1_is_an_encounter_participant() -> None:
+    result = map_file(ORU)
+    encounter = _one(result, "Encounter")
+    attending = _role(result, "AT")
+    assert encounter["participant"] == [
+        {
+            "type": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                            "code": "ATND",
+                            "display": "attender",
+                        },
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v2-0912",
+                            "code": "AT",
+                            "display": "Attending Provider",
+                        },
+                    ]
+                }
+            ],
+            "individual": _ref(attending),
+            "period": {"start": "2026-11-05T08:00:00+07:00", "end": "2026-11-05T08:30:00+07:00"},
+        }
+    ]
+    assert attending["period"] == {"start": "2026-11-05T08:00:00+07:00", "end": "2026-11-05T08:30:00+07:00"}
+
+
+def test_oru_prt_after_orc_is_the_requester_of_the_following_obr() -> None:
+    result = map_file(ORU)
+    order = _one(result, "ServiceRequest")
+    ordering = _role(result, "OP")
+    assert order["requester"] == _ref(ordering)
+    assert ordering["organization"]["display"] == "RSUD Sehat"
+
+
+def test_oru_prt_after_obr_performs_and_interprets_the_report() -> None:
+    result = map_file(ORU)
+    report = _one(result, "DiagnosticReport")
+    assert report["resultsInterpreter"] == [_ref(_role(result, "PRI"))]
+    assert report["performer"] == [_ref(_role(result, "TN"))]
+
+
+def test_oru_prt_after_obx_names_performer_location_and_device() -> None:
+    result = map_file(ORU)
+    hb = next(o for o in by_type(result, "Observation") if o["code"]["coding"][0]["code"] == "718-7")
+    wbc = next(o for o in by_type(result, "Observation") if o["code"]["coding"][0]["code"] == "6690-2")
+    observer = _role(result, "RO")
+    assert hb["performer"] == [_ref(observer)]
+    location = observer["location"][0]
+    assert hb["extension"] == [
+        {"url": "http://hl7.org/fhir/StructureDefinition/event-location", "valueReference": location}
+    ]
+    assert "device" not in hb and "performer" not in wbc
+    device = _one(result, "Device")
+    assert wbc["device"] == _ref(device)
+    assert device["identifier"][0]["value"] == "HA-2201"
+    assert device["udiCarrier"] == [{"deviceIdentifier": "UDI-00012345"}]
+    assert (device["lotNumber"], device["serialNumber"]) == ("LOT77", "SN-5521")
+    assert (device["manufactureDate"], device["expirationDate"]) == ("2025-01-01", "2030-12-31")
+    assert device["status"] == "active"
+    assert not [u for u in result.unmapped if u["segment"] == "PRT" and u["field"] != 4]
+
+
+def test_prt_ids_are_deterministic_and_scoped_to_the_patient() -> None:
+    text = ORU.read_bytes().decode("utf-8")
+    first, again = map_text(text), map_text(text.replace("ORUPRT0001", "ORUPRT0002"))
+    ids = sorted(r["id"] for r in by_type(first, "PractitionerRole"))
+    assert ids == sorted(r["id"] for r in by_type(again, "PractitionerRole"))
+    other = map_text(text.replace("RM009911", "RM009912"))
+    assert not set(ids) & {r["id"] for r in by_type(other, "PractitionerRole")}
+    # A device is the sender's, the same for every patient.
+    assert _one(first, "Device")["id"] == _one(other, "Device")["id"]
+
+
+def test_prt_action_code_d_inactivates() -> None:
+    text = ORU.read_bytes().decode("utf-8").replace("PRT|1|UC||PP^", "PRT|1|D||PP^")
+    result = map_text(text)
+    assert _role(result, "PP")["active"] is False
+    assert _role(result, "AT")["active"] is True
+
+
+def test_prt_after_the_obx_of_an_earlier_order_stays_there() -> None:
+    """An ORC's PRT goes to the OBR after that ORC, never to the previous order's."""
+    text = ORU.read_bytes().decode("utf-8")
+    second = (
+        "ORC|RE|PO-7702^SIMRS|LAB-7702^LIS\r"
+        "PRT|1|UC||OP^Ordering Provider^HL70912|D7009^Gunawan^Tono^^^dr.^^^RSUD_SEHAT\r"
+        "OBR|2|PO-7702^SIMRS|LAB-7702^LIS|2345-7^Glucose^LN|||20261105081000+0700\r"
+        "OBX|1|NM|2345-7^Glucose^LN||101|mg/dL^^UCUM|||||F\r"
+    )
+    result = map_text(text + second)
+    orders = {o["identifier"][0]["value"]: o for o in by_type(result, "ServiceRequest")}
+    roles = {r["practitioner"]["display"]: r for r in by_type(result, "PractitionerRole")}
+    assert orders["PO-7701"]["requester"] == _ref(roles["dr. Maya Sari"])
+    assert orders["PO-7702"]["requester"] == _ref(roles["dr. Tono Gunawan"])
