@@ -806,7 +806,7 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
     smap.deferred = tuple(f for f in smap.fields if f.deferred)
     body = lines[1:]
     lines.append("    return None")
-    if smap.when is None and smap.merge_into is None:
+    if smap.when is None and smap.merge_into is None and not smap.accumulate:
         lines += _make_lines(smap, body, namespace)
     exec(compile("\n".join(lines), f"<segment map {smap.name}>", "exec"), namespace)
     smap.fill = namespace["fill"]

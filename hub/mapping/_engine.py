@@ -74,6 +74,18 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
         resource_id(smap.resource, *message_key(rt), rt.segments[index].name, str(index))
     )
     key = f"{smap.resource}/{rid}"
+    existing = (
+        next((r for r in rt.resources if r["id"] == rid and r["resourceType"] == smap.resource), None)
+        if smap.accumulate and key in rt.keys
+        else None
+    )
+    if existing is not None:
+        # One resource for the message's segments with this id (a CareTeam's participants).
+        merge_into(existing, res)
+        rt.made[(smap.name, index)] = existing
+        if smap.deferred:
+            rt.deferred.append((existing, smap.resolve or smap.deferred, index, parent))
+        return
     if key in rt.keys:
         # Two segments with the same business key in one message: keep both, keyed apart by position.
         rt.warn(f"{rt.segments[index].name} at segment {index}: {key} already made by this message")

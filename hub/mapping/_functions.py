@@ -1036,14 +1036,22 @@ def fn_participant(raws: list[str], index: int, rt: Runtime, args: dict[str, Any
     the Reference to the resource the map ``args.map`` made from this segment (its PractitionerRole)
     as ``args.element`` (``individual``, ``member``), the role (the first input, CWE, table
     ``args.role_system``, translated by the vocabulary ``args.role_vocab`` with the sender's coding
-    kept beside) as ``args.role`` (``type``, ``role``) and the period (the second and third
-    inputs). None when that map made nothing from the segment."""
-    role, start, end = ([*raws, "", "", ""])[:3]
+    kept beside) as ``args.role`` (``type``, ``role``), the period (the second and third inputs) and
+    the organization the person acts for (the fourth, XON: a CareTeam's onBehalfOf). None when that
+    map made nothing from the segment."""
+    role, start, end, organization = ([*raws, "", "", "", ""])[:4]
     made = rt.made.get((str(args.get("map", "")), index))
-    if made is None or not any(r is made for r in rt.resources):
-        return None
     rep = rt.enc.repetition
     out: dict[str, Any] = {}
+    member: Any = None
+    if made is None or not any(r is made for r in rt.resources):
+        # No person: with ``args.organization_member`` the organization is the member (CareTeam).
+        if not (args.get("organization_member") and organization and organization != EXPLICIT_NULL):
+            return None
+        member = rt.maps.converters["XON"](organization.split(rep, 1)[0], 0, rt, {})
+        if not member:
+            return None
+        made, organization = None, ""
     if role and role != EXPLICIT_NULL:
         concept = rt.maps.converters["CWE"](
             role.split(rep, 1)[0], 0, rt, {"default_system": args.get("role_system", "HL70443")}
@@ -1058,7 +1066,9 @@ def fn_participant(raws: list[str], index: int, rt: Runtime, args: dict[str, Any
                 concept["coding"] = [dict(coding), *concept["coding"]]
         if concept:
             out[str(args.get("role", "type"))] = [concept]
-    out[str(args.get("element", "individual"))] = {"reference": f"{made['resourceType']}/{made['id']}"}
+    out[str(args.get("element", "individual"))] = (
+        member if made is None else {"reference": f"{made['resourceType']}/{made['id']}"}
+    )
     period: dict[str, Any] = {}
     for key, raw in (("start", start), ("end", end)):
         when = dt_datetime(raw.split(rep, 1)[0], 0, rt, {}) if raw and raw != EXPLICIT_NULL else None
@@ -1066,6 +1076,10 @@ def fn_participant(raws: list[str], index: int, rt: Runtime, args: dict[str, Any
             period[key] = when
     if period:
         out["period"] = period
+    if organization and organization != EXPLICIT_NULL:
+        on_behalf = rt.maps.converters["XON"](organization.split(rep, 1)[0], 0, rt, {})
+        if on_behalf:
+            out["onBehalfOf"] = on_behalf
     return out
 
 
@@ -1095,6 +1109,13 @@ def _id_fn(name: str) -> Callable[[IdFn], IdFn]:
         return fn
 
     return deco
+
+
+@_id_fn("one_per_patient")
+def id_one_per_patient(index: int, rt: Runtime) -> tuple[str, ...] | None:
+    """One resource of the map's type per source Patient, keyed by the patient alone (the patient's
+    CareTeam as the sender tells it, whose participants every PRT and ROL of the message adds)."""
+    return (rt.patient_id_at(index),) if rt.patient_key_at(index)[0] else None
 
 
 @_id_fn("patient")

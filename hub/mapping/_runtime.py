@@ -226,6 +226,7 @@ class CompiledSegmentMap:
     make: Callable[[Runtime, int, int], None] | None = None
     is_child: bool = False  # another map's ``children:`` field lists the resources of this one
     reads: frozenset[str] = frozenset()  # the segments its fields read (OBR.ServiceRequest: OBR, ORC …)
+    accumulate: bool = False  # segments with the same id add to one resource (see SegmentMap)
 
 
 @dataclass(slots=True)

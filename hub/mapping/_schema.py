@@ -120,6 +120,9 @@ class SegmentMap(_Strict):
     extends: str | None = None  # overlays only: the base map this one changes
     remove: list[str] = Field(default_factory=list)  # overlays only: targets of base fields to drop
     merge_into: str | None = None  # map whose resource (from the enclosing segment) receives these elements
+    # Segments of one message with the same id make one resource, each adding its elements (the PRTs
+    # and ROLs of a patient are the participants of one CareTeam); else they are kept apart.
+    accumulate: bool = False
     when: Condition | None = None
     id: list[IdRule] = Field(default_factory=list)
     required: list[str] = Field(default_factory=list)

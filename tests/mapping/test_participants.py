@@ -158,3 +158,76 @@ def test_prt_after_the_obx_of_an_earlier_order_stays_there() -> None:
     roles = {r["practitioner"]["display"]: r for r in by_type(result, "PractitionerRole")}
     assert orders["PO-7701"]["requester"] == _ref(roles["dr. Maya Sari"])
     assert orders["PO-7702"]["requester"] == _ref(roles["dr. Tono Gunawan"])
+
+
+ADT = HL7_DIR / "adt_a01_rol_prt.hl7"
+
+
+def test_adt_rol_pp_after_pid_is_the_general_practitioner() -> None:
+    result = map_file(ADT)
+    patient = _one(result, "Patient")
+    gp = next(r for r in by_type(result, "PractitionerRole") if r["identifier"][0]["value"] == "R-1")
+    assert patient["generalPractitioner"] == [_ref(gp)]
+    # ROL-3 (table 0443) PP → SNOMED CT primary care physician, the sender's coding beside.
+    assert [c["code"] for c in gp["code"][0]["coding"]] == ["446050000", "PP"]
+    assert gp["organization"]["display"] == "Klinik Pratama Melati"
+    assert gp["period"] == {"start": "2025-01-01"}
+    assert _practitioner(result, gp)["address"][0]["city"] == "Surabaya"  # ROL-11
+
+
+def test_adt_care_roles_after_pid_make_one_care_team_of_the_patient() -> None:
+    result = map_file(ADT)
+    patient = _one(result, "Patient")
+    team = _one(result, "CareTeam")
+    assert team["subject"] == _ref(patient) and team["status"] == "active"
+    consultant = next(
+        r for r in by_type(result, "PractitionerRole") if r.get("identifier", [{}])[0].get("value") == "R-2"
+    )
+    referrer = _role(result, "RP")
+    members = [p["member"] for p in team["participant"]]
+    assert members == [_ref(consultant), _ref(referrer)]
+    assert team["participant"][0]["role"][0]["coding"][0]["code"] == "CON"  # ROL-3 CP
+    assert team["participant"][1]["role"][0]["coding"][0]["code"] == "RP"  # PRT-4
+    assert team["participant"][1]["onBehalfOf"]["display"] == "Puskesmas Kenjeran"  # PRT-8
+    assert team["reasonCode"][0]["coding"][0]["code"] == "I10"  # ROL-8
+    # The same patient's next message updates the same CareTeam; another patient has another.
+    text = ADT.read_bytes().decode("utf-8")
+    assert _one(map_text(text.replace("ADTROL0001", "ADTROL0002")), "CareTeam")["id"] == team["id"]
+    assert _one(map_text(text.replace("RM008822", "RM008823")), "CareTeam")["id"] != team["id"]
+
+
+def test_adt_prt_of_another_role_after_pid_is_a_related_person() -> None:
+    result = map_file(ADT)
+    friend = next(r for r in by_type(result, "RelatedPerson") if r["name"][0]["family"] == "Wahyuni")
+    assert friend["relationship"][0]["coding"][0]["code"] == "FND"
+    assert friend["patient"] == _ref(_one(result, "Patient"))
+    assert "FND" not in {r["code"][0]["coding"][-1]["code"] for r in by_type(result, "PractitionerRole")}
+
+
+def test_adt_rol_and_prt_after_pv1_are_encounter_participants() -> None:
+    result = map_file(ADT)
+    encounter = _one(result, "Encounter")
+    attending = next(
+        r for r in by_type(result, "PractitionerRole") if r.get("identifier", [{}])[0].get("value") == "R-3"
+    )
+    admitting = _role(result, "AD")
+    assert [p["individual"] for p in encounter["participant"]] == [_ref(attending), _ref(admitting)]
+    assert [p["type"][0]["coding"][0]["code"] for p in encounter["participant"]] == ["ATND", "ADM"]
+    assert encounter["participant"][0]["period"] == {"start": "2026-11-06T10:00:00+07:00"}
+    assert not [u for u in result.unmapped if u["segment"] in ("ROL", "PRT")]
+
+
+def test_care_team_and_related_person_reach_the_patient_compartment() -> None:
+    """CareTeam?patient= and $everything find the CareTeam (R4 Patient compartment: CareTeam.patient,
+    .participant) and the RelatedPerson (RelatedPerson.patient)."""
+    from hub.store.search_params import PATIENT_COMPARTMENT, compartment_paths, extract_rows
+
+    result = map_file(ADT)
+    patient_id = _one(result, "Patient")["id"]
+    for resource_type, element in (("CareTeam", "subject"), ("RelatedPerson", "patient")):
+        assert PATIENT_COMPARTMENT[resource_type][0] == "patient"
+        assert element in compartment_paths(resource_type)
+        for resource in by_type(result, resource_type):
+            assert resource[element] == {"reference": f"Patient/{patient_id}"}
+            rows = [tuple(r[:3]) for r in extract_rows(resource)["reference"]]
+            assert (element, "Patient", patient_id) in rows, resource_type
