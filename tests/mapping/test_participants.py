@@ -231,3 +231,54 @@ def test_care_team_and_related_person_reach_the_patient_compartment() -> None:
             assert resource[element] == {"reference": f"Patient/{patient_id}"}
             rows = [tuple(r[:3]) for r in extract_rows(resource)["reference"]]
             assert (element, "Patient", patient_id) in rows, resource_type
+
+
+def test_vxu_order_prt_are_immunization_performers_with_their_function() -> None:
+    result = map_file(HL7_DIR / "vxu_v04_prt.hl7")
+    immunization = _one(result, "Immunization")
+    ordering, administering = _role(result, "OP"), _role(result, "AP")
+    performers = {p["function"]["coding"][0]["code"]: p["actor"] for p in immunization["performer"]}
+    assert performers == {"OP": _ref(ordering), "AP": _ref(administering)}
+    assert administering["location"][0]["display"] == "RSUD_SEHAT Poli Anak IMUN"
+    observation = _one(result, "Observation")
+    assert observation["performer"] == [_ref(_role(result, "RO"))]
+    assert not result.warnings
+
+
+OML = (
+    "MSH|^~\\&|SIMRS|RSUD_SEHAT|LIS|RSUD_SEHAT|20261108070000+0700||OML^O21^OML_O21|OMLPRT0001|P|2.8\r"
+    "PID|1||RM006644^^^RSUD_SEHAT^MR||Pratiwi^Nur||19881201|F\r"
+    "PRT|1|UC||PP^Primary Care Provider^HL70912|D6001^Siregar^Hana^^^dr.^^^RSUD_SEHAT\r"
+    "ORC|NW|PO-6601^SIMRS\r"
+    "PRT|1|UC||OP^Ordering Provider^HL70912|D6002^Lubis^Fajar^^^dr.^^^RSUD_SEHAT\r"
+    "OBR|1|PO-6601^SIMRS||57021-8^CBC W Auto Differential panel^LN|||20261108065500\r"
+    "ORC|NW|PO-6602^SIMRS\r"
+    "OBR|2|PO-6602^SIMRS||2345-7^Glucose^LN|||20261108065500\r"
+    "PRT|1|UC||OP^Ordering Provider^HL70912|D6003^Harahap^Gita^^^dr.^^^RSUD_SEHAT\r"
+)
+
+
+def test_oml_prt_of_each_order_is_its_requester() -> None:
+    result = map_text(OML)
+    assert _one(result, "Patient")["generalPractitioner"] == [_ref(_role(result, "PP"))]
+    orders = {o["identifier"][0]["value"]: o for o in by_type(result, "ServiceRequest")}
+    roles = {r["practitioner"]["display"]: r for r in by_type(result, "PractitionerRole")}
+    assert orders["PO-6601"]["requester"] == _ref(roles["dr. Fajar Lubis"])  # PRT after the ORC
+    assert orders["PO-6602"]["requester"] == _ref(roles["dr. Gita Harahap"])  # PRT after the OBR
+    assert not by_type(result, "RelatedPerson")
+
+
+def test_a_message_without_a_map_of_its_own_maps_prt_and_rol_by_segment() -> None:
+    """messages/_default.yaml places PRT and ROL as the message maps do."""
+    oru = ORU.read_bytes().decode("utf-8").replace("ORU^R01^ORU_R01", "ZRS^Z01^ZRS_Z01")
+    result = map_text(oru)
+    assert result.warnings == ["no message map: mapped by segment"]
+    assert _one(result, "Patient")["generalPractitioner"] == [_ref(_role(result, "PP"))]
+    assert _one(result, "ServiceRequest")["requester"] == _ref(_role(result, "OP"))
+    assert _one(result, "DiagnosticReport")["resultsInterpreter"] == [_ref(_role(result, "PRI"))]
+    adt = ADT.read_bytes().decode("utf-8").replace("ADT^A01^ADT_A01", "ADT^A62^ADT_A62")
+    result = map_text(adt)
+    assert _one(result, "Patient")["generalPractitioner"]
+    assert len(_one(result, "CareTeam")["participant"]) == 2  # ROL CP, PRT RP
+    assert [r["name"][0]["family"] for r in by_type(result, "RelatedPerson") if "active" in r] == ["Wahyuni"]
+    assert len(_one(result, "Encounter")["participant"]) == 2
