@@ -282,3 +282,14 @@ def test_a_message_without_a_map_of_its_own_maps_prt_and_rol_by_segment() -> Non
     assert len(_one(result, "CareTeam")["participant"]) == 2  # ROL CP, PRT RP
     assert [r["name"][0]["family"] for r in by_type(result, "RelatedPerson") if "active" in r] == ["Wahyuni"]
     assert len(_one(result, "Encounter")["participant"]) == 2
+
+
+def test_a_deleted_participation_is_left_out_of_the_care_team() -> None:
+    text = ADT.read_bytes().decode("utf-8")
+    deleted = text.replace("ROL|R-2^SIMRS|UC|", "ROL|R-2^SIMRS|D|").replace("PRT|1|UC||RP^", "PRT|1|D||RP^")
+    result = map_text(deleted)
+    assert not by_type(result, "CareTeam")
+    # The roles themselves are kept, inactive.
+    assert _role(result, "RP")["active"] is False
+    only_rol = map_text(text.replace("PRT|1|UC||RP^", "PRT|1|D||RP^"))
+    assert [p["role"][0]["coding"][0]["code"] for p in _one(only_rol, "CareTeam")["participant"]] == ["CON"]
