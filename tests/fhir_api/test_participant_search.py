@@ -14,8 +14,8 @@ from hub.config import Settings
 from hub.db import session_scope
 from hub.ingest.service import Intake
 from tests.fhir_api import builders as b
-from tests.mapping._support import map_file
 from tests.fhir_api.conftest import match_ids
+from tests.mapping._support import map_file
 
 V2_0912 = "http://terminology.hl7.org/CodeSystem/v2-0912"
 
