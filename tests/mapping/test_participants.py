@@ -4,6 +4,7 @@ patient, the visit, the order, the report and the observation the segment follow
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tests.mapping._support import HL7_DIR, by_type, map_file, map_text
@@ -293,3 +294,21 @@ def test_a_deleted_participation_is_left_out_of_the_care_team() -> None:
     assert _role(result, "RP")["active"] is False
     only_rol = map_text(text.replace("PRT|1|UC||RP^", "PRT|1|D||RP^"))
     assert [p["role"][0]["coding"][0]["code"] for p in _one(only_rol, "CareTeam")["participant"]] == ["CON"]
+
+
+def test_an_entry_condition_is_checked_like_a_map_condition(tmp_path: Path) -> None:
+    import shutil
+
+    from hub.mapping import check_mappings
+    from tests.mapping._support import ROOT
+
+    target = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", target)
+    path = target / "messages" / "ORU_R01.yaml"
+    text = path.read_text().replace(
+        "when: {function: equals, path: PRT-4.1, args: [PP]}", "when: {function: guess}"
+    )
+    path.write_text(text)
+    problems = check_mappings(target)  # the base file, and the sender overlay that extends it
+    assert {p.message for p in problems} == {"unknown condition 'guess'"}
+    assert problems[0].file == path and problems[0].line > 1
