@@ -19,6 +19,7 @@ from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._runtime import Choice as Choice
 from hub.mapping._runtime import Runtime as Runtime
 from hub.mapping._runtime import key_id as key_id
+from hub.mapping._runtime import valued
 from hub.mapping._time import TimeFormatError, to_date, to_datetime, to_instant
 
 NIK_SYSTEM = "https://fhir.kemkes.go.id/id/nik"
@@ -1093,6 +1094,7 @@ CONDITIONS: dict[str, ConditionFn] = {
     "equals": lambda v, rt, a: v.strip().upper() in {str(x).upper() for x in a},
     "not_equals": lambda v, rt, a: v.strip().upper() not in {str(x).upper() for x in a},
     "is_number": lambda v, rt, a: decimal(v) is not None,
+    "valued": valued,  # any component of the field holds something (see hub.mapping._runtime.valued)
 }
 
 

@@ -501,6 +501,12 @@ class Runtime:
             self.extra[key] = resource
 
 
+def valued(value: str, rt: Runtime, args: list[Any]) -> bool:
+    """The condition ``valued``: the field (or component) at the path holds something in any of its
+    components (``present`` looks at the first one only: an XCN "^Lestari^Sri" has no XCN-1)."""
+    return bool(value.strip())
+
+
 def _check(
     when: tuple[Callable[[str, Runtime, list[Any]], bool], PathRef | None, list[Any]],
     rt: Runtime,
@@ -508,6 +514,11 @@ def _check(
     own: str,
 ) -> bool:
     fn, ref, args = when
+    if fn is valued and ref is not None:
+        raw, _ = rt.raw_at(ref, index)
+        enc = rt.enc
+        piece, _ = rt.piece(raw.split(enc.repetition, 1)[0], ref)
+        return piece != EXPLICIT_NULL and bool(piece.strip(f"{enc.component}{enc.subcomponent} "))
     value = rt.value(ref, index, mark=True) if ref is not None else own
     return fn(value, rt, args)
 

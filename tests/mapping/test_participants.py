@@ -312,3 +312,29 @@ def test_an_entry_condition_is_checked_like_a_map_condition(tmp_path: Path) -> N
     problems = check_mappings(target)  # the base file, and the sender overlay that extends it
     assert {p.message for p in problems} == {"unknown condition 'guess'"}
     assert problems[0].file == path and problems[0].line > 1
+
+
+def test_empty_or_odd_prt_and_rol_segments_make_nothing_broken() -> None:
+    from hub.fhir.validate import validate_resource
+
+    segments = [
+        "MSH|^~\\&|SIMRS|RSUD_SEHAT|HUB|KEMKES|20261105091500+0700||ORU^R01^ORU_R01|ROB1|P|2.8",
+        "PID|1||RM1^^^RSUD_SEHAT^MR||Anto^Budi",
+        "PRT",
+        "PRT||||MTH",
+        "PRT||||PP",
+        "PV1|1|O|||||||||||||||||V1^^^RSUD_SEHAT^VN",
+        "ROL",
+        "PRT||||AT^^HL70912",
+        "ORC|RE|P1",
+        "PRT||||OP|^^^",
+        "OBR|1|P1||X^Y^L",
+        "OBX|1|NM|718-7^Hb^LN||1||||||F",
+        "PRT||||||||^^^",
+    ]
+    for structure in ("ORU^R01^ORU_R01", "ADT^A01^ADT_A01", "ZRS^Z01^ZRS_Z01"):
+        result = map_text("\r".join(segments).replace("ORU^R01^ORU_R01", structure) + "\r")
+        types = {r["resourceType"] for r in result.resources}
+        assert not types & {"PractitionerRole", "RelatedPerson", "Device", "CareTeam"}, structure
+        assert "generalPractitioner" not in _one(result, "Patient")
+        assert [p for r in result.resources for p in validate_resource(r)] == []
