@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import re
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from hub.hl7 import EXPLICIT_NULL
@@ -19,7 +21,6 @@ from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._runtime import Choice as Choice
 from hub.mapping._runtime import Runtime as Runtime
 from hub.mapping._runtime import key_id as key_id
-from hub.mapping._runtime import valued
 from hub.mapping._time import TimeFormatError, to_date, to_datetime, to_instant
 
 NIK_SYSTEM = "https://fhir.kemkes.go.id/id/nik"
@@ -672,6 +673,20 @@ def tf_annotation(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
     return {"text": str(value)}
 
 
+@_transform("narrative")
+def tf_narrative(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A free-text description (PV2-12 visit description) as the resource's narrative (``text``), the
+    text escaped into the XHTML div FHIR requires; status additional (it is not generated from the
+    resource's elements)."""
+    text = str(value).strip()
+    if not text:
+        return None
+    return {
+        "status": "additional",
+        "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{html.escape(text)}</div>',
+    }
+
+
 @_transform("period_start")
 def tf_period_start(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
     return {"start": value}
@@ -943,8 +958,13 @@ def fn_document_content(raws: list[str], index: int, rt: Runtime, args: dict[str
 @_segment_fn("patient_contact")
 def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """NK1 → Patient.contact (V2-to-FHIR IG NK1[Patient]): name NK1-2, relationship NK1-3 and NK1-7,
-    address NK1-4, telecom NK1-5/NK1-6."""
+    address NK1-4, telecom NK1-5/NK1-6 (work), then (inputs 7 on, all optional) period NK1-8/NK1-9,
+    organization NK1-13 (XON → Organization) with its contact person NK1-30/NK1-31/NK1-32 as the
+    Organization's contact, gender NK1-15, telecom NK1-40/NK1-41."""
     name, relationship, address, phone, business, role = (raws + [""] * 6)[:6]
+    start, end, org, sex, person, person_phone, person_address, nk_telecom, person_telecom = (
+        [_unless_null(r) for r in raws[6:]] + [""] * 9
+    )[:9]
     conv = rt.maps.converters
     out: dict[str, Any] = {}
     rels = [
@@ -962,8 +982,8 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
         if human:
             out["name"] = human
     telecom = [
-        t
-        for raw in (phone, business)
+        {**t, "use": "work"} if k == 1 and "use" not in t else t  # NK1-6: the business number
+        for k, raw in enumerate((phone, business, nk_telecom, person_telecom))
         for rep in (raw.split(rt.enc.repetition) if raw and raw != '""' else [])
         if (t := dt_xtn(rep, 0, rt, {}))
     ]
@@ -973,7 +993,53 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
         addr = conv["XAD"](address.split(rt.enc.repetition)[0], 0, rt, {})
         if addr:
             out["address"] = addr
-    return out if (out.keys() - {"relationship"}) else None
+    if sex:
+        code = rt.text(_component(rt, _first_rep(rt, sex), 1)).strip()
+        gender = rt.vocab("administrative-gender").get(code) if code else None
+        if isinstance(gender, str):
+            out["gender"] = gender
+    organization = _contact_organization(rt, org, person, person_phone, person_address)
+    if organization:
+        out["organization"] = organization
+    period = {
+        k: when
+        for k, raw in (("start", start), ("end", end))
+        if raw and (when := dt_date(_first_rep(rt, raw), 0, rt, {}))
+    }
+    if period:
+        out["period"] = period
+    return out if (out.keys() - {"relationship", "gender", "period"}) else None
+
+
+def _unless_null(raw: str) -> str:
+    return "" if raw == '""' else raw
+
+
+def _contact_organization(rt: Runtime, org: str, person: str, phone: str, address: str) -> Any:
+    """NK1-13 (XON → the Organization, made) with NK1-30/-31/-32, the contact person there, as its
+    ``contact`` (V2-to-FHIR IG NK1[Patient]: contact.organization(Organization.contact.*))."""
+    xon = rt.maps.converters.get("XON.Organization")
+    first = _first_rep(rt, org)
+    ref = xon(first, 0, rt, {}) if xon is not None and first else None
+    if not isinstance(ref, dict) or not ref.get("reference"):
+        return None
+    made = rt.extra.get(ref["reference"])
+    conv = rt.maps.converters
+    contact: dict[str, Any] = {}
+    if person and (human := conv["XPN"](_first_rep(rt, person), 0, rt, {})):
+        contact["name"] = human
+    telecom = [
+        t for rep in (phone.split(rt.enc.repetition) if phone else []) if (t := dt_xtn(rep, 0, rt, {}))
+    ]
+    if telecom:
+        contact["telecom"] = telecom
+    if address and (addr := conv["XAD"](_first_rep(rt, address), 0, rt, {})):
+        contact["address"] = addr
+    if contact and made is not None:
+        contacts = made.setdefault("contact", [])
+        if contact not in contacts:
+            contacts.append(contact)
+    return ref
 
 
 @_segment_fn("reference_by_identifier")
@@ -1094,8 +1160,49 @@ CONDITIONS: dict[str, ConditionFn] = {
     "equals": lambda v, rt, a: v.strip().upper() in {str(x).upper() for x in a},
     "not_equals": lambda v, rt, a: v.strip().upper() not in {str(x).upper() for x in a},
     "is_number": lambda v, rt, a: decimal(v) is not None,
-    "valued": valued,  # any component of the field holds something (see hub.mapping._runtime.valued)
 }
+
+
+def _whole_field(fn: ConditionFn) -> ConditionFn:
+    """A condition that reads the field's raw first repetition (every component), not its first value."""
+    fn.whole_field = True  # type: ignore[attr-defined]
+    return fn
+
+
+def is_vaccine_code(raw: str, rt: Runtime, systems: list[Any]) -> bool:
+    """A CWE (RXA-5 administered code) names a vaccine: one of its codings (CWE-1..3, the alternate
+    CWE-4..6, the second alternate CWE-10..12) is in a vaccine code system (``systems``: CVX, HL70292 …)
+    or is an ATC code of group J07 (vaccines)."""
+    first = raw.split(rt.enc.repetition, 1)[0] if raw else ""
+    if not first or first == '""':
+        return False
+    c = [*rt.texts(first, 0), *[""] * 12]
+    wanted = {str(s).upper() for s in systems}
+    for code, system in ((c[0], c[2]), (c[3], c[5]), (c[9], c[11])):
+        name = system.upper()
+        if not code:
+            continue
+        if name in wanted or coding_system(rt, system) == "http://hl7.org/fhir/sid/cvx":
+            return True
+        if name == "ATC" and code.upper().startswith("J07"):
+            return True
+    return False
+
+
+CONDITIONS["vaccine_code"] = _whole_field(is_vaccine_code)
+CONDITIONS["not_vaccine_code"] = _whole_field(
+    lambda v, rt, a: bool(v.strip()) and not is_vaccine_code(v, rt, a)
+)
+
+
+def _valued(raw: str, rt: Runtime, args: list[Any]) -> bool:
+    """``valued``: the field at the path holds something in any component of its first repetition
+    (``present`` looks at the first component only: an XCN ``^Lestari^Sri`` has no XCN-1)."""
+    first = raw.split(rt.enc.repetition, 1)[0]
+    return first != EXPLICIT_NULL and bool(first.strip(f"{rt.enc.component}{rt.enc.subcomponent} "))
+
+
+CONDITIONS["valued"] = _whole_field(_valued)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1322,6 +1429,45 @@ def _drop_reversed_end(bounds: dict[str, Any]) -> None:
         del bounds["end"]
 
 
+_TM = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
+_UCUM_TIME = {"s": 1, "min": 60, "h": 3600, "d": 86400, "wk": 604800}
+
+
+def _tm_time(value: str) -> str:
+    """A v2 TM (HH[MM[SS[.S]]][+/-ZZZZ]) → FHIR time "HH:MM:SS"; "" when it is not one."""
+    found = _TM.match(value)
+    if not found:
+        return ""
+    hh, mm, ss = found.group(1), found.group(2) or "00", found.group(3) or "00"
+    if int(hh) > 23 or int(mm) > 59 or int(ss) > 59:
+        return ""
+    return f"{hh}:{mm}:{ss}"
+
+
+def _duration(rt: Runtime, raw: str) -> dict[str, Any] | None:
+    """A CQ duration ("5^d", "30^min") → a FHIR Duration in UCUM time units, None when it is not one."""
+    number, unit = _cq_parts(rt, _first_rep(rt, raw))
+    code = _DURATION_UNITS.get(unit.lower()) if number is not None else None
+    if code is None or number is None or number < 0:
+        return None
+    return {"value": number, "unit": code, "system": "http://unitsofmeasure.org", "code": code}
+
+
+def _add_duration(start: str, duration: dict[str, Any]) -> str | None:
+    """``start`` (a FHIR dateTime with a time and offset) plus a Duration in s, min, h, d or wk; None
+    when the start has no time or the unit has no fixed length (mo, a)."""
+    seconds = _UCUM_TIME.get(duration["code"])
+    if seconds is None or "T" not in start:
+        return None
+    try:
+        at = datetime.fromisoformat(start)
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        return None
+    return (at + timedelta(seconds=duration["value"] * seconds)).isoformat()
+
+
 def _timing_from_tq1(rt: Runtime, i: int, dosage: dict[str, Any]) -> dict[str, Any]:
     """V2-to-FHIR IG TQ1[MedicationRequest]: one TQ1 → Timing (and the dose, text and condition it gives
     the Dosage)."""
@@ -1329,13 +1475,8 @@ def _timing_from_tq1(rt: Runtime, i: int, dosage: dict[str, Any]) -> dict[str, A
     repeat: dict[str, Any] = {}
     quantity_raw = _field(rt, i, 2)
     if quantity_raw and "doseAndRate" not in dosage:
-        number, unit = _cq_parts(rt, quantity_raw)
-        if number is not None:
-            q = (
-                quantity(rt, number, quantity_raw.split(rt.enc.component, 1)[1], 0)
-                if unit
-                else {"value": number}
-            )
+        q = dt_cq(_first_rep(rt, quantity_raw), 0, rt, {})
+        if q:
             dosage["doseAndRate"] = [{"doseQuantity": q}]
     pattern = _first_rep(rt, _field(rt, i, 3))
     if pattern:
@@ -1345,9 +1486,16 @@ def _timing_from_tq1(rt: Runtime, i: int, dosage: dict[str, Any]) -> dict[str, A
         if concept:
             timing["code"] = concept
         repeat.update(freq)
-    events = [
-        v for rep in _field(rt, i, 4).split(rt.enc.repetition) if rep and (v := dt_datetime(rep, 0, rt, {}))
-    ]
+    # TQ1-4 explicit times: a TM ("0800") is a time of day (Timing.repeat.timeOfDay), a full date/time
+    # (sent by some systems) an event.
+    events: list[str] = []
+    for rep in _field(rt, i, 4).split(rt.enc.repetition):
+        explicit = rt.text(rep.split(rt.enc.component, 1)[0]).strip()
+        time_of_day = _tm_time(explicit)
+        if time_of_day:
+            repeat.setdefault("timeOfDay", []).append(time_of_day)
+        elif explicit and (v := dt_datetime(rep, 0, rt, {})):
+            events.append(v)
     if events:
         timing["event"] = events
     bounds: dict[str, Any] = {}
@@ -1357,6 +1505,14 @@ def _timing_from_tq1(rt: Runtime, i: int, dosage: dict[str, Any]) -> dict[str, A
         if value:
             bounds[key] = value
     _drop_reversed_end(bounds)
+    # TQ1-6 service duration: the end of the bounds from the start, else the bounds as a Duration.
+    service = _duration(rt, _field(rt, i, 6))
+    if service is not None and "start" in bounds and "end" not in bounds:
+        end = _add_duration(bounds["start"], service)
+        if end:
+            bounds["end"] = end
+    elif service is not None and not bounds:
+        repeat["boundsDuration"] = service
     if bounds:
         repeat["boundsPeriod"] = bounds
     condition = rt.text(_field(rt, i, 10)).strip()
@@ -1466,16 +1622,92 @@ def fn_medication_dosage(raws: list[str], index: int, rt: Runtime, args: dict[st
     return dosage or None
 
 
+# Segments that may stand between an OBR and the timing (TQ1/TQ2) of its order.
+_OBR_TIMING_BEFORE = frozenset({"TQ1", "TQ2", "PRT"})  # ORC, TQ1, TQ2, OBR (ORM, OML, OMG)
+_OBR_TIMING_AFTER = frozenset({"TQ1", "TQ2", "PRT", "NTE"})  # OBR, NTE, TQ1, TQ2 (ORU, OUL)
+
+
+def _order_tq1s(rt: Runtime, index: int) -> list[int]:
+    """The TQ1 segments that time the order of segment ``index``. An OBR's are the TQ1s between its ORC
+    and it (the ORC's timing group in ORM/OML/OMG) or right after it (the OBR's timing group in ORU),
+    never another OBR's; a pharmacy segment's are those of its order group (ORC to the next ORC)."""
+    segs = rt.segments
+    if segs[index].name != "OBR":
+        return [i for i in _order_group(rt, index) if segs[i].name == "TQ1"]
+    before: list[int] = []
+    i = index - 1
+    while i > 0 and segs[i].name in _OBR_TIMING_BEFORE:
+        if segs[i].name == "TQ1":
+            before.insert(0, i)
+        i -= 1
+    if before and segs[i].name == "ORC":
+        return before
+    after: list[int] = []
+    i = index + 1
+    while i < len(segs) and segs[i].name in _OBR_TIMING_AFTER:
+        if segs[i].name == "TQ1":
+            after.append(i)
+        i += 1
+    return after
+
+
+@_segment_fn("service_timing")
+def fn_service_timing(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """V2-to-FHIR IG TQ1[ServiceRequest]: the order's first TQ1 with a timing (repeat pattern, times,
+    start/end, durations, count) → ServiceRequest.occurrenceTiming; without one, the v2.3 TQ of
+    ``paths`` (ORC-7, OBR-27: interval, start, end)."""
+    timing: dict[str, Any] = {}
+    scratch: dict[str, Any] = {"doseAndRate": None}  # a TQ1's dose and texts are not the Timing's
+    for i in _order_tq1s(rt, index):
+        found = _timing_from_tq1(rt, i, scratch)
+        if found and not timing:
+            timing = found
+    for raw in raws:
+        if timing:
+            break
+        if raw:
+            timing = _timing_from_tq(rt, _first_rep(rt, raw), scratch)
+    return Choice("Timing", timing) if timing else None
+
+
+@_segment_fn("order_tq1")
+def fn_order_tq1(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Field ``args.field`` of the order's first TQ1 that has it, as ``args.as``: ``quantity`` (a CQ,
+    TQ1-2 → ServiceRequest.quantityQuantity) or ``annotation`` (a text, TQ1-11 → note); else the same
+    component of the v2.3 TQ in ``paths`` (ORC-7: 1 quantity, 8 text)."""
+    n = int(args["field"])
+    kind = str(args.get("as", "annotation"))
+    raw = ""
+    for i in _order_tq1s(rt, index):
+        raw = _first_rep(rt, _field(rt, i, n))
+        if raw:
+            break
+    level = 0
+    tq_component = {2: 1, 11: 8}.get(n)
+    if not raw and tq_component:
+        for tq in raws:
+            raw = _component(rt, _first_rep(rt, tq), tq_component)
+            if raw:
+                level = 1
+                break
+    if not raw:
+        return None
+    if kind == "quantity":
+        q = dt_cq(raw, level, rt, {})
+        return Choice("Quantity", q) if q else None
+    text = rt.text(raw).strip()
+    return {"text": text} if text else None
+
+
 @_segment_fn("order_priority")
 def fn_order_priority(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
-    """The priority of an order (TQ1-9 of its group, else TQ-6 of ``paths``) as a request priority code
-    (vocab request-priority)."""
+    """The priority of an order (TQ1-9 of its TQ1s, see ``_order_tq1s``, else TQ-6 of ``paths``) as a
+    request priority code (vocab request-priority)."""
     code = ""
-    for i in _order_group(rt, index):
-        if rt.segments[i].name == "TQ1":
-            code = rt.text(_component(rt, _first_rep(rt, _field(rt, i, 9)), 1)).strip()
-            if code:
-                break
+    for i in _order_tq1s(rt, index):
+        code = rt.text(_component(rt, _first_rep(rt, _field(rt, i, 9)), 1)).strip()
+        if code:
+            break
     if not code:
         for raw in raws:
             code = rt.text(_component(rt, _first_rep(rt, raw), 6)).strip()
@@ -1675,7 +1907,8 @@ def fn_reference_by_patient_identifier(raws: list[str], index: int, rt: Runtime,
 def fn_patient_account(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """PID-18 (patient account number, CX) → a Reference to the patient's Account, which is made
     (identifier, status active, subject). Keyed as PID[Account] keys it (PID-18.1 and its authority
-    PID-18.4, scope patient), so a charge (FT1 → ChargeItem.account) and the ADT/BAR Account are one."""
+    PID-18.4, scope patient), so a charge (FT1 → ChargeItem.account) and the ADT/BAR Account are one;
+    when the message map made that Account (PID.Account), only the Reference is returned."""
     raw = _first_rep(rt, ([*raws, ""])[0])
     if not raw:
         return None
@@ -1686,7 +1919,11 @@ def fn_patient_account(raws: list[str], index: int, rt: Runtime, args: dict[str,
     if pid < 0:
         return None
     rt.used[pid].add(18)
-    rid = resource_id("Account", rt.patient_id_at(index), c[0], c[3])
+    # The authority's first subcomponent (HD namespace id), as the map's key path PID-18.4 reads it.
+    authority = c[3].split(rt.enc.subcomponent, 1)[0].strip() if rt.enc.subcomponent else c[3]
+    rid = resource_id("Account", rt.patient_id_at(index), c[0], authority)
+    if f"Account/{rid}" in rt.keys:  # the message map made it already (PID.Account)
+        return {"reference": f"Account/{rid}"}
     account: dict[str, Any] = {"resourceType": "Account", "id": rid, "status": "active"}
     ident = dt_cx(raw, 0, rt, {})
     if ident:
@@ -1834,3 +2071,235 @@ def fn_administration_part_of(raws: list[str], index: int, rt: Runtime, args: di
         if made is not None and made.get("id"):
             return {"reference": f"{made['resourceType']}/{made['id']}"}
     return None
+
+
+# The R5 element Observation.specimen (0..1) as the IG's cross-version extension, for an OBX-33 that
+# names several specimens (V2-to-FHIR IG OBX[Observation]: IF OBX-33 COUNT>1).
+OBSERVATION_SPECIMEN_URL = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Observation.specimen"
+
+
+@_segment_fn("related_specimen")
+def fn_related_specimen(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-33 (observation related specimen identifier, EIP, repeating) with one repetition → a
+    Reference to that Specimen, made and keyed as SPM.Specimen keys it (V2-to-FHIR IG OBX[Observation]:
+    specimen when OBX-33 COUNT=1). With several repetitions: none (see :func:`fn_related_specimens`)."""
+    raw = ([*raws, ""])[0]
+    if not raw or raw == '""' or rt.enc.repetition in raw.strip(rt.enc.repetition):
+        return None
+    refs = fn_specimen_parent([raw.strip(rt.enc.repetition)], index, rt, {})
+    return refs[0] if refs else None
+
+
+@_segment_fn("related_specimens")
+def fn_related_specimens(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-33 with several repetitions → one extension (R5 Observation.specimen) per Specimen, each
+    made and keyed as SPM.Specimen keys it (V2-to-FHIR IG OBX[Observation]: IF OBX-33 COUNT>1)."""
+    raw = ([*raws, ""])[0]
+    reps = [r for r in raw.split(rt.enc.repetition) if r and r != '""'] if raw else []
+    if len(reps) < 2:
+        return None
+    refs = fn_specimen_parent([rt.enc.repetition.join(reps)], index, rt, {}) or []
+    return [{"url": OBSERVATION_SPECIMEN_URL, "valueReference": ref} for ref in refs] or None
+
+
+@_segment_fn("producer_organization")
+def fn_producer_organization(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-15 producer's ID (CWE: the laboratory that produced the result) → a Reference to its
+    Organization, which is made: CWE-1 as identifier (its system from CWE-3, else the sender's), CWE-2
+    as name (V2-to-FHIR IG OBX[Observation]: performer (Organization), CWE[Organization])."""
+    from hub.mapping._loader import _as_resource
+
+    raw = _first_rep(rt, ([*raws, ""])[0])
+    if not raw or raw == '""':
+        return None
+    c = [*rt.texts(raw, 0), "", "", ""]
+    if not (c[0] or c[1]):
+        return None
+    body: dict[str, Any] = {}
+    if c[0]:
+        system = coding_system(rt, c[2]) if c[2] else None
+        body["identifier"] = [{"system": system or f"urn:hub:id:{rt.facility_key}", "value": c[0]}]
+    if c[1]:
+        body["name"] = c[1]
+    return _as_resource(rt, "Organization", body)
+
+
+# V2 table 0912 (participation): MDIR, the medical director of the performing organization.
+_MEDICAL_DIRECTOR = {
+    "coding": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/v2-0912",
+            "code": "MDIR",
+            "display": "Medical Director",
+        }
+    ]
+}
+
+
+@_segment_fn("performing_organization")
+def fn_performing_organization(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-23 performing organization (XON), OBX-24 its address (XAD) and OBX-25 its medical director
+    (XCN) → the Observation's performer (V2-to-FHIR IG OBX[Observation]): without a director a Reference
+    to the Organization (made, with the address); with one a Reference to a PractitionerRole (made:
+    the director as practitioner, the Organization, code MDIR of table 0912)."""
+
+    org_raw, addr_raw, director_raw = ([*raws, "", "", ""])[:3]
+    conv = rt.maps.converters
+    org_raw = _first_rep(rt, org_raw if org_raw != '""' else "")
+    org = conv["XON"](org_raw, 0, rt, {}) if org_raw and "XON" in conv else None
+    addr_raw = _first_rep(rt, addr_raw if addr_raw != '""' else "")
+    address = conv["XAD"](addr_raw, 0, rt, {}) if org and addr_raw and "XAD" in conv else None
+    if org and address:
+        made = rt.extra.get(org["reference"])
+        if made is not None and address not in made.setdefault("address", []):
+            made["address"].append(address)
+    director_raw = _first_rep(rt, director_raw if director_raw != '""' else "")
+    director = conv["XCN"](director_raw, 0, rt, {}) if director_raw and "XCN" in conv else None
+    if not director:
+        return org
+    body: dict[str, Any] = {"practitioner": director, "code": [_MEDICAL_DIRECTOR]}
+    if org:
+        body["organization"] = org
+    key = "|".join(str(x.get("reference", "")) for x in (director, org or {}))
+    rid = resource_id("PractitionerRole", "MDIR", key)
+    rt.add_extra({"resourceType": "PractitionerRole", "id": rid, **body})
+    ref: dict[str, Any] = {"reference": f"PractitionerRole/{rid}"}
+    if director.get("display"):
+        ref["display"] = director["display"]
+    return ref
+
+
+_RANGE = re.compile(r"^\s*(-?\d+(?:[.,]\d+)?)\s*(?:-|–|\.\.|to)\s*(-?\d+(?:[.,]\d+)?)\s*$")
+_BOUND = re.compile(r"^\s*(<=|>=|<|>|≤|≥)\s*(-?\d+(?:[.,]\d+)?)\s*$")
+
+
+@_segment_fn("reference_range")
+def fn_reference_range(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-7 references range (ST) → one ``Observation.referenceRange``: the text as sent (V2-to-FHIR
+    IG OBX[Observation]: referenceRange.text) and, for a numeric result (OBX-2 NM, SN), the bounds it
+    states ("12.0-16.0", "<5", ">=60") as low/high in the OBX-6 units, so a client can compare."""
+    range_raw, units_raw, vtype_raw = ([*raws, "", "", ""])[:3]
+    if not range_raw or range_raw == '""':
+        return None
+    text = rt.text(range_raw).strip()
+    if not text:
+        return None
+    out: dict[str, Any] = {}
+    if rt.text(vtype_raw).strip().upper() in ("NM", "SN", ""):
+        units = _first_rep(rt, units_raw if units_raw != '""' else "")
+        pair, bound = _RANGE.match(text), _BOUND.match(text)
+        if pair:
+            low, high = decimal(pair.group(1).replace(",", ".")), decimal(pair.group(2).replace(",", "."))
+            if low is not None and high is not None and low <= high:
+                out["low"] = quantity(rt, low, units, 0)
+                out["high"] = quantity(rt, high, units, 0)
+        elif bound:
+            value = decimal(bound.group(2).replace(",", "."))
+            if value is not None:
+                out["high" if bound.group(1) in ("<", "<=", "≤") else "low"] = quantity(rt, value, units, 0)
+    out["text"] = text
+    return out
+
+
+# === visit helpers ===
+
+
+@_segment_fn("visit_diagnosis")
+def fn_visit_diagnosis(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One diagnosis of an Encounter or an EpisodeOfCare from a DG1 (V2-to-FHIR IG DG1[Encounter],
+    DG1[EpisodeOfCare]): the Condition the DG1 made (``args.map``, DG1.Condition) as ``condition``,
+    DG1-6 diagnosis type (table 0052, vocab ``args.vocab``: A admitting → diagnosis-role AD, the
+    sender's coding kept beside) as ``args.role_element`` (``use`` on an Encounter, ``role`` on an
+    EpisodeOfCare) and DG1-15 priority as ``rank`` (a positiveInt; 0 or no number gives none). No
+    Condition (no code in the DG1): no diagnosis."""
+    kind_raw, priority_raw = ([*raws, "", ""])[:2]
+    condition = rt.made.get((str(args.get("map", "DG1.Condition")), index))
+    if not condition or not condition.get("id") or "code" not in condition:
+        return None
+    out: dict[str, Any] = {"condition": {"reference": f"Condition/{condition['id']}"}}
+    kind_raw = _first_rep(rt, kind_raw)
+    cwe = rt.maps.converters.get("CWE")
+    if kind_raw and kind_raw != '""' and cwe is not None:
+        concept = cwe(kind_raw, 0, rt, {"default_system": "HL70052"})
+        if isinstance(concept, dict) and concept:
+            vocab = rt.vocab(str(args.get("vocab", "diagnosis-role")))
+            codings = concept.get("coding") or []
+            found = vocab.lookup(codings[0].get("code", "")) if codings else None
+            if isinstance(found, dict):
+                coding = (
+                    {"system": vocab.system, **found}
+                    if vocab.system and "system" not in found
+                    else dict(found)
+                )
+                if coding not in codings:
+                    concept = {**concept, "coding": [coding, *codings]}
+            out[str(args.get("role_element", "use"))] = concept
+    if priority_raw and priority_raw != '""':
+        rank = dt_positive_int(_first_rep(rt, priority_raw), 0, rt, {})
+        if isinstance(rank, int):
+            out["rank"] = rank
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The patient and the people around them (V2-to-FHIR IG PID[Patient], PD1[Patient], NK1[Patient]).
+
+
+@_transform("extension")
+def tf_extension(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A value as an extension: ``{url: args.url, value<args.type>: value}``; with ``args.part`` the
+    value sits in a sub-extension of that url (``patient-citizenship`` → ``code``, ``patient-animal`` →
+    ``species``), as the complex extensions of the FHIR core define."""
+    if value is None or (isinstance(value, str | dict | list) and not value):
+        return None
+    inner = {f"value{args.get('type', 'String')}": value}
+    part = args.get("part")
+    if part:
+        return {"url": str(args["url"]), "extension": [{"url": str(part), **inner}]}
+    return {"url": str(args["url"]), **inner}
+
+
+@_segment_fn("complex_extension")
+def fn_complex_extension(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One complex extension of ``args.url`` whose sub-extensions ``args.parts`` (one per input, in
+    order) carry the first repetition of each input as a CodeableConcept (CWE), e.g. PID-35 species
+    and PID-36 breed → ``patient-animal``. None when no input is valued."""
+    cwe = rt.maps.converters.get("CWE")
+    if cwe is None:
+        return None
+    parts: list[dict[str, Any]] = []
+    for name, raw in zip(args.get("parts", ()), raws, strict=False):
+        first = _first_rep(rt, raw)
+        if first and first != '""' and (concept := cwe(first, 0, rt, {})):
+            parts.append({"url": str(name), "valueCodeableConcept": concept})
+    return {"url": str(args["url"]), "extension": parts} if parts else None
+
+
+@_segment_fn("patient_addresses")
+def fn_patient_addresses(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """PID-11 (every repetition, XAD) with PID-12 county code as the V2-to-FHIR IG PID[Patient] says:
+    the district of the only address when that address has no county (XAD-9) of its own, else (another
+    county, or several addresses: PID-12 cannot say which) an address of its own holding the district;
+    without PID-11, an address with only the district."""
+    addresses_raw, county_raw = ([*raws, "", ""])[:2]
+    xad = rt.maps.converters.get("XAD")
+    out: list[dict[str, Any]] = []
+    reps = [r for r in addresses_raw.split(rt.enc.repetition) if r and r != '""'] if addresses_raw else []
+    for rep in reps:
+        addr = xad(rep, 0, rt, {}) if xad is not None else None
+        if addr and addr not in out:
+            out.append(addr)
+    county = rt.text(_component(rt, _first_rep(rt, county_raw), 1)).strip() if county_raw != '""' else ""
+    if county:
+        if len(reps) == 1 and len(out) == 1 and not out[0].get("district"):
+            out[0] = {**out[0], "district": county}
+        elif not (len(out) == 1 and out[0].get("district") == county):
+            out.append({"district": county})
+    return out or None
+
+
+@_id_fn("segment_per_patient")
+def id_segment_per_patient(index: int, rt: Runtime) -> tuple[str, ...] | None:
+    """One resource per patient for a segment that occurs once per patient (PD1-7 living will → one
+    Observation, updated by each message): the segment's name, scoped to the patient by the rule."""
+    return ("segment", rt.segments[index].name)

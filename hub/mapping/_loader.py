@@ -414,7 +414,7 @@ class _Compiler:
             required=list(sm.required),
             merge_into=sm.merge_into,
             when=self.condition(path, sm.when),
-            reads=frozenset(r.segment for cf in fields for r in (*cf.sources, *cf.inputs)),
+            reads_segments=frozenset(r.segment for cf in fields for r in (*cf.sources, *cf.inputs)),
             accumulate=sm.accumulate,
         )
         compiled.compute_id = compile_id(compiled.resource, compiled.id_rules, compiled.segment)

@@ -225,7 +225,9 @@ class CompiledSegmentMap:
     # and merges into no other map (see compile_plan).
     make: Callable[[Runtime, int, int], None] | None = None
     is_child: bool = False  # another map's ``children:`` field lists the resources of this one
-    reads: frozenset[str] = frozenset()  # the segments its fields read (OBR.ServiceRequest: OBR, ORC …)
+    reads_segments: frozenset[str] = (
+        frozenset()
+    )  # the segments its fields read (OBR.ServiceRequest: OBR, ORC …)
     accumulate: bool = False  # segments with the same id add to one resource (see SegmentMap)
 
 
@@ -501,12 +503,6 @@ class Runtime:
             self.extra[key] = resource
 
 
-def valued(value: str, rt: Runtime, args: list[Any]) -> bool:
-    """The condition ``valued``: the field (or component) at the path holds something in any of its
-    components (``present`` looks at the first one only: an XCN "^Lestari^Sri" has no XCN-1)."""
-    return bool(value.strip())
-
-
 def _check(
     when: tuple[Callable[[str, Runtime, list[Any]], bool], PathRef | None, list[Any]],
     rt: Runtime,
@@ -514,11 +510,8 @@ def _check(
     own: str,
 ) -> bool:
     fn, ref, args = when
-    if fn is valued and ref is not None:
-        raw, _ = rt.raw_at(ref, index)
-        enc = rt.enc
-        piece, _ = rt.piece(raw.split(enc.repetition, 1)[0], ref)
-        return piece != EXPLICIT_NULL and bool(piece.strip(f"{enc.component}{enc.subcomponent} "))
+    if ref is not None and getattr(fn, "whole_field", False):  # e.g. every coding system of a CWE
+        return fn(rt.raw_at(ref, index, True)[0], rt, args)
     value = rt.value(ref, index, mark=True) if ref is not None else own
     return fn(value, rt, args)
 

@@ -48,7 +48,11 @@ class FieldMap(_Strict):
     Exactly one source: ``path`` (with optional ``fallback`` paths tried in order when it is empty),
     ``paths`` (the inputs of a multi-input ``function``), ``value`` (a constant), ``ref`` (a Reference to
     the resource another map made from the enclosing segment) or ``children`` (References to the resources
-    a map made from the segments this one is the parent of)."""
+    a map made from the segments this one is the parent of).
+
+    ``reads`` names the fields of other segments a registry ``function`` finds itself (the TQ1 and RXR of
+    an order group, which no "nearest segment" path can pick): not read by the engine, listed so
+    ``hub mappings coverage`` and a reader of the map see them."""
 
     target: str
     path: str | None = None
@@ -64,6 +68,7 @@ class FieldMap(_Strict):
     when: Condition | None = None
     repeat: bool | None = None  # default: every repetition when the target appends ([]), else the first
     with_: dict[str, Any] | None = Field(default=None, alias="with")
+    reads: list[str] = Field(default_factory=list)  # fields the function reads itself (see above)
 
     @field_validator("target")
     @classmethod
@@ -77,7 +82,7 @@ class FieldMap(_Strict):
     def _path(cls, v: str | None) -> str | None:
         return _check_path(v) if v is not None else v
 
-    @field_validator("fallback", "paths")
+    @field_validator("fallback", "paths", "reads")
     @classmethod
     def _paths(cls, v: list[str]) -> list[str]:
         return [_check_path(p) for p in v]
@@ -94,6 +99,8 @@ class FieldMap(_Strict):
             raise ValueError(f"{self.target}: give exactly one of path, paths, value, ref, children")
         if self.paths and not self.function:
             raise ValueError(f"{self.target}: paths needs a function")
+        if self.reads and not self.function:
+            raise ValueError(f"{self.target}: reads needs a function")
 
 
 class IdRule(_Strict):

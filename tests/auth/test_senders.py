@@ -84,6 +84,20 @@ def test_http_intake_needs_a_sender_credential(client: TestClient, token: Token,
     )
 
 
+def test_an_empty_msh4_is_the_credentials_facility(client: TestClient, token: Token, engine: Engine) -> None:
+    """A sender whose MSH-4 is empty (and even MSH-3) is known by its credential's one facility: AA,
+    stored and processed for that facility, never "sender unknown"."""
+    body = adt("E1", facility="").replace("|SIMRS|", "||", 1).encode()
+    assert b"MSH|^~\\&|||" in body
+    ok = client.post("/hl7/v2", content=body, headers=token("sender"))
+    assert ok.status_code == 200 and parse(ok.text).get("MSA-1") == "AA", ok.text
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(InboundMessage.facility, InboundMessage.state).where(InboundMessage.control_id == "E1")
+        ).one()
+    assert row.facility == FACILITY and row.state in ("received", "processed")
+
+
 def test_rate_limits(database_url: str, tmp_path: Path, engine: Engine, token: Token) -> None:
     settings = make_settings(
         database_url,
