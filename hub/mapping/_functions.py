@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from hub.hl7 import EXPLICIT_NULL
 from hub.mapping._engine import _sender
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._runtime import Choice as Choice
@@ -1086,6 +1087,81 @@ def fn_device_version(raws: list[str], index: int, rt: Runtime, args: dict[str, 
     return out
 
 
+@_segment_fn("practitioner")
+def fn_practitioner(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The person of a PRT or ROL (XCN, first repetition) as a Reference to a Practitioner (V2-to-FHIR
+    IG XCN[Practitioner]) whose address is the second input (XAD: PRT-14, ROL-11 → the IG's
+    practitioner(Practitioner.address))."""
+    person, address = ([*raws, "", ""])[:2]
+    if not person or person == EXPLICIT_NULL:
+        return None
+    rep = rt.enc.repetition
+    conv = rt.maps.converters
+    ref = conv["XCN.Practitioner"](person.split(rep, 1)[0], 0, rt, {})
+    if not isinstance(ref, dict) or not address or address == EXPLICIT_NULL:
+        return ref
+    found = rt.extra.get(str(ref.get("reference", "")))
+    if found is not None:
+        for raw in address.split(rep):
+            value = conv["XAD"](raw, 0, rt, {}) if raw and raw != EXPLICIT_NULL else None
+            if value and value not in found.get("address", []):
+                found.setdefault("address", []).append(value)
+    return ref
+
+
+@_segment_fn("participant")
+def fn_participant(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One participant of an Encounter or a CareTeam from a PRT or ROL (V2-to-FHIR IG PRT/ROL maps):
+    the Reference to the resource the map ``args.map`` made from this segment (its PractitionerRole)
+    as ``args.element`` (``individual``, ``member``), the role (the first input, CWE, table
+    ``args.role_system``, translated by the vocabulary ``args.role_vocab`` with the sender's coding
+    kept beside) as ``args.role`` (``type``, ``role``), the period (the second and third inputs) and
+    the organization the person acts for (the fourth, XON: a CareTeam's onBehalfOf). None when that
+    map made nothing from the segment."""
+    role, start, end, organization = ([*raws, "", "", "", ""])[:4]
+    made = rt.made.get((str(args.get("map", "")), index))
+    rep = rt.enc.repetition
+    out: dict[str, Any] = {}
+    member: Any = None
+    if made is None or not any(r is made for r in rt.resources):
+        # No person: with ``args.organization_member`` the organization is the member (CareTeam).
+        if not (args.get("organization_member") and organization and organization != EXPLICIT_NULL):
+            return None
+        member = rt.maps.converters["XON"](organization.split(rep, 1)[0], 0, rt, {})
+        if not member:
+            return None
+        made, organization = None, ""
+    if role and role != EXPLICIT_NULL:
+        concept = rt.maps.converters["CWE"](
+            role.split(rep, 1)[0], 0, rt, {"default_system": args.get("role_system", "HL70443")}
+        )
+        vocab = rt.vocab(str(args["role_vocab"])) if args.get("role_vocab") else None
+        if concept and vocab is not None and concept.get("coding"):
+            found = vocab.lookup(concept["coding"][0].get("code", ""))
+            if isinstance(found, dict):
+                coding = (
+                    {"system": vocab.system, **found} if vocab.system and "system" not in found else found
+                )
+                concept["coding"] = [dict(coding), *concept["coding"]]
+        if concept:
+            out[str(args.get("role", "type"))] = [concept]
+    out[str(args.get("element", "individual"))] = (
+        member if made is None else {"reference": f"{made['resourceType']}/{made['id']}"}
+    )
+    period: dict[str, Any] = {}
+    for key, raw in (("start", start), ("end", end)):
+        when = dt_datetime(raw.split(rep, 1)[0], 0, rt, {}) if raw and raw != EXPLICIT_NULL else None
+        if when:
+            period[key] = when
+    if period:
+        out["period"] = period
+    if organization and organization != EXPLICIT_NULL:
+        on_behalf = rt.maps.converters["XON"](organization.split(rep, 1)[0], 0, rt, {})
+        if on_behalf:
+            out["onBehalfOf"] = on_behalf
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # Conditions: (unescaped value at the condition's path, rt, args) -> bool.
 
@@ -1135,6 +1211,16 @@ CONDITIONS["not_vaccine_code"] = _whole_field(
 )
 
 
+def _valued(raw: str, rt: Runtime, args: list[Any]) -> bool:
+    """``valued``: the field at the path holds something in any component of its first repetition
+    (``present`` looks at the first component only: an XCN ``^Lestari^Sri`` has no XCN-1)."""
+    first = raw.split(rt.enc.repetition, 1)[0]
+    return first != EXPLICIT_NULL and bool(first.strip(f"{rt.enc.component}{rt.enc.subcomponent} "))
+
+
+CONDITIONS["valued"] = _whole_field(_valued)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Id functions: (segment index, rt) -> key parts, or None when the rule does not apply.
 
@@ -1148,6 +1234,13 @@ def _id_fn(name: str) -> Callable[[IdFn], IdFn]:
         return fn
 
     return deco
+
+
+@_id_fn("one_per_patient")
+def id_one_per_patient(index: int, rt: Runtime) -> tuple[str, ...] | None:
+    """One resource of the map's type per source Patient, keyed by the patient alone (the patient's
+    CareTeam as the sender tells it, whose participants every PRT and ROL of the message adds)."""
+    return (rt.patient_id_at(index),) if rt.patient_key_at(index)[0] else None
 
 
 @_id_fn("patient")
