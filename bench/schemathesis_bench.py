@@ -316,7 +316,7 @@ def role_headers_for(settings: Any, facility: str = "BENCH") -> dict[str, dict[s
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench schemathesis", description=__doc__.split("\n")[0])
     parser.add_argument("--examples", type=int, default=50, help="cases per operation, role and mode")
-    parser.add_argument("--seconds", type=float, default=None, help="stop starting operations after this")
+    parser.add_argument("--seconds", type=float, default=900.0, help="start no operation after this")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--database-url", default=None, help="a migrated database (default: new SQLite)")
     args, _ = parser.parse_known_args(argv)
