@@ -2001,9 +2001,9 @@ def fn_appointment_end(raws: list[str], index: int, rt: Runtime, args: dict[str,
         return None
     try:
         moment = datetime.fromisoformat(start)
-    except ValueError:
+        return (moment + timedelta(minutes=float(duration) * per)).isoformat()
+    except (ValueError, OverflowError):  # not an instant, or an end beyond year 9999
         return None
-    return (moment + timedelta(minutes=float(duration) * per)).isoformat()
 
 
 # === end of the pharmacy, scheduling, referral and problem helpers ===
