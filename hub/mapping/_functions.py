@@ -2118,3 +2118,26 @@ def fn_observation_components(raws: list[str], index: int, rt: Runtime, args: di
         if isinstance(found, Choice) and not is_empty(found.value):
             out.append({"code": code, f"value{found.type}": found.value})
     return out or None
+
+
+@_segment_fn("appointment_comment")
+def fn_appointment_comment(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """R4 Appointment.comment (one string) from every note of the appointment: the NTE-3 text of the
+    NTE segments right after the SCH and right after each AIS (IG SIU_S12: SCH's NTE and
+    RESOURCES.SERVICE.NTE → NTE[Appointment-Comment]), one note a line. Each note is also its own R5
+    Appointment.note extension (NTE.AppointmentNote)."""
+    owners = {str(n) for n in args.get("after", ("SCH", "AIS"))}
+    texts: list[str] = []
+    following = False
+    for i in range(index, len(rt.segments)):
+        name = rt.segments[i].name
+        if i > index and name == "SCH":
+            break  # the next appointment's
+        if name == "NTE":
+            if following:
+                text = dt_text(_field(rt, i, 3), 0, rt, {})
+                if text:
+                    texts.append(text)
+            continue
+        following = name in owners
+    return "\n".join(texts) or None
