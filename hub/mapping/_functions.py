@@ -1984,10 +1984,9 @@ def _shift(start: Any, amount_raw: str, units_raw: str, rt: Runtime, allow_zero:
     if amount is None or per is None or amount < 0 or (amount == 0 and not allow_zero):
         return None
     try:
-        moment = datetime.fromisoformat(start)
-    except ValueError:
+        return (datetime.fromisoformat(start) + timedelta(minutes=float(amount) * per)).isoformat()
+    except (ValueError, OverflowError):  # not a datetime; an amount past the calendar
         return None
-    return (moment + timedelta(minutes=float(amount) * per)).isoformat()
 
 
 @_segment_fn("appointment_participant_timed")

@@ -266,3 +266,23 @@ def test_several_values_in_one_obx_are_components_with_its_code() -> None:
     assert obs["8251-1"]["valueString"] == "baris satu\nbaris dua"
     assert "component" not in obs["8251-1"]
     assert all(validate_resource(r) == [] for r in result.resources)
+
+
+def test_empty_nulls_and_bare_separators_in_the_new_fields_make_nothing_and_no_error() -> None:
+    for junk in ('""', "^^^", "~", "^~^", "~~"):
+        fields = {n: junk for n in (7, 10, 15, 18, 19, 23, 24, 25, 29, 30, 33)}
+        fields.update({1: "1", 2: "NM", 3: "2345-7^Glucose^LN", 5: "5", 11: "F"})
+        oru = "\r".join(
+            [
+                msh("JUNK-1", "ORU^R01^ORU_R01"),
+                "PID|1||MRN0299^^^RSUD_SEHAT^MR||Wati^Sri||19900214|F",
+                "OBR|1|ORD-J|FIL-J|2345-7^Glucose^LN|||20261101070000+0700",
+                _obx(fields),
+                f"NTE|1||{junk}||{junk}|{junk}",
+            ]
+        )
+        result = map_text(oru)
+        (obs,) = by_type(result, "Observation")
+        assert obs["valueQuantity"]["value"] == 5
+        assert "device" not in obs and "specimen" not in obs and "performer" not in obs, junk
+        assert all(validate_resource(r) == [] for r in result.resources), junk

@@ -104,3 +104,15 @@ def test_placer_and_filler_order_numbers_are_based_on_references_by_identifier()
     assert [b["type"] for b in based] == ["ServiceRequest", "ServiceRequest"]
     assert [b["identifier"]["value"] for b in based] == ["ORD-77", "LAB-77"]
     assert [b["identifier"]["type"]["coding"][0]["code"] for b in based] == ["PLAC", "FILL"]
+
+
+def test_nonsense_offsets_durations_and_dates_give_no_period_and_no_error() -> None:
+    bad = SIU.replace("|10|MIN|1|H", "|abc|MIN|99999999999999|D").replace("|30|MIN", "|-5|MIN")
+    bad = bad.replace("20261115100000+0700|||45", "kemarin|||45")
+    result = map_text(bad)
+    (appt,) = by_type(result, "Appointment")
+    parts = _participants(appt)
+    assert "end" not in parts["EQP"].get("period", {})  # a negative duration
+    assert "period" not in parts["CLINIC"]  # no start, an offset that is no number
+    assert "period" not in parts["AT"]  # a start that is no HL7 date/time
+    assert all(validate_resource(r) == [] for r in result.resources)
