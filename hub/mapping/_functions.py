@@ -130,7 +130,8 @@ def dt_decimal(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
 @_datatype("integer")
 def dt_integer(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     value = decimal(rt.text(rt.parts(raw, level)[0]))
-    return int(value) if isinstance(value, int) else None
+    # FHIR integer is 32-bit signed: a larger number is left out (the resource would be invalid)
+    return int(value) if isinstance(value, int) and -(2**31) <= value < 2**31 else None
 
 
 @_datatype("positiveInt")
@@ -1696,10 +1697,9 @@ def fn_appointment_end(raws: list[str], index: int, rt: Runtime, args: dict[str,
     if not isinstance(start, str) or duration is None or duration <= 0 or per is None:
         return None
     try:
-        moment = datetime.fromisoformat(start)
-    except ValueError:
+        return (datetime.fromisoformat(start) + timedelta(minutes=float(duration) * per)).isoformat()
+    except (ValueError, OverflowError):  # not a datetime; a duration past the calendar
         return None
-    return (moment + timedelta(minutes=float(duration) * per)).isoformat()
 
 
 # === end of the pharmacy, scheduling, referral and problem helpers ===

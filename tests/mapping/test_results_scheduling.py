@@ -116,3 +116,21 @@ def test_nonsense_offsets_durations_and_dates_give_no_period_and_no_error() -> N
     assert "period" not in parts["CLINIC"]  # no start, an offset that is no number
     assert "period" not in parts["AT"]  # a start that is no HL7 date/time
     assert all(validate_resource(r) == [] for r in result.resources)
+
+
+def test_an_appointment_duration_past_the_calendar_gives_no_end_and_no_error() -> None:
+    bad = SIU.replace(
+        "|60|MIN|^^60^20261115100000+0700^20261115110000+0700", "|99999999999999|D|^^60^20261115100000+0700"
+    )
+    (appt,) = by_type(map_text(bad), "Appointment")
+    assert appt["start"] == "2026-11-15T10:00:00+07:00"
+    assert "end" not in appt
+
+
+def test_a_duration_beyond_fhir_integers_is_left_out_and_the_appointment_stays_valid() -> None:
+    bad = SIU.replace(
+        "|60|MIN|^^60^20261115100000+0700^20261115110000+0700", "|99999999999|MIN|^^60^20261115100000+0700"
+    )
+    (appt,) = by_type(map_text(bad), "Appointment")
+    assert "minutesDuration" not in appt
+    assert validate_resource(appt) == []
