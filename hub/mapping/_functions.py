@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import re
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
+from hub.hl7 import EXPLICIT_NULL
+from hub.mapping._engine import _sender
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._runtime import Choice as Choice
 from hub.mapping._runtime import Runtime as Runtime
-from hub.mapping._runtime import is_empty
+from hub.mapping._runtime import _translate, is_empty, parse_ref
 from hub.mapping._runtime import key_id as key_id
 from hub.mapping._time import TimeFormatError, to_date, to_datetime, to_instant
 
@@ -391,7 +395,7 @@ _TELECOM_USE = {
 @_datatype("ContactPoint")
 def dt_xtn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """XTN → ContactPoint: XTN-1 (v2.3 formatted number), else XTN-4 email, else XTN-5..8 parts;
-    XTN-2 use (table 0201) and XTN-3 equipment (table 0202)."""
+    XTN-2 use (table 0201) and XTN-3 equipment (table 0202); ``args.default_use`` when XTN-2 is empty."""
     c = rt.texts(raw, level)
     c += [""] * (12 - len(c))
     use_code, equipment = c[1].upper(), c[2].upper()
@@ -409,6 +413,8 @@ def dt_xtn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
         return None
     out: dict[str, Any] = {"system": system or ("email" if "@" in value else "phone"), "value": value}
     use = "mobile" if equipment == "CP" else _TELECOM_USE.get(use_code)
+    if not use and not use_code:
+        use = args.get("default_use")  # PID-13 home (V2-to-FHIR IG: when XTN-2 is not valued)
     if use:
         out["use"] = use
     return out
@@ -670,6 +676,20 @@ def tf_choice(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
 @_transform("annotation")
 def tf_annotation(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
     return {"text": str(value)}
+
+
+@_transform("narrative")
+def tf_narrative(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A free-text description (PV2-12 visit description) as the resource's narrative (``text``), the
+    text escaped into the XHTML div FHIR requires; status additional (it is not generated from the
+    resource's elements)."""
+    text = str(value).strip()
+    if not text:
+        return None
+    return {
+        "status": "additional",
+        "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{html.escape(text)}</div>',
+    }
 
 
 @_transform("period_start")
@@ -945,8 +965,13 @@ def fn_document_content(raws: list[str], index: int, rt: Runtime, args: dict[str
 @_segment_fn("patient_contact")
 def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """NK1 → Patient.contact (V2-to-FHIR IG NK1[Patient]): name NK1-2, relationship NK1-3 and NK1-7,
-    address NK1-4, telecom NK1-5/NK1-6."""
+    address NK1-4, telecom NK1-5/NK1-6 (work), then (inputs 7 on, all optional) period NK1-8/NK1-9,
+    organization NK1-13 (XON → Organization) with its contact person NK1-30/NK1-31/NK1-32 as the
+    Organization's contact, gender NK1-15, telecom NK1-40/NK1-41."""
     name, relationship, address, phone, business, role = (raws + [""] * 6)[:6]
+    start, end, org, sex, person, person_phone, person_address, nk_telecom, person_telecom = (
+        [_unless_null(r) for r in raws[6:]] + [""] * 9
+    )[:9]
     conv = rt.maps.converters
     out: dict[str, Any] = {}
     rels = [
@@ -957,6 +982,9 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
         )
         if c
     ]
+    if rels and relationship and relationship != '""':
+        # NK1-3 through the IG's Relationship map (vocab relationship), as for the RelatedPerson.
+        rels[0] = _translate(rt, "relationship", rels[0], _NK1_3)
     if rels:
         out["relationship"] = rels
     if name and name != '""':
@@ -964,8 +992,8 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
         if human:
             out["name"] = human
     telecom = [
-        t
-        for raw in (phone, business)
+        {**t, "use": "work"} if k == 1 and "use" not in t else t  # NK1-6: the business number
+        for k, raw in enumerate((phone, business, nk_telecom, person_telecom))
         for rep in (raw.split(rt.enc.repetition) if raw and raw != '""' else [])
         if (t := dt_xtn(rep, 0, rt, {}))
     ]
@@ -975,7 +1003,56 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
         addr = conv["XAD"](address.split(rt.enc.repetition)[0], 0, rt, {})
         if addr:
             out["address"] = addr
-    return out if (out.keys() - {"relationship"}) else None
+    if sex:
+        code = rt.text(_component(rt, _first_rep(rt, sex), 1)).strip()
+        gender = rt.vocab("administrative-gender").get(code) if code else None
+        if isinstance(gender, str):
+            out["gender"] = gender
+    organization = _contact_organization(rt, org, person, person_phone, person_address)
+    if organization:
+        out["organization"] = organization
+    period = {
+        k: when
+        for k, raw in (("start", start), ("end", end))
+        if raw and (when := dt_date(_first_rep(rt, raw), 0, rt, {}))
+    }
+    if period:
+        out["period"] = period
+    return out if (out.keys() - {"relationship", "gender", "period"}) else None
+
+
+_NK1_3 = parse_ref("NK1-3")
+
+
+def _unless_null(raw: str) -> str:
+    return "" if raw == '""' else raw
+
+
+def _contact_organization(rt: Runtime, org: str, person: str, phone: str, address: str) -> Any:
+    """NK1-13 (XON → the Organization, made) with NK1-30/-31/-32, the contact person there, as its
+    ``contact`` (V2-to-FHIR IG NK1[Patient]: contact.organization(Organization.contact.*))."""
+    xon = rt.maps.converters.get("XON.Organization")
+    first = _first_rep(rt, org)
+    ref = xon(first, 0, rt, {}) if xon is not None and first else None
+    if not isinstance(ref, dict) or not ref.get("reference"):
+        return None
+    made = rt.extra.get(ref["reference"])
+    conv = rt.maps.converters
+    contact: dict[str, Any] = {}
+    if person and (human := conv["XPN"](_first_rep(rt, person), 0, rt, {})):
+        contact["name"] = human
+    telecom = [
+        t for rep in (phone.split(rt.enc.repetition) if phone else []) if (t := dt_xtn(rep, 0, rt, {}))
+    ]
+    if telecom:
+        contact["telecom"] = telecom
+    if address and (addr := conv["XAD"](_first_rep(rt, address), 0, rt, {})):
+        contact["address"] = addr
+    if contact and made is not None:
+        contacts = made.setdefault("contact", [])
+        if contact not in contacts:
+            contacts.append(contact)
+    return ref
 
 
 @_segment_fn("reference_by_identifier")
@@ -1008,6 +1085,81 @@ def fn_device_version(raws: list[str], index: int, rt: Runtime, args: dict[str, 
     when = dt_datetime(installed.split(rt.enc.repetition, 1)[0], 0, rt, {}) if installed else None
     if when:
         out["extension"] = [{"url": INSTALL_DATE_URL, "valueDateTime": when}]
+    return out
+
+
+@_segment_fn("practitioner")
+def fn_practitioner(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The person of a PRT or ROL (XCN, first repetition) as a Reference to a Practitioner (V2-to-FHIR
+    IG XCN[Practitioner]) whose address is the second input (XAD: PRT-14, ROL-11 → the IG's
+    practitioner(Practitioner.address))."""
+    person, address = ([*raws, "", ""])[:2]
+    if not person or person == EXPLICIT_NULL:
+        return None
+    rep = rt.enc.repetition
+    conv = rt.maps.converters
+    ref = conv["XCN.Practitioner"](person.split(rep, 1)[0], 0, rt, {})
+    if not isinstance(ref, dict) or not address or address == EXPLICIT_NULL:
+        return ref
+    found = rt.extra.get(str(ref.get("reference", "")))
+    if found is not None:
+        for raw in address.split(rep):
+            value = conv["XAD"](raw, 0, rt, {}) if raw and raw != EXPLICIT_NULL else None
+            if value and value not in found.get("address", []):
+                found.setdefault("address", []).append(value)
+    return ref
+
+
+@_segment_fn("participant")
+def fn_participant(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One participant of an Encounter or a CareTeam from a PRT or ROL (V2-to-FHIR IG PRT/ROL maps):
+    the Reference to the resource the map ``args.map`` made from this segment (its PractitionerRole)
+    as ``args.element`` (``individual``, ``member``), the role (the first input, CWE, table
+    ``args.role_system``, translated by the vocabulary ``args.role_vocab`` with the sender's coding
+    kept beside) as ``args.role`` (``type``, ``role``), the period (the second and third inputs) and
+    the organization the person acts for (the fourth, XON: a CareTeam's onBehalfOf). None when that
+    map made nothing from the segment."""
+    role, start, end, organization = ([*raws, "", "", "", ""])[:4]
+    made = rt.made.get((str(args.get("map", "")), index))
+    rep = rt.enc.repetition
+    out: dict[str, Any] = {}
+    member: Any = None
+    if made is None or not any(r is made for r in rt.resources):
+        # No person: with ``args.organization_member`` the organization is the member (CareTeam).
+        if not (args.get("organization_member") and organization and organization != EXPLICIT_NULL):
+            return None
+        member = rt.maps.converters["XON"](organization.split(rep, 1)[0], 0, rt, {})
+        if not member:
+            return None
+        made, organization = None, ""
+    if role and role != EXPLICIT_NULL:
+        concept = rt.maps.converters["CWE"](
+            role.split(rep, 1)[0], 0, rt, {"default_system": args.get("role_system", "HL70443")}
+        )
+        vocab = rt.vocab(str(args["role_vocab"])) if args.get("role_vocab") else None
+        if concept and vocab is not None and concept.get("coding"):
+            found = vocab.lookup(concept["coding"][0].get("code", ""))
+            if isinstance(found, dict):
+                coding = (
+                    {"system": vocab.system, **found} if vocab.system and "system" not in found else found
+                )
+                concept["coding"] = [dict(coding), *concept["coding"]]
+        if concept:
+            out[str(args.get("role", "type"))] = [concept]
+    out[str(args.get("element", "individual"))] = (
+        member if made is None else {"reference": f"{made['resourceType']}/{made['id']}"}
+    )
+    period: dict[str, Any] = {}
+    for key, raw in (("start", start), ("end", end)):
+        when = dt_datetime(raw.split(rep, 1)[0], 0, rt, {}) if raw and raw != EXPLICIT_NULL else None
+        if when:
+            period[key] = when
+    if period:
+        out["period"] = period
+    if organization and organization != EXPLICIT_NULL:
+        on_behalf = rt.maps.converters["XON"](organization.split(rep, 1)[0], 0, rt, {})
+        if on_behalf:
+            out["onBehalfOf"] = on_behalf
     return out
 
 
@@ -1060,6 +1212,16 @@ CONDITIONS["not_vaccine_code"] = _whole_field(
 )
 
 
+def _valued(raw: str, rt: Runtime, args: list[Any]) -> bool:
+    """``valued``: the field at the path holds something in any component of its first repetition
+    (``present`` looks at the first component only: an XCN ``^Lestari^Sri`` has no XCN-1)."""
+    first = raw.split(rt.enc.repetition, 1)[0]
+    return first != EXPLICIT_NULL and bool(first.strip(f"{rt.enc.component}{rt.enc.subcomponent} "))
+
+
+CONDITIONS["valued"] = _whole_field(_valued)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Id functions: (segment index, rt) -> key parts, or None when the rule does not apply.
 
@@ -1073,6 +1235,13 @@ def _id_fn(name: str) -> Callable[[IdFn], IdFn]:
         return fn
 
     return deco
+
+
+@_id_fn("one_per_patient")
+def id_one_per_patient(index: int, rt: Runtime) -> tuple[str, ...] | None:
+    """One resource of the map's type per source Patient, keyed by the patient alone (the patient's
+    CareTeam as the sender tells it, whose participants every PRT and ROL of the message adds)."""
+    return (rt.patient_id_at(index),) if rt.patient_key_at(index)[0] else None
 
 
 @_id_fn("patient")
@@ -1277,6 +1446,45 @@ def _drop_reversed_end(bounds: dict[str, Any]) -> None:
         del bounds["end"]
 
 
+_TM = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
+_UCUM_TIME = {"s": 1, "min": 60, "h": 3600, "d": 86400, "wk": 604800}
+
+
+def _tm_time(value: str) -> str:
+    """A v2 TM (HH[MM[SS[.S]]][+/-ZZZZ]) → FHIR time "HH:MM:SS"; "" when it is not one."""
+    found = _TM.match(value)
+    if not found:
+        return ""
+    hh, mm, ss = found.group(1), found.group(2) or "00", found.group(3) or "00"
+    if int(hh) > 23 or int(mm) > 59 or int(ss) > 59:
+        return ""
+    return f"{hh}:{mm}:{ss}"
+
+
+def _duration(rt: Runtime, raw: str) -> dict[str, Any] | None:
+    """A CQ duration ("5^d", "30^min") → a FHIR Duration in UCUM time units, None when it is not one."""
+    number, unit = _cq_parts(rt, _first_rep(rt, raw))
+    code = _DURATION_UNITS.get(unit.lower()) if number is not None else None
+    if code is None or number is None or number < 0:
+        return None
+    return {"value": number, "unit": code, "system": "http://unitsofmeasure.org", "code": code}
+
+
+def _add_duration(start: str, duration: dict[str, Any]) -> str | None:
+    """``start`` (a FHIR dateTime with a time and offset) plus a Duration in s, min, h, d or wk; None
+    when the start has no time or the unit has no fixed length (mo, a)."""
+    seconds = _UCUM_TIME.get(duration["code"])
+    if seconds is None or "T" not in start:
+        return None
+    try:
+        at = datetime.fromisoformat(start)
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        return None
+    return (at + timedelta(seconds=duration["value"] * seconds)).isoformat()
+
+
 def _timing_from_tq1(rt: Runtime, i: int, dosage: dict[str, Any]) -> dict[str, Any]:
     """V2-to-FHIR IG TQ1[MedicationRequest]: one TQ1 → Timing (and the dose, text and condition it gives
     the Dosage)."""
@@ -1284,13 +1492,8 @@ def _timing_from_tq1(rt: Runtime, i: int, dosage: dict[str, Any]) -> dict[str, A
     repeat: dict[str, Any] = {}
     quantity_raw = _field(rt, i, 2)
     if quantity_raw and "doseAndRate" not in dosage:
-        number, unit = _cq_parts(rt, quantity_raw)
-        if number is not None:
-            q = (
-                quantity(rt, number, quantity_raw.split(rt.enc.component, 1)[1], 0)
-                if unit
-                else {"value": number}
-            )
+        q = dt_cq(_first_rep(rt, quantity_raw), 0, rt, {})
+        if q:
             dosage["doseAndRate"] = [{"doseQuantity": q}]
     pattern = _first_rep(rt, _field(rt, i, 3))
     if pattern:
@@ -1300,9 +1503,16 @@ def _timing_from_tq1(rt: Runtime, i: int, dosage: dict[str, Any]) -> dict[str, A
         if concept:
             timing["code"] = concept
         repeat.update(freq)
-    events = [
-        v for rep in _field(rt, i, 4).split(rt.enc.repetition) if rep and (v := dt_datetime(rep, 0, rt, {}))
-    ]
+    # TQ1-4 explicit times: a TM ("0800") is a time of day (Timing.repeat.timeOfDay), a full date/time
+    # (sent by some systems) an event.
+    events: list[str] = []
+    for rep in _field(rt, i, 4).split(rt.enc.repetition):
+        explicit = rt.text(rep.split(rt.enc.component, 1)[0]).strip()
+        time_of_day = _tm_time(explicit)
+        if time_of_day:
+            repeat.setdefault("timeOfDay", []).append(time_of_day)
+        elif explicit and (v := dt_datetime(rep, 0, rt, {})):
+            events.append(v)
     if events:
         timing["event"] = events
     bounds: dict[str, Any] = {}
@@ -1312,6 +1522,14 @@ def _timing_from_tq1(rt: Runtime, i: int, dosage: dict[str, Any]) -> dict[str, A
         if value:
             bounds[key] = value
     _drop_reversed_end(bounds)
+    # TQ1-6 service duration: the end of the bounds from the start, else the bounds as a Duration.
+    service = _duration(rt, _field(rt, i, 6))
+    if service is not None and "start" in bounds and "end" not in bounds:
+        end = _add_duration(bounds["start"], service)
+        if end:
+            bounds["end"] = end
+    elif service is not None and not bounds:
+        repeat["boundsDuration"] = service
     if bounds:
         repeat["boundsPeriod"] = bounds
     condition = rt.text(_field(rt, i, 10)).strip()
@@ -1365,10 +1583,11 @@ def fn_medication_dosage(raws: list[str], index: int, rt: Runtime, args: dict[st
 
     ``paths``: the order's TQ (RXE-1 / ORC-7), give amount minimum, maximum, units, administration
     instructions (CWE), dispensing instructions (text) and, optionally, a fallback TQ (ORC-7 when RXE-1
-    is empty). Timing comes from the TQ1 segments of the
+    is empty) and, optionally, the total daily dose (RXE-19 → maxDosePerPeriod). Timing comes from the
+    TQ1 segments of the
     order group (ORC to the next ORC), else the TQ; route, site, method and routing instruction from the
     first RXR after the segment (else the first RXR of the group), so one order has one Dosage."""
-    tq, low, high, units, instructions, special, order_tq = ([*raws, "", "", "", "", "", "", ""])[:7]
+    tq, low, high, units, instructions, special, order_tq, daily = ([*raws, *[""] * 8])[:8]
     tq = tq or order_tq
     dosage: dict[str, Any] = {}
     instruction = _first_rep(rt, instructions)
@@ -1418,19 +1637,99 @@ def fn_medication_dosage(raws: list[str], index: int, rt: Runtime, args: dict[st
     extra = dt_text(special, 0, rt, {}) if special else None
     if extra:
         dosage.setdefault("additionalInstruction", []).append({"text": extra})
+    total = dt_cq(_first_rep(rt, daily), 0, rt, {}) if daily and daily != '""' else None
+    if total:  # RXE-19 total daily dose: the most per day
+        day = {"value": 1, "unit": "d", "system": "http://unitsofmeasure.org", "code": "d"}
+        dosage["maxDosePerPeriod"] = {"numerator": total, "denominator": day}
     return dosage or None
+
+
+# Segments that may stand between an OBR and the timing (TQ1/TQ2) of its order.
+_OBR_TIMING_BEFORE = frozenset({"TQ1", "TQ2", "PRT"})  # ORC, TQ1, TQ2, OBR (ORM, OML, OMG)
+_OBR_TIMING_AFTER = frozenset({"TQ1", "TQ2", "PRT", "NTE"})  # OBR, NTE, TQ1, TQ2 (ORU, OUL)
+
+
+def _order_tq1s(rt: Runtime, index: int) -> list[int]:
+    """The TQ1 segments that time the order of segment ``index``. An OBR's are the TQ1s between its ORC
+    and it (the ORC's timing group in ORM/OML/OMG) or right after it (the OBR's timing group in ORU),
+    never another OBR's; a pharmacy segment's are those of its order group (ORC to the next ORC)."""
+    segs = rt.segments
+    if segs[index].name != "OBR":
+        return [i for i in _order_group(rt, index) if segs[i].name == "TQ1"]
+    before: list[int] = []
+    i = index - 1
+    while i > 0 and segs[i].name in _OBR_TIMING_BEFORE:
+        if segs[i].name == "TQ1":
+            before.insert(0, i)
+        i -= 1
+    if before and segs[i].name == "ORC":
+        return before
+    after: list[int] = []
+    i = index + 1
+    while i < len(segs) and segs[i].name in _OBR_TIMING_AFTER:
+        if segs[i].name == "TQ1":
+            after.append(i)
+        i += 1
+    return after
+
+
+@_segment_fn("service_timing")
+def fn_service_timing(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """V2-to-FHIR IG TQ1[ServiceRequest]: the order's first TQ1 with a timing (repeat pattern, times,
+    start/end, durations, count) → ServiceRequest.occurrenceTiming; without one, the v2.3 TQ of
+    ``paths`` (ORC-7, OBR-27: interval, start, end)."""
+    timing: dict[str, Any] = {}
+    scratch: dict[str, Any] = {"doseAndRate": None}  # a TQ1's dose and texts are not the Timing's
+    for i in _order_tq1s(rt, index):
+        found = _timing_from_tq1(rt, i, scratch)
+        if found and not timing:
+            timing = found
+    for raw in raws:
+        if timing:
+            break
+        if raw:
+            timing = _timing_from_tq(rt, _first_rep(rt, raw), scratch)
+    return Choice("Timing", timing) if timing else None
+
+
+@_segment_fn("order_tq1")
+def fn_order_tq1(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Field ``args.field`` of the order's first TQ1 that has it, as ``args.as``: ``quantity`` (a CQ,
+    TQ1-2 → ServiceRequest.quantityQuantity) or ``annotation`` (a text, TQ1-11 → note); else the same
+    component of the v2.3 TQ in ``paths`` (ORC-7: 1 quantity, 8 text)."""
+    n = int(args["field"])
+    kind = str(args.get("as", "annotation"))
+    raw = ""
+    for i in _order_tq1s(rt, index):
+        raw = _first_rep(rt, _field(rt, i, n))
+        if raw:
+            break
+    level = 0
+    tq_component = {2: 1, 11: 8}.get(n)
+    if not raw and tq_component:
+        for tq in raws:
+            raw = _component(rt, _first_rep(rt, tq), tq_component)
+            if raw:
+                level = 1
+                break
+    if not raw:
+        return None
+    if kind == "quantity":
+        q = dt_cq(raw, level, rt, {})
+        return Choice("Quantity", q) if q else None
+    text = rt.text(raw).strip()
+    return {"text": text} if text else None
 
 
 @_segment_fn("order_priority")
 def fn_order_priority(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
-    """The priority of an order (TQ1-9 of its group, else TQ-6 of ``paths``) as a request priority code
-    (vocab request-priority)."""
+    """The priority of an order (TQ1-9 of its TQ1s, see ``_order_tq1s``, else TQ-6 of ``paths``) as a
+    request priority code (vocab request-priority)."""
     code = ""
-    for i in _order_group(rt, index):
-        if rt.segments[i].name == "TQ1":
-            code = rt.text(_component(rt, _first_rep(rt, _field(rt, i, 9)), 1)).strip()
-            if code:
-                break
+    for i in _order_tq1s(rt, index):
+        code = rt.text(_component(rt, _first_rep(rt, _field(rt, i, 9)), 1)).strip()
+        if code:
+            break
     if not code:
         for raw in raws:
             code = rt.text(_component(rt, _first_rep(rt, raw), 6)).strip()
@@ -1630,7 +1929,8 @@ def fn_reference_by_patient_identifier(raws: list[str], index: int, rt: Runtime,
 def fn_patient_account(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """PID-18 (patient account number, CX) → a Reference to the patient's Account, which is made
     (identifier, status active, subject). Keyed as PID[Account] keys it (PID-18.1 and its authority
-    PID-18.4, scope patient), so a charge (FT1 → ChargeItem.account) and the ADT/BAR Account are one."""
+    PID-18.4, scope patient), so a charge (FT1 → ChargeItem.account) and the ADT/BAR Account are one;
+    when the message map made that Account (PID.Account), only the Reference is returned."""
     raw = _first_rep(rt, ([*raws, ""])[0])
     if not raw:
         return None
@@ -1641,7 +1941,11 @@ def fn_patient_account(raws: list[str], index: int, rt: Runtime, args: dict[str,
     if pid < 0:
         return None
     rt.used[pid].add(18)
-    rid = resource_id("Account", rt.patient_id_at(index), c[0], c[3])
+    # The authority's first subcomponent (HD namespace id), as the map's key path PID-18.4 reads it.
+    authority = c[3].split(rt.enc.subcomponent, 1)[0].strip() if rt.enc.subcomponent else c[3]
+    rid = resource_id("Account", rt.patient_id_at(index), c[0], authority)
+    if f"Account/{rid}" in rt.keys:  # the message map made it already (PID.Account)
+        return {"reference": f"Account/{rid}"}
     account: dict[str, Any] = {"resourceType": "Account", "id": rid, "status": "active"}
     ident = dt_cx(raw, 0, rt, {})
     if ident:
@@ -1697,8 +2001,9 @@ def fn_appointment_end(raws: list[str], index: int, rt: Runtime, args: dict[str,
     if not isinstance(start, str) or duration is None or duration <= 0 or per is None:
         return None
     try:
-        return (datetime.fromisoformat(start) + timedelta(minutes=float(duration) * per)).isoformat()
-    except (ValueError, OverflowError):  # not a datetime; a duration past the calendar
+        moment = datetime.fromisoformat(start)
+        return (moment + timedelta(minutes=float(duration) * per)).isoformat()
+    except (ValueError, OverflowError):  # not an instant, or an end beyond year 9999
         return None
 
 
@@ -1916,6 +2221,110 @@ def fn_reference_range(raws: list[str], index: int, rt: Runtime, args: dict[str,
                 out["high" if bound.group(1) in ("<", "<=", "≤") else "low"] = quantity(rt, value, units, 0)
     out["text"] = text
     return out
+
+
+# === visit helpers ===
+
+
+@_segment_fn("visit_diagnosis")
+def fn_visit_diagnosis(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One diagnosis of an Encounter or an EpisodeOfCare from a DG1 (V2-to-FHIR IG DG1[Encounter],
+    DG1[EpisodeOfCare]): the Condition the DG1 made (``args.map``, DG1.Condition) as ``condition``,
+    DG1-6 diagnosis type (table 0052, vocab ``args.vocab``: A admitting → diagnosis-role AD, the
+    sender's coding kept beside) as ``args.role_element`` (``use`` on an Encounter, ``role`` on an
+    EpisodeOfCare) and DG1-15 priority as ``rank`` (a positiveInt; 0 or no number gives none). No
+    Condition (no code in the DG1): no diagnosis."""
+    kind_raw, priority_raw = ([*raws, "", ""])[:2]
+    condition = rt.made.get((str(args.get("map", "DG1.Condition")), index))
+    if not condition or not condition.get("id") or "code" not in condition:
+        return None
+    out: dict[str, Any] = {"condition": {"reference": f"Condition/{condition['id']}"}}
+    kind_raw = _first_rep(rt, kind_raw)
+    cwe = rt.maps.converters.get("CWE")
+    if kind_raw and kind_raw != '""' and cwe is not None:
+        concept = cwe(kind_raw, 0, rt, {"default_system": "HL70052"})
+        if isinstance(concept, dict) and concept:
+            vocab = rt.vocab(str(args.get("vocab", "diagnosis-role")))
+            codings = concept.get("coding") or []
+            found = vocab.lookup(codings[0].get("code", "")) if codings else None
+            if isinstance(found, dict):
+                coding = (
+                    {"system": vocab.system, **found}
+                    if vocab.system and "system" not in found
+                    else dict(found)
+                )
+                if coding not in codings:
+                    concept = {**concept, "coding": [coding, *codings]}
+            out[str(args.get("role_element", "use"))] = concept
+    if priority_raw and priority_raw != '""':
+        rank = dt_positive_int(_first_rep(rt, priority_raw), 0, rt, {})
+        if isinstance(rank, int):
+            out["rank"] = rank
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The patient and the people around them (V2-to-FHIR IG PID[Patient], PD1[Patient], NK1[Patient]).
+
+
+@_transform("extension")
+def tf_extension(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A value as an extension: ``{url: args.url, value<args.type>: value}``; with ``args.part`` the
+    value sits in a sub-extension of that url (``patient-citizenship`` → ``code``, ``patient-animal`` →
+    ``species``), as the complex extensions of the FHIR core define."""
+    if value is None or (isinstance(value, str | dict | list) and not value):
+        return None
+    inner = {f"value{args.get('type', 'String')}": value}
+    part = args.get("part")
+    if part:
+        return {"url": str(args["url"]), "extension": [{"url": str(part), **inner}]}
+    return {"url": str(args["url"]), **inner}
+
+
+@_segment_fn("complex_extension")
+def fn_complex_extension(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One complex extension of ``args.url`` whose sub-extensions ``args.parts`` (one per input, in
+    order) carry the first repetition of each input as a CodeableConcept (CWE), e.g. PID-35 species
+    and PID-36 breed → ``patient-animal``. None when no input is valued."""
+    cwe = rt.maps.converters.get("CWE")
+    if cwe is None:
+        return None
+    parts: list[dict[str, Any]] = []
+    for name, raw in zip(args.get("parts", ()), raws, strict=False):
+        first = _first_rep(rt, raw)
+        if first and first != '""' and (concept := cwe(first, 0, rt, {})):
+            parts.append({"url": str(name), "valueCodeableConcept": concept})
+    return {"url": str(args["url"]), "extension": parts} if parts else None
+
+
+@_segment_fn("patient_addresses")
+def fn_patient_addresses(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """PID-11 (every repetition, XAD) with PID-12 county code as the V2-to-FHIR IG PID[Patient] says:
+    the district of the only address when that address has no county (XAD-9) of its own, else (another
+    county, or several addresses: PID-12 cannot say which) an address of its own holding the district;
+    without PID-11, an address with only the district."""
+    addresses_raw, county_raw = ([*raws, "", ""])[:2]
+    xad = rt.maps.converters.get("XAD")
+    out: list[dict[str, Any]] = []
+    reps = [r for r in addresses_raw.split(rt.enc.repetition) if r and r != '""'] if addresses_raw else []
+    for rep in reps:
+        addr = xad(rep, 0, rt, {}) if xad is not None else None
+        if addr and addr not in out:
+            out.append(addr)
+    county = rt.text(_component(rt, _first_rep(rt, county_raw), 1)).strip() if county_raw != '""' else ""
+    if county:
+        if len(reps) == 1 and len(out) == 1 and not out[0].get("district"):
+            out[0] = {**out[0], "district": county}
+        elif not (len(out) == 1 and out[0].get("district") == county):
+            out.append({"district": county})
+    return out or None
+
+
+@_id_fn("segment_per_patient")
+def id_segment_per_patient(index: int, rt: Runtime) -> tuple[str, ...] | None:
+    """One resource per patient for a segment that occurs once per patient (PD1-7 living will → one
+    Observation, updated by each message): the segment's name, scoped to the patient by the rule."""
+    return ("segment", rt.segments[index].name)
 
 
 @_segment_fn("note_annotation")
@@ -2140,3 +2549,421 @@ def fn_appointment_comment(raws: list[str], index: int, rt: Runtime, args: dict[
             continue
         following = name in owners
     return "\n".join(texts) or None
+
+
+# ===================================================================================================
+# Orders: NTE annotations with their author and time, NDL (the result interpreter, technician and
+# transcriptionist of an OBR), the v2 confidentiality code as a security label.
+# ---------------------------------------------------------------------------------------------------
+
+
+@_segment_fn("nte_annotation")
+def fn_nte_annotation(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """V2-to-FHIR IG NTE[ServiceRequest]: ``paths`` NTE-3 comment, NTE-5 entered by (XCN → a
+    Practitioner), NTE-6 entered date/time → one Annotation (text, authorReference, time). A note
+    without a comment is none (Annotation.text is required)."""
+    comment, entered_by, entered_at = ([*raws, "", "", ""])[:3]
+    text = dt_text(comment, 0, rt, {}) if comment and comment != '""' else None
+    if not text:
+        return None
+    note: dict[str, Any] = {"text": text}
+    author = _first_rep(rt, entered_by)
+    if author and author != '""':
+        conv = rt.maps.converters.get("XCN")
+        ref = conv(author, 0, rt, {}) if conv is not None else None
+        if ref:
+            note["authorReference"] = ref
+    if entered_at and entered_at != '""':
+        at = dt_datetime(_first_rep(rt, entered_at), 0, rt, {})
+        if at:
+            note["time"] = at
+    return note
+
+
+@_datatype("NDL")
+def dt_ndl(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """NDL (CNN name & id ^ start ^ end ^ point of care ...) → a Reference to the Practitioner, through
+    the XCN map: CNN-1..8 are XCN-1..8 (id, family, given, middle, suffix, prefix, degree, source
+    table), CNN-9..11 XCN-9's HD. A field sent XCN-style (``123^Family^Given``, no subcomponents in
+    the first component) is read as an XCN."""
+    conv = rt.maps.converters.get("XCN")
+    if conv is None or level != 0:
+        return None
+    sub, comp = rt.enc.subcomponent, rt.enc.component
+    first = raw.split(comp, 1)[0]
+    if not sub or sub not in first:
+        return conv(raw, 0, rt, args)
+    subs = [*first.split(sub), *[""] * 11][:11]
+    xcn = comp.join([*subs[:8], sub.join(subs[8:11]).rstrip(sub)]).rstrip(comp)
+    return conv(xcn, 0, rt, args) if xcn else None
+
+
+# The order's Provenance (V2-to-FHIR IG ORC[Provenance]): its agents, entering device and location.
+_PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+
+
+def _coded_resource(rt: Runtime, raw: str, resource_type: str) -> dict[str, Any] | None:
+    """A CWE naming an Organization (ORC-17) or a Device (ORC-18): a resource identified by the code in
+    its coding system (else the sender's), named by the text; a Reference to it."""
+    c = [*rt.texts(raw, 0), "", "", ""]
+    code, text = c[0].strip(), c[1].strip()
+    if not code and not text:
+        return None
+    system = coding_system(rt, c[2].strip()) or f"urn:hub:id:{rt.facility_key}"
+    body: dict[str, Any] = {}
+    if code:
+        body["identifier"] = [{"system": system, "value": code}]
+    name = text or code
+    if resource_type == "Device":
+        body["deviceName"] = [{"name": name, "type": "user-friendly-name"}]
+    else:
+        body["name"] = name
+    rid = (
+        resource_id(resource_type, system, code)
+        if code
+        else resource_id(resource_type, rt.ctx.facility, text)
+    )
+    rt.add_extra({"resourceType": resource_type, "id": rid, **body})
+    return {"reference": f"{resource_type}/{rid}", "display": name}
+
+
+@_segment_fn("order_agent")
+def fn_order_agent(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Provenance agents of an order: each repetition of ``paths[0]`` (an XCN person, or with
+    ``args.device`` a CWE device) with the participant type ``args.type`` (none for a device), and
+    ``paths[1]`` (a CWE organization, ORC-17) as the first agent's onBehalfOf."""
+    person, organization = ([*raws, "", ""])[:2]
+    agents: list[dict[str, Any]] = []
+    conv = rt.maps.converters.get("XCN")
+    for rep in person.split(rt.enc.repetition) if person else []:
+        if not rep or rep == '""':
+            continue
+        who = (
+            _coded_resource(rt, rep, "Device")
+            if args.get("device")
+            else (conv(rep, 0, rt, {}) if conv else None)
+        )
+        if not who:
+            continue
+        agent: dict[str, Any] = {}
+        if args.get("type"):
+            agent["type"] = {"coding": [{"system": _PARTICIPANT_TYPE, "code": str(args["type"])}]}
+        agent["who"] = who
+        agents.append(agent)
+    org_raw = _first_rep(rt, organization)
+    if agents and org_raw and org_raw != '""':
+        org = _coded_resource(rt, org_raw, "Organization")
+        if org:
+            agents[0]["onBehalfOf"] = org
+    return agents or None
+
+
+@_segment_fn("order_location")
+def fn_order_location(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The ordering facility (ORC-21 XON name and identifier, ORC-22 address, ORC-23 phone) as a
+    Location; a Reference to it. Keyed by the XON identifier, else by the name within the sender."""
+    name_raw, address_raw, phone_raw = ([*raws, "", "", ""])[:3]
+    xon = _first_rep(rt, name_raw)
+    if not xon or xon == '""':
+        return None
+    name = rt.text(xon.split(rt.enc.component, 1)[0]).strip()
+    ident = dt_identifier_at(xon, 0, rt, {"value": 10, "fallback_value": 3, "authority": 6, "type": 7})
+    body: dict[str, Any] = {}
+    if ident:
+        body["identifier"] = [ident]
+    if name:
+        body["name"] = name
+    if not body:
+        return None
+    xad = rt.maps.converters.get("XAD")
+    address = (
+        xad(_first_rep(rt, address_raw), 0, rt, {}) if xad and address_raw and address_raw != '""' else None
+    )
+    if address:
+        body["address"] = address
+    phones = [
+        p
+        for rep in phone_raw.split(rt.enc.repetition)
+        if rep and rep != '""' and (p := dt_xtn(rep, 0, rt, {}))
+    ]
+    if phones:
+        body["telecom"] = phones
+    if ident and ident.get("value"):
+        rid = resource_id("Location", str(ident.get("system", "")), str(ident["value"]))
+    else:
+        rid = resource_id("Location", rt.ctx.facility, name)
+    rt.add_extra({"resourceType": "Location", "id": rid, **body})
+    ref: dict[str, Any] = {"reference": f"Location/{rid}"}
+    if name:
+        ref["display"] = name
+    return ref
+
+
+@_segment_fn("ordering_provider_address")
+def fn_ordering_provider_address(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """``paths`` ORC-12 ordering provider and ORC-24 its address: the ORC-12 Practitioner (through the
+    XCN map, the same Reference ORC-12 alone gives) with the address added; None without ORC-12."""
+    person, address_raw = ([*raws, "", ""])[:2]
+    rep = _first_rep(rt, person)
+    conv = rt.maps.converters.get("XCN")
+    if not rep or rep == '""' or conv is None:
+        return None
+    ref = conv(rep, 0, rt, {})
+    if not ref:
+        return None
+    xad = rt.maps.converters.get("XAD")
+    practitioner = rt.extra.get(str(ref.get("reference", "")))
+    if xad and practitioner is not None and address_raw and address_raw != '""':
+        address = xad(_first_rep(rt, address_raw), 0, rt, {})
+        if address and address not in practitioner.setdefault("address", []):
+            practitioner["address"].append(address)
+    return ref
+
+
+@_segment_fn("message_sender")
+def fn_message_sender(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The sending facility as the message's Provenance names it (agent ``author``, ``urn:hub:sender``)
+    with ``args.as: agent``, or the source message (its control id, ``paths``: MSH-9, MSH-10) with
+    ``args.as: entity``: an order's Provenance says who sent it and in which message, as the message's
+    own does (and so always has the agent FHIR requires). With ``args.as: recorded``, the first of
+    ``paths`` (ORC-9) as an instant, else the message's date/time (MSH-7); give a path on another
+    segment too (MSH-10), so the function runs when ORC-9 is empty."""
+    msh = rt.segments[0]
+    if args.get("as") == "recorded":
+        for raw in [raws[0] if raws else "", msh.get(7)]:
+            at = dt_instant(_first_rep(rt, raw), 0, rt, {}) if raw and raw != '""' else None
+            if at:
+                return at
+        return None
+    if args.get("as") == "entity":
+        control_id = msh.get(10)
+        message_type = f"{msh.get(9, 1)}^{msh.get(9, 2)}"
+        what: dict[str, Any] = {"display": f"{message_type} {control_id}".strip()}
+        if control_id:
+            what = {"identifier": {"system": f"urn:hub:hl7v2:{rt.facility_key}", "value": control_id}, **what}
+        return {"role": "source", "what": what}
+    return {
+        "type": {"coding": [{"system": _PARTICIPANT_TYPE, "code": "author"}]},
+        "who": _sender(rt.ctx.facility, msh.get(3)),
+    }
+
+
+@_segment_fn("message_recorded")
+def fn_message_recorded(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The message's date/time (MSH-7) as an instant, for a Provenance a segment makes beside the
+    message's own (PID[Provenance-Patient].recorded): the same value, so a replay changes nothing.
+    The inputs only say when the Provenance applies; MSH-7 itself is the engine's (coverage)."""
+    sent = rt.segments[0].get(7) if rt.segments else ""
+    if not sent:
+        return None
+    try:
+        return to_instant(sent, rt.zone)
+    except TimeFormatError:
+        return None  # the message's Provenance warns about it
+
+
+# ---------------------------------------------------------------------------------------------------
+# Insurance (IN1/IN2 → Coverage) and guarantors (GT1 → Account.guarantor).
+
+COVERAGE_CLASS = "http://terminology.hl7.org/CodeSystem/coverage-class"
+# HL7 table 0063 code of the patient itself (IN1-17 insured's, GT1-11 guarantor's relationship).
+_SELF_CODES = frozenset({"SEL"})
+
+
+def _first_text(rt: Runtime, raw: str, n: int = 1) -> str:
+    """The text of component ``n`` (its first subcomponent) of the first repetition of ``raw``."""
+    comp = _component(rt, _first_rep(rt, raw), n)
+    return rt.text(comp.split(rt.enc.subcomponent, 1)[0] if rt.enc.subcomponent else comp).strip()
+
+
+def is_self(rt: Runtime, relationship_raw: str) -> bool:
+    """Whether a table 0063 relationship (CWE) says the party is the patient (SEL)."""
+    return _first_text(rt, relationship_raw).upper() in _SELF_CODES
+
+
+@_segment_fn("coverage_class")
+def fn_coverage_class(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One ``Coverage.class`` of ``args.type`` (coverage-class: plan, group …): the value is the first
+    input's first component (IN1-2 health plan id, IN1-8 group number), the name the second input's
+    first component (IN1-9 group name), else the first input's second component (IN1-2.2 plan text)."""
+    first, second = ([*raws, "", ""])[:2]
+    value = _first_text(rt, first) if first and first != '""' else ""
+    if not value:
+        return None
+    name = _first_text(rt, second) if second and second != '""' else _first_text(rt, first, 2)
+    out: dict[str, Any] = {
+        "type": {"coding": [{"system": COVERAGE_CLASS, "code": str(args.get("type", "plan"))}]},
+        "value": value,
+    }
+    if name:
+        out["name"] = name
+    return out
+
+
+def _party_reference(
+    rt: Runtime, index: int, relationship_raw: str, name_raw: str, resource: str = "RelatedPerson"
+) -> Any:
+    """The Patient when the relationship is SEL, else the RelatedPerson a map keys as (relationship
+    code, family name, given name) within the patient: IN1.RelatedPerson, GT1.RelatedPerson."""
+    if is_self(rt, relationship_raw):
+        return {"reference": f"Patient/{rt.patient_id_at(index)}"}
+    relationship = _first_text(rt, relationship_raw)
+    family = _first_text(rt, name_raw)
+    if not relationship or not family:
+        return None
+    given = _first_text(rt, name_raw, 2)
+    return {
+        "reference": f"{resource}/{resource_id(resource, rt.patient_id_at(index), relationship, family, given)}"
+    }
+
+
+@_segment_fn("insured_party")
+def fn_insured_party(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """IN1-17 relationship and IN1-16 insured's name → ``Coverage.subscriber`` (V2-to-FHIR IG
+    IN1[Coverage]): the Patient when IN1-17 is SEL, else the insured RelatedPerson IN1.RelatedPerson
+    makes (keyed by IN1-17.1, IN1-16.1 and IN1-16.2 within the patient, as that map keys it)."""
+    relationship, name = ([*raws, "", ""])[:2]
+    return _party_reference(rt, index, relationship, name)
+
+
+def _organization(rt: Runtime, name: str, identifiers: list[dict[str, Any]], extra: dict[str, Any]) -> Any:
+    from hub.mapping._loader import _as_resource
+
+    body: dict[str, Any] = {}
+    if identifiers:
+        body["identifier"] = identifiers
+    if name:
+        body["name"] = name
+    if not body:
+        return None
+    body.update({k: v for k, v in extra.items() if v})
+    return _as_resource(rt, "Organization", body)
+
+
+def _cx_list(rt: Runtime, raw: str, skip_types: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    out = []
+    for rep in raw.split(rt.enc.repetition) if raw and raw != '""' else []:
+        if skip_types and rt.text(_component(rt, rep, 5)).strip().upper() in skip_types:
+            continue
+        ident = dt_cx(rep, 0, rt, {})
+        if ident and ident not in out:
+            out.append(ident)
+    return out
+
+
+@_segment_fn("payor_organization")
+def fn_payor_organization(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The insurer (V2-to-FHIR IG IN1[Coverage] payor): an Organization named by IN1-4 (XON; its
+    XON-10/XON-3 identifier), identified by IN1-3 insurance company id (CX), with IN1-5 address and
+    IN1-7 phone. Keyed by its first identifier (IN1-3), else by its name within the sender."""
+    company, ids, address, phone = ([*raws, "", "", "", ""])[:4]
+    company = _first_rep(rt, company) if company != '""' else ""
+    identifiers = _cx_list(rt, ids)
+    if company:
+        own = dt_identifier_at(company, 0, rt, {"value": 10, "fallback_value": 3, "authority": 6, "type": 7})
+        if own and own.get("value") and own not in identifiers:
+            identifiers.append(own)
+    conv = rt.maps.converters
+    addr_raw = _first_rep(rt, address) if address != '""' else ""
+    addr = conv["XAD"](addr_raw, 0, rt, {}) if addr_raw and "XAD" in conv else None
+    telecom = [
+        t
+        for rep in (phone.split(rt.enc.repetition) if phone and phone != '""' else [])
+        if (t := dt_xtn(rep, 0, rt, {}))
+    ]
+    return _organization(
+        rt,
+        _first_text(rt, company) if company else "",
+        identifiers,
+        {"address": [addr] if addr else None, "telecom": telecom},
+    )
+
+
+@_segment_fn("policy_holder")
+def fn_policy_holder(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """IN1-11 insured's group employer name (XON) and IN1-10 its id (CX) → ``Coverage.policyHolder``,
+    an Organization (V2-to-FHIR IG IN1[Coverage]). An IN1-10 typed SN is the subscriber's number
+    (see ``subscriber_id``), not the employer's."""
+    employer, ids = ([*raws, "", ""])[:2]
+    employer = _first_rep(rt, employer) if employer != '""' else ""
+    identifiers = _cx_list(rt, ids, frozenset({"SN"}))
+    return _organization(rt, _first_text(rt, employer) if employer else "", identifiers, {})
+
+
+@_segment_fn("subscriber_id")
+def fn_subscriber_id(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """``Coverage.subscriberId`` (R4: a string; the IG's R5 subscriberId extension): IN1-49 insured's
+    id number, else an IN1-10 typed SN (subscriber number), else IN1-36 policy number."""
+    insured, group_ids, policy = ([*raws, "", "", ""])[:3]
+    value = _first_text(rt, insured) if insured and insured != '""' else ""
+    if not value and group_ids and group_ids != '""':
+        for rep in group_ids.split(rt.enc.repetition):
+            if rt.text(_component(rt, rep, 5)).strip().upper() == "SN":
+                value = rt.text(_component(rt, rep, 1)).strip()
+                if value:
+                    break
+    if not value and policy and policy != '""':
+        value = _first_text(rt, policy)
+    return value or None
+
+
+_GT1_NUMBER = (parse_ref("GT1-2.1"), parse_ref("GT1-2.4"))
+_GT1_PERSON = (parse_ref("GT1-3.1"), parse_ref("GT1-3.2"), parse_ref("GT1-11.1"), parse_ref("GT1-8"))
+
+
+@_segment_fn("guarantor")
+def fn_guarantor(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """GT1 → one ``Account.guarantor``: the party is the Patient when GT1-11 (relationship, table
+    0063) is SEL, else the guarantor RelatedPerson GT1.RelatedPerson makes (keyed as that map keys
+    it: GT1-2 guarantor number, else GT1-3 name, GT1-11 and GT1-8 within the patient), else an
+    Organization (GT1-21 guarantor organization name, XON); GT1-13/GT1-14 the period."""
+    relationship, name, number, organization, begin, end = ([*raws, "", "", "", "", "", ""])[:6]
+    pid = rt.patient_id_at(index)
+    party: dict[str, Any] | None = None
+    if is_self(rt, relationship):
+        party = {"reference": f"Patient/{pid}"}
+    elif (number and number != '""' and (key := [rt.value(r, index) for r in _GT1_NUMBER])[0]) or (
+        name and name != '""' and (key := [rt.value(r, index) for r in _GT1_PERSON])[0]
+    ):
+        party = {"reference": f"RelatedPerson/{resource_id('RelatedPerson', pid, *key)}"}
+    elif organization and organization != '""':
+        org = _first_rep(rt, organization)
+        ident = dt_identifier_at(org, 0, rt, {"value": 10, "fallback_value": 3, "authority": 6, "type": 7})
+        party = _organization(rt, _first_text(rt, org), [ident] if ident and ident.get("value") else [], {})
+    if party is None:
+        return None
+    out: dict[str, Any] = {"party": party}
+    period = {
+        k: v
+        for k, raw in (("start", begin), ("end", end))
+        if raw and raw != '""' and (v := dt_date(_first_rep(rt, raw), 0, rt, {}))
+    }
+    _drop_reversed_end(period)
+    if period:
+        out["period"] = period
+    return out
+
+
+@_segment_fn("procedure_performed")
+def fn_procedure_performed(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """PR1-5 procedure date/time and PR1-7 procedure minutes → ``Procedure.performed[x]`` (V2-to-FHIR
+    IG PR1[Procedure]): a performedPeriod from PR1-5 to PR1-5 plus PR1-7 minutes when PR1-7 is valued
+    and PR1-5 is precise to the minute, else performedDateTime PR1-5."""
+    from datetime import datetime, timedelta
+
+    when_raw, minutes_raw = ([*raws, "", ""])[:2]
+    when_raw = _first_rep(rt, when_raw) if when_raw != '""' else ""
+    if not when_raw:
+        return None
+    start = dt_datetime(when_raw, 0, rt, {})
+    if not isinstance(start, str):
+        return None
+    minutes = decimal(rt.text(_component(rt, minutes_raw, 1)).strip()) if minutes_raw else None
+    if minutes is None or minutes <= 0 or "T" not in start:
+        return Choice("DateTime", start)
+    try:
+        moment = datetime.fromisoformat(start)
+    except ValueError:
+        return Choice("DateTime", start)
+    end = (moment + timedelta(minutes=float(minutes))).isoformat()
+    return Choice("Period", {"start": start, "end": end})
