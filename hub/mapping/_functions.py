@@ -2330,34 +2330,21 @@ def id_segment_per_patient(index: int, rt: Runtime) -> tuple[str, ...] | None:
 @_segment_fn("note_annotation")
 def fn_note_annotation(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """An NTE as one Annotation (V2-to-FHIR IG NTE[Observation], NTE[Appointment-Comment]): NTE-3 the
-    text (FT: repetitions are lines), NTE-5 entered by → authorReference (a Practitioner, made), NTE-6
-    entered date/time → time. With ``args.comment_type``, NTE-4 (comment type) as the annotationType
-    extension. No text, no Annotation (text is required)."""
-    text_raw, author_raw, time_raw, type_raw = ([*raws, "", "", "", ""])[:4]
-    text = dt_text(text_raw, 0, rt, {}) if text_raw and text_raw != '""' else None
-    if not text:
-        return None
-    out: dict[str, Any] = {}
-    conv = rt.maps.converters
-    author_raw = _first_rep(rt, author_raw if author_raw != '""' else "")
-    author = conv["XCN"](author_raw, 0, rt, {}) if author_raw and "XCN" in conv else None
-    if author:
-        out["authorReference"] = author
-    when = dt_datetime(_first_rep(rt, time_raw), 0, rt, {}) if time_raw and time_raw != '""' else None
-    if when:
-        out["time"] = when
-    out["text"] = text
-    type_raw = _first_rep(rt, type_raw if type_raw != '""' else "")
-    if args.get("comment_type") and type_raw:
-        concept = (conv.get("CWE") or dt_codeable_concept)(type_raw, 0, rt, {"default_system": "HL70364"})
+    text, NTE-5 the author, NTE-6 the time as :func:`fn_nte_annotation` reads them; with
+    ``args.comment_type``, the fourth input (NTE-4 comment type) as the annotationType extension."""
+    note = fn_nte_annotation(raws[:3], index, rt, {})
+    type_raw = _first_rep(rt, raws[3]) if len(raws) > 3 and raws[3] != '""' else ""
+    if note and args.get("comment_type") and type_raw:
+        cwe = rt.maps.converters.get("CWE") or dt_codeable_concept
+        concept = cwe(type_raw, 0, rt, {"default_system": "HL70364"})
         if concept:
-            out["extension"] = [
+            note["extension"] = [
                 {
                     "url": "http://hl7.org/fhir/StructureDefinition/annotationType",
                     "valueCodeableConcept": concept,
                 }
             ]
-    return out
+    return note
 
 
 @_segment_fn("coded_comment_content")
