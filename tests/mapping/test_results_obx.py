@@ -286,3 +286,20 @@ def test_empty_nulls_and_bare_separators_in_the_new_fields_make_nothing_and_no_e
         assert obs["valueQuantity"]["value"] == 5
         assert "device" not in obs and "specimen" not in obs and "performer" not in obs, junk
         assert all(validate_resource(r) == [] for r in result.resources), junk
+
+
+def test_a_message_mapped_by_segment_keeps_a_patient_observation_apart_from_the_later_order() -> None:
+    text = "\r".join(
+        [
+            msh("ZPO-1", "ZRS^Z01^ZRS_Z01"),
+            "PID|1||MRN0802^^^RSUD_SEHAT^MR||Sari^Indah||19920202|F",
+            "OBX|1|NM|8302-2^Body height^LN||160|cm^^UCUM|||||F|||20261101070000+0700",
+            "OBR|1|ORD-Z1|FIL-Z1|2345-7^Glucose^LN|||20261101070000+0700",
+            "OBX|1|NM|2345-7^Glucose^LN||99|mg/dL|||||F",
+        ]
+    )
+    result = map_text(text)
+    assert result.warnings == ["no message map: mapped by segment"]
+    obs = {o["code"]["coding"][0]["code"]: o for o in by_type(result, "Observation")}
+    assert "basedOn" not in obs["8302-2"] and obs["2345-7"]["basedOn"]
+    assert obs["8302-2"]["category"][0]["coding"][0]["code"] == "vital-signs"
