@@ -134,7 +134,8 @@ def dt_decimal(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
 @_datatype("integer")
 def dt_integer(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     value = decimal(rt.text(rt.parts(raw, level)[0]))
-    return int(value) if isinstance(value, int) else None
+    # FHIR integer is 32-bit signed: a larger number is left out (the resource would be invalid)
+    return int(value) if isinstance(value, int) and -(2**31) <= value < 2**31 else None
 
 
 @_datatype("positiveInt")
@@ -2329,34 +2330,21 @@ def id_segment_per_patient(index: int, rt: Runtime) -> tuple[str, ...] | None:
 @_segment_fn("note_annotation")
 def fn_note_annotation(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """An NTE as one Annotation (V2-to-FHIR IG NTE[Observation], NTE[Appointment-Comment]): NTE-3 the
-    text (FT: repetitions are lines), NTE-5 entered by → authorReference (a Practitioner, made), NTE-6
-    entered date/time → time. With ``args.comment_type``, NTE-4 (comment type) as the annotationType
-    extension. No text, no Annotation (text is required)."""
-    text_raw, author_raw, time_raw, type_raw = ([*raws, "", "", "", ""])[:4]
-    text = dt_text(text_raw, 0, rt, {}) if text_raw and text_raw != '""' else None
-    if not text:
-        return None
-    out: dict[str, Any] = {}
-    conv = rt.maps.converters
-    author_raw = _first_rep(rt, author_raw if author_raw != '""' else "")
-    author = conv["XCN"](author_raw, 0, rt, {}) if author_raw and "XCN" in conv else None
-    if author:
-        out["authorReference"] = author
-    when = dt_datetime(_first_rep(rt, time_raw), 0, rt, {}) if time_raw and time_raw != '""' else None
-    if when:
-        out["time"] = when
-    out["text"] = text
-    type_raw = _first_rep(rt, type_raw if type_raw != '""' else "")
-    if args.get("comment_type") and type_raw:
-        concept = (conv.get("CWE") or dt_codeable_concept)(type_raw, 0, rt, {"default_system": "HL70364"})
+    text, NTE-5 the author, NTE-6 the time as :func:`fn_nte_annotation` reads them; with
+    ``args.comment_type``, the fourth input (NTE-4 comment type) as the annotationType extension."""
+    note = fn_nte_annotation(raws[:3], index, rt, {})
+    type_raw = _first_rep(rt, raws[3]) if len(raws) > 3 and raws[3] != '""' else ""
+    if note and args.get("comment_type") and type_raw:
+        cwe = rt.maps.converters.get("CWE") or dt_codeable_concept
+        concept = cwe(type_raw, 0, rt, {"default_system": "HL70364"})
         if concept:
-            out["extension"] = [
+            note["extension"] = [
                 {
                     "url": "http://hl7.org/fhir/StructureDefinition/annotationType",
                     "valueCodeableConcept": concept,
                 }
             ]
-    return out
+    return note
 
 
 @_segment_fn("coded_comment_content")
@@ -2392,10 +2380,9 @@ def _shift(start: Any, amount_raw: str, units_raw: str, rt: Runtime, allow_zero:
     if amount is None or per is None or amount < 0 or (amount == 0 and not allow_zero):
         return None
     try:
-        moment = datetime.fromisoformat(start)
-    except ValueError:
+        return (datetime.fromisoformat(start) + timedelta(minutes=float(amount) * per)).isoformat()
+    except (ValueError, OverflowError):  # not a datetime; an amount past the calendar
         return None
-    return (moment + timedelta(minutes=float(amount) * per)).isoformat()
 
 
 @_segment_fn("appointment_participant_timed")
@@ -2526,6 +2513,29 @@ def fn_observation_components(raws: list[str], index: int, rt: Runtime, args: di
         if isinstance(found, Choice) and not is_empty(found.value):
             out.append({"code": code, f"value{found.type}": found.value})
     return out or None
+
+
+@_segment_fn("appointment_comment")
+def fn_appointment_comment(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """R4 Appointment.comment (one string) from every note of the appointment: the NTE-3 text of the
+    NTE segments right after the SCH and right after each AIS (IG SIU_S12: SCH's NTE and
+    RESOURCES.SERVICE.NTE → NTE[Appointment-Comment]), one note a line. Each note is also its own R5
+    Appointment.note extension (NTE.AppointmentNote)."""
+    owners = {str(n) for n in args.get("after", ("SCH", "AIS"))}
+    texts: list[str] = []
+    following = False
+    for i in range(index, len(rt.segments)):
+        name = rt.segments[i].name
+        if i > index and name == "SCH":
+            break  # the next appointment's
+        if name == "NTE":
+            if following:
+                text = dt_text(_field(rt, i, 3), 0, rt, {})
+                if text:
+                    texts.append(text)
+            continue
+        following = name in owners
+    return "\n".join(texts) or None
 
 
 # ===================================================================================================

@@ -77,3 +77,24 @@ def test_mdm_common_order_is_the_documents_related_service_request() -> None:
     (doc,) = by_type(result, "DocumentReference")
     assert doc["context"]["related"] == [{"reference": f"ServiceRequest/{order['id']}"}]
     assert all(validate_resource(r) == [] for r in result.resources)
+
+
+def test_appointment_comment_holds_every_note_of_the_appointment_one_a_line() -> None:
+    siu = "\r".join(
+        [
+            msh("SIU-G2", "SIU^S12^SIU_S12"),
+            "SCH||APT-G2-F^SIMRS|||||KONTROL^Kontrol^L|ROUTINE^Routine^HL70276|20|MIN"
+            "|^^20^20261115100000+0700^20261115102000+0700|||||55501^Lestari^Dewi||||55501^Lestari^Dewi|||||Booked",
+            "NTE|1||Bawa buku KIA",
+            "NTE|2||Datang 15 menit lebih awal",
+            PID,
+            "RGS|1",
+            "AIS|1||USG^USG kehamilan^L|20261115100000+0700",
+            "NTE|1||Kandung kemih penuh",
+            "AIP|1||12345^Wijaya^Siti|AT^Attending^HL70443",
+        ]
+    )
+    (appt,) = by_type(map_text(siu), "Appointment")
+    assert appt["comment"] == "Bawa buku KIA\nDatang 15 menit lebih awal\nKandung kemih penuh"
+    notes = [e["valueAnnotation"]["text"] for e in appt["extension"] if e["url"] == R5_NOTE]
+    assert notes == ["Bawa buku KIA", "Datang 15 menit lebih awal", "Kandung kemih penuh"]

@@ -266,3 +266,40 @@ def test_several_values_in_one_obx_are_components_with_its_code() -> None:
     assert obs["8251-1"]["valueString"] == "baris satu\nbaris dua"
     assert "component" not in obs["8251-1"]
     assert all(validate_resource(r) == [] for r in result.resources)
+
+
+def test_empty_nulls_and_bare_separators_in_the_new_fields_make_nothing_and_no_error() -> None:
+    for junk in ('""', "^^^", "~", "^~^", "~~"):
+        fields = {n: junk for n in (7, 10, 15, 18, 19, 23, 24, 25, 29, 30, 33)}
+        fields.update({1: "1", 2: "NM", 3: "2345-7^Glucose^LN", 5: "5", 11: "F"})
+        oru = "\r".join(
+            [
+                msh("JUNK-1", "ORU^R01^ORU_R01"),
+                "PID|1||MRN0299^^^RSUD_SEHAT^MR||Wati^Sri||19900214|F",
+                "OBR|1|ORD-J|FIL-J|2345-7^Glucose^LN|||20261101070000+0700",
+                _obx(fields),
+                f"NTE|1||{junk}||{junk}|{junk}",
+            ]
+        )
+        result = map_text(oru)
+        (obs,) = by_type(result, "Observation")
+        assert obs["valueQuantity"]["value"] == 5
+        assert "device" not in obs and "specimen" not in obs and "performer" not in obs, junk
+        assert all(validate_resource(r) == [] for r in result.resources), junk
+
+
+def test_a_message_mapped_by_segment_keeps_a_patient_observation_apart_from_the_later_order() -> None:
+    text = "\r".join(
+        [
+            msh("ZPO-1", "ZRS^Z01^ZRS_Z01"),
+            "PID|1||MRN0802^^^RSUD_SEHAT^MR||Sari^Indah||19920202|F",
+            "OBX|1|NM|8302-2^Body height^LN||160|cm^^UCUM|||||F|||20261101070000+0700",
+            "OBR|1|ORD-Z1|FIL-Z1|2345-7^Glucose^LN|||20261101070000+0700",
+            "OBX|1|NM|2345-7^Glucose^LN||99|mg/dL|||||F",
+        ]
+    )
+    result = map_text(text)
+    assert result.warnings == ["no message map: mapped by segment"]
+    obs = {o["code"]["coding"][0]["code"]: o for o in by_type(result, "Observation")}
+    assert "basedOn" not in obs["8302-2"] and obs["2345-7"]["basedOn"]
+    assert obs["8302-2"]["category"][0]["coding"][0]["code"] == "vital-signs"

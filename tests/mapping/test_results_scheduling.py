@@ -104,3 +104,33 @@ def test_placer_and_filler_order_numbers_are_based_on_references_by_identifier()
     assert [b["type"] for b in based] == ["ServiceRequest", "ServiceRequest"]
     assert [b["identifier"]["value"] for b in based] == ["ORD-77", "LAB-77"]
     assert [b["identifier"]["type"]["coding"][0]["code"] for b in based] == ["PLAC", "FILL"]
+
+
+def test_nonsense_offsets_durations_and_dates_give_no_period_and_no_error() -> None:
+    bad = SIU.replace("|10|MIN|1|H", "|abc|MIN|99999999999999|D").replace("|30|MIN", "|-5|MIN")
+    bad = bad.replace("20261115100000+0700|||45", "kemarin|||45")
+    result = map_text(bad)
+    (appt,) = by_type(result, "Appointment")
+    parts = _participants(appt)
+    assert "end" not in parts["EQP"].get("period", {})  # a negative duration
+    assert "period" not in parts["CLINIC"]  # no start, an offset that is no number
+    assert "period" not in parts["AT"]  # a start that is no HL7 date/time
+    assert all(validate_resource(r) == [] for r in result.resources)
+
+
+def test_an_appointment_duration_past_the_calendar_gives_no_end_and_no_error() -> None:
+    bad = SIU.replace(
+        "|60|MIN|^^60^20261115100000+0700^20261115110000+0700", "|99999999999999|D|^^60^20261115100000+0700"
+    )
+    (appt,) = by_type(map_text(bad), "Appointment")
+    assert appt["start"] == "2026-11-15T10:00:00+07:00"
+    assert "end" not in appt
+
+
+def test_a_duration_beyond_fhir_integers_is_left_out_and_the_appointment_stays_valid() -> None:
+    bad = SIU.replace(
+        "|60|MIN|^^60^20261115100000+0700^20261115110000+0700", "|99999999999|MIN|^^60^20261115100000+0700"
+    )
+    (appt,) = by_type(map_text(bad), "Appointment")
+    assert "minutesDuration" not in appt
+    assert validate_resource(appt) == []
