@@ -79,7 +79,11 @@ def test_pid_core_extensions() -> None:
     assert all(e["extension"][0]["url"] == "code" for e in citizenship)
     (nationality,) = extensions(patient, "patient-nationality")
     assert nationality["extension"][0]["url"] == "code"
-    assert nationality["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] == "IDN"
+    assert nationality["extension"][0]["valueCodeableConcept"]["coding"][0] == {
+        "system": "urn:iso:std:iso:3166",  # CWE-3 ISO3166 (table 0396) through vocab coding-systems
+        "code": "IDN",
+        "display": "Indonesia",
+    }
 
 
 def test_pid_40_telecom_and_identity_unchanged() -> None:
