@@ -2954,3 +2954,11 @@ def fn_procedure_performed(raws: list[str], index: int, rt: Runtime, args: dict[
         return Choice("DateTime", start)
     end = (moment + timedelta(minutes=float(minutes))).isoformat()
     return Choice("Period", {"start": start, "end": end})
+
+
+def _longer_than(v: str, rt: Runtime, a: list[Any]) -> bool:
+    """The value has more than ``a[0]`` characters (PID-7 with a time: longer than the 8 of a date)."""
+    return len(v.strip()) > int(a[0]) if a else False
+
+
+CONDITIONS["longer_than"] = _longer_than

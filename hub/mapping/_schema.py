@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 PATH = re.compile(r"^[A-Z][A-Z0-9]{2}-\d{1,3}(\.\d{1,3}){0,2}$")
 # An IG segment map's name, ``SEG[Resource]`` (``OBX[Observation-Component]``, ``DG1[Encounter]``).
 IG_MAP = re.compile(r"^[A-Z][A-Z0-9]{2}\[[A-Za-z][A-Za-z0-9-]*\]$")
-TARGET = re.compile(r"^[a-zA-Z][a-zA-Z0-9]*(\[\]|\[x\])?(\.[a-zA-Z][a-zA-Z0-9]*(\[\]|\[x\])?)*$")
+# A target may start at a primitive's companion element (``_birthDate.extension[]``: FHIR JSON's
+# extensions of a primitive value).
+TARGET = re.compile(r"^_?[a-zA-Z][a-zA-Z0-9]*(\[\]|\[x\])?(\.[a-zA-Z][a-zA-Z0-9]*(\[\]|\[x\])?)*$")
 
 
 def _check_path(value: str) -> str:

@@ -5,8 +5,10 @@ contact person, period and gender. Synthetic data only."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
+from hub.export.deid import Deidentifier
 from hub.fhir.validate import validate_resource
 from tests.mapping._support import by_type, map_text
 
@@ -79,7 +81,11 @@ def test_pid_core_extensions() -> None:
     assert all(e["extension"][0]["url"] == "code" for e in citizenship)
     (nationality,) = extensions(patient, "patient-nationality")
     assert nationality["extension"][0]["url"] == "code"
-    assert nationality["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] == "IDN"
+    assert nationality["extension"][0]["valueCodeableConcept"]["coding"][0] == {
+        "system": "urn:iso:std:iso:3166",  # CWE-3 ISO3166 (table 0396) through vocab coding-systems
+        "code": "IDN",
+        "display": "Indonesia",
+    }
 
 
 def test_pid_40_telecom_and_identity_unchanged() -> None:
@@ -292,3 +298,28 @@ def test_nk1_3_other_is_not_self() -> None:
     ]
     (patient,) = by_type(result, "Patient")
     assert patient["contact"][0]["relationship"][0]["coding"][0]["code"] == "O"
+
+
+def test_pid_7_time_of_birth_as_the_birth_time_extension() -> None:
+    """A newborn's PID-7 with a time: birthDate keeps the date (the MPI's key), the time goes to the
+    IG's patient-birthTime extension on the primitive; a date alone makes no extension."""
+    patient = patient_of(message(segment("PID", {**PID_FIELDS, 7: "202611010645+0700"})))
+    assert patient["birthDate"] == "2026-11-01"
+    assert patient["_birthDate"] == {
+        "extension": [{"url": SD + "patient-birthTime", "valueDateTime": "2026-11-01T06:45:00+07:00"}]
+    }
+    assert "_birthDate" not in patient_of(message(segment("PID", PID_FIELDS)))
+
+
+def test_deidentified_export_keeps_none_of_the_new_personal_fields() -> None:
+    """The de-identification profile drops the time of birth, the extensions (mother's maiden name,
+    birth place, religion …) and the contacts; the county (address district) is a kept region."""
+    fields = {**PID_FIELDS, 7: "202611010645+0700"}
+    patient = patient_of(message(segment("PID", fields), NK1_PERSON))
+    out = Deidentifier(b"k" * 32, date(2026, 12, 1)).resource(patient)
+    assert out is not None
+    assert out["birthDate"] == "2026-11"
+    assert not {"_birthDate", "extension", "contact", "telecom", "name"} & out.keys()
+    assert out["address"] == [
+        {"use": "home", "district": "3273", "city": "Bandung", "state": "JB", "country": "IDN"}
+    ]

@@ -86,3 +86,31 @@ def test_pd1_in_a_message_without_a_map_of_its_own_and_in_oru() -> None:
     result = map_text(oru)
     assert by_type(result, "Patient")[0]["generalPractitioner"][0]["display"] == "dr. Hadi Setiawan"
     assert [o["code"]["coding"][0]["code"] for o in by_type(result, "Observation")] == ["75320-2"]
+
+
+def test_pd1_of_each_patient_in_a_swap_goes_to_that_patient() -> None:
+    """ADT^A17 carries two patients, each PID with its PD1: each PD1 joins the Patient before it."""
+    first = "PID|1||MRN0101^^^RSUD_SEHAT^MR||Wibowo^Rina||19900202|F"
+    second = "PID|2||MRN0102^^^RSUD_SEHAT^MR||Santoso^Budi||19800101|M"
+    pv1 = "PV1|1|I|ICU^01^A||||||||||||||||V0101^^^RSUD_SEHAT^VN"
+    text = "\r".join(
+        [
+            "MSH|^~\\&|SIMRS|RSUD_SEHAT|HUB|KEMKES|20261101083000+0700||ADT^A17^ADT_A17|SWAP1|P|2.5.1",
+            "EVN|A17|20261101083000+0700",
+            first,
+            segment("PD1", {4: "D1234^Setiawan^Hadi^^^dr.^^^RSUD_SEHAT", 7: "Y"}),
+            pv1,
+            second,
+            segment("PD1", {4: "D5678^Lestari^Dewi^^^dr.^^^RSUD_SEHAT", 7: "N"}),
+            pv1.replace("V0101", "V0102").replace("01^A", "02^A"),
+        ]
+    )
+    result = map_text(text + "\r")
+    patients = {p["identifier"][0]["value"]: p for p in by_type(result, "Patient")}
+    assert patients["MRN0101"]["generalPractitioner"][0]["display"] == "dr. Hadi Setiawan"
+    assert patients["MRN0102"]["generalPractitioner"][0]["display"] == "dr. Dewi Lestari"
+    wills = {
+        o["subject"]["reference"]: o["valueCodeableConcept"]["coding"][0]["code"]
+        for o in by_type(result, "Observation")
+    }
+    assert wills == {f"Patient/{patients['MRN0101']['id']}": "Y", f"Patient/{patients['MRN0102']['id']}": "N"}

@@ -4,6 +4,7 @@ the update Provenance recorded at the message's time). Synthetic data only."""
 
 from __future__ import annotations
 
+import orjson
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -12,7 +13,7 @@ from hub.config import Settings
 from hub.db import session_scope
 from hub.ingest.service import Intake
 from hub.store.models import Resource, ResourceVersion
-from tests.mapping._support import HL7_DIR, read
+from tests.mapping._support import HL7_DIR, map_file, read
 
 FIXTURE = HL7_DIR / "adt_a04_demographics.hl7"
 
@@ -42,6 +43,14 @@ def test_demographics_are_stored_and_a_resend_changes_nothing(engine: Engine) ->
     assert types.count("RelatedPerson") == 3  # the mother (PID-21) and two next of kin
     assert types.count("Provenance") == 2  # the message's and PID-34's last update
     assert types.count("Observation") == 1  # PD1-7 living will
+    source_id = map_file(FIXTURE).resources[0]["id"]  # the source Patient (the MPI adds a golden one)
+    with Session(engine) as s:
+        content = s.scalars(
+            select(Resource.content).where(Resource.resource_type == "Patient", Resource.id == source_id)
+        ).one()
+    patient = orjson.loads(content)
+    assert patient["birthDate"] == "1990-05-05"  # the MPI's key; the time beside it (PID-7 has one)
+    assert patient["_birthDate"]["extension"][0]["valueDateTime"] == "1990-05-05T07:30:00+07:00"
     before = _versions(engine)
     assert _process(engine, raw.replace("ADTA04DEMO1", "ADTA04DEMO2")) == "processed"
     after = _versions(engine)
