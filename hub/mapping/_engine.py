@@ -58,18 +58,48 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
     seg_fields = rt.fields[index]
     smap.fill(rt, index, res, seg_fields, len(seg_fields))
     if smap.merge_into is not None:
-        seg_name = rt.maps.segment_of_map.get(smap.merge_into, "")
-        target = rt.made.get((smap.merge_into, rt.nearest(index, seg_name)))
+        at = merge_target(rt, smap.merge_into, index, parent)
+        target = rt.made.get((smap.merge_into, at))
+        if target is None:  # another map made that segment's resource of this type (an OBX of the patient)
+            seg_name = rt.maps.segment_of_map.get(smap.merge_into, "")
+            target = next(
+                (
+                    made
+                    for (name, i), made in rt.made.items()
+                    if i == at
+                    and made.get("resourceType") == smap.resource
+                    and made.get("id")
+                    and rt.maps.segment_of_map.get(name) == seg_name
+                ),
+                None,
+            )
         if target is None:
+            if at > index:  # made from a later segment: merged after the build
+                rt.pending_merges.append((res, smap, at, index, parent))
+                return
             rt.warn(f"{smap.name} at segment {index}: no {smap.merge_into} resource to merge into")
             return
         merge_into(target, res)
+        if smap.deferred:  # its References go into the resource it merges into
+            rt.deferred.append((target, smap.resolve or smap.deferred, index, parent))
         return
     # No business identifier: stable for this message and this segment position.
     rid = (smap.compute_id(rt, index) if smap.compute_id is not None else compute_id(smap, rt, index)) or (
         resource_id(smap.resource, *message_key(rt), rt.segments[index].name, str(index))
     )
     key = f"{smap.resource}/{rid}"
+    existing = (
+        next((r for r in rt.resources if r["id"] == rid and r["resourceType"] == smap.resource), None)
+        if smap.accumulate and key in rt.keys
+        else None
+    )
+    if existing is not None:
+        # One resource for the message's segments with this id (a CareTeam's participants).
+        merge_into(existing, res)
+        rt.made[(smap.name, index)] = existing
+        if smap.deferred:
+            rt.deferred.append((existing, smap.resolve or smap.deferred, index, parent))
+        return
     if key in rt.keys:
         # Two segments with the same business key in one message: keep both, keyed apart by position.
         rt.warn(f"{rt.segments[index].name} at segment {index}: {key} already made by this message")
@@ -91,15 +121,58 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
         rt.pending_required.append((res, smap, index, parent))
 
 
+def merge_target(rt: Runtime, name: str, index: int, parent: int) -> int:
+    """The segment whose ``name`` resource a merge map at segment ``index`` adds to: the entry's parent
+    when it is of that map's segment, else the nearest such segment before ``index``. When the parent
+    is a segment the target map also reads and that nearest one lies before the parent (an earlier
+    group), the target is the first such segment after the parent in the parent's group: a PRT after
+    an ORC belongs to the ServiceRequest of the OBR that follows the ORC."""
+    smap = rt.maps.segment_maps.get(name)
+    seg_name = smap.segment if smap is not None else ""
+    segs = rt.segments
+    if parent >= 0:
+        pname = segs[parent].name
+        if pname == seg_name:
+            return parent
+        if smap is not None and pname in smap.reads_segments:
+            at = rt.nearest(index, seg_name)
+            if parent < at < index:
+                return at
+            for j in range(index + 1, len(segs)):
+                name_j = segs[j].name
+                if name_j == seg_name:
+                    return j
+                if name_j == pname:
+                    break
+            return -1
+    return rt.nearest(index, seg_name)
+
+
+def merge_pending(rt: Runtime) -> None:
+    """The merges whose target was made from a later segment (see :func:`merge_target`)."""
+    for res, smap, at, index, parent in rt.pending_merges:
+        target = rt.made.get((smap.merge_into or "", at))
+        if target is None:
+            rt.warn(f"{smap.name} at segment {index}: no {smap.merge_into} resource to merge into")
+            continue
+        merge_into(target, res)
+        if smap.deferred:
+            rt.deferred.append((target, smap.resolve or smap.deferred, index, parent))
+
+
 def drop_incomplete(rt: Runtime) -> None:
     """Resources missing a required element (after Z-segments and NTEs merged into them) are not made;
     the warning names the segment, which then also shows in the unmapped report."""
     dropped: set[str] = set()
-    for res, smap, index, parent in rt.pending_required:
+    kept = []
+    for item in rt.pending_required:
+        res, smap, index, parent = item
         if all(map(res.__contains__, smap.required)):  # nearly always: nothing to look into
+            kept.append(item)
             continue
         missing = [r for r in smap.required if r not in res and not any(k.startswith(r) for k in res)]
         if not missing:
+            kept.append(item)
             continue
         dropped.add(f"{res['resourceType']}/{res['id']}")
         seg = rt.segments[index]
@@ -113,6 +186,10 @@ def drop_incomplete(rt: Runtime) -> None:
     if dropped:
         for res in rt.resources:
             _drop_references(res, dropped)
+        # A resource whose only references were to dropped ones (an order's Provenance whose one
+        # target was not made) now lacks a required element itself: one more pass over the rest.
+        rt.pending_required = kept
+        drop_incomplete(rt)
 
 
 def _drop_references(res: dict[str, Any], dropped: set[str]) -> None:
@@ -137,6 +214,8 @@ def resolve_references(rt: Runtime) -> None:
             fields(rt, res, index, parent)
             continue
         for f in fields:
+            if f.when is not None and not _check(f.when, rt, index, ""):
+                continue
             ref = f.ref
             if ref is not None:
                 seg_name = segment_of_map.get(ref, "")
@@ -445,12 +524,16 @@ def run(message: Message, ctx: Any, maps: CompiledMaps) -> tuple[Runtime, str]:
                             parent = j
                     if entry.parent is not None and (parent < 0 or rt.segments[parent].name != entry.parent):
                         continue
+                if entry.when is not None and not _check(entry.when, rt, i, ""):
+                    continue
                 make = entry.make
                 if make is not None:
                     make(rt, i, parent)
                 else:
                     build(entry, rt, i, parent)
         last_seen[name] = i
+    if rt.pending_merges:
+        merge_pending(rt)
     resolve_references(rt)
     drop_incomplete(rt)
     if mm is maps.fallback:

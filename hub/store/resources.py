@@ -30,6 +30,9 @@ Change = tuple[str, str, int, dict[str, Any] | None, dict[str, Any] | None]
 # here; keeping it a hook keeps this module free of index details.
 WriteHook = Callable[[Session, list[Change]], None]
 _write_hooks: list[WriteHook] = []
+# session.info key: the sending facility of the message whose resources the session is writing (the
+# pipeline sets it around its write), for hooks that attribute a resource naming no facility of its own.
+MESSAGE_FACILITY = "hub.message_facility"
 
 
 def register_write_hook(hook: WriteHook) -> None:
