@@ -169,3 +169,13 @@ def test_a_result_message_carries_the_visit_episode_and_pv2() -> None:
     episode = _one(result, "EpisodeOfCare")
     assert enc["episodeOfCare"] == [{"reference": f"EpisodeOfCare/{episode['id']}"}]
     assert enc["reasonCode"][0]["coding"][0]["code"] == "Z00.0"
+
+
+def test_a_doctor_change_without_the_doctor_replaces_nobody() -> None:
+    pv1 = _seg("PV1", {1: "1", 2: "I", 19: "V5505^^^RSUD_SEHAT"})
+    assert map_text(_message("A54", "ADT_A54", pv1)).replaces == []
+    named = _seg("PV1", {1: "1", 2: "I", 7: "D77^Putri^Ani^^^dr.^^^RSUD_SEHAT", 19: "V5505^^^RSUD_SEHAT"})
+    result = map_text(_message("A54", "ADT_A54", named))
+    assert result.replaces == [
+        {"resource": f"Encounter/{_one(result, 'Encounter')['id']}", "participant": "ATND"}
+    ]
