@@ -1,7 +1,7 @@
 """ADT cancels through the real intake and processing: the stored Encounter after A01 + A11 (cancel
-admit), A03 + A13 (cancel discharge), A02 + A12 (cancel transfer) and A54 + A55 (cancel change of
-attending doctor, A61 + A62 consulting doctor) is what it was before the cancelled event, and a
-replay changes nothing."""
+admit), A03 + A13 (cancel discharge), A02 + A12 (cancel transfer), A54 + A55 and A61 + A62 (cancel
+change of attending or consulting doctor) and A21 + A52 (cancel leave of absence) is what it was
+before the cancelled event, and a replay changes nothing; A42/A49 retire the prior account."""
 
 from __future__ import annotations
 
@@ -136,6 +136,13 @@ def test_a_doctor_change_replaces_the_doctor_and_its_cancel_takes_it_back(
     assert _doctors(enc, code) == ["dr. Siti Wijaya"]
     assert _doctors(enc, "ADM") == ["dr. Siti Wijaya"]
     assert enc["status"] == "in-progress"  # these triggers give no status: the admission's stays
+
+
+def test_a52_takes_the_leave_of_absence_back(engine: Engine) -> None:
+    away = _run(engine, _adt(1, "A01", "ADT_A01"), _adt(2, "A21", "ADT_A21"))
+    assert away["status"] == "onleave"
+    enc = _run(engine, _adt(3, "A52", "ADT_A52"))
+    assert enc["status"] == "in-progress"
 
 
 def test_a_replayed_discharge_stays_cancelled(engine: Engine) -> None:

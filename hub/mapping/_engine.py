@@ -583,18 +583,26 @@ BY_SEGMENT = "no message map: mapped by segment"
 def replaced_participants(rt: Runtime, message_type: str) -> list[dict[str, str]]:
     """An ADT trigger that changes one kind of participant of the visit (vocab
     ``replaced-participant``: A54 the attender, A61 the consultant): ``{"resource": "Encounter/<id>",
-    "participant": "ATND"}`` for each Encounter the message made, for the store to drop that type from
-    the participants earlier messages contributed."""
+    "participant": "ATND"}`` for each Encounter the message made that names a participant of that type,
+    for the store to drop that type from the participants earlier messages contributed."""
     kind, _, trigger = message_type.partition("^")
     if kind != "ADT":
         return []
     code = rt.vocab("replaced-participant").lookup(trigger)
     if not isinstance(code, str) or not code:
         return []
+    # Only an Encounter that names the new doctor: a change without one takes no doctor away.
     return [
         {"resource": f"Encounter/{r['id']}", "participant": code}
         for r in rt.resources
-        if r.get("resourceType") == "Encounter" and r.get("id")
+        if r.get("resourceType") == "Encounter"
+        and r.get("id")
+        and any(
+            c.get("code") == code
+            for p in r.get("participant") or []
+            for t in p.get("type") or []
+            for c in t.get("coding") or []
+        )
     ]
 
 

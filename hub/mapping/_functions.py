@@ -2236,7 +2236,8 @@ def fn_visit_diagnosis(raws: list[str], index: int, rt: Runtime, args: dict[str,
     Condition (no code in the DG1): no diagnosis."""
     kind_raw, priority_raw = ([*raws, "", ""])[:2]
     condition = rt.made.get((str(args.get("map", "DG1.Condition")), index))
-    if not condition or not condition.get("id") or "code" not in condition:
+    # The Condition needs its code and its patient (DG1.Condition requires both), else it is not made.
+    if not condition or not condition.get("id") or "code" not in condition or rt.nearest(index, "PID") < 0:
         return None
     out: dict[str, Any] = {"condition": {"reference": f"Condition/{condition['id']}"}}
     kind_raw = _first_rep(rt, kind_raw)

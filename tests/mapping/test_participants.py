@@ -277,7 +277,7 @@ def test_a_message_without_a_map_of_its_own_maps_prt_and_rol_by_segment() -> Non
     assert _one(result, "Patient")["generalPractitioner"] == [_ref(_role(result, "PP"))]
     assert _one(result, "ServiceRequest")["requester"] == _ref(_role(result, "OP"))
     assert _one(result, "DiagnosticReport")["resultsInterpreter"] == [_ref(_role(result, "PRI"))]
-    adt = ADT.read_bytes().decode("utf-8").replace("ADT^A01^ADT_A01", "ADT^Z62^ADT_A01")
+    adt = ADT.read_bytes().decode("utf-8").replace("ADT^A01^ADT_A01", "ADT^A44^ADT_A43")
     result = map_text(adt)
     assert _one(result, "Patient")["generalPractitioner"]
     assert len(_one(result, "CareTeam")["participant"]) == 2  # ROL CP, PRT RP

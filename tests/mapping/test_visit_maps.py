@@ -154,3 +154,28 @@ def test_visit_segments_have_no_missing_ig_rows() -> None:
     assert rows[("DG1[EpisodeOfCare]", "DG1-6", "diagnosis.role")] == "mapped"
     assert rows[("PV1[Encounter]", "PV1-54", "episodeOfCare(EpisodeOfCare[1].identifier)")] == "mapped"
     assert rows[("EVN[Provenance]", "EVN-7", "location(Location)")] == "mapped"
+
+
+def test_a_result_message_carries_the_visit_episode_and_pv2() -> None:
+    # V2-to-FHIR IG ORU_R01: PV1[Encounter] (with its service episode) and PV2[Encounter], as in ADT.
+    pv1 = _seg("PV1", {1: "1", 2: "O", 19: "V5504^^^RSUD_SEHAT", 54: "EP-77^^^RSUD_SEHAT"})
+    pv2 = _seg("PV2", {3: "Z00.0^Pemeriksaan umum^I10"})
+    obr = "OBR|1|ORD77|FIL77|2345-7^Glucose^LN|||20261104090000"
+    obx = "OBX|1|NM|2345-7^Glucose^LN||99|mg/dL|||||F"
+    text = _message("R01", "ORU_R01", pv1, pv2, obr, obx).replace("ADT^R01", "ORU^R01")
+    result = map_text(text)
+    _valid(result)
+    enc = _one(result, "Encounter")
+    episode = _one(result, "EpisodeOfCare")
+    assert enc["episodeOfCare"] == [{"reference": f"EpisodeOfCare/{episode['id']}"}]
+    assert enc["reasonCode"][0]["coding"][0]["code"] == "Z00.0"
+
+
+def test_a_doctor_change_without_the_doctor_replaces_nobody() -> None:
+    pv1 = _seg("PV1", {1: "1", 2: "I", 19: "V5505^^^RSUD_SEHAT"})
+    assert map_text(_message("A54", "ADT_A54", pv1)).replaces == []
+    named = _seg("PV1", {1: "1", 2: "I", 7: "D77^Putri^Ani^^^dr.^^^RSUD_SEHAT", 19: "V5505^^^RSUD_SEHAT"})
+    result = map_text(_message("A54", "ADT_A54", named))
+    assert result.replaces == [
+        {"resource": f"Encounter/{_one(result, 'Encounter')['id']}", "participant": "ATND"}
+    ]
