@@ -53,7 +53,10 @@ def test_oru_prt_after_pid_other_role_is_a_related_person() -> None:
     patient = _one(result, "Patient")
     mother = _one(result, "RelatedPerson")
     assert mother["patient"] == _ref(patient)
-    assert mother["relationship"][0]["coding"][0]["code"] == "MTH"
+    assert [(c["system"].rsplit("/", 1)[-1], c["code"]) for c in mother["relationship"][0]["coding"]] == [
+        ("v3-RoleCode", "MTH"),
+        ("v2-0063", "MTH"),
+    ]
     assert mother["name"] == [{"family": "Lestari", "given": ["Sri"]}]
     assert mother["period"] == {"start": "2020-01-01"}
     assert mother["address"][0]["use"] == "home"
@@ -200,7 +203,8 @@ def test_adt_care_roles_after_pid_make_one_care_team_of_the_patient() -> None:
 def test_adt_prt_of_another_role_after_pid_is_a_related_person() -> None:
     result = map_file(ADT)
     friend = next(r for r in by_type(result, "RelatedPerson") if r["name"][0]["family"] == "Wahyuni")
-    assert friend["relationship"][0]["coding"][0]["code"] == "FND"
+    # Table 0063 FND → v3-RoleCode FRND, the sender's coding beside.
+    assert [c["code"] for c in friend["relationship"][0]["coding"]] == ["FRND", "FND"]
     assert friend["patient"] == _ref(_one(result, "Patient"))
     assert "FND" not in {r["code"][0]["coding"][-1]["code"] for r in by_type(result, "PractitionerRole")}
 
