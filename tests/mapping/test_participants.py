@@ -342,3 +342,31 @@ def test_empty_or_odd_prt_and_rol_segments_make_nothing_broken() -> None:
         assert not types & {"PractitionerRole", "RelatedPerson", "Device", "CareTeam"}, structure
         assert "generalPractitioner" not in _one(result, "Patient")
         assert [p for r in result.resources for p in validate_resource(r)] == []
+
+
+def test_pharmacy_order_prt_is_the_medication_request_requester() -> None:
+    rde = (
+        "MSH|^~\\&|SIMRS|RSUD_SEHAT|HUB|KEMKES|20261109100000+0700||RDE^O11^RDE_O11|RDEPRT0001|P|2.8\r"
+        "PID|1||RM005566^^^RSUD_SEHAT^MR||Wijaya^Tono||19700101|M\r"
+        "ORC|NW|RX-5501^SIMRS|||||||20261109095500|||67890^Pratama^Andi^^^dr.\r"
+        "PRT|1|UC||OP^Ordering Provider^HL70912|D5001^Marpaung^Rita^^^dr.^^^RSUD_SEHAT\r"
+        "RXE|^^^20261109100000|93000001^Amoxicillin 500 mg kapsul^KFA|500||mg^milligram^UCUM\r"
+        "ORC|NW|RX-5502^SIMRS|||||||20261109095500\r"
+        "RXE|^^^20261109100000|93000002^Parasetamol 500 mg tablet^KFA|500||mg^milligram^UCUM\r"
+        "PRT|1|UC||OP^Ordering Provider^HL70912|D5002^Tambunan^Eva^^^dr.^^^RSUD_SEHAT\r"
+    )
+    result = map_text(rde)
+    requests = by_type(result, "MedicationRequest")
+    roles = {r["practitioner"]["display"]: r for r in by_type(result, "PractitionerRole")}
+    # PRT (v2.7+) supersedes ORC-12: the first order's requester is the PRT's role, not ORC-12's doctor.
+    assert [m["requester"] for m in requests] == [
+        _ref(roles["dr. Rita Marpaung"]),
+        _ref(roles["dr. Eva Tambunan"]),
+    ]
+    omp = rde.replace("RDE^O11^RDE_O11", "OMP^O09^OMP_O09").replace("RXE|^^^20261109100000|", "RXO|")
+    result = map_text(omp)
+    roles = {r["practitioner"]["display"]: r for r in by_type(result, "PractitionerRole")}
+    assert [m.get("requester") for m in by_type(result, "MedicationRequest")] == [
+        _ref(roles["dr. Rita Marpaung"]),
+        _ref(roles["dr. Eva Tambunan"]),
+    ]
