@@ -60,6 +60,19 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
     if smap.merge_into is not None:
         at = merge_target(rt, smap.merge_into, index, parent)
         target = rt.made.get((smap.merge_into, at))
+        if target is None:  # another map made that segment's resource of this type (an OBX of the patient)
+            seg_name = rt.maps.segment_of_map.get(smap.merge_into, "")
+            target = next(
+                (
+                    made
+                    for (name, i), made in rt.made.items()
+                    if i == at
+                    and made.get("resourceType") == smap.resource
+                    and made.get("id")
+                    and rt.maps.segment_of_map.get(name) == seg_name
+                ),
+                None,
+            )
         if target is None:
             if at > index:  # made from a later segment: merged after the build
                 rt.pending_merges.append((res, smap, at, index, parent))
@@ -151,11 +164,15 @@ def drop_incomplete(rt: Runtime) -> None:
     """Resources missing a required element (after Z-segments and NTEs merged into them) are not made;
     the warning names the segment, which then also shows in the unmapped report."""
     dropped: set[str] = set()
-    for res, smap, index, parent in rt.pending_required:
+    kept = []
+    for item in rt.pending_required:
+        res, smap, index, parent = item
         if all(map(res.__contains__, smap.required)):  # nearly always: nothing to look into
+            kept.append(item)
             continue
         missing = [r for r in smap.required if r not in res and not any(k.startswith(r) for k in res)]
         if not missing:
+            kept.append(item)
             continue
         dropped.add(f"{res['resourceType']}/{res['id']}")
         seg = rt.segments[index]
@@ -169,6 +186,10 @@ def drop_incomplete(rt: Runtime) -> None:
     if dropped:
         for res in rt.resources:
             _drop_references(res, dropped)
+        # A resource whose only references were to dropped ones (an order's Provenance whose one
+        # target was not made) now lacks a required element itself: one more pass over the rest.
+        rt.pending_required = kept
+        drop_incomplete(rt)
 
 
 def _drop_references(res: dict[str, Any], dropped: set[str]) -> None:
@@ -530,6 +551,41 @@ def run(message: Message, ctx: Any, maps: CompiledMaps) -> tuple[Runtime, str]:
 
 
 BY_SEGMENT = "no message map: mapped by segment"
+
+
+def replaced_participants(rt: Runtime, message_type: str) -> list[dict[str, str]]:
+    """An ADT trigger that changes one kind of participant of the visit (vocab
+    ``replaced-participant``: A54 the attender, A61 the consultant): ``{"resource": "Encounter/<id>",
+    "participant": "ATND"}`` for each Encounter the message made, for the store to drop that type from
+    the participants earlier messages contributed."""
+    kind, _, trigger = message_type.partition("^")
+    if kind != "ADT":
+        return []
+    code = rt.vocab("replaced-participant").lookup(trigger)
+    if not isinstance(code, str) or not code:
+        return []
+    return [
+        {"resource": f"Encounter/{r['id']}", "participant": code}
+        for r in rt.resources
+        if r.get("resourceType") == "Encounter" and r.get("id")
+    ]
+
+
+def cancelled_events(rt: Runtime, message_type: str) -> list[dict[str, str]]:
+    """An ADT trigger that cancels an earlier event of the visit (vocab ``cancelled-event``: A13 the
+    A03, A12 the A02, A55 the A54 …): ``{"resource": "Encounter/<id>", "event": "ADT^A03"}`` for each
+    Encounter the message made, for the store to set that event's contribution aside."""
+    kind, _, trigger = message_type.partition("^")
+    if kind != "ADT":
+        return []
+    event = rt.vocab("cancelled-event").lookup(trigger)
+    if not isinstance(event, str) or not event:
+        return []
+    return [
+        {"resource": f"Encounter/{r['id']}", "event": f"ADT^{event}"}
+        for r in rt.resources
+        if r.get("resourceType") == "Encounter" and r.get("id")
+    ]
 
 
 def _no_map_text(message_type: str, maps: CompiledMaps) -> str:

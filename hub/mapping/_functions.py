@@ -17,9 +17,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hub.hl7 import EXPLICIT_NULL
+from hub.mapping._engine import _sender
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._runtime import Choice as Choice
 from hub.mapping._runtime import Runtime as Runtime
+from hub.mapping._runtime import _translate, is_empty, parse_ref
 from hub.mapping._runtime import key_id as key_id
 from hub.mapping._time import TimeFormatError, to_date, to_datetime, to_instant
 
@@ -392,7 +394,7 @@ _TELECOM_USE = {
 @_datatype("ContactPoint")
 def dt_xtn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """XTN → ContactPoint: XTN-1 (v2.3 formatted number), else XTN-4 email, else XTN-5..8 parts;
-    XTN-2 use (table 0201) and XTN-3 equipment (table 0202)."""
+    XTN-2 use (table 0201) and XTN-3 equipment (table 0202); ``args.default_use`` when XTN-2 is empty."""
     c = rt.texts(raw, level)
     c += [""] * (12 - len(c))
     use_code, equipment = c[1].upper(), c[2].upper()
@@ -410,6 +412,8 @@ def dt_xtn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
         return None
     out: dict[str, Any] = {"system": system or ("email" if "@" in value else "phone"), "value": value}
     use = "mobile" if equipment == "CP" else _TELECOM_USE.get(use_code)
+    if not use and not use_code:
+        use = args.get("default_use")  # PID-13 home (V2-to-FHIR IG: when XTN-2 is not valued)
     if use:
         out["use"] = use
     return out
@@ -775,6 +779,8 @@ def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[st
         text = dt_text(value, 0, rt, {})
         return Choice("String", text) if text else None
     rep = rt.enc.repetition
+    if rep in value and kind not in ("Attachment", "AttachmentReference") and _repeats(value, rep) > 1:
+        return None  # several values: each is a component (observation_components, IG Observation-Component)
     if kind == "IS":  # a user-defined table's code (IG: IS[CodeableConcept])
         code = rt.text(_first_rep(rt, value).split(rt.enc.component, 1)[0]).strip()
         return Choice("CodeableConcept", {"coding": [{"code": code}]}) if code else None
@@ -975,6 +981,9 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
         )
         if c
     ]
+    if rels and relationship and relationship != '""':
+        # NK1-3 through the IG's Relationship map (vocab relationship), as for the RelatedPerson.
+        rels[0] = _translate(rt, "relationship", rels[0], _NK1_3)
     if rels:
         out["relationship"] = rels
     if name and name != '""':
@@ -1009,6 +1018,9 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
     if period:
         out["period"] = period
     return out if (out.keys() - {"relationship", "gender", "period"}) else None
+
+
+_NK1_3 = parse_ref("NK1-3")
 
 
 def _unless_null(raw: str) -> str:
@@ -1169,22 +1181,26 @@ def _whole_field(fn: ConditionFn) -> ConditionFn:
     return fn
 
 
-def is_vaccine_code(raw: str, rt: Runtime, systems: list[Any]) -> bool:
+def is_vaccine_code(raw: str, rt: Runtime, args: list[Any]) -> bool:
     """A CWE (RXA-5 administered code) names a vaccine: one of its codings (CWE-1..3, the alternate
-    CWE-4..6, the second alternate CWE-10..12) is in a vaccine code system (``systems``: CVX, HL70292 …)
-    or is an ATC code of group J07 (vaccines)."""
+    CWE-4..6, the second alternate CWE-10..12) is in a vaccine code system of the vocabulary ``args[0]``
+    (``vaccine-codes``: a coding system name → ``all``, or the code prefixes that are vaccines, e.g.
+    ATC → J07). A sender overlay adds its own (a local formulary's vaccine codes)."""
     first = raw.split(rt.enc.repetition, 1)[0] if raw else ""
-    if not first or first == '""':
+    if not first or first == '""' or not args:
         return False
+    vocab = rt.vocab(str(args[0]))
     c = [*rt.texts(first, 0), *[""] * 12]
-    wanted = {str(s).upper() for s in systems}
     for code, system in ((c[0], c[2]), (c[3], c[5]), (c[9], c[11])):
-        name = system.upper()
-        if not code:
+        if not code or not system:
             continue
-        if name in wanted or coding_system(rt, system) == "http://hl7.org/fhir/sid/cvx":
-            return True
-        if name == "ATC" and code.upper().startswith("J07"):
+        found = vocab.lookup(system)
+        if found is None and coding_system(rt, system) == "http://hl7.org/fhir/sid/cvx":
+            found = "all"
+        if found is None:
+            continue
+        prefixes = str(found).split()
+        if "all" in prefixes or any(code.upper().startswith(p.upper()) for p in prefixes):
             return True
     return False
 
@@ -1566,10 +1582,11 @@ def fn_medication_dosage(raws: list[str], index: int, rt: Runtime, args: dict[st
 
     ``paths``: the order's TQ (RXE-1 / ORC-7), give amount minimum, maximum, units, administration
     instructions (CWE), dispensing instructions (text) and, optionally, a fallback TQ (ORC-7 when RXE-1
-    is empty). Timing comes from the TQ1 segments of the
+    is empty) and, optionally, the total daily dose (RXE-19 → maxDosePerPeriod). Timing comes from the
+    TQ1 segments of the
     order group (ORC to the next ORC), else the TQ; route, site, method and routing instruction from the
     first RXR after the segment (else the first RXR of the group), so one order has one Dosage."""
-    tq, low, high, units, instructions, special, order_tq = ([*raws, "", "", "", "", "", "", ""])[:7]
+    tq, low, high, units, instructions, special, order_tq, daily = ([*raws, *[""] * 8])[:8]
     tq = tq or order_tq
     dosage: dict[str, Any] = {}
     instruction = _first_rep(rt, instructions)
@@ -1619,6 +1636,10 @@ def fn_medication_dosage(raws: list[str], index: int, rt: Runtime, args: dict[st
     extra = dt_text(special, 0, rt, {}) if special else None
     if extra:
         dosage.setdefault("additionalInstruction", []).append({"text": extra})
+    total = dt_cq(_first_rep(rt, daily), 0, rt, {}) if daily and daily != '""' else None
+    if total:  # RXE-19 total daily dose: the most per day
+        day = {"value": 1, "unit": "d", "system": "http://unitsofmeasure.org", "code": "d"}
+        dosage["maxDosePerPeriod"] = {"numerator": total, "denominator": day}
     return dosage or None
 
 
@@ -1980,9 +2001,9 @@ def fn_appointment_end(raws: list[str], index: int, rt: Runtime, args: dict[str,
         return None
     try:
         moment = datetime.fromisoformat(start)
-    except ValueError:
+        return (moment + timedelta(minutes=float(duration) * per)).isoformat()
+    except (ValueError, OverflowError):  # not an instant, or an end beyond year 9999
         return None
-    return (moment + timedelta(minutes=float(duration) * per)).isoformat()
 
 
 # === end of the pharmacy, scheduling, referral and problem helpers ===
@@ -2303,3 +2324,623 @@ def id_segment_per_patient(index: int, rt: Runtime) -> tuple[str, ...] | None:
     """One resource per patient for a segment that occurs once per patient (PD1-7 living will → one
     Observation, updated by each message): the segment's name, scoped to the patient by the rule."""
     return ("segment", rt.segments[index].name)
+
+
+@_segment_fn("note_annotation")
+def fn_note_annotation(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """An NTE as one Annotation (V2-to-FHIR IG NTE[Observation], NTE[Appointment-Comment]): NTE-3 the
+    text (FT: repetitions are lines), NTE-5 entered by → authorReference (a Practitioner, made), NTE-6
+    entered date/time → time. With ``args.comment_type``, NTE-4 (comment type) as the annotationType
+    extension. No text, no Annotation (text is required)."""
+    text_raw, author_raw, time_raw, type_raw = ([*raws, "", "", "", ""])[:4]
+    text = dt_text(text_raw, 0, rt, {}) if text_raw and text_raw != '""' else None
+    if not text:
+        return None
+    out: dict[str, Any] = {}
+    conv = rt.maps.converters
+    author_raw = _first_rep(rt, author_raw if author_raw != '""' else "")
+    author = conv["XCN"](author_raw, 0, rt, {}) if author_raw and "XCN" in conv else None
+    if author:
+        out["authorReference"] = author
+    when = dt_datetime(_first_rep(rt, time_raw), 0, rt, {}) if time_raw and time_raw != '""' else None
+    if when:
+        out["time"] = when
+    out["text"] = text
+    type_raw = _first_rep(rt, type_raw if type_raw != '""' else "")
+    if args.get("comment_type") and type_raw:
+        concept = (conv.get("CWE") or dt_codeable_concept)(type_raw, 0, rt, {"default_system": "HL70364"})
+        if concept:
+            out["extension"] = [
+                {
+                    "url": "http://hl7.org/fhir/StructureDefinition/annotationType",
+                    "valueCodeableConcept": concept,
+                }
+            ]
+    return out
+
+
+@_segment_fn("coded_comment_content")
+def fn_coded_comment_content(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """NTE-9 coded comment (CWE) → a text/plain attachment (V2-to-FHIR IG NTE[DocumentReference]:
+    content.attachment.data = CWE-9 original text, a line feed, then each coding as code-display-system)."""
+    raw = ([*raws, ""])[0]
+    if not raw or raw == '""':
+        return None
+    lines: list[str] = []
+    for rep in raw.split(rt.enc.repetition):
+        c = [*rt.texts(rep, 0), *[""] * 12]
+        if c[8]:
+            lines.append(c[8])
+        for triplet in ((c[0], c[1], c[2]), (c[3], c[4], c[5]), (c[9], c[10], c[11])):
+            if any(triplet):
+                lines.append("-".join(triplet))
+    if not lines:
+        return None
+    data = base64.b64encode("\n".join(lines).encode()).decode("ascii")
+    return {"contentType": "text/plain", "data": data}
+
+
+def _shift(start: Any, amount_raw: str, units_raw: str, rt: Runtime, allow_zero: bool) -> str | None:
+    """An instant (ISO text) moved by an NM amount in CNE units (default minutes), or None."""
+    from datetime import datetime, timedelta
+
+    if not isinstance(start, str) or not amount_raw or amount_raw == '""':
+        return None
+    amount = decimal(rt.text(_component(rt, _first_rep(rt, amount_raw), 1)).strip())
+    unit = rt.text(_component(rt, _first_rep(rt, units_raw), 1)).strip().upper() if units_raw else ""
+    per = _MINUTES_PER_UNIT.get(unit or "MIN")
+    if amount is None or per is None or amount < 0 or (amount == 0 and not allow_zero):
+        return None
+    try:
+        moment = datetime.fromisoformat(start)
+    except ValueError:
+        return None
+    return (moment + timedelta(minutes=float(amount) * per)).isoformat()
+
+
+@_segment_fn("appointment_participant_timed")
+def fn_appointment_participant_timed(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """An AIG/AIL/AIP participant (:func:`fn_appointment_participant`: actor, type, start, status, the
+    first four inputs) with the rest of its period (V2-to-FHIR IG AIG/AIL/AIP[Appointment]): without a
+    start date/time, the appointment's start (SCH-11.4) plus the start offset in its units; the end, the
+    start plus the duration in its units. Inputs 5–9: offset, offset units, duration, duration units,
+    SCH-11."""
+    out = fn_appointment_participant(raws[:4], index, rt, args)
+    if not out:
+        return out
+    offset, offset_units, duration, duration_units, timing = ([*raws[4:], "", "", "", "", ""])[:5]
+    start = (out.get("period") or {}).get("start")
+    if start is None:
+        sch_start = _component(rt, _first_rep(rt, timing), 4) if timing else ""
+        base = dt_instant(sch_start, 0, rt, {}) if sch_start and sch_start != '""' else None
+        start = _shift(base, offset, offset_units, rt, allow_zero=True)
+        if start:
+            out["period"] = {"start": start}
+    end = _shift(start, duration, duration_units, rt, allow_zero=False)
+    if end:
+        out.setdefault("period", {})["end"] = end
+    return out
+
+
+@_segment_fn("allergy_recorder")
+def fn_allergy_recorder(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """IAM-14 reported by (XPN) and IAM-15 relationship to patient (CWE, table 0063) → the
+    AllergyIntolerance's recorder (V2-to-FHIR IG IAM[AllergyIntolerance]): no relationship, a
+    Practitioner of that name; SEL, the patient; another relationship, a RelatedPerson of the patient
+    (made: name, relationship through vocab relationship, keyed by the patient, name and relationship)."""
+    from hub.mapping._loader import _as_resource
+    from hub.mapping._runtime import _translate, parse_ref
+
+    name_raw, rel_raw = ([*raws, "", ""])[:2]
+    name_raw = _first_rep(rt, name_raw if name_raw != '""' else "")
+    rel_raw = _first_rep(rt, rel_raw if rel_raw != '""' else "")
+    conv = rt.maps.converters
+    human = conv["XPN"](name_raw, 0, rt, {}) if name_raw and "XPN" in conv else None
+    rel_code = rt.text(_component(rt, rel_raw, 1)).strip().upper() if rel_raw else ""
+    made = rt.made.get(("PID.Patient", rt.nearest(index, "PID")))
+    patient = f"Patient/{made['id']}" if made and made.get("id") else f"Patient/{rt.patient_id_at(index)}"
+    if rel_code == "SEL":
+        return {"reference": patient}
+    if not human:
+        return None
+    if not rel_code:
+        return _as_resource(rt, "Practitioner", {"name": [human]})
+    concept = (conv.get("CWE") or dt_codeable_concept)(rel_raw, 0, rt, {"default_system": "HL70063"})
+    if concept and "relationship" in rt.maps.vocabs:
+        concept = _translate(rt, "relationship", concept, parse_ref("IAM-15"))
+    display = " ".join([*human.get("given", []), human.get("family", "")]).strip()
+    rid = resource_id("RelatedPerson", rt.patient_id_at(index), display, rel_code)
+    person: dict[str, Any] = {"resourceType": "RelatedPerson", "id": rid, "patient": {"reference": patient}}
+    person["name"] = [human]
+    if concept:
+        person["relationship"] = [concept]
+    rt.add_extra(person)
+    ref: dict[str, Any] = {"reference": f"RelatedPerson/{rid}"}
+    if display:
+        ref["display"] = display
+    return ref
+
+
+@_segment_fn("codings")
+def fn_codings(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Every coding of a CWE field's repetitions, to be added beside a concept's own (V2-to-FHIR IG
+    IAM-27 clinician identified code: "added as additional .coding entries" of AllergyIntolerance.code)."""
+    raw = ([*raws, ""])[0]
+    if not raw or raw == '""':
+        return None
+    cwe = rt.maps.converters.get("CWE") or dt_codeable_concept
+    out: list[dict[str, Any]] = []
+    for rep in raw.split(rt.enc.repetition):
+        concept = cwe(rep, 0, rt, {}) if rep and rep != '""' else None
+        for coding in (concept or {}).get("coding", []):
+            if coding not in out:
+                out.append(coding)
+    return out or None
+
+
+@_segment_fn("location_with_address")
+def fn_location_with_address(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A PL (RXA-27 administer-at, else the v2.5 RXA-11 administered-at location) → a Reference to its
+    Location (made), with the address the segment gives for it (RXA-28, XAD) as Location.address
+    (V2-to-FHIR IG RXA[Immunization]: location(Location.address))."""
+    place_raw, fallback_raw, addr_raw = ([*raws, "", "", ""])[:3]
+    conv = rt.maps.converters
+    place_raw = _first_rep(rt, place_raw if place_raw != '""' else "") or _first_rep(
+        rt, fallback_raw if fallback_raw != '""' else ""
+    )
+    location = conv["PL"](place_raw, 0, rt, {}) if place_raw and "PL" in conv else None
+    addr_raw = _first_rep(rt, addr_raw if addr_raw != '""' else "")
+    address = conv["XAD"](addr_raw, 0, rt, {}) if location and addr_raw and "XAD" in conv else None
+    if location and address:
+        made = rt.extra.get(location["reference"])
+        if made is not None and "address" not in made:
+            made["address"] = address  # Location.address is 0..1
+    return location
+
+
+def _repeats(value: str, rep: str) -> int:
+    return sum(1 for r in value.split(rep) if r and r != '""')
+
+
+@_segment_fn("observation_components")
+def fn_observation_components(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-5 with several repetitions (not text, whose repetitions are lines; not NA) → one component per
+    value, each with the OBX-3 code and the value as :func:`fn_observation_value` reads it (V2-to-FHIR
+    IG ORU_R01: OBX-5 LST.count > 1 → OBX[Observation-Component]: component[each].code, .value[x])."""
+    vtype, value, units, code_raw = ([*raws, "", "", "", ""])[:4]
+    rep = rt.enc.repetition
+    if not value or rep not in value or _repeats(value, rep) < 2:
+        return None
+    kind = _OBX_TYPES.get(rt.text(vtype).strip().upper(), "text" if not vtype.strip() else "string")
+    if kind in ("text", "string", "Attachment", "AttachmentReference"):
+        return None
+    cwe = rt.maps.converters.get("CWE") or dt_codeable_concept
+    code = cwe(_first_rep(rt, code_raw), 0, rt, {}) if code_raw and code_raw != '""' else None
+    if not code:
+        return None
+    out: list[dict[str, Any]] = []
+    for one in value.split(rep):
+        if not one or one == '""':
+            continue
+        found = fn_observation_value([vtype, one, units], index, rt, {})
+        if isinstance(found, Choice) and not is_empty(found.value):
+            out.append({"code": code, f"value{found.type}": found.value})
+    return out or None
+
+
+# ===================================================================================================
+# Orders: NTE annotations with their author and time, NDL (the result interpreter, technician and
+# transcriptionist of an OBR), the v2 confidentiality code as a security label.
+# ---------------------------------------------------------------------------------------------------
+
+
+@_segment_fn("nte_annotation")
+def fn_nte_annotation(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """V2-to-FHIR IG NTE[ServiceRequest]: ``paths`` NTE-3 comment, NTE-5 entered by (XCN → a
+    Practitioner), NTE-6 entered date/time → one Annotation (text, authorReference, time). A note
+    without a comment is none (Annotation.text is required)."""
+    comment, entered_by, entered_at = ([*raws, "", "", ""])[:3]
+    text = dt_text(comment, 0, rt, {}) if comment and comment != '""' else None
+    if not text:
+        return None
+    note: dict[str, Any] = {"text": text}
+    author = _first_rep(rt, entered_by)
+    if author and author != '""':
+        conv = rt.maps.converters.get("XCN")
+        ref = conv(author, 0, rt, {}) if conv is not None else None
+        if ref:
+            note["authorReference"] = ref
+    if entered_at and entered_at != '""':
+        at = dt_datetime(_first_rep(rt, entered_at), 0, rt, {})
+        if at:
+            note["time"] = at
+    return note
+
+
+@_datatype("NDL")
+def dt_ndl(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """NDL (CNN name & id ^ start ^ end ^ point of care ...) → a Reference to the Practitioner, through
+    the XCN map: CNN-1..8 are XCN-1..8 (id, family, given, middle, suffix, prefix, degree, source
+    table), CNN-9..11 XCN-9's HD. A field sent XCN-style (``123^Family^Given``, no subcomponents in
+    the first component) is read as an XCN."""
+    conv = rt.maps.converters.get("XCN")
+    if conv is None or level != 0:
+        return None
+    sub, comp = rt.enc.subcomponent, rt.enc.component
+    first = raw.split(comp, 1)[0]
+    if not sub or sub not in first:
+        return conv(raw, 0, rt, args)
+    subs = [*first.split(sub), *[""] * 11][:11]
+    xcn = comp.join([*subs[:8], sub.join(subs[8:11]).rstrip(sub)]).rstrip(comp)
+    return conv(xcn, 0, rt, args) if xcn else None
+
+
+# The order's Provenance (V2-to-FHIR IG ORC[Provenance]): its agents, entering device and location.
+_PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+
+
+def _coded_resource(rt: Runtime, raw: str, resource_type: str) -> dict[str, Any] | None:
+    """A CWE naming an Organization (ORC-17) or a Device (ORC-18): a resource identified by the code in
+    its coding system (else the sender's), named by the text; a Reference to it."""
+    c = [*rt.texts(raw, 0), "", "", ""]
+    code, text = c[0].strip(), c[1].strip()
+    if not code and not text:
+        return None
+    system = coding_system(rt, c[2].strip()) or f"urn:hub:id:{rt.facility_key}"
+    body: dict[str, Any] = {}
+    if code:
+        body["identifier"] = [{"system": system, "value": code}]
+    name = text or code
+    if resource_type == "Device":
+        body["deviceName"] = [{"name": name, "type": "user-friendly-name"}]
+    else:
+        body["name"] = name
+    rid = (
+        resource_id(resource_type, system, code)
+        if code
+        else resource_id(resource_type, rt.ctx.facility, text)
+    )
+    rt.add_extra({"resourceType": resource_type, "id": rid, **body})
+    return {"reference": f"{resource_type}/{rid}", "display": name}
+
+
+@_segment_fn("order_agent")
+def fn_order_agent(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Provenance agents of an order: each repetition of ``paths[0]`` (an XCN person, or with
+    ``args.device`` a CWE device) with the participant type ``args.type`` (none for a device), and
+    ``paths[1]`` (a CWE organization, ORC-17) as the first agent's onBehalfOf."""
+    person, organization = ([*raws, "", ""])[:2]
+    agents: list[dict[str, Any]] = []
+    conv = rt.maps.converters.get("XCN")
+    for rep in person.split(rt.enc.repetition) if person else []:
+        if not rep or rep == '""':
+            continue
+        who = (
+            _coded_resource(rt, rep, "Device")
+            if args.get("device")
+            else (conv(rep, 0, rt, {}) if conv else None)
+        )
+        if not who:
+            continue
+        agent: dict[str, Any] = {}
+        if args.get("type"):
+            agent["type"] = {"coding": [{"system": _PARTICIPANT_TYPE, "code": str(args["type"])}]}
+        agent["who"] = who
+        agents.append(agent)
+    org_raw = _first_rep(rt, organization)
+    if agents and org_raw and org_raw != '""':
+        org = _coded_resource(rt, org_raw, "Organization")
+        if org:
+            agents[0]["onBehalfOf"] = org
+    return agents or None
+
+
+@_segment_fn("order_location")
+def fn_order_location(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The ordering facility (ORC-21 XON name and identifier, ORC-22 address, ORC-23 phone) as a
+    Location; a Reference to it. Keyed by the XON identifier, else by the name within the sender."""
+    name_raw, address_raw, phone_raw = ([*raws, "", "", ""])[:3]
+    xon = _first_rep(rt, name_raw)
+    if not xon or xon == '""':
+        return None
+    name = rt.text(xon.split(rt.enc.component, 1)[0]).strip()
+    ident = dt_identifier_at(xon, 0, rt, {"value": 10, "fallback_value": 3, "authority": 6, "type": 7})
+    body: dict[str, Any] = {}
+    if ident:
+        body["identifier"] = [ident]
+    if name:
+        body["name"] = name
+    if not body:
+        return None
+    xad = rt.maps.converters.get("XAD")
+    address = (
+        xad(_first_rep(rt, address_raw), 0, rt, {}) if xad and address_raw and address_raw != '""' else None
+    )
+    if address:
+        body["address"] = address
+    phones = [
+        p
+        for rep in phone_raw.split(rt.enc.repetition)
+        if rep and rep != '""' and (p := dt_xtn(rep, 0, rt, {}))
+    ]
+    if phones:
+        body["telecom"] = phones
+    if ident and ident.get("value"):
+        rid = resource_id("Location", str(ident.get("system", "")), str(ident["value"]))
+    else:
+        rid = resource_id("Location", rt.ctx.facility, name)
+    rt.add_extra({"resourceType": "Location", "id": rid, **body})
+    ref: dict[str, Any] = {"reference": f"Location/{rid}"}
+    if name:
+        ref["display"] = name
+    return ref
+
+
+@_segment_fn("ordering_provider_address")
+def fn_ordering_provider_address(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """``paths`` ORC-12 ordering provider and ORC-24 its address: the ORC-12 Practitioner (through the
+    XCN map, the same Reference ORC-12 alone gives) with the address added; None without ORC-12."""
+    person, address_raw = ([*raws, "", ""])[:2]
+    rep = _first_rep(rt, person)
+    conv = rt.maps.converters.get("XCN")
+    if not rep or rep == '""' or conv is None:
+        return None
+    ref = conv(rep, 0, rt, {})
+    if not ref:
+        return None
+    xad = rt.maps.converters.get("XAD")
+    practitioner = rt.extra.get(str(ref.get("reference", "")))
+    if xad and practitioner is not None and address_raw and address_raw != '""':
+        address = xad(_first_rep(rt, address_raw), 0, rt, {})
+        if address and address not in practitioner.setdefault("address", []):
+            practitioner["address"].append(address)
+    return ref
+
+
+@_segment_fn("message_sender")
+def fn_message_sender(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The sending facility as the message's Provenance names it (agent ``author``, ``urn:hub:sender``)
+    with ``args.as: agent``, or the source message (its control id, ``paths``: MSH-9, MSH-10) with
+    ``args.as: entity``: an order's Provenance says who sent it and in which message, as the message's
+    own does (and so always has the agent FHIR requires). With ``args.as: recorded``, the first of
+    ``paths`` (ORC-9) as an instant, else the message's date/time (MSH-7); give a path on another
+    segment too (MSH-10), so the function runs when ORC-9 is empty."""
+    msh = rt.segments[0]
+    if args.get("as") == "recorded":
+        for raw in [raws[0] if raws else "", msh.get(7)]:
+            at = dt_instant(_first_rep(rt, raw), 0, rt, {}) if raw and raw != '""' else None
+            if at:
+                return at
+        return None
+    if args.get("as") == "entity":
+        control_id = msh.get(10)
+        message_type = f"{msh.get(9, 1)}^{msh.get(9, 2)}"
+        what: dict[str, Any] = {"display": f"{message_type} {control_id}".strip()}
+        if control_id:
+            what = {"identifier": {"system": f"urn:hub:hl7v2:{rt.facility_key}", "value": control_id}, **what}
+        return {"role": "source", "what": what}
+    return {
+        "type": {"coding": [{"system": _PARTICIPANT_TYPE, "code": "author"}]},
+        "who": _sender(rt.ctx.facility, msh.get(3)),
+    }
+
+
+@_segment_fn("message_recorded")
+def fn_message_recorded(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The message's date/time (MSH-7) as an instant, for a Provenance a segment makes beside the
+    message's own (PID[Provenance-Patient].recorded): the same value, so a replay changes nothing.
+    The inputs only say when the Provenance applies; MSH-7 itself is the engine's (coverage)."""
+    sent = rt.segments[0].get(7) if rt.segments else ""
+    if not sent:
+        return None
+    try:
+        return to_instant(sent, rt.zone)
+    except TimeFormatError:
+        return None  # the message's Provenance warns about it
+
+
+# ---------------------------------------------------------------------------------------------------
+# Insurance (IN1/IN2 → Coverage) and guarantors (GT1 → Account.guarantor).
+
+COVERAGE_CLASS = "http://terminology.hl7.org/CodeSystem/coverage-class"
+# HL7 table 0063 code of the patient itself (IN1-17 insured's, GT1-11 guarantor's relationship).
+_SELF_CODES = frozenset({"SEL"})
+
+
+def _first_text(rt: Runtime, raw: str, n: int = 1) -> str:
+    """The text of component ``n`` (its first subcomponent) of the first repetition of ``raw``."""
+    comp = _component(rt, _first_rep(rt, raw), n)
+    return rt.text(comp.split(rt.enc.subcomponent, 1)[0] if rt.enc.subcomponent else comp).strip()
+
+
+def is_self(rt: Runtime, relationship_raw: str) -> bool:
+    """Whether a table 0063 relationship (CWE) says the party is the patient (SEL)."""
+    return _first_text(rt, relationship_raw).upper() in _SELF_CODES
+
+
+@_segment_fn("coverage_class")
+def fn_coverage_class(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One ``Coverage.class`` of ``args.type`` (coverage-class: plan, group …): the value is the first
+    input's first component (IN1-2 health plan id, IN1-8 group number), the name the second input's
+    first component (IN1-9 group name), else the first input's second component (IN1-2.2 plan text)."""
+    first, second = ([*raws, "", ""])[:2]
+    value = _first_text(rt, first) if first and first != '""' else ""
+    if not value:
+        return None
+    name = _first_text(rt, second) if second and second != '""' else _first_text(rt, first, 2)
+    out: dict[str, Any] = {
+        "type": {"coding": [{"system": COVERAGE_CLASS, "code": str(args.get("type", "plan"))}]},
+        "value": value,
+    }
+    if name:
+        out["name"] = name
+    return out
+
+
+def _party_reference(
+    rt: Runtime, index: int, relationship_raw: str, name_raw: str, resource: str = "RelatedPerson"
+) -> Any:
+    """The Patient when the relationship is SEL, else the RelatedPerson a map keys as (relationship
+    code, family name, given name) within the patient: IN1.RelatedPerson, GT1.RelatedPerson."""
+    if is_self(rt, relationship_raw):
+        return {"reference": f"Patient/{rt.patient_id_at(index)}"}
+    relationship = _first_text(rt, relationship_raw)
+    family = _first_text(rt, name_raw)
+    if not relationship or not family:
+        return None
+    given = _first_text(rt, name_raw, 2)
+    return {
+        "reference": f"{resource}/{resource_id(resource, rt.patient_id_at(index), relationship, family, given)}"
+    }
+
+
+@_segment_fn("insured_party")
+def fn_insured_party(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """IN1-17 relationship and IN1-16 insured's name → ``Coverage.subscriber`` (V2-to-FHIR IG
+    IN1[Coverage]): the Patient when IN1-17 is SEL, else the insured RelatedPerson IN1.RelatedPerson
+    makes (keyed by IN1-17.1, IN1-16.1 and IN1-16.2 within the patient, as that map keys it)."""
+    relationship, name = ([*raws, "", ""])[:2]
+    return _party_reference(rt, index, relationship, name)
+
+
+def _organization(rt: Runtime, name: str, identifiers: list[dict[str, Any]], extra: dict[str, Any]) -> Any:
+    from hub.mapping._loader import _as_resource
+
+    body: dict[str, Any] = {}
+    if identifiers:
+        body["identifier"] = identifiers
+    if name:
+        body["name"] = name
+    if not body:
+        return None
+    body.update({k: v for k, v in extra.items() if v})
+    return _as_resource(rt, "Organization", body)
+
+
+def _cx_list(rt: Runtime, raw: str, skip_types: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    out = []
+    for rep in raw.split(rt.enc.repetition) if raw and raw != '""' else []:
+        if skip_types and rt.text(_component(rt, rep, 5)).strip().upper() in skip_types:
+            continue
+        ident = dt_cx(rep, 0, rt, {})
+        if ident and ident not in out:
+            out.append(ident)
+    return out
+
+
+@_segment_fn("payor_organization")
+def fn_payor_organization(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The insurer (V2-to-FHIR IG IN1[Coverage] payor): an Organization named by IN1-4 (XON; its
+    XON-10/XON-3 identifier), identified by IN1-3 insurance company id (CX), with IN1-5 address and
+    IN1-7 phone. Keyed by its first identifier (IN1-3), else by its name within the sender."""
+    company, ids, address, phone = ([*raws, "", "", "", ""])[:4]
+    company = _first_rep(rt, company) if company != '""' else ""
+    identifiers = _cx_list(rt, ids)
+    if company:
+        own = dt_identifier_at(company, 0, rt, {"value": 10, "fallback_value": 3, "authority": 6, "type": 7})
+        if own and own.get("value") and own not in identifiers:
+            identifiers.append(own)
+    conv = rt.maps.converters
+    addr_raw = _first_rep(rt, address) if address != '""' else ""
+    addr = conv["XAD"](addr_raw, 0, rt, {}) if addr_raw and "XAD" in conv else None
+    telecom = [
+        t
+        for rep in (phone.split(rt.enc.repetition) if phone and phone != '""' else [])
+        if (t := dt_xtn(rep, 0, rt, {}))
+    ]
+    return _organization(
+        rt,
+        _first_text(rt, company) if company else "",
+        identifiers,
+        {"address": [addr] if addr else None, "telecom": telecom},
+    )
+
+
+@_segment_fn("policy_holder")
+def fn_policy_holder(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """IN1-11 insured's group employer name (XON) and IN1-10 its id (CX) → ``Coverage.policyHolder``,
+    an Organization (V2-to-FHIR IG IN1[Coverage]). An IN1-10 typed SN is the subscriber's number
+    (see ``subscriber_id``), not the employer's."""
+    employer, ids = ([*raws, "", ""])[:2]
+    employer = _first_rep(rt, employer) if employer != '""' else ""
+    identifiers = _cx_list(rt, ids, frozenset({"SN"}))
+    return _organization(rt, _first_text(rt, employer) if employer else "", identifiers, {})
+
+
+@_segment_fn("subscriber_id")
+def fn_subscriber_id(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """``Coverage.subscriberId`` (R4: a string; the IG's R5 subscriberId extension): IN1-49 insured's
+    id number, else an IN1-10 typed SN (subscriber number), else IN1-36 policy number."""
+    insured, group_ids, policy = ([*raws, "", "", ""])[:3]
+    value = _first_text(rt, insured) if insured and insured != '""' else ""
+    if not value and group_ids and group_ids != '""':
+        for rep in group_ids.split(rt.enc.repetition):
+            if rt.text(_component(rt, rep, 5)).strip().upper() == "SN":
+                value = rt.text(_component(rt, rep, 1)).strip()
+                if value:
+                    break
+    if not value and policy and policy != '""':
+        value = _first_text(rt, policy)
+    return value or None
+
+
+_GT1_NUMBER = (parse_ref("GT1-2.1"), parse_ref("GT1-2.4"))
+_GT1_PERSON = (parse_ref("GT1-3.1"), parse_ref("GT1-3.2"), parse_ref("GT1-11.1"), parse_ref("GT1-8"))
+
+
+@_segment_fn("guarantor")
+def fn_guarantor(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """GT1 → one ``Account.guarantor``: the party is the Patient when GT1-11 (relationship, table
+    0063) is SEL, else the guarantor RelatedPerson GT1.RelatedPerson makes (keyed as that map keys
+    it: GT1-2 guarantor number, else GT1-3 name, GT1-11 and GT1-8 within the patient), else an
+    Organization (GT1-21 guarantor organization name, XON); GT1-13/GT1-14 the period."""
+    relationship, name, number, organization, begin, end = ([*raws, "", "", "", "", "", ""])[:6]
+    pid = rt.patient_id_at(index)
+    party: dict[str, Any] | None = None
+    if is_self(rt, relationship):
+        party = {"reference": f"Patient/{pid}"}
+    elif (number and number != '""' and (key := [rt.value(r, index) for r in _GT1_NUMBER])[0]) or (
+        name and name != '""' and (key := [rt.value(r, index) for r in _GT1_PERSON])[0]
+    ):
+        party = {"reference": f"RelatedPerson/{resource_id('RelatedPerson', pid, *key)}"}
+    elif organization and organization != '""':
+        org = _first_rep(rt, organization)
+        ident = dt_identifier_at(org, 0, rt, {"value": 10, "fallback_value": 3, "authority": 6, "type": 7})
+        party = _organization(rt, _first_text(rt, org), [ident] if ident and ident.get("value") else [], {})
+    if party is None:
+        return None
+    out: dict[str, Any] = {"party": party}
+    period = {
+        k: v
+        for k, raw in (("start", begin), ("end", end))
+        if raw and raw != '""' and (v := dt_date(_first_rep(rt, raw), 0, rt, {}))
+    }
+    _drop_reversed_end(period)
+    if period:
+        out["period"] = period
+    return out
+
+
+@_segment_fn("procedure_performed")
+def fn_procedure_performed(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """PR1-5 procedure date/time and PR1-7 procedure minutes → ``Procedure.performed[x]`` (V2-to-FHIR
+    IG PR1[Procedure]): a performedPeriod from PR1-5 to PR1-5 plus PR1-7 minutes when PR1-7 is valued
+    and PR1-5 is precise to the minute, else performedDateTime PR1-5."""
+    from datetime import datetime, timedelta
+
+    when_raw, minutes_raw = ([*raws, "", ""])[:2]
+    when_raw = _first_rep(rt, when_raw) if when_raw != '""' else ""
+    if not when_raw:
+        return None
+    start = dt_datetime(when_raw, 0, rt, {})
+    if not isinstance(start, str):
+        return None
+    minutes = decimal(rt.text(_component(rt, minutes_raw, 1)).strip()) if minutes_raw else None
+    if minutes is None or minutes <= 0 or "T" not in start:
+        return Choice("DateTime", start)
+    try:
+        moment = datetime.fromisoformat(start)
+    except ValueError:
+        return Choice("DateTime", start)
+    end = (moment + timedelta(minutes=float(minutes))).isoformat()
+    return Choice("Period", {"start": start, "end": end})

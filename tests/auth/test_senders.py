@@ -252,6 +252,16 @@ def test_client_credentials_grant(client: TestClient, engine: Engine, settings: 
         "/auth/token", data={**form, "scope": "system/*.cruds"}, auth=("rs-auth-his", "his-secret")
     )
     assert too_much.status_code == 400 and too_much.json()["error"] == "invalid_scope"
+    # a narrower scope than the registered one is granted as asked
+    narrow = client.post(
+        "/auth/token", data={**form, "scope": "system/*.c"}, auth=("rs-auth-his", "his-secret")
+    )
+    assert narrow.status_code == 200 and narrow.json()["scope"] == "system/*.c"
+    for wider in ("user/*.c", "system/*.cd", "system/Patient.cud"):
+        refused = client.post(
+            "/auth/token", data={**form, "scope": wider}, auth=("rs-auth-his", "his-secret")
+        )
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_scope", wider
 
     def assertion(**over: Any) -> str:
         now = int(time.time())

@@ -3,6 +3,7 @@ active, subject the Patient), the same resource a DFT charge points at; MRG-3 is
 
 from __future__ import annotations
 
+from hub.fhir.validate import validate_resource
 from tests.mapping._support import by_type, map_text
 
 PID = (
@@ -70,3 +71,9 @@ def test_mrg3_is_the_prior_account_of_the_patient() -> None:
     assert prior["id"] == by_type(map_text(ADT), "Account")[0]["id"]  # the Account PID-18 made before
     (patient,) = by_type(result, "Patient")
     assert prior["subject"] == [{"reference": f"Patient/{patient['id']}"}]
+
+
+def test_every_resource_is_valid_fhir_r4() -> None:
+    for msg in (ADT, DFT):
+        result = map_text(msg)
+        assert [p for r in result.resources for p in validate_resource(r)] == []

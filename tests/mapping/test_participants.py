@@ -281,8 +281,9 @@ def test_a_message_without_a_map_of_its_own_maps_prt_and_rol_by_segment() -> Non
     assert _one(result, "Patient")["generalPractitioner"] == [_ref(_role(result, "PP"))]
     assert _one(result, "ServiceRequest")["requester"] == _ref(_role(result, "OP"))
     assert _one(result, "DiagnosticReport")["resultsInterpreter"] == [_ref(_role(result, "PRI"))]
-    adt = ADT.read_bytes().decode("utf-8").replace("ADT^A01^ADT_A01", "ADT^A62^ADT_A62")
+    adt = ADT.read_bytes().decode("utf-8").replace("ADT^A01^ADT_A01", "ZAD^Z01^ZAD_Z01")
     result = map_text(adt)
+    assert result.warnings == ["no message map: mapped by segment"]
     assert _one(result, "Patient")["generalPractitioner"]
     assert len(_one(result, "CareTeam")["participant"]) == 2  # ROL CP, PRT RP
     assert [r["name"][0]["family"] for r in by_type(result, "RelatedPerson") if "active" in r] == ["Wahyuni"]
@@ -370,3 +371,16 @@ def test_pharmacy_order_prt_is_the_medication_request_requester() -> None:
         _ref(roles["dr. Rita Marpaung"]),
         _ref(roles["dr. Eva Tambunan"]),
     ]
+
+
+def test_adt_a61_rol_after_pv1_is_the_new_consultant_and_a28_keeps_the_patient_roles() -> None:
+    text = ADT.read_bytes().decode("utf-8")
+    a61 = text.replace("ADT^A01^ADT_A01", "ADT^A61^ADT_A54")
+    result = map_text(a61)
+    encounter = _one(result, "Encounter")
+    assert [p["type"][0]["coding"][0]["code"] for p in encounter["participant"]][:2] == ["ATND", "ADM"]
+    assert _one(result, "Patient")["generalPractitioner"]
+    a28 = text.replace("ADT^A01^ADT_A01", "ADT^A28^ADT_A05")
+    result = map_text(a28)
+    assert _one(result, "Patient")["generalPractitioner"]
+    assert len(_one(result, "CareTeam")["participant"]) == 2

@@ -171,6 +171,8 @@ def test_nk1_patient_contact_period_gender_organization() -> None:
     )
     (patient,) = by_type(result, "Patient")
     person, employer = patient["contact"]
+    # NK1-3 through the IG's Relationship map (v3 RoleCode first, the sender's coding kept beside).
+    assert [c["code"] for c in person["relationship"][0]["coding"]] == ["SPS", "SPO"]
     assert person["period"] == {"start": "2020-01-01", "end": "2030-12-31"}
     assert person["gender"] == "male"
     # NK1-6 without a use code is the business number (IG: contact.telecom[2].use "work").
@@ -221,3 +223,72 @@ def test_nk1_related_person_language_and_contact_person() -> None:
     assert [t["value"] for t in employer["telecom"]] == ["+62224444", "+62225555"]
     assert employer["address"][0]["city"] == "Cimahi"
     assert not [u for u in result.unmapped if u["segment"] == "NK1"]
+
+
+def test_pid_21_mother_as_related_person() -> None:
+    fields = {**PID_FIELDS, 21: "MRN0001^^^RSUD_SEHAT^MR~3201010101800001^^^^NNIDN"}
+    result = map_text(message(segment("PID", fields)))
+    assert [p for r in result.resources for p in validate_resource(r)] == []
+    (patient,) = by_type(result, "Patient")
+    (mother,) = by_type(result, "RelatedPerson")
+    assert mother["patient"] == {"reference": f"Patient/{patient['id']}"}
+    assert [i["value"] for i in mother["identifier"]] == ["MRN0001", "3201010101800001"]
+    assert mother["identifier"][1]["system"] == "https://fhir.kemkes.go.id/id/nik"
+    assert mother["relationship"][0]["coding"][0]["code"] == "MTH"
+    assert "MRN0001" not in str(patient)
+    # Keyed by the mother's identifier within the patient: a replay updates the same RelatedPerson.
+    again = map_text(message(segment("PID", fields), control_id="PTF9"))
+    assert by_type(again, "RelatedPerson")[0]["id"] == mother["id"]
+    assert by_type(map_text(message(segment("PID", PID_FIELDS))), "RelatedPerson") == []
+
+
+def test_pid_33_34_last_update_as_provenance_of_the_patient() -> None:
+    fields = {**PID_FIELDS, 33: "20261031101500+0700", 34: "PKM_COBLONG^2.16.360.1.1^ISO"}
+    result = map_text(message(segment("PID", fields)))
+    assert [p for r in result.resources for p in validate_resource(r)] == []
+    (patient,) = by_type(result, "Patient")
+    update, message_provenance = by_type(result, "Provenance")
+    assert update["target"] == [{"reference": f"Patient/{patient['id']}"}]
+    assert update["occurredDateTime"] == "2026-10-31T10:15:00+07:00"
+    assert update["recorded"] == message_provenance["recorded"]
+    assert update["activity"]["coding"][0]["code"] == "UPDATE"
+    (agent,) = update["agent"]
+    assert agent["type"]["coding"][0]["code"] == "performer"
+    (org,) = [
+        o for o in by_type(result, "Organization") if agent["who"]["reference"] == f"Organization/{o['id']}"
+    ]
+    assert org["name"] == "PKM_COBLONG"
+    # The message's own Provenance still names the sender, and the update is among what it made.
+    assert message_provenance["agent"][0]["who"]["identifier"]["value"] == "RSUD_SEHAT"
+    assert not [u for u in result.unmapped if u["segment"] == "PID"]
+    assert len(by_type(map_text(message(segment("PID", PID_FIELDS))), "Provenance")) == 1
+
+
+def test_pid_13_home_unless_the_sender_says_otherwise() -> None:
+    fields = {
+        **PID_FIELDS,
+        13: "(022)2501234~^PRN^CP^^^^^^^^^+62811111~^ORN^PH^^^^^^^^^+62227777~^ASN^PH^^^^^^^^^+62228888",
+    }
+    patient = patient_of(message(segment("PID", fields)))
+    assert [(t["value"], t.get("use")) for t in patient["telecom"]][:4] == [
+        ("(022)2501234", "home"),  # v2.3 style, no XTN-2: the home number (IG telecom[1].use)
+        ("+62811111", "mobile"),  # XTN-3 CP: a mobile
+        ("+62227777", "home"),  # XTN-2 ORN (other residence) says home itself
+        ("+62228888", None),  # XTN-2 ASN (answering service): the sender said, and it is no home use
+    ]
+
+
+def test_nk1_3_other_is_not_self() -> None:
+    """Table 0063 OTH is "Other" (IG: v2-0131 O), never v3 ONESELF; GCH a grandchild (IG map)."""
+    nk1 = [
+        segment("NK1", {1: str(k + 1), 2: f"Wibowo^Nama{k}", 3: code})
+        for k, code in enumerate(("OTH", "GCH"))
+    ]
+    result = map_text(message("PID|1||MRN0009^^^RSUD_SEHAT^MR||Wibowo^Rina||19900202|F", *nk1))
+    first = [p["relationship"][0]["coding"][0] for p in by_type(result, "RelatedPerson")]
+    assert [(c["system"].rsplit("/", 1)[1], c["code"]) for c in first] == [
+        ("v2-0131", "O"),
+        ("v3-RoleCode", "GRNDCHILD"),
+    ]
+    (patient,) = by_type(result, "Patient")
+    assert patient["contact"][0]["relationship"][0]["coding"][0]["code"] == "O"

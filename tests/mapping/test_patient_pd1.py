@@ -79,7 +79,7 @@ def test_pd1_without_living_will_makes_no_observation() -> None:
 
 def test_pd1_in_a_message_without_a_map_of_its_own_and_in_oru() -> None:
     pd1 = segment("PD1", {4: "D1234^Setiawan^Hadi^^^dr.^^^RSUD_SEHAT", 7: "N"})
-    text = message(PID, pd1).replace("ADT^A01^ADT_A01", "ADT^A62^ADT_A62")
+    text = message(PID, pd1).replace("ADT^A01^ADT_A01", "ADT^A44^ADT_A43")
     (patient,) = by_type(map_text(text), "Patient")
     assert patient["generalPractitioner"][0]["display"] == "dr. Hadi Setiawan"
     oru = message(PID, pd1).replace("ADT^A01^ADT_A01", "ORU^R01^ORU_R01")

@@ -177,3 +177,92 @@ def test_related_specimen_one_is_the_specimen_several_are_r5_extensions() -> Non
     refs = [e["valueReference"] for e in _ext(sodium, R5_SPECIMEN)]
     assert len(refs) == 2 and refs[0] == obs["2345-7"]["specimen"]
     assert _get(result, refs[1])["identifier"][0]["value"] == "SP-2"
+
+
+def test_a_specimen_observation_has_its_range_method_performer_and_device() -> None:
+    oru = "\r".join(
+        [
+            msh("LAB-R3", "ORU^R01^ORU_R01", "LAB_SEHAT", version="2.5.1"),
+            "PID|1||MRN0203^^^LAB_SEHAT^MR||Wati^Sri||19900214|F",
+            "OBR|1|ORD-R3|FIL-R3|24323-8^Metabolic panel^LN|||20261101070000+0700",
+            "OBX|1|NM|2345-7^Glucose^LN||250|mg/dL|70-99|H|||F",
+            "SPM|1|SP-9&LAB_SEHAT||119297000^Blood specimen^SCT",
+            _obx(
+                {
+                    1: "1",
+                    2: "NM",
+                    3: "20233-3^Specimen volume^LN",
+                    5: "5",
+                    6: "mL",
+                    7: "2-10",
+                    11: "F",
+                    16: "D88^Putri^Ayu",
+                    17: "VOL^Volumetric^L",
+                    18: "PIP-1^LAB_SEHAT",
+                    19: "20261101080000+0700",
+                    23: ORG,
+                }
+            ),
+        ]
+    )
+    result = map_text(oru)
+    volume = next(o for o in by_type(result, "Observation") if o["code"]["coding"][0]["code"] == "20233-3")
+    assert volume["referenceRange"][0]["low"]["value"] == 2
+    assert volume["method"]["coding"][0]["code"] == "VOL"
+    assert _get(result, volume["device"])["identifier"][0]["value"] == "PIP-1"
+    assert [_get(result, p)["resourceType"] for p in volume["performer"]] == ["Practitioner", "Organization"]
+    assert _ext(volume, ANALYSIS)[0]["valueDateTime"] == "2026-11-01T08:00:00+07:00"
+    assert all(validate_resource(r) == [] for r in result.resources)
+
+
+def test_a_patient_observation_before_any_obr_is_no_result_of_the_later_order() -> None:
+    oru = "\r".join(
+        [
+            msh("PO-1", "ORU^R01^ORU_R01"),
+            "PID|1||MRN0801^^^RSUD_SEHAT^MR||Sari^Indah||19920202|F",
+            "OBX|1|NM|29463-7^Body weight^LN||61|kg^^UCUM|||||F|||20261101070000+0700",
+            "NTE|1||ditimbang tanpa sepatu",
+            "PV1|1|O",
+            "OBR|1|ORD-P1|FIL-P1|2345-7^Glucose^LN|||20261101070000+0700",
+            "OBX|1|NM|2345-7^Glucose^LN||250|mg/dL|||||F",
+        ]
+    )
+    result = map_text(oru)
+    assert result.warnings == []
+    obs = {o["code"]["coding"][0]["code"]: o for o in by_type(result, "Observation")}
+    weight, glucose = obs["29463-7"], obs["2345-7"]
+    assert "basedOn" not in weight and "specimen" not in weight
+    assert weight["category"][0]["coding"][0]["code"] == "vital-signs"
+    assert weight["note"] == [{"text": "ditimbang tanpa sepatu"}]
+    assert weight["subject"] == glucose["subject"] and weight["encounter"] == glucose["encounter"]
+    assert glucose["basedOn"]
+    # the weight is keyed by its code and time: another message with the same weighing updates it
+    again = map_text(oru.replace("PO-1", "PO-2").replace("ORD-P1|FIL-P1", "ORD-P2|FIL-P2"))
+    assert weight["id"] in {o["id"] for o in by_type(again, "Observation")}
+
+
+def test_several_values_in_one_obx_are_components_with_its_code() -> None:
+    oru = "\r".join(
+        [
+            msh("CMP-1", "ORU^R01^ORU_R01"),
+            "PID|1||MRN0901^^^RSUD_SEHAT^MR||Sari^Indah||19920202|F",
+            "OBR|1|ORD-C9|FIL-C9|600-7^Blood culture^LN|||20261101070000+0700",
+            "OBX|1|CWE|600-7^Bacteria identified^LN||3092008^Staphylococcus aureus^SCT~112283007^Escherichia coli^SCT||||||F",
+            "OBX|2|NM|8867-4^Heart rate^LN||72~75|/min|||||F",
+            "OBX|3|TX|8251-1^Service comment^LN||baris satu~baris dua||||||F",
+        ]
+    )
+    result = map_text(oru)
+    obs = {o["code"]["coding"][0]["code"]: o for o in by_type(result, "Observation")}
+    culture = obs["600-7"]
+    assert "valueCodeableConcept" not in culture
+    assert [c["valueCodeableConcept"]["coding"][0]["code"] for c in culture["component"]] == [
+        "3092008",
+        "112283007",
+    ]
+    assert all(c["code"] == culture["code"] for c in culture["component"])
+    assert [c["valueQuantity"]["value"] for c in obs["8867-4"]["component"]] == [72, 75]
+    # text repetitions stay lines of one value
+    assert obs["8251-1"]["valueString"] == "baris satu\nbaris dua"
+    assert "component" not in obs["8251-1"]
+    assert all(validate_resource(r) == [] for r in result.resources)

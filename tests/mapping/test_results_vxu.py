@@ -4,6 +4,10 @@ the route of its own RXR. Synthetic messages only."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+from hub import mapping
 from hub.fhir.validate import validate_resource
 from tests.mapping._support import by_type, map_text
 
@@ -52,3 +56,29 @@ def test_an_rxa_without_a_vaccine_code_is_never_both() -> None:
     only_drug = map_text(VXU.replace("^CVX|0.5", "^L|0.5"))  # the NDC Td without its CVX alternate
     values = sorted(m["identifier"][0]["value"] for m in by_type(only_drug, "MedicationAdministration"))
     assert values == ["IMM-1", "IMM-2"]
+
+
+def test_a_sender_overlay_names_its_own_vaccine_codes(tmp_path: Path) -> None:
+    maps = tmp_path / "mappings"
+    shutil.copytree(mapping.mappings_dir(), maps)
+    overlay = maps / "senders" / "pkm_contoh"
+    (overlay / "vocab").mkdir(parents=True)
+    (overlay / "sender.yaml").write_text("sender: pkm_contoh\n")
+    (overlay / "vocab" / "vaccine-codes.yaml").write_text(
+        "vocab: vaccine-codes\ncodes:\n  KFA: '9399'  # this formulary's vaccines (synthetic)\n"
+    )
+    text = VXU.replace("93000001^Parasetamol 120 mg/5 mL sirup^KFA", "93990001^Vaksin contoh^KFA")
+    before = mapping.mappings_dir()
+    mapping.configure(maps)
+    try:
+        base = map_text(text)
+        local = map_text(text, overlay="pkm_contoh")
+    finally:
+        mapping.configure(before)
+    assert sorted(m["identifier"][0]["value"] for m in by_type(base, "MedicationAdministration")) == ["IMM-2"]
+    assert sorted(i["identifier"][0]["value"] for i in by_type(local, "Immunization")) == [
+        "IMM-1",
+        "IMM-2",
+        "IMM-3",
+    ]
+    assert by_type(local, "MedicationAdministration") == []
