@@ -384,3 +384,11 @@ def test_adt_a61_rol_after_pv1_is_the_new_consultant_and_a28_keeps_the_patient_r
     result = map_text(a28)
     assert _one(result, "Patient")["generalPractitioner"]
     assert len(_one(result, "CareTeam")["participant"]) == 2
+
+
+def test_bar_and_dft_rol_after_pid_are_the_patient_roles() -> None:
+    text = ADT.read_bytes().decode("utf-8")
+    for structure in ("BAR^P01^BAR_P01", "DFT^P03^DFT_P03"):
+        result = map_text(text.replace("ADT^A01^ADT_A01", structure))
+        assert _one(result, "Patient")["generalPractitioner"], structure
+        assert len(_one(result, "CareTeam")["participant"]) == 2, structure
