@@ -392,3 +392,24 @@ def test_bar_and_dft_rol_after_pid_are_the_patient_roles() -> None:
         result = map_text(text.replace("ADT^A01^ADT_A01", structure))
         assert _one(result, "Patient")["generalPractitioner"], structure
         assert len(_one(result, "CareTeam")["participant"]) == 2, structure
+
+
+def test_oru_prt_sc_is_the_collector_of_the_specimen_of_its_order() -> None:
+    oru = (
+        "MSH|^~\\&|SIMRS|RSUD_SEHAT|HUB|KEMKES|20261110090000+0700||ORU^R01^ORU_R01|ORUSC0001|P|2.8\r"
+        "PID|1||RM004477^^^RSUD_SEHAT^MR||Halim^Yusuf||19650505|M\r"
+        "OBR|1|PO-4401^SIMRS|LAB-4401^LIS|2345-7^Glucose^LN|||20261110080000+0700||||||||||||||||CH|F\r"
+        "PRT|1|UC||SC^Specimen Collector^HL70912|N4001^Rahma^Siti^^^^^^RSUD_SEHAT\r"
+        "OBX|1|NM|2345-7^Glucose^LN||98|mg/dL^^UCUM|||||F\r"
+        "SPM|1|SP-4401&LIS||119297000^Blood specimen^SCT|||||||||||||20261110080000+0700\r"
+        "OBR|2|PO-4402^SIMRS|LAB-4402^LIS|2160-0^Creatinine^LN|||20261110080000+0700||||||||||||||||CH|F\r"
+        "PRT|1|UC||SC^Specimen Collector^HL70912|N4002^Amelia^Rina^^^^^^RSUD_SEHAT\r"
+        "OBX|1|NM|2160-0^Creatinine^LN||0.9|mg/dL^^UCUM|||||F\r"
+    )
+    result = map_text(oru)
+    roles = {r["practitioner"]["display"]: r for r in by_type(result, "PractitionerRole")}
+    (specimen,) = by_type(result, "Specimen")
+    assert specimen["collection"]["collector"] == _ref(roles["Siti Rahma"])
+    # The second order has no SPM: its collector is not put on the first order's specimen.
+    assert "Rina Amelia" in roles
+    assert any("no SPM.Specimen resource to merge into" in w for w in result.warnings)
