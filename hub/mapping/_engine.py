@@ -332,6 +332,9 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
             }
         ],
     }
+    responsible = _responsible_organization(rt)
+    if responsible is not None:
+        out["agent"].append(responsible)
     if operators:
         out["agent"] += operators
     if location is not None:
@@ -348,6 +351,30 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
     if occurred:
         out = {**{k: out[k] for k in ("resourceType", "id", "target")}, "occurredDateTime": occurred, **out}
     return out
+
+
+def _responsible_organization(rt: Runtime) -> dict[str, Any] | None:
+    """MSH-22 sending responsible organization (XON → an Organization, made) as a second author agent
+    (V2-to-FHIR IG MSH[Provenance-Source]: agent[2]); None when the field is empty."""
+    raw = rt.segments[0].raw(22)
+    if not raw or raw == '""':
+        return None
+    rt.used[0].add(22)
+    conv = rt.maps.converters.get("XON")
+    who = conv(raw.split(rt.enc.repetition, 1)[0], 0, rt, {}) if conv is not None else None
+    if not isinstance(who, dict) or not who:
+        return None
+    return {
+        "type": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                    "code": "author",
+                }
+            ]
+        },
+        "who": who,
+    }
 
 
 def _sender(facility: str, app: str) -> dict[str, Any]:

@@ -32,3 +32,22 @@ def test_the_event_reason_and_operator_join_the_provenance() -> None:
             ]
         }
     ]
+
+
+def test_msh22_the_responsible_organization_is_a_second_author() -> None:
+    """V2-to-FHIR IG MSH[Provenance-Source]: MSH-22 (XON) → agent[2], an Organization of type author,
+    made with its identifier; the sending facility stays the first author."""
+    text = message("ADT^A08^ADT_A01", "EVN|A08|20261102091500", PID, PV1)
+    fields = text.split("\r", 1)[0].split("|")
+    fields += [""] * (23 - len(fields))
+    fields[21] = "Dinas Kesehatan Kota^^^^^KEMKES&2.16.840.1.113883.9.11&ISO^XX^^^DKK-01"
+    result = map_text("|".join(fields) + "\r" + text.split("\r", 1)[1])
+    (provenance,) = by_type(result, "Provenance")
+    authors = [a for a in provenance["agent"] if a["type"]["coding"][0]["code"] == "author"]  # type: ignore[index]
+    assert len(authors) == 2
+    organizations = {r["id"]: r for r in by_type(result, "Organization")}
+    made = organizations[authors[1]["who"]["reference"].split("/")[1]]  # type: ignore[index]
+    assert made["name"] == "Dinas Kesehatan Kota"
+    assert made["identifier"][0]["value"] == "DKK-01"
+    assert not [u for u in result.unmapped if u["segment"] == "MSH" and u["field"] == 22]
+    assert [p for r in result.resources for p in validate_resource(r)] == []
