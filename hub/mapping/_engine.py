@@ -124,9 +124,10 @@ def build(entry: CompiledEntry, rt: Runtime, index: int, parent: int) -> None:
 def merge_target(rt: Runtime, name: str, index: int, parent: int) -> int:
     """The segment whose ``name`` resource a merge map at segment ``index`` adds to: the entry's parent
     when it is of that map's segment, else the nearest such segment before ``index``. When the parent
-    is a segment the target map also reads and that nearest one lies before the parent (an earlier
-    group), the target is the first such segment after the parent in the parent's group: a PRT after
-    an ORC belongs to the ServiceRequest of the OBR that follows the ORC."""
+    is a segment the target map also reads, or whose map lists the target's resources as children, and
+    that nearest one lies before the parent (an earlier group), the target is the first such segment
+    after the parent in the parent's group: a PRT after an ORC belongs to the ServiceRequest of the OBR
+    that follows the ORC, a PRT after an OBR to the Specimen of the SPM after it."""
     smap = rt.maps.segment_maps.get(name)
     seg_name = smap.segment if smap is not None else ""
     segs = rt.segments
@@ -134,7 +135,7 @@ def merge_target(rt: Runtime, name: str, index: int, parent: int) -> int:
         pname = segs[parent].name
         if pname == seg_name:
             return parent
-        if smap is not None and pname in smap.reads_segments:
+        if smap is not None and (pname in smap.reads_segments or pname in smap.parent_segments):
             at = rt.nearest(index, seg_name)
             if parent < at < index:
                 return at

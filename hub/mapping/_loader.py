@@ -527,6 +527,7 @@ class _Compiler:
                 child = self.segment_maps.get(f.children) if f.children else None
                 if child is not None:
                     child.is_child = True
+                    child.parent_segments = child.parent_segments | {smap.segment}
         return CompiledMaps(
             messages=messages,
             fallback=fallback,

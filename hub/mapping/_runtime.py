@@ -229,6 +229,8 @@ class CompiledSegmentMap:
         frozenset()
     )  # the segments its fields read (OBR.ServiceRequest: OBR, ORC …)
     accumulate: bool = False  # segments with the same id add to one resource (see SegmentMap)
+    # The segments of the maps whose ``children:`` list this one's resources (SPM.Specimen: OBR).
+    parent_segments: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)

@@ -53,7 +53,10 @@ def test_oru_prt_after_pid_other_role_is_a_related_person() -> None:
     patient = _one(result, "Patient")
     mother = _one(result, "RelatedPerson")
     assert mother["patient"] == _ref(patient)
-    assert mother["relationship"][0]["coding"][0]["code"] == "MTH"
+    assert [(c["system"].rsplit("/", 1)[-1], c["code"]) for c in mother["relationship"][0]["coding"]] == [
+        ("v3-RoleCode", "MTH"),
+        ("v2-0063", "MTH"),
+    ]
     assert mother["name"] == [{"family": "Lestari", "given": ["Sri"]}]
     assert mother["period"] == {"start": "2020-01-01"}
     assert mother["address"][0]["use"] == "home"
@@ -200,7 +203,8 @@ def test_adt_care_roles_after_pid_make_one_care_team_of_the_patient() -> None:
 def test_adt_prt_of_another_role_after_pid_is_a_related_person() -> None:
     result = map_file(ADT)
     friend = next(r for r in by_type(result, "RelatedPerson") if r["name"][0]["family"] == "Wahyuni")
-    assert friend["relationship"][0]["coding"][0]["code"] == "FND"
+    # Table 0063 FND → v3-RoleCode FRND, the sender's coding beside.
+    assert [c["code"] for c in friend["relationship"][0]["coding"]] == ["FRND", "FND"]
     assert friend["patient"] == _ref(_one(result, "Patient"))
     assert "FND" not in {r["code"][0]["coding"][-1]["code"] for r in by_type(result, "PractitionerRole")}
 
@@ -277,8 +281,9 @@ def test_a_message_without_a_map_of_its_own_maps_prt_and_rol_by_segment() -> Non
     assert _one(result, "Patient")["generalPractitioner"] == [_ref(_role(result, "PP"))]
     assert _one(result, "ServiceRequest")["requester"] == _ref(_role(result, "OP"))
     assert _one(result, "DiagnosticReport")["resultsInterpreter"] == [_ref(_role(result, "PRI"))]
-    adt = ADT.read_bytes().decode("utf-8").replace("ADT^A01^ADT_A01", "ADT^A44^ADT_A43")
+    adt = ADT.read_bytes().decode("utf-8").replace("ADT^A01^ADT_A01", "ZAD^Z01^ZAD_Z01")
     result = map_text(adt)
+    assert result.warnings == ["no message map: mapped by segment"]
     assert _one(result, "Patient")["generalPractitioner"]
     assert len(_one(result, "CareTeam")["participant"]) == 2  # ROL CP, PRT RP
     assert [r["name"][0]["family"] for r in by_type(result, "RelatedPerson") if "active" in r] == ["Wahyuni"]
@@ -338,3 +343,73 @@ def test_empty_or_odd_prt_and_rol_segments_make_nothing_broken() -> None:
         assert not types & {"PractitionerRole", "RelatedPerson", "Device", "CareTeam"}, structure
         assert "generalPractitioner" not in _one(result, "Patient")
         assert [p for r in result.resources for p in validate_resource(r)] == []
+
+
+def test_pharmacy_order_prt_is_the_medication_request_requester() -> None:
+    rde = (
+        "MSH|^~\\&|SIMRS|RSUD_SEHAT|HUB|KEMKES|20261109100000+0700||RDE^O11^RDE_O11|RDEPRT0001|P|2.8\r"
+        "PID|1||RM005566^^^RSUD_SEHAT^MR||Wijaya^Tono||19700101|M\r"
+        "ORC|NW|RX-5501^SIMRS|||||||20261109095500|||67890^Pratama^Andi^^^dr.\r"
+        "PRT|1|UC||OP^Ordering Provider^HL70912|D5001^Marpaung^Rita^^^dr.^^^RSUD_SEHAT\r"
+        "RXE|^^^20261109100000|93000001^Amoxicillin 500 mg kapsul^KFA|500||mg^milligram^UCUM\r"
+        "ORC|NW|RX-5502^SIMRS|||||||20261109095500\r"
+        "RXE|^^^20261109100000|93000002^Parasetamol 500 mg tablet^KFA|500||mg^milligram^UCUM\r"
+        "PRT|1|UC||OP^Ordering Provider^HL70912|D5002^Tambunan^Eva^^^dr.^^^RSUD_SEHAT\r"
+    )
+    result = map_text(rde)
+    requests = by_type(result, "MedicationRequest")
+    roles = {r["practitioner"]["display"]: r for r in by_type(result, "PractitionerRole")}
+    # PRT (v2.7+) supersedes ORC-12: the first order's requester is the PRT's role, not ORC-12's doctor.
+    assert [m["requester"] for m in requests] == [
+        _ref(roles["dr. Rita Marpaung"]),
+        _ref(roles["dr. Eva Tambunan"]),
+    ]
+    omp = rde.replace("RDE^O11^RDE_O11", "OMP^O09^OMP_O09").replace("RXE|^^^20261109100000|", "RXO|")
+    result = map_text(omp)
+    roles = {r["practitioner"]["display"]: r for r in by_type(result, "PractitionerRole")}
+    assert [m.get("requester") for m in by_type(result, "MedicationRequest")] == [
+        _ref(roles["dr. Rita Marpaung"]),
+        _ref(roles["dr. Eva Tambunan"]),
+    ]
+
+
+def test_adt_a61_rol_after_pv1_is_the_new_consultant_and_a28_keeps_the_patient_roles() -> None:
+    text = ADT.read_bytes().decode("utf-8")
+    a61 = text.replace("ADT^A01^ADT_A01", "ADT^A61^ADT_A54")
+    result = map_text(a61)
+    encounter = _one(result, "Encounter")
+    assert [p["type"][0]["coding"][0]["code"] for p in encounter["participant"]][:2] == ["ATND", "ADM"]
+    assert _one(result, "Patient")["generalPractitioner"]
+    a28 = text.replace("ADT^A01^ADT_A01", "ADT^A28^ADT_A05")
+    result = map_text(a28)
+    assert _one(result, "Patient")["generalPractitioner"]
+    assert len(_one(result, "CareTeam")["participant"]) == 2
+
+
+def test_bar_and_dft_rol_after_pid_are_the_patient_roles() -> None:
+    text = ADT.read_bytes().decode("utf-8")
+    for structure in ("BAR^P01^BAR_P01", "DFT^P03^DFT_P03"):
+        result = map_text(text.replace("ADT^A01^ADT_A01", structure))
+        assert _one(result, "Patient")["generalPractitioner"], structure
+        assert len(_one(result, "CareTeam")["participant"]) == 2, structure
+
+
+def test_oru_prt_sc_is_the_collector_of_the_specimen_of_its_order() -> None:
+    oru = (
+        "MSH|^~\\&|SIMRS|RSUD_SEHAT|HUB|KEMKES|20261110090000+0700||ORU^R01^ORU_R01|ORUSC0001|P|2.8\r"
+        "PID|1||RM004477^^^RSUD_SEHAT^MR||Halim^Yusuf||19650505|M\r"
+        "OBR|1|PO-4401^SIMRS|LAB-4401^LIS|2345-7^Glucose^LN|||20261110080000+0700||||||||||||||||CH|F\r"
+        "PRT|1|UC||SC^Specimen Collector^HL70912|N4001^Rahma^Siti^^^^^^RSUD_SEHAT\r"
+        "OBX|1|NM|2345-7^Glucose^LN||98|mg/dL^^UCUM|||||F\r"
+        "SPM|1|SP-4401&LIS||119297000^Blood specimen^SCT|||||||||||||20261110080000+0700\r"
+        "OBR|2|PO-4402^SIMRS|LAB-4402^LIS|2160-0^Creatinine^LN|||20261110080000+0700||||||||||||||||CH|F\r"
+        "PRT|1|UC||SC^Specimen Collector^HL70912|N4002^Amelia^Rina^^^^^^RSUD_SEHAT\r"
+        "OBX|1|NM|2160-0^Creatinine^LN||0.9|mg/dL^^UCUM|||||F\r"
+    )
+    result = map_text(oru)
+    roles = {r["practitioner"]["display"]: r for r in by_type(result, "PractitionerRole")}
+    (specimen,) = by_type(result, "Specimen")
+    assert specimen["collection"]["collector"] == _ref(roles["Siti Rahma"])
+    # The second order has no SPM: its collector is not put on the first order's specimen.
+    assert "Rina Amelia" in roles
+    assert any("no SPM.Specimen resource to merge into" in w for w in result.warnings)
