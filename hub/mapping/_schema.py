@@ -48,7 +48,11 @@ class FieldMap(_Strict):
     Exactly one source: ``path`` (with optional ``fallback`` paths tried in order when it is empty),
     ``paths`` (the inputs of a multi-input ``function``), ``value`` (a constant), ``ref`` (a Reference to
     the resource another map made from the enclosing segment) or ``children`` (References to the resources
-    a map made from the segments this one is the parent of)."""
+    a map made from the segments this one is the parent of).
+
+    ``reads`` names the fields of other segments a registry ``function`` finds itself (the TQ1 and RXR of
+    an order group, which no "nearest segment" path can pick): not read by the engine, listed so
+    ``hub mappings coverage`` and a reader of the map see them."""
 
     target: str
     path: str | None = None
@@ -64,6 +68,7 @@ class FieldMap(_Strict):
     when: Condition | None = None
     repeat: bool | None = None  # default: every repetition when the target appends ([]), else the first
     with_: dict[str, Any] | None = Field(default=None, alias="with")
+    reads: list[str] = Field(default_factory=list)  # fields the function reads itself (see above)
 
     @field_validator("target")
     @classmethod
@@ -77,7 +82,7 @@ class FieldMap(_Strict):
     def _path(cls, v: str | None) -> str | None:
         return _check_path(v) if v is not None else v
 
-    @field_validator("fallback", "paths")
+    @field_validator("fallback", "paths", "reads")
     @classmethod
     def _paths(cls, v: list[str]) -> list[str]:
         return [_check_path(p) for p in v]
@@ -94,6 +99,8 @@ class FieldMap(_Strict):
             raise ValueError(f"{self.target}: give exactly one of path, paths, value, ref, children")
         if self.paths and not self.function:
             raise ValueError(f"{self.target}: paths needs a function")
+        if self.reads and not self.function:
+            raise ValueError(f"{self.target}: reads needs a function")
 
 
 class IdRule(_Strict):
@@ -120,6 +127,9 @@ class SegmentMap(_Strict):
     extends: str | None = None  # overlays only: the base map this one changes
     remove: list[str] = Field(default_factory=list)  # overlays only: targets of base fields to drop
     merge_into: str | None = None  # map whose resource (from the enclosing segment) receives these elements
+    # Segments of one message with the same id make one resource, each adding its elements (the PRTs
+    # and ROLs of a patient are the participants of one CareTeam); else they are kept apart.
+    accumulate: bool = False
     when: Condition | None = None
     id: list[IdRule] = Field(default_factory=list)
     required: list[str] = Field(default_factory=list)
@@ -196,6 +206,9 @@ class Entry(_Strict):
     # Compute the resource's id so References resolve, but emit nothing: e.g. an ORU's PV1 points at the
     # Encounter the ADT feed owns without overwriting it.
     reference_only: bool = False
+    # Apply only when this holds for the segment (the IG message maps' conditions: a PRT after the PID
+    # with role PP is the patient's primary care provider, another PRT there a related person).
+    when: Condition | None = None
 
 
 class MessageMap(_Strict):

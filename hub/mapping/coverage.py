@@ -217,7 +217,7 @@ def _add_map(hub: _HubMaps, name: str, file: str, sm: SegmentMap) -> None:
     tops = hub.tops.setdefault(resource, set())
     for f in sm.fields:
         tops.add(_top(f.target))
-        paths = [p for p in (f.path, *f.fallback, *f.paths) if p]
+        paths = [p for p in (f.path, *f.fallback, *f.paths, *f.reads) if p]
         if f.when is not None and f.when.path:
             paths.append(f.when.path)  # MSH-9.2 choosing Encounter.status
         for p in paths:
