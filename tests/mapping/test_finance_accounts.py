@@ -77,3 +77,28 @@ def test_every_resource_is_valid_fhir_r4() -> None:
     for msg in (ADT, DFT):
         result = map_text(msg)
         assert [p for r in result.resources for p in validate_resource(r)] == []
+
+
+def test_the_ig_message_maps_with_pid_account_make_it() -> None:
+    # V2-to-FHIR IG message maps with PID[Account]: ADT A01, A02, A05, A06, A09, A11, A17; and the
+    # pharmacy and order messages real feeds send with PID-18.
+    pv1 = "PV1|1|I|ICU^01^A||||||||||||||||V0001^^^RSUD_SEHAT^VN"
+    for kind in (
+        "ADT^A02^ADT_A02",
+        "ADT^A09^ADT_A09",
+        "ADT^A11^ADT_A09",
+        "ADT^A06^ADT_A06",
+        "RDE^O11^RDE_O11",
+    ):
+        (account,) = by_type(map_text(_message(kind, PID, pv1)), "Account")
+        assert account["identifier"][0]["value"] == "ACC-77", kind
+    orm = _message("ORM^O01^ORM_O01", PID, pv1, "ORC|NW|PO-1^SIMRS", "OBR|1|PO-1^SIMRS||718-7^Hemoglobin^LN")
+    assert len(by_type(map_text(orm), "Account")) == 1
+
+
+def test_a06_mrg3_is_the_prior_account() -> None:
+    # ADT A06 (outpatient to inpatient): MRG-3 the outpatient account the visit leaves (IG ADT_A06).
+    mrg = "MRG|MRN0001^^^RSUD_SEHAT^MR||ACC-70^^^RSUD_SEHAT^AN"
+    result = map_text(_message("ADT^A06^ADT_A06", PID, mrg, "PV1|1|I|||||||||||||||||V0002^^^RSUD_SEHAT^VN"))
+    accounts = {a["identifier"][0]["value"]: a["status"] for a in by_type(result, "Account")}
+    assert accounts == {"ACC-77": "active", "ACC-70": "unknown"}

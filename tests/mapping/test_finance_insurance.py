@@ -155,3 +155,22 @@ def test_every_resource_is_valid_fhir_r4() -> None:
     for msg in (_message(SPOUSE, in2, in3), _message(SPOUSE.replace("SPO^Spouse", "SEL^Self"))):
         result = map_text(msg)
         assert [p for r in result.resources for p in validate_resource(r)] == []
+
+
+def test_relationship_is_the_beneficiarys_to_the_subscriber() -> None:
+    # IN1-17 says what the insured is to the patient; Coverage.relationship what the patient is to them.
+    for sent, expected in (
+        ("SPO^Spouse^HL70063", "spouse"),
+        ("FTH", "child"),
+        ("CHD", "parent"),
+        ("SEL", "self"),
+    ):
+        coverage = _one(map_text(_message(SPOUSE.replace("SPO^Spouse^HL70063", sent))), "Coverage")
+        first, original = coverage["relationship"]["coding"]
+        assert first == {
+            "system": "http://terminology.hl7.org/CodeSystem/subscriber-relationship",
+            "code": expected,
+            "display": expected.capitalize(),
+        }
+        assert original["system"] == "http://terminology.hl7.org/CodeSystem/v2-0063"
+        assert original["code"] == sent.split("^")[0]
