@@ -107,7 +107,7 @@ def test_an_order_without_orc9_is_recorded_when_the_message_was_sent() -> None:
     resources = mapped(
         "RDE^O11^RDE_O11",
         "PID|1||RM009001^^^RSUD_SEHAT^MR||Wibowo^Sari||19900202|F",
-        "ORC|XO|RX-9301^SIMRS",
+        seg("ORC", {1: "XO", 2: "RX-9301^SIMRS", 13: "FARMASI^^^RSUD_SEHAT"}),
         "RXE|^BID|93000002^Parasetamol 500 mg tablet^KFA|500||mg^milligram^UCUM",
     )
     (prov,) = order_provenances(resources)
@@ -115,6 +115,9 @@ def test_an_order_without_orc9_is_recorded_when_the_message_was_sent() -> None:
     assert "occurredDateTime" not in prov
     assert prov["activity"]["coding"][0]["code"] == "UPDATE"  # XO
     assert [a["type"]["coding"][0]["code"] for a in prov["agent"]] == ["author"]
+    # no ORC-21: the enterer's location (ORC-13)
+    location = refs(resources)[prov["location"]["reference"]]
+    assert location["name"] == "RSUD_SEHAT FARMASI"
 
 
 def test_an_order_that_makes_nothing_makes_no_provenance() -> None:
