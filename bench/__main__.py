@@ -21,6 +21,7 @@ BENCHES = (
     "mpi",
     "export",
     "fuzz",
+    "schemathesis",
     "audit",
     "stats",
 )

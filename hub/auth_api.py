@@ -172,7 +172,7 @@ async def token(request: Request) -> Response:
     request.state.audit_agent = client.client_id
     allowed = client.scopes.split()
     asked = form.get("scope", "").split() or allowed
-    granted = [s for s in asked if s in allowed]
+    granted = [s for s in asked if _covered(s, allowed)]
     if not granted or any(parse_scope(s) is None for s in granted):
         return _oauth_error("invalid_scope", f"this client may ask for: {' '.join(allowed) or 'nothing'}")
     settings = request.app.state.settings
@@ -192,6 +192,24 @@ async def token(request: Request) -> Response:
             "scope": " ".join(granted),
         }
     )
+
+
+def _covered(asked: str, allowed: list[str]) -> bool:
+    """Whether a registered scope covers ``asked``: the same scope, or a narrower one (the same context,
+    the registered type or any type under ``*``, a subset of its interactions: ``user/Observation.rs``
+    under ``user/*.rs``, ``system/*.c`` under ``system/*.cu``)."""
+    if asked in allowed:
+        return True
+    want = parse_scope(asked)
+    if want is None:
+        return False
+    for scope in allowed:
+        have = parse_scope(scope)
+        if have is None or have[0] != want[0] or have[1] not in ("*", want[1]):
+            continue
+        if set(want[2]) <= set(have[2]):
+            return True
+    return False
 
 
 # --- break the glass ------------------------------------------------------------------------------------

@@ -91,8 +91,11 @@ def serve(
     from hub import logs
 
     logs.configure(settings)
+    mllp = (
+        f"MLLP on {settings.mllp_host}:{settings.mllp_port}" if settings.mllp_enabled else "no MLLP listener"
+    )
     typer.echo(
-        f"hub: HTTP on {settings.http_host}:{settings.http_port}, MLLP on {settings.mllp_host}:{settings.mllp_port}, "
+        f"hub: HTTP on {settings.http_host}:{settings.http_port}, {mllp}, "
         f"database {_safe_url(settings.sqlalchemy_url)}, "
         f"{'Celery at ' + _safe_url(settings.broker_url) if settings.broker_url else 'in-process worker'}, "
         f"registration {'open' if settings.registration_open else 'closed'}"
@@ -618,6 +621,8 @@ def mappings_try(
                 warnings=result.warnings,
                 actions=result.actions,
                 nulls=result.nulls,
+                cancels=result.cancels,
+                replaces=result.replaces,
             )
             if validate:
                 line["invalid"] = [str(p) for p in problems]
@@ -667,6 +672,8 @@ def _print_result(bundle: dict[str, object], result: MappingResult) -> None:
         ("warnings", result.warnings),
         ("actions", result.actions),
         ("explicit nulls", result.nulls),
+        ("cancels", result.cancels),
+        ("replaces", result.replaces),
     ):
         if items:
             typer.echo(f"{title}:")

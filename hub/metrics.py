@@ -6,7 +6,10 @@ Counted in the serving process as things happen: messages accepted by transport 
 Read from the database at each scrape (so they are right whichever process did the work: the embedded
 worker process, ``hub worker``): messages by state (``hub_messages``), the queue of ``received`` messages
 and the age of its oldest (``hub_queue_depth``, ``hub_queue_oldest_age_seconds``), failed messages by
-error code (``hub_processing_errors``) and MPI outcomes (``hub_mpi_reviews`` by status).
+error code (``hub_processing_errors``), processed messages whose report carries a warning
+(``hub_messages_with_warning``: ``invalid-encoding``, ``control-characters``), and MPI outcomes: source
+Patients by how they are linked (``hub_mpi_sources``: ``new``, ``national-id``, ``probabilistic``,
+``manual``, ``merged``) and possible-match reviews queued, by status (``hub_mpi_reviews``).
 """
 
 from __future__ import annotations
@@ -18,11 +21,38 @@ from datetime import UTC, datetime
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, text
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# The warnings the pipeline puts in a message's unmapped report (an entry with a "warning" key).
+WARNINGS = ("invalid-encoding", "control-characters")
+_WARNED = {
+    "postgresql": (
+        "SELECT e.value ->> 'warning', count(DISTINCT m.id) FROM inbound_message m"
+        " CROSS JOIN LATERAL jsonb_array_elements("
+        "CASE WHEN jsonb_typeof(m.unmapped) = 'array' THEN m.unmapped ELSE '[]'::jsonb END) AS e(value)"
+        " WHERE m.state = 'processed' AND e.value ? 'warning' GROUP BY 1"
+    ),
+    "sqlite": (
+        "SELECT json_extract(e.value, '$.warning'), count(DISTINCT m.id) FROM inbound_message m,"
+        " json_each(CASE WHEN json_type(m.unmapped) = 'array' THEN m.unmapped ELSE '[]' END) AS e"
+        " WHERE m.state = 'processed' AND json_extract(e.value, '$.warning') IS NOT NULL GROUP BY 1"
+    ),
+}
+# Automatic links whose source shares its NIK (a ``nik:`` blocking key) with another source of the same
+# golden record: the national id decided (it does whenever it agrees and is not suspect); the other
+# automatic links were decided by the probabilistic score.
+_BY_NIK = (
+    "SELECT count(DISTINCT s.id) FROM mpi_source s"
+    " JOIN mpi_block bs ON bs.source_id = s.id AND bs.key LIKE 'nik:%'"
+    " JOIN mpi_block bt ON bt.key = bs.key AND bt.source_id <> s.id"
+    " JOIN mpi_source t ON t.id = bt.source_id AND t.golden_id = s.golden_id"
+    " WHERE s.link_kind = 'auto'"
+)
+_LINK_KINDS = {"new": "new", "manual": "manual", "merge": "merged"}
 
 INTAKE = Counter(
     "hub_intake_messages",
@@ -62,7 +92,18 @@ class _StoreCollector(Collector):
             "hub_queue_oldest_age_seconds", "Age of the oldest message still received (0: none)"
         )
         reviews = GaugeMetricFamily(
-            "hub_mpi_reviews", "MPI possible-match reviews by status", labels=["status"]
+            "hub_mpi_reviews", "MPI possible-match reviews queued, by status", labels=["status"]
+        )
+        warned = GaugeMetricFamily(
+            "hub_messages_with_warning",
+            "Processed messages whose unmapped report carries a warning, by warning",
+            labels=["warning"],
+        )
+        sources = GaugeMetricFamily(
+            "hub_mpi_sources",
+            "MPI source Patients by outcome: new (own golden record), national-id or probabilistic"
+            " (matched automatically), manual (a steward's decision), merged",
+            labels=["outcome"],
         )
         with self.engine.connect() as conn:
             counts = dict(conn.execute(select(M.state, func.count()).group_by(M.state)).all())
@@ -76,6 +117,8 @@ class _StoreCollector(Collector):
                 ).all()
             except Exception:
                 review_rows = []
+            warnings = _warned(conn)
+            outcomes = _mpi_outcomes(conn)
         for state in ("received", "processed", "failed", "rejected", "held"):
             states.add_metric([state], float(counts.get(state, 0)))
         for code, n in failed:
@@ -88,7 +131,32 @@ class _StoreCollector(Collector):
         oldest.add_metric([], age)
         for status, n in review_rows:
             reviews.add_metric([str(status)], float(n))
-        yield from (states, errors, depth, oldest, reviews)
+        for code in sorted(set(WARNINGS) | set(warnings)):
+            warned.add_metric([code], float(warnings.get(code, 0)))
+        for outcome in ("new", "national-id", "probabilistic", "manual", "merged"):
+            sources.add_metric([outcome], float(outcomes.get(outcome, 0)))
+        yield from (states, errors, depth, oldest, reviews, warned, sources)
+
+
+def _warned(conn: Connection) -> dict[str, int]:
+    """Processed messages by warning of their unmapped report (one scan of the reports)."""
+    sql = _WARNED.get(conn.dialect.name)
+    if sql is None:
+        return {}
+    return {str(code): int(n) for code, n in conn.execute(text(sql)).all() if code}
+
+
+def _mpi_outcomes(conn: Connection) -> dict[str, int]:
+    """Source Patients by how they are linked now; the automatic links split by what decided them."""
+    from hub.store.models import MpiSource as S
+
+    kinds = {str(k): int(n) for k, n in conn.execute(select(S.link_kind, func.count()).group_by(S.link_kind))}
+    out = {name: kinds.get(kind, 0) for kind, name in _LINK_KINDS.items()}
+    auto = kinds.get("auto", 0)
+    by_nik = int(conn.execute(text(_BY_NIK)).scalar() or 0) if auto else 0
+    out["national-id"] = by_nik
+    out["probabilistic"] = auto - by_nik
+    return out
 
 
 def registry_for(engine: Engine) -> CollectorRegistry:

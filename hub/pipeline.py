@@ -266,14 +266,20 @@ def _process_one(
             if row.attempts > 0:  # processed before (a replay): what it produced then is replaced
                 session.execute(delete(MessageResource).where(MessageResource.message_id == row.id))
             now = datetime.now(UTC)
-            written = store.upsert_many(
-                session,
-                goldens + result.resources,
-                message_id=row.id,
-                now=now,
-                order=_event_instant(result.resources),
-                accept_patient_change=accept_patient_change,
-            )
+            session.info[store.MESSAGE_FACILITY] = ctx.facility
+            try:
+                written = store.upsert_many(
+                    session,
+                    goldens + result.resources,
+                    message_id=row.id,
+                    now=now,
+                    order=_event_instant(result.resources),
+                    accept_patient_change=accept_patient_change,
+                    cancels=result.cancels,
+                    replaces=result.replaces,
+                )
+            finally:
+                session.info.pop(store.MESSAGE_FACILITY, None)
             _record_written(session, row.id, written[len(goldens) :])
     except Exception as exc:
         if held is not None:

@@ -51,6 +51,13 @@ _ADDRESS_KEEP = frozenset({"use", "type", "district", "city", "state", "country"
 # Extensions kept (on an address): region codes such as SATUSEHAT's administrativeCode.
 _KEPT_EXTENSION = re.compile(r"administrativeCode|region|province|district|regency", re.IGNORECASE)
 _DATETIME = re.compile(r"^(\d{4}-\d{2}-\d{2})T")
+# The elements ``Deidentifier._special`` decides on; every other element is kept and its content cleaned.
+_SPECIAL_KEYS = (
+    frozenset({"id", "meta", "resourceType", "identifier", "telecom", "name", "text", "display", "reference"})
+    | frozenset({"extension", "address"})
+    | _DROP_EVERYWHERE
+    | _ATTACHMENT_ELEMENTS
+)
 _REFERENCE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/.*)?$")
 
 
@@ -107,60 +114,107 @@ class Deidentifier:
         if isinstance(node, dict):
             return self._object(rtype, node, top=top, key=key)
         if isinstance(node, list):
-            items = [self._value(rtype, item, key=key) for item in node]
-            return [item for item in items if item not in (None, {}, [])]
+            return self._list(rtype, node, key)
         if isinstance(node, str):
-            m = _DATETIME.match(node)
-            return m.group(1) if m else node
+            return self._string(node)
         return node
 
+    @staticmethod
+    def _string(node: str) -> str:
+        # a date-time keeps its day: the cheap test first (index 10 is the "T" of YYYY-MM-DDThh…)
+        if len(node) > 10 and node[10] == "T":
+            m = _DATETIME.match(node)
+            if m:
+                return m.group(1)
+        return node
+
+    def _list(self, rtype: str, node: list[Any], key: str) -> list[Any]:
+        out: list[Any] = []
+        for item in node:
+            if isinstance(item, dict):
+                value = self._object(rtype, item, top=False, key=key)
+                if value:
+                    out.append(value)
+            elif isinstance(item, str):
+                out.append(self._string(item))
+            elif isinstance(item, list):
+                items = self._list(rtype, item, key)
+                if items:
+                    out.append(items)
+            elif item is not None:
+                out.append(item)
+        return out
+
     def _object(self, rtype: str, node: Mapping[str, Any], *, top: bool, key: str) -> dict[str, Any] | None:
-        if "div" in node and key == "text":
+        if key == "text" and "div" in node:
             return None  # narrative
         out: dict[str, Any] = {}
         for k, v in node.items():
-            if k in ("id", "meta") and top:
+            if k in _SPECIAL_KEYS:
+                self._special(rtype, node, out, k, v, top, key)
                 continue
-            if k == "resourceType":
-                out[k] = v
-                continue
-            if k in _DROP_EVERYWHERE:
-                continue
-            if k == "identifier" and not (top and rtype in FACILITY_TYPES):
-                continue
-            if k == "telecom" and not (top and rtype in FACILITY_TYPES):
-                continue
-            if k == "name" and top and rtype in PERSON_TYPES:
-                continue
-            if k == "text" and isinstance(v, dict):
-                continue  # narrative
-            if k == "display" and "reference" in node:
-                continue
-            if k == "reference" and isinstance(v, str):
-                out[k] = self._reference(v)
-                continue
-            if k in ("extension",):
-                kept = [e for e in v if isinstance(e, dict) and _KEPT_EXTENSION.search(str(e.get("url", "")))]
-                if kept and key == "address":
-                    out[k] = kept
-                continue
-            if k in _ATTACHMENT_ELEMENTS or (isinstance(v, dict) and _is_attachment(v)):
-                continue
-            if k == "address":
-                addresses = v if isinstance(v, list) else [v]
-                if top and rtype in FACILITY_TYPES:
-                    out[k] = v
+            # every other element: kept, its content cleaned (an Attachment under any name is dropped)
+            if isinstance(v, dict):
+                if _is_attachment(v):
                     continue
-                cleaned = [self._address(rtype, a) for a in addresses if isinstance(a, dict)]
-                cleaned = [a for a in cleaned if a]
-                if cleaned:
-                    out[k] = cleaned if isinstance(v, list) else cleaned[0]
-                continue
-            value = self._value(rtype, v, key=k)
-            if value in (None, {}, []):
-                continue
-            out[k] = value
+                value = self._object(rtype, v, top=False, key=k)
+                if value:
+                    out[k] = value
+            elif isinstance(v, str):
+                out[k] = self._string(v)
+            elif isinstance(v, list):
+                items = self._list(rtype, v, k)
+                if items:
+                    out[k] = items
+            elif v is not None:
+                out[k] = v
         return out
+
+    def _special(
+        self, rtype: str, node: Mapping[str, Any], out: dict[str, Any], k: str, v: Any, top: bool, key: str
+    ) -> None:
+        """The elements the profile removes, generalises or pseudonymises (``_SPECIAL_KEYS``)."""
+        if k in ("id", "meta") and top:
+            return
+        if k == "resourceType":
+            out[k] = v
+            return
+        if k in _DROP_EVERYWHERE:
+            return
+        if k == "identifier" and not (top and rtype in FACILITY_TYPES):
+            return
+        if k == "telecom" and not (top and rtype in FACILITY_TYPES):
+            return
+        if k == "name" and top and rtype in PERSON_TYPES:
+            return
+        if k == "text" and isinstance(v, dict):
+            return  # narrative
+        if k == "display" and "reference" in node:
+            return
+        if k == "reference" and isinstance(v, str):
+            out[k] = self._reference(v)
+            return
+        if k == "extension":
+            kept = [e for e in v if isinstance(e, dict) and _KEPT_EXTENSION.search(str(e.get("url", "")))]
+            if kept and key == "address":
+                out[k] = kept
+            return
+        if k in _ATTACHMENT_ELEMENTS or (isinstance(v, dict) and _is_attachment(v)):
+            return
+        if k == "address":
+            addresses = v if isinstance(v, list) else [v]
+            if top and rtype in FACILITY_TYPES:
+                out[k] = v
+                return
+            cleaned = [self._address(rtype, a) for a in addresses if isinstance(a, dict)]
+            cleaned = [a for a in cleaned if a]
+            if cleaned:
+                out[k] = cleaned if isinstance(v, list) else cleaned[0]
+            return
+        value = self._value(rtype, v, key=k)
+        if value in (None, {}, []):
+            return
+        out[k] = value
 
     def _address(self, rtype: str, node: Mapping[str, Any]) -> dict[str, Any] | None:
         out: dict[str, Any] = {}

@@ -366,6 +366,7 @@ def _export(
     if job.deidentified:
         types = [t for t in types if t not in EXCLUDED_TYPES]
     deid = Deidentifier(pseudonym_key(settings), job.transaction_time.date()) if job.deidentified else None
+    golden_ids = _GoldenIds(engine)
     outputs: list[dict[str, Any]] = []
     exported = 0
     batch = max(1, settings.export_batch)
@@ -377,7 +378,7 @@ def _export(
                 if stop is not None and stop.is_set():
                     raise Cancelled(job.id)  # the runner is stopping: the next one starts over
                 if deid is not None:
-                    deid.golden = _golden_of(engine, rows, rtype)
+                    deid.golden = golden_ids.of(rows, rtype)
                 for rid, content in rows:
                     if wanted is not None and rid not in wanted:
                         continue
@@ -440,26 +441,43 @@ def _batches(
             return
 
 
-def _golden_of(engine: Engine, rows: Sequence[tuple[str, bytes]], rtype: str) -> dict[str, str]:
-    """Source Patient id -> golden id for the Patients this batch refers to (or is)."""
-    ids: set[str] = set()
-    if rtype == "Patient":
-        ids.update(rid for rid, _ in rows)
-    for _rid, content in rows:
-        start = 0
-        while (i := content.find(b'"Patient/', start)) >= 0:
-            end = content.find(b'"', i + 9)
-            if end < 0:
-                break
-            ids.add(content[i + 9 : end].split(b"/")[0].decode())
-            start = end
-    if not ids:
-        return {}
-    with engine.connect() as conn:
-        found = conn.execute(
-            select(MpiSource.id, MpiSource.golden_id).where(MpiSource.id.in_(sorted(ids)))
-        ).all()
-    return {str(s): str(g) for s, g in found if s != g}
+class _GoldenIds:
+    """Source Patient id -> golden id for the Patients a batch refers to (or is). Each id is looked up once
+    per export (a ministry export names the same patients in batch after batch); the memory is bounded."""
+
+    LIMIT = 200_000
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._known: dict[str, str | None] = {}  # None: not a source record, or its own golden record
+
+    def of(self, rows: Sequence[tuple[str, bytes]], rtype: str) -> dict[str, str]:
+        ids: set[str] = set()
+        if rtype == "Patient":
+            ids.update(rid for rid, _ in rows)
+        for _rid, content in rows:
+            start = 0
+            while (i := content.find(b'"Patient/', start)) >= 0:
+                end = content.find(b'"', i + 9)
+                if end < 0:
+                    break
+                ids.add(content[i + 9 : end].split(b"/")[0].decode())
+                start = end
+        unknown = sorted(ids.difference(self._known))
+        if unknown:
+            if len(self._known) + len(unknown) > self.LIMIT:
+                self._known.clear()
+                unknown = sorted(ids)
+            with self._engine.connect() as conn:
+                found = dict(
+                    conn.execute(
+                        select(MpiSource.id, MpiSource.golden_id).where(MpiSource.id.in_(unknown))
+                    ).all()
+                )
+            for source in unknown:
+                golden = found.get(source)
+                self._known[source] = str(golden) if golden is not None and golden != source else None
+        return {i: g for i in ids if (g := self._known.get(i)) is not None}
 
 
 def _filters_by_type(filters: Sequence[str]) -> dict[str, list[str]]:

@@ -1055,6 +1055,27 @@ def everything(session: Session, eq: EverythingQuery) -> Page:
     return Page(matches, included, total, next_cursor)
 
 
+def _add_role_targets(
+    session: Session, pointed: dict[tuple[str, str], list[tuple[str, str]]], found: dict[tuple[str, str], Row]
+) -> None:
+    """A PractitionerRole a resource points at (a PRT's or ROL's participant: Patient.generalPractitioner,
+    Encounter.participant, Observation.performer …) brings the Practitioner, Organization and Location
+    it names, listed after it, so the page holds who the role is."""
+    second = {
+        key: sorted({(t.decode(), i.decode()) for t, i in _REFERENCE_RE.findall(row.content)} - {key})
+        for key, row in found.items()
+        if key[0] == "PractitionerRole"
+    }
+    if not any(second.values()):
+        return
+    wanted = {k for ks in second.values() for k in ks} - found.keys()
+    found.update({(r.resource_type, r.id): r for r in _fetch(session, wanted)})
+    for key, keys in pointed.items():
+        extra = sorted({k for role in keys for k in second.get(role, ()) if k not in keys})
+        if extra:
+            pointed[key] = [*keys, *extra]
+
+
 def _fill_page(
     session: Session, candidates: list[Row], count: int, skip: int
 ) -> tuple[list[Row], list[Row], str | None]:
@@ -1070,6 +1091,7 @@ def _fill_page(
         for row in candidates
     }
     found = {(r.resource_type, r.id): r for r in _fetch(session, {k for ks in pointed.values() for k in ks})}
+    _add_role_targets(session, pointed, found)
     matches: list[Row] = []
     included: list[Row] = []
     on_page: set[tuple[str, str]] = set()

@@ -336,6 +336,31 @@ def _rewrite(value: Any, ids: dict[str, str]) -> Any:
 
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
+_REQUEST_STRINGS = ("method", "url", "ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince")
+
+
+def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """``Bundle.entry``, checked to have the shape the processing reads (a 400 otherwise): objects, whose
+    ``fullUrl`` is a string, ``request`` an object of strings and ``resource`` an object with a
+    string ``resourceType``."""
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise BadRequest("Bundle.entry must be an array")
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise BadRequest(f"Bundle.entry[{n}] must be an object")
+        if not isinstance(entry.get("fullUrl", ""), str):
+            raise BadRequest(f"Bundle.entry[{n}].fullUrl must be a string")
+        req = entry.get("request", {})
+        if not isinstance(req, dict):
+            raise BadRequest(f"Bundle.entry[{n}].request must be an object")
+        for key in _REQUEST_STRINGS:
+            if not isinstance(req.get(key, ""), str):
+                raise BadRequest(f"Bundle.entry[{n}].request.{key} must be a string")
+        res = entry.get("resource")
+        if res is not None and not (isinstance(res, dict) and isinstance(res.get("resourceType"), str)):
+            raise BadRequest(f"Bundle.entry[{n}].resource must be a resource (an object with resourceType)")
+    return entries
 
 
 def process_bundle(
@@ -353,7 +378,7 @@ def process_bundle(
     kind = bundle.get("type")
     if kind not in ("transaction", "batch"):
         raise BadRequest(f"Bundle.type must be transaction or batch, not {kind!r}")
-    entries = bundle.get("entry") or []
+    entries = _entries(bundle)
     now = datetime.now(UTC)
     targets: list[str] = []
     ids: dict[str, str] = {}

@@ -11,8 +11,9 @@ registration is closed → kept as ``rejected`` with AR; (MSH-4 facility, MSH-3 
 before with the same bytes → the original ACK again, nothing stored; the same key with other content →
 kept as ``held`` (not applied) with AE; otherwise stored as ``received`` with AA (CA in enhanced mode).
 HL7 makes a control id unique per sending application: two applications of one facility that use the
-same number send two messages. The sender is the MSH-4 facility, or the MSH-3 application when MSH-4 is
-empty (see :func:`sender_key`); a rejected message keeps the facility and application it named.
+same number send two messages. The sender is the MSH-4 facility; when MSH-4 is empty, the one facility
+the connection's credential sends for (a sender token, HTTP password, TLS certificate), else the MSH-3
+application (see :func:`sender_key`); a rejected message keeps the facility and application it named.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -212,6 +213,9 @@ class Intake:
         except hl7.HeaderError as exc:
             item.error = AckError(exc.code, exc.text, exc.location)
             return
+        if item.allowed is not None and not h.sending_facility and len(item.allowed) == 1:
+            # MSH-4 left empty: the connection's credential says which facility sends (its only one)
+            item.header = h = replace(h, sending_facility=next(iter(item.allowed)))
         if item.allowed is not None and h.sending_facility not in item.allowed:
             item.error = AckError(
                 "207", f"this sender is not authorized to send for facility {h.sending_facility!r}", "MSH^1^4"

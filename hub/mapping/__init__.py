@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.hl7 import Message
-from hub.mapping._engine import finish, run
+from hub.mapping._engine import cancelled_events, finish, replaced_participants, run
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._loader import MappingFileError, Problem, check_all, clear_cache, load_maps, stale_problems
 
@@ -74,6 +74,14 @@ class MappingResult:
     actions: list[dict[str, Any]] = field(default_factory=list)
     # Fields sent as "" (explicit null: clear the receiver's value), as {"resource", "element", "path"}.
     nulls: list[dict[str, Any]] = field(default_factory=list)
+    # An ADT trigger that cancels an earlier event (A13 the A03 discharge, A12 the A02 transfer …), as
+    # {"resource": "Encounter/<id>", "event": "ADT^A03"}: the store sets aside what the latest earlier
+    # message of that event contributed to the resource (hub.store.contributions).
+    cancels: list[dict[str, str]] = field(default_factory=list)
+    # An ADT trigger that changes one kind of participant (A54 the attending doctor, A61 the consulting
+    # doctor), as {"resource": "Encounter/<id>", "participant": "ATND"}: the earlier messages'
+    # participants of that type give way to this message's.
+    replaces: list[dict[str, str]] = field(default_factory=list)
 
 
 def map_message(message: Message, ctx: SenderContext) -> MappingResult:
@@ -95,4 +103,6 @@ def map_message(message: Message, ctx: SenderContext) -> MappingResult:
         warnings=warnings,
         actions=actions,
         nulls=nulls,
+        cancels=cancelled_events(rt, message_type),
+        replaces=replaced_participants(rt, message_type),
     )

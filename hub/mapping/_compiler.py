@@ -806,7 +806,7 @@ def compile_plan(smap: CompiledSegmentMap) -> None:
     smap.deferred = tuple(f for f in smap.fields if f.deferred)
     body = lines[1:]
     lines.append("    return None")
-    if smap.when is None and smap.merge_into is None:
+    if smap.when is None and smap.merge_into is None and not smap.accumulate:
         lines += _make_lines(smap, body, namespace)
     exec(compile("\n".join(lines), f"<segment map {smap.name}>", "exec"), namespace)
     smap.fill = namespace["fill"]
@@ -862,7 +862,8 @@ def compile_resolve(smap: CompiledSegmentMap, segment_of_map: dict[str, str]) ->
     """The deferred (reference) fields of a segment map as one generated function doing what
     :func:`resolve_references` does for them. Only the fields' positions reach the text; map names,
     segment names and targets are bound."""
-    if not smap.deferred:
+    if not smap.deferred or any(f.when is not None for f in smap.deferred):
+        # A conditional reference (a PRT's role decides where it goes): resolve_references does it.
         smap.resolve = None
         return
     ns: dict[str, Any] = {"set_value": set_value, "bisect_right": bisect_right}

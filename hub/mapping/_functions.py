@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from hub.hl7 import EXPLICIT_NULL
 from hub.mapping._engine import _sender
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._runtime import Choice as Choice
 from hub.mapping._runtime import Runtime as Runtime
+from hub.mapping._runtime import _translate, is_empty, parse_ref
 from hub.mapping._runtime import key_id as key_id
 from hub.mapping._time import TimeFormatError, to_date, to_datetime, to_instant
 
@@ -391,7 +394,7 @@ _TELECOM_USE = {
 @_datatype("ContactPoint")
 def dt_xtn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """XTN → ContactPoint: XTN-1 (v2.3 formatted number), else XTN-4 email, else XTN-5..8 parts;
-    XTN-2 use (table 0201) and XTN-3 equipment (table 0202)."""
+    XTN-2 use (table 0201) and XTN-3 equipment (table 0202); ``args.default_use`` when XTN-2 is empty."""
     c = rt.texts(raw, level)
     c += [""] * (12 - len(c))
     use_code, equipment = c[1].upper(), c[2].upper()
@@ -409,6 +412,8 @@ def dt_xtn(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
         return None
     out: dict[str, Any] = {"system": system or ("email" if "@" in value else "phone"), "value": value}
     use = "mobile" if equipment == "CP" else _TELECOM_USE.get(use_code)
+    if not use and not use_code:
+        use = args.get("default_use")  # PID-13 home (V2-to-FHIR IG: when XTN-2 is not valued)
     if use:
         out["use"] = use
     return out
@@ -672,6 +677,20 @@ def tf_annotation(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
     return {"text": str(value)}
 
 
+@_transform("narrative")
+def tf_narrative(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A free-text description (PV2-12 visit description) as the resource's narrative (``text``), the
+    text escaped into the XHTML div FHIR requires; status additional (it is not generated from the
+    resource's elements)."""
+    text = str(value).strip()
+    if not text:
+        return None
+    return {
+        "status": "additional",
+        "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{html.escape(text)}</div>',
+    }
+
+
 @_transform("period_start")
 def tf_period_start(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
     return {"start": value}
@@ -760,6 +779,8 @@ def fn_observation_value(raws: list[str], index: int, rt: Runtime, args: dict[st
         text = dt_text(value, 0, rt, {})
         return Choice("String", text) if text else None
     rep = rt.enc.repetition
+    if rep in value and kind not in ("Attachment", "AttachmentReference") and _repeats(value, rep) > 1:
+        return None  # several values: each is a component (observation_components, IG Observation-Component)
     if kind == "IS":  # a user-defined table's code (IG: IS[CodeableConcept])
         code = rt.text(_first_rep(rt, value).split(rt.enc.component, 1)[0]).strip()
         return Choice("CodeableConcept", {"coding": [{"code": code}]}) if code else None
@@ -943,8 +964,13 @@ def fn_document_content(raws: list[str], index: int, rt: Runtime, args: dict[str
 @_segment_fn("patient_contact")
 def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """NK1 → Patient.contact (V2-to-FHIR IG NK1[Patient]): name NK1-2, relationship NK1-3 and NK1-7,
-    address NK1-4, telecom NK1-5/NK1-6."""
+    address NK1-4, telecom NK1-5/NK1-6 (work), then (inputs 7 on, all optional) period NK1-8/NK1-9,
+    organization NK1-13 (XON → Organization) with its contact person NK1-30/NK1-31/NK1-32 as the
+    Organization's contact, gender NK1-15, telecom NK1-40/NK1-41."""
     name, relationship, address, phone, business, role = (raws + [""] * 6)[:6]
+    start, end, org, sex, person, person_phone, person_address, nk_telecom, person_telecom = (
+        [_unless_null(r) for r in raws[6:]] + [""] * 9
+    )[:9]
     conv = rt.maps.converters
     out: dict[str, Any] = {}
     rels = [
@@ -955,6 +981,9 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
         )
         if c
     ]
+    if rels and relationship and relationship != '""':
+        # NK1-3 through the IG's Relationship map (vocab relationship), as for the RelatedPerson.
+        rels[0] = _translate(rt, "relationship", rels[0], _NK1_3)
     if rels:
         out["relationship"] = rels
     if name and name != '""':
@@ -962,8 +991,8 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
         if human:
             out["name"] = human
     telecom = [
-        t
-        for raw in (phone, business)
+        {**t, "use": "work"} if k == 1 and "use" not in t else t  # NK1-6: the business number
+        for k, raw in enumerate((phone, business, nk_telecom, person_telecom))
         for rep in (raw.split(rt.enc.repetition) if raw and raw != '""' else [])
         if (t := dt_xtn(rep, 0, rt, {}))
     ]
@@ -973,7 +1002,56 @@ def fn_patient_contact(raws: list[str], index: int, rt: Runtime, args: dict[str,
         addr = conv["XAD"](address.split(rt.enc.repetition)[0], 0, rt, {})
         if addr:
             out["address"] = addr
-    return out if (out.keys() - {"relationship"}) else None
+    if sex:
+        code = rt.text(_component(rt, _first_rep(rt, sex), 1)).strip()
+        gender = rt.vocab("administrative-gender").get(code) if code else None
+        if isinstance(gender, str):
+            out["gender"] = gender
+    organization = _contact_organization(rt, org, person, person_phone, person_address)
+    if organization:
+        out["organization"] = organization
+    period = {
+        k: when
+        for k, raw in (("start", start), ("end", end))
+        if raw and (when := dt_date(_first_rep(rt, raw), 0, rt, {}))
+    }
+    if period:
+        out["period"] = period
+    return out if (out.keys() - {"relationship", "gender", "period"}) else None
+
+
+_NK1_3 = parse_ref("NK1-3")
+
+
+def _unless_null(raw: str) -> str:
+    return "" if raw == '""' else raw
+
+
+def _contact_organization(rt: Runtime, org: str, person: str, phone: str, address: str) -> Any:
+    """NK1-13 (XON → the Organization, made) with NK1-30/-31/-32, the contact person there, as its
+    ``contact`` (V2-to-FHIR IG NK1[Patient]: contact.organization(Organization.contact.*))."""
+    xon = rt.maps.converters.get("XON.Organization")
+    first = _first_rep(rt, org)
+    ref = xon(first, 0, rt, {}) if xon is not None and first else None
+    if not isinstance(ref, dict) or not ref.get("reference"):
+        return None
+    made = rt.extra.get(ref["reference"])
+    conv = rt.maps.converters
+    contact: dict[str, Any] = {}
+    if person and (human := conv["XPN"](_first_rep(rt, person), 0, rt, {})):
+        contact["name"] = human
+    telecom = [
+        t for rep in (phone.split(rt.enc.repetition) if phone else []) if (t := dt_xtn(rep, 0, rt, {}))
+    ]
+    if telecom:
+        contact["telecom"] = telecom
+    if address and (addr := conv["XAD"](_first_rep(rt, address), 0, rt, {})):
+        contact["address"] = addr
+    if contact and made is not None:
+        contacts = made.setdefault("contact", [])
+        if contact not in contacts:
+            contacts.append(contact)
+    return ref
 
 
 @_segment_fn("reference_by_identifier")
@@ -1009,6 +1087,81 @@ def fn_device_version(raws: list[str], index: int, rt: Runtime, args: dict[str, 
     return out
 
 
+@_segment_fn("practitioner")
+def fn_practitioner(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The person of a PRT or ROL (XCN, first repetition) as a Reference to a Practitioner (V2-to-FHIR
+    IG XCN[Practitioner]) whose address is the second input (XAD: PRT-14, ROL-11 → the IG's
+    practitioner(Practitioner.address))."""
+    person, address = ([*raws, "", ""])[:2]
+    if not person or person == EXPLICIT_NULL:
+        return None
+    rep = rt.enc.repetition
+    conv = rt.maps.converters
+    ref = conv["XCN.Practitioner"](person.split(rep, 1)[0], 0, rt, {})
+    if not isinstance(ref, dict) or not address or address == EXPLICIT_NULL:
+        return ref
+    found = rt.extra.get(str(ref.get("reference", "")))
+    if found is not None:
+        for raw in address.split(rep):
+            value = conv["XAD"](raw, 0, rt, {}) if raw and raw != EXPLICIT_NULL else None
+            if value and value not in found.get("address", []):
+                found.setdefault("address", []).append(value)
+    return ref
+
+
+@_segment_fn("participant")
+def fn_participant(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One participant of an Encounter or a CareTeam from a PRT or ROL (V2-to-FHIR IG PRT/ROL maps):
+    the Reference to the resource the map ``args.map`` made from this segment (its PractitionerRole)
+    as ``args.element`` (``individual``, ``member``), the role (the first input, CWE, table
+    ``args.role_system``, translated by the vocabulary ``args.role_vocab`` with the sender's coding
+    kept beside) as ``args.role`` (``type``, ``role``), the period (the second and third inputs) and
+    the organization the person acts for (the fourth, XON: a CareTeam's onBehalfOf). None when that
+    map made nothing from the segment."""
+    role, start, end, organization = ([*raws, "", "", "", ""])[:4]
+    made = rt.made.get((str(args.get("map", "")), index))
+    rep = rt.enc.repetition
+    out: dict[str, Any] = {}
+    member: Any = None
+    if made is None or not any(r is made for r in rt.resources):
+        # No person: with ``args.organization_member`` the organization is the member (CareTeam).
+        if not (args.get("organization_member") and organization and organization != EXPLICIT_NULL):
+            return None
+        member = rt.maps.converters["XON"](organization.split(rep, 1)[0], 0, rt, {})
+        if not member:
+            return None
+        made, organization = None, ""
+    if role and role != EXPLICIT_NULL:
+        concept = rt.maps.converters["CWE"](
+            role.split(rep, 1)[0], 0, rt, {"default_system": args.get("role_system", "HL70443")}
+        )
+        vocab = rt.vocab(str(args["role_vocab"])) if args.get("role_vocab") else None
+        if concept and vocab is not None and concept.get("coding"):
+            found = vocab.lookup(concept["coding"][0].get("code", ""))
+            if isinstance(found, dict):
+                coding = (
+                    {"system": vocab.system, **found} if vocab.system and "system" not in found else found
+                )
+                concept["coding"] = [dict(coding), *concept["coding"]]
+        if concept:
+            out[str(args.get("role", "type"))] = [concept]
+    out[str(args.get("element", "individual"))] = (
+        member if made is None else {"reference": f"{made['resourceType']}/{made['id']}"}
+    )
+    period: dict[str, Any] = {}
+    for key, raw in (("start", start), ("end", end)):
+        when = dt_datetime(raw.split(rep, 1)[0], 0, rt, {}) if raw and raw != EXPLICIT_NULL else None
+        if when:
+            period[key] = when
+    if period:
+        out["period"] = period
+    if organization and organization != EXPLICIT_NULL:
+        on_behalf = rt.maps.converters["XON"](organization.split(rep, 1)[0], 0, rt, {})
+        if on_behalf:
+            out["onBehalfOf"] = on_behalf
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # Conditions: (unescaped value at the condition's path, rt, args) -> bool.
 
@@ -1020,6 +1173,52 @@ CONDITIONS: dict[str, ConditionFn] = {
     "not_equals": lambda v, rt, a: v.strip().upper() not in {str(x).upper() for x in a},
     "is_number": lambda v, rt, a: decimal(v) is not None,
 }
+
+
+def _whole_field(fn: ConditionFn) -> ConditionFn:
+    """A condition that reads the field's raw first repetition (every component), not its first value."""
+    fn.whole_field = True  # type: ignore[attr-defined]
+    return fn
+
+
+def is_vaccine_code(raw: str, rt: Runtime, args: list[Any]) -> bool:
+    """A CWE (RXA-5 administered code) names a vaccine: one of its codings (CWE-1..3, the alternate
+    CWE-4..6, the second alternate CWE-10..12) is in a vaccine code system of the vocabulary ``args[0]``
+    (``vaccine-codes``: a coding system name → ``all``, or the code prefixes that are vaccines, e.g.
+    ATC → J07). A sender overlay adds its own (a local formulary's vaccine codes)."""
+    first = raw.split(rt.enc.repetition, 1)[0] if raw else ""
+    if not first or first == '""' or not args:
+        return False
+    vocab = rt.vocab(str(args[0]))
+    c = [*rt.texts(first, 0), *[""] * 12]
+    for code, system in ((c[0], c[2]), (c[3], c[5]), (c[9], c[11])):
+        if not code or not system:
+            continue
+        found = vocab.lookup(system)
+        if found is None and coding_system(rt, system) == "http://hl7.org/fhir/sid/cvx":
+            found = "all"
+        if found is None:
+            continue
+        prefixes = str(found).split()
+        if "all" in prefixes or any(code.upper().startswith(p.upper()) for p in prefixes):
+            return True
+    return False
+
+
+CONDITIONS["vaccine_code"] = _whole_field(is_vaccine_code)
+CONDITIONS["not_vaccine_code"] = _whole_field(
+    lambda v, rt, a: bool(v.strip()) and not is_vaccine_code(v, rt, a)
+)
+
+
+def _valued(raw: str, rt: Runtime, args: list[Any]) -> bool:
+    """``valued``: the field at the path holds something in any component of its first repetition
+    (``present`` looks at the first component only: an XCN ``^Lestari^Sri`` has no XCN-1)."""
+    first = raw.split(rt.enc.repetition, 1)[0]
+    return first != EXPLICIT_NULL and bool(first.strip(f"{rt.enc.component}{rt.enc.subcomponent} "))
+
+
+CONDITIONS["valued"] = _whole_field(_valued)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1035,6 +1234,13 @@ def _id_fn(name: str) -> Callable[[IdFn], IdFn]:
         return fn
 
     return deco
+
+
+@_id_fn("one_per_patient")
+def id_one_per_patient(index: int, rt: Runtime) -> tuple[str, ...] | None:
+    """One resource of the map's type per source Patient, keyed by the patient alone (the patient's
+    CareTeam as the sender tells it, whose participants every PRT and ROL of the message adds)."""
+    return (rt.patient_id_at(index),) if rt.patient_key_at(index)[0] else None
 
 
 @_id_fn("patient")
@@ -1722,7 +1928,8 @@ def fn_reference_by_patient_identifier(raws: list[str], index: int, rt: Runtime,
 def fn_patient_account(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """PID-18 (patient account number, CX) → a Reference to the patient's Account, which is made
     (identifier, status active, subject). Keyed as PID[Account] keys it (PID-18.1 and its authority
-    PID-18.4, scope patient), so a charge (FT1 → ChargeItem.account) and the ADT/BAR Account are one."""
+    PID-18.4, scope patient), so a charge (FT1 → ChargeItem.account) and the ADT/BAR Account are one;
+    when the message map made that Account (PID.Account), only the Reference is returned."""
     raw = _first_rep(rt, ([*raws, ""])[0])
     if not raw:
         return None
@@ -1733,7 +1940,11 @@ def fn_patient_account(raws: list[str], index: int, rt: Runtime, args: dict[str,
     if pid < 0:
         return None
     rt.used[pid].add(18)
-    rid = resource_id("Account", rt.patient_id_at(index), c[0], c[3])
+    # The authority's first subcomponent (HD namespace id), as the map's key path PID-18.4 reads it.
+    authority = c[3].split(rt.enc.subcomponent, 1)[0].strip() if rt.enc.subcomponent else c[3]
+    rid = resource_id("Account", rt.patient_id_at(index), c[0], authority)
+    if f"Account/{rid}" in rt.keys:  # the message map made it already (PID.Account)
+        return {"reference": f"Account/{rid}"}
     account: dict[str, Any] = {"resourceType": "Account", "id": rid, "status": "active"}
     ident = dt_cx(raw, 0, rt, {})
     if ident:
@@ -1790,9 +2001,9 @@ def fn_appointment_end(raws: list[str], index: int, rt: Runtime, args: dict[str,
         return None
     try:
         moment = datetime.fromisoformat(start)
-    except ValueError:
+        return (moment + timedelta(minutes=float(duration) * per)).isoformat()
+    except (ValueError, OverflowError):  # not an instant, or an end beyond year 9999
         return None
-    return (moment + timedelta(minutes=float(duration) * per)).isoformat()
 
 
 # === end of the pharmacy, scheduling, referral and problem helpers ===
@@ -1881,6 +2092,440 @@ def fn_administration_part_of(raws: list[str], index: int, rt: Runtime, args: di
         if made is not None and made.get("id"):
             return {"reference": f"{made['resourceType']}/{made['id']}"}
     return None
+
+
+# The R5 element Observation.specimen (0..1) as the IG's cross-version extension, for an OBX-33 that
+# names several specimens (V2-to-FHIR IG OBX[Observation]: IF OBX-33 COUNT>1).
+OBSERVATION_SPECIMEN_URL = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Observation.specimen"
+
+
+@_segment_fn("related_specimen")
+def fn_related_specimen(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-33 (observation related specimen identifier, EIP, repeating) with one repetition → a
+    Reference to that Specimen, made and keyed as SPM.Specimen keys it (V2-to-FHIR IG OBX[Observation]:
+    specimen when OBX-33 COUNT=1). With several repetitions: none (see :func:`fn_related_specimens`)."""
+    raw = ([*raws, ""])[0]
+    if not raw or raw == '""' or rt.enc.repetition in raw.strip(rt.enc.repetition):
+        return None
+    refs = fn_specimen_parent([raw.strip(rt.enc.repetition)], index, rt, {})
+    return refs[0] if refs else None
+
+
+@_segment_fn("related_specimens")
+def fn_related_specimens(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-33 with several repetitions → one extension (R5 Observation.specimen) per Specimen, each
+    made and keyed as SPM.Specimen keys it (V2-to-FHIR IG OBX[Observation]: IF OBX-33 COUNT>1)."""
+    raw = ([*raws, ""])[0]
+    reps = [r for r in raw.split(rt.enc.repetition) if r and r != '""'] if raw else []
+    if len(reps) < 2:
+        return None
+    refs = fn_specimen_parent([rt.enc.repetition.join(reps)], index, rt, {}) or []
+    return [{"url": OBSERVATION_SPECIMEN_URL, "valueReference": ref} for ref in refs] or None
+
+
+@_segment_fn("producer_organization")
+def fn_producer_organization(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-15 producer's ID (CWE: the laboratory that produced the result) → a Reference to its
+    Organization, which is made: CWE-1 as identifier (its system from CWE-3, else the sender's), CWE-2
+    as name (V2-to-FHIR IG OBX[Observation]: performer (Organization), CWE[Organization])."""
+    from hub.mapping._loader import _as_resource
+
+    raw = _first_rep(rt, ([*raws, ""])[0])
+    if not raw or raw == '""':
+        return None
+    c = [*rt.texts(raw, 0), "", "", ""]
+    if not (c[0] or c[1]):
+        return None
+    body: dict[str, Any] = {}
+    if c[0]:
+        system = coding_system(rt, c[2]) if c[2] else None
+        body["identifier"] = [{"system": system or f"urn:hub:id:{rt.facility_key}", "value": c[0]}]
+    if c[1]:
+        body["name"] = c[1]
+    return _as_resource(rt, "Organization", body)
+
+
+# V2 table 0912 (participation): MDIR, the medical director of the performing organization.
+_MEDICAL_DIRECTOR = {
+    "coding": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/v2-0912",
+            "code": "MDIR",
+            "display": "Medical Director",
+        }
+    ]
+}
+
+
+@_segment_fn("performing_organization")
+def fn_performing_organization(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-23 performing organization (XON), OBX-24 its address (XAD) and OBX-25 its medical director
+    (XCN) → the Observation's performer (V2-to-FHIR IG OBX[Observation]): without a director a Reference
+    to the Organization (made, with the address); with one a Reference to a PractitionerRole (made:
+    the director as practitioner, the Organization, code MDIR of table 0912)."""
+
+    org_raw, addr_raw, director_raw = ([*raws, "", "", ""])[:3]
+    conv = rt.maps.converters
+    org_raw = _first_rep(rt, org_raw if org_raw != '""' else "")
+    org = conv["XON"](org_raw, 0, rt, {}) if org_raw and "XON" in conv else None
+    addr_raw = _first_rep(rt, addr_raw if addr_raw != '""' else "")
+    address = conv["XAD"](addr_raw, 0, rt, {}) if org and addr_raw and "XAD" in conv else None
+    if org and address:
+        made = rt.extra.get(org["reference"])
+        if made is not None and address not in made.setdefault("address", []):
+            made["address"].append(address)
+    director_raw = _first_rep(rt, director_raw if director_raw != '""' else "")
+    director = conv["XCN"](director_raw, 0, rt, {}) if director_raw and "XCN" in conv else None
+    if not director:
+        return org
+    body: dict[str, Any] = {"practitioner": director, "code": [_MEDICAL_DIRECTOR]}
+    if org:
+        body["organization"] = org
+    key = "|".join(str(x.get("reference", "")) for x in (director, org or {}))
+    rid = resource_id("PractitionerRole", "MDIR", key)
+    rt.add_extra({"resourceType": "PractitionerRole", "id": rid, **body})
+    ref: dict[str, Any] = {"reference": f"PractitionerRole/{rid}"}
+    if director.get("display"):
+        ref["display"] = director["display"]
+    return ref
+
+
+_RANGE = re.compile(r"^\s*(-?\d+(?:[.,]\d+)?)\s*(?:-|–|\.\.|to)\s*(-?\d+(?:[.,]\d+)?)\s*$")
+_BOUND = re.compile(r"^\s*(<=|>=|<|>|≤|≥)\s*(-?\d+(?:[.,]\d+)?)\s*$")
+
+
+@_segment_fn("reference_range")
+def fn_reference_range(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-7 references range (ST) → one ``Observation.referenceRange``: the text as sent (V2-to-FHIR
+    IG OBX[Observation]: referenceRange.text) and, for a numeric result (OBX-2 NM, SN), the bounds it
+    states ("12.0-16.0", "<5", ">=60") as low/high in the OBX-6 units, so a client can compare."""
+    range_raw, units_raw, vtype_raw = ([*raws, "", "", ""])[:3]
+    if not range_raw or range_raw == '""':
+        return None
+    text = rt.text(range_raw).strip()
+    if not text:
+        return None
+    out: dict[str, Any] = {}
+    if rt.text(vtype_raw).strip().upper() in ("NM", "SN", ""):
+        units = _first_rep(rt, units_raw if units_raw != '""' else "")
+        pair, bound = _RANGE.match(text), _BOUND.match(text)
+        if pair:
+            low, high = decimal(pair.group(1).replace(",", ".")), decimal(pair.group(2).replace(",", "."))
+            if low is not None and high is not None and low <= high:
+                out["low"] = quantity(rt, low, units, 0)
+                out["high"] = quantity(rt, high, units, 0)
+        elif bound:
+            value = decimal(bound.group(2).replace(",", "."))
+            if value is not None:
+                out["high" if bound.group(1) in ("<", "<=", "≤") else "low"] = quantity(rt, value, units, 0)
+    out["text"] = text
+    return out
+
+
+# === visit helpers ===
+
+
+@_segment_fn("visit_diagnosis")
+def fn_visit_diagnosis(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One diagnosis of an Encounter or an EpisodeOfCare from a DG1 (V2-to-FHIR IG DG1[Encounter],
+    DG1[EpisodeOfCare]): the Condition the DG1 made (``args.map``, DG1.Condition) as ``condition``,
+    DG1-6 diagnosis type (table 0052, vocab ``args.vocab``: A admitting → diagnosis-role AD, the
+    sender's coding kept beside) as ``args.role_element`` (``use`` on an Encounter, ``role`` on an
+    EpisodeOfCare) and DG1-15 priority as ``rank`` (a positiveInt; 0 or no number gives none). No
+    Condition (no code in the DG1): no diagnosis."""
+    kind_raw, priority_raw = ([*raws, "", ""])[:2]
+    condition = rt.made.get((str(args.get("map", "DG1.Condition")), index))
+    if not condition or not condition.get("id") or "code" not in condition:
+        return None
+    out: dict[str, Any] = {"condition": {"reference": f"Condition/{condition['id']}"}}
+    kind_raw = _first_rep(rt, kind_raw)
+    cwe = rt.maps.converters.get("CWE")
+    if kind_raw and kind_raw != '""' and cwe is not None:
+        concept = cwe(kind_raw, 0, rt, {"default_system": "HL70052"})
+        if isinstance(concept, dict) and concept:
+            vocab = rt.vocab(str(args.get("vocab", "diagnosis-role")))
+            codings = concept.get("coding") or []
+            found = vocab.lookup(codings[0].get("code", "")) if codings else None
+            if isinstance(found, dict):
+                coding = (
+                    {"system": vocab.system, **found}
+                    if vocab.system and "system" not in found
+                    else dict(found)
+                )
+                if coding not in codings:
+                    concept = {**concept, "coding": [coding, *codings]}
+            out[str(args.get("role_element", "use"))] = concept
+    if priority_raw and priority_raw != '""':
+        rank = dt_positive_int(_first_rep(rt, priority_raw), 0, rt, {})
+        if isinstance(rank, int):
+            out["rank"] = rank
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The patient and the people around them (V2-to-FHIR IG PID[Patient], PD1[Patient], NK1[Patient]).
+
+
+@_transform("extension")
+def tf_extension(value: Any, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A value as an extension: ``{url: args.url, value<args.type>: value}``; with ``args.part`` the
+    value sits in a sub-extension of that url (``patient-citizenship`` → ``code``, ``patient-animal`` →
+    ``species``), as the complex extensions of the FHIR core define."""
+    if value is None or (isinstance(value, str | dict | list) and not value):
+        return None
+    inner = {f"value{args.get('type', 'String')}": value}
+    part = args.get("part")
+    if part:
+        return {"url": str(args["url"]), "extension": [{"url": str(part), **inner}]}
+    return {"url": str(args["url"]), **inner}
+
+
+@_segment_fn("complex_extension")
+def fn_complex_extension(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One complex extension of ``args.url`` whose sub-extensions ``args.parts`` (one per input, in
+    order) carry the first repetition of each input as a CodeableConcept (CWE), e.g. PID-35 species
+    and PID-36 breed → ``patient-animal``. None when no input is valued."""
+    cwe = rt.maps.converters.get("CWE")
+    if cwe is None:
+        return None
+    parts: list[dict[str, Any]] = []
+    for name, raw in zip(args.get("parts", ()), raws, strict=False):
+        first = _first_rep(rt, raw)
+        if first and first != '""' and (concept := cwe(first, 0, rt, {})):
+            parts.append({"url": str(name), "valueCodeableConcept": concept})
+    return {"url": str(args["url"]), "extension": parts} if parts else None
+
+
+@_segment_fn("patient_addresses")
+def fn_patient_addresses(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """PID-11 (every repetition, XAD) with PID-12 county code as the V2-to-FHIR IG PID[Patient] says:
+    the district of the only address when that address has no county (XAD-9) of its own, else (another
+    county, or several addresses: PID-12 cannot say which) an address of its own holding the district;
+    without PID-11, an address with only the district."""
+    addresses_raw, county_raw = ([*raws, "", ""])[:2]
+    xad = rt.maps.converters.get("XAD")
+    out: list[dict[str, Any]] = []
+    reps = [r for r in addresses_raw.split(rt.enc.repetition) if r and r != '""'] if addresses_raw else []
+    for rep in reps:
+        addr = xad(rep, 0, rt, {}) if xad is not None else None
+        if addr and addr not in out:
+            out.append(addr)
+    county = rt.text(_component(rt, _first_rep(rt, county_raw), 1)).strip() if county_raw != '""' else ""
+    if county:
+        if len(reps) == 1 and len(out) == 1 and not out[0].get("district"):
+            out[0] = {**out[0], "district": county}
+        elif not (len(out) == 1 and out[0].get("district") == county):
+            out.append({"district": county})
+    return out or None
+
+
+@_id_fn("segment_per_patient")
+def id_segment_per_patient(index: int, rt: Runtime) -> tuple[str, ...] | None:
+    """One resource per patient for a segment that occurs once per patient (PD1-7 living will → one
+    Observation, updated by each message): the segment's name, scoped to the patient by the rule."""
+    return ("segment", rt.segments[index].name)
+
+
+@_segment_fn("note_annotation")
+def fn_note_annotation(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """An NTE as one Annotation (V2-to-FHIR IG NTE[Observation], NTE[Appointment-Comment]): NTE-3 the
+    text (FT: repetitions are lines), NTE-5 entered by → authorReference (a Practitioner, made), NTE-6
+    entered date/time → time. With ``args.comment_type``, NTE-4 (comment type) as the annotationType
+    extension. No text, no Annotation (text is required)."""
+    text_raw, author_raw, time_raw, type_raw = ([*raws, "", "", "", ""])[:4]
+    text = dt_text(text_raw, 0, rt, {}) if text_raw and text_raw != '""' else None
+    if not text:
+        return None
+    out: dict[str, Any] = {}
+    conv = rt.maps.converters
+    author_raw = _first_rep(rt, author_raw if author_raw != '""' else "")
+    author = conv["XCN"](author_raw, 0, rt, {}) if author_raw and "XCN" in conv else None
+    if author:
+        out["authorReference"] = author
+    when = dt_datetime(_first_rep(rt, time_raw), 0, rt, {}) if time_raw and time_raw != '""' else None
+    if when:
+        out["time"] = when
+    out["text"] = text
+    type_raw = _first_rep(rt, type_raw if type_raw != '""' else "")
+    if args.get("comment_type") and type_raw:
+        concept = (conv.get("CWE") or dt_codeable_concept)(type_raw, 0, rt, {"default_system": "HL70364"})
+        if concept:
+            out["extension"] = [
+                {
+                    "url": "http://hl7.org/fhir/StructureDefinition/annotationType",
+                    "valueCodeableConcept": concept,
+                }
+            ]
+    return out
+
+
+@_segment_fn("coded_comment_content")
+def fn_coded_comment_content(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """NTE-9 coded comment (CWE) → a text/plain attachment (V2-to-FHIR IG NTE[DocumentReference]:
+    content.attachment.data = CWE-9 original text, a line feed, then each coding as code-display-system)."""
+    raw = ([*raws, ""])[0]
+    if not raw or raw == '""':
+        return None
+    lines: list[str] = []
+    for rep in raw.split(rt.enc.repetition):
+        c = [*rt.texts(rep, 0), *[""] * 12]
+        if c[8]:
+            lines.append(c[8])
+        for triplet in ((c[0], c[1], c[2]), (c[3], c[4], c[5]), (c[9], c[10], c[11])):
+            if any(triplet):
+                lines.append("-".join(triplet))
+    if not lines:
+        return None
+    data = base64.b64encode("\n".join(lines).encode()).decode("ascii")
+    return {"contentType": "text/plain", "data": data}
+
+
+def _shift(start: Any, amount_raw: str, units_raw: str, rt: Runtime, allow_zero: bool) -> str | None:
+    """An instant (ISO text) moved by an NM amount in CNE units (default minutes), or None."""
+    from datetime import datetime, timedelta
+
+    if not isinstance(start, str) or not amount_raw or amount_raw == '""':
+        return None
+    amount = decimal(rt.text(_component(rt, _first_rep(rt, amount_raw), 1)).strip())
+    unit = rt.text(_component(rt, _first_rep(rt, units_raw), 1)).strip().upper() if units_raw else ""
+    per = _MINUTES_PER_UNIT.get(unit or "MIN")
+    if amount is None or per is None or amount < 0 or (amount == 0 and not allow_zero):
+        return None
+    try:
+        moment = datetime.fromisoformat(start)
+    except ValueError:
+        return None
+    return (moment + timedelta(minutes=float(amount) * per)).isoformat()
+
+
+@_segment_fn("appointment_participant_timed")
+def fn_appointment_participant_timed(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """An AIG/AIL/AIP participant (:func:`fn_appointment_participant`: actor, type, start, status, the
+    first four inputs) with the rest of its period (V2-to-FHIR IG AIG/AIL/AIP[Appointment]): without a
+    start date/time, the appointment's start (SCH-11.4) plus the start offset in its units; the end, the
+    start plus the duration in its units. Inputs 5–9: offset, offset units, duration, duration units,
+    SCH-11."""
+    out = fn_appointment_participant(raws[:4], index, rt, args)
+    if not out:
+        return out
+    offset, offset_units, duration, duration_units, timing = ([*raws[4:], "", "", "", "", ""])[:5]
+    start = (out.get("period") or {}).get("start")
+    if start is None:
+        sch_start = _component(rt, _first_rep(rt, timing), 4) if timing else ""
+        base = dt_instant(sch_start, 0, rt, {}) if sch_start and sch_start != '""' else None
+        start = _shift(base, offset, offset_units, rt, allow_zero=True)
+        if start:
+            out["period"] = {"start": start}
+    end = _shift(start, duration, duration_units, rt, allow_zero=False)
+    if end:
+        out.setdefault("period", {})["end"] = end
+    return out
+
+
+@_segment_fn("allergy_recorder")
+def fn_allergy_recorder(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """IAM-14 reported by (XPN) and IAM-15 relationship to patient (CWE, table 0063) → the
+    AllergyIntolerance's recorder (V2-to-FHIR IG IAM[AllergyIntolerance]): no relationship, a
+    Practitioner of that name; SEL, the patient; another relationship, a RelatedPerson of the patient
+    (made: name, relationship through vocab relationship, keyed by the patient, name and relationship)."""
+    from hub.mapping._loader import _as_resource
+    from hub.mapping._runtime import _translate, parse_ref
+
+    name_raw, rel_raw = ([*raws, "", ""])[:2]
+    name_raw = _first_rep(rt, name_raw if name_raw != '""' else "")
+    rel_raw = _first_rep(rt, rel_raw if rel_raw != '""' else "")
+    conv = rt.maps.converters
+    human = conv["XPN"](name_raw, 0, rt, {}) if name_raw and "XPN" in conv else None
+    rel_code = rt.text(_component(rt, rel_raw, 1)).strip().upper() if rel_raw else ""
+    made = rt.made.get(("PID.Patient", rt.nearest(index, "PID")))
+    patient = f"Patient/{made['id']}" if made and made.get("id") else f"Patient/{rt.patient_id_at(index)}"
+    if rel_code == "SEL":
+        return {"reference": patient}
+    if not human:
+        return None
+    if not rel_code:
+        return _as_resource(rt, "Practitioner", {"name": [human]})
+    concept = (conv.get("CWE") or dt_codeable_concept)(rel_raw, 0, rt, {"default_system": "HL70063"})
+    if concept and "relationship" in rt.maps.vocabs:
+        concept = _translate(rt, "relationship", concept, parse_ref("IAM-15"))
+    display = " ".join([*human.get("given", []), human.get("family", "")]).strip()
+    rid = resource_id("RelatedPerson", rt.patient_id_at(index), display, rel_code)
+    person: dict[str, Any] = {"resourceType": "RelatedPerson", "id": rid, "patient": {"reference": patient}}
+    person["name"] = [human]
+    if concept:
+        person["relationship"] = [concept]
+    rt.add_extra(person)
+    ref: dict[str, Any] = {"reference": f"RelatedPerson/{rid}"}
+    if display:
+        ref["display"] = display
+    return ref
+
+
+@_segment_fn("codings")
+def fn_codings(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """Every coding of a CWE field's repetitions, to be added beside a concept's own (V2-to-FHIR IG
+    IAM-27 clinician identified code: "added as additional .coding entries" of AllergyIntolerance.code)."""
+    raw = ([*raws, ""])[0]
+    if not raw or raw == '""':
+        return None
+    cwe = rt.maps.converters.get("CWE") or dt_codeable_concept
+    out: list[dict[str, Any]] = []
+    for rep in raw.split(rt.enc.repetition):
+        concept = cwe(rep, 0, rt, {}) if rep and rep != '""' else None
+        for coding in (concept or {}).get("coding", []):
+            if coding not in out:
+                out.append(coding)
+    return out or None
+
+
+@_segment_fn("location_with_address")
+def fn_location_with_address(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """A PL (RXA-27 administer-at, else the v2.5 RXA-11 administered-at location) → a Reference to its
+    Location (made), with the address the segment gives for it (RXA-28, XAD) as Location.address
+    (V2-to-FHIR IG RXA[Immunization]: location(Location.address))."""
+    place_raw, fallback_raw, addr_raw = ([*raws, "", "", ""])[:3]
+    conv = rt.maps.converters
+    place_raw = _first_rep(rt, place_raw if place_raw != '""' else "") or _first_rep(
+        rt, fallback_raw if fallback_raw != '""' else ""
+    )
+    location = conv["PL"](place_raw, 0, rt, {}) if place_raw and "PL" in conv else None
+    addr_raw = _first_rep(rt, addr_raw if addr_raw != '""' else "")
+    address = conv["XAD"](addr_raw, 0, rt, {}) if location and addr_raw and "XAD" in conv else None
+    if location and address:
+        made = rt.extra.get(location["reference"])
+        if made is not None and "address" not in made:
+            made["address"] = address  # Location.address is 0..1
+    return location
+
+
+def _repeats(value: str, rep: str) -> int:
+    return sum(1 for r in value.split(rep) if r and r != '""')
+
+
+@_segment_fn("observation_components")
+def fn_observation_components(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """OBX-5 with several repetitions (not text, whose repetitions are lines; not NA) → one component per
+    value, each with the OBX-3 code and the value as :func:`fn_observation_value` reads it (V2-to-FHIR
+    IG ORU_R01: OBX-5 LST.count > 1 → OBX[Observation-Component]: component[each].code, .value[x])."""
+    vtype, value, units, code_raw = ([*raws, "", "", "", ""])[:4]
+    rep = rt.enc.repetition
+    if not value or rep not in value or _repeats(value, rep) < 2:
+        return None
+    kind = _OBX_TYPES.get(rt.text(vtype).strip().upper(), "text" if not vtype.strip() else "string")
+    if kind in ("text", "string", "Attachment", "AttachmentReference"):
+        return None
+    cwe = rt.maps.converters.get("CWE") or dt_codeable_concept
+    code = cwe(_first_rep(rt, code_raw), 0, rt, {}) if code_raw and code_raw != '""' else None
+    if not code:
+        return None
+    out: list[dict[str, Any]] = []
+    for one in value.split(rep):
+        if not one or one == '""':
+            continue
+        found = fn_observation_value([vtype, one, units], index, rt, {})
+        if isinstance(found, Choice) and not is_empty(found.value):
+            out.append({"code": code, f"value{found.type}": found.value})
+    return out or None
 
 
 # ===================================================================================================
@@ -2081,3 +2726,224 @@ def fn_message_sender(raws: list[str], index: int, rt: Runtime, args: dict[str, 
         "type": {"coding": [{"system": _PARTICIPANT_TYPE, "code": "author"}]},
         "who": _sender(rt.ctx.facility, msh.get(3)),
     }
+
+
+@_segment_fn("message_recorded")
+def fn_message_recorded(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The message's date/time (MSH-7) as an instant, for a Provenance a segment makes beside the
+    message's own (PID[Provenance-Patient].recorded): the same value, so a replay changes nothing.
+    The inputs only say when the Provenance applies; MSH-7 itself is the engine's (coverage)."""
+    sent = rt.segments[0].get(7) if rt.segments else ""
+    if not sent:
+        return None
+    try:
+        return to_instant(sent, rt.zone)
+    except TimeFormatError:
+        return None  # the message's Provenance warns about it
+
+
+# ---------------------------------------------------------------------------------------------------
+# Insurance (IN1/IN2 → Coverage) and guarantors (GT1 → Account.guarantor).
+
+COVERAGE_CLASS = "http://terminology.hl7.org/CodeSystem/coverage-class"
+# HL7 table 0063 code of the patient itself (IN1-17 insured's, GT1-11 guarantor's relationship).
+_SELF_CODES = frozenset({"SEL"})
+
+
+def _first_text(rt: Runtime, raw: str, n: int = 1) -> str:
+    """The text of component ``n`` (its first subcomponent) of the first repetition of ``raw``."""
+    comp = _component(rt, _first_rep(rt, raw), n)
+    return rt.text(comp.split(rt.enc.subcomponent, 1)[0] if rt.enc.subcomponent else comp).strip()
+
+
+def is_self(rt: Runtime, relationship_raw: str) -> bool:
+    """Whether a table 0063 relationship (CWE) says the party is the patient (SEL)."""
+    return _first_text(rt, relationship_raw).upper() in _SELF_CODES
+
+
+@_segment_fn("coverage_class")
+def fn_coverage_class(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """One ``Coverage.class`` of ``args.type`` (coverage-class: plan, group …): the value is the first
+    input's first component (IN1-2 health plan id, IN1-8 group number), the name the second input's
+    first component (IN1-9 group name), else the first input's second component (IN1-2.2 plan text)."""
+    first, second = ([*raws, "", ""])[:2]
+    value = _first_text(rt, first) if first and first != '""' else ""
+    if not value:
+        return None
+    name = _first_text(rt, second) if second and second != '""' else _first_text(rt, first, 2)
+    out: dict[str, Any] = {
+        "type": {"coding": [{"system": COVERAGE_CLASS, "code": str(args.get("type", "plan"))}]},
+        "value": value,
+    }
+    if name:
+        out["name"] = name
+    return out
+
+
+def _party_reference(
+    rt: Runtime, index: int, relationship_raw: str, name_raw: str, resource: str = "RelatedPerson"
+) -> Any:
+    """The Patient when the relationship is SEL, else the RelatedPerson a map keys as (relationship
+    code, family name, given name) within the patient: IN1.RelatedPerson, GT1.RelatedPerson."""
+    if is_self(rt, relationship_raw):
+        return {"reference": f"Patient/{rt.patient_id_at(index)}"}
+    relationship = _first_text(rt, relationship_raw)
+    family = _first_text(rt, name_raw)
+    if not relationship or not family:
+        return None
+    given = _first_text(rt, name_raw, 2)
+    return {
+        "reference": f"{resource}/{resource_id(resource, rt.patient_id_at(index), relationship, family, given)}"
+    }
+
+
+@_segment_fn("insured_party")
+def fn_insured_party(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """IN1-17 relationship and IN1-16 insured's name → ``Coverage.subscriber`` (V2-to-FHIR IG
+    IN1[Coverage]): the Patient when IN1-17 is SEL, else the insured RelatedPerson IN1.RelatedPerson
+    makes (keyed by IN1-17.1, IN1-16.1 and IN1-16.2 within the patient, as that map keys it)."""
+    relationship, name = ([*raws, "", ""])[:2]
+    return _party_reference(rt, index, relationship, name)
+
+
+def _organization(rt: Runtime, name: str, identifiers: list[dict[str, Any]], extra: dict[str, Any]) -> Any:
+    from hub.mapping._loader import _as_resource
+
+    body: dict[str, Any] = {}
+    if identifiers:
+        body["identifier"] = identifiers
+    if name:
+        body["name"] = name
+    if not body:
+        return None
+    body.update({k: v for k, v in extra.items() if v})
+    return _as_resource(rt, "Organization", body)
+
+
+def _cx_list(rt: Runtime, raw: str, skip_types: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    out = []
+    for rep in raw.split(rt.enc.repetition) if raw and raw != '""' else []:
+        if skip_types and rt.text(_component(rt, rep, 5)).strip().upper() in skip_types:
+            continue
+        ident = dt_cx(rep, 0, rt, {})
+        if ident and ident not in out:
+            out.append(ident)
+    return out
+
+
+@_segment_fn("payor_organization")
+def fn_payor_organization(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """The insurer (V2-to-FHIR IG IN1[Coverage] payor): an Organization named by IN1-4 (XON; its
+    XON-10/XON-3 identifier), identified by IN1-3 insurance company id (CX), with IN1-5 address and
+    IN1-7 phone. Keyed by its first identifier (IN1-3), else by its name within the sender."""
+    company, ids, address, phone = ([*raws, "", "", "", ""])[:4]
+    company = _first_rep(rt, company) if company != '""' else ""
+    identifiers = _cx_list(rt, ids)
+    if company:
+        own = dt_identifier_at(company, 0, rt, {"value": 10, "fallback_value": 3, "authority": 6, "type": 7})
+        if own and own.get("value") and own not in identifiers:
+            identifiers.append(own)
+    conv = rt.maps.converters
+    addr_raw = _first_rep(rt, address) if address != '""' else ""
+    addr = conv["XAD"](addr_raw, 0, rt, {}) if addr_raw and "XAD" in conv else None
+    telecom = [
+        t
+        for rep in (phone.split(rt.enc.repetition) if phone and phone != '""' else [])
+        if (t := dt_xtn(rep, 0, rt, {}))
+    ]
+    return _organization(
+        rt,
+        _first_text(rt, company) if company else "",
+        identifiers,
+        {"address": [addr] if addr else None, "telecom": telecom},
+    )
+
+
+@_segment_fn("policy_holder")
+def fn_policy_holder(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """IN1-11 insured's group employer name (XON) and IN1-10 its id (CX) → ``Coverage.policyHolder``,
+    an Organization (V2-to-FHIR IG IN1[Coverage]). An IN1-10 typed SN is the subscriber's number
+    (see ``subscriber_id``), not the employer's."""
+    employer, ids = ([*raws, "", ""])[:2]
+    employer = _first_rep(rt, employer) if employer != '""' else ""
+    identifiers = _cx_list(rt, ids, frozenset({"SN"}))
+    return _organization(rt, _first_text(rt, employer) if employer else "", identifiers, {})
+
+
+@_segment_fn("subscriber_id")
+def fn_subscriber_id(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """``Coverage.subscriberId`` (R4: a string; the IG's R5 subscriberId extension): IN1-49 insured's
+    id number, else an IN1-10 typed SN (subscriber number), else IN1-36 policy number."""
+    insured, group_ids, policy = ([*raws, "", "", ""])[:3]
+    value = _first_text(rt, insured) if insured and insured != '""' else ""
+    if not value and group_ids and group_ids != '""':
+        for rep in group_ids.split(rt.enc.repetition):
+            if rt.text(_component(rt, rep, 5)).strip().upper() == "SN":
+                value = rt.text(_component(rt, rep, 1)).strip()
+                if value:
+                    break
+    if not value and policy and policy != '""':
+        value = _first_text(rt, policy)
+    return value or None
+
+
+_GT1_NUMBER = (parse_ref("GT1-2.1"), parse_ref("GT1-2.4"))
+_GT1_PERSON = (parse_ref("GT1-3.1"), parse_ref("GT1-3.2"), parse_ref("GT1-11.1"), parse_ref("GT1-8"))
+
+
+@_segment_fn("guarantor")
+def fn_guarantor(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """GT1 → one ``Account.guarantor``: the party is the Patient when GT1-11 (relationship, table
+    0063) is SEL, else the guarantor RelatedPerson GT1.RelatedPerson makes (keyed as that map keys
+    it: GT1-2 guarantor number, else GT1-3 name, GT1-11 and GT1-8 within the patient), else an
+    Organization (GT1-21 guarantor organization name, XON); GT1-13/GT1-14 the period."""
+    relationship, name, number, organization, begin, end = ([*raws, "", "", "", "", "", ""])[:6]
+    pid = rt.patient_id_at(index)
+    party: dict[str, Any] | None = None
+    if is_self(rt, relationship):
+        party = {"reference": f"Patient/{pid}"}
+    elif (number and number != '""' and (key := [rt.value(r, index) for r in _GT1_NUMBER])[0]) or (
+        name and name != '""' and (key := [rt.value(r, index) for r in _GT1_PERSON])[0]
+    ):
+        party = {"reference": f"RelatedPerson/{resource_id('RelatedPerson', pid, *key)}"}
+    elif organization and organization != '""':
+        org = _first_rep(rt, organization)
+        ident = dt_identifier_at(org, 0, rt, {"value": 10, "fallback_value": 3, "authority": 6, "type": 7})
+        party = _organization(rt, _first_text(rt, org), [ident] if ident and ident.get("value") else [], {})
+    if party is None:
+        return None
+    out: dict[str, Any] = {"party": party}
+    period = {
+        k: v
+        for k, raw in (("start", begin), ("end", end))
+        if raw and raw != '""' and (v := dt_date(_first_rep(rt, raw), 0, rt, {}))
+    }
+    _drop_reversed_end(period)
+    if period:
+        out["period"] = period
+    return out
+
+
+@_segment_fn("procedure_performed")
+def fn_procedure_performed(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
+    """PR1-5 procedure date/time and PR1-7 procedure minutes → ``Procedure.performed[x]`` (V2-to-FHIR
+    IG PR1[Procedure]): a performedPeriod from PR1-5 to PR1-5 plus PR1-7 minutes when PR1-7 is valued
+    and PR1-5 is precise to the minute, else performedDateTime PR1-5."""
+    from datetime import datetime, timedelta
+
+    when_raw, minutes_raw = ([*raws, "", ""])[:2]
+    when_raw = _first_rep(rt, when_raw) if when_raw != '""' else ""
+    if not when_raw:
+        return None
+    start = dt_datetime(when_raw, 0, rt, {})
+    if not isinstance(start, str):
+        return None
+    minutes = decimal(rt.text(_component(rt, minutes_raw, 1)).strip()) if minutes_raw else None
+    if minutes is None or minutes <= 0 or "T" not in start:
+        return Choice("DateTime", start)
+    try:
+        moment = datetime.fromisoformat(start)
+    except ValueError:
+        return Choice("DateTime", start)
+    end = (moment + timedelta(minutes=float(minutes))).isoformat()
+    return Choice("Period", {"start": start, "end": end})

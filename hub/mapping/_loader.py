@@ -414,6 +414,8 @@ class _Compiler:
             required=list(sm.required),
             merge_into=sm.merge_into,
             when=self.condition(path, sm.when),
+            reads_segments=frozenset(r.segment for cf in fields for r in (*cf.sources, *cf.inputs)),
+            accumulate=sm.accumulate,
         )
         compiled.compute_id = compile_id(compiled.resource, compiled.id_rules, compiled.segment)
         compile_plan(compiled)
@@ -438,6 +440,7 @@ class _Compiler:
                     e.parent,
                     e.reference_only,
                     None if e.reference_only else sm.make,
+                    self.condition(path, e.when),
                 )
             )
         return by_segment

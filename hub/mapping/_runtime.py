@@ -225,6 +225,10 @@ class CompiledSegmentMap:
     # and merges into no other map (see compile_plan).
     make: Callable[[Runtime, int, int], None] | None = None
     is_child: bool = False  # another map's ``children:`` field lists the resources of this one
+    reads_segments: frozenset[str] = (
+        frozenset()
+    )  # the segments its fields read (OBR.ServiceRequest: OBR, ORC …)
+    accumulate: bool = False  # segments with the same id add to one resource (see SegmentMap)
 
 
 @dataclass(slots=True)
@@ -236,6 +240,7 @@ class CompiledEntry:
     parent: str | None
     reference_only: bool = False
     make: Callable[[Runtime, int, int], None] | None = None  # the map's make, unless reference_only
+    when: tuple[Callable[[str, Runtime, list[Any]], bool], PathRef | None, list[Any]] | None = None
 
 
 @dataclass(slots=True)
@@ -296,6 +301,7 @@ class Runtime:
         "maps",
         "memo_key",
         "nulls",
+        "pending_merges",
         "pending_required",
         "resources",
         "segments",
@@ -323,6 +329,9 @@ class Runtime:
         self.deferred: list[tuple[dict[str, Any], tuple[CompiledField, ...] | Resolver, int, int]] = []
         self.nulls: list[tuple[dict[str, Any], str, str]] = []
         self.pending_required: list[tuple[dict[str, Any], CompiledSegmentMap, int, int]] = []
+        # (elements, merge map, target segment index, segment index, parent): merged after the build, for
+        # a target made from a later segment (an ORC's PRT into the ServiceRequest of the OBR after it).
+        self.pending_merges: list[tuple[dict[str, Any], CompiledSegmentMap, int, int, int]] = []
         self.warnings: list[str] = []
         self.by_segment = False  # mapped by the fallback (no message map of its own)
         positions: dict[str, list[int]] = {}
@@ -501,6 +510,8 @@ def _check(
     own: str,
 ) -> bool:
     fn, ref, args = when
+    if ref is not None and getattr(fn, "whole_field", False):  # e.g. every coding system of a CWE
+        return fn(rt.raw_at(ref, index, True)[0], rt, args)
     value = rt.value(ref, index, mark=True) if ref is not None else own
     return fn(value, rt, args)
 

@@ -127,6 +127,9 @@ class SegmentMap(_Strict):
     extends: str | None = None  # overlays only: the base map this one changes
     remove: list[str] = Field(default_factory=list)  # overlays only: targets of base fields to drop
     merge_into: str | None = None  # map whose resource (from the enclosing segment) receives these elements
+    # Segments of one message with the same id make one resource, each adding its elements (the PRTs
+    # and ROLs of a patient are the participants of one CareTeam); else they are kept apart.
+    accumulate: bool = False
     when: Condition | None = None
     id: list[IdRule] = Field(default_factory=list)
     required: list[str] = Field(default_factory=list)
@@ -203,6 +206,9 @@ class Entry(_Strict):
     # Compute the resource's id so References resolve, but emit nothing: e.g. an ORU's PV1 points at the
     # Encounter the ADT feed owns without overwriting it.
     reference_only: bool = False
+    # Apply only when this holds for the segment (the IG message maps' conditions: a PRT after the PID
+    # with role PP is the patient's primary care provider, another PRT there a related person).
+    when: Condition | None = None
 
 
 class MessageMap(_Strict):

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from hub.stats.models import StatsFact, StatsPerson
 from hub.stats.regions import home_address, resolve_address
 from hub.store import bulk, deferred
-from hub.store.resources import Change, register_write_hook
+from hub.store.resources import MESSAGE_FACILITY, Change, register_write_hook
 
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
 CVX = "http://hl7.org/fhir/sid/cvx"
@@ -495,9 +495,15 @@ def _apply_patients(
 _ORDER = {"Patient": 0, "Encounter": 1}
 
 
-def apply(connection: Connection, latest: Iterable[tuple[str, str, dict[str, Any] | None, bool]]) -> None:
+def apply(
+    connection: Connection,
+    latest: Iterable[tuple[str, str, dict[str, Any] | None, bool]],
+    facility: str | None = None,
+) -> None:
     """Rewrite the facts and person rows of these resources: (type, id, the stored dict or None when
-    deleted, whether a live version existed before: a new resource has no facts to remove)."""
+    deleted, whether a live version existed before: a new resource has no facts to remove). ``facility``:
+    the sending facility of the message that wrote them (for a resource that names none); without it
+    (a rebuild) such a resource takes its stored Patient's."""
     items = [item for item in latest if item[0] in TYPES]
     if not items:
         return
@@ -567,10 +573,20 @@ def apply(connection: Connection, latest: Iterable[tuple[str, str, dict[str, Any
     out: list[tuple[Any, ...]] = []
     # A resource that names no facility (an Observation) takes its Patient's, when written with it.
     facilities = {i: _facility(s) for t, i, s, _e in items if t == "Patient" and s is not None}
+    if not facility:
+        # no message to name the facility: the stored Patients of the resources that name none
+        missing = sorted({str(f[3]) for f in facts if not f[4] and f[3] and f[3] not in facilities})
+        if missing:
+            for rid, content in _in(
+                connection,
+                "SELECT id, content FROM resource WHERE resource_type = 'Patient' AND id IN ({})",
+                missing,
+            ):
+                facilities[str(rid)] = _facility(orjson.loads(content))
     for fact in facts:
         pid = fact[3]
-        if not fact[4] and pid in facilities:
-            fact = (*fact[:4], facilities[pid], *fact[5:])
+        if not fact[4] and (found := facilities.get(pid) or facility):
+            fact = (*fact[:4], found, *fact[5:])
         person = persons.get(pid) if pid else None
         out.append((*fact, *(person if person is not None else (pid or "", *_UNKNOWN_PERSON))))
     _insert(connection, table_fact(), _FACT_COLUMNS + _PERSON_COLUMNS[1:], out)
@@ -599,7 +615,11 @@ def on_write(session: Session, changes: list[Change]) -> None:
         held = deferred.held(session)
         token = _holding.set((session, held) if held is not None else None)
         try:
-            apply(session.connection(), [(t, i, s, e) for (t, i), (s, e) in latest.items()])
+            apply(
+                session.connection(),
+                [(t, i, s, e) for (t, i), (s, e) in latest.items()],
+                session.info.get(MESSAGE_FACILITY),
+            )
         finally:
             _holding.reset(token)
 

@@ -224,6 +224,82 @@ def merged(contributions: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# --- cancels ----------------------------------------------------------------------------------------------
+#
+# A message that cancels an earlier event of the visit (ADT A13 cancel discharge, A12 cancel transfer,
+# A55 cancel change of attending doctor …; ``hub.mapping.MappingResult.cancels``) sets aside what the
+# latest earlier message of that event contributed: its contribution names that message under
+# ``WITHDRAWS``, and the merge leaves it out. The withdrawn contribution is kept, so a replay of the
+# cancelled message changes nothing, and a replay of the cancel chooses again.
+
+WITHDRAWS = "_withdraws"
+# A message that changes one kind of participant (A54 the attending doctor, A61 the consulting doctor;
+# ``MappingResult.replaces``): its contribution names the participant types under ``REPLACES``, and
+# the participants of those types that earlier contributions gave are dropped when it is merged. Its
+# cancel (A55, A62) withdraws it, and the earlier ones are back.
+REPLACES = "_replaces_participants"
+_PRIVATE = (WITHDRAWS, REPLACES)
+
+
+def merged_state(state: Contributions) -> dict[str, Any]:
+    """The merge of the contributions in ``state`` in message order, without those a cancel withdrew,
+    each dropping the earlier participants of the types it replaces."""
+    gone = {m for _, body in state.values() for m in body.get(WITHDRAWS, ())}
+    out: dict[str, Any] = {}
+    for mid, (_, body) in sorted(state.items(), key=lambda item: item[1][0]):
+        if mid in gone:
+            continue
+        if WITHDRAWS in body or REPLACES in body:
+            replaced = set(body.get(REPLACES, ()))
+            body = {k: v for k, v in body.items() if k not in _PRIVATE}
+            if replaced and isinstance(out.get("participant"), list):
+                out = {**out, "participant": _without_types(out["participant"], replaced)}
+                if not out["participant"]:
+                    del out["participant"]
+        out = merge(out, body)
+    return out
+
+
+def _participant_codes(participant: Any) -> set[str]:
+    return {
+        str(c.get("code"))
+        for t in (participant.get("type") or [] if isinstance(participant, dict) else [])
+        for c in (t.get("coding") or [] if isinstance(t, dict) else [])
+        if isinstance(c, dict)
+    }
+
+
+def _without_types(participants: list[Any], codes: set[str]) -> list[Any]:
+    """``participants`` without the types ``codes`` (a participant left with no type is dropped)."""
+    out: list[Any] = []
+    for p in participants:
+        if not _participant_codes(p) & codes:
+            out.append(p)
+            continue
+        kept = [t for t in p.get("type") or [] if not _participant_codes({"type": [t]}) & codes]
+        if kept:
+            out.append({**p, "type": kept})
+    return out
+
+
+def cancelled(session: Session, state: Contributions, message_id: int, events: set[str]) -> int | None:
+    """The message whose contribution in ``state`` the cancel ``message_id`` withdraws: the latest one
+    before it (message order) whose type (``ADT^A03``) is among ``events`` and that no other cancel
+    withdrew already; None when there is none."""
+    own = state[message_id][0]
+    gone = {m for mid, (_, body) in state.items() if mid != message_id for m in body.get(WITHDRAWS, ())}
+    candidates = [
+        m for m, (k, _) in state.items() if m not in (message_id, BASELINE) and k < own and m not in gone
+    ]
+    if not candidates:
+        return None
+    connection = session.connection()
+    sql = f"SELECT id, message_type FROM inbound_message WHERE id IN ({bulk.marks(len(candidates))})"
+    rows = connection.exec_driver_sql(bulk.placeholders(connection.dialect, sql), tuple(candidates))
+    matching = [int(mid) for mid, kind in rows if kind in events]
+    return max(matching, key=lambda m: state[m][0]) if matching else None
+
+
 # --- storage ---------------------------------------------------------------------------------------------
 
 Key = tuple[str, str]

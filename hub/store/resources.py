@@ -30,6 +30,9 @@ Change = tuple[str, str, int, dict[str, Any] | None, dict[str, Any] | None]
 # here; keeping it a hook keeps this module free of index details.
 WriteHook = Callable[[Session, list[Change]], None]
 _write_hooks: list[WriteHook] = []
+# session.info key: the sending facility of the message whose resources the session is writing (the
+# pipeline sets it around its write), for hooks that attribute a resource naming no facility of its own.
+MESSAGE_FACILITY = "hub.message_facility"
 
 
 def register_write_hook(hook: WriteHook) -> None:
@@ -138,6 +141,8 @@ def upsert_many(
     now: datetime | None = None,
     order: str | None = None,
     accept_patient_change: bool = False,
+    cancels: list[dict[str, str]] | None = None,
+    replaces: list[dict[str, str]] | None = None,
 ) -> list[Written]:
     """``upsert`` for many resources (those of one message, or of a batch of messages, in order): their
     current rows are read in one query, and each table gets one statement for all of them. The rows
@@ -149,7 +154,11 @@ def upsert_many(
     event instant, UTC ``YYYYMMDDHHMMSSffffff``); and a resource whose stored version names another
     patient than this one (``contributions.patients_of``) raises :class:`PatientConflict` before
     anything is written, unless ``accept_patient_change`` (an analyst released the message: the
-    resource moves, and the contributions of the earlier patient are dropped)."""
+    resource moves, and the contributions of the earlier patient are dropped). ``cancels``
+    (``MappingResult.cancels``): the shared resources whose contribution from the latest earlier
+    message of the named event this message withdraws (``contributions.cancelled``); ``replaces``
+    (``MappingResult.replaces``): the shared resources whose earlier participants of the named type
+    give way to this message's (``contributions.REPLACES``)."""
     if not resources:
         return []
     now = now or datetime.now(UTC)
@@ -161,6 +170,14 @@ def upsert_many(
     pks = dict(zip(new_keys, allocate_pks(connection, len(new_keys)), strict=True))
     shared = [key for key in keys if key[0] in contributions.SHARED]
     merging = _Merging(message_id, order, session, [k for k in shared if k in found]) if message_id else None
+    if merging is not None and cancels:
+        for cancel in cancels:
+            rtype, _, rid = str(cancel.get("resource", "")).partition("/")
+            merging.cancels.setdefault((rtype, rid), set()).add(str(cancel.get("event", "")))
+    if merging is not None and replaces:
+        for replace in replaces:
+            rtype, _, rid = str(replace.get("resource", "")).partition("/")
+            merging.replaces.setdefault((rtype, rid), set()).add(str(replace.get("participant", "")))
     conflicts: list[dict[str, str]] = []
     out: list[Written] = []
     inserts: list[bulk.Row] = []
@@ -242,6 +259,8 @@ class _Merging:
         self.stored = contributions.read(session, existing)  # as in the database
         self.state: dict[_Key, contributions.Contributions] = {}  # as merged in this call
         self.keep: set[_Key] = set()  # the keys whose contributions are written
+        self.cancels: dict[_Key, set[str]] = {}  # the events this message cancels, per resource
+        self.replaces: dict[_Key, set[str]] = {}  # the participant types this message replaces
 
     def add(
         self,
@@ -271,7 +290,16 @@ class _Merging:
                     del state[mid]
             self.keep.add(key)
         state[self.message_id] = (self.sort_key, body)
-        result = contributions.merged(c for _, c in sorted(state.values(), key=lambda kc: kc[0]))
+        replaced = self.replaces.get(key)
+        if replaced and contributions.REPLACES not in body:
+            body = {**body, contributions.REPLACES: sorted(replaced)}
+            state[self.message_id] = (self.sort_key, body)
+        events = self.cancels.get(key)
+        if events and contributions.WITHDRAWS not in body:
+            withdrawn = contributions.cancelled(self.session, state, self.message_id, events)
+            if withdrawn is not None:
+                state[self.message_id] = (self.sort_key, {**body, contributions.WITHDRAWS: [withdrawn]})
+        result = contributions.merged_state(state)
         if old is None or self.message_id in self.stored.get(key, {}) or _strip_meta(old) != result:
             self.keep.add(key)
         return result

@@ -377,6 +377,29 @@ _DEFINITIONS: dict[str, tuple[SearchParam, ...]] = {
         *_PERSON,
         _p("communication", TOKEN, "communication"),
     ),
+    # A PRT's or ROL's participant (Patient.generalPractitioner, Encounter.participant …): which roles a
+    # practitioner plays where.
+    "PractitionerRole": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("active", TOKEN, "active"),
+        _p("date", DATE, "period"),
+        _p("practitioner", REFERENCE, "practitioner", "Practitioner"),
+        _p("organization", REFERENCE, "organization", "Organization"),
+        _p("location", REFERENCE, "location", "Location"),
+        _p("role", TOKEN, "code"),
+        _p("specialty", TOKEN, "specialty"),
+        _p("telecom", TOKEN, "telecom"),
+    ),
+    # The software that sent a message (SFT) and the analysers a result names (PRT-10).
+    "Device": (
+        _p("identifier", TOKEN, "identifier"),
+        _p("status", TOKEN, "status"),
+        _p("type", TOKEN, "type"),
+        _p("udi-di", STRING, "udiCarrier.deviceIdentifier"),
+        _p("manufacturer", STRING, "manufacturer"),
+        _p("model", STRING, "modelNumber"),
+        _p("device-name", STRING, "deviceName.name"),
+    ),
     "Organization": (
         _p("identifier", TOKEN, "identifier"),
         _p("name", STRING, "name|alias"),

@@ -84,6 +84,20 @@ def test_http_intake_needs_a_sender_credential(client: TestClient, token: Token,
     )
 
 
+def test_an_empty_msh4_is_the_credentials_facility(client: TestClient, token: Token, engine: Engine) -> None:
+    """A sender whose MSH-4 is empty (and even MSH-3) is known by its credential's one facility: AA,
+    stored and processed for that facility, never "sender unknown"."""
+    body = adt("E1", facility="").replace("|SIMRS|", "||", 1).encode()
+    assert b"MSH|^~\\&|||" in body
+    ok = client.post("/hl7/v2", content=body, headers=token("sender"))
+    assert ok.status_code == 200 and parse(ok.text).get("MSA-1") == "AA", ok.text
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(InboundMessage.facility, InboundMessage.state).where(InboundMessage.control_id == "E1")
+        ).one()
+    assert row.facility == FACILITY and row.state in ("received", "processed")
+
+
 def test_rate_limits(database_url: str, tmp_path: Path, engine: Engine, token: Token) -> None:
     settings = make_settings(
         database_url,
@@ -238,6 +252,16 @@ def test_client_credentials_grant(client: TestClient, engine: Engine, settings: 
         "/auth/token", data={**form, "scope": "system/*.cruds"}, auth=("rs-auth-his", "his-secret")
     )
     assert too_much.status_code == 400 and too_much.json()["error"] == "invalid_scope"
+    # a narrower scope than the registered one is granted as asked
+    narrow = client.post(
+        "/auth/token", data={**form, "scope": "system/*.c"}, auth=("rs-auth-his", "his-secret")
+    )
+    assert narrow.status_code == 200 and narrow.json()["scope"] == "system/*.c"
+    for wider in ("user/*.c", "system/*.cd", "system/Patient.cud"):
+        refused = client.post(
+            "/auth/token", data={**form, "scope": wider}, auth=("rs-auth-his", "his-secret")
+        )
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_scope", wider
 
     def assertion(**over: Any) -> str:
         now = int(time.time())

@@ -112,3 +112,35 @@ def test_compartment_search(client: TestClient, auth: dict[str, str]) -> None:
     assert [e["resource"]["id"] for e in r.json()["entry"]] == ["condB"]
     assert client.get("/fhir/Patient/gold/Practitioner", headers=auth).status_code == 400
     assert client.get("/fhir/Patient/gold/_history", headers=auth).status_code == 200
+
+
+def test_everything_brings_the_practitioner_of_a_practitioner_role(
+    client: TestClient, auth: dict[str, str], put: Callable[..., None]
+) -> None:
+    """A PRT's or ROL's participant is a PractitionerRole: its Practitioner and Organization come along."""
+    patient = b.patient("gpPat")
+    patient["generalPractitioner"] = [{"reference": "PractitionerRole/gpRole"}]
+    role = {
+        "resourceType": "PractitionerRole",
+        "id": "gpRole",
+        "practitioner": {"reference": "Practitioner/gpDoc"},
+        "organization": {"reference": "Organization/gpOrg"},
+    }
+    put(
+        patient,
+        role,
+        b.practitioner("gpDoc"),
+        {"resourceType": "Organization", "id": "gpOrg", "name": "Klinik"},
+    )
+    keys, pages = _all_pages(client, auth, "/fhir/Patient/gpPat/$everything")
+    assert keys == ["Patient/gpPat"]
+    assert included_keys(pages[0]) == {"PractitionerRole/gpRole", "Organization/gpOrg", "Practitioner/gpDoc"}
+    # Counted against _count like every include: one entry a page, each once.
+    keys, pages = _all_pages(client, auth, "/fhir/Patient/gpPat/$everything?_count=1")
+    assert keys == ["Patient/gpPat"]
+    assert [included_keys(p) for p in pages] == [
+        set(),
+        {"PractitionerRole/gpRole"},
+        {"Organization/gpOrg"},
+        {"Practitioner/gpDoc"},
+    ]

@@ -260,3 +260,25 @@ def test_the_plain_ts_fast_path_agrees_with_the_pattern(digits: str, offset: str
     except TimeFormatError:
         actual = "error"
     assert actual == expected
+
+
+@pytest.mark.parametrize(
+    ("sex", "gender"),
+    [
+        ("M", "male"),
+        ("F", "female"),
+        ("L", "male"),
+        ("P", "female"),
+        ("1", "male"),
+        ("2", "female"),
+        ("0", "unknown"),
+        ("U", "unknown"),
+        ("X", "unknown"),
+    ],
+)
+def test_administrative_sex_codes_real_feeds_send(sex: str, gender: str) -> None:
+    text = (
+        MSH.replace("ORU^R01^ORU_R01", "ADT^A28^ADT_A05") + f"PID|1||A1^^^RS^MR||Putri^Ayu||20000101|{sex}\r"
+    )
+    (patient,) = by_type(map_text(text), "Patient")
+    assert patient["gender"] == gender

@@ -41,6 +41,10 @@ def test_fixture_matches_golden_output(path: Path) -> None:
         "nulls": result.nulls,
         "warnings": result.warnings,
     }
+    if result.cancels:  # the earlier event an ADT cancel sets aside (A12, A13, A55, A62 …)
+        actual["cancels"] = result.cancels
+    if result.replaces:  # the participant type an ADT change replaces (A54, A61)
+        actual["replaces"] = result.replaces
     expected_path = EXPECTED_DIR / path.relative_to(HL7_DIR).with_suffix(".json")
     if UPDATE:
         expected_path.parent.mkdir(parents=True, exist_ok=True)

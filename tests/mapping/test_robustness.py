@@ -48,3 +48,14 @@ def test_a_mangled_field_is_mapped_validly_or_refused(
         return
     problems = [p for resource in result.resources for p in validate_resource(resource)]
     assert problems == [], (lines[i], problems)
+
+
+def test_an_appointment_duration_beyond_any_date_leaves_the_end_out() -> None:
+    """SCH-9 of 3e15 minutes (a cut the fuzz bench made, SCH-10/11 lost) once overflowed ``timedelta``
+    in the appointment_end function; the end is left out and the rest maps validly."""
+    lines = [line for line in FIXTURES["siu_s12"].split("\r") if line]
+    lines[1] = lines[1].replace("|30|MIN|^^30^20261110090000^20261110093000", "|3020261110090000")
+    result = map_text("\r".join(lines) + "\r")
+    (appointment,) = [r for r in result.resources if r["resourceType"] == "Appointment"]
+    assert appointment["start"] and "end" not in appointment
+    assert [p for resource in result.resources for p in validate_resource(resource)] == []

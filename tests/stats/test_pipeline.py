@@ -56,3 +56,42 @@ def test_messages_from_two_hospitals_count_one_person(engine: Engine, tmp_path: 
         assert encounters.total == {"value": 2}  # events: both visits
         lab = evaluate(conn, Request(indicator("lab-positivity"), parse_periods("2026W10"), [], []), config)
         assert lab.total == {"value": 100.0}
+
+
+def _oru(facility: str, control: str, mrn: str) -> bytes:
+    """A lab result whose Patient is the one the facility's ADT already stored (nothing of it changes)."""
+    return (
+        f"MSH|^~\\&|LIS|{facility}|HUB|KEMKES|20260306090000+0700||ORU^R01^ORU_R01|{control}|P|2.5.1\r"
+        f"PID|1||{mrn}^^^{facility}^MR~3273015505900003^^^KEMKES^NIK||Lestari^Dewi||19900515|F|||"
+        "Jl. Uji 1^^Bandung^Jawa Barat^^^H^^327301\r"
+        "OBR|1|PO-1|LAB-1|94558-4^SARS-CoV-2^LN|||20260306080000+0700\r"
+        "OBX|1|CWE|94558-4^SARS-CoV-2^LN||260385009^Not detected^SCT||||||F|||20260306080000+0700\r"
+    ).encode()
+
+
+def test_a_result_counts_for_the_facility_that_sent_it(engine: Engine, tmp_path: Path) -> None:
+    """The ORU's Patient is unchanged (the ADT stored it): its results still count for the sending
+    facility, not for no facility; a rebuild from the store attributes them the same way."""
+    from hub.stats import upkeep
+
+    intake = Intake(engine, Settings(var_dir=tmp_path))
+    ids = [
+        intake.accept(_a03("RSUD-A", "A1", "A-1", "VA1")).message_id,
+        intake.accept(_oru("RSUD-A", "R1", "A-1")).message_id,
+    ]
+    with session_scope(engine) as session:
+        for i in ids:  # one batch each: the result's Patient is not written again with it
+            assert [o.state for o in pipeline.process_batch(session, [i])] == ["processed"]
+
+    def lab_facilities() -> list[tuple[str, str]]:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT resource_id, facility FROM stats_fact WHERE kind = 'lab' ORDER BY started")
+            ).all()
+        return [(str(r[1]), str(r[0])) for r in rows]
+
+    written = lab_facilities()
+    assert [f for f, _ in written] == ["RSUD-A", "RSUD-A"], written
+    with engine.begin() as conn:
+        upkeep.rebuild(conn)
+    assert lab_facilities() == written

@@ -1,5 +1,6 @@
 """Clean stops: ``hub serve`` on SIGTERM (no worker restarted during the shutdown, no leaked-semaphore
-warnings), and a worker process whose serving process was killed stops taking messages at once."""
+warnings), and a worker process whose serving process was killed stops taking messages at once. On
+SQLite and on PostgreSQL (each test on a database of its own)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from tests.processes import HubProcess, free_port, hub_env
 
 
 @pytest.mark.slow
-def test_sigterm_stops_hub_serve_without_restart_or_warnings(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'hub.db'}"
+def test_sigterm_stops_hub_serve_without_restart_or_warnings(tmp_path: Path, fresh_database_url: str) -> None:
+    url = fresh_database_url
     upgrade(url)
     mllp = free_port()
     env = hub_env(url, tmp_path / "var", HUB_HTTP_PORT=str(free_port()), HUB_MLLP_PORT=str(mllp))
@@ -71,18 +72,18 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_an_orphaned_worker_stops_taking_messages_at_once(tmp_path: Path) -> None:
-    sqlite_url = f"sqlite:///{tmp_path / 'hub.db'}"
-    upgrade(sqlite_url)
+def test_an_orphaned_worker_stops_taking_messages_at_once(tmp_path: Path, fresh_database_url: str) -> None:
+    url = fresh_database_url
+    upgrade(url)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     parent = subprocess.Popen(
-        [sys.executable, "-c", _ORPHAN, sqlite_url, str(tmp_path)],
+        [sys.executable, "-c", _ORPHAN, url, str(tmp_path)],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
         env=env,
     )
-    engine = make_engine(sqlite_url)
+    engine = make_engine(url)
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
