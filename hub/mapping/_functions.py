@@ -2649,11 +2649,14 @@ def fn_order_agent(raws: list[str], index: int, rt: Runtime, args: dict[str, Any
 @_segment_fn("order_location")
 def fn_order_location(raws: list[str], index: int, rt: Runtime, args: dict[str, Any]) -> Any:
     """The ordering facility (ORC-21 XON name and identifier, ORC-22 address, ORC-23 phone) as a
-    Location; a Reference to it. Keyed by the XON identifier, else by the name within the sender."""
-    name_raw, address_raw, phone_raw = ([*raws, "", "", ""])[:3]
+    Location; a Reference to it. Keyed by the XON identifier, else by the name within the sender.
+    Without ORC-21, the enterer's location (ORC-13, a PL, the fourth path) through the PL map."""
+    name_raw, address_raw, phone_raw, entered_at = ([*raws, "", "", "", ""])[:4]
     xon = _first_rep(rt, name_raw)
     if not xon or xon == '""':
-        return None
+        pl = _first_rep(rt, entered_at)
+        conv = rt.maps.converters.get("PL")
+        return conv(pl, 0, rt, {}) if conv is not None and pl and pl != '""' else None
     name = rt.text(xon.split(rt.enc.component, 1)[0]).strip()
     ident = dt_identifier_at(xon, 0, rt, {"value": 10, "fallback_value": 3, "authority": 6, "type": 7})
     body: dict[str, Any] = {}

@@ -108,3 +108,39 @@ def test_rxe_total_daily_dose_and_orc28() -> None:
         "denominator": {"value": 1, "unit": "d", "system": "http://unitsofmeasure.org", "code": "d"},
     }
     assert mr["meta"]["security"][0]["code"] == "V"
+
+
+def test_an_obrs_own_numbers_under_a_shared_orc_and_the_group_number() -> None:
+    resources = mapped(
+        "ORU^R01^ORU_R01",
+        "ORC|RE|FORM-1^SIMRS|FILL-1^LAB|GRP-1^SIMRS",
+        "OBR|1|FORM-1^SIMRS|FILL-1^LAB|2345-7^Glucose^LN|||20261103083000|||||||||||||||||F",
+        "OBX|1|NM|2345-7^Glucose^LN||98|mg/dL^mg/dL^UCUM|||||F",
+        "OBR|2|FORM-2^SIMRS|FILL-2^LAB|718-7^Hemoglobin^LN|||20261103083000|||||||||||||||||F",
+        "OBX|1|NM|718-7^Hemoglobin^LN||13|g/dL^g/dL^UCUM|||||F",
+        ctrl="ORD0105",
+    )
+
+    def numbers(res: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(i["type"]["coding"][0]["code"], i["value"]) for i in res["identifier"]]
+
+    srs = sorted(
+        (r for r in resources if r["resourceType"] == "ServiceRequest"),
+        key=lambda r: r["code"]["coding"][0]["code"],
+    )
+    reports = sorted(
+        (r for r in resources if r["resourceType"] == "DiagnosticReport"),
+        key=lambda r: r["code"]["coding"][0]["code"],
+    )
+    # the same number in ORC and OBR is one identifier
+    assert numbers(srs[0]) == [("PLAC", "FORM-1"), ("FILL", "FILL-1"), ("PGN", "GRP-1")]
+    # an OBR's own numbers beside the shared ORC's
+    assert numbers(srs[1]) == [
+        ("PLAC", "FORM-1"),
+        ("PLAC", "FORM-2"),
+        ("FILL", "FILL-1"),
+        ("FILL", "FILL-2"),
+        ("PGN", "GRP-1"),
+    ]
+    assert srs[1]["requisition"]["value"] == "GRP-1"
+    assert ("FILL", "FILL-2") in numbers(reports[1]) and ("PLAC", "FORM-2") in numbers(reports[1])

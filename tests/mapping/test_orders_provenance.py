@@ -40,7 +40,7 @@ ORC_FULL = seg(
      12: "67890^Pratama^Andi^^^dr.", 17: "LAB-ENTRY^Instalasi Laboratorium^L", 18: "TERM-07^Terminal 7^L",
      19: "55503^Santoso^Hadi", 21: "Klinik Anak^^^^^RSUD_SEHAT&2.16.360.1.1&ISO^XX^^^KA-01",
      22: "Jl. Sudirman 5^^Jakarta^DKI Jakarta^10220^ID", 23: "^WPN^PH^^62^21^5550100",
-     24: "Jl. Thamrin 9^^Jakarta^DKI Jakarta^10230^ID"},
+     24: "Jl. Thamrin 9^^Jakarta^DKI Jakarta^10230^ID", 28: "R^Restricted^HL70177"},
 )  # fmt: skip
 
 
@@ -58,6 +58,7 @@ def test_an_orders_provenance_names_its_people_and_place() -> None:
     assert prov["target"] == [{"reference": f"ServiceRequest/{sr['id']}"}]
     assert prov["recorded"] == prov["occurredDateTime"] == "2026-11-03T07:45:00+07:00"  # ORC-9
     assert prov["activity"]["coding"][0]["code"] == "CREATE"  # ORC-1 NW
+    assert prov["meta"]["security"][0]["code"] == "R"  # ORC-28
     agents = {a.get("type", {}).get("coding", [{}])[0].get("code", "device"): a for a in prov["agent"]}
     assert agents["author"]["who"]["identifier"] == {"system": "urn:hub:sender", "value": "RSUD_SEHAT"}
     assert by_ref[agents["enterer"]["who"]["reference"]]["name"][0]["family"] == "Lestari"  # ORC-10
@@ -107,7 +108,7 @@ def test_an_order_without_orc9_is_recorded_when_the_message_was_sent() -> None:
     resources = mapped(
         "RDE^O11^RDE_O11",
         "PID|1||RM009001^^^RSUD_SEHAT^MR||Wibowo^Sari||19900202|F",
-        "ORC|XO|RX-9301^SIMRS",
+        seg("ORC", {1: "XO", 2: "RX-9301^SIMRS", 13: "FARMASI^^^RSUD_SEHAT"}),
         "RXE|^BID|93000002^Parasetamol 500 mg tablet^KFA|500||mg^milligram^UCUM",
     )
     (prov,) = order_provenances(resources)
@@ -115,6 +116,9 @@ def test_an_order_without_orc9_is_recorded_when_the_message_was_sent() -> None:
     assert "occurredDateTime" not in prov
     assert prov["activity"]["coding"][0]["code"] == "UPDATE"  # XO
     assert [a["type"]["coding"][0]["code"] for a in prov["agent"]] == ["author"]
+    # no ORC-21: the enterer's location (ORC-13)
+    location = refs(resources)[prov["location"]["reference"]]
+    assert location["name"] == "RSUD_SEHAT FARMASI"
 
 
 def test_an_order_that_makes_nothing_makes_no_provenance() -> None:
