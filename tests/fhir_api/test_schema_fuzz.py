@@ -73,3 +73,30 @@ def test_bundle_entry_that_is_not_an_array_is_400(
     bundle = {"resourceType": "Bundle", "type": "batch", "entry": {"request": {}}}
     r = client.post("/fhir", json=bundle, headers=token("admin"))
     assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_superscript_digit_in_an_id_is_not_a_number(
+    client: TestClient, token: Callable[[str], dict[str, str]]
+) -> None:
+    """'²' passes str.isdigit but not int() (schemathesis found GET /fhir/AuditEvent/² a 500)."""
+    admin = token("admin")
+    r = client.get("/fhir/AuditEvent/\u00b2", headers=admin)
+    assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome"
+    r = client.get("/fhir/Patient/p1/_history/\u00b2", headers=admin)
+    assert r.status_code in (400, 404) and r.json()["resourceType"] == "OperationOutcome"
+    r = client.get("/hl7/messages/\u00b2", headers=admin)
+    assert r.status_code in (400, 404) and "status" in r.json()
+
+
+def test_a_content_length_that_is_not_ascii_digits_is_not_trusted() -> None:
+    import asyncio
+
+    from starlette.requests import Request
+
+    from hub.limits import read_limited
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"MSH|^~\\&|", "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", b"\xb2")]}
+    assert asyncio.run(read_limited(Request(scope, receive), 1024)) == b"MSH|^~\\&|"
