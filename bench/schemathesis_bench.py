@@ -193,8 +193,26 @@ def with_bodies(spec: dict[str, Any], known: dict[str, list[Any]] | None = None)
     return out
 
 
+# Two synthetic patients of two hospitals close enough for a steward's review (a possible match).
+_POSSIBLE_PAIR = [
+    "\r".join(
+        [
+            f"MSH|^~\\&|SIMRS|{facility}|HUB|KEMKES|20261101083000+0700||ADT^A04^ADT_A01|{control}|P|2.5.1",
+            "EVN|A04|20261101083000+0700",
+            f"PID|1||{mrn}^^^{facility}^MR||{family}^Dewi||19920817|F",
+        ]
+    )
+    + "\r"
+    for facility, control, mrn, family in (
+        ("RS_FUZZ_A", "PAIR1", "FZ-1", "Lestari"),
+        ("RS_FUZZ_B", "PAIR2", "FZ-2", "Lestary"),
+    )
+]
+
+
 def seed_store(engine: Any, files: int | None = None) -> dict[str, list[Any]]:
-    """Store and process the messages of ``fixtures/hl7`` (its first ``files`` files; so reads, histories, ``$everything`` and the
+    """Store and process the messages of ``fixtures/hl7`` (its first ``files`` files) and a possible
+    match (so reads, histories, ``$everything`` and the
     operator's views find rows); the ids stored, by path parameter name."""
     from sqlalchemy import select
     from sqlalchemy.orm import Session
@@ -213,6 +231,7 @@ def seed_store(engine: Any, files: int | None = None) -> dict[str, list[Any]]:
         for message in hl7.split_messages(path.read_bytes())
         if message
     ]
+    ids += [intake.accept(m.encode(), "http").message_id for m in _POSSIBLE_PAIR]
     with session_scope(engine) as session:
         pipeline.process_batch(session, [i for i in ids if i is not None])
     with Session(engine) as session:

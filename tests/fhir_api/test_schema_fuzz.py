@@ -22,7 +22,7 @@ EXAMPLES = 2  # per operation and generation mode; each case is sent with all si
 def test_schemathesis_finds_no_5xx(settings: Settings, engine: Engine) -> None:
     settings = settings.model_copy(update={"mllp_enabled": False, "worker_enabled": False})
     known = seed_store(engine, files=8)  # a few processed messages: reads find rows
-    assert {"resource_type", "rid", "patient_id", "message_id"} <= set(known)
+    assert {"resource_type", "rid", "patient_id", "message_id", "review_id"} <= set(known)
     tally = fuzz(create_app(settings), role_headers_for(settings, "RS-TEST"), examples=EXAMPLES, known=known)
     found = "\n".join(f"{k} ({n}x): {tally.examples[k]}" for k, n in tally.findings.items())
     assert tally.server_errors == 0, found
