@@ -8,8 +8,10 @@ bodies are generated too. A finding is any 5xx response or an exception out of t
 curl command that reproduces it, and the run exits 1. The figures printed are the cases sent and the
 responses by status class.
 
-``--database-url`` fuzzes an existing, migrated database (a PostgreSQL one, say); by default the run
-uses a new SQLite file under a temporary directory.
+The store first gets the messages of ``fixtures/hl7``, processed, and the positive mode uses the ids of
+what they made for the path parameters (the negative mode anything else). ``--database-url`` fuzzes an
+existing, migrated database (a PostgreSQL one, say); by default the run uses a new SQLite file under a
+temporary directory.
 """
 
 from __future__ import annotations
@@ -173,14 +175,77 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
-def with_bodies(spec: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the OpenAPI document with :data:`BODIES` added where an operation declares no body."""
+def with_bodies(spec: dict[str, Any], known: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+    """A copy of the OpenAPI document with :data:`BODIES` added where an operation declares no body, and
+    the path parameters named in ``known`` (``rid``, ``message_id``, …) restricted to those values (the
+    ids of what is stored) in the positive mode; the negative mode sends anything else."""
     out = copy.deepcopy(spec)
     for (method, path), body in BODIES.items():
         op = out.get("paths", {}).get(path, {}).get(method)
         if op is not None and "requestBody" not in op:
             op["requestBody"] = copy.deepcopy(body)
+    for operations in out.get("paths", {}).values():
+        for op in operations.values():
+            for param in op.get("parameters", []):
+                values = (known or {}).get(param["name"])
+                if param.get("in") == "path" and values:
+                    param["schema"] = {**param.get("schema", {}), "enum": values}
     return out
+
+
+# Two synthetic patients of two hospitals close enough for a steward's review (a possible match).
+_POSSIBLE_PAIR = [
+    "\r".join(
+        [
+            f"MSH|^~\\&|SIMRS|{facility}|HUB|KEMKES|20261101083000+0700||ADT^A04^ADT_A01|{control}|P|2.5.1",
+            "EVN|A04|20261101083000+0700",
+            f"PID|1||{mrn}^^^{facility}^MR||{family}^Dewi||19920817|F",
+        ]
+    )
+    + "\r"
+    for facility, control, mrn, family in (
+        ("RS_FUZZ_A", "PAIR1", "FZ-1", "Lestari"),
+        ("RS_FUZZ_B", "PAIR2", "FZ-2", "Lestary"),
+    )
+]
+
+
+def seed_store(engine: Any, files: int | None = None) -> dict[str, list[Any]]:
+    """Store and process the messages of ``fixtures/hl7`` (its first ``files`` files) and a possible
+    match (so reads, histories, ``$everything`` and the
+    operator's views find rows); the ids stored, by path parameter name."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from hub import hl7, pipeline
+    from hub.config import Settings
+    from hub.db import session_scope
+    from hub.ingest.service import Intake
+    from hub.store.models import InboundMessage, MpiDecision, MpiReview, Resource
+
+    intake = Intake(engine, Settings())
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "hl7"
+    ids = [
+        intake.accept(message, "http").message_id
+        for path in sorted(fixtures.glob("*.hl7"))[:files]
+        for message in hl7.split_messages(path.read_bytes())
+        if message
+    ]
+    ids += [intake.accept(m.encode(), "http").message_id for m in _POSSIBLE_PAIR]
+    with session_scope(engine) as session:
+        pipeline.process_batch(session, [i for i in ids if i is not None])
+    with Session(engine) as session:
+        rows = session.execute(select(Resource.resource_type, Resource.id).order_by(Resource.id)).all()
+        known: dict[str, list[Any]] = {
+            "resource_type": sorted({t for t, _ in rows}),
+            "rid": [i for _, i in rows[:40]],
+            "patient_id": [i for t, i in rows if t == "Patient"][:20],
+            "version_id": ["1", "2"],
+            "message_id": list(session.scalars(select(InboundMessage.id).limit(40))),
+            "review_id": list(session.scalars(select(MpiReview.id).limit(20))),
+            "decision_id": list(session.scalars(select(MpiDecision.id).limit(20))),
+        }
+    return {name: values for name, values in known.items() if values}
 
 
 _CONSTRAINED = ('"integer"', '"number"', '"boolean"', '"array"', '"format"', '"enum"', '"pattern"')
@@ -253,10 +318,12 @@ def fuzz(
     seed: int | None = None,
     seconds: float | None = None,
     operations: Iterable[str] | None = None,
+    known: dict[str, list[Any]] | None = None,
 ) -> Tally:
     """Generate ``examples`` cases per operation and generation mode and send each to ``app`` in process
     once per entry of ``role_headers`` (a name -> its headers, ``{}`` for no token); stop starting new
-    operations after ``seconds``. ``operations`` restricts the run to those paths."""
+    operations after ``seconds``. ``operations`` restricts the run to those paths; ``known`` (see
+    :func:`seed_store`) gives the positive mode the ids of stored rows for the path parameters."""
     import schemathesis
     from hypothesis import HealthCheck, Phase, Verbosity, given, settings
     from hypothesis import seed as hypothesis_seed
@@ -265,7 +332,7 @@ def fuzz(
     from starlette.testclient import TestClient
 
     spec = TestClient(app).get("/openapi.json").json()  # as the app serves it (no lifespan needed)
-    document = with_bodies(spec)
+    document = with_bodies(spec, known)
     schema = schemathesis.openapi.from_dict(document)
     schema.app = app
     schema.location = "/openapi.json"
@@ -331,6 +398,15 @@ def main(argv: list[str]) -> int:
         url = f"sqlite:///{tmp / 'hub.db'}"
         upgrade(url)
     settings = Settings(database_url=url, var_dir=tmp / "var", mllp_enabled=False, worker_enabled=False)
+    from hub.db import make_engine
+
+    engine = make_engine(url)
+    known = seed_store(engine)
+    engine.dispose()
+    print(
+        f"store: {len(known.get('message_id', []))} messages (of fixtures/hl7), resources of "
+        f"{len(known.get('resource_type', []))} types, {len(known.get('review_id', []))} MPI reviews"
+    )
     started = time.monotonic()
     tally = fuzz(
         create_app(settings),
@@ -338,6 +414,7 @@ def main(argv: list[str]) -> int:
         examples=args.examples,
         seed=args.seed,
         seconds=args.seconds,
+        known=known,
     )
     took = time.monotonic() - started
     for key, times in tally.findings.items():

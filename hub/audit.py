@@ -1010,7 +1010,7 @@ def read_audit(
 ) -> Response:
     from hub.fhir_api.sessions import read_scope
 
-    if not event_id.isdigit():
+    if not (event_id.isascii() and event_id.isdigit()):
         raise NotFound(f"AuditEvent/{event_id} is not known")
     trail_of(request.app).flush()
     with read_scope(request) as session:

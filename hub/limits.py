@@ -24,7 +24,7 @@ class TooLarge(Exception):
 async def read_limited(request: Request, limit: int) -> bytes:
     """The whole body, or :class:`TooLarge` once it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length", "")
-    size = int(declared) if declared.isdigit() else -1
+    size = int(declared) if declared.isascii() and declared.isdigit() else -1
     chunks: list[bytes] = []
     seen = 0
     async for chunk in request.stream():

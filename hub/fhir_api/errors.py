@@ -122,7 +122,8 @@ def hl7_error_ack(text: str, code: str = "207", raw: bytes | None = None) -> str
 
 def _huge_path_number(request: Request) -> bool:
     return any(
-        isinstance(v, str) and v.isdigit() and int(v) > BIGINT_MAX for v in request.path_params.values()
+        isinstance(v, str) and v.isascii() and v.isdigit() and int(v) > BIGINT_MAX
+        for v in request.path_params.values()
     )
 
 

@@ -307,7 +307,7 @@ def vread(
     fhir_search.check_type(resource_type)
     access = principal.require(resource_type, "r")
     patient_access.check_resource(session, principal, access, resource_type, rid)
-    if not version_id.isdigit():
+    if not (version_id.isascii() and version_id.isdigit()):
         raise BadRequest(f"{version_id!r} is not a version id")
     entry = fhir_search.vread(session, resource_type, rid, int(version_id))
     return _fhir(

@@ -753,7 +753,7 @@ def _typo_not_sequence(a: Features, b: Features) -> bool:
         other = b.person_ids.get(system)
         if other is None or other == value or _compare_ids(value, other) != "close":
             continue
-        if not (value.isdigit() and other.isdigit() and abs(int(value) - int(other)) < 10):
+        if not (value.isdecimal() and other.isdecimal() and abs(int(value) - int(other)) < 10):
             return True
     return False
 

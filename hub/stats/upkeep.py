@@ -250,7 +250,7 @@ def fact_of(resource: Mapping[str, Any], encounter_start: Mapping[str | None, da
         for applied in resource.get("protocolApplied") or []:
             if isinstance(applied, dict) and isinstance(applied.get("doseNumberPositiveInt"), int):
                 dose = applied["doseNumberPositiveInt"]
-            elif isinstance(applied, dict) and str(applied.get("doseNumberString", "")).isdigit():
+            elif isinstance(applied, dict) and str(applied.get("doseNumberString", "")).isdecimal():
                 dose = int(applied["doseNumberString"])
         return (
             "Immunization",

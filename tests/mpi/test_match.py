@@ -333,3 +333,16 @@ def test_twin_gate_finds_the_given_name(one: str, two: str) -> None:
 def test_a_mistyped_family_name_is_not_another_person() -> None:
     typo = score(_household("Ani Hakim", "1"), _household("Ani Huaim", "2"))
     assert typo.outcome == "match"
+
+
+def test_a_person_id_with_a_non_ascii_digit_is_compared_without_error() -> None:
+    """'²' is a digit to str.isdigit but not to int(): two BPJS numbers one typo apart, one with a
+    superscript two, once raised ValueError (the message failed internal-error)."""
+    from hub.mpi.match import _typo_not_sequence, features
+
+    a = patient("RSUD-A", "1", "Ani Lestari", "1990-01-01", "female", bpjs="0001234567891")
+    b = patient("RS-B", "2", "Ani Lestari", "1990-01-01", "female", bpjs="000123456789\u00b2")
+    assert _typo_not_sequence(features(a), features(b)) is True
+    a["identifier"][-1]["value"] = "0001234567892"
+    b["identifier"][-1]["value"] = "0001234567893"
+    assert _typo_not_sequence(features(a), features(b)) is False  # consecutive numbers: not a typo

@@ -159,3 +159,22 @@ def test_one_dimension_hides_the_total_when_needed() -> None:
     cells = [Cell(("a",), (3,)), Cell(("b",), (40,)), Cell(("c",), (25,))]
     assert suppress(cells, 1, 10, (68,)) is False
     assert [c.suppressed for c in cells] == [True, False, True]
+
+
+def test_an_immunization_dose_string_of_non_ascii_digits_counts_without_a_dose() -> None:
+    """'²' passes str.isdigit but not int(): such a doseNumberString once raised out of the upkeep."""
+    from hub.stats.upkeep import fact_of
+
+    immunization = {
+        "resourceType": "Immunization",
+        "id": "imm-1",
+        "status": "completed",
+        "patient": {"reference": "Patient/p1"},
+        "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "08"}]},
+        "occurrenceDateTime": "2026-11-01",
+        "protocolApplied": [{"doseNumberString": "\u00b2"}],
+    }
+    fact = fact_of(immunization, {})
+    assert fact is not None and fact[0] == "Immunization"
+    immunization["protocolApplied"] = [{"doseNumberString": "2"}]
+    assert 2 in (fact_of(immunization, {}) or ())
