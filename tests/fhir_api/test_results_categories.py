@@ -85,7 +85,9 @@ def test_the_order_and_its_result_make_one_service_request(
     assert len(requests) == 1, [r["id"] for r in requests]
     request = requests[0]
     kinds = {i["type"]["coding"][0]["code"]: i["value"] for i in request["identifier"]}
-    assert kinds == {"PLAC": "PO-8001", "FILL": "LAB-8001"}
+    # the ORM's ORC-4 placer group number is the requisition and an identifier of type PGN too
+    assert kinds == {"PLAC": "PO-8001", "FILL": "LAB-8001", "PGN": "GRP-8001"}
+    assert request["requisition"]["value"] == "GRP-8001"
     assert request["code"]["coding"][0]["code"] == "24323-8"
     assert request["requester"]["reference"].startswith("Practitioner/")
     reports = _search(client, auth, "DiagnosticReport")
