@@ -1752,7 +1752,9 @@ _PARTICIPATION_STATUS = {
     "DC": "declined",
 }
 # SIU triggers that cancel, discontinue or delete the service or resource the message carries.
-_RESOURCE_CANCEL_TRIGGERS = {"S20", "S21", "S22", "S23", "S24", "S25"}
+# S20 cancel, S21 discontinue, S22 delete a service or resource; S23 its time slots blocked. S24 (slots
+# opened again) and S25 (a schedule query) withdraw no one.
+_RESOURCE_CANCEL_TRIGGERS = {"S20", "S21", "S22", "S23"}
 
 
 @_segment_fn("appointment_participant")
@@ -1760,7 +1762,7 @@ def fn_appointment_participant(raws: list[str], index: int, rt: Runtime, args: d
     """V2-to-FHIR IG AIP/AIL/AIG[Appointment]: one participant: the actor (``args.datatype``: XCN → a
     Practitioner, PL → a Location; CWE → a Reference by identifier and display only, as the IG's AIG-3),
     its type, its period start and its status (the resource's filler status; ``declined`` when the
-    trigger cancels or deletes the resource, S20–S25)."""
+    trigger cancels, discontinues or deletes the resource or blocks its slots, S20–S23)."""
     actor_raw, type_raw, start_raw, status_raw = ([*raws, "", "", "", ""])[:4]
     actor_raw = _first_rep(rt, actor_raw if actor_raw != '""' else "")
     if not actor_raw:
