@@ -305,19 +305,7 @@ def provenance(rt: Runtime, message_type: str) -> dict[str, Any]:
                 }
             ]
         },
-        "agent": [
-            {
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                            "code": "author",
-                        }
-                    ]
-                },
-                "who": _sender(rt.ctx.facility, app),
-            }
-        ],
+        "agent": [author_agent(_sender(rt.ctx.facility, app))],
         "entity": [
             {
                 "role": "source",
@@ -364,17 +352,17 @@ def _responsible_organization(rt: Runtime) -> dict[str, Any] | None:
     who = conv(raw.split(rt.enc.repetition, 1)[0], 0, rt, {}) if conv is not None else None
     if not isinstance(who, dict) or not who:
         return None
-    return {
-        "type": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                    "code": "author",
-                }
-            ]
-        },
-        "who": who,
-    }
+    return author_agent(who)
+
+
+# The Provenance agent types (provenance-participant-type): the sending facility and the MSH-22
+# organization are authors, EVN-5 operators enterers.
+PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+
+
+def author_agent(who: dict[str, Any]) -> dict[str, Any]:
+    """A Provenance.agent of type author."""
+    return {"type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "author"}]}, "who": who}
 
 
 def _sender(facility: str, app: str) -> dict[str, Any]:
@@ -393,11 +381,7 @@ def _sender(facility: str, app: str) -> dict[str, Any]:
 
 _EVENT_REASON_ARGS = {"default_system": "HL70062"}
 _DATA_ABSENT = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
-_ENTERER = {
-    "coding": [
-        {"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "enterer"}
-    ]
-}
+_ENTERER = {"coding": [{"system": PARTICIPANT_TYPE, "code": "enterer"}]}
 
 
 def _event_reason_and_operators(rt: Runtime, evn: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hub.hl7 import EXPLICIT_NULL
-from hub.mapping._engine import _sender
+from hub.mapping._engine import PARTICIPANT_TYPE, _sender, author_agent
 from hub.mapping._ids import patient_id, resource_id
 from hub.mapping._runtime import Choice as Choice
 from hub.mapping._runtime import Runtime as Runtime
@@ -2589,7 +2589,6 @@ def dt_ndl(raw: str, level: int, rt: Runtime, args: dict[str, Any]) -> Any:
 
 
 # The order's Provenance (V2-to-FHIR IG ORC[Provenance]): its agents, entering device and location.
-_PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 
 
 def _coded_resource(rt: Runtime, raw: str, resource_type: str) -> dict[str, Any] | None:
@@ -2637,7 +2636,7 @@ def fn_order_agent(raws: list[str], index: int, rt: Runtime, args: dict[str, Any
             continue
         agent: dict[str, Any] = {}
         if args.get("type"):
-            agent["type"] = {"coding": [{"system": _PARTICIPANT_TYPE, "code": str(args["type"])}]}
+            agent["type"] = {"coding": [{"system": PARTICIPANT_TYPE, "code": str(args["type"])}]}
         agent["who"] = who
         agents.append(agent)
     org_raw = _first_rep(rt, organization)
@@ -2735,10 +2734,7 @@ def fn_message_sender(raws: list[str], index: int, rt: Runtime, args: dict[str, 
         if control_id:
             what = {"identifier": {"system": f"urn:hub:hl7v2:{rt.facility_key}", "value": control_id}, **what}
         return {"role": "source", "what": what}
-    return {
-        "type": {"coding": [{"system": _PARTICIPANT_TYPE, "code": "author"}]},
-        "who": _sender(rt.ctx.facility, msh.get(3)),
-    }
+    return author_agent(_sender(rt.ctx.facility, msh.get(3)))
 
 
 @_segment_fn("message_recorded")
